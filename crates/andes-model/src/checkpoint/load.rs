@@ -1,0 +1,86 @@
+//! Loading a Hugging Face checkpoint into a lazily-initialised Burn module.
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{DType, Tensor, TensorData};
+
+use super::names::ParamPath;
+use super::shards::SafetensorsShards;
+use crate::error::ModelError;
+
+/// Replaces every float parameter of `module` by the checkpoint tensor of the same name, cast
+/// to `dtype`; the module's (lazy) shapes are the expected shapes. Does not check for unused
+/// tensors: the caller decides what may be ignored, then calls `ensure_all_used`.
+pub fn load_parameters<M: Module>(
+    module: M,
+    shards: &mut SafetensorsShards,
+    dtype: DType,
+) -> Result<M, ModelError> {
+    let mut loader = Loader {
+        path: ParamPath::default(),
+        shards,
+        dtype,
+        error: None,
+    };
+    let module = module.map(&mut loader);
+    match loader.error {
+        Some(error) => Err(error),
+        None => Ok(module),
+    }
+}
+
+struct Loader<'a> {
+    path: ParamPath,
+    shards: &'a mut SafetensorsShards,
+    dtype: DType,
+    error: Option<ModelError>,
+}
+
+impl ModuleMapper for Loader<'_> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
+    }
+
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.exit();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if self.error.is_some() {
+            return param;
+        }
+        let name = self.path.hf_name();
+        let transposed = self.path.is_transposed_in_checkpoint();
+        let mut expected = param.lazy_shape().to_vec();
+        if transposed {
+            expected.reverse();
+        }
+        match self.shards.read_f32(&name, &expected) {
+            Ok(data) => {
+                let data = if transposed { transpose(data) } else { data };
+                let device = param.lazy_device();
+                let tensor = Tensor::<D>::from_data(data, &device).cast(self.dtype);
+                let id = param.id;
+                param.transform_for_load(tensor, id)
+            }
+            Err(error) => {
+                self.error = Some(error);
+                param
+            }
+        }
+    }
+}
+
+/// Transposes a 2-D f32 tensor on the host (`[rows, cols]` → `[cols, rows]`).
+pub(crate) fn transpose(data: TensorData) -> TensorData {
+    let [rows, cols] = data.shape().as_slice()[..] else {
+        unreachable!("only Linear weights are transposed, and they are 2-D")
+    };
+    let values = data.as_slice::<f32>().expect("the reader yields f32");
+    let mut out = vec![0.0f32; rows * cols];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = values[r * cols + c];
+        }
+    }
+    TensorData::new(out, [cols, rows])
+}

@@ -1,0 +1,118 @@
+//! Writing a Burn module back to Hugging Face safetensors.
+
+use std::borrow::Cow;
+use std::path::Path;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::Tensor;
+use safetensors::tensor::{Dtype, View};
+
+use super::atomic::write_atomically;
+use super::load::transpose;
+use super::names::ParamPath;
+use crate::error::ModelError;
+
+/// The precision a checkpoint is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaveDtype {
+    /// 32-bit floats (exact for f32 models).
+    F32,
+    /// bfloat16, the dtype of released Qwen3 checkpoints.
+    Bf16,
+}
+
+struct HostTensor {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl View for &HostTensor {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// Writes every float parameter of `module` to `path` (one safetensors file), under its
+/// Hugging Face name and layout, skipping names in `skip`; temporary file then rename.
+pub fn save_parameters<M: Module>(
+    module: &M,
+    path: &Path,
+    dtype: SaveDtype,
+    skip: &[&str],
+) -> Result<(), ModelError> {
+    let mut collector = Collector {
+        path: ParamPath::default(),
+        dtype,
+        tensors: Vec::new(),
+    };
+    module.visit(&mut collector);
+    let tensors: Vec<(String, &HostTensor)> = collector
+        .tensors
+        .iter()
+        .filter(|(name, _)| !skip.contains(&name.as_str()))
+        .map(|(name, t)| (name.clone(), t))
+        .collect();
+    let bytes = safetensors::serialize(tensors, None).map_err(|e| ModelError::Safetensors {
+        path: path.to_owned(),
+        message: format!("{e:?}"),
+    })?;
+    write_atomically(path, &bytes)
+}
+
+struct Collector {
+    path: ParamPath,
+    dtype: SaveDtype,
+    tensors: Vec<(String, HostTensor)>,
+}
+
+impl ModuleVisitor for Collector {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
+    }
+
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.exit();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let data = param.val().to_data().convert::<f32>();
+        let data = if self.path.is_transposed_in_checkpoint() {
+            transpose(data)
+        } else {
+            data
+        };
+        let shape = data.shape().as_slice().to_vec();
+        let values = data.as_slice::<f32>().expect("converted to f32");
+        let (dtype, bytes) = match self.dtype {
+            SaveDtype::F32 => (
+                Dtype::F32,
+                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
+            SaveDtype::Bf16 => (
+                Dtype::BF16,
+                values
+                    .iter()
+                    .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                    .collect(),
+            ),
+        };
+        self.tensors.push((
+            self.path.hf_name(),
+            HostTensor {
+                dtype,
+                shape,
+                bytes,
+            },
+        ));
+    }
+}

@@ -1,0 +1,55 @@
+//! One Qwen3 decoder block: pre-norm attention then pre-norm MLP, each with a residual.
+
+use burn::module::Module;
+use burn::nn::{RmsNorm, RmsNormConfig};
+use burn::tensor::{Device, Tensor};
+
+use super::Qwen3Config;
+use super::attention::Attention;
+use super::mlp::Mlp;
+use crate::kv_cache::LayerKvCache;
+use crate::rope::RotaryEmbedding;
+
+/// `x + attn(norm(x))`, then `x + mlp(norm(x))`.
+#[derive(Module, Debug)]
+pub struct DecoderLayer {
+    /// Norm before attention.
+    pub input_layernorm: RmsNorm,
+    /// Grouped-query self-attention.
+    pub self_attn: Attention,
+    /// Norm before the MLP.
+    pub post_attention_layernorm: RmsNorm,
+    /// SwiGLU feed-forward.
+    pub mlp: Mlp,
+}
+
+impl DecoderLayer {
+    /// Lazily-initialised block for `config`.
+    pub fn new(config: &Qwen3Config, device: &Device) -> Self {
+        let norm = || {
+            RmsNormConfig::new(config.hidden_size)
+                .with_epsilon(config.rms_norm_eps)
+                .init(device)
+        };
+        Self {
+            input_layernorm: norm(),
+            self_attn: Attention::new(config, device),
+            post_attention_layernorm: norm(),
+            mlp: Mlp::new(config, device),
+        }
+    }
+
+    /// `[batch, seq, hidden]` → `[batch, seq, hidden]`, extending `cache` by `seq` positions.
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &RotaryEmbedding,
+        cache: &mut LayerKvCache,
+    ) -> Tensor<3> {
+        let x = x.clone()
+            + self
+                .self_attn
+                .forward(self.input_layernorm.forward(x), rope, cache);
+        x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
+    }
+}

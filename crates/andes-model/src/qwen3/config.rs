@@ -1,0 +1,200 @@
+//! The Qwen3 configuration, read straight from a Hugging Face `config.json`.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ModelError;
+use crate::rope::RopeScaling;
+
+/// Hyper-parameters of a Qwen3 decoder, with the Hugging Face key names so that a
+/// checkpoint's `config.json` deserializes into it unchanged and saves back the same way.
+///
+/// Keys this crate does not use (`architectures`, `torch_dtype`, ...) are kept in `extra`
+/// and written back on save, so a round trip through andes loses nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Qwen3Config {
+    /// Must be `"qwen3"`.
+    pub model_type: String,
+    /// Size of the token vocabulary (rows of the embedding and of the LM head).
+    pub vocab_size: usize,
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Width of the SwiGLU MLP's inner projection.
+    pub intermediate_size: usize,
+    /// Number of decoder blocks.
+    pub num_hidden_layers: usize,
+    /// Number of query heads.
+    pub num_attention_heads: usize,
+    /// Number of key/value heads (grouped-query attention when below the query heads).
+    pub num_key_value_heads: usize,
+    /// Width of one attention head; Qwen3 sets it independently of `hidden_size / heads`.
+    pub head_dim: usize,
+    /// Longest sequence the rotary tables are built for.
+    pub max_position_embeddings: usize,
+    /// Epsilon inside every RMSNorm.
+    pub rms_norm_eps: f64,
+    /// Whether the LM head reuses the token embedding matrix.
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// Whether q/k/v/o projections carry biases (false in every released Qwen3).
+    #[serde(default)]
+    pub attention_bias: bool,
+    /// MLP activation; only `silu` exists in Qwen3.
+    #[serde(default = "default_hidden_act")]
+    pub hidden_act: String,
+    /// Rotary base frequency (transformers 4.x layout; 5.x nests it in `rope_parameters`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_theta: Option<f64>,
+    /// Rotary scaling (transformers 4.x layout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScaling>,
+    /// Rotary settings (transformers 5.x layout: `rope_type`, `rope_theta`, scaling keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_parameters: Option<RopeScaling>,
+    /// Sliding-window attention switch; Qwen3 ships with it off and andes refuses it on.
+    #[serde(default)]
+    pub use_sliding_window: bool,
+    /// End-of-sequence token id(s) from the config, used when the tokenizer names none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eos_token_id: Option<EosTokenIds>,
+    /// Every other key of the file, kept verbatim for saving.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `eos_token_id` is a single id in some checkpoints and a list in others.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EosTokenIds {
+    /// One id.
+    One(u32),
+    /// Several ids, any of which ends generation.
+    Many(Vec<u32>),
+}
+
+impl EosTokenIds {
+    /// All the ids as a list.
+    pub fn to_vec(&self) -> Vec<u32> {
+        match self {
+            Self::One(id) => vec![*id],
+            Self::Many(ids) => ids.clone(),
+        }
+    }
+}
+
+fn default_hidden_act() -> String {
+    "silu".into()
+}
+
+impl Qwen3Config {
+    /// Reads and validates `config.json`; every error names the file and the key.
+    pub fn from_file(path: &Path) -> Result<Self, ModelError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_json(&text, path)
+    }
+
+    /// Parses `config.json` text; `path` only labels errors.
+    pub fn from_json(text: &str, path: &Path) -> Result<Self, ModelError> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let config: Self =
+            serde_path_to_error::deserialize(&mut de).map_err(|e| ModelError::Config {
+                path: path.to_owned(),
+                key: e.path().to_string(),
+                message: e.inner().to_string(),
+            })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ModelError> {
+        let fail = |key: &str, message: String| {
+            Err(ModelError::Config {
+                path: path.to_owned(),
+                key: key.into(),
+                message,
+            })
+        };
+        if self.model_type != "qwen3" {
+            return fail(
+                "model_type",
+                format!("found {:?}, expected \"qwen3\"", self.model_type),
+            );
+        }
+        if self.hidden_act != "silu" {
+            return fail(
+                "hidden_act",
+                format!("found {:?}, expected \"silu\"", self.hidden_act),
+            );
+        }
+        if self.use_sliding_window {
+            return fail(
+                "use_sliding_window",
+                "sliding-window attention is not supported; expected false".into(),
+            );
+        }
+        for (key, value) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            if value == 0 {
+                return fail(key, "found 0, expected a positive integer".into());
+            }
+        }
+        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+            return fail(
+                "head_dim",
+                format!("found {}, expected a positive even number", self.head_dim),
+            );
+        }
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            return fail(
+                "num_key_value_heads",
+                format!(
+                    "found {}, expected a divisor of num_attention_heads = {}",
+                    self.num_key_value_heads, self.num_attention_heads
+                ),
+            );
+        }
+        self.rope()
+            .map(|_| ())
+            .map_err(|(key, message)| ModelError::Config {
+                path: path.to_owned(),
+                key,
+                message,
+            })
+    }
+
+    /// The rotary base and scaling, whichever layout the file used.
+    pub fn rope(&self) -> Result<(f64, RopeScaling), (String, String)> {
+        match (&self.rope_parameters, &self.rope_scaling) {
+            (Some(params), _) => {
+                let theta = params.rope_theta.or(self.rope_theta).ok_or_else(|| {
+                    (
+                        "rope_parameters.rope_theta".to_string(),
+                        "missing; expected the rotary base, e.g. 1000000.0".to_string(),
+                    )
+                })?;
+                params.validated("rope_parameters").map(|s| (theta, s))
+            }
+            (None, scaling) => {
+                let theta = self.rope_theta.unwrap_or(10_000.0);
+                let scaling = scaling.clone().unwrap_or_default();
+                scaling.validated("rope_scaling").map(|s| (theta, s))
+            }
+        }
+    }
+
+    /// Query heads per key/value head.
+    pub fn group_size(&self) -> usize {
+        self.num_attention_heads / self.num_key_value_heads
+    }
+}

@@ -1,0 +1,37 @@
+//! The SwiGLU feed-forward block of Qwen3.
+
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::activation::silu;
+use burn::tensor::{Device, Tensor};
+
+use super::Qwen3Config;
+
+/// `down(silu(gate(x)) ⊙ up(x))`, no biases.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    /// `[hidden, intermediate]`
+    pub gate_proj: Linear,
+    /// `[hidden, intermediate]`
+    pub up_proj: Linear,
+    /// `[intermediate, hidden]`
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    /// Lazily-initialised MLP for `config`.
+    pub fn new(config: &Qwen3Config, device: &Device) -> Self {
+        let linear = |d_in, d_out| LinearConfig::new(d_in, d_out).with_bias(false).init(device);
+        Self {
+            gate_proj: linear(config.hidden_size, config.intermediate_size),
+            up_proj: linear(config.hidden_size, config.intermediate_size),
+            down_proj: linear(config.intermediate_size, config.hidden_size),
+        }
+    }
+
+    /// `[batch, seq, hidden]` → `[batch, seq, hidden]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let gate = silu(self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+}

@@ -1,0 +1,124 @@
+//! The Qwen3 decoder-only language model, field names mirroring the Hugging Face layout
+//! (`model.layers.N.self_attn.q_proj`, ...), so the checkpoint mapping is mechanical.
+
+mod attention;
+mod block;
+mod config;
+mod mlp;
+
+pub use attention::Attention;
+pub use block::DecoderLayer;
+pub use config::{EosTokenIds, Qwen3Config};
+pub use mlp::Mlp;
+
+use burn::module::Module;
+use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::tensor::module::linear;
+use burn::tensor::{Device, Int, Tensor};
+
+use crate::error::ModelError;
+use crate::kv_cache::KvCache;
+use crate::rope::RotaryEmbedding;
+
+/// The transformer body: embedding, decoder blocks, final norm.
+#[derive(Module, Debug)]
+pub struct Qwen3Model {
+    /// `[vocab, hidden]`
+    pub embed_tokens: Embedding,
+    /// The decoder blocks in order.
+    pub layers: Vec<DecoderLayer>,
+    /// Norm applied after the last block.
+    pub norm: RmsNorm,
+    /// cos/sin tables shared by every layer (constants, not parameters).
+    pub rotary: RotaryEmbedding,
+}
+
+/// Qwen3 with its language-modelling head (`Qwen3ForCausalLM` in transformers).
+#[derive(Module, Debug)]
+pub struct Qwen3ForCausalLM {
+    /// The transformer body.
+    pub model: Qwen3Model,
+    /// `[hidden, vocab]`; `None` when `tie_word_embeddings` reuses the embedding matrix.
+    pub lm_head: Option<Linear>,
+}
+
+impl Qwen3ForCausalLM {
+    /// A lazily-initialised model: parameters are allocated (randomly) only when first used,
+    /// so loading a checkpoint over it costs no random initialisation.
+    pub fn new(config: &Qwen3Config, device: &Device) -> Result<Self, ModelError> {
+        let (theta, scaling) = config.rope().map_err(|(key, message)| {
+            ModelError::InvalidInput(format!("config key `{key}`: {message}"))
+        })?;
+        let norm = RmsNormConfig::new(config.hidden_size)
+            .with_epsilon(config.rms_norm_eps)
+            .init(device);
+        let model = Qwen3Model {
+            embed_tokens: EmbeddingConfig::new(config.vocab_size, config.hidden_size).init(device),
+            layers: (0..config.num_hidden_layers)
+                .map(|_| DecoderLayer::new(config, device))
+                .collect(),
+            norm,
+            rotary: RotaryEmbedding::new(
+                config.head_dim,
+                config.max_position_embeddings,
+                theta,
+                &scaling,
+                device,
+            ),
+        };
+        let lm_head = (!config.tie_word_embeddings).then(|| {
+            LinearConfig::new(config.hidden_size, config.vocab_size)
+                .with_bias(false)
+                .init(device)
+        });
+        Ok(Self { model, lm_head })
+    }
+
+    /// Final hidden states `[batch, seq, hidden]` for `tokens` (`[batch, seq]`), which
+    /// continue the sequence held in `cache`; the cache is extended by `seq` positions.
+    pub fn forward_hidden(
+        &self,
+        tokens: Tensor<2, Int>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor<3>, ModelError> {
+        let [_, seq] = tokens.dims();
+        let end = cache.len() + seq;
+        let limit = self.model.rotary.max_positions();
+        if end > limit {
+            return Err(ModelError::InvalidInput(format!(
+                "sequence of {end} positions exceeds max_position_embeddings = {limit}"
+            )));
+        }
+        let mut x = self.model.embed_tokens.forward(tokens);
+        for (layer, layer_cache) in self.model.layers.iter().zip(cache.layers.iter_mut()) {
+            x = layer.forward(x, &self.model.rotary, layer_cache);
+        }
+        Ok(self.model.norm.forward(x))
+    }
+
+    /// Logits `[batch, seq, vocab]` from hidden states `[batch, seq, hidden]`.
+    pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => linear(
+                hidden,
+                self.model.embed_tokens.weight.val().transpose(),
+                None,
+            ),
+        }
+    }
+
+    /// Logits `[batch, seq, vocab]` for every position of `tokens`.
+    pub fn forward(
+        &self,
+        tokens: Tensor<2, Int>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor<3>, ModelError> {
+        Ok(self.logits(self.forward_hidden(tokens, cache)?))
+    }
+
+    /// An empty KV cache sized for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.model.layers.len())
+    }
+}

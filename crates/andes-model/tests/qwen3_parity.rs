@@ -1,0 +1,139 @@
+//! Parity of the Qwen3 decoder with Hugging Face transformers, on the tiny random
+//! checkpoints and reference outputs made by `cargo xtask fixtures`
+//! (scripts/fixtures/make_qwen3_fixtures.py).
+
+use std::path::{Path, PathBuf};
+
+use andes_model::checkpoint::load_qwen3;
+use andes_model::generate::{Decoding, GenerationRequest, generate, token_tensor};
+use andes_model::qwen3::Qwen3ForCausalLM;
+use burn::tensor::{DType, Device, Tensor};
+
+const FIXTURES: [&str; 4] = [
+    "qwen3-tiny-tied-gqa-f32",
+    "qwen3-tiny-untied-mha-f32",
+    "qwen3-tiny-bf16-sharded",
+    "qwen3-tiny-linear-rope-f32",
+];
+
+fn fixture_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures")
+        .join(name)
+}
+
+struct Reference {
+    prompt_ids: Vec<u32>,
+    logits: Vec<f32>,
+    greedy_ids: Vec<u32>,
+}
+
+fn reference(name: &str) -> Reference {
+    let text = std::fs::read_to_string(fixture_dir(name).join("reference.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let ids = |key: &str| -> Vec<u32> {
+        json[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect()
+    };
+    Reference {
+        prompt_ids: ids("prompt_ids"),
+        logits: json["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect(),
+        greedy_ids: ids("greedy_ids"),
+    }
+}
+
+fn load(name: &str) -> (Device, Qwen3ForCausalLM) {
+    let device = Device::flex();
+    let (_, model) = load_qwen3(&fixture_dir(name), &device, DType::F32).unwrap();
+    (device, model)
+}
+
+fn host(t: Tensor<3>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap()
+}
+
+/// ‖a − b‖ / ‖b‖.
+fn relative_error(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let diff: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (diff / norm).sqrt()
+}
+
+#[test]
+fn logits_match_transformers_within_1e_4() {
+    for name in FIXTURES {
+        let (device, model) = load(name);
+        let reference = reference(name);
+        let logits = model
+            .forward(
+                token_tensor(&reference.prompt_ids, &device),
+                &mut model.new_cache(),
+            )
+            .unwrap();
+        let error = relative_error(&host(logits), &reference.logits);
+        eprintln!("{name}: logits relative error {error:e}");
+        assert!(error <= 1e-4, "{name}: logits relative error {error:e}");
+    }
+}
+
+#[test]
+fn greedy_continuation_matches_transformers() {
+    for name in FIXTURES {
+        let (device, model) = load(name);
+        let reference = reference(name);
+        let request = GenerationRequest {
+            max_new_tokens: reference.greedy_ids.len(),
+            decoding: Decoding::Greedy,
+            stop_tokens: vec![],
+        };
+        let ids = generate(&model, &reference.prompt_ids, &request, &device).unwrap();
+        assert_eq!(ids, reference.greedy_ids, "{name}");
+    }
+}
+
+#[test]
+fn kv_cached_decoding_equals_full_recomputation() {
+    for name in FIXTURES {
+        let (device, model) = load(name);
+        let ids = reference(name).prompt_ids;
+        let full = host(
+            model
+                .forward(token_tensor(&ids, &device), &mut model.new_cache())
+                .unwrap(),
+        );
+        // Prefill half, then one token at a time through the cache.
+        let split = ids.len() / 2;
+        let mut cache = model.new_cache();
+        let mut stepped = host(
+            model
+                .forward(token_tensor(&ids[..split], &device), &mut cache)
+                .unwrap(),
+        );
+        for &id in &ids[split..] {
+            stepped.extend(host(
+                model
+                    .forward(token_tensor(&[id], &device), &mut cache)
+                    .unwrap(),
+            ));
+        }
+        assert_eq!(cache.len(), ids.len());
+        let error = relative_error(&stepped, &full);
+        assert!(
+            error <= 1e-5,
+            "{name}: cached vs full relative error {error:e}"
+        );
+    }
+}
