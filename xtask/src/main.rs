@@ -1,1 +1,131 @@
-fn main() {}
+//! Developer tasks: `cargo xtask fixtures | bench forward | bench report`.
+//!
+//! Python appears here only where the peer (PyTorch + transformers) runs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["fixtures", rest @ ..] => fixtures(rest),
+        ["bench", "forward", rest @ ..] => bench_forward(rest),
+        ["bench", "report", dir] => bench_report(Path::new(dir)),
+        _ => bail!(
+            "usage: cargo xtask fixtures [--check]\n\
+             \x20      cargo xtask bench forward [--config FILE] [--prompt-len N] [--decode-tokens M] [--threads T]\n\
+             \x20      cargo xtask bench report DIR   (ratio table of andes-*.json vs peer-*.json in DIR)"
+        ),
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("starting {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Regenerates the transformers parity fixtures (needs `pip install -r scripts/fixtures/requirements.txt`).
+fn fixtures(rest: &[&str]) -> anyhow::Result<()> {
+    run(Command::new("python3")
+        .current_dir(root())
+        .arg("scripts/fixtures/make_qwen3_fixtures.py")
+        .args(["--out", "fixtures"])
+        .args(rest))
+}
+
+fn flag<'a>(rest: &[&'a str], name: &str, default: &'a str) -> &'a str {
+    rest.iter()
+        .position(|a| *a == name)
+        .and_then(|i| rest.get(i + 1).copied())
+        .unwrap_or(default)
+}
+
+/// Runs `andes bench forward` and the transformers-eager peer on this machine's CPU, same
+/// shape and threads, and prints the ratio.
+fn bench_forward(rest: &[&str]) -> anyhow::Result<()> {
+    let config = flag(
+        rest,
+        "--config",
+        "fixtures/qwen3-tiny-tied-gqa-f32/config.json",
+    );
+    let prompt_len = flag(rest, "--prompt-len", "128");
+    let decode = flag(rest, "--decode-tokens", "32");
+    let threads = flag(rest, "--threads", "2");
+    let out = root().join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    run(Command::new("cargo")
+        .current_dir(root())
+        .args(["build", "--release", "-p", "andes-cli"]))?;
+    let andes = std::process::Command::new(root().join("target/release/andes"))
+        .current_dir(root())
+        .args(["bench", "forward", "--config", config, "--device", "cpu"])
+        .args(["--prompt-len", prompt_len, "--decode-tokens", decode])
+        .env("RAYON_NUM_THREADS", threads)
+        .output()?;
+    if !andes.status.success() {
+        bail!(
+            "andes bench failed: {}",
+            String::from_utf8_lossy(&andes.stderr)
+        );
+    }
+    std::fs::write(out.join("andes-cpu.json"), &andes.stdout)?;
+    run(Command::new("python3")
+        .current_dir(root())
+        .arg("scripts/bench/forward_peer.py")
+        .args(["--config", config, "--device", "cpu", "--dtype", "float32"])
+        .args(["--prompt-len", prompt_len, "--decode-tokens", decode])
+        .args(["--threads", threads])
+        .arg("--out")
+        .arg(out.join("peer-cpu.json")))?;
+    bench_report(&out)
+}
+
+/// Prints andes vs peer throughput for every `andes-X.json` with a `peer-X.json` beside it.
+fn bench_report(dir: &Path) -> anyhow::Result<()> {
+    let read = |path: PathBuf| -> anyhow::Result<serde_json::Value> {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let line = text.lines().last().unwrap_or_default();
+        serde_json::from_str(line).with_context(|| format!("{}: not JSON", path.display()))
+    };
+    println!("| run | metric | andes | transformers eager | ratio |");
+    println!("|---|---|---|---|---|");
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(run_name) = name
+            .strip_prefix("andes-")
+            .and_then(|n| n.strip_suffix(".json"))
+        else {
+            continue;
+        };
+        let peer_path = dir.join(format!("peer-{run_name}.json"));
+        if !peer_path.exists() {
+            continue;
+        }
+        let (ours, peer) = (read(entry.path())?, read(peer_path)?);
+        for metric in ["prefill_tokens_per_s", "decode_tokens_per_s"] {
+            let (a, b) = (ours[metric].as_f64(), peer[metric].as_f64());
+            if let (Some(a), Some(b)) = (a, b) {
+                println!(
+                    "| {run_name} | {metric} | {a:.1} | {b:.1} | {:.2}× |",
+                    a / b
+                );
+            }
+        }
+    }
+    Ok(())
+}

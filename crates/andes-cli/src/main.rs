@@ -1,1 +1,50 @@
-fn main() {}
+//! `andes`: train, quantize and run small vision-language models for phones.
+//!
+//! The binary is thin: it parses arguments and calls the library crates.
+
+mod commands;
+mod model_args;
+
+use clap::{Parser, Subcommand};
+
+/// andes: a toolkit for small on-device language and vision-language models.
+#[derive(Parser)]
+#[command(name = "andes", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt with a Hugging Face Qwen3 model directory.
+    Generate(commands::generate::GenerateArgs),
+    /// Mean next-token NLL and perplexity of a text file.
+    Eval(commands::eval::EvalArgs),
+    /// Print a model's configuration summary and parameter count.
+    Info(commands::info::InfoArgs),
+    /// Re-save a model directory (e.g. f32 → bf16) in the Hugging Face layout.
+    Convert(commands::convert::ConvertArgs),
+    /// Measure prefill and decode throughput of a model shape with random weights.
+    Bench(commands::bench::BenchArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Generate(args) => commands::generate::run(args),
+        Command::Eval(args) => commands::eval::run(args),
+        Command::Info(args) => commands::info::run(args),
+        Command::Convert(args) => commands::convert::run(args),
+        Command::Bench(args) => commands::bench::run(args),
+    }
+}

@@ -9,6 +9,7 @@ pub mod error;
 pub mod generate;
 pub mod kv_cache;
 pub mod perplexity;
+pub mod precision;
 pub mod qwen3;
 pub mod rope;
 

@@ -117,8 +117,8 @@ impl RotaryEmbedding {
     pub fn apply(&self, x: Tensor<4>, start: usize) -> Tensor<4> {
         let [_, _, seq, head_dim] = x.dims();
         let dtype = x.dtype();
-        let cos = self.cos.clone().slice([start..start + seq]).cast(dtype);
-        let sin = self.sin.clone().slice([start..start + seq]).cast(dtype);
+        let cos = self.cos.clone().narrow(0, start, seq).cast(dtype);
+        let sin = self.sin.clone().narrow(0, start, seq).cast(dtype);
         let cos: Tensor<4> = cos.unsqueeze();
         let sin: Tensor<4> = sin.unsqueeze();
         let half = head_dim / 2;

@@ -149,13 +149,16 @@ impl Qwen3Config {
                 return fail(key, "found 0, expected a positive integer".into());
             }
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return fail(
                 "head_dim",
                 format!("found {}, expected a positive even number", self.head_dim),
             );
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return fail(
                 "num_key_value_heads",
                 format!(

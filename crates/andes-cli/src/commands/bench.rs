@@ -1,0 +1,124 @@
+//! `andes bench forward`: prefill and decode throughput of a model shape, random weights.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use andes_model::generate::token_tensor;
+use andes_model::precision::cast_parameters;
+use andes_model::qwen3::{Qwen3Config, Qwen3ForCausalLM};
+use burn::module::Module;
+use burn::tensor::{Device, Int, Tensor};
+use clap::{Args, Subcommand};
+
+use crate::model_args::RuntimeArgs;
+
+/// Arguments of `andes bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    what: BenchKind,
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchKind {
+    /// Prefill tokens/s over a prompt, then decode tokens/s one token at a time with the KV cache.
+    Forward(ForwardArgs),
+}
+
+#[derive(Args, Debug)]
+struct ForwardArgs {
+    /// A Qwen3 config.json giving the shape (weights are random).
+    #[arg(long)]
+    config: PathBuf,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+    /// Prompt tokens processed in one forward pass.
+    #[arg(long, default_value_t = 512)]
+    prompt_len: usize,
+    /// Tokens decoded after the prompt.
+    #[arg(long, default_value_t = 128)]
+    decode_tokens: usize,
+    /// Untimed runs first (kernel compilation, autotuning).
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Timed runs; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+}
+
+/// Runs `andes bench`.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.what {
+        BenchKind::Forward(args) => forward(args),
+    }
+}
+
+fn forward(args: ForwardArgs) -> anyhow::Result<()> {
+    let config = Qwen3Config::from_file(&args.config)?;
+    let (device, dtype) = args.runtime.resolve()?;
+    let model = cast_parameters(Qwen3ForCausalLM::new(&config, &device)?, dtype);
+    let prompt: Vec<u32> = (0..args.prompt_len)
+        .map(|i| ((i * 7919 + 13) % config.vocab_size) as u32)
+        .collect();
+    let mut prefill_seconds = Vec::new();
+    let mut decode_seconds = Vec::new();
+    for run in 0..args.warmup + args.repeats {
+        let (prefill, decode) = timed_run(&model, &prompt, args.decode_tokens, &device)?;
+        if run >= args.warmup {
+            prefill_seconds.push(prefill);
+            decode_seconds.push(decode);
+        }
+    }
+    let prefill = median(&mut prefill_seconds);
+    let decode = median(&mut decode_seconds);
+    let report = serde_json::json!({
+        "peer": "andes",
+        "device": args.runtime.device,
+        "dtype": args.runtime.dtype,
+        "prompt_len": args.prompt_len,
+        "decode_tokens": args.decode_tokens,
+        "params": model.num_params(),
+        "prefill_ms_median": prefill * 1e3,
+        "prefill_tokens_per_s": args.prompt_len as f64 / prefill,
+        "decode_ms_per_token_median": decode * 1e3 / args.decode_tokens as f64,
+        "decode_tokens_per_s": args.decode_tokens as f64 / decode,
+    });
+    println!("{report}");
+    Ok(())
+}
+
+/// Seconds for the prefill (until the first token id is on the host) and for the decode steps.
+fn timed_run(
+    model: &Qwen3ForCausalLM,
+    prompt: &[u32],
+    decode_tokens: usize,
+    device: &Device,
+) -> anyhow::Result<(f64, f64)> {
+    let mut cache = model.new_cache();
+    let start = Instant::now();
+    let mut next = next_token(model, token_tensor(prompt, device), &mut cache)?;
+    let prefill = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for _ in 0..decode_tokens {
+        next = next_token(model, token_tensor(&[next], device), &mut cache)?;
+    }
+    Ok((prefill, start.elapsed().as_secs_f64()))
+}
+
+/// Greedy next token after `tokens`, argmax taken on the device.
+fn next_token(
+    model: &Qwen3ForCausalLM,
+    tokens: Tensor<2, Int>,
+    cache: &mut andes_model::kv_cache::KvCache,
+) -> anyhow::Result<u32> {
+    let hidden = model.forward_hidden(tokens, cache)?;
+    let [_, seq, width] = hidden.dims();
+    let logits = model.logits(hidden.slice([0..1, seq - 1..seq, 0..width]));
+    let id = logits.argmax(2).into_data().convert::<i64>();
+    Ok(id.as_slice::<i64>().expect("converted to i64")[0] as u32)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}

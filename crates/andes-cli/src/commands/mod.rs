@@ -1,0 +1,7 @@
+//! One file per `andes` subcommand.
+
+pub mod bench;
+pub mod convert;
+pub mod eval;
+pub mod generate;
+pub mod info;

@@ -1,0 +1,60 @@
+//! The `--model/--device/--dtype` arguments shared by every command that runs a model.
+
+use std::path::PathBuf;
+
+use andes_model::checkpoint::load_qwen3;
+use andes_model::device::parse_device;
+use andes_model::precision::parse_dtype;
+use andes_model::qwen3::{Qwen3Config, Qwen3ForCausalLM};
+use anyhow::Context;
+use burn::tensor::{DType, Device};
+use clap::Args;
+
+/// Where the model is and where it runs.
+#[derive(Args, Debug)]
+pub struct ModelArgs {
+    /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+/// Device and precision.
+#[derive(Args, Debug)]
+pub struct RuntimeArgs {
+    /// cpu, wgpu[:N] or vulkan[:N] (GPU backends need the `wgpu` build feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Compute precision: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+}
+
+impl RuntimeArgs {
+    /// The parsed device and dtype.
+    pub fn resolve(&self) -> anyhow::Result<(Device, DType)> {
+        Ok((parse_device(&self.device)?, parse_dtype(&self.dtype)?))
+    }
+}
+
+/// A loaded model with its configuration and the device it lives on.
+pub struct LoadedModel {
+    pub config: Qwen3Config,
+    pub model: Qwen3ForCausalLM,
+    pub device: Device,
+}
+
+impl ModelArgs {
+    /// Loads the checkpoint onto the chosen device.
+    pub fn load(&self) -> anyhow::Result<LoadedModel> {
+        let (device, dtype) = self.runtime.resolve()?;
+        let (config, model) = load_qwen3(&self.model, &device, dtype)
+            .with_context(|| format!("loading model {}", self.model.display()))?;
+        Ok(LoadedModel {
+            config,
+            model,
+            device,
+        })
+    }
+}

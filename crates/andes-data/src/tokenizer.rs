@@ -1,0 +1,74 @@
+//! A model directory's `tokenizer.json`, loaded with the Hugging Face `tokenizers` crate.
+
+use std::path::{Path, PathBuf};
+
+/// Errors of data loading, each naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// A tokenizer file could not be read or parsed.
+    #[error("{path}: cannot load tokenizer: {message}")]
+    Tokenizer {
+        /// The tokenizer file.
+        path: PathBuf,
+        /// The library's complaint.
+        message: String,
+    },
+    /// Encoding or decoding failed.
+    #[error("tokenizer {path}: {message}")]
+    Codec {
+        /// The tokenizer file.
+        path: PathBuf,
+        /// The library's complaint.
+        message: String,
+    },
+}
+
+/// Byte-level BPE tokenizer of a checkpoint; encodes without adding special tokens, as
+/// Qwen3 base models expect.
+pub struct TextTokenizer {
+    path: PathBuf,
+    inner: tokenizers::Tokenizer,
+}
+
+impl TextTokenizer {
+    /// Loads `dir/tokenizer.json`.
+    pub fn from_model_dir(dir: &Path) -> Result<Self, DataError> {
+        Self::from_file(&dir.join("tokenizer.json"))
+    }
+
+    /// Loads a `tokenizer.json` file.
+    pub fn from_file(path: &Path) -> Result<Self, DataError> {
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| DataError::Tokenizer {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        Ok(Self {
+            path: path.to_owned(),
+            inner,
+        })
+    }
+
+    /// Token ids of `text`, special-token markup (`<|im_start|>`) recognised, none added.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, DataError> {
+        self.inner
+            .encode(text, false)
+            .map(|encoding| encoding.get_ids().to_vec())
+            .map_err(|e| DataError::Codec {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Text of `ids`, special tokens included verbatim.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, DataError> {
+        self.inner.decode(ids, false).map_err(|e| DataError::Codec {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Id of a token string such as `<|im_end|>`, if the vocabulary has it.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+}
