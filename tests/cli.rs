@@ -229,3 +229,139 @@ fn missing_model_directory_names_the_file() {
         "{stderr}"
     );
 }
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
+fn losses(run_dir: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let m: serde_json::Value = serde_json::from_str(line).unwrap();
+            (m["step"].as_u64().unwrap(), m["loss"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+/// Runs the tiny pretrain recipe from the repository root (recipes name repo-relative paths).
+fn train_command(extra: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_andes"));
+    command.current_dir(repo("")).arg("train").args(extra);
+    command
+}
+
+const SHORT_RUN: [&str; 6] = [
+    "--set",
+    "train.steps=24",
+    "--set",
+    "train.checkpoint_every=4",
+    "--set",
+    "train.eval_every=12",
+];
+
+#[test]
+fn train_killed_with_sigkill_and_resumed_reproduces_the_uninterrupted_losses() {
+    let dir = tempfile::tempdir().unwrap();
+    let (straight, interrupted) = (dir.path().join("straight"), dir.path().join("interrupted"));
+    let config = path(&repo("configs/recipes/tiny/pretrain.toml")).to_string();
+    let status = train_command(&["--config", &config, "--out", path(&straight), "--quiet"])
+        .args(SHORT_RUN)
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let mut child = train_command(&["--config", &config, "--out", path(&interrupted), "--quiet"])
+        .args(SHORT_RUN)
+        .spawn()
+        .unwrap();
+    let latest = interrupted.join("checkpoints/latest");
+    while !latest.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before its first checkpoint"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+    let resumed_at = losses(&interrupted).len();
+    assert!(
+        resumed_at < 24,
+        "the kill came after the run ended; nothing was resumed"
+    );
+
+    let status = train_command(&["--resume", path(&interrupted), "--quiet"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(losses(&interrupted), losses(&straight));
+}
+
+#[test]
+fn train_loss_falls_and_the_checkpoint_generates() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let config = path(&repo("configs/recipes/tiny/sft.toml")).to_string();
+    let output = train_command(&["--config", &config, "--out", path(&run), "--quiet"])
+        .args(["--set", "train.steps=30", "--set", "train.eval_every=15"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let history = losses(&run);
+    let first: f64 = history[..3].iter().map(|l| l.1).sum::<f64>() / 3.0;
+    let last: f64 = history[history.len() - 3..]
+        .iter()
+        .map(|l| l.1)
+        .sum::<f64>()
+        / 3.0;
+    assert!(last < first * 0.9, "loss did not fall: {first} → {last}");
+    assert!(run.join("loss.svg").exists());
+    let checkpoint = run.join("checkpoints/step-000030");
+    let out = json_stdout(andes(&[
+        "generate",
+        "--model",
+        path(&checkpoint),
+        "--prompt",
+        "Define Water.",
+        "--chat",
+        "--max-new-tokens",
+        "8",
+        "--greedy",
+        "--json",
+    ]));
+    assert!(!out["token_ids"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn recipe_with_unknown_key_names_the_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(repo("configs/recipes/tiny/pretrain.toml")).unwrap();
+    std::fs::write(
+        &recipe,
+        text.replace("grad_clip = 1.0", "grad_clip = 1.0\nmomentum = 0.9"),
+    )
+    .unwrap();
+    let output = train_command(&[
+        "--config",
+        path(&recipe),
+        "--out",
+        path(&dir.path().join("r")),
+    ])
+    .output()
+    .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("bad.toml") && stderr.contains("momentum"),
+        "{stderr}"
+    );
+}

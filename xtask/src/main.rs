@@ -12,10 +12,12 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
         ["fixtures", rest @ ..] => fixtures(rest),
+        ["data"] => data(),
         ["bench", "forward", rest @ ..] => bench_forward(rest),
         ["bench", "report", dir] => bench_report(Path::new(dir)),
         _ => bail!(
             "usage: cargo xtask fixtures [--check]\n\
+             \x20      cargo xtask data   (SFT conversations from the GCIDE slices)\n\
              \x20      cargo xtask bench forward [--config FILE] [--prompt-len N] [--decode-tokens M] [--threads T]\n\
              \x20      cargo xtask bench report DIR   (ratio table of andes-*.json vs peer-*.json in DIR)"
         ),
@@ -43,6 +45,40 @@ fn fixtures(rest: &[&str]) -> anyhow::Result<()> {
         .arg("scripts/fixtures/make_qwen3_fixtures.py")
         .args(["--out", "fixtures"])
         .args(rest))
+}
+
+/// Turns the GCIDE dictionary slices into SFT conversations: the user asks for a headword's
+/// definition, the assistant answers with the dictionary's text. Definitions longer than 240
+/// characters are left out so that a conversation fits a tiny model's window.
+fn data() -> anyhow::Result<()> {
+    let pairs = [
+        ("gcide-sample.txt", "gcide-define-train.jsonl"),
+        ("gcide-eval.txt", "gcide-define-eval.jsonl"),
+    ];
+    let out_dir = root().join("datasets/sft");
+    std::fs::create_dir_all(&out_dir)?;
+    for (source, target) in pairs {
+        let path = root().join("datasets/gcide").join(source);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let mut lines = String::new();
+        for line in text.lines() {
+            let Some((headword, definition)) = line.split_once(": ") else {
+                continue;
+            };
+            if definition.len() > 240 || headword.is_empty() {
+                continue;
+            }
+            let record = serde_json::json!({"messages": [
+                {"role": "user", "content": format!("Define {headword}.")},
+                {"role": "assistant", "content": definition},
+            ]});
+            lines.push_str(&record.to_string());
+            lines.push('\n');
+        }
+        std::fs::write(out_dir.join(target), lines)?;
+    }
+    Ok(())
 }
 
 fn flag<'a>(rest: &[&'a str], name: &str, default: &'a str) -> &'a str {

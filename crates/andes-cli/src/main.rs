@@ -17,6 +17,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train per a recipe (pretrain, sft), or resume a run.
+    Train(commands::train::TrainArgs),
     /// Generate text from a prompt with a Hugging Face Qwen3 model directory.
     Generate(commands::generate::GenerateArgs),
     /// Mean next-token NLL and perplexity of a text file.
@@ -41,6 +43,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Train(args) => commands::train::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Info(args) => commands::info::run(args),

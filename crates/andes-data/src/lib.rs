@@ -2,6 +2,7 @@
 //! crate) and the Qwen3 ChatML template.
 
 pub mod chat;
+pub mod dataset;
 pub mod tokenizer;
 
 pub use tokenizer::{DataError, TextTokenizer};

@@ -4,7 +4,7 @@ use burn::tensor::Device;
 
 use crate::error::ModelError;
 
-/// Parses `cpu`, `wgpu[:N]` or `vulkan[:N]` into a Burn device; a backend not compiled into
+/// Parses `cpu`, `cuda[:N]`, `wgpu[:N]` or `vulkan[:N]` into a Burn device; a backend not compiled into
 /// this build is an error naming the cargo feature that enables it.
 pub fn parse_device(spec: &str) -> Result<Device, ModelError> {
     let (kind, index) = match spec.split_once(':') {
@@ -21,13 +21,9 @@ pub fn parse_device(spec: &str) -> Result<Device, ModelError> {
     match kind {
         "cpu" => Ok(Device::flex()),
         "wgpu" | "vulkan" => gpu_device(kind, index),
-        "cuda" => Err(ModelError::InvalidInput(
-            "device `cuda`: this build has no CUDA backend (burn 0.22's cuda backend cannot be \
-             built offline; see docs/backends.md); use `--device wgpu` with the `wgpu` feature"
-                .into(),
-        )),
+        "cuda" => cuda_device(index),
         other => Err(ModelError::InvalidInput(format!(
-            "device `{other}` is unknown; expected cpu, wgpu[:N] or vulkan[:N]"
+            "device `{other}` is unknown; expected cpu, cuda[:N], wgpu[:N] or vulkan[:N]"
         ))),
     }
 }
@@ -50,4 +46,18 @@ fn gpu_device(kind: &str, _: Option<usize>) -> Result<Device, ModelError> {
     Err(ModelError::InvalidInput(format!(
         "device `{kind}` is not compiled into this build; rebuild with `--features wgpu`"
     )))
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device(index: Option<usize>) -> Result<Device, ModelError> {
+    Ok(Device::cuda(index.unwrap_or(0)))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device(_: Option<usize>) -> Result<Device, ModelError> {
+    Err(ModelError::InvalidInput(
+        "device `cuda` is not compiled into this build; rebuild with `--features cuda` \
+         (see docs/backends.md for the offline build)"
+            .into(),
+    ))
 }

@@ -7,7 +7,7 @@ use andes_model::generate::token_tensor;
 use andes_model::precision::cast_parameters;
 use andes_model::qwen3::{Qwen3Config, Qwen3ForCausalLM};
 use burn::module::Module;
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Device, Distribution, Int, Tensor};
 use clap::{Args, Subcommand};
 
 use crate::model_args::RuntimeArgs;
@@ -23,6 +23,23 @@ pub struct BenchArgs {
 enum BenchKind {
     /// Prefill tokens/s over a prompt, then decode tokens/s one token at a time with the KV cache.
     Forward(ForwardArgs),
+    /// TFLOP/s of one square matrix product, the ceiling under every linear layer.
+    Matmul(MatmulArgs),
+}
+
+#[derive(Args, Debug)]
+struct MatmulArgs {
+    /// Side of the square matrices.
+    #[arg(long, default_value_t = 4096)]
+    size: usize,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+    /// Untimed products first (kernel compilation, autotuning).
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Timed products; the median is reported.
+    #[arg(long, default_value_t = 20)]
+    repeats: usize,
 }
 
 #[derive(Args, Debug)]
@@ -50,7 +67,37 @@ struct ForwardArgs {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.what {
         BenchKind::Forward(args) => forward(args),
+        BenchKind::Matmul(args) => matmul(args),
     }
+}
+
+fn matmul(args: MatmulArgs) -> anyhow::Result<()> {
+    let (device, dtype) = args.runtime.resolve()?;
+    let n = args.size;
+    let random =
+        || Tensor::<2>::random([n, n], Distribution::Normal(0.0, 1.0), &device).cast(dtype);
+    let (a, b) = (random(), random());
+    let mut seconds = Vec::new();
+    for run in 0..args.warmup + args.repeats {
+        let start = Instant::now();
+        // Reading one element back waits for the product to finish.
+        let product = a.clone().matmul(b.clone());
+        product.slice([0..1, 0..1]).into_data();
+        if run >= args.warmup {
+            seconds.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let time = median(&mut seconds);
+    let report = serde_json::json!({
+        "peer": "andes",
+        "device": args.runtime.device,
+        "dtype": args.runtime.dtype,
+        "size": n,
+        "ms_median": time * 1e3,
+        "tflops": 2.0 * (n as f64).powi(3) / time / 1e12,
+    });
+    println!("{report}");
+    Ok(())
 }
 
 fn forward(args: ForwardArgs) -> anyhow::Result<()> {

@@ -1,6 +1,6 @@
 //! Loading a Hugging Face checkpoint into a lazily-initialised Burn module.
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::tensor::{DType, Tensor, TensorData};
 
 use super::names::ParamPath;
@@ -59,8 +59,7 @@ impl ModuleMapper for Loader<'_> {
                 let data = if transposed { transpose(data) } else { data };
                 let device = param.lazy_device();
                 let tensor = Tensor::<D>::from_data(data, &device).cast(self.dtype);
-                let id = param.id;
-                param.transform_for_load(tensor, id)
+                param.transform_for_load(tensor, stable_param_id(&name))
             }
             Err(error) => {
                 self.error = Some(error);
@@ -68,6 +67,15 @@ impl ModuleMapper for Loader<'_> {
             }
         }
     }
+}
+
+/// A parameter id derived from the tensor name (64-bit FNV-1a), so that optimizer state saved
+/// by one process is matched to the same parameter when another process loads the model.
+pub fn stable_param_id(name: &str) -> ParamId {
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+        (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3)
+    });
+    ParamId::from(hash)
 }
 
 /// Transposes a 2-D f32 tensor on the host (`[rows, cols]` → `[cols, rows]`).

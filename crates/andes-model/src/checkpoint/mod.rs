@@ -9,6 +9,7 @@ mod shards;
 
 pub use atomic::write_atomically;
 pub use load::load_parameters;
+pub use names::ParamPath;
 pub use save::{SaveDtype, save_parameters};
 pub use shards::{INDEX_FILE, SINGLE_FILE, SafetensorsShards};
 

@@ -39,6 +39,16 @@ impl ParamPath {
         self.parent_is("Linear") && self.names.last().is_some_and(|n| n == "weight")
     }
 
+    /// Whether the parameter is the scale of an RMSNorm (exempt from weight decay).
+    pub fn is_norm_scale(&self) -> bool {
+        self.parent_is("RmsNorm")
+    }
+
+    /// Whether the parameter is a bias vector (exempt from weight decay).
+    pub fn is_bias(&self) -> bool {
+        self.names.last().is_some_and(|n| n == "bias")
+    }
+
     fn parent_is(&self, module: &str) -> bool {
         self.containers
             .last()

@@ -1,0 +1,57 @@
+//! `andes train`: run a recipe, or resume a run.
+
+use std::path::PathBuf;
+
+use andes_train::checkpoint::RECIPE_FILE;
+use andes_train::{Recipe, train};
+use anyhow::Context;
+use clap::Args;
+
+/// Arguments of `andes train`.
+#[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("start").required(true).args(["config", "resume"]))]
+pub struct TrainArgs {
+    /// Recipe TOML (configs/recipes/...).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Run directory to create (checkpoints/, metrics.jsonl, recipe.toml, loss.svg).
+    #[arg(long, requires = "config")]
+    out: Option<PathBuf>,
+    /// Continue the run in this directory from its latest checkpoint.
+    #[arg(long, conflicts_with = "out")]
+    resume: Option<PathBuf>,
+    /// Override one recipe key, e.g. --set optimizer.lr=1e-4 (repeatable).
+    #[arg(long = "set")]
+    overrides: Vec<String>,
+    /// No progress bar (for logs and CI).
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Runs `andes train`.
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let (recipe_path, run_dir, resume) = match (&args.config, &args.resume) {
+        (Some(config), None) => {
+            let out = args
+                .out
+                .clone()
+                .context("--out RUN_DIR is required with --config")?;
+            (config.clone(), out, false)
+        }
+        (None, Some(run_dir)) => (run_dir.join(RECIPE_FILE), run_dir.clone(), true),
+        _ => anyhow::bail!("give either --config RECIPE --out RUN_DIR or --resume RUN_DIR"),
+    };
+    let recipe = Recipe::load(&recipe_path, &args.overrides)?;
+    let resolved = toml::to_string(&recipe).context("serializing the resolved recipe")?;
+    let outcome = train(&recipe, &resolved, &run_dir, resume, !args.quiet)?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "steps": outcome.steps,
+            "final_loss": outcome.final_loss,
+            "final_eval_loss": outcome.final_eval_loss,
+            "checkpoint": outcome.checkpoint,
+        })
+    );
+    Ok(())
+}

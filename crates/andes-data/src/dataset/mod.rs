@@ -1,0 +1,29 @@
+//! Training data: records read from files, tokenized with loss masks, packed into windows.
+
+mod conversation;
+mod packing;
+mod records;
+mod text;
+
+pub use conversation::{Conversation, Message, tokenize_conversation};
+pub use packing::{PackedWindows, TokenWindow};
+pub use records::{DataFormat, RecordError, load_sequences};
+pub use text::tokenize_document;
+
+/// Token ids of one document with, per token, whether it is a training target.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MaskedTokens {
+    /// Token ids.
+    pub ids: Vec<u32>,
+    /// `true` where the token is predicted and counted in the loss.
+    pub loss_mask: Vec<bool>,
+}
+
+impl MaskedTokens {
+    /// Appends `ids`, all with the same mask value.
+    pub fn push(&mut self, ids: &[u32], trained: bool) {
+        self.ids.extend_from_slice(ids);
+        self.loss_mask
+            .extend(std::iter::repeat_n(trained, ids.len()));
+    }
+}

@@ -1,0 +1,140 @@
+//! The one error type of `andes-quant`. Every message names what was found and what was
+//! expected, so a caller can show it to a user unchanged.
+
+use thiserror::Error;
+
+/// Everything that can go wrong in quantizing, packing or measuring a weight matrix.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum QuantError {
+    /// A format string that does not name a supported format.
+    #[error("invalid quant format {input:?}: {reason}")]
+    InvalidFormat {
+        /// The string as given.
+        input: String,
+        /// What is wrong and what is allowed instead.
+        reason: String,
+    },
+
+    /// A weight matrix with no elements; quantizing it has no meaning.
+    #[error("weight shape {shape} is empty: out_features and in_features must both be at least 1")]
+    EmptyShape {
+        /// The shape as `[out_features, in_features]`.
+        shape: String,
+    },
+
+    /// The weight buffer does not hold `out_features · in_features` values.
+    #[error("weights hold {found} values but shape {shape} needs {expected}")]
+    ShapeMismatch {
+        /// The shape as `[out_features, in_features]`.
+        shape: String,
+        /// `out_features · in_features`.
+        expected: usize,
+        /// Length of the buffer given.
+        found: usize,
+    },
+
+    /// A NaN or infinite weight, which no finite grid can represent.
+    #[error("weight at row {row}, column {col} is {value}; only finite weights can be quantized")]
+    NonFiniteWeight {
+        /// Output channel.
+        row: usize,
+        /// Input element.
+        col: usize,
+        /// The value found.
+        value: f32,
+    },
+
+    /// A group whose scale is larger than the largest f16 (65504).
+    #[error(
+        "scale {scale} of row {row}, group {group} exceeds the f16 maximum 65504; \
+         weights this large cannot be stored with f16 scales"
+    )]
+    ScaleOverflow {
+        /// Output channel.
+        row: usize,
+        /// Group index within the row.
+        group: usize,
+        /// The f32 scale that does not fit.
+        scale: f32,
+    },
+
+    /// A code larger than the format's largest code was given to `pack`.
+    #[error("code {code} at index {index} does not fit {bits}: codes run 0..={max}")]
+    CodeOutOfRange {
+        /// Position in the code slice.
+        index: usize,
+        /// The code found.
+        code: u8,
+        /// The format's largest code.
+        max: u8,
+        /// The code width, as in a format string (`int4`, `ternary`).
+        bits: String,
+    },
+
+    /// A packed buffer whose length does not match the number of codes it should hold.
+    #[error("{count} {bits} codes pack into {expected} bytes, found {found}")]
+    PackedLength {
+        /// The code width, as in a format string.
+        bits: String,
+        /// Number of codes expected.
+        count: usize,
+        /// Bytes those codes take.
+        expected: usize,
+        /// Bytes given.
+        found: usize,
+    },
+
+    /// A ternary byte above 242 = 3⁵ − 1, which no five trits produce.
+    #[error("ternary byte {byte} at offset {offset} is not five base-3 digits (largest is 242)")]
+    InvalidTernaryByte {
+        /// Byte offset in the packed buffer.
+        offset: usize,
+        /// The byte found.
+        byte: u8,
+    },
+
+    /// Padding after the last code of a packed buffer is not zero; canonical packing writes
+    /// zeros, so anything else means the bytes were not written by `pack`.
+    #[error("padding after the last code in byte {offset} is not zero (byte is {byte:#04x})")]
+    NonZeroPadding {
+        /// Byte offset in the packed buffer.
+        offset: usize,
+        /// The byte found.
+        byte: u8,
+    },
+
+    /// One part of a quantized tensor has the wrong length for its format and shape.
+    #[error(
+        "{part} of a {format} tensor of shape {shape} must have {expected} elements, found {found}"
+    )]
+    PartLength {
+        /// Which part: packed codes, scales or zero points.
+        part: &'static str,
+        /// The format string.
+        format: String,
+        /// The shape as `[out_features, in_features]`.
+        shape: String,
+        /// Length the format and shape require.
+        expected: usize,
+        /// Length given.
+        found: usize,
+    },
+
+    /// A scale that is NaN or infinite; dequantization would produce garbage.
+    #[error("scale {index} is {value}; scales must be finite")]
+    NonFiniteScale {
+        /// Position in the scale buffer (`row · groups_per_row + group`).
+        index: usize,
+        /// The value found.
+        value: f32,
+    },
+
+    /// Two tensors that are compared element by element differ in length.
+    #[error("cannot compare tensors of {left} and {right} elements")]
+    LengthMismatch {
+        /// Length of the reference.
+        left: usize,
+        /// Length of the approximation.
+        right: usize,
+    },
+}

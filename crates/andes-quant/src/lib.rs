@@ -1,0 +1,32 @@
+//! `andes-quant`: the numerics of weight quantization, with no knowledge of models and no
+//! dependency on Burn or on any other andes crate.
+//!
+//! * [`QuantFormat`]: code width (int1..int8, ternary), granularity (per channel or groups of
+//!   32/64/128), symmetry; named by strings like `int4-g128-sym`.
+//! * [`dequantize_code`] / [`quantize_code`] / [`scale_to_f16`]: the one grid formula every
+//!   consumer (fake-quant, package, runtime) must share bit for bit.
+//! * [`pack`] / [`unpack`]: the byte layout of codes.
+//! * [`quantize_rtn`] / [`dequantize`]: round-to-nearest quantization of a `[out, in]` matrix into
+//!   a [`QuantizedTensor`] (packed codes, f16 scales, packed zero points).
+//! * [`bits_per_weight`]: exact storage cost, scales, zero points and padding included.
+//! * [`reconstruction_error`]: relative Frobenius error, the yardstick of RTN and GPTQ.
+//!
+//! Formats and layouts are specified in `docs/quant-formats.md`.
+
+mod bpw;
+mod error;
+mod format;
+mod grid;
+mod pack;
+mod reconstruction;
+mod rtn;
+mod tensor;
+
+pub use bpw::{BpwReport, bits_per_weight};
+pub use error::QuantError;
+pub use format::{Bits, Granularity, GroupSize, QuantFormat};
+pub use grid::{dequantize_code, quantize_code, scale_to_f16};
+pub use pack::{pack, packed_len, unpack};
+pub use reconstruction::reconstruction_error;
+pub use rtn::quantize_rtn;
+pub use tensor::{QuantizedTensor, WeightShape, dequantize};

@@ -1,0 +1,61 @@
+//! Errors of a training run, each naming the file and key or the step.
+
+use std::path::PathBuf;
+
+/// Everything that stops a run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The recipe file is missing, malformed, or has a bad value.
+    #[error("{path}: key `{key}`: {message}")]
+    Recipe {
+        /// The recipe file.
+        path: PathBuf,
+        /// Dotted key.
+        key: String,
+        /// What was found and expected.
+        message: String,
+    },
+    /// A run-directory file could not be read or written.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// A checkpoint is incomplete or corrupt.
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint {
+        /// The checkpoint directory.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Loading or running the model failed.
+    #[error(transparent)]
+    Model(#[from] andes_model::ModelError),
+    /// Reading the data failed.
+    #[error(transparent)]
+    Data(#[from] andes_data::dataset::RecordError),
+    /// Tokenizer failure.
+    #[error(transparent)]
+    Tokenizer(#[from] andes_data::DataError),
+    /// The loss became NaN or infinite.
+    #[error("step {step}: the loss is {loss}; lower optimizer.lr or check the data")]
+    Diverged {
+        /// The step.
+        step: usize,
+        /// The value.
+        loss: f64,
+    },
+}
+
+impl TrainError {
+    /// An I/O error on `path`.
+    pub fn io(path: &std::path::Path, error: impl std::fmt::Display) -> Self {
+        Self::Io {
+            path: path.to_owned(),
+            message: error.to_string(),
+        }
+    }
+}

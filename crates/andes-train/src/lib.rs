@@ -1,0 +1,20 @@
+//! The andes trainer: one loop shared by every stage (AdamW, warmup + cosine, global-norm
+//! clipping, gradient accumulation, freezing, atomic checkpoints with exact resume, metrics).
+//!
+//! A stage is a loss over a batch; today `pretrain` (next-token loss on text) and `sft`
+//! (loss on assistant turns of conversations) share [`loss::masked_next_token_loss`].
+
+pub mod checkpoint;
+pub mod data;
+pub mod error;
+pub mod loss;
+pub mod metrics;
+pub mod optim;
+pub mod plot;
+pub mod recipe;
+pub mod schedule;
+pub mod trainer;
+
+pub use error::TrainError;
+pub use recipe::Recipe;
+pub use trainer::{TrainOutcome, train};

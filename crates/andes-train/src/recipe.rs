@@ -1,0 +1,236 @@
+//! A recipe: one TOML file naming everything a training run needs.
+
+use std::path::{Path, PathBuf};
+
+use andes_data::dataset::DataFormat;
+use serde::{Deserialize, Serialize};
+
+use crate::error::TrainError;
+use crate::schedule::Schedule;
+
+/// The training objective.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Next-token loss on every token of text documents.
+    Pretrain,
+    /// Next-token loss on the assistant turns of conversations.
+    Sft,
+}
+
+/// `[model]`: where the starting weights, config and tokenizer come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// Hugging Face model directory to start from.
+    pub checkpoint: PathBuf,
+}
+
+/// `[data]`: training and held-out files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// Record layout of both files.
+    pub format: DataFormat,
+    /// Training file.
+    pub train: PathBuf,
+    /// Held-out file for periodic evaluation.
+    pub eval: Option<PathBuf>,
+    /// Tokens per training window.
+    pub seq_len: usize,
+    /// Count and skip malformed records instead of stopping at the first.
+    #[serde(default)]
+    pub skip_bad_records: bool,
+}
+
+/// `[optimizer]`: AdamW.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerSection {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Decoupled weight decay (not applied to norms and biases).
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// First-moment decay.
+    #[serde(default = "default_beta1")]
+    pub beta1: f64,
+    /// Second-moment decay.
+    #[serde(default = "default_beta2")]
+    pub beta2: f64,
+    /// Denominator epsilon.
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// Clip the global gradient norm to this value (none when absent).
+    pub grad_clip: Option<f64>,
+}
+
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.95
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+
+/// `[train]`: the loop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Windows per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    #[serde(default = "one")]
+    pub grad_accum: usize,
+    /// Parameters whose Hugging Face name starts with one of these are not trained.
+    #[serde(default)]
+    pub freeze: Vec<String>,
+    /// Write a checkpoint every this many steps (and at the end).
+    pub checkpoint_every: usize,
+    /// Evaluate on the held-out file every this many steps (and at the end).
+    #[serde(default)]
+    pub eval_every: Option<usize>,
+    /// `cpu`, `wgpu[:N]`, `vulkan[:N]`.
+    #[serde(default = "default_device")]
+    pub device: String,
+}
+
+fn one() -> usize {
+    1
+}
+fn default_device() -> String {
+    "cpu".into()
+}
+
+/// A whole recipe file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// The objective.
+    pub stage: Stage,
+    /// Seed of the data order.
+    #[serde(default)]
+    pub seed: u64,
+    /// Starting model.
+    pub model: ModelSection,
+    /// Data.
+    pub data: DataSection,
+    /// AdamW.
+    pub optimizer: OptimizerSection,
+    /// Learning-rate schedule.
+    #[serde(default = "default_schedule")]
+    pub schedule: Schedule,
+    /// The loop.
+    pub train: TrainSection,
+}
+
+fn default_schedule() -> Schedule {
+    Schedule {
+        warmup_steps: 0,
+        min_lr_ratio: 0.1,
+    }
+}
+
+impl Recipe {
+    /// Reads `path`, applies `overrides` (`section.key=value`, the value in TOML syntax or a
+    /// bare string), and validates.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self, TrainError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        let mut value: toml::Table = toml::from_str(&text).map_err(|e| TrainError::Recipe {
+            path: path.to_owned(),
+            key: String::new(),
+            message: e.to_string(),
+        })?;
+        for assignment in overrides {
+            apply_override(&mut value, assignment).map_err(|message| TrainError::Recipe {
+                path: path.to_owned(),
+                key: assignment.clone(),
+                message,
+            })?;
+        }
+        Self::from_table(value, path)
+    }
+
+    /// Parses an already-read table (`path` labels errors).
+    pub fn from_table(table: toml::Table, path: &Path) -> Result<Self, TrainError> {
+        let recipe: Recipe =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                TrainError::Recipe {
+                    path: path.to_owned(),
+                    key: e.path().to_string(),
+                    message: e.inner().to_string(),
+                }
+            })?;
+        recipe.validate(path)?;
+        Ok(recipe)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), TrainError> {
+        let fail = |key: &str, message: &str| {
+            Err(TrainError::Recipe {
+                path: path.to_owned(),
+                key: key.into(),
+                message: message.into(),
+            })
+        };
+        let positive = [
+            ("train.steps", self.train.steps),
+            ("train.batch_size", self.train.batch_size),
+            ("train.grad_accum", self.train.grad_accum),
+            ("train.checkpoint_every", self.train.checkpoint_every),
+            ("data.seq_len", self.data.seq_len),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return fail(key, "found 0, expected a positive integer");
+            }
+        }
+        if !(self.optimizer.lr.is_finite() && self.optimizer.lr > 0.0) {
+            return fail("optimizer.lr", "expected a positive number");
+        }
+        if !(0.0..1.0).contains(&self.optimizer.beta1)
+            || !(0.0..1.0).contains(&self.optimizer.beta2)
+        {
+            return fail("optimizer.beta1", "betas must lie in [0, 1)");
+        }
+        if self.optimizer.grad_clip.is_some_and(|c| c <= 0.0) {
+            return fail("optimizer.grad_clip", "expected a positive number");
+        }
+        if !(0.0..=1.0).contains(&self.schedule.min_lr_ratio) {
+            return fail("schedule.min_lr_ratio", "expected a number in [0, 1]");
+        }
+        Ok(())
+    }
+
+    /// Micro-batch windows per optimizer step.
+    pub fn windows_per_step(&self) -> usize {
+        self.train.batch_size * self.train.grad_accum
+    }
+}
+
+/// Sets `a.b.c = value` in `table`; `value` is parsed as TOML, else taken as a string.
+fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<(), String> {
+    let (key, raw) = assignment
+        .split_once('=')
+        .ok_or_else(|| "expected section.key=value".to_string())?;
+    let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let mut parts: Vec<&str> = key.trim().split('.').collect();
+    let last = parts.pop().ok_or("empty key")?;
+    let mut current = table;
+    for part in parts {
+        current = current
+            .entry(part)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| format!("`{part}` is not a section"))?;
+    }
+    current.insert(last.to_string(), value);
+    Ok(())
+}
