@@ -130,6 +130,27 @@ mod tests {
     }
 
     #[test]
+    fn table_in_quant_formats_doc_at_in_features_1024() {
+        let table = [
+            ("int8-channel-sym", 8.015625),
+            ("int4-channel-sym", 4.015625),
+            ("int4-g128-sym", 4.125),
+            ("int4-g128-asym", 4.15625),
+            ("int4-g32-asym", 4.625),
+            ("int3-g128-sym", 3.125),
+            ("int2-g128-sym", 2.125),
+            ("int2-g64-asym", 2.28125),
+            ("ternary-g128", 1.7265625),
+            ("ternary-channel", 1.6171875),
+            ("int1-g128-sym", 1.125),
+            ("int1-channel-sym", 1.015625),
+        ];
+        for (format, expected) in table {
+            assert_eq!(bpw(format, 4, 1024).bpw, expected, "{format}");
+        }
+    }
+
+    #[test]
     fn padding_is_counted() {
         // 128 trits = 25.6 bytes → 26 bytes a row = 1.625 bits per weight.
         let ternary = bpw("ternary-g128", 2, 128);

@@ -13,6 +13,8 @@
 //!
 //! Formats and layouts are specified in `docs/quant-formats.md`.
 
+#![warn(missing_docs)]
+
 mod bpw;
 mod error;
 mod format;

@@ -98,12 +98,12 @@ pub(crate) fn group_params(values: &[f32], format: QuantFormat) -> Result<GroupP
         Bits::Ternary => {
             let absmean = mean_abs(values);
             let params = symmetric_params(absmean, bits)?;
-            // An absmean shrinks when re-quantization turns small weights into zeros; flooring a
-            // nonzero group's scale at the smallest f16 keeps it from shrinking to zero and
-            // erasing the group's ±1 codes.
+            // Re-quantizing a dequantized group gives a smaller absmean (its zero codes now
+            // count); flooring a nonzero group's scale at the smallest f16 keeps that from
+            // truncating to zero and erasing the group's ±1 codes.
             Ok(if absmean > 0.0 && f32::from(params.scale) == 0.0 {
                 GroupParams {
-                    scale: f16::from_bits(1),
+                    scale: f16::MIN_POSITIVE_SUBNORMAL,
                     ..params
                 }
             } else {
@@ -191,6 +191,17 @@ mod tests {
         assert_eq!(q.scales(), &[f16::from_f32(0.625)]);
         assert_eq!(q.codes(), vec![1, 0, 1, 2]);
         assert_eq!(dequantize(&q), vec![0.0, -0.625, 0.0, 0.625]);
+    }
+
+    #[test]
+    fn ternary_floors_a_tiny_groups_scale_so_requantization_keeps_its_signs() {
+        let mut weights = [0.0f32; 32];
+        weights[31] = -1e-6;
+        let q = rtn(&weights, "ternary-channel");
+        assert_eq!(q.scales(), &[f16::MIN_POSITIVE_SUBNORMAL]);
+        assert_eq!(q.codes()[31], 0);
+        let again = quantize_rtn(&dequantize(&q), q.shape(), q.format()).expect("quantizes");
+        assert_eq!(again.codes(), q.codes());
     }
 
     #[test]
