@@ -13,11 +13,13 @@ fn main() -> anyhow::Result<()> {
     match args.as_slice() {
         ["fixtures", rest @ ..] => fixtures(rest),
         ["data"] => data(),
+        ["regress", rest @ ..] => regress(rest.contains(&"--record")),
         ["bench", "forward", rest @ ..] => bench_forward(rest),
         ["bench", "report", dir] => bench_report(Path::new(dir)),
         _ => bail!(
             "usage: cargo xtask fixtures [--check]\n\
              \x20      cargo xtask data   (SFT conversations from the GCIDE slices)\n\
+             \x20      cargo xtask regress [--record]   (tiny recipes vs recorded baselines)\n\
              \x20      cargo xtask bench forward [--config FILE] [--prompt-len N] [--decode-tokens M] [--threads T]\n\
              \x20      cargo xtask bench report DIR   (ratio table of andes-*.json vs peer-*.json in DIR)"
         ),
@@ -45,6 +47,80 @@ fn fixtures(rest: &[&str]) -> anyhow::Result<()> {
         .arg("scripts/fixtures/make_qwen3_fixtures.py")
         .args(["--out", "fixtures"])
         .args(rest))
+}
+
+/// The tiny recipes that regression training runs, in `configs/recipes/tiny/`.
+const REGRESS_RECIPES: [&str; 2] = ["pretrain", "sft"];
+/// Allowed relative drift of a final loss from its baseline.
+const REGRESS_TOLERANCE: f64 = 0.02;
+
+/// Trains every tiny recipe on the CPU and compares the final training and held-out losses
+/// with `configs/recipes/tiny/baselines.json`; a loss above its baseline by more than
+/// [`REGRESS_TOLERANCE`] fails. `--record` rewrites the baselines instead.
+fn regress(record: bool) -> anyhow::Result<()> {
+    run(Command::new("cargo")
+        .current_dir(root())
+        .args(["build", "--quiet", "-p", "andes-cli"]))?;
+    let baselines_path = root().join("configs/recipes/tiny/baselines.json");
+    let mut baselines: serde_json::Map<String, serde_json::Value> = if record {
+        serde_json::Map::new()
+    } else {
+        serde_json::from_str(&std::fs::read_to_string(&baselines_path)?)
+            .with_context(|| format!("{}: not JSON", baselines_path.display()))?
+    };
+    let mut failures = Vec::new();
+    for name in REGRESS_RECIPES {
+        let out_dir = root().join("target/regress").join(name);
+        let output = Command::new(root().join("target/debug/andes"))
+            .current_dir(root())
+            .args(["train", "--quiet", "--config"])
+            .arg(format!("configs/recipes/tiny/{name}.toml"))
+            .arg("--out")
+            .arg(&out_dir)
+            .output()?;
+        if !output.status.success() {
+            bail!(
+                "{name}: andes train failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let mut outcome: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+        if record {
+            if let Some(fields) = outcome.as_object_mut() {
+                fields.remove("checkpoint");
+            }
+            baselines.insert(name.into(), outcome);
+            continue;
+        }
+        for key in ["final_loss", "final_eval_loss"] {
+            let (now, then) = (outcome[key].as_f64(), baselines[name][key].as_f64());
+            let (Some(now), Some(then)) = (now, then) else {
+                bail!("{name}: `{key}` missing from the run or the baseline");
+            };
+            let drift = (now - then) / then;
+            println!(
+                "{name:9} {key:16} {now:.5} (baseline {then:.5}, {:+.2}%)",
+                drift * 100.0
+            );
+            if drift > REGRESS_TOLERANCE {
+                failures.push(format!("{name} {key}: {now:.5} vs baseline {then:.5}"));
+            }
+        }
+    }
+    if record {
+        std::fs::write(
+            &baselines_path,
+            serde_json::to_string_pretty(&baselines)? + "\n",
+        )?;
+        println!("recorded {}", baselines_path.display());
+    }
+    if !failures.is_empty() {
+        bail!(
+            "regression beyond {REGRESS_TOLERANCE}: {}",
+            failures.join("; ")
+        );
+    }
+    Ok(())
 }
 
 /// Turns the GCIDE dictionary slices into SFT conversations: the user asks for a headword's
