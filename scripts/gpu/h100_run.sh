@@ -29,6 +29,9 @@ for dev in $DEVICES; do
     timeout $STEP_LIMIT "$bin" bench forward --config $MODEL --device "$dev" --dtype "$dt" \
       --prompt-len 512 --decode-tokens 128 --warmup 1 --repeats 3 | tee "$OUT/andes-h100-$dev-$dt.json"
   done
+  echo "== train $dev"
+  timeout $STEP_LIMIT "$bin" bench train --config $MODEL --device "$dev" --dtype bf16 \
+    --seq-len 1024 --batch 4 --warmup 2 --steps 5 | tee "$OUT/andes-train-$dev.jsonl"
 done
 
 echo "== peer"
@@ -40,3 +43,5 @@ for dt in bf16 f32; do
   for dev in $DEVICES; do cp "$OUT/peer-h100-$dt.json" "$OUT/peer-h100-$dev-$dt.json"; done
 done
 rm -f "$OUT"/peer-h100-bf16.json "$OUT"/peer-h100-f32.json
+python3 scripts/bench/train_peer.py --config $MODEL --device cuda --dtype bfloat16 \
+  --seq-len 1024 --batch 4 --warmup 2 --steps 5 --out "$OUT/peer-train.json"

@@ -40,13 +40,24 @@ fn run(command: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Regenerates the transformers parity fixtures (needs `pip install -r scripts/fixtures/requirements.txt`).
+/// Regenerates the parity fixtures: Qwen3 checkpoints with transformers references, and the
+/// GPTQ reference (needs `pip install -r scripts/fixtures/requirements.txt`). The GPTQ real-layer
+/// fixture is taken from the tiny pretrain run of `cargo xtask regress` when it exists.
 fn fixtures(rest: &[&str]) -> anyhow::Result<()> {
     run(Command::new("python3")
         .current_dir(root())
         .arg("scripts/fixtures/make_qwen3_fixtures.py")
         .args(["--out", "fixtures"])
-        .args(rest))
+        .args(rest))?;
+    let mut gptq = Command::new("python3");
+    gptq.current_dir(root())
+        .arg("scripts/fixtures/make_gptq_fixture.py")
+        .args(["--out", "fixtures/gptq", "--data", "datasets/gcide"]);
+    let trained = root().join("target/regress/pretrain/checkpoints/step-000120");
+    if trained.exists() {
+        gptq.arg("--checkpoint").arg(trained);
+    }
+    run(&mut gptq)
 }
 
 /// The tiny recipes that regression training runs, in `configs/recipes/tiny/`.

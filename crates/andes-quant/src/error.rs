@@ -129,6 +129,80 @@ pub enum QuantError {
         value: f32,
     },
 
+    /// A GPTQ option outside its domain.
+    #[error("GPTQ option {option} = {value} is invalid: {expected}")]
+    InvalidGptqOption {
+        /// The option's field name in `GptqOptions`.
+        option: &'static str,
+        /// The value given.
+        value: String,
+        /// What the option accepts.
+        expected: &'static str,
+    },
+
+    /// A batch of calibration activations whose length is not `tokens · in_features`.
+    #[error(
+        "activations hold {found} values but {tokens} tokens of {in_features} input features \
+         need {expected}"
+    )]
+    ActivationLength {
+        /// Tokens the caller said the batch holds.
+        tokens: usize,
+        /// Input features of the Hessian.
+        in_features: usize,
+        /// `tokens · in_features`.
+        expected: usize,
+        /// Length of the buffer given.
+        found: usize,
+    },
+
+    /// A NaN or infinite calibration activation, which would poison the whole Hessian.
+    #[error(
+        "activation of token {token}, input feature {feature} is {value}; calibration \
+         activations must be finite"
+    )]
+    NonFiniteActivation {
+        /// Token (row) within the batch given to `Hessian::accumulate`.
+        token: usize,
+        /// Input feature (column).
+        feature: usize,
+        /// The value found.
+        value: f32,
+    },
+
+    /// A Hessian over a different number of input features than the weight has.
+    #[error("Hessian is over {hessian} input features but weight shape {shape} has {in_features}")]
+    HessianShape {
+        /// Input features of the Hessian.
+        hessian: usize,
+        /// The weight shape as `[out_features, in_features]`.
+        shape: String,
+        /// `in_features` of the weight.
+        in_features: usize,
+    },
+
+    /// A Hessian that saw no calibration tokens: GPTQ has nothing to weigh the errors by.
+    #[error(
+        "Hessian over {in_features} input features holds no calibration tokens; accumulate \
+         activations before running GPTQ"
+    )]
+    NoCalibrationTokens {
+        /// Input features of the Hessian.
+        in_features: usize,
+    },
+
+    /// The damped Hessian has no Cholesky factorization (it is singular or indefinite).
+    #[error(
+        "damped Hessian is not positive definite (Cholesky fails at input column {column} with \
+         damp_percent {damp_percent}); raise damp_percent or calibrate on more tokens"
+    )]
+    HessianNotPositiveDefinite {
+        /// Input column (original index) where the factorization broke down.
+        column: usize,
+        /// The damping used, as a fraction of the mean diagonal.
+        damp_percent: f64,
+    },
+
     /// Two tensors that are compared element by element differ in length.
     #[error("cannot compare tensors of {left} and {right} elements")]
     LengthMismatch {

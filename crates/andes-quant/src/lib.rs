@@ -8,6 +8,8 @@
 //! * [`pack`] / [`unpack`]: the byte layout of codes.
 //! * [`quantize_rtn`] / [`dequantize`]: round-to-nearest quantization of a `[out, in]` matrix into
 //!   a [`QuantizedTensor`] (packed codes, f16 scales, packed zero points).
+//! * [`quantize_gptq`]: GPTQ, the same output from calibration data: errors are moved onto the
+//!   columns not yet quantized, weighted by the layer's [`Hessian`].
 //! * [`bits_per_weight`]: exact storage cost, scales, zero points and padding included.
 //! * [`reconstruction_error`]: relative Frobenius error, the yardstick of RTN and GPTQ.
 //!
@@ -16,9 +18,12 @@
 #![warn(missing_docs)]
 
 mod bpw;
+mod cholesky;
 mod error;
 mod format;
+mod gptq;
 mod grid;
+mod hessian;
 mod pack;
 mod reconstruction;
 mod rtn;
@@ -27,7 +32,9 @@ mod tensor;
 pub use bpw::{BpwReport, bits_per_weight};
 pub use error::QuantError;
 pub use format::{Bits, Granularity, GroupSize, QuantFormat};
+pub use gptq::{GptqOptions, quantize_gptq};
 pub use grid::{dequantize_code, quantize_code, scale_to_f16};
+pub use hessian::Hessian;
 pub use pack::{pack, packed_len, unpack};
 pub use reconstruction::reconstruction_error;
 pub use rtn::quantize_rtn;

@@ -40,15 +40,8 @@ pub fn quantize_rtn(
     shape: WeightShape,
     format: QuantFormat,
 ) -> Result<QuantizedTensor, QuantError> {
-    shape.check(weights.len())?;
+    shape.check_weights(weights)?;
     let in_features = shape.in_features;
-    if let Some((i, &value)) = weights.iter().enumerate().find(|(_, w)| !w.is_finite()) {
-        return Err(QuantError::NonFiniteWeight {
-            row: i / in_features,
-            col: i % in_features,
-            value,
-        });
-    }
     let bits = format.bits();
     let granularity = format.granularity();
     let group_len = granularity.group_len(in_features);

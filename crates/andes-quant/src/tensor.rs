@@ -51,6 +51,19 @@ impl WeightShape {
         }
         Ok(())
     }
+
+    /// Refuses what [`WeightShape::check`] refuses and any non-finite weight, naming its place.
+    pub(crate) fn check_weights(self, weights: &[f32]) -> Result<(), QuantError> {
+        self.check(weights.len())?;
+        match weights.iter().position(|w| !w.is_finite()) {
+            Some(i) => Err(QuantError::NonFiniteWeight {
+                row: i / self.in_features,
+                col: i % self.in_features,
+                value: weights[i],
+            }),
+            None => Ok(()),
+        }
+    }
 }
 
 impl fmt::Display for WeightShape {

@@ -25,6 +25,29 @@ enum BenchKind {
     Forward(ForwardArgs),
     /// TFLOP/s of one square matrix product, the ceiling under every linear layer.
     Matmul(MatmulArgs),
+    /// Training tokens/s of a model shape (random weights and tokens, AdamW, full backward).
+    Train(TrainBenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct TrainBenchArgs {
+    /// A Qwen3 config.json giving the shape.
+    #[arg(long)]
+    config: PathBuf,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 1024)]
+    seq_len: usize,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Timed steps; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
 }
 
 #[derive(Args, Debug)]
@@ -68,7 +91,85 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.what {
         BenchKind::Forward(args) => forward(args),
         BenchKind::Matmul(args) => matmul(args),
+        BenchKind::Train(args) => train_steps(args),
     }
+}
+
+fn train_steps(args: TrainBenchArgs) -> anyhow::Result<()> {
+    use andes_train::loss::masked_next_token_nll;
+    use andes_train::optim::adamw;
+    use andes_train::recipe::OptimizerSection;
+    use burn::optim::GradientsParams;
+    use burn::tensor::{Bool, TensorData};
+
+    let config = Qwen3Config::from_file(&args.config)?;
+    let (device, dtype) = args.runtime.resolve()?;
+    let device = device.autodiff();
+    let mut model = cast_parameters(Qwen3ForCausalLM::new(&config, &device)?, dtype);
+    let section = OptimizerSection {
+        lr: 1e-4,
+        weight_decay: 0.1,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        grad_clip: None,
+    };
+    let mut optimizer = adamw(&model, &section);
+    let (rows, seq) = (args.batch, args.seq_len);
+    let ids: Vec<i64> = (0..rows * (seq + 1))
+        .map(|i| ((i * 7919 + 13) % config.vocab_size) as i64)
+        .collect();
+    let window = |offset: usize| -> Vec<i64> {
+        (0..rows)
+            .flat_map(|r| ids[r * (seq + 1) + offset..r * (seq + 1) + offset + seq].to_vec())
+            .collect()
+    };
+    let inputs: Tensor<2, Int> =
+        Tensor::from_data(TensorData::new(window(0), [rows, seq]), &device);
+    let targets: Tensor<2, Int> =
+        Tensor::from_data(TensorData::new(window(1), [rows, seq]), &device);
+    let mask: Tensor<2, Bool> = Tensor::from_data(
+        TensorData::new(vec![true; rows * seq], [rows, seq]),
+        &device,
+    );
+    let mut seconds = Vec::new();
+    for step in 0..args.warmup + args.steps {
+        let start = Instant::now();
+        let logits = model.forward(inputs.clone(), &mut model.new_cache())?;
+        let loss = masked_next_token_nll(logits, targets.clone(), mask.clone())
+            .div_scalar((rows * seq) as f64);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optimizer.step(1e-4, model, grads);
+        // Reading one parameter element back waits for the whole step.
+        model.model.norm.gamma.val().slice([0..1]).into_data();
+        if step >= args.warmup {
+            seconds.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let time = median(&mut seconds);
+    let tokens = (rows * seq) as f64;
+    let params = model.num_params() as f64;
+    let report = serde_json::json!({
+        "peer": "andes",
+        "device": args.runtime.device,
+        "dtype": args.runtime.dtype,
+        "seq_len": seq,
+        "batch": rows,
+        "params": params,
+        "step_ms_median": time * 1e3,
+        "train_tokens_per_s": tokens / time,
+        // 6·N·T for the weights plus attention's 12·L·T²·d per step (PaLM appendix B).
+        "model_tflops_per_s": (6.0 * params * tokens
+            + 12.0 * (config.num_hidden_layers * config.num_attention_heads * config.head_dim) as f64
+                * (seq as f64) * tokens)
+            / time
+            / 1e12,
+        // Bytes the device pools hold after the timed steps; pools keep their pages, so this
+        // is the high-water mark of reservations (compare with torch's max_memory_reserved).
+        "memory_reserved_bytes": device.memory_pool_usage().map(|u| u.bytes_reserved),
+    });
+    println!("{report}");
+    Ok(())
 }
 
 fn matmul(args: MatmulArgs) -> anyhow::Result<()> {

@@ -1,0 +1,161 @@
+//! The Hessian of a linear layer's output error with respect to its weights, accumulated from
+//! calibration activations: what GPTQ weighs each weight's rounding error by.
+
+use crate::error::QuantError;
+
+/// Tokens added to the sum per pass over it.
+const TOKEN_CHUNK: usize = 32;
+
+/// `H = 2/n · Σₜ xₜ xₜᵀ` over the `n` calibration tokens `xₜ` seen by a linear layer, `[in_features,
+/// in_features]`.
+///
+/// For one output row `w`, the squared output error over the calibration set is
+/// `Σₜ ((w − ŵ)·xₜ)² = (n/2) · (w − ŵ) H (w − ŵ)ᵀ`, so `H` is the Hessian of the layer-wise
+/// objective of GPTQ (Frantar et al. 2022, arXiv:2210.17323, eq. 1); the factor 2/n is the
+/// reference implementation's, kept so that `damp_percent` means the same thing.
+///
+/// The sum `Σ xxᵀ` is kept in f64 (each product of two f32 is exact in f64) and scaled only when
+/// read, so accumulating in several batches gives the same matrix as one batch, up to the order of
+/// f64 additions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hessian {
+    in_features: usize,
+    tokens: usize,
+    /// `Σ x xᵀ`, row-major; only the upper triangle (`col ≥ row`) is maintained.
+    sum: Vec<f64>,
+}
+
+impl Hessian {
+    /// An empty accumulator for a layer with `in_features` inputs.
+    pub fn new(in_features: usize) -> Self {
+        Hessian {
+            in_features,
+            tokens: 0,
+            sum: vec![0.0; in_features * in_features],
+        }
+    }
+
+    /// Adds a batch of activations `x`, `[tokens, in_features]` row-major: the inputs of the
+    /// linear layer, one row per token (batch and sequence flattened). Refuses a buffer of the
+    /// wrong length and any non-finite value, and then leaves the Hessian unchanged.
+    pub fn accumulate(&mut self, x: &[f32], tokens: usize) -> Result<(), QuantError> {
+        let d = self.in_features;
+        if tokens.checked_mul(d) != Some(x.len()) {
+            return Err(QuantError::ActivationLength {
+                tokens,
+                in_features: d,
+                expected: tokens.saturating_mul(d),
+                found: x.len(),
+            });
+        }
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            return Err(QuantError::NonFiniteActivation {
+                token: i / d,
+                feature: i % d,
+                value: x[i],
+            });
+        }
+        // Tokens are taken a chunk at a time so that one row of the sum stays in cache while the
+        // chunk's tokens are added to it; each entry still sums its tokens in order.
+        let mut chunk = Vec::with_capacity(TOKEN_CHUNK * d);
+        for tokens_x in x.chunks(TOKEN_CHUNK * d.max(1)) {
+            chunk.clear();
+            chunk.extend(tokens_x.iter().map(|&v| f64::from(v)));
+            for i in 0..d {
+                let upper = &mut self.sum[i * d + i..(i + 1) * d];
+                for token in chunk.chunks_exact(d) {
+                    let xi = token[i];
+                    if xi == 0.0 {
+                        continue;
+                    }
+                    for (s, &xj) in upper.iter_mut().zip(&token[i..]) {
+                        *s += xi * xj;
+                    }
+                }
+            }
+        }
+        self.tokens += tokens;
+        Ok(())
+    }
+
+    /// Input features: the side of the matrix.
+    pub fn in_features(&self) -> usize {
+        self.in_features
+    }
+
+    /// Calibration tokens accumulated so far (`n`).
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+
+    /// The full symmetric `H = 2/n · Σ x xᵀ`, `[in_features, in_features]` row-major f64; all
+    /// zeros while no token has been accumulated.
+    pub fn matrix(&self) -> Vec<f64> {
+        let d = self.in_features;
+        let factor = if self.tokens == 0 {
+            0.0
+        } else {
+            2.0 / self.tokens as f64
+        };
+        let mut h = vec![0.0; d * d];
+        for i in 0..d {
+            for j in i..d {
+                let v = factor * self.sum[i * d + j];
+                h[i * d + j] = v;
+                h[j * d + i] = v;
+            }
+        }
+        h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matrix_is_two_over_n_times_the_sum_of_outer_products() {
+        let mut h = Hessian::new(2);
+        h.accumulate(&[1.0, 2.0, 3.0, -1.0], 2)
+            .expect("valid batch");
+        // Σ xxᵀ = [[1+9, 2-3], [2-3, 4+1]] = [[10, -1], [-1, 5]]; 2/n = 1.
+        assert_eq!(h.matrix(), vec![10.0, -1.0, -1.0, 5.0]);
+        assert_eq!(h.tokens(), 2);
+    }
+
+    #[test]
+    fn batches_accumulate_like_one_batch() {
+        let x: Vec<f32> = (0..30)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.25)
+            .collect();
+        let mut once = Hessian::new(3);
+        once.accumulate(&x, 10).expect("valid");
+        let mut split = Hessian::new(3);
+        split.accumulate(&x[..12], 4).expect("valid");
+        split.accumulate(&x[12..], 6).expect("valid");
+        assert_eq!(once, split);
+    }
+
+    #[test]
+    fn refuses_wrong_lengths_and_non_finite_values_without_changing() {
+        let mut h = Hessian::new(3);
+        assert!(matches!(
+            h.accumulate(&[0.0; 5], 2),
+            Err(QuantError::ActivationLength {
+                expected: 6,
+                found: 5,
+                ..
+            })
+        ));
+        assert!(matches!(
+            h.accumulate(&[0.0, 0.0, 0.0, 0.0, f32::INFINITY, 0.0], 2),
+            Err(QuantError::NonFiniteActivation {
+                token: 1,
+                feature: 1,
+                ..
+            })
+        ));
+        assert_eq!(h, Hessian::new(3));
+        assert!(h.matrix().iter().all(|&v| v == 0.0));
+    }
+}
