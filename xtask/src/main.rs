@@ -57,7 +57,11 @@ fn fixtures(rest: &[&str]) -> anyhow::Result<()> {
     if trained.exists() {
         gptq.arg("--checkpoint").arg(trained);
     }
-    run(&mut gptq)
+    run(&mut gptq)?;
+    run(Command::new("python3")
+        .current_dir(root())
+        .arg("scripts/fixtures/make_lora_fixtures.py")
+        .args(["--fixtures", "fixtures"]))
 }
 
 /// The tiny recipes that regression training runs, in `configs/recipes/tiny/`.

@@ -1,13 +1,15 @@
 //! Burn modules of the andes models and their Hugging Face checkpoint I/O.
 //!
 //! [`qwen3`] is the language model; [`checkpoint`] reads and writes the Hugging Face
-//! directory layout; [`generate`] decodes with a KV cache.
+//! directory layout; [`lora`] attaches named LoRA adapters and reads and writes them in the
+//! PEFT layout; [`generate`] decodes with a KV cache.
 
 pub mod checkpoint;
 pub mod device;
 pub mod error;
 pub mod generate;
 pub mod kv_cache;
+pub mod lora;
 pub mod perplexity;
 pub mod precision;
 pub mod qwen3;

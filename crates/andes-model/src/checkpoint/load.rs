@@ -8,7 +8,8 @@ use super::shards::SafetensorsShards;
 use crate::error::ModelError;
 
 /// Replaces every float parameter of `module` by the checkpoint tensor of the same name, cast
-/// to `dtype`; the module's (lazy) shapes are the expected shapes. Does not check for unused
+/// to `dtype`; the module's (lazy) shapes are the expected shapes. LoRA adapter parameters
+/// are left as they are (they are not part of a checkpoint). Does not check for unused
 /// tensors: the caller decides what may be ignored, then calls `ensure_all_used`.
 pub fn load_parameters<M: Module>(
     module: M,
@@ -45,7 +46,7 @@ impl ModuleMapper for Loader<'_> {
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        if self.error.is_some() {
+        if self.error.is_some() || self.path.is_adapter() {
             return param;
         }
         let name = self.path.hf_name();

@@ -8,7 +8,7 @@ mod save;
 mod shards;
 
 pub use atomic::write_atomically;
-pub use load::load_parameters;
+pub use load::{load_parameters, stable_param_id};
 pub use names::ParamPath;
 pub use save::{SaveDtype, save_parameters};
 pub use shards::{INDEX_FILE, SINGLE_FILE, SafetensorsShards};

@@ -4,6 +4,12 @@
 //! parameter's name is its module path with two conventions translated: Burn's `RmsNorm`
 //! calls its scale `gamma` (Hugging Face: `weight`), and Burn's `Linear` stores its weight
 //! as `[in, out]` where PyTorch stores `[out, in]`.
+//!
+//! A projection that can carry LoRA adapters ([`crate::lora::AdaptedLinear`]) holds its
+//! base `Linear` in a field `base_layer`, as PEFT's wrapper does; the segment is dropped, so
+//! `model.layers.0.self_attn.q_proj.base_layer.weight` is still `...q_proj.weight`. Its
+//! adapters (field `adapters`) are not part of the checkpoint: they live in PEFT adapter
+//! directories (`crate::lora::peft`), and the checkpoint reader and writer skip them.
 
 /// Tracks the module path during a Burn visit or map.
 #[derive(Debug, Default)]
@@ -27,11 +33,25 @@ impl ParamPath {
 
     /// Hugging Face name of the parameter at the current path.
     pub fn hf_name(&self) -> String {
-        let mut names = self.names.clone();
-        if self.parent_is("RmsNorm") && names.last().is_some_and(|n| n == "gamma") {
-            *names.last_mut().expect("checked non-empty") = "weight".into();
+        let mut names: Vec<&str> = self
+            .names
+            .iter()
+            .zip(&self.containers)
+            .filter(|(name, container)| !(*name == "base_layer" && is_adapted(container)))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        if self.parent_is("RmsNorm") && names.last() == Some(&"gamma") {
+            *names.last_mut().expect("checked non-empty") = "weight";
         }
         names.join(".")
+    }
+
+    /// Whether the parameter belongs to a LoRA adapter rather than to the base model.
+    pub fn is_adapter(&self) -> bool {
+        self.names
+            .iter()
+            .zip(&self.containers)
+            .any(|(name, container)| name == "adapters" && is_adapted(container))
     }
 
     /// Whether the parameter is a Burn `Linear` weight, stored transposed in the checkpoint.
@@ -54,4 +74,9 @@ impl ParamPath {
             .last()
             .is_some_and(|c| c.strip_prefix("Struct:") == Some(module))
     }
+}
+
+/// Burn names a struct field's container `Struct:<parent type>`.
+fn is_adapted(container: &str) -> bool {
+    container == "Struct:AdaptedLinear"
 }

@@ -43,7 +43,8 @@ impl View for &HostTensor {
 }
 
 /// Writes every float parameter of `module` to `path` (one safetensors file), under its
-/// Hugging Face name and layout, skipping names in `skip`; temporary file then rename.
+/// Hugging Face name and layout, skipping names in `skip` and LoRA adapter parameters (an
+/// adapter is exported on its own, in the PEFT layout); temporary file then rename.
 pub fn save_parameters<M: Module>(
     module: &M,
     path: &Path,
@@ -85,6 +86,9 @@ impl ModuleVisitor for Collector {
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if self.path.is_adapter() {
+            return;
+        }
         let data = param.val().to_data().convert::<f32>();
         let data = if self.path.is_transposed_in_checkpoint() {
             transpose(data)

@@ -46,6 +46,36 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
     }
 }
 
+/// The mapped files and, for every tensor name, the index of the file holding it.
+type MappedShards = (Vec<Shard>, HashMap<String, usize>);
+
+/// Memory-maps `paths`, validating each header against the file's length.
+fn map_shards(paths: &[PathBuf]) -> Result<MappedShards, ModelError> {
+    let mut shards = Vec::with_capacity(paths.len());
+    let mut location = HashMap::new();
+    for (i, path) in paths.iter().enumerate() {
+        let handle = File::open(path).map_err(io_error(path))?;
+        // SAFETY: the map is read-only and the checkpoint is not expected to change while
+        // it is being loaded; a concurrent writer could at worst yield wrong values.
+        let bytes = unsafe { Mmap::map(&handle) }.map_err(io_error(path))?;
+        let (header_len, metadata) =
+            SafeTensors::read_metadata(&bytes).map_err(|e| ModelError::Safetensors {
+                path: path.clone(),
+                message: format!("{e:?} (the file may be truncated or not safetensors)"),
+            })?;
+        for name in metadata.tensors().keys() {
+            location.insert(name.clone(), i);
+        }
+        shards.push(Shard {
+            path: path.clone(),
+            bytes,
+            data_start: 8 + header_len,
+            metadata,
+        });
+    }
+    Ok((shards, location))
+}
+
 impl SafetensorsShards {
     /// Opens `dir/model.safetensors`, or every shard named by `dir/model.safetensors.index.json`;
     /// each file's header is validated against its length, so a truncated file fails here.
@@ -77,29 +107,8 @@ impl SafetensorsShards {
             });
         };
 
-        let mut shards = Vec::with_capacity(files.len());
-        let mut location = HashMap::new();
-        for (i, file) in files.iter().enumerate() {
-            let path = dir.join(file);
-            let handle = File::open(&path).map_err(io_error(&path))?;
-            // SAFETY: the map is read-only and the checkpoint is not expected to change while
-            // it is being loaded; a concurrent writer could at worst yield wrong values.
-            let bytes = unsafe { Mmap::map(&handle) }.map_err(io_error(&path))?;
-            let (header_len, metadata) =
-                SafeTensors::read_metadata(&bytes).map_err(|e| ModelError::Safetensors {
-                    path: path.clone(),
-                    message: format!("{e:?} (the file may be truncated or not safetensors)"),
-                })?;
-            for name in metadata.tensors().keys() {
-                location.insert(name.clone(), i);
-            }
-            shards.push(Shard {
-                path,
-                bytes,
-                data_start: 8 + header_len,
-                metadata,
-            });
-        }
+        let paths: Vec<PathBuf> = files.iter().map(|file| dir.join(file)).collect();
+        let (shards, location) = map_shards(&paths)?;
         if let Some(weight_map) = weight_map {
             for (tensor, file) in weight_map {
                 let held = location.get(&tensor).map(|&i| &shards[i].path);
@@ -120,6 +129,18 @@ impl SafetensorsShards {
         })
     }
 
+    /// Opens one safetensors file (e.g. a PEFT `adapter_model.safetensors`), validating its
+    /// header against its length like [`Self::open`].
+    pub fn open_file(path: &Path) -> Result<Self, ModelError> {
+        let (shards, location) = map_shards(&[path.to_owned()])?;
+        Ok(Self {
+            dir: path.parent().unwrap_or(Path::new(".")).to_owned(),
+            shards,
+            location,
+            consumed: HashSet::new(),
+        })
+    }
+
     /// The checkpoint directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -128,6 +149,13 @@ impl SafetensorsShards {
     /// Whether the checkpoint holds `name`.
     pub fn contains(&self, name: &str) -> bool {
         self.location.contains_key(name)
+    }
+
+    /// The shape of tensor `name` and the file holding it, without reading its data.
+    pub fn shape(&self, name: &str) -> Option<(&[usize], &Path)> {
+        let shard = &self.shards[*self.location.get(name)?];
+        let info = shard.metadata.info(name)?;
+        Some((&info.shape, &shard.path))
     }
 
     /// Reads tensor `name` as f32 (converting bf16/f16), checking it has shape `expected`.

@@ -1,27 +1,29 @@
 //! Grouped-query self-attention with per-head RMSNorm on queries and keys (Qwen3).
 
 use burn::module::Module;
-use burn::nn::{Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::nn::{LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
 
 use super::Qwen3Config;
 use crate::kv_cache::LayerKvCache;
+use crate::lora::AdaptedLinear;
 use crate::rope::RotaryEmbedding;
 
 /// `softmax(q·kᵀ/√d)·v` over `num_attention_heads` query heads sharing
 /// `num_key_value_heads` key/value heads; q and k are RMS-normalised per head before RoPE.
+/// The four projections may carry LoRA adapters ([`AdaptedLinear`]).
 #[derive(Module, Debug)]
 pub struct Attention {
     /// `[hidden, heads·head_dim]`
-    pub q_proj: Linear,
+    pub q_proj: AdaptedLinear,
     /// `[hidden, kv_heads·head_dim]`
-    pub k_proj: Linear,
+    pub k_proj: AdaptedLinear,
     /// `[hidden, kv_heads·head_dim]`
-    pub v_proj: Linear,
+    pub v_proj: AdaptedLinear,
     /// `[heads·head_dim, hidden]`
-    pub o_proj: Linear,
+    pub o_proj: AdaptedLinear,
     /// RMSNorm over each query head's `head_dim`.
     pub q_norm: RmsNorm,
     /// RMSNorm over each key head's `head_dim`.
@@ -41,9 +43,11 @@ impl Attention {
             config.head_dim,
         );
         let linear = |d_in, d_out| {
-            LinearConfig::new(d_in, d_out)
-                .with_bias(config.attention_bias)
-                .init(device)
+            AdaptedLinear::new(
+                LinearConfig::new(d_in, d_out)
+                    .with_bias(config.attention_bias)
+                    .init(device),
+            )
         };
         let norm = || {
             RmsNormConfig::new(head_dim)

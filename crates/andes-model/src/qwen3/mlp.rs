@@ -1,27 +1,30 @@
 //! The SwiGLU feed-forward block of Qwen3.
 
 use burn::module::Module;
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::LinearConfig;
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
 use super::Qwen3Config;
+use crate::lora::AdaptedLinear;
 
-/// `down(silu(gate(x)) ⊙ up(x))`, no biases.
+/// `down(silu(gate(x)) ⊙ up(x))`, no biases; each projection may carry LoRA adapters.
 #[derive(Module, Debug)]
 pub struct Mlp {
     /// `[hidden, intermediate]`
-    pub gate_proj: Linear,
+    pub gate_proj: AdaptedLinear,
     /// `[hidden, intermediate]`
-    pub up_proj: Linear,
+    pub up_proj: AdaptedLinear,
     /// `[intermediate, hidden]`
-    pub down_proj: Linear,
+    pub down_proj: AdaptedLinear,
 }
 
 impl Mlp {
     /// Lazily-initialised MLP for `config`.
     pub fn new(config: &Qwen3Config, device: &Device) -> Self {
-        let linear = |d_in, d_out| LinearConfig::new(d_in, d_out).with_bias(false).init(device);
+        let linear = |d_in, d_out| {
+            AdaptedLinear::new(LinearConfig::new(d_in, d_out).with_bias(false).init(device))
+        };
         Self {
             gate_proj: linear(config.hidden_size, config.intermediate_size),
             up_proj: linear(config.hidden_size, config.intermediate_size),
