@@ -244,7 +244,11 @@ fn bench_report(dir: &Path) -> anyhow::Result<()> {
             continue;
         }
         let (ours, peer) = (read(entry.path())?, read(peer_path)?);
-        for metric in ["prefill_tokens_per_s", "decode_tokens_per_s"] {
+        for metric in [
+            "prefill_tokens_per_s",
+            "decode_tokens_per_s",
+            "train_tokens_per_s",
+        ] {
             let (a, b) = (ours[metric].as_f64(), peer[metric].as_f64());
             if let (Some(a), Some(b)) = (a, b) {
                 println!(
