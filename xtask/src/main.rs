@@ -30,6 +30,13 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// Cargo's target directory: `CARGO_TARGET_DIR` when set (CI may put it outside the clone).
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
 fn run(command: &mut Command) -> anyhow::Result<()> {
     let status = command
         .status()
@@ -53,7 +60,7 @@ fn fixtures(rest: &[&str]) -> anyhow::Result<()> {
     gptq.current_dir(root())
         .arg("scripts/fixtures/make_gptq_fixture.py")
         .args(["--out", "fixtures/gptq", "--data", "datasets/gcide"]);
-    let trained = root().join("target/regress/pretrain/checkpoints/step-000120");
+    let trained = target_dir().join("regress/pretrain/checkpoints/step-000120");
     if trained.exists() {
         gptq.arg("--checkpoint").arg(trained);
     }
@@ -85,8 +92,8 @@ fn regress(record: bool) -> anyhow::Result<()> {
     };
     let mut failures = Vec::new();
     for name in REGRESS_RECIPES {
-        let out_dir = root().join("target/regress").join(name);
-        let output = Command::new(root().join("target/debug/andes"))
+        let out_dir = target_dir().join("regress").join(name);
+        let output = Command::new(target_dir().join("debug/andes"))
             .current_dir(root())
             .args(["train", "--quiet", "--config"])
             .arg(format!("configs/recipes/tiny/{name}.toml"))
@@ -190,12 +197,12 @@ fn bench_forward(rest: &[&str]) -> anyhow::Result<()> {
     let prompt_len = flag(rest, "--prompt-len", "128");
     let decode = flag(rest, "--decode-tokens", "32");
     let threads = flag(rest, "--threads", "2");
-    let out = root().join("target/bench");
+    let out = target_dir().join("bench");
     std::fs::create_dir_all(&out)?;
     run(Command::new("cargo")
         .current_dir(root())
         .args(["build", "--release", "-p", "andes-cli"]))?;
-    let andes = std::process::Command::new(root().join("target/release/andes"))
+    let andes = std::process::Command::new(target_dir().join("release/andes"))
         .current_dir(root())
         .args(["bench", "forward", "--config", config, "--device", "cpu"])
         .args(["--prompt-len", prompt_len, "--decode-tokens", decode])
