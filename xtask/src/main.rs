@@ -231,8 +231,10 @@ fn bench_report(dir: &Path) -> anyhow::Result<()> {
     let read = |path: PathBuf| -> anyhow::Result<serde_json::Value> {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
-        let line = text.lines().last().unwrap_or_default();
-        serde_json::from_str(line).with_context(|| format!("{}: not JSON", path.display()))
+        // A whole JSON document, or JSON on the last line after other output.
+        serde_json::from_str(&text)
+            .or_else(|_| serde_json::from_str(text.lines().last().unwrap_or_default()))
+            .with_context(|| format!("{}: not JSON", path.display()))
     };
     println!("| run | metric | andes | transformers eager | ratio |");
     println!("|---|---|---|---|---|");
@@ -250,7 +252,13 @@ fn bench_report(dir: &Path) -> anyhow::Result<()> {
         if !peer_path.exists() {
             continue;
         }
-        let (ours, peer) = (read(entry.path())?, read(peer_path)?);
+        let (ours, peer) = match (read(entry.path()), read(peer_path)) {
+            (Ok(ours), Ok(peer)) => (ours, peer),
+            _ => {
+                println!("| {run_name} | — | not measured (no result; see its .err file) | | |");
+                continue;
+            }
+        };
         for metric in [
             "prefill_tokens_per_s",
             "decode_tokens_per_s",
