@@ -58,8 +58,9 @@ pub fn parameters_where<M: Module>(
     select.ids
 }
 
-/// Stops gradients for every parameter whose Hugging Face name starts with one of
-/// `prefixes` (e.g. `model.embed_tokens`, `model.layers.0.`); returns how many were frozen.
+/// Stops gradients for every base parameter whose Hugging Face name starts with one of
+/// `prefixes` (e.g. `model.embed_tokens`, `model.layers.0.`); LoRA adapters are never frozen
+/// by a prefix. Returns how many were frozen.
 pub fn freeze<M: Module>(module: M, prefixes: &[String]) -> (M, usize) {
     struct Freeze<'a> {
         path: ParamPath,
@@ -74,8 +75,10 @@ pub fn freeze<M: Module>(module: M, prefixes: &[String]) -> (M, usize) {
             self.path.exit();
         }
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            // Prefixes name base modules; LoRA adapters under them keep training.
             let name = self.path.hf_name();
-            if self.prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+            if !self.path.is_adapter() && self.prefixes.iter().any(|p| name.starts_with(p.as_str()))
+            {
                 self.frozen += 1;
                 param.set_require_grad(false)
             } else {
@@ -134,4 +137,45 @@ pub fn clip_global_norm<M: Module>(
         });
     }
     norm
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use andes_model::checkpoint::load_qwen3;
+    use andes_model::lora::LoraConfig;
+    use burn::tensor::{DType, Device};
+
+    #[test]
+    fn freezing_a_layer_prefix_keeps_its_lora_adapters_trainable() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/qwen3-tiny-untied-mha-f32");
+        let device = Device::flex().autodiff();
+        let (_, mut model) = load_qwen3(&dir, &device, DType::F32).unwrap();
+        let config: LoraConfig = serde_json::from_str(
+            r#"{"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj"]}"#,
+        )
+        .unwrap();
+        model.add_adapter("task", &config).unwrap();
+        let (model, frozen) = freeze(model, &["model.layers.0.".to_string()]);
+        assert!(frozen > 0);
+        struct Trainable(ParamPath, Vec<String>);
+        impl ModuleVisitor for Trainable {
+            fn enter_module(&mut self, name: &str, container_type: &str) {
+                self.0.enter(name, container_type);
+            }
+            fn exit_module(&mut self, _: &str, _: &str) {
+                self.0.exit();
+            }
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                if param.is_require_grad() && self.0.hf_name().starts_with("model.layers.0.") {
+                    self.1.push(self.0.hf_name());
+                }
+            }
+        }
+        let mut trainable = Trainable(ParamPath::default(), Vec::new());
+        model.visit(&mut trainable);
+        // Only layer 0's q_proj adapter (lora A and B) still trains inside the frozen layer.
+        assert_eq!(trainable.1.len(), 2, "{:?}", trainable.1);
+    }
 }
