@@ -7,6 +7,9 @@
 //! `python3 scripts/fixtures/check_peft_export.py $ANDES_EXPORT_DIR/adapter
 //!  fixtures/qwen3-tiny-untied-mha-f32 $ANDES_EXPORT_DIR/andes_logits.json`.
 
+mod common;
+use common::relative_error;
+
 use std::path::{Path, PathBuf};
 
 use andes_model::checkpoint::{SaveDtype, load_qwen3, save_qwen3};
@@ -80,14 +83,6 @@ fn logits(model: &Qwen3ForCausalLM, ids: &[u32], device: &Device) -> Vec<f32> {
         .convert::<f32>()
         .try_to_vec::<f32>()
         .unwrap()
-}
-
-/// ‖a − b‖ / ‖b‖.
-fn relative_error(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let diff: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (diff / norm).sqrt()
 }
 
 /// Adds adapter `name` (r = 8, alpha = 12, four targets) with B drawn from N(0, 0.05²), so that

@@ -2,6 +2,9 @@
 //! checkpoints and reference outputs made by `cargo xtask fixtures`
 //! (scripts/fixtures/make_qwen3_fixtures.py).
 
+mod common;
+use common::relative_error;
+
 use std::path::{Path, PathBuf};
 
 use andes_model::checkpoint::load_qwen3;
@@ -75,14 +78,6 @@ fn host(t: Tensor<3>) -> Vec<f32> {
         .convert::<f32>()
         .try_into_vec::<f32>()
         .unwrap()
-}
-
-/// ‖a − b‖ / ‖b‖.
-fn relative_error(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let diff: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (diff / norm).sqrt()
 }
 
 #[test]
