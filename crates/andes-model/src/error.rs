@@ -5,6 +5,17 @@ use std::path::PathBuf;
 /// Everything that can go wrong between a model directory on disk and a forward pass.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
+    /// Quantizing a linear failed.
+    #[error("quantizing `{layer}`: {source}")]
+    Quantization {
+        /// Hugging Face module name.
+        layer: String,
+        /// What went wrong.
+        source: andes_quant::QuantError,
+    },
+    /// A bit plan that does not fit the model (its message names the plan and the layer).
+    #[error(transparent)]
+    Plan(andes_quant::QuantError),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {

@@ -2,7 +2,8 @@
 //!
 //! [`qwen3`] is the language model; [`checkpoint`] reads and writes the Hugging Face
 //! directory layout; [`lora`] attaches named LoRA adapters and reads and writes them in the
-//! PEFT layout; [`generate`] decodes with a KV cache.
+//! PEFT layout; [`quantize`] puts the base linears on a fake-quant grid (QALFT); [`generate`]
+//! decodes with a KV cache.
 
 pub mod checkpoint;
 pub mod device;
@@ -12,6 +13,7 @@ pub mod kv_cache;
 pub mod lora;
 pub mod perplexity;
 pub mod precision;
+pub mod quantize;
 pub mod qwen3;
 pub mod rope;
 

@@ -72,6 +72,10 @@ pub enum LoraError {
     /// An adapter is merged into the base weights, which blocks switching and re-merging.
     #[error("adapter `{0}` is merged into the base weights; unmerge it first")]
     Merged(String),
+    /// Merging into a quantized base: its weights are codes on a grid, and a 1+N bundle keeps
+    /// each adapter apart from the shared base.
+    #[error("the base is quantized; adapters stay separate from it (1+N) and cannot be merged")]
+    QuantizedBase,
     /// `unmerge` with nothing merged.
     #[error("no adapter is merged into the base weights")]
     NotMerged,
@@ -168,7 +172,20 @@ impl Qwen3ForCausalLM {
         let mut pieces = Vec::new();
         for (i, layer) in self.model.layers.iter().enumerate() {
             for &target in &config.target_modules {
-                pieces.push((i, target, make(i, target, &target.of(layer).base_layer)?));
+                let base = &target.of(layer).base_layer;
+                let [d_in, d_out] = base.weight.lazy_shape().dims();
+                if config.rank > d_in.min(d_out) {
+                    return Err(LoraError::InvalidConfig {
+                        key: "r".into(),
+                        message: format!(
+                            "rank {} exceeds {} of layer {i} ({d_in} in, {d_out} out): a \
+                             low-rank update must have rank at most min(in, out)",
+                            config.rank,
+                            target.name()
+                        ),
+                    });
+                }
+                pieces.push((i, target, make(i, target, base)?));
             }
         }
         for (i, target, piece) in pieces {
@@ -243,6 +260,12 @@ impl Qwen3ForCausalLM {
     pub fn merge_adapter(&mut self) -> Result<(), LoraError> {
         if let Some(merged) = self.merged_adapter() {
             return Err(LoraError::Merged(merged));
+        }
+        if self
+            .adapted_linears()
+            .any(|(_, _, l)| l.quantizer.is_some())
+        {
+            return Err(LoraError::QuantizedBase);
         }
         if self.active_adapter().is_none() {
             return Err(LoraError::NoActiveAdapter);

@@ -120,6 +120,46 @@ pub enum QuantError {
         found: usize,
     },
 
+    /// A bit plan file that cannot be read, parsed or used.
+    #[error("{path}: key `{key}`: {message}")]
+    PlanFile {
+        /// The plan file.
+        path: String,
+        /// Dotted path of the key (empty for the whole file).
+        key: String,
+        /// What was found and what was expected.
+        message: String,
+    },
+
+    /// A bit plan entry that does not fit the model.
+    #[error("{origin}: layer `{layer}`: {message}")]
+    PlanLayer {
+        /// The plan file or recipe key.
+        origin: String,
+        /// The layer named (or missing).
+        layer: String,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// A grid handed to [`crate::quantize_on_grid`] with a non-finite scale, or a zero point
+    /// the format cannot store.
+    #[error(
+        "row {row}, group {group}: scale {scale} with zero point {zero} is not a grid of this \
+         format (scales must be finite; zero points are the symmetric zero, or integers in \
+         0..=max_code for asymmetric formats)"
+    )]
+    InvalidGrid {
+        /// Output channel.
+        row: usize,
+        /// Group within the row.
+        group: usize,
+        /// The scale given.
+        scale: f32,
+        /// The zero point given.
+        zero: f32,
+    },
+
     /// A scale that is NaN or infinite; dequantization would produce garbage.
     #[error("scale {index} is {value}; scales must be finite")]
     NonFiniteScale {

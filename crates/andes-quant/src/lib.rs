@@ -1,15 +1,19 @@
 //! `andes-quant`: the numerics of weight quantization, with no knowledge of models and no
-//! dependency on Burn or on any other andes crate.
+//! dependency on any other andes crate. Only [`FakeQuantizer`] touches Burn tensors.
 //!
 //! * [`QuantFormat`]: code width (int1..int8, ternary), granularity (per channel or groups of
 //!   32/64/128), symmetry; named by strings like `int4-g128-sym`.
 //! * [`dequantize_code`] / [`quantize_code`] / [`scale_to_f16`]: the one grid formula every
 //!   consumer (fake-quant, package, runtime) must share bit for bit.
+//! * [`FakeQuantizer`]: the same grid as Burn ops with straight-through and LSQ gradients, for
+//!   quantization-aware training; its forward pass is bit for bit the package's dequantization.
+//! * [`quantize_on_grid`]: codes for a grid chosen elsewhere (a trained one).
 //! * [`pack`] / [`unpack`]: the byte layout of codes.
 //! * [`quantize_rtn`] / [`dequantize`]: round-to-nearest quantization of a `[out, in]` matrix into
 //!   a [`QuantizedTensor`] (packed codes, f16 scales, packed zero points).
 //! * [`quantize_gptq`]: GPTQ, the same output from calibration data: errors are moved onto the
 //!   columns not yet quantized, weighted by the layer's [`Hessian`].
+//! * [`BitPlan`]: the format of every linear of a model, as `bit_plan.json`.
 //! * [`bits_per_weight`]: exact storage cost, scales, zero points and padding included.
 //! * [`reconstruction_error`]: relative Frobenius error, the yardstick of RTN and GPTQ.
 //!
@@ -20,22 +24,26 @@
 mod bpw;
 mod cholesky;
 mod error;
+mod fake_quant;
 mod format;
 mod gptq;
 mod grid;
 mod hessian;
 mod pack;
+mod plan;
 mod reconstruction;
 mod rtn;
 mod tensor;
 
 pub use bpw::{BpwReport, bits_per_weight};
 pub use error::QuantError;
+pub use fake_quant::FakeQuantizer;
 pub use format::{Bits, Granularity, GroupSize, QuantFormat};
 pub use gptq::{GptqOptions, quantize_gptq};
 pub use grid::{dequantize_code, quantize_code, scale_to_f16};
 pub use hessian::Hessian;
 pub use pack::{pack, packed_len, unpack};
+pub use plan::{BitPlan, PLAN_VERSION, PlanEntry};
 pub use reconstruction::reconstruction_error;
-pub use rtn::quantize_rtn;
+pub use rtn::{quantize_on_grid, quantize_rtn};
 pub use tensor::{QuantizedTensor, WeightShape, dequantize};

@@ -41,37 +41,91 @@ pub fn quantize_rtn(
     format: QuantFormat,
 ) -> Result<QuantizedTensor, QuantError> {
     shape.check_weights(weights)?;
-    let in_features = shape.in_features;
-    let bits = format.bits();
-    let granularity = format.granularity();
-    let group_len = granularity.group_len(in_features);
-    let groups = granularity.groups_per_row(in_features);
-    let mut packed = Vec::with_capacity(shape.out_features * packed_len(bits, in_features));
-    let mut scales = Vec::with_capacity(shape.out_features * groups);
+    let group_len = format.granularity().group_len(shape.in_features);
+    let mut scales = Vec::new();
     let mut zeros = Vec::new();
+    for (row, values) in weights.chunks(shape.in_features).enumerate() {
+        for (group, group_values) in values.chunks(group_len).enumerate() {
+            let params = group_params(group_values, format)
+                .map_err(|scale| QuantError::ScaleOverflow { row, group, scale })?;
+            scales.push(params.scale);
+            zeros.push(params.zero);
+        }
+    }
+    quantize_on_grid(weights, shape, format, &scales, &zeros)
+}
+
+/// Rounds every weight of a `[out_features, in_features]` matrix to the nearest level of a grid
+/// the caller chose: `scales` and `zeros` are `[out_features, groups_per_row]` row-major, the
+/// zero points as [`crate::dequantize_code`] takes them (the implied
+/// [`Bits::symmetric_zero`] for symmetric formats, integers `0..=max_code` otherwise).
+///
+/// This is how a grid learned elsewhere (QALFT's trained scales) becomes package bytes: the
+/// codes are [`quantize_code`] of each weight, which is what the fake-quant computes.
+pub fn quantize_on_grid(
+    weights: &[f32],
+    shape: WeightShape,
+    format: QuantFormat,
+    scales: &[f16],
+    zeros: &[f32],
+) -> Result<QuantizedTensor, QuantError> {
+    shape.check_weights(weights)?;
+    let bits = format.bits();
+    let in_features = shape.in_features;
+    let group_len = format.granularity().group_len(in_features);
+    let groups = format.granularity().groups_per_row(in_features);
+    let grid_len = shape.out_features * groups;
+    for (part, found) in [("scales", scales.len()), ("zero points", zeros.len())] {
+        if found != grid_len {
+            return Err(QuantError::PartLength {
+                part,
+                format: format.to_string(),
+                shape: shape.to_string(),
+                expected: grid_len,
+                found,
+            });
+        }
+    }
+    let mut packed = Vec::with_capacity(shape.out_features * packed_len(bits, in_features));
+    let mut packed_zeros = Vec::new();
     let mut codes = Vec::with_capacity(in_features);
     let mut row_zeros = Vec::with_capacity(groups);
     for (row, values) in weights.chunks(in_features).enumerate() {
         codes.clear();
         row_zeros.clear();
         for (group, group_values) in values.chunks(group_len).enumerate() {
-            let params = group_params(group_values, format)
-                .map_err(|scale| QuantError::ScaleOverflow { row, group, scale })?;
+            let (scale, zero) = (scales[row * groups + group], zeros[row * groups + group]);
+            let valid_zero = if format.symmetric() {
+                zero == bits.symmetric_zero()
+            } else {
+                zero.fract() == 0.0 && (0.0..=f32::from(bits.max_code())).contains(&zero)
+            };
+            if !f32::from(scale).is_finite() || !valid_zero {
+                return Err(QuantError::InvalidGrid {
+                    row,
+                    group,
+                    scale: f32::from(scale),
+                    zero,
+                });
+            }
             codes.extend(
                 group_values
                     .iter()
-                    .map(|&w| quantize_code(w, params.scale, params.zero, bits)),
+                    .map(|&w| quantize_code(w, scale, zero, bits)),
             );
-            scales.push(params.scale);
-            row_zeros.push(params.zero as u8);
+            row_zeros.push(zero as u8);
         }
         pack_into(&codes, bits, &mut packed);
         if !format.symmetric() {
-            pack_into(&row_zeros, bits, &mut zeros);
+            pack_into(&row_zeros, bits, &mut packed_zeros);
         }
     }
     Ok(QuantizedTensor::from_trusted_parts(
-        format, shape, packed, scales, zeros,
+        format,
+        shape,
+        packed,
+        scales.to_vec(),
+        packed_zeros,
     ))
 }
 

@@ -37,11 +37,18 @@ pub struct TrainerState {
     pub tokens_seen: u64,
 }
 
+/// What a checkpoint holds of the model.
+pub enum ModelFiles<'a> {
+    /// The whole model in the Hugging Face layout (stages that train the model's weights).
+    Full(&'a Qwen3ForCausalLM, &'a Qwen3Config),
+    /// Only what an adapter stage trains, written by this function into the directory.
+    Adapter(&'a dyn Fn(&Path) -> Result<(), TrainError>),
+}
+
 /// Writes checkpoint `state.step` under `run_dir/checkpoints/`.
 pub fn save(
     run_dir: &Path,
-    model: &Qwen3ForCausalLM,
-    config: &Qwen3Config,
+    model: ModelFiles<'_>,
     optimizer: &ModuleOptimizer,
     state: &TrainerState,
     recipe_toml: &str,
@@ -55,7 +62,10 @@ pub fn save(
         std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-    save_qwen3(model, config, &tmp, SaveDtype::F32)?;
+    match model {
+        ModelFiles::Full(model, config) => save_qwen3(model, config, &tmp, SaveDtype::F32)?,
+        ModelFiles::Adapter(write) => write(&tmp)?,
+    }
     let tokenizer = std::fs::read(tokenizer_file).map_err(|e| TrainError::io(tokenizer_file, e))?;
     write_atomically(&tmp.join("tokenizer.json"), &tokenizer)?;
     let optimizer_path = tmp.join(OPTIMIZER_FILE);

@@ -34,6 +34,9 @@ pub enum TrainError {
     /// Loading or running the model failed.
     #[error(transparent)]
     Model(#[from] andes_model::ModelError),
+    /// Attaching, loading or saving the LoRA adapter failed.
+    #[error(transparent)]
+    Lora(#[from] andes_model::lora::LoraError),
     /// Reading the data failed.
     #[error(transparent)]
     Data(#[from] andes_data::dataset::RecordError),

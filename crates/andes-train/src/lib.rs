@@ -1,9 +1,12 @@
 //! The andes trainer: one loop shared by every stage (AdamW, warmup + cosine, global-norm
 //! clipping, gradient accumulation, freezing, atomic checkpoints with exact resume, metrics).
 //!
-//! A stage is a loss over a batch; today `pretrain` (next-token loss on text) and `sft`
-//! (loss on assistant turns of conversations) share [`loss::masked_next_token_loss`].
+//! A stage is a loss over a batch; today `pretrain` (next-token loss on text), `sft` (loss on
+//! assistant turns of conversations), `lora` (an adapter on the frozen float base) and `qalft`
+//! (an adapter on the frozen, fake-quantized base, see [`adapters`]) share
+//! [`loss::masked_next_token_nll`].
 
+pub mod adapters;
 pub mod checkpoint;
 pub mod data;
 pub mod error;

@@ -3,6 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use andes_data::dataset::DataFormat;
+use andes_model::lora::{LoraConfig, LoraTarget};
+use andes_model::quantize::Initializer;
+use andes_quant::QuantFormat;
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
@@ -16,6 +19,19 @@ pub enum Stage {
     Pretrain,
     /// Next-token loss on the assistant turns of conversations.
     Sft,
+    /// A LoRA adapter on the frozen float base (the `[lora]` section), trained on the masked
+    /// next-token loss of its data: the float reference QALFT is measured against.
+    Lora,
+    /// Quantization-aware LoRA fine-tuning: the base quantized per `[quant]` and frozen on its
+    /// fake-quant grid, the adapter (and optionally the grid's scales) trained against it.
+    Qalft,
+}
+
+impl Stage {
+    /// Whether the stage trains an adapter rather than the model's own weights.
+    pub fn trains_adapter(self) -> bool {
+        matches!(self, Stage::Lora | Stage::Qalft)
+    }
 }
 
 /// `[model]`: where the starting weights, config and tokenizer come from.
@@ -41,6 +57,66 @@ pub struct DataSection {
     /// Count and skip malformed records instead of stopping at the first.
     #[serde(default)]
     pub skip_bad_records: bool,
+}
+
+/// `[lora]`: the adapter a `lora` or `qalft` run trains (PEFT's settings and defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSection {
+    /// The adapter's name in the 1+N bundle (letters, digits, `_`, `-`).
+    pub name: String,
+    /// Rank r of the update.
+    pub rank: usize,
+    /// Scale numerator: the update is multiplied by `alpha / rank`.
+    pub alpha: f64,
+    /// Dropout on the adapter input while training.
+    #[serde(default)]
+    pub dropout: f64,
+    /// Projections to adapt (PEFT names); all seven when absent.
+    #[serde(default = "all_targets")]
+    pub targets: Vec<LoraTarget>,
+}
+
+fn all_targets() -> Vec<LoraTarget> {
+    LoraTarget::ALL.to_vec()
+}
+
+impl LoraSection {
+    /// The adapter configuration this section describes.
+    pub fn config(&self) -> LoraConfig {
+        LoraConfig {
+            rank: self.rank,
+            alpha: self.alpha,
+            dropout: self.dropout,
+            target_modules: self.targets.clone(),
+        }
+    }
+}
+
+/// `[quant]`: how a `qalft` run quantizes its base.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuantSection {
+    /// One format for every linear (`int2-g64-asym`); exclusive with `plan`.
+    pub format: Option<QuantFormat>,
+    /// A `bit_plan.json` (from `andes quantize`, or edited by hand); exclusive with `format`.
+    pub plan: Option<PathBuf>,
+    /// The post-training quantizer that sets the initial codes and scales.
+    #[serde(default = "default_initializer")]
+    pub init: Initializer,
+    /// Train the grid's scales (LSQ) along with the adapter.
+    #[serde(default)]
+    pub learn_scales: bool,
+    /// Training windows (the first ones of the file) whose activations give GPTQ its Hessians.
+    #[serde(default = "default_calibration_windows")]
+    pub calibration_windows: usize,
+}
+
+fn default_initializer() -> Initializer {
+    Initializer::Rtn
+}
+fn default_calibration_windows() -> usize {
+    32
 }
 
 /// `[optimizer]`: AdamW.
@@ -126,6 +202,10 @@ pub struct Recipe {
     pub schedule: Schedule,
     /// The loop.
     pub train: TrainSection,
+    /// The adapter of a `lora` or `qalft` run.
+    pub lora: Option<LoraSection>,
+    /// The quantized base of a `qalft` run.
+    pub quant: Option<QuantSection>,
 }
 
 fn default_schedule() -> Schedule {
@@ -202,6 +282,35 @@ impl Recipe {
         }
         if !(0.0..=1.0).contains(&self.schedule.min_lr_ratio) {
             return fail("schedule.min_lr_ratio", "expected a number in [0, 1]");
+        }
+        let adapter_stage = self.stage.trains_adapter();
+        match (&self.lora, adapter_stage) {
+            (None, true) => return fail("lora", "stages lora and qalft need a [lora] section"),
+            (Some(_), false) => {
+                return fail("lora", "[lora] is read only by stages lora and qalft");
+            }
+            (Some(lora), true) => {
+                if let Err(e) = lora.config().validate() {
+                    return fail("lora", &e.to_string());
+                }
+            }
+            (None, false) => {}
+        }
+        match (&self.quant, self.stage == Stage::Qalft) {
+            (None, true) => return fail("quant", "stage qalft needs a [quant] section"),
+            (Some(_), false) => return fail("quant", "[quant] is read only by stage qalft"),
+            (Some(quant), true) => {
+                if quant.format.is_some() == quant.plan.is_some() {
+                    return fail("quant", "give exactly one of `format` and `plan`");
+                }
+                if quant.init == Initializer::Gptq && quant.calibration_windows == 0 {
+                    return fail(
+                        "quant.calibration_windows",
+                        "found 0; GPTQ needs calibration windows",
+                    );
+                }
+            }
+            (None, false) => {}
         }
         Ok(())
     }

@@ -12,7 +12,8 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::checkpoint::{self, RECIPE_FILE, TrainerState};
+use crate::adapters::{self, QUANTIZATION_FILE};
+use crate::checkpoint::{self, ModelFiles, RECIPE_FILE, TrainerState};
 use crate::data::{DataPosition, WindowSet, to_batch};
 use crate::error::TrainError;
 use crate::loss::masked_next_token_nll;
@@ -60,13 +61,36 @@ pub fn train(
     };
     let tokenizer_file = start_dir.join("tokenizer.json");
     let tokenizer = TextTokenizer::from_file(&tokenizer_file)?;
-    let (config, model) = load_qwen3(&start_dir, &device, DType::F32)?;
+    let adapter_stage = recipe.stage.trains_adapter();
+    // An adapter checkpoint holds the adapter only: the base always comes from the recipe.
+    let model_dir = if adapter_stage {
+        &recipe.model.checkpoint
+    } else {
+        &start_dir
+    };
+    let (config, model) = load_qwen3(model_dir, &device, DType::F32)?;
     let (mut model, _frozen) = freeze(model, &recipe.train.freeze);
+    let (train_set, _skipped) = WindowSet::load(&recipe.data.train, &recipe.data, &tokenizer)?;
+    if adapter_stage {
+        let resume_from = resume.then_some(start_dir.as_path());
+        if let Some(summary) = adapters::prepare(&mut model, recipe, &train_set, resume_from)? {
+            let json = serde_json::to_vec_pretty(&summary).expect("the summary serializes");
+            andes_model::checkpoint::write_atomically(&run_dir.join(QUANTIZATION_FILE), &json)?;
+            if show_progress {
+                eprintln!(
+                    "quantized base: {:.4} bpw over {} weights of {} linears (scales and zero \
+                     points counted; embeddings, norms and head stay float)",
+                    summary.bpw_linears,
+                    summary.quantized_weights,
+                    summary.layers.len()
+                );
+            }
+        }
+    }
     let mut optimizer = adamw(&model, &recipe.optimizer);
     if resume {
         optimizer = checkpoint::load_optimizer(&start_dir, optimizer)?;
     }
-    let (train_set, _skipped) = WindowSet::load(&recipe.data.train, &recipe.data, &tokenizer)?;
     let eval_set = match &recipe.data.eval {
         Some(path) => Some(WindowSet::load(path, &recipe.data, &tokenizer)?.0),
         None => None,
@@ -138,10 +162,15 @@ pub fn train(
         ));
         progress.inc(1);
         if state.step.is_multiple_of(recipe.train.checkpoint_every) || state.step == total {
+            let write_adapter = |dir: &Path| adapters::save(&model, recipe, dir);
+            let files = if adapter_stage {
+                ModelFiles::Adapter(&write_adapter)
+            } else {
+                ModelFiles::Full(&model, &config)
+            };
             checkpoint_dir = checkpoint::save(
                 run_dir,
-                &model,
-                &config,
+                files,
                 &optimizer,
                 &state,
                 recipe_toml,

@@ -46,7 +46,7 @@ impl ModuleMapper for Loader<'_> {
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        if self.error.is_some() || self.path.is_adapter() {
+        if self.error.is_some() || self.path.is_attachment() {
             return param;
         }
         let name = self.path.hf_name();

@@ -9,7 +9,9 @@
 //! base `Linear` in a field `base_layer`, as PEFT's wrapper does; the segment is dropped, so
 //! `model.layers.0.self_attn.q_proj.base_layer.weight` is still `...q_proj.weight`. Its
 //! adapters (field `adapters`) are not part of the checkpoint: they live in PEFT adapter
-//! directories (`crate::lora::peft`), and the checkpoint reader and writer skip them.
+//! directories (`crate::lora::peft`), and the checkpoint reader and writer skip them. Neither
+//! is its quantization grid (field `quantizer`, QALFT's fake quant), which a training run
+//! rebuilds from its recipe and saves beside the adapters.
 
 /// Tracks the module path during a Burn visit or map.
 #[derive(Debug, Default)]
@@ -52,6 +54,20 @@ impl ParamPath {
             .iter()
             .zip(&self.containers)
             .any(|(name, container)| name == "adapters" && is_adapted(container))
+    }
+
+    /// Whether the parameter belongs to the fake-quant grid of a projection's base weight.
+    pub fn is_quantizer(&self) -> bool {
+        self.names
+            .iter()
+            .zip(&self.containers)
+            .any(|(name, container)| name == "quantizer" && is_adapted(container))
+    }
+
+    /// Whether the parameter is attached to the base model rather than part of it (an adapter
+    /// or a quantization grid): the base checkpoint neither holds nor expects it.
+    pub fn is_attachment(&self) -> bool {
+        self.is_adapter() || self.is_quantizer()
     }
 
     /// Whether the parameter is a Burn `Linear` weight, stored transposed in the checkpoint.

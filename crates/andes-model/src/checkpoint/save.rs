@@ -86,7 +86,7 @@ impl ModuleVisitor for Collector {
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if self.path.is_adapter() {
+        if self.path.is_attachment() {
             return;
         }
         let data = param.val().to_data().convert::<f32>();

@@ -1,9 +1,14 @@
 //! One projection with its LoRA adapters: `W·x` plus, when an adapter is active,
-//! `(alpha / rank) · B·A·dropout(x)`.
+//! `(alpha / rank) · B·A·dropout(x)`, where `W` runs through fake quantization when the base is
+//! quantized (QALFT).
 
+use std::sync::{Arc, Mutex};
+
+use andes_quant::{FakeQuantizer, Hessian, QuantError};
 use burn::module::{Module, Param, ParamId};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear};
 use burn::tensor::Tensor;
+use burn::tensor::module::linear;
 
 use super::LoraConfig;
 
@@ -122,13 +127,20 @@ impl LoraLinear {
 /// drop that segment, so `q_proj.base_layer.weight` is still `q_proj.weight` on disk.
 #[derive(Module, Debug)]
 pub struct AdaptedLinear {
-    /// The (frozen while adapters train) projection, weight `[in, out]`.
+    /// The (frozen while adapters train) projection, weight `[in, out]`. With a `quantizer`
+    /// this is the latent weight the grid rounds.
     pub base_layer: Linear,
+    /// The quantization grid of the base weight (QALFT): when present, the forward pass uses
+    /// the fake-quantized weight, the values the phone will compute with.
+    pub quantizer: Option<FakeQuantizer>,
     /// The adapters attached to this projection, in the order they were added; private so
     /// that the active and merged indices stay valid.
     adapters: Vec<LoraLinear>,
     active: Option<usize>,
     merged: Option<usize>,
+    /// Where calibration collects the inputs' second moments (GPTQ's Hessian), when it does.
+    #[module(skip)]
+    tap: Option<InputTap>,
 }
 
 impl AdaptedLinear {
@@ -136,18 +148,52 @@ impl AdaptedLinear {
     pub fn new(base: Linear) -> Self {
         Self {
             base_layer: base,
+            quantizer: None,
             adapters: Vec::new(),
             active: None,
             merged: None,
+            tap: None,
         }
     }
 
-    /// `[..., in]` → `[..., out]`: the base projection plus the active adapter's update.
+    /// `[..., in]` → `[..., out]`: the (fake-quantized) base projection plus the active
+    /// adapter's update.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if let Some(tap) = &self.tap {
+            record_inputs(tap, &x);
+        }
         match self.active.filter(|&i| self.merged != Some(i)) {
-            Some(i) => self.base_layer.forward(x.clone()) + self.adapters[i].forward(x),
+            Some(i) => self.base_forward(x.clone()) + self.adapters[i].forward(x),
+            None => self.base_forward(x),
+        }
+    }
+
+    fn base_forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match &self.quantizer {
+            Some(quantizer) => {
+                let weight = quantizer
+                    .forward(self.base_layer.weight.val().transpose())
+                    .transpose();
+                linear(x, weight, self.base_layer.bias.as_ref().map(|b| b.val()))
+            }
             None => self.base_layer.forward(x),
         }
+    }
+
+    /// The weight the forward pass multiplies by, `[in, out]`: the fake-quantized base weight
+    /// when quantized, else the base weight (merged adapter included); detached.
+    pub fn effective_weight(&self) -> Tensor<2> {
+        let weight = self.base_layer.weight.val();
+        match &self.quantizer {
+            Some(quantizer) => quantizer.forward(weight.transpose()).transpose().detach(),
+            None => weight.detach(),
+        }
+    }
+
+    /// Starts (`Some`) or stops (`None`) collecting the Hessian `Σ x xᵀ` of this projection's
+    /// inputs during forward passes.
+    pub(crate) fn set_tap(&mut self, tap: Option<InputTap>) {
+        self.tap = tap;
     }
 
     /// The adapters attached to this projection, in the order they were added.
@@ -186,10 +232,12 @@ impl AdaptedLinear {
     }
 
     /// Adds the active adapter's update into the base weight (`W += scaling · A·B`); the
-    /// forward pass then skips the adapter. No-op without an active adapter or when merged.
+    /// forward pass then skips the adapter. No-op without an active adapter, when merged, and on
+    /// a quantized base, whose weights are codes on a grid (1+N keeps the adapters apart).
     pub(crate) fn merge_active(&mut self) {
         if let Some(i) = self.active
             && self.merged.is_none()
+            && self.quantizer.is_none()
         {
             let delta = self.adapters[i].delta_weight();
             self.base_layer.weight = self.base_layer.weight.clone().map(|w| w + delta);
@@ -203,6 +251,28 @@ impl AdaptedLinear {
             let delta = self.adapters[i].delta_weight();
             self.base_layer.weight = self.base_layer.weight.clone().map(|w| w - delta);
         }
+    }
+}
+
+/// A calibration probe's accumulator: the Hessian so far, or the first error (non-finite
+/// activations), which stops accumulation and is reported when calibration ends.
+pub(crate) type InputTap = Arc<Mutex<Result<Hessian, QuantError>>>;
+
+/// Adds `x` (`[..., in]`, every leading dimension a token) to the Hessian of `tap`.
+fn record_inputs<const D: usize>(tap: &InputTap, x: &Tensor<D>) {
+    let dims = x.dims();
+    let in_features = dims[D - 1];
+    let tokens = dims.iter().product::<usize>() / in_features.max(1);
+    let values = x
+        .to_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 activations");
+    let mut moments = tap.lock().expect("calibration tap poisoned");
+    if let Ok(hessian) = moments.as_mut()
+        && let Err(error) = hessian.accumulate(&values, tokens)
+    {
+        *moments = Err(error);
     }
 }
 

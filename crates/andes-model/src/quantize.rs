@@ -1,0 +1,299 @@
+//! Quantizing a Qwen3's linears in place: calibration (the Hessian of each linear's inputs), the
+//! PTQ initialiser (RTN or GPTQ) per a [`BitPlan`], and the fake-quant grid QALFT trains against.
+//!
+//! After [`quantize_base`], every planned projection holds a [`FakeQuantizer`]: its forward
+//! pass computes exactly the weights the package will store (bit for bit), and
+//! [`quantized_linears`] gives those packed tensors. The latent weight the grid rounds is the
+//! float weight for RTN, and GPTQ's dequantized result for GPTQ (its codes are not the nearest
+//! levels of the float weight, so the latent weight must carry them).
+//! Embeddings, norms and the LM head stay in float, as in every weight-only PTQ method.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use andes_quant::{
+    BitPlan, BpwReport, FakeQuantizer, GptqOptions, Hessian, QuantError, QuantFormat,
+    QuantizedTensor, WeightShape, dequantize, quantize_gptq, quantize_rtn, reconstruction_error,
+};
+use burn::module::{Module, Param};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::stable_param_id;
+use crate::error::ModelError;
+use crate::lora::{AdaptedLinear, LoraTarget};
+use crate::qwen3::Qwen3ForCausalLM;
+
+/// The post-training quantizer that sets the initial codes and grid.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Initializer {
+    /// Round to nearest on each group's own range.
+    Rtn,
+    /// GPTQ on the Hessians of calibration activations.
+    Gptq,
+}
+
+/// What quantizing one linear gave.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinearReport {
+    /// Hugging Face module name.
+    pub name: String,
+    /// Its format.
+    pub format: QuantFormat,
+    /// Exact storage cost, scales and zero points included.
+    pub bpw: BpwReport,
+    /// Relative Frobenius error of the quantized weight against the float one.
+    pub weight_error: f64,
+}
+
+/// The Hugging Face module name of `target` in layer `layer`.
+pub fn linear_name(layer: usize, target: LoraTarget) -> String {
+    format!("model.layers.{layer}.{}", target.module_path())
+}
+
+/// The names of every quantizable linear, in model order.
+pub fn linear_names(model: &Qwen3ForCausalLM) -> Vec<String> {
+    model
+        .adapted_linears()
+        .map(|(layer, target, _)| linear_name(layer, target))
+        .collect()
+}
+
+/// Calls `visit` on every quantizable linear with its name, in model order, stopping at the
+/// first error.
+fn try_for_each_linear<E>(
+    model: &mut Qwen3ForCausalLM,
+    mut visit: impl FnMut(String, &mut AdaptedLinear) -> Result<(), E>,
+) -> Result<(), E> {
+    for (layer, block) in model.model.layers.iter_mut().enumerate() {
+        for target in LoraTarget::ALL {
+            visit(linear_name(layer, target), target.of_mut(block))?;
+        }
+    }
+    Ok(())
+}
+
+/// The Hessian `Σ x xᵀ` of every linear's inputs over `batches` (token ids `[batch, seq]`),
+/// from the model as it is (float, or already quantized). `model` itself is left untouched.
+pub fn calibrate(
+    model: &Qwen3ForCausalLM,
+    batches: &[Tensor<2, Int>],
+) -> Result<BTreeMap<String, Hessian>, ModelError> {
+    let mut probe = model.clone().valid();
+    let mut taps = BTreeMap::new();
+    try_for_each_linear(&mut probe, |name, linear| {
+        let in_features = linear.base_layer.weight.lazy_shape().dims::<2>()[0];
+        let tap = Arc::new(Mutex::new(Ok(Hessian::new(in_features))));
+        linear.set_tap(Some(tap.clone()));
+        taps.insert(name, tap);
+        Ok::<_, ModelError>(())
+    })?;
+    let device: Device = probe.devices()[0].clone();
+    for batch in batches {
+        let batch = Tensor::<2, Int>::from_data(batch.to_data(), &device);
+        probe.forward(batch, &mut probe.new_cache())?;
+    }
+    drop(probe);
+    taps.into_iter()
+        .map(|(name, tap)| {
+            let moments = Arc::try_unwrap(tap)
+                .expect("the probe model is gone")
+                .into_inner()
+                .expect("calibration tap poisoned");
+            moments
+                .map(|hessian| (name.clone(), hessian))
+                .map_err(|source| ModelError::Quantization {
+                    layer: name,
+                    source,
+                })
+        })
+        .collect()
+}
+
+/// Quantizes every linear `plan` names (it must name each exactly once) with `initializer`
+/// (`hessians` from [`calibrate`] for GPTQ) and installs the fake-quant grid, its scales
+/// trainable when `learn_scales`. Returns one report per linear, in model order.
+pub fn quantize_base(
+    model: &mut Qwen3ForCausalLM,
+    plan: &BitPlan,
+    plan_source: &str,
+    initializer: Initializer,
+    hessians: Option<&BTreeMap<String, Hessian>>,
+    learn_scales: bool,
+) -> Result<Vec<LinearReport>, ModelError> {
+    let names = linear_names(model);
+    let formats = plan
+        .formats_for(&names, plan_source)
+        .map_err(ModelError::Plan)?;
+    let mut reports = Vec::new();
+    try_for_each_linear(model, |name, linear| {
+        let format = formats[&name];
+        let fail = |source: QuantError| ModelError::Quantization {
+            layer: name.clone(),
+            source,
+        };
+        let (weights, shape) = weight_rows(linear);
+        let quantized = match initializer {
+            Initializer::Rtn => quantize_rtn(&weights, shape, format),
+            Initializer::Gptq => {
+                let hessian = hessians.and_then(|h| h.get(&name)).ok_or_else(|| {
+                    fail(QuantError::NoCalibrationTokens {
+                        in_features: shape.in_features,
+                    })
+                })?;
+                quantize_gptq(&weights, shape, hessian, format, GptqOptions::default())
+            }
+        }
+        .map_err(fail)?;
+        let dequantized = dequantize(&quantized);
+        if initializer == Initializer::Gptq {
+            set_weight_rows(linear, &dequantized, shape);
+        }
+        let device = linear.base_layer.weight.lazy_device();
+        let mut quantizer = FakeQuantizer::from_grid(&quantized, &device, learn_scales);
+        quantizer.scale.id = stable_param_id(&format!("{name}.quantizer.scale"));
+        linear.quantizer = Some(quantizer);
+        reports.push(LinearReport {
+            format,
+            bpw: quantized.bits_per_weight(),
+            weight_error: reconstruction_error(&weights, &dequantized).map_err(fail)?,
+            name,
+        });
+        Ok(())
+    })?;
+    Ok(reports)
+}
+
+/// The package form of every quantized linear (codes on its current, possibly trained, grid),
+/// in model order.
+pub fn quantized_linears(
+    model: &Qwen3ForCausalLM,
+) -> Result<Vec<(String, QuantizedTensor)>, ModelError> {
+    model
+        .adapted_linears()
+        .filter_map(|(layer, target, linear)| {
+            let quantizer = linear.quantizer.as_ref()?;
+            let name = linear_name(layer, target);
+            let (weights, shape) = weight_rows(linear);
+            Some(
+                quantizer
+                    .quantize(&weights, shape)
+                    .map(|q| (name.clone(), q))
+                    .map_err(|source| ModelError::Quantization {
+                        layer: name,
+                        source,
+                    }),
+            )
+        })
+        .collect()
+}
+
+/// The latent base weight as `[out, in]` row-major f32 (the Hugging Face layout).
+fn weight_rows(linear: &AdaptedLinear) -> (Vec<f32>, WeightShape) {
+    let weight = linear.base_layer.weight.val().transpose();
+    let [out_features, in_features] = weight.dims();
+    let values = weight
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 weights");
+    (values, WeightShape::new(out_features, in_features))
+}
+
+/// Replaces the latent base weight with `rows` (`[out, in]` row-major), keeping its id and
+/// gradient setting.
+fn set_weight_rows(linear: &mut AdaptedLinear, rows: &[f32], shape: WeightShape) {
+    let device = linear.base_layer.weight.lazy_device();
+    let dtype = linear.base_layer.weight.val().dtype();
+    let weight = Tensor::<2>::from_data(
+        TensorData::new(rows.to_vec(), [shape.out_features, shape.in_features]),
+        &device,
+    )
+    .transpose()
+    .cast(dtype);
+    let param = std::mem::replace(
+        &mut linear.base_layer.weight,
+        Param::from_tensor(Tensor::zeros([1, 1], &device)),
+    );
+    linear.base_layer.weight = param.map(|_| weight);
+}
+
+/// Name of the tensor holding `layer`'s grid scales in a scales file.
+fn scale_tensor_name(layer: &str) -> String {
+    format!("{layer}.quantizer.scale")
+}
+
+/// Writes the scales of every quantized linear (`[out, groups]` f32, named
+/// `<linear>.quantizer.scale`) to a safetensors file, atomically: what a QALFT checkpoint
+/// needs beyond the adapter when the scales train.
+pub fn save_scales(model: &Qwen3ForCausalLM, path: &std::path::Path) -> Result<(), ModelError> {
+    let mut tensors = Vec::new();
+    for (layer, target, linear) in model.adapted_linears() {
+        if let Some(quantizer) = &linear.quantizer {
+            let data = quantizer.scale.val().into_data().convert::<f32>();
+            let shape = data.shape().as_slice().to_vec();
+            let bytes: Vec<u8> = data
+                .as_slice::<f32>()
+                .expect("f32 scales")
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            tensors.push((scale_tensor_name(&linear_name(layer, target)), shape, bytes));
+        }
+    }
+    let views = tensors
+        .iter()
+        .map(|(name, shape, bytes)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                .map(|view| (name.as_str(), view))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|views| safetensors::serialize(views, None))
+        .map_err(|e| ModelError::Safetensors {
+            path: path.to_owned(),
+            message: format!("{e:?}"),
+        })?;
+    crate::checkpoint::write_atomically(path, &views)
+}
+
+/// Loads the scales [`save_scales`] wrote into the quantized linears of `model` (keeping each
+/// parameter's id and gradient setting); a missing or mis-shaped tensor is an error naming it.
+pub fn load_scales(model: &mut Qwen3ForCausalLM, path: &std::path::Path) -> Result<(), ModelError> {
+    let mut file = crate::checkpoint::SafetensorsShards::open_file(path)?;
+    try_for_each_linear(model, |name, linear| {
+        if let Some(quantizer) = linear.quantizer.as_mut() {
+            let expected = quantizer.scale.lazy_shape().to_vec();
+            let data = file.read_f32(&scale_tensor_name(&name), &expected)?;
+            let device = quantizer.scale.lazy_device();
+            let require_grad = quantizer.scale.val().is_require_grad();
+            let param = std::mem::replace(
+                &mut quantizer.scale,
+                Param::from_tensor(Tensor::zeros([1, 1], &device)),
+            );
+            quantizer.scale = param
+                .map(|_| Tensor::from_data(data, &device))
+                .set_require_grad(require_grad);
+        }
+        Ok(())
+    })
+}
+
+/// Replaces every quantized linear's latent weight by its fake-quantized value and drops the
+/// grid: the float model that computes exactly what the quantized one does, for tools that know
+/// only float checkpoints (transformers + PEFT checking a QALFT adapter).
+pub fn bake_quantized_weights(model: &mut Qwen3ForCausalLM) {
+    try_for_each_linear(model, |_, linear| {
+        if linear.quantizer.is_some() {
+            let weight = linear.effective_weight();
+            linear.quantizer = None;
+            let param = std::mem::replace(
+                &mut linear.base_layer.weight,
+                Param::from_tensor(Tensor::zeros([1, 1], &weight.device())),
+            );
+            linear.base_layer.weight = param.map(|_| weight);
+        }
+        Ok::<_, ModelError>(())
+    })
+    .expect("baking cannot fail");
+}

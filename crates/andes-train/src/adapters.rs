@@ -1,0 +1,139 @@
+//! The adapter stages, `lora` and `qalft`: what they add to the shared loop. Before training,
+//! the base is quantized (`qalft`: calibration for GPTQ, the PTQ initialiser, the fake-quant
+//! grid) and the adapter attached and made active; a checkpoint holds the adapter in the PEFT
+//! layout (plus the grid's scales when they train) instead of the whole model, since the base
+//! is the recipe's float checkpoint and its quantization is rebuilt deterministically.
+
+use std::path::Path;
+
+use andes_model::lora::peft::{export_peft_adapter, import_peft_adapter};
+use andes_model::quantize::{
+    Initializer, LinearReport, calibrate, linear_names, load_scales, quantize_base, save_scales,
+};
+use andes_model::qwen3::Qwen3ForCausalLM;
+use andes_quant::BitPlan;
+use burn::module::Module;
+use burn::tensor::Device;
+use serde::Serialize;
+
+use crate::data::{WindowSet, to_batch};
+use crate::error::TrainError;
+use crate::recipe::{QuantSection, Recipe};
+
+/// Trained grid scales in an adapter checkpoint.
+pub const SCALES_FILE: &str = "quant_scales.safetensors";
+/// The per-linear quantization report of a `qalft` run, in its run directory.
+pub const QUANTIZATION_FILE: &str = "quantization.json";
+
+/// What quantizing the base cost and gave, written to `quantization.json` and printed.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuantizationSummary {
+    /// Bits per weight over the quantized linears, scales and zero points counted.
+    pub bpw_linears: f64,
+    /// Weights in the quantized linears.
+    pub quantized_weights: u64,
+    /// Each linear.
+    pub layers: Vec<LinearReport>,
+}
+
+/// The bit plan of `quant`: its plan file, or its one format on every linear of `model`;
+/// with the label errors use.
+pub fn bit_plan(
+    quant: &QuantSection,
+    model: &Qwen3ForCausalLM,
+) -> Result<(BitPlan, String), TrainError> {
+    match (&quant.plan, quant.format) {
+        (Some(path), _) => {
+            let plan = BitPlan::read(path).map_err(andes_model::ModelError::Plan)?;
+            Ok((plan, path.display().to_string()))
+        }
+        (None, Some(format)) => Ok((
+            BitPlan::uniform(&linear_names(model), format),
+            "quant.format".into(),
+        )),
+        (None, None) => unreachable!("the recipe is validated"),
+    }
+}
+
+/// Quantizes `model`'s base per `quant`, calibrating GPTQ on the first windows of `train_set`.
+pub fn quantize(
+    model: &mut Qwen3ForCausalLM,
+    quant: &QuantSection,
+    train_set: &WindowSet,
+    batch_size: usize,
+) -> Result<QuantizationSummary, TrainError> {
+    let (plan, source) = bit_plan(quant, model)?;
+    let hessians = match quant.init {
+        Initializer::Rtn => None,
+        Initializer::Gptq => {
+            let device: Device = model.devices()[0].clone();
+            let windows: Vec<_> = train_set
+                .packed
+                .windows
+                .iter()
+                .take(quant.calibration_windows)
+                .collect();
+            let batches: Vec<_> = windows
+                .chunks(batch_size)
+                .map(|chunk| to_batch(chunk, &device).inputs)
+                .collect();
+            Some(calibrate(model, &batches)?)
+        }
+    };
+    let layers = quantize_base(
+        model,
+        &plan,
+        &source,
+        quant.init,
+        hessians.as_ref(),
+        quant.learn_scales,
+    )?;
+    let total = layers
+        .iter()
+        .map(|l| l.bpw)
+        .reduce(|a, b| a.combine(&b))
+        .expect("a Qwen3 has linears");
+    Ok(QuantizationSummary {
+        bpw_linears: total.bpw,
+        quantized_weights: total.weights,
+        layers,
+    })
+}
+
+/// Readies `model` for an adapter stage: quantized (`qalft`) and with the recipe's adapter
+/// attached and active; on resume, the adapter and scales of `checkpoint` loaded into it.
+pub fn prepare(
+    model: &mut Qwen3ForCausalLM,
+    recipe: &Recipe,
+    train_set: &WindowSet,
+    checkpoint: Option<&Path>,
+) -> Result<Option<QuantizationSummary>, TrainError> {
+    let lora = recipe.lora.as_ref().expect("the recipe is validated");
+    let summary = match &recipe.quant {
+        Some(quant) => Some(quantize(model, quant, train_set, recipe.train.batch_size)?),
+        None => None,
+    };
+    match checkpoint {
+        Some(dir) => {
+            import_peft_adapter(model, dir, &lora.name)?;
+            if recipe.quant.as_ref().is_some_and(|q| q.learn_scales) {
+                load_scales(model, &dir.join(SCALES_FILE))?;
+            }
+        }
+        None => model.add_adapter(&lora.name, &lora.config())?,
+    }
+    model.set_active_adapter(Some(&lora.name))?;
+    Ok(summary)
+}
+
+/// Writes the trainable state of an adapter stage into checkpoint directory `dir`: the adapter
+/// in the PEFT layout and, when they train, the grid's scales.
+pub fn save(model: &Qwen3ForCausalLM, recipe: &Recipe, dir: &Path) -> Result<(), TrainError> {
+    let lora = recipe.lora.as_ref().expect("the recipe is validated");
+    let base = recipe.model.checkpoint.display().to_string();
+    export_peft_adapter(model, &lora.name, dir, &base)?;
+    if recipe.quant.as_ref().is_some_and(|q| q.learn_scales) {
+        save_scales(model, &dir.join(SCALES_FILE))?;
+    }
+    Ok(())
+}
