@@ -263,11 +263,12 @@ const SHORT_RUN: [&str; 6] = [
     "train.eval_every=12",
 ];
 
-#[test]
-fn train_killed_with_sigkill_and_resumed_reproduces_the_uninterrupted_losses() {
+/// Runs `recipe` straight and, in a second directory, kills it with SIGKILL after its first
+/// checkpoint and resumes it: the losses must be identical.
+fn assert_sigkill_resume_is_exact(recipe: &str) {
     let dir = tempfile::tempdir().unwrap();
     let (straight, interrupted) = (dir.path().join("straight"), dir.path().join("interrupted"));
-    let config = path(&repo("configs/recipes/tiny/pretrain.toml")).to_string();
+    let config = path(&repo(recipe)).to_string();
     let status = train_command(&["--config", &config, "--out", path(&straight), "--quiet"])
         .args(SHORT_RUN)
         .status()
@@ -284,7 +285,7 @@ fn train_killed_with_sigkill_and_resumed_reproduces_the_uninterrupted_losses() {
             child.try_wait().unwrap().is_none(),
             "the run ended before its first checkpoint"
         );
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
     child.kill().unwrap(); // SIGKILL on Unix
     child.wait().unwrap();
@@ -299,6 +300,153 @@ fn train_killed_with_sigkill_and_resumed_reproduces_the_uninterrupted_losses() {
         .unwrap();
     assert!(status.success());
     assert_eq!(losses(&interrupted), losses(&straight));
+}
+
+#[test]
+fn train_killed_with_sigkill_and_resumed_reproduces_the_uninterrupted_losses() {
+    assert_sigkill_resume_is_exact("configs/recipes/tiny/pretrain.toml");
+}
+
+/// QALFT resumes exactly too: the GPTQ base is rebuilt, the adapter, trained scales and
+/// optimizer state come back from the checkpoint.
+#[test]
+fn qalft_killed_and_resumed_reproduces_the_uninterrupted_losses() {
+    assert_sigkill_resume_is_exact("configs/recipes/tiny/qalft.toml");
+}
+
+/// Trains the tiny qalft recipe for `steps` into `run` with extra overrides; panics on failure.
+fn train_qalft(run: &Path, steps: usize, extra: &[&str]) {
+    let config = path(&repo("configs/recipes/tiny/qalft.toml")).to_string();
+    let steps = format!("train.steps={steps}");
+    let output = train_command(&["--config", &config, "--out", path(run), "--quiet"])
+        .args(["--set", &steps, "--set", "train.checkpoint_every=100"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn qalft_loss_falls_and_the_adapter_exports_into_a_verified_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("qalft");
+    train_qalft(&run, 30, &[]);
+    let history = losses(&run);
+    let mean = |l: &[(u64, f64)]| l.iter().map(|x| x.1).sum::<f64>() / l.len() as f64;
+    let (first, last) = (mean(&history[..3]), mean(&history[history.len() - 3..]));
+    assert!(last < first - 0.05, "loss did not fall: {first} → {last}");
+    let quantization: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("quantization.json")).unwrap())
+            .unwrap();
+    let bpw = quantization["bpw_linears"].as_f64().unwrap();
+    assert!((2.25..2.5).contains(&bpw), "int2-g64-asym costs {bpw} bpw");
+
+    let bundle = dir.path().join("bundle");
+    let out = json_stdout(andes(&[
+        "export",
+        "--adapters",
+        path(&run),
+        "--out",
+        path(&bundle),
+        "--dequantized-base",
+    ]));
+    assert_eq!(out["adapters"][0], "define");
+    for file in [
+        "manifest.json",
+        "base/quantized_linears.safetensors",
+        "base/bit_plan.json",
+        "adapters/define/adapter_config.json",
+        "adapters/define/adapter_model.safetensors",
+        "base-dequantized/model.safetensors",
+    ] {
+        assert!(bundle.join(file).exists(), "{file}");
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bundle.join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["base"]["bpw_linears"].as_f64().unwrap(), bpw);
+    // The dequantized base with the adapter evaluates like the QALFT run's model itself.
+    let eval = |model: &Path| {
+        json_stdout(andes(&[
+            "eval",
+            "--model",
+            path(model),
+            "--text",
+            path(&repo("fixtures/qwen3-tiny-untied-mha-f32/eval.txt")),
+            "--adapter",
+            path(&bundle.join("adapters/define")),
+            "--json",
+        ]))["perplexity"]
+            .as_f64()
+            .unwrap()
+    };
+    let float = json_stdout(andes(&[
+        "eval",
+        "--model",
+        path(&repo("fixtures/qwen3-tiny-untied-mha-f32")),
+        "--text",
+        path(&repo("fixtures/qwen3-tiny-untied-mha-f32/eval.txt")),
+        "--json",
+    ]))["perplexity"]
+        .as_f64()
+        .unwrap();
+    let quantized = eval(&bundle.join("base-dequantized"));
+    assert!(quantized.is_finite() && quantized != float);
+}
+
+#[test]
+fn a_bundle_of_adapters_on_different_quantized_bases_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    train_qalft(&a, 2, &["--set", "quant.init=\"rtn\""]);
+    // Another data order trains other scales.
+    let other = [
+        "--set",
+        "quant.init=\"rtn\"",
+        "--set",
+        "lora.name=\"other\"",
+        "--set",
+        "seed=1",
+    ];
+    train_qalft(&b, 2, &other);
+    let output = andes(&[
+        "export",
+        "--adapters",
+        path(&a),
+        path(&b),
+        "--out",
+        path(&dir.path().join("bundle")),
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("another quantized base"), "{stderr}");
+    // With the scales frozen both adapters share one base: a 1+N bundle.
+    let (c, d) = (dir.path().join("c"), dir.path().join("d"));
+    let frozen = [
+        "--set",
+        "quant.learn_scales=false",
+        "--set",
+        "quant.init=\"rtn\"",
+    ];
+    train_qalft(&c, 2, &frozen);
+    train_qalft(
+        &d,
+        2,
+        &[&frozen[..], &["--set", "lora.name=\"other\""]].concat(),
+    );
+    let out = json_stdout(andes(&[
+        "export",
+        "--adapters",
+        path(&c),
+        path(&d),
+        "--out",
+        path(&dir.path().join("bundle")),
+    ]));
+    assert_eq!(out["adapters"], serde_json::json!(["define", "other"]));
 }
 
 #[test]

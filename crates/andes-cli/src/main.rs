@@ -17,7 +17,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train per a recipe (pretrain, sft), or resume a run.
+    /// Train per a recipe (pretrain, sft, lora, qalft), or resume a run.
     Train(commands::train::TrainArgs),
     /// Generate text from a prompt with a Hugging Face Qwen3 model directory.
     Generate(commands::generate::GenerateArgs),
@@ -27,6 +27,8 @@ enum Command {
     Info(commands::info::InfoArgs),
     /// Re-save a model directory (e.g. f32 → bf16) in the Hugging Face layout.
     Convert(commands::convert::ConvertArgs),
+    /// Write the 1+N bundle (shared base + PEFT adapters) of adapter runs.
+    Export(commands::export::ExportArgs),
     /// Measure prefill and decode throughput of a model shape with random weights.
     Bench(commands::bench::BenchArgs),
 }
@@ -48,6 +50,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => commands::eval::run(args),
         Command::Info(args) => commands::info::run(args),
         Command::Convert(args) => commands::convert::run(args),
+        Command::Export(args) => commands::export::run(args),
         Command::Bench(args) => commands::bench::run(args),
     }
 }

@@ -4,11 +4,15 @@ use std::path::PathBuf;
 
 use andes_model::checkpoint::load_qwen3;
 use andes_model::device::parse_device;
+use andes_model::lora::peft::import_peft_adapter;
 use andes_model::precision::parse_dtype;
 use andes_model::qwen3::{Qwen3Config, Qwen3ForCausalLM};
 use anyhow::Context;
 use burn::tensor::{DType, Device};
 use clap::Args;
+
+/// The name `--adapter` is attached under.
+const ADAPTER_NAME: &str = "cli";
 
 /// Where the model is and where it runs.
 #[derive(Args, Debug)]
@@ -16,6 +20,10 @@ pub struct ModelArgs {
     /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
     #[arg(long)]
     pub model: PathBuf,
+    /// A PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors) to
+    /// apply on top of the model, e.g. one of a bundle's `adapters/NAME`.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -49,8 +57,13 @@ impl ModelArgs {
     /// Loads the checkpoint onto the chosen device.
     pub fn load(&self) -> anyhow::Result<LoadedModel> {
         let (device, dtype) = self.runtime.resolve()?;
-        let (config, model) = load_qwen3(&self.model, &device, dtype)
+        let (config, mut model) = load_qwen3(&self.model, &device, dtype)
             .with_context(|| format!("loading model {}", self.model.display()))?;
+        if let Some(dir) = &self.adapter {
+            import_peft_adapter(&mut model, dir, ADAPTER_NAME)
+                .with_context(|| format!("loading adapter {}", dir.display()))?;
+            model.set_active_adapter(Some(ADAPTER_NAME))?;
+        }
         Ok(LoadedModel {
             config,
             model,

@@ -313,7 +313,7 @@ impl Qwen3ForCausalLM {
         }
     }
 
-    /// Stops gradients for every parameter that is not an adapter factor.
+    /// Stops gradients for every base parameter (not adapter factors, not quantization grids).
     fn freeze_base(&mut self) {
         struct FreezeBase(ParamPath);
         impl ModuleMapper for FreezeBase {
@@ -324,7 +324,8 @@ impl Qwen3ForCausalLM {
                 self.0.exit();
             }
             fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-                if self.0.is_adapter() {
+                // Adapters train; a quantization grid keeps the setting QALFT gave it.
+                if self.0.is_attachment() {
                     param
                 } else {
                     param.set_require_grad(false)

@@ -137,3 +137,48 @@ pub fn save(model: &Qwen3ForCausalLM, recipe: &Recipe, dir: &Path) -> Result<(),
     }
     Ok(())
 }
+
+/// A finished (or interrupted) adapter run, rebuilt: its recipe, its latest checkpoint, and
+/// the model as training left it (base quantized per the recipe, adapter loaded and active).
+pub struct AdapterRun {
+    /// The run's resolved recipe.
+    pub recipe: Recipe,
+    /// The checkpoint the adapter came from.
+    pub checkpoint: std::path::PathBuf,
+    /// Base + adapter.
+    pub model: Qwen3ForCausalLM,
+    /// The base's quantization, for `qalft` runs.
+    pub quantization: Option<QuantizationSummary>,
+}
+
+/// Rebuilds the model of adapter run `run_dir` (a `lora` or `qalft` run of `andes train`) on
+/// `device`, from its latest verified checkpoint.
+pub fn load_adapter_run(run_dir: &Path, device: &Device) -> Result<AdapterRun, TrainError> {
+    let checkpoint = crate::checkpoint::latest(run_dir)?;
+    let recipe_path = checkpoint.join(crate::checkpoint::RECIPE_FILE);
+    let recipe = Recipe::load(&recipe_path, &[])?;
+    if !recipe.stage.trains_adapter() {
+        return Err(TrainError::Recipe {
+            path: recipe_path,
+            key: "stage".into(),
+            message: format!(
+                "{:?} trains the whole model; its checkpoints are model directories, not adapters",
+                recipe.stage
+            ),
+        });
+    }
+    let tokenizer = andes_data::TextTokenizer::from_file(&checkpoint.join("tokenizer.json"))?;
+    let (_, mut model) = andes_model::checkpoint::load_qwen3(
+        &recipe.model.checkpoint,
+        device,
+        burn::tensor::DType::F32,
+    )?;
+    let (train_set, _) = WindowSet::load(&recipe.data.train, &recipe.data, &tokenizer)?;
+    let quantization = prepare(&mut model, &recipe, &train_set, Some(&checkpoint))?;
+    Ok(AdapterRun {
+        recipe,
+        checkpoint,
+        model,
+        quantization,
+    })
+}

@@ -232,7 +232,23 @@ impl Recipe {
                 message,
             })?;
         }
-        Self::from_table(value, path)
+        let mut recipe = Self::from_table(value, path)?;
+        recipe
+            .absolutize_paths()
+            .map_err(|e| TrainError::io(path, e))?;
+        Ok(recipe)
+    }
+
+    /// Makes every file path absolute (relative ones are relative to the working directory),
+    /// so the resolved recipe saved with a run names the same files from anywhere.
+    fn absolutize_paths(&mut self) -> std::io::Result<()> {
+        let mut paths = vec![&mut self.model.checkpoint, &mut self.data.train];
+        paths.extend(self.data.eval.as_mut());
+        paths.extend(self.quant.as_mut().and_then(|q| q.plan.as_mut()));
+        for path in paths {
+            *path = std::path::absolute(&*path)?;
+        }
+        Ok(())
     }
 
     /// Parses an already-read table (`path` labels errors).

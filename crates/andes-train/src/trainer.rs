@@ -47,6 +47,8 @@ pub fn train(
 ) -> Result<TrainOutcome, TrainError> {
     std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
     let device = parse_device(&recipe.train.device)?.autodiff();
+    // Adapter initialisation draws from the device's generator.
+    device.seed(recipe.seed);
     let (start_dir, mut state) = if resume {
         let dir = checkpoint::latest(run_dir)?;
         let state = checkpoint::read_state(&dir)?;
@@ -103,6 +105,8 @@ pub fn train(
     let mut checkpoint_dir = start_dir.clone();
     while state.step < total {
         let started = Instant::now();
+        // Dropout draws from a generator seeded per step, so a resumed run draws the same masks.
+        device.seed(step_seed(recipe.seed, state.step));
         let lr = recipe.schedule.lr(state.step, total, recipe.optimizer.lr);
         let micro_batches: Vec<Vec<_>> = (0..recipe.train.grad_accum)
             .map(|_| train_set.draw(recipe.seed, &mut state.data, recipe.train.batch_size))
@@ -189,6 +193,11 @@ pub fn train(
         final_eval_loss: final_line.and_then(|l| l.eval_loss),
         checkpoint: checkpoint_dir,
     })
+}
+
+/// The generator seed of step `step` of a run seeded with `seed`.
+fn step_seed(seed: u64, step: usize) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step as u64
 }
 
 /// Mean NLL per target token over every held-out window, without gradients.
