@@ -1,4 +1,5 @@
-//! Developer tasks: `cargo xtask fixtures | bench forward | bench report`.
+//! Developer tasks: `cargo xtask fixtures | data | regress | bench forward | bench report |
+//! bench qalft`.
 //!
 //! Python appears here only where the peer (PyTorch + transformers) runs.
 
@@ -6,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
+
+mod qalft_bench;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -16,12 +19,14 @@ fn main() -> anyhow::Result<()> {
         ["regress", rest @ ..] => regress(rest.contains(&"--record")),
         ["bench", "forward", rest @ ..] => bench_forward(rest),
         ["bench", "report", dir] => bench_report(Path::new(dir)),
+        ["bench", "qalft", rest @ ..] => qalft_bench::bench_qalft(rest),
         _ => bail!(
             "usage: cargo xtask fixtures [--check]\n\
              \x20      cargo xtask data   (SFT conversations from the GCIDE slices)\n\
              \x20      cargo xtask regress [--record]   (tiny recipes vs recorded baselines)\n\
              \x20      cargo xtask bench forward [--config FILE] [--prompt-len N] [--decode-tokens M] [--threads T]\n\
-             \x20      cargo xtask bench report DIR   (ratio table of andes-*.json vs peer-*.json in DIR)"
+             \x20      cargo xtask bench report DIR   (ratio table of andes-*.json vs peer-*.json in DIR)\n\
+             \x20      cargo xtask bench qalft [--pretrain-steps N] [--adapter-steps M]   (QALFT quality table, CPU)"
         ),
     }
 }
@@ -72,7 +77,7 @@ fn fixtures(rest: &[&str]) -> anyhow::Result<()> {
 }
 
 /// The tiny recipes that regression training runs, in `configs/recipes/tiny/`.
-const REGRESS_RECIPES: [&str; 2] = ["pretrain", "sft"];
+const REGRESS_RECIPES: [&str; 4] = ["pretrain", "sft", "lora", "qalft"];
 /// Allowed relative drift of a final loss from its baseline.
 const REGRESS_TOLERANCE: f64 = 0.02;
 

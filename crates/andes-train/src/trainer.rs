@@ -201,7 +201,7 @@ fn step_seed(seed: u64, step: usize) -> u64 {
 }
 
 /// Mean NLL per target token over every held-out window, without gradients.
-fn evaluate(
+pub fn evaluate(
     model: &Qwen3ForCausalLM,
     set: &WindowSet,
     batch_size: usize,
