@@ -359,3 +359,63 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<(), Strin
     current.insert(last.to_string(), value);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qalft_recipe() -> toml::Table {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/recipes/tiny/qalft.toml");
+        toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn error_of(table: toml::Table) -> String {
+        Recipe::from_table(table, Path::new("r.toml"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn the_tiny_qalft_recipe_reads() {
+        let recipe = Recipe::from_table(qalft_recipe(), Path::new("qalft.toml")).unwrap();
+        assert_eq!(recipe.stage, Stage::Qalft);
+        assert_eq!(recipe.quant.unwrap().init, Initializer::Gptq);
+        assert_eq!(recipe.lora.unwrap().targets.len(), 7);
+    }
+
+    #[test]
+    fn adapter_sections_must_match_the_stage() {
+        let mut table = qalft_recipe();
+        table.remove("quant");
+        assert!(error_of(table).contains("stage qalft needs a [quant] section"));
+        let mut table = qalft_recipe();
+        table.insert("stage".into(), "sft".into());
+        assert!(error_of(table).contains("[lora] is read only by stages lora and qalft"));
+        let mut table = qalft_recipe();
+        let quant = table["quant"].as_table_mut().unwrap();
+        quant.insert("plan".into(), "bit_plan.json".into());
+        assert!(error_of(table).contains("exactly one of `format` and `plan`"));
+    }
+
+    #[test]
+    fn a_bad_format_or_rank_names_the_key() {
+        let mut table = qalft_recipe();
+        table["quant"]
+            .as_table_mut()
+            .unwrap()
+            .insert("format".into(), "int5-g64-asym".into());
+        let err = error_of(table);
+        assert!(
+            err.contains("quant.format") && err.contains("int5"),
+            "{err}"
+        );
+        let mut table = qalft_recipe();
+        table["lora"]
+            .as_table_mut()
+            .unwrap()
+            .insert("rank".into(), 0.into());
+        let err = error_of(table);
+        assert!(err.contains("lora") && err.contains("found 0"), "{err}");
+    }
+}
