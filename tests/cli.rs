@@ -369,33 +369,43 @@ fn qalft_loss_falls_and_the_adapter_exports_into_a_verified_bundle() {
         serde_json::from_str(&std::fs::read_to_string(bundle.join("manifest.json")).unwrap())
             .unwrap();
     assert_eq!(manifest["base"]["bpw_linears"].as_f64().unwrap(), bpw);
-    // The dequantized base with the adapter evaluates like the QALFT run's model itself.
-    let eval = |model: &Path| {
-        json_stdout(andes(&[
-            "eval",
-            "--model",
-            path(model),
-            "--text",
-            path(&repo("fixtures/qwen3-tiny-untied-mha-f32/eval.txt")),
-            "--adapter",
-            path(&bundle.join("adapters/define")),
-            "--json",
-        ]))["perplexity"]
-            .as_f64()
-            .unwrap()
-    };
-    let float = json_stdout(andes(&[
+    let verified = json_stdout(andes(&["verify", path(&bundle)]));
+    assert_eq!(verified["files_verified"], 7);
+    // The bundle's float rendering of the quantized base plus its PEFT adapter scores the
+    // held-out conversations exactly as the QALFT run itself did at its last step.
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    let run_eval_loss = last["eval_loss"].as_f64().unwrap();
+    let bundle_eval = json_stdout(andes(&[
         "eval",
         "--model",
-        path(&repo("fixtures/qwen3-tiny-untied-mha-f32")),
-        "--text",
-        path(&repo("fixtures/qwen3-tiny-untied-mha-f32/eval.txt")),
+        path(&bundle.join("base-dequantized")),
+        "--adapter",
+        path(&bundle.join("adapters/define")),
+        "--chat",
+        path(&repo("datasets/sft/gcide-define-eval.jsonl")),
+        "--window",
+        "64",
         "--json",
-    ]))["perplexity"]
-        .as_f64()
-        .unwrap();
-    let quantized = eval(&bundle.join("base-dequantized"));
-    assert!(quantized.is_finite() && quantized != float);
+    ]));
+    let bundle_loss = bundle_eval["mean_nll"].as_f64().unwrap();
+    assert!(
+        (bundle_loss - run_eval_loss).abs() < 1e-9 * run_eval_loss,
+        "bundle {bundle_loss} vs run {run_eval_loss}"
+    );
+    // One changed byte in an adapter is caught and named.
+    let weights = bundle.join("adapters/define/adapter_model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&weights, bytes).unwrap();
+    let output = andes(&["verify", path(&bundle)]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("adapter_model.safetensors") && stderr.contains("differs"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -261,12 +261,7 @@ fn eval(andes: &Path, model: &Path, args: &[&str]) -> anyhow::Result<(f64, Optio
         );
     }
     let json: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    let bpw = json["bpw_linears"].as_f64().or_else(|| {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        stderr
-            .split_once("quantized linears: ")
-            .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
-    });
+    let bpw = json["bpw_linears"].as_f64();
     Ok((json["perplexity"].as_f64().context("no perplexity")?, bpw))
 }
 

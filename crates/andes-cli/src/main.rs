@@ -29,6 +29,8 @@ enum Command {
     Convert(commands::convert::ConvertArgs),
     /// Write the 1+N bundle (shared base + PEFT adapters) of adapter runs.
     Export(commands::export::ExportArgs),
+    /// Check a bundle's files against its manifest's checksums.
+    Verify(commands::verify::VerifyArgs),
     /// Measure prefill and decode throughput of a model shape with random weights.
     Bench(commands::bench::BenchArgs),
 }
@@ -51,6 +53,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info(args) => commands::info::run(args),
         Command::Convert(args) => commands::convert::run(args),
         Command::Export(args) => commands::export::run(args),
+        Command::Verify(args) => commands::verify::run(args),
         Command::Bench(args) => commands::bench::run(args),
     }
 }

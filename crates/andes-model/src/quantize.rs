@@ -201,22 +201,26 @@ fn weight_rows(linear: &AdaptedLinear) -> (Vec<f32>, WeightShape) {
     (values, WeightShape::new(out_features, in_features))
 }
 
-/// Replaces the latent base weight with `rows` (`[out, in]` row-major), keeping its id and
-/// gradient setting.
+/// Replaces the latent base weight with `rows` (`[out, in]` row-major).
 fn set_weight_rows(linear: &mut AdaptedLinear, rows: &[f32], shape: WeightShape) {
-    let device = linear.base_layer.weight.lazy_device();
-    let dtype = linear.base_layer.weight.val().dtype();
+    let param = &mut linear.base_layer.weight;
     let weight = Tensor::<2>::from_data(
         TensorData::new(rows.to_vec(), [shape.out_features, shape.in_features]),
-        &device,
+        &param.lazy_device(),
     )
     .transpose()
-    .cast(dtype);
-    let param = std::mem::replace(
-        &mut linear.base_layer.weight,
-        Param::from_tensor(Tensor::zeros([1, 1], &device)),
-    );
-    linear.base_layer.weight = param.map(|_| weight);
+    .cast(param.val().dtype());
+    set_value(param, weight);
+}
+
+/// Gives `param` a new value, keeping its id and gradient setting (so optimizer state and
+/// freezing still apply).
+fn set_value(param: &mut Param<Tensor<2>>, value: Tensor<2>) {
+    let require_grad = param.val().is_require_grad();
+    *param = param
+        .clone()
+        .map(|_| value.detach())
+        .set_require_grad(require_grad);
 }
 
 /// Name of the tensor holding `layer`'s grid scales in a scales file.
@@ -265,15 +269,8 @@ pub fn load_scales(model: &mut Qwen3ForCausalLM, path: &std::path::Path) -> Resu
         if let Some(quantizer) = linear.quantizer.as_mut() {
             let expected = quantizer.scale.lazy_shape().to_vec();
             let data = file.read_f32(&scale_tensor_name(&name), &expected)?;
-            let device = quantizer.scale.lazy_device();
-            let require_grad = quantizer.scale.val().is_require_grad();
-            let param = std::mem::replace(
-                &mut quantizer.scale,
-                Param::from_tensor(Tensor::zeros([1, 1], &device)),
-            );
-            quantizer.scale = param
-                .map(|_| Tensor::from_data(data, &device))
-                .set_require_grad(require_grad);
+            let value = Tensor::from_data(data, &quantizer.scale.lazy_device());
+            set_value(&mut quantizer.scale, value);
         }
         Ok(())
     })
@@ -287,11 +284,7 @@ pub fn bake_quantized_weights(model: &mut Qwen3ForCausalLM) {
         if linear.quantizer.is_some() {
             let weight = linear.effective_weight();
             linear.quantizer = None;
-            let param = std::mem::replace(
-                &mut linear.base_layer.weight,
-                Param::from_tensor(Tensor::zeros([1, 1], &weight.device())),
-            );
-            linear.base_layer.weight = param.map(|_| weight);
+            set_value(&mut linear.base_layer.weight, weight);
         }
         Ok::<_, ModelError>(())
     })

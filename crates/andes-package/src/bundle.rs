@@ -140,11 +140,7 @@ pub fn write_bundle(
             &dir.join("bit_plan.json"),
             plan_of(&quantized).to_json().as_bytes(),
         )?;
-        let total = quantized
-            .iter()
-            .map(|(_, q)| q.bits_per_weight())
-            .reduce(|a: BpwReport, b| a.combine(&b))
-            .expect("nonempty");
+        let total: BpwReport = quantized.iter().map(|(_, q)| q.bits_per_weight()).sum();
         base_entry.bpw_linears = Some(total.bpw);
         base_entry.quantized_file_bytes = Some(bytes);
     }
@@ -161,7 +157,8 @@ pub fn write_bundle(
     }
     let mut entries = Vec::new();
     for adapter in adapters {
-        if quantized_linears(adapter.model)? != quantized {
+        let same_model = std::ptr::eq(adapter.model, base.model);
+        if !same_model && quantized_linears(adapter.model)? != quantized {
             return Err(PackageError::Incompatible(format!(
                 "adapter `{}` was trained on another quantized base than the bundle's (other \
                  codes or scales: trained scales, another plan or initialiser); a 1+N bundle \

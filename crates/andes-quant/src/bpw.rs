@@ -43,6 +43,14 @@ impl BpwReport {
     }
 }
 
+/// The cost of several matrices together: their bits over their weights (a model's or a layer
+/// type's average); an empty sum covers no weights and reports 0 bpw.
+impl std::iter::Sum for BpwReport {
+    fn sum<I: Iterator<Item = BpwReport>>(reports: I) -> Self {
+        reports.fold(report(0, 0, 0, 0), |total, r| total.combine(&r))
+    }
+}
+
 impl fmt::Display for BpwReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let per_weight = |bits: u64| {

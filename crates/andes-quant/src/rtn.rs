@@ -52,7 +52,7 @@ pub fn quantize_rtn(
             zeros.push(params.zero);
         }
     }
-    quantize_on_grid(weights, shape, format, &scales, &zeros)
+    Ok(round_onto_grid(weights, shape, format, scales, &zeros))
 }
 
 /// Rounds every weight of a `[out_features, in_features]` matrix to the nearest level of a grid
@@ -71,9 +71,7 @@ pub fn quantize_on_grid(
 ) -> Result<QuantizedTensor, QuantError> {
     shape.check_weights(weights)?;
     let bits = format.bits();
-    let in_features = shape.in_features;
-    let group_len = format.granularity().group_len(in_features);
-    let groups = format.granularity().groups_per_row(in_features);
+    let groups = format.granularity().groups_per_row(shape.in_features);
     let grid_len = shape.out_features * groups;
     for (part, found) in [("scales", scales.len()), ("zero points", zeros.len())] {
         if found != grid_len {
@@ -86,6 +84,43 @@ pub fn quantize_on_grid(
             });
         }
     }
+    for (i, (&scale, &zero)) in scales.iter().zip(zeros).enumerate() {
+        let valid_zero = if format.symmetric() {
+            zero == bits.symmetric_zero()
+        } else {
+            zero.fract() == 0.0 && (0.0..=f32::from(bits.max_code())).contains(&zero)
+        };
+        if !f32::from(scale).is_finite() || !valid_zero {
+            return Err(QuantError::InvalidGrid {
+                row: i / groups,
+                group: i % groups,
+                scale: f32::from(scale),
+                zero,
+            });
+        }
+    }
+    Ok(round_onto_grid(
+        weights,
+        shape,
+        format,
+        scales.to_vec(),
+        zeros,
+    ))
+}
+
+/// [`quantize_on_grid`] for a checked matrix and a valid grid: codes by [`quantize_code`],
+/// packed with the zero points.
+fn round_onto_grid(
+    weights: &[f32],
+    shape: WeightShape,
+    format: QuantFormat,
+    scales: Vec<f16>,
+    zeros: &[f32],
+) -> QuantizedTensor {
+    let bits = format.bits();
+    let in_features = shape.in_features;
+    let group_len = format.granularity().group_len(in_features);
+    let groups = format.granularity().groups_per_row(in_features);
     let mut packed = Vec::with_capacity(shape.out_features * packed_len(bits, in_features));
     let mut packed_zeros = Vec::new();
     let mut codes = Vec::with_capacity(in_features);
@@ -95,19 +130,6 @@ pub fn quantize_on_grid(
         row_zeros.clear();
         for (group, group_values) in values.chunks(group_len).enumerate() {
             let (scale, zero) = (scales[row * groups + group], zeros[row * groups + group]);
-            let valid_zero = if format.symmetric() {
-                zero == bits.symmetric_zero()
-            } else {
-                zero.fract() == 0.0 && (0.0..=f32::from(bits.max_code())).contains(&zero)
-            };
-            if !f32::from(scale).is_finite() || !valid_zero {
-                return Err(QuantError::InvalidGrid {
-                    row,
-                    group,
-                    scale: f32::from(scale),
-                    zero,
-                });
-            }
             codes.extend(
                 group_values
                     .iter()
@@ -120,13 +142,7 @@ pub fn quantize_on_grid(
             pack_into(&row_zeros, bits, &mut packed_zeros);
         }
     }
-    Ok(QuantizedTensor::from_trusted_parts(
-        format,
-        shape,
-        packed,
-        scales.to_vec(),
-        packed_zeros,
-    ))
+    QuantizedTensor::from_trusted_parts(format, shape, packed, scales, packed_zeros)
 }
 
 /// Scale and zero point of one group, as [`crate::dequantize_code`] takes them.
@@ -332,5 +348,38 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_grid_the_format_cannot_store_is_refused() {
+        let format: QuantFormat = "int4-g32-asym".parse().unwrap();
+        let shape = WeightShape::new(1, 64);
+        let weights = vec![0.5f32; 64];
+        let scales = [f16::from_f32(0.1); 2];
+        let err = quantize_on_grid(&weights, shape, format, &scales, &[3.0, 1.5]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                QuantError::InvalidGrid {
+                    row: 0,
+                    group: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = quantize_on_grid(&weights, shape, format, &scales, &[3.0]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                QuantError::PartLength {
+                    part: "zero points",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let q = quantize_on_grid(&weights, shape, format, &scales, &[3.0, 4.0]).unwrap();
+        assert_eq!(q.zero_points(), vec![3.0, 4.0]);
     }
 }

@@ -11,7 +11,7 @@ use andes_model::quantize::{
     Initializer, LinearReport, calibrate, linear_names, load_scales, quantize_base, save_scales,
 };
 use andes_model::qwen3::Qwen3ForCausalLM;
-use andes_quant::BitPlan;
+use andes_quant::{BitPlan, BpwReport};
 use burn::module::Module;
 use burn::tensor::Device;
 use serde::Serialize;
@@ -38,7 +38,7 @@ pub struct QuantizationSummary {
 
 /// The bit plan of `quant`: its plan file, or its one format on every linear of `model`;
 /// with the label errors use.
-pub fn bit_plan(
+fn bit_plan(
     quant: &QuantSection,
     model: &Qwen3ForCausalLM,
 ) -> Result<(BitPlan, String), TrainError> {
@@ -55,19 +55,20 @@ pub fn bit_plan(
     }
 }
 
-/// Quantizes `model`'s base per `quant`, calibrating GPTQ on the first windows of `train_set`.
+/// Quantizes `model`'s base per `quant`, calibrating GPTQ on the first
+/// `quant.calibration_windows` windows of `calibration` (GPTQ without it fails naming the
+/// first linear).
 pub fn quantize(
     model: &mut Qwen3ForCausalLM,
     quant: &QuantSection,
-    train_set: &WindowSet,
+    calibration: Option<&WindowSet>,
     batch_size: usize,
 ) -> Result<QuantizationSummary, TrainError> {
     let (plan, source) = bit_plan(quant, model)?;
-    let hessians = match quant.init {
-        Initializer::Rtn => None,
-        Initializer::Gptq => {
+    let hessians = match (quant.init, calibration) {
+        (Initializer::Gptq, Some(set)) => {
             let device: Device = model.devices()[0].clone();
-            let windows: Vec<_> = train_set
+            let windows: Vec<_> = set
                 .packed
                 .windows
                 .iter()
@@ -79,6 +80,7 @@ pub fn quantize(
                 .collect();
             Some(calibrate(model, &batches)?)
         }
+        _ => None,
     };
     let layers = quantize_base(
         model,
@@ -88,11 +90,7 @@ pub fn quantize(
         hessians.as_ref(),
         quant.learn_scales,
     )?;
-    let total = layers
-        .iter()
-        .map(|l| l.bpw)
-        .reduce(|a, b| a.combine(&b))
-        .expect("a Qwen3 has linears");
+    let total: BpwReport = layers.iter().map(|l| l.bpw).sum();
     Ok(QuantizationSummary {
         bpw_linears: total.bpw,
         quantized_weights: total.weights,
@@ -100,17 +98,23 @@ pub fn quantize(
     })
 }
 
-/// Readies `model` for an adapter stage: quantized (`qalft`) and with the recipe's adapter
-/// attached and active; on resume, the adapter and scales of `checkpoint` loaded into it.
+/// Readies `model` for an adapter stage: quantized (`qalft`, GPTQ calibrated on
+/// `calibration`, the run's training windows) and with the recipe's adapter attached and
+/// active; on resume, the adapter and scales of `checkpoint` loaded into it.
 pub fn prepare(
     model: &mut Qwen3ForCausalLM,
     recipe: &Recipe,
-    train_set: &WindowSet,
+    calibration: Option<&WindowSet>,
     checkpoint: Option<&Path>,
 ) -> Result<Option<QuantizationSummary>, TrainError> {
     let lora = recipe.lora.as_ref().expect("the recipe is validated");
     let summary = match &recipe.quant {
-        Some(quant) => Some(quantize(model, quant, train_set, recipe.train.batch_size)?),
+        Some(quant) => Some(quantize(
+            model,
+            quant,
+            calibration,
+            recipe.train.batch_size,
+        )?),
         None => None,
     };
     match checkpoint {
@@ -167,14 +171,21 @@ pub fn load_adapter_run(run_dir: &Path, device: &Device) -> Result<AdapterRun, T
             ),
         });
     }
-    let tokenizer = andes_data::TextTokenizer::from_file(&checkpoint.join("tokenizer.json"))?;
     let (_, mut model) = andes_model::checkpoint::load_qwen3(
         &recipe.model.checkpoint,
         device,
         burn::tensor::DType::F32,
     )?;
-    let (train_set, _) = WindowSet::load(&recipe.data.train, &recipe.data, &tokenizer)?;
-    let quantization = prepare(&mut model, &recipe, &train_set, Some(&checkpoint))?;
+    // Only GPTQ needs the training data again, for the same calibration windows.
+    let calibration = match &recipe.quant {
+        Some(quant) if quant.init == Initializer::Gptq => {
+            let tokenizer =
+                andes_data::TextTokenizer::from_file(&checkpoint.join("tokenizer.json"))?;
+            Some(WindowSet::load(&recipe.data.train, &recipe.data, &tokenizer)?.0)
+        }
+        _ => None,
+    };
+    let quantization = prepare(&mut model, &recipe, calibration.as_ref(), Some(&checkpoint))?;
     Ok(AdapterRun {
         recipe,
         checkpoint,

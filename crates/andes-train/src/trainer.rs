@@ -75,7 +75,8 @@ pub fn train(
     let (train_set, _skipped) = WindowSet::load(&recipe.data.train, &recipe.data, &tokenizer)?;
     if adapter_stage {
         let resume_from = resume.then_some(start_dir.as_path());
-        if let Some(summary) = adapters::prepare(&mut model, recipe, &train_set, resume_from)? {
+        if let Some(summary) = adapters::prepare(&mut model, recipe, Some(&train_set), resume_from)?
+        {
             let json = serde_json::to_vec_pretty(&summary).expect("the summary serializes");
             andes_model::checkpoint::write_atomically(&run_dir.join(QUANTIZATION_FILE), &json)?;
             if show_progress {

@@ -7,13 +7,13 @@ use std::path::PathBuf;
 use andes_data::TextTokenizer;
 use andes_data::dataset::DataFormat;
 use andes_model::perplexity::sliding_window_perplexity;
-use andes_model::quantize::{Initializer, calibrate, linear_names, quantize_base};
-use andes_quant::{BitPlan, QuantFormat};
+use andes_model::quantize::Initializer;
+use andes_quant::QuantFormat;
+use andes_train::adapters;
 use andes_train::data::WindowSet;
-use andes_train::recipe::DataSection;
+use andes_train::recipe::{DataSection, QuantSection};
 use andes_train::trainer::evaluate;
 use anyhow::Context;
-use burn::tensor::{Int, Tensor};
 use clap::Args;
 
 use crate::model_args::{LoadedModel, ModelArgs};
@@ -42,7 +42,7 @@ pub struct EvalArgs {
     #[arg(long, default_value = "rtn", value_parser = parse_initializer)]
     init: Initializer,
     /// Plain-text calibration file for GPTQ (its first --calib-windows windows of --window
-    /// tokens).
+    /// tokens, documents packed as in training).
     #[arg(long)]
     calib: Option<PathBuf>,
     /// Calibration windows for GPTQ.
@@ -54,7 +54,8 @@ pub struct EvalArgs {
     /// Tokens the window advances (default: half the window).
     #[arg(long)]
     stride: Option<usize>,
-    /// Print one JSON object (tokens, scored_tokens, mean_nll, perplexity, window, stride).
+    /// Print one JSON object (mean_nll, perplexity, bpw_linears, and tokens, window, stride
+    /// for --text or windows for --chat).
     #[arg(long)]
     json: bool,
 }
@@ -81,103 +82,95 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         );
     }
     let bpw = quantize(&args, &mut loaded, &tokenizer, window)?;
-    if let Some(chat) = &args.chat {
-        let section = DataSection {
-            format: DataFormat::Chat,
-            train: chat.clone(),
-            eval: None,
-            seq_len: window,
-            skip_bad_records: false,
-        };
-        let (set, _) = WindowSet::load(chat, &section, &tokenizer)?;
-        let mean_nll = evaluate(&loaded.model, &set, 8)?;
-        let result = serde_json::json!({
-            "file": chat.display().to_string(),
-            "windows": set.packed.windows.len(),
-            "mean_nll": mean_nll,
-            "perplexity": mean_nll.exp(),
-            "bpw_linears": bpw,
-        });
-        println!("{result}");
-        return Ok(());
-    }
-    let text_path = args.text.as_ref().expect("clap requires --text or --chat");
-    let text = std::fs::read_to_string(text_path)
-        .with_context(|| format!("reading text file {}", text_path.display()))?;
-    let ids = tokenizer.encode(&text)?;
-    let stride = args.stride.unwrap_or((window / 2).max(1));
-    let result = sliding_window_perplexity(&loaded.model, &ids, window, stride, &loaded.device)
-        .with_context(|| format!("scoring {}", text_path.display()))?;
-    if let Some(bpw) = bpw {
-        eprintln!("quantized linears: {bpw:.4} bpw (scales and zero points counted)");
-    }
+    let (mut result, summary) = match (&args.chat, &args.text) {
+        (Some(chat), _) => {
+            let section = DataSection {
+                format: DataFormat::Chat,
+                train: chat.clone(),
+                eval: None,
+                seq_len: window,
+                skip_bad_records: false,
+            };
+            let (set, _) = WindowSet::load(chat, &section, &tokenizer)?;
+            let mean_nll = evaluate(&loaded.model, &set, 8)?;
+            let summary = format!(
+                "{}: assistant tokens of {} windows, mean NLL {mean_nll:.6} nats, perplexity {:.4}",
+                chat.display(),
+                set.packed.windows.len(),
+                mean_nll.exp()
+            );
+            let result = serde_json::json!({
+                "windows": set.packed.windows.len(),
+                "mean_nll": mean_nll,
+                "perplexity": mean_nll.exp(),
+            });
+            (result, summary)
+        }
+        (None, Some(text_path)) => {
+            let text = std::fs::read_to_string(text_path)
+                .with_context(|| format!("reading text file {}", text_path.display()))?;
+            let ids = tokenizer.encode(&text)?;
+            let stride = args.stride.unwrap_or((window / 2).max(1));
+            let result =
+                sliding_window_perplexity(&loaded.model, &ids, window, stride, &loaded.device)
+                    .with_context(|| format!("scoring {}", text_path.display()))?;
+            let summary = format!(
+                "{}: {} tokens, mean NLL {:.6} nats, perplexity {:.4} (window {}, stride {})",
+                text_path.display(),
+                result.tokens,
+                result.mean_nll,
+                result.perplexity,
+                result.window,
+                result.stride
+            );
+            (serde_json::to_value(&result)?, summary)
+        }
+        (None, None) => unreachable!("clap requires --text or --chat"),
+    };
     if args.json {
-        println!("{}", serde_json::to_string(&result)?);
+        result["bpw_linears"] = serde_json::json!(bpw);
+        println!("{result}");
     } else {
-        println!(
-            "{}: {} tokens, mean NLL {:.6} nats, perplexity {:.4} (window {}, stride {})",
-            text_path.display(),
-            result.tokens,
-            result.mean_nll,
-            result.perplexity,
-            result.window,
-            result.stride
-        );
+        println!("{summary}");
+        if let Some(bpw) = bpw {
+            println!("quantized linears: {bpw:.4} bpw (scales and zero points counted)");
+        }
     }
     Ok(())
 }
 
-/// Quantizes the loaded model per --quant or --plan (calibrating GPTQ on --calib); returns the
-/// bpw over the quantized linears.
+/// Quantizes the loaded model per --quant or --plan (calibrating GPTQ on --calib), as a
+/// `qalft` recipe's `[quant]` would; returns the bpw over the quantized linears.
 fn quantize(
     args: &EvalArgs,
     loaded: &mut LoadedModel,
     tokenizer: &TextTokenizer,
     window: usize,
 ) -> anyhow::Result<Option<f64>> {
-    let (plan, source) = match (&args.quant, &args.plan) {
-        (Some(format), _) => (
-            BitPlan::uniform(&linear_names(&loaded.model), *format),
-            "--quant".to_string(),
-        ),
-        (None, Some(path)) => (BitPlan::read(path)?, path.display().to_string()),
-        (None, None) => return Ok(None),
+    if args.quant.is_none() && args.plan.is_none() {
+        return Ok(None);
+    }
+    let section = QuantSection {
+        format: args.quant,
+        plan: args.plan.clone(),
+        init: args.init,
+        learn_scales: false,
+        calibration_windows: args.calib_windows,
     };
-    let hessians = match args.init {
-        Initializer::Rtn => None,
-        Initializer::Gptq => {
-            let calib = args
-                .calib
-                .as_ref()
-                .context("--init gptq needs --calib TEXT_FILE")?;
-            let text = std::fs::read_to_string(calib)
-                .with_context(|| format!("reading calibration file {}", calib.display()))?;
-            let ids = tokenizer.encode(&text)?;
-            let batches: Vec<Tensor<2, Int>> = ids
-                .chunks_exact(window)
-                .take(args.calib_windows)
-                .map(|w| andes_model::generate::token_tensor(w, &loaded.device))
-                .collect();
-            anyhow::ensure!(
-                !batches.is_empty(),
-                "{}: fewer than {window} tokens, no calibration window",
-                calib.display()
-            );
-            Some(calibrate(&loaded.model, &batches)?)
+    let calibration = match (args.init, &args.calib) {
+        (Initializer::Rtn, _) => None,
+        (Initializer::Gptq, None) => anyhow::bail!("--init gptq needs --calib TEXT_FILE"),
+        (Initializer::Gptq, Some(calib)) => {
+            let data = DataSection {
+                format: DataFormat::Text,
+                train: calib.clone(),
+                eval: None,
+                seq_len: window,
+                skip_bad_records: false,
+            };
+            Some(WindowSet::load(calib, &data, tokenizer)?.0)
         }
     };
-    let reports = quantize_base(
-        &mut loaded.model,
-        &plan,
-        &source,
-        args.init,
-        hessians.as_ref(),
-        false,
-    )?;
-    let total = reports
-        .iter()
-        .map(|r| r.bpw)
-        .reduce(|a, b| a.combine(&b))
-        .expect("a Qwen3 has linears");
-    Ok(Some(total.bpw))
+    let summary = adapters::quantize(&mut loaded.model, &section, calibration.as_ref(), 8)?;
+    Ok(Some(summary.bpw_linears))
 }

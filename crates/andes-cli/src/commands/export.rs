@@ -2,12 +2,11 @@
 
 use std::path::PathBuf;
 
-use andes_model::checkpoint::load_qwen3;
 use andes_model::device::parse_device;
+use andes_model::qwen3::Qwen3Config;
 use andes_package::{BundleAdapter, BundleBase, write_bundle};
 use andes_train::adapters::load_adapter_run;
 use anyhow::Context;
-use burn::tensor::DType;
 use clap::Args;
 
 /// Arguments of `andes export`.
@@ -48,7 +47,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
             first.recipe.model.checkpoint.display()
         );
     }
-    let (config, _) = load_qwen3(&first.recipe.model.checkpoint, &device, DType::F32)?;
+    let config = Qwen3Config::from_file(&first.recipe.model.checkpoint.join("config.json"))?;
     let adapters: Vec<BundleAdapter> = runs
         .iter()
         .zip(&args.adapters)

@@ -7,3 +7,4 @@ pub mod export;
 pub mod generate;
 pub mod info;
 pub mod train;
+pub mod verify;
