@@ -16,5 +16,6 @@ pub mod precision;
 pub mod quantize;
 pub mod qwen3;
 pub mod rope;
+pub mod vision;
 
 pub use error::ModelError;

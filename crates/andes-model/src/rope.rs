@@ -115,16 +115,24 @@ impl RotaryEmbedding {
 
     /// Rotates `x` (`[batch, heads, seq, head_dim]`) whose first token sits at `start`.
     pub fn apply(&self, x: Tensor<4>, start: usize) -> Tensor<4> {
-        let [_, _, seq, head_dim] = x.dims();
-        let dtype = x.dtype();
-        let cos = self.cos.clone().narrow(0, start, seq).cast(dtype);
-        let sin = self.sin.clone().narrow(0, start, seq).cast(dtype);
-        let cos: Tensor<4> = cos.unsqueeze();
-        let sin: Tensor<4> = sin.unsqueeze();
-        let half = head_dim / 2;
-        let x1 = x.clone().narrow(3, 0, half);
-        let x2 = x.clone().narrow(3, half, half);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        x * cos + rotated * sin
+        let [_, _, seq, _] = x.dims();
+        let cos = self.cos.clone().narrow(0, start, seq);
+        let sin = self.sin.clone().narrow(0, start, seq);
+        rotate_half(x, cos, sin)
     }
+}
+
+/// `x·cos + rotate_half(x)·sin` for `x` `[batch, heads, seq, head_dim]` and tables
+/// `[seq, head_dim]`, where `rotate_half([x1, x2]) = [-x2, x1]` (the transformers convention,
+/// shared by the text model's 1D and the vision tower's 2D rotary embeddings).
+pub fn rotate_half(x: Tensor<4>, cos: Tensor<2>, sin: Tensor<2>) -> Tensor<4> {
+    let [_, _, _, head_dim] = x.dims();
+    let dtype = x.dtype();
+    let cos: Tensor<4> = cos.cast(dtype).unsqueeze();
+    let sin: Tensor<4> = sin.cast(dtype).unsqueeze();
+    let half = head_dim / 2;
+    let x1 = x.clone().narrow(3, 0, half);
+    let x2 = x.clone().narrow(3, half, half);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos + rotated * sin
 }

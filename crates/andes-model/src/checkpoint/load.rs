@@ -16,10 +16,23 @@ pub fn load_parameters<M: Module>(
     shards: &mut SafetensorsShards,
     dtype: DType,
 ) -> Result<M, ModelError> {
+    load_parameters_named(module, shards, dtype, &|name| name.to_string())
+}
+
+/// [`load_parameters`] for a module whose Hugging Face names differ from its field paths:
+/// `checkpoint_name` maps each parameter's path name to the checkpoint's tensor name (a
+/// vision tower's family naming, a prefix inside a larger checkpoint).
+pub fn load_parameters_named<M: Module>(
+    module: M,
+    shards: &mut SafetensorsShards,
+    dtype: DType,
+    checkpoint_name: &dyn Fn(&str) -> String,
+) -> Result<M, ModelError> {
     let mut loader = Loader {
         path: ParamPath::default(),
         shards,
         dtype,
+        checkpoint_name,
         error: None,
     };
     let module = module.map(&mut loader);
@@ -33,6 +46,7 @@ struct Loader<'a> {
     path: ParamPath,
     shards: &'a mut SafetensorsShards,
     dtype: DType,
+    checkpoint_name: &'a dyn Fn(&str) -> String,
     error: Option<ModelError>,
 }
 
@@ -49,7 +63,7 @@ impl ModuleMapper for Loader<'_> {
         if self.error.is_some() || self.path.is_attachment() {
             return param;
         }
-        let name = self.path.hf_name();
+        let name = (self.checkpoint_name)(&self.path.hf_name());
         let transposed = self.path.is_transposed_in_checkpoint();
         let mut expected = param.lazy_shape().to_vec();
         if transposed {

@@ -2,8 +2,10 @@
 //!
 //! Module fields carry the Hugging Face names (`model.layers.3.self_attn.q_proj`), so a
 //! parameter's name is its module path with two conventions translated: Burn's `RmsNorm`
-//! calls its scale `gamma` (Hugging Face: `weight`), and Burn's `Linear` stores its weight
-//! as `[in, out]` where PyTorch stores `[out, in]`.
+//! and `LayerNorm` call their scale `gamma` and shift `beta` (Hugging Face: `weight`,
+//! `bias`), and Burn's `Linear` stores its weight as `[in, out]` where PyTorch stores
+//! `[out, in]`. A module enum (a vision tower's `LayerNorm`-or-`RmsNorm`) adds its variant
+//! as a path segment, which is dropped.
 //!
 //! A projection that can carry LoRA adapters ([`crate::lora::AdaptedLinear`]) holds its
 //! base `Linear` in a field `base_layer`, as PEFT's wrapper does; the segment is dropped, so
@@ -40,10 +42,16 @@ impl ParamPath {
             .iter()
             .zip(&self.containers)
             .filter(|(name, container)| !(*name == "base_layer" && is_adapted(container)))
+            .filter(|(_, container)| !container.starts_with("Enum:"))
             .map(|(name, _)| name.as_str())
             .collect();
-        if self.parent_is("RmsNorm") && names.last() == Some(&"gamma") {
-            *names.last_mut().expect("checked non-empty") = "weight";
+        let is_norm = self.parent_is("RmsNorm") || self.parent_is("LayerNorm");
+        if let Some(last) = names.last_mut().filter(|_| is_norm) {
+            match *last {
+                "gamma" => *last = "weight",
+                "beta" => *last = "bias",
+                _ => {}
+            }
         }
         names.join(".")
     }
@@ -75,9 +83,9 @@ impl ParamPath {
         self.parent_is("Linear") && self.names.last().is_some_and(|n| n == "weight")
     }
 
-    /// Whether the parameter is the scale of an RMSNorm (exempt from weight decay).
+    /// Whether the parameter belongs to an RMSNorm or a LayerNorm (exempt from weight decay).
     pub fn is_norm_scale(&self) -> bool {
-        self.parent_is("RmsNorm")
+        self.parent_is("RmsNorm") || self.parent_is("LayerNorm")
     }
 
     /// Whether the parameter is a bias vector (exempt from weight decay).

@@ -51,6 +51,18 @@ pub fn save_parameters<M: Module>(
     dtype: SaveDtype,
     skip: &[&str],
 ) -> Result<(), ModelError> {
+    save_parameters_named(module, path, dtype, skip, &|name| name.to_string())
+}
+
+/// [`save_parameters`] under the names `checkpoint_name` gives each parameter path name
+/// (the inverse direction of `load_parameters_named`); `skip` holds checkpoint names.
+pub fn save_parameters_named<M: Module>(
+    module: &M,
+    path: &Path,
+    dtype: SaveDtype,
+    skip: &[&str],
+    checkpoint_name: &dyn Fn(&str) -> String,
+) -> Result<(), ModelError> {
     let mut collector = Collector {
         path: ParamPath::default(),
         dtype,
@@ -60,8 +72,8 @@ pub fn save_parameters<M: Module>(
     let tensors: Vec<(String, &HostTensor)> = collector
         .tensors
         .iter()
+        .map(|(name, t)| (checkpoint_name(name), t))
         .filter(|(name, _)| !skip.contains(&name.as_str()))
-        .map(|(name, t)| (name.clone(), t))
         .collect();
     let bytes = safetensors::serialize(tensors, None).map_err(|e| ModelError::Safetensors {
         path: path.to_owned(),

@@ -213,6 +213,23 @@ impl SafetensorsShards {
         self.consumed.insert(name.to_string());
     }
 
+    /// Marks every tensor whose name satisfies `ignored` as deliberately ignored (the text
+    /// tower of a full SigLIP2 checkpoint when only its vision tower is loaded).
+    pub fn ignore_where(&mut self, ignored: impl Fn(&str) -> bool) {
+        let names: Vec<String> = self
+            .location
+            .keys()
+            .filter(|name| ignored(name))
+            .cloned()
+            .collect();
+        self.consumed.extend(names);
+    }
+
+    /// Every tensor name of the checkpoint.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.location.keys().map(String::as_str)
+    }
+
     /// Fails if any tensor of the checkpoint was never read nor ignored.
     pub fn ensure_all_used(&self) -> Result<(), ModelError> {
         let mut unused: Vec<&String> = self
