@@ -1,8 +1,9 @@
 //! Data for andes: tokenization (Hugging Face `tokenizer.json` through the `tokenizers`
-//! crate) and the Qwen3 ChatML template.
+//! crate), the Qwen3 ChatML template, and image preprocessing for the vision tower.
 
 pub mod chat;
 pub mod dataset;
+pub mod image_processor;
 pub mod tokenizer;
 
 pub use tokenizer::{DataError, TextTokenizer};

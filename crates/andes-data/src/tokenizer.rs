@@ -13,6 +13,24 @@ pub enum DataError {
         /// The library's complaint.
         message: String,
     },
+    /// An image could not be read or decoded, or is unusable.
+    #[error("image {path}: {message}")]
+    Image {
+        /// The image file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A preprocessor configuration is malformed.
+    #[error("{path}: key `{key}`: {message}")]
+    ImageConfig {
+        /// The `preprocessor_config.json` file.
+        path: PathBuf,
+        /// Dotted path of the key.
+        key: String,
+        /// What was found and what was expected.
+        message: String,
+    },
     /// Encoding or decoding failed.
     #[error("tokenizer {path}: {message}")]
     Codec {

@@ -13,6 +13,7 @@ pub mod kv_cache;
 pub mod lora;
 pub mod perplexity;
 pub mod precision;
+pub mod projector;
 pub mod quantize;
 pub mod qwen3;
 pub mod rope;

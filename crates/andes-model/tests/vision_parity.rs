@@ -78,3 +78,33 @@ fn rope_2d_tables_match_qwen2_vl_vision_rotary() {
         assert!(worst < 1e-6, "{name}: max difference {worst:e}");
     }
 }
+
+#[test]
+fn pixel_shuffle_and_projector_match_pytorch_for_both_variants() {
+    use andes_model::checkpoint::load_parameters_named;
+    use andes_model::projector::{Projector, ProjectorConfig};
+
+    let device = Device::default();
+    let mut reference = reference();
+    let input = read(&mut reference, "projector.input");
+    for (variant, layer_norm, intermediate_size) in
+        [("andesvl", false, None), ("layernorm", true, Some(24))]
+    {
+        let config = ProjectorConfig {
+            merge_size: 2,
+            layer_norm,
+            intermediate_size,
+        };
+        let projector = Projector::new(&config, 32, 24, &device);
+        let projector = load_parameters_named(projector, &mut reference, DType::F32, &|name| {
+            format!("projector.{variant}.mlp.{}", config.checkpoint_name(name))
+        })
+        .unwrap();
+        let features = Tensor::<2>::from_data(input.clone(), &device).unsqueeze::<3>();
+        let output = projector.forward(features, 4, 6).unwrap();
+        let expected = read(&mut reference, &format!("projector.{variant}.output"));
+        assert_eq!(output.dims()[1..].to_vec(), expected.shape().to_vec());
+        let error = relative_error(&values(output.into_data()), &values(expected));
+        assert!(error <= 1e-5, "{variant}: relative error {error:e}");
+    }
+}
