@@ -19,6 +19,8 @@ struct Cli {
 enum Command {
     /// Train per a recipe (pretrain, sft, lora, qalft), or resume a run.
     Train(commands::train::TrainArgs),
+    /// Build an AndesVL model directory from a preset, a Qwen3 and a vision checkpoint.
+    Assemble(commands::assemble::AssembleArgs),
     /// Generate text from a prompt with a Hugging Face Qwen3 model directory.
     Generate(commands::generate::GenerateArgs),
     /// Mean next-token NLL and perplexity of a text file.
@@ -48,6 +50,7 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(args) => commands::train::run(args),
+        Command::Assemble(args) => commands::assemble::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Info(args) => commands::info::run(args),

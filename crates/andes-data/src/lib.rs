@@ -4,6 +4,7 @@
 pub mod chat;
 pub mod dataset;
 pub mod image_processor;
+pub mod image_prompt;
 pub mod tokenizer;
 
 pub use tokenizer::{DataError, TextTokenizer};

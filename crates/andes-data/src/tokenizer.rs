@@ -21,6 +21,16 @@ pub enum DataError {
         /// What went wrong.
         message: String,
     },
+    /// A prompt's `<image>` placeholders do not match the images given.
+    #[error(
+        "the prompt has {placeholders} `<image>` placeholder(s) but {images} image(s) were given"
+    )]
+    ImagePlaceholders {
+        /// Placeholders in the text.
+        placeholders: usize,
+        /// Images supplied.
+        images: usize,
+    },
     /// A preprocessor configuration is malformed.
     #[error("{path}: key `{key}`: {message}")]
     ImageConfig {

@@ -51,12 +51,25 @@ pub fn generate(
             "the prompt is empty: generation needs at least one token".into(),
         ));
     }
+    let embeddings = model.embed(token_tensor(prompt, device));
+    generate_from_embeddings(model, embeddings, request, device)
+}
+
+/// Generates tokens after a prompt given as input embeddings `[1, seq, hidden]` (an AndesVL
+/// prompt: token embeddings with the images' visual embeddings spliced in); returns the new
+/// ids only.
+pub fn generate_from_embeddings(
+    model: &Qwen3ForCausalLM,
+    prompt: Tensor<3>,
+    request: &GenerationRequest,
+    device: &Device,
+) -> Result<Vec<u32>, ModelError> {
     let mut sampler = TokenSampler::new(&request.decoding);
     let mut cache = model.new_cache();
     let mut generated = Vec::with_capacity(request.max_new_tokens);
-    let mut input = prompt.to_vec();
+    let mut input = prompt;
     while generated.len() < request.max_new_tokens {
-        let hidden = model.forward_hidden(token_tensor(&input, device), &mut cache)?;
+        let hidden = model.forward_embeddings(input, &mut cache)?;
         let [_, seq, hidden_size] = hidden.dims();
         let last = hidden.slice([0..1, seq - 1..seq, 0..hidden_size]);
         let logits = model
@@ -70,7 +83,7 @@ pub fn generate(
         if request.stop_tokens.contains(&next) {
             break;
         }
-        input = vec![next];
+        input = model.embed(token_tensor(&[next], device));
     }
     Ok(generated)
 }

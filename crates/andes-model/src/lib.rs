@@ -5,6 +5,7 @@
 //! PEFT layout; [`quantize`] puts the base linears on a fake-quant grid (QALFT); [`generate`]
 //! decodes with a KV cache.
 
+pub mod andesvl;
 pub mod checkpoint;
 pub mod device;
 pub mod error;

@@ -1,12 +1,18 @@
 //! `andes generate`: complete a prompt.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use andes_data::TextTokenizer;
 use andes_data::chat::{END_OF_TURN, Role, render_for_generation};
-use andes_model::generate::{Decoding, GenerationRequest, generate};
+use andes_data::image_processor::ImageProcessor;
+use andes_data::image_prompt::{ImagePrompt, ImageTokens, tokenize_with_images};
+use andes_model::andesvl::{AndesVL, AndesVLConfig, ImagePlacement, load_andesvl};
+use andes_model::generate::{
+    Decoding, GenerationRequest, generate, generate_from_embeddings, token_tensor,
+};
 use anyhow::Context;
+use burn::tensor::{Device, Tensor, TensorData};
 use clap::Args;
 
 use crate::model_args::ModelArgs;
@@ -16,9 +22,13 @@ use crate::model_args::ModelArgs;
 pub struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// The prompt, tokenized as-is unless --chat wraps it in the ChatML template.
+    /// The prompt, tokenized as-is unless --chat wraps it in the ChatML template; `<image>`
+    /// marks where each --image goes (all images go first when there is none).
     #[arg(long)]
     prompt: String,
+    /// An image (PNG, JPEG, WebP) for an AndesVL model; repeat for several.
+    #[arg(long = "image")]
+    images: Vec<PathBuf>,
     /// Most tokens to generate.
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
@@ -53,19 +63,79 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     if !(args.top_p > 0.0 && args.top_p <= 1.0) {
         anyhow::bail!("--top-p must be in (0, 1], got {}", args.top_p);
     }
-    let loaded = args.model.load()?;
-    let tokenizer = TextTokenizer::from_model_dir(&args.model.model)?;
+    let dir = &args.model.model;
+    let tokenizer = TextTokenizer::from_model_dir(dir)?;
     let prompt = if args.chat {
         render_for_generation(&[(Role::User, &args.prompt)])
     } else {
         args.prompt.clone()
     };
-    let prompt_ids = tokenizer.encode(&prompt)?;
-    let mut stop_tokens = eos_token_ids(&args.model.model, &loaded.config)?;
+    let mut request = GenerationRequest {
+        max_new_tokens: args.max_new_tokens,
+        decoding: decoding(&args),
+        stop_tokens: Vec::new(),
+    };
     if args.chat {
-        stop_tokens.extend(tokenizer.token_id(END_OF_TURN));
+        request.stop_tokens.extend(tokenizer.token_id(END_OF_TURN));
     }
-    let decoding = if args.greedy {
+    let start = Instant::now();
+    let (prompt_tokens, ids) = if AndesVLConfig::is_andesvl(&dir.join("config.json")) {
+        if args.model.adapter.is_some() {
+            anyhow::bail!("--adapter is not supported on AndesVL models yet (text models only)");
+        }
+        let (device, dtype) = args.model.runtime.resolve()?;
+        let (config, model) = load_andesvl(dir, &device, dtype)
+            .with_context(|| format!("loading model {}", dir.display()))?;
+        request
+            .stop_tokens
+            .extend(eos_token_ids(dir, &config.text_config)?);
+        let (prompt, images) = image_prompt(
+            &args.images,
+            dir,
+            &prompt,
+            &tokenizer,
+            &config,
+            &model,
+            &device,
+        )?;
+        let embeddings = model.embed(token_tensor(&prompt.ids, &device), &images)?;
+        let ids = generate_from_embeddings(&model.language_model, embeddings, &request, &device)?;
+        (prompt.ids.len(), ids)
+    } else {
+        if !args.images.is_empty() {
+            anyhow::bail!(
+                "--image needs an AndesVL model directory (config.json with model_type \
+                 \"andesvl\"); {} holds a text-only model",
+                dir.display()
+            );
+        }
+        let loaded = args.model.load()?;
+        request
+            .stop_tokens
+            .extend(eos_token_ids(dir, &loaded.config)?);
+        let prompt_ids = tokenizer.encode(&prompt)?;
+        let ids = generate(&loaded.model, &prompt_ids, &request, &loaded.device)?;
+        (prompt_ids.len(), ids)
+    };
+    let seconds = start.elapsed().as_secs_f64();
+    let text = tokenizer.decode(&ids)?;
+    if args.json {
+        let report = serde_json::json!({
+            "token_ids": ids,
+            "text": text,
+            "prompt_tokens": prompt_tokens,
+            "images": args.images,
+            "seconds": seconds,
+        });
+        println!("{report}");
+    } else {
+        println!("{prompt}{text}");
+    }
+    Ok(())
+}
+
+fn decoding(args: &GenerateArgs) -> Decoding {
+    if args.greedy {
         Decoding::Greedy
     } else {
         Decoding::Sample {
@@ -74,28 +144,52 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             top_p: (args.top_p < 1.0).then_some(args.top_p),
             seed: args.seed,
         }
-    };
-    let request = GenerationRequest {
-        max_new_tokens: args.max_new_tokens,
-        decoding,
-        stop_tokens,
-    };
-    let start = Instant::now();
-    let ids = generate(&loaded.model, &prompt_ids, &request, &loaded.device)?;
-    let seconds = start.elapsed().as_secs_f64();
-    let text = tokenizer.decode(&ids)?;
-    if args.json {
-        let report = serde_json::json!({
-            "token_ids": ids,
-            "text": text,
-            "prompt_tokens": prompt_ids.len(),
-            "seconds": seconds,
-        });
-        println!("{report}");
-    } else {
-        println!("{prompt}{text}");
     }
-    Ok(())
+}
+
+/// Preprocesses `paths` with the model's `preprocessor_config.json` and tokenizes `text`
+/// with each `<image>` expanded to that image's visual tokens.
+fn image_prompt(
+    paths: &[PathBuf],
+    dir: &Path,
+    text: &str,
+    tokenizer: &TextTokenizer,
+    config: &AndesVLConfig,
+    model: &AndesVL,
+    device: &Device,
+) -> anyhow::Result<(ImagePrompt, Vec<ImagePlacement>)> {
+    let processed = if paths.is_empty() {
+        Vec::new()
+    } else {
+        let processor = ImageProcessor::from_file(&dir.join("preprocessor_config.json"))?;
+        paths
+            .iter()
+            .map(|path| processor.load(path))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let counts: Vec<usize> = processed
+        .iter()
+        .map(|image| model.visual_tokens(image.height, image.width))
+        .collect();
+    let tokens = ImageTokens {
+        token_id: config.image_token_id,
+        start: config.image_start.clone(),
+        end: config.image_end.clone(),
+    };
+    let prompt = tokenize_with_images(tokenizer, text, &counts, &tokens)?;
+    let placements = processed
+        .into_iter()
+        .zip(&prompt.image_spans)
+        .map(|(image, span)| ImagePlacement {
+            sequence: 0,
+            span: span.clone(),
+            pixels: Tensor::from_data(
+                TensorData::new(image.pixels, [3, image.height, image.width]),
+                device,
+            ),
+        })
+        .collect();
+    Ok((prompt, placements))
 }
 
 /// End-of-sequence ids: `generation_config.json`'s if present, else `config.json`'s.

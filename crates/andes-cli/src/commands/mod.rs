@@ -1,5 +1,6 @@
 //! One file per `andes` subcommand.
 
+pub mod assemble;
 pub mod bench;
 pub mod convert;
 pub mod eval;

@@ -99,22 +99,36 @@ impl Qwen3Config {
 
     /// Parses `config.json` text; `path` only labels errors.
     pub fn from_json(text: &str, path: &Path) -> Result<Self, ModelError> {
-        let mut de = serde_json::Deserializer::from_str(text);
+        let value = serde_json::from_str(text).map_err(|e| ModelError::Config {
+            path: path.to_owned(),
+            key: String::new(),
+            message: format!("not JSON: {e}"),
+        })?;
+        Self::from_section(value, path, "")
+    }
+
+    /// Parses a Qwen3 configuration that sits at `prefix` inside `path` (an AndesVL
+    /// model's `text_config.`); errors name the full dotted key.
+    pub fn from_section(
+        value: serde_json::Value,
+        path: &Path,
+        prefix: &str,
+    ) -> Result<Self, ModelError> {
         let config: Self =
-            serde_path_to_error::deserialize(&mut de).map_err(|e| ModelError::Config {
+            serde_path_to_error::deserialize(value).map_err(|e| ModelError::Config {
                 path: path.to_owned(),
-                key: e.path().to_string(),
+                key: format!("{prefix}{}", e.path()),
                 message: e.inner().to_string(),
             })?;
-        config.validate(path)?;
+        config.validate(path, prefix)?;
         Ok(config)
     }
 
-    fn validate(&self, path: &Path) -> Result<(), ModelError> {
+    fn validate(&self, path: &Path, prefix: &str) -> Result<(), ModelError> {
         let fail = |key: &str, message: String| {
             Err(ModelError::Config {
                 path: path.to_owned(),
-                key: key.into(),
+                key: format!("{prefix}{key}"),
                 message,
             })
         };

@@ -81,7 +81,22 @@ impl Qwen3ForCausalLM {
         tokens: Tensor<2, Int>,
         cache: &mut KvCache,
     ) -> Result<Tensor<3>, ModelError> {
-        let [_, seq] = tokens.dims();
+        self.forward_embeddings(self.embed(tokens), cache)
+    }
+
+    /// Token embeddings `[batch, seq, hidden]` of `tokens` (`[batch, seq]`).
+    pub fn embed(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        self.model.embed_tokens.forward(tokens)
+    }
+
+    /// Final hidden states for input embeddings `[batch, seq, hidden]` (token embeddings
+    /// with visual embeddings spliced in, for AndesVL), continuing the sequence in `cache`.
+    pub fn forward_embeddings(
+        &self,
+        embeddings: Tensor<3>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor<3>, ModelError> {
+        let [_, seq, _] = embeddings.dims();
         let end = cache.len() + seq;
         let limit = self.model.rotary.max_positions();
         if end > limit {
@@ -89,7 +104,7 @@ impl Qwen3ForCausalLM {
                 "sequence of {end} positions exceeds max_position_embeddings = {limit}"
             )));
         }
-        let mut x = self.model.embed_tokens.forward(tokens);
+        let mut x = embeddings;
         for (layer, layer_cache) in self.model.layers.iter().zip(cache.layers.iter_mut()) {
             x = layer.forward(x, &self.model.rotary, layer_cache);
         }
