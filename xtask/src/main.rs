@@ -1,5 +1,5 @@
 //! Developer tasks: `cargo xtask fixtures | data | regress | bench forward | bench report |
-//! bench qalft`.
+//! bench qalft | bench vision`.
 //!
 //! Python appears here only where the peer (PyTorch + transformers) runs.
 
@@ -20,6 +20,7 @@ fn main() -> anyhow::Result<()> {
         ["bench", "forward", rest @ ..] => bench_forward(rest),
         ["bench", "report", dir] => bench_report(Path::new(dir)),
         ["bench", "qalft", rest @ ..] => qalft_bench::bench_qalft(rest),
+        ["bench", "vision", rest @ ..] => bench_vision(rest),
         _ => bail!(
             "usage: cargo xtask fixtures [--check]\n\
              \x20      cargo xtask data   (SFT conversations from the GCIDE slices)\n\
@@ -53,7 +54,8 @@ fn run(command: &mut Command) -> anyhow::Result<()> {
 }
 
 /// Regenerates the parity fixtures: Qwen3 checkpoints with transformers references, and the
-/// GPTQ reference (needs `pip install -r scripts/fixtures/requirements.txt`). The GPTQ real-layer
+/// GPTQ reference, the LoRA adapter and the vision towers, projector and preprocessing
+/// (needs `pip install -r scripts/fixtures/requirements.txt`). The GPTQ real-layer
 /// fixture is taken from the tiny pretrain run of `cargo xtask regress` when it exists.
 fn fixtures(rest: &[&str]) -> anyhow::Result<()> {
     run(Command::new("python3")
@@ -73,7 +75,16 @@ fn fixtures(rest: &[&str]) -> anyhow::Result<()> {
     run(Command::new("python3")
         .current_dir(root())
         .arg("scripts/fixtures/make_lora_fixtures.py")
-        .args(["--fixtures", "fixtures"]))
+        .args(["--fixtures", "fixtures"]))?;
+    run(Command::new("python3")
+        .current_dir(root())
+        .arg("scripts/fixtures/make_vision_fixtures.py")
+        .args([
+            "--images",
+            "fixtures/vision/images",
+            "--out",
+            "fixtures/vision",
+        ]))
 }
 
 /// The tiny recipes that regression training runs, in `configs/recipes/tiny/`.
@@ -231,6 +242,52 @@ fn bench_forward(rest: &[&str]) -> anyhow::Result<()> {
     bench_report(&out)
 }
 
+/// Vision-tower images/s of andes and transformers on this machine's CPU, for the towers of
+/// the AndesVL-0.6B (SigLIP2-base) and AndesVL-1B (AIMv2-large) presets at 512×512 and at a
+/// 1024×768 image, then the ratio table. The H100 run of the same comparison is
+/// `scripts/gpu/vision_run.sh` (one device call).
+fn bench_vision(rest: &[&str]) -> anyhow::Result<()> {
+    let threads = flag(rest, "--threads", "2");
+    let out = target_dir().join("bench/vision");
+    std::fs::create_dir_all(&out)?;
+    run(Command::new("cargo")
+        .current_dir(root())
+        .args(["build", "--release", "-p", "andes-cli"]))?;
+    for (preset, patch) in [("0.6b", 16), ("1b", 14)] {
+        let config = format!("configs/models/andesvl-{preset}/config.json");
+        for (height, width) in [(512, 512), (768, 1024)] {
+            let (h, w) = (
+                (height / patch * patch).to_string(),
+                (width / patch * patch).to_string(),
+            );
+            let tag = format!("cpu-{preset}-{h}x{w}");
+            let andes = Command::new(target_dir().join("release/andes"))
+                .current_dir(root())
+                .args(["bench", "vision", "--config", &config, "--device", "cpu"])
+                .args(["--height", &h, "--width", &w, "--batch", "1"])
+                .args(["--warmup", "1", "--repeats", "3"])
+                .env("RAYON_NUM_THREADS", threads)
+                .output()?;
+            if !andes.status.success() {
+                bail!(
+                    "andes bench vision failed: {}",
+                    String::from_utf8_lossy(&andes.stderr)
+                );
+            }
+            std::fs::write(out.join(format!("andes-{tag}.json")), &andes.stdout)?;
+            run(Command::new("python3")
+                .current_dir(root())
+                .arg("scripts/bench/vision_peer.py")
+                .args(["--config", &config, "--device", "cpu", "--attn", "sdpa"])
+                .args(["--height", &h, "--width", &w, "--batch", "1"])
+                .args(["--warmup", "1", "--repeats", "3", "--threads", threads])
+                .arg("--out")
+                .arg(out.join(format!("peer-{tag}.json"))))?;
+        }
+    }
+    bench_report(&out)
+}
+
 /// Prints andes vs peer throughput for every `andes-X.json` with a `peer-X.json` beside it.
 fn bench_report(dir: &Path) -> anyhow::Result<()> {
     let read = |path: PathBuf| -> anyhow::Result<serde_json::Value> {
@@ -268,6 +325,7 @@ fn bench_report(dir: &Path) -> anyhow::Result<()> {
             "prefill_tokens_per_s",
             "decode_tokens_per_s",
             "train_tokens_per_s",
+            "images_per_s",
         ] {
             let (a, b) = (ours[metric].as_f64(), peer[metric].as_f64());
             if let (Some(a), Some(b)) = (a, b) {

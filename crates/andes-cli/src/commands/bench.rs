@@ -1,11 +1,14 @@
-//! `andes bench forward`: prefill and decode throughput of a model shape, random weights.
+//! `andes bench`: throughput of a model shape with random weights (forward, train, vision
+//! tower, matmul).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
+use andes_model::andesvl::AndesVLConfig;
 use andes_model::generate::token_tensor;
 use andes_model::precision::cast_parameters;
 use andes_model::qwen3::{Qwen3Config, Qwen3ForCausalLM};
+use andes_model::vision::{VisionConfig, VisionTransformer};
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use clap::{Args, Subcommand};
@@ -27,6 +30,32 @@ enum BenchKind {
     Matmul(MatmulArgs),
     /// Training tokens/s of a model shape (random weights and tokens, AdamW, full backward).
     Train(TrainBenchArgs),
+    /// Vision-tower images/s at one native resolution (random weights and pixels).
+    Vision(VisionBenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct VisionBenchArgs {
+    /// A SigLIP2 / AIMv2 config.json, or an AndesVL one (its vision_config is used).
+    #[arg(long)]
+    config: PathBuf,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+    /// Image height in pixels (a multiple of the patch size).
+    #[arg(long, default_value_t = 512)]
+    height: usize,
+    /// Image width in pixels (a multiple of the patch size).
+    #[arg(long, default_value_t = 512)]
+    width: usize,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Untimed passes first (kernel compilation, autotuning).
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Timed passes; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
 }
 
 #[derive(Args, Debug)]
@@ -92,7 +121,50 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchKind::Forward(args) => forward(args),
         BenchKind::Matmul(args) => matmul(args),
         BenchKind::Train(args) => train_steps(args),
+        BenchKind::Vision(args) => vision(args),
     }
+}
+
+fn vision(args: VisionBenchArgs) -> anyhow::Result<()> {
+    let config = if AndesVLConfig::is_andesvl(&args.config) {
+        AndesVLConfig::from_file(&args.config)?.vision_config
+    } else {
+        VisionConfig::from_file(&args.config)?
+    };
+    let (device, dtype) = args.runtime.resolve()?;
+    let tower = cast_parameters(VisionTransformer::new(&config, &device), dtype);
+    let pixels = Tensor::<4>::random(
+        [args.batch, 3, args.height, args.width],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    )
+    .cast(dtype);
+    let mut seconds = Vec::new();
+    for run in 0..args.warmup + args.repeats {
+        let start = Instant::now();
+        // Reading back a sum of all features waits for the whole forward pass.
+        tower.forward(pixels.clone())?.sum().into_data();
+        if run >= args.warmup {
+            seconds.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let time = median(&mut seconds);
+    let patch = config.spec().patch_size;
+    let report = serde_json::json!({
+        "peer": "andes",
+        "model_type": config.model_type(),
+        "device": args.runtime.device,
+        "dtype": args.runtime.dtype,
+        "height": args.height,
+        "width": args.width,
+        "patches": (args.height / patch) * (args.width / patch),
+        "batch": args.batch,
+        "params": tower.num_params(),
+        "ms_median": time * 1e3,
+        "images_per_s": args.batch as f64 / time,
+    });
+    println!("{report}");
+    Ok(())
 }
 
 fn train_steps(args: TrainBenchArgs) -> anyhow::Result<()> {
