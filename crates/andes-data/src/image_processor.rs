@@ -218,7 +218,7 @@ impl ImageProcessor {
             self.target_size(height, width)
         } else {
             let factor = self.patch_size * self.merge_size;
-            if height % factor != 0 || width % factor != 0 {
+            if !height.is_multiple_of(factor) || !width.is_multiple_of(factor) {
                 return Err(fail(format!(
                     "do_resize is off but {width}×{height} is not a multiple of {factor}"
                 )));

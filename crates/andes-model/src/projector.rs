@@ -113,7 +113,7 @@ pub fn pixel_shuffle(
     m: usize,
 ) -> Result<Tensor<3>, ModelError> {
     let [batch, patches, dim] = features.dims();
-    if patches != rows * cols || rows % m != 0 || cols % m != 0 {
+    if patches != rows * cols || !rows.is_multiple_of(m) || !cols.is_multiple_of(m) {
         return Err(ModelError::InvalidInput(format!(
             "pixel shuffle by {m} needs a grid whose sides are multiples of {m}, holding all \
              {patches} patches; got {rows}×{cols}"

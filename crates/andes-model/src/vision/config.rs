@@ -365,7 +365,8 @@ impl VisionConfig {
             })
         };
         let spec = self.spec();
-        if spec.hidden_size == 0 || spec.heads == 0 || spec.hidden_size % spec.heads != 0 {
+        if spec.hidden_size == 0 || spec.heads == 0 || !spec.hidden_size.is_multiple_of(spec.heads)
+        {
             return fail(
                 "num_attention_heads",
                 format!(
@@ -378,7 +379,7 @@ impl VisionConfig {
             return fail("patch_size", "must be at least 1".into());
         }
         let head_dim = spec.hidden_size / spec.heads;
-        if spec.rope_2d_theta.is_some() && head_dim % 4 != 0 {
+        if spec.rope_2d_theta.is_some() && !head_dim.is_multiple_of(4) {
             return fail(
                 "rope_2d_theta",
                 format!("2D rotary embeddings need head_dim divisible by 4, got {head_dim}"),
@@ -407,13 +408,14 @@ impl VisionConfig {
                         format!("`{}`: AIMv2's SwiGLU expects silu", c.hidden_act),
                     );
                 }
-                if c.is_native && c.hidden_size % 4 != 0 {
+                if c.is_native && !c.hidden_size.is_multiple_of(4) {
                     return fail(
                         "hidden_size",
                         "2D sin-cos positions need hidden_size divisible by 4".into(),
                     );
                 }
-                if !c.is_native && (c.image_size == 0 || c.image_size % c.patch_size != 0) {
+                if !c.is_native && (c.image_size == 0 || !c.image_size.is_multiple_of(c.patch_size))
+                {
                     return fail(
                         "image_size",
                         format!(

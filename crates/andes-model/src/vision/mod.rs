@@ -75,7 +75,7 @@ impl VisionTransformer {
     pub fn forward(&self, pixels: Tensor<4>) -> Result<Tensor<3>, ModelError> {
         let [_, _, height, width] = pixels.dims();
         let p = self.patch_size;
-        if height % p != 0 || width % p != 0 || height == 0 || width == 0 {
+        if !height.is_multiple_of(p) || !width.is_multiple_of(p) || height == 0 || width == 0 {
             return Err(ModelError::InvalidInput(format!(
                 "image of {width}×{height} pixels is not a whole number of {p}×{p} patches"
             )));
