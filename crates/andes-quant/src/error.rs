@@ -15,6 +15,21 @@ pub enum QuantError {
         reason: String,
     },
 
+    /// A target profile that cannot be used.
+    #[error("{path}: key `{key}`: {message}")]
+    TargetFile {
+        /// The profile file.
+        path: String,
+        /// Dotted path of the key.
+        key: String,
+        /// What was found and what was expected.
+        message: String,
+    },
+
+    /// No choice of formats meets a bit budget.
+    #[error("{0}")]
+    Budget(String),
+
     /// A weight matrix with no elements; quantizing it has no meaning.
     #[error("weight shape {shape} is empty: out_features and in_features must both be at least 1")]
     EmptyShape {

@@ -16,11 +16,14 @@
 //! * [`BitPlan`]: the format of every linear of a model, as `bit_plan.json`.
 //! * [`bits_per_weight`]: exact storage cost, scales, zero points and padding included.
 //! * [`reconstruction_error`]: relative Frobenius error, the yardstick of RTN and GPTQ.
+//! * [`allocate`]: one format per linear under a bit budget, least total sensitivity.
+//! * [`TargetProfile`]: what a device executes, for the planner and the cost model.
 //!
 //! Formats and layouts are specified in `docs/quant-formats.md`.
 
 #![warn(missing_docs)]
 
+mod allocate;
 mod bpw;
 mod cholesky;
 mod error;
@@ -33,8 +36,10 @@ mod pack;
 mod plan;
 mod reconstruction;
 mod rtn;
+mod target;
 mod tensor;
 
+pub use allocate::{Allocation, Choice, LayerChoices, allocate};
 pub use bpw::{BpwReport, bits_per_weight};
 pub use error::QuantError;
 pub use fake_quant::FakeQuantizer;
@@ -46,4 +51,5 @@ pub use pack::{pack, packed_len, unpack};
 pub use plan::{BitPlan, PLAN_VERSION, PlanEntry};
 pub use reconstruction::reconstruction_error;
 pub use rtn::{quantize_on_grid, quantize_rtn};
+pub use target::{AllowedFormat, Execution, FloatPrecision, Sourced, TargetProfile, Unquantized};
 pub use tensor::{QuantizedTensor, WeightShape, dequantize};

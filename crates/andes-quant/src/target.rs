@@ -1,0 +1,234 @@
+//! Target profiles (`configs/targets/*.toml`): what a device executes and how fast, for the
+//! bit-allocation planner (which formats it may choose) and the cost model (memory, decode
+//! speed). Every number carries its source, or says it is an estimate; unknown keys and
+//! impossible values are errors naming the file and key.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::QuantError;
+use crate::format::QuantFormat;
+
+/// How a weight format runs on the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Execution {
+    /// The accelerator executes it as stored.
+    Native,
+    /// Stored packed, unpacked to a native format when loaded or per layer (costs time or
+    /// memory; storage and bandwidth still follow the packed size).
+    Unpack,
+}
+
+/// One weight format the target allows for the language model's linears.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowedFormat {
+    /// An andes format string (`docs/quant-formats.md`).
+    pub format: QuantFormat,
+    /// Native or unpacked.
+    pub execution: Execution,
+    /// Where the claim comes from, or "estimate: ...".
+    pub source: String,
+}
+
+/// A number with its source.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sourced {
+    /// The value, in the unit the key names.
+    pub value: f64,
+    /// Where it comes from, or "estimate: ...".
+    pub source: String,
+}
+
+/// Precision of the parts the planner does not quantize.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FloatPrecision {
+    /// 16-bit floats.
+    F16,
+    /// 32-bit floats.
+    F32,
+}
+
+impl FloatPrecision {
+    /// Bytes per value.
+    pub fn bytes(self) -> u64 {
+        match self {
+            Self::F16 => 2,
+            Self::F32 => 4,
+        }
+    }
+}
+
+/// What the package keeps unquantized and how.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Unquantized {
+    /// Precision of embeddings, norms, the LM head when untied, the vision tower and the
+    /// projector in the package.
+    pub precision: FloatPrecision,
+    /// Why.
+    pub source: String,
+}
+
+/// A device the package is fitted to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetProfile {
+    /// Identifier (`dimensity9500`), recorded in plans and packages.
+    pub name: String,
+    /// One line about the device.
+    pub description: String,
+    /// Formats the planner may give the language model's linears.
+    pub linear_formats: Vec<AllowedFormat>,
+    /// Everything not quantized (embeddings, norms, vision tower, projector).
+    pub unquantized: Unquantized,
+    /// Bits of the activations the accelerator computes with (KV cache stored at this width).
+    pub activation_bits: Sourced,
+    /// Tensors in the package start at multiples of this many bytes.
+    pub alignment_bytes: Sourced,
+    /// Memory a model may use on the device, GiB (weights and KV cache).
+    pub memory_gib: Sourced,
+    /// DRAM bandwidth, GB/s (10⁹ bytes per second).
+    pub bandwidth_gb_s: Sourced,
+    /// Peak accelerator throughput, TOPS (10¹² operations per second) at the activation
+    /// width.
+    pub compute_tops: Sourced,
+}
+
+impl TargetProfile {
+    /// Reads and validates a profile.
+    pub fn read(path: &Path) -> Result<Self, QuantError> {
+        let fail = |key: &str, message: String| QuantError::TargetFile {
+            path: path.display().to_string(),
+            key: key.into(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| fail("", e.to_string()))?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| fail("", e.to_string()))?;
+        let profile: Self = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| fail(&e.path().to_string(), e.inner().to_string()))?;
+        if profile.linear_formats.is_empty() {
+            return Err(fail(
+                "linear_formats",
+                "at least one format is needed".into(),
+            ));
+        }
+        let positive = [
+            ("activation_bits", &profile.activation_bits),
+            ("alignment_bytes", &profile.alignment_bytes),
+            ("memory_gib", &profile.memory_gib),
+            ("bandwidth_gb_s", &profile.bandwidth_gb_s),
+            ("compute_tops", &profile.compute_tops),
+        ];
+        for (key, sourced) in positive {
+            if !(sourced.value.is_finite() && sourced.value > 0.0) {
+                return Err(fail(
+                    &format!("{key}.value"),
+                    format!(
+                        "{} is impossible: it must be a positive number",
+                        sourced.value
+                    ),
+                ));
+            }
+            if sourced.source.trim().is_empty() {
+                return Err(fail(
+                    &format!("{key}.source"),
+                    "every value needs a source (or \"estimate: why\")".into(),
+                ));
+            }
+        }
+        if ![8.0, 16.0, 32.0].contains(&profile.activation_bits.value) {
+            return Err(fail(
+                "activation_bits.value",
+                format!("{}: expected 8, 16 or 32", profile.activation_bits.value),
+            ));
+        }
+        let alignment = profile.alignment_bytes.value;
+        if alignment.fract() != 0.0 || !(alignment as u64).is_power_of_two() {
+            return Err(fail(
+                "alignment_bytes.value",
+                format!("{alignment}: expected a power of two"),
+            ));
+        }
+        Ok(profile)
+    }
+
+    /// The formats the planner may choose.
+    pub fn formats(&self) -> Vec<QuantFormat> {
+        self.linear_formats.iter().map(|f| f.format).collect()
+    }
+
+    /// Tensor alignment in bytes.
+    pub fn alignment(&self) -> u64 {
+        self.alignment_bytes.value as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"
+name = "test"
+description = "a test device"
+linear_formats = [
+  { format = "int4-channel-sym", execution = "native", source = "datasheet" },
+  { format = "ternary-g128", execution = "unpack", source = "estimate: guess" },
+]
+unquantized = { precision = "f16", source = "datasheet" }
+activation_bits = { value = 16, source = "datasheet" }
+alignment_bytes = { value = 64, source = "estimate" }
+memory_gib = { value = 4, source = "estimate" }
+bandwidth_gb_s = { value = 85.3, source = "LPDDR5X" }
+compute_tops = { value = 50, source = "estimate" }
+"#;
+
+    fn read(text: &str) -> Result<TargetProfile, QuantError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, text).unwrap();
+        TargetProfile::read(&path)
+    }
+
+    #[test]
+    fn valid_profile_reads() {
+        let profile = read(VALID).unwrap();
+        assert_eq!(profile.formats().len(), 2);
+        assert_eq!(profile.alignment(), 64);
+    }
+
+    #[test]
+    fn unknown_keys_impossible_values_and_bad_formats_name_the_key() {
+        let cases = [
+            (VALID.replace("description", "descripton"), "descripton"),
+            (
+                VALID.replace("value = 85.3", "value = -1"),
+                "bandwidth_gb_s.value",
+            ),
+            (
+                VALID.replace("value = 64", "value = 48"),
+                "alignment_bytes.value",
+            ),
+            (
+                VALID.replace("int4-channel-sym", "int5-channel-sym"),
+                "linear_formats[0].format",
+            ),
+            (
+                VALID.replace("\"native\"", "\"magic\""),
+                "linear_formats[0].execution",
+            ),
+            (
+                VALID.replace("source = \"LPDDR5X\"", "source = \" \""),
+                "bandwidth_gb_s.source",
+            ),
+        ];
+        for (text, key) in cases {
+            let error = read(&text).unwrap_err().to_string();
+            assert!(error.contains(key), "{key}: {error}");
+        }
+    }
+}
