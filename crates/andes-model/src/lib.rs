@@ -18,6 +18,7 @@ pub mod projector;
 pub mod quantize;
 pub mod qwen3;
 pub mod rope;
+pub mod sensitivity;
 pub mod vision;
 
 pub use error::ModelError;

@@ -60,6 +60,21 @@ pub fn linear_names(model: &Qwen3ForCausalLM) -> Vec<String> {
         .collect()
 }
 
+/// Name and `[out, in]` shape of every quantizable linear, in model order, without
+/// materialising any weight.
+pub fn linear_shapes(model: &Qwen3ForCausalLM) -> Vec<(String, WeightShape)> {
+    model
+        .adapted_linears()
+        .map(|(layer, target, linear)| {
+            let [in_features, out_features] = linear.base_layer.weight.lazy_shape().dims::<2>();
+            (
+                linear_name(layer, target),
+                WeightShape::new(out_features, in_features),
+            )
+        })
+        .collect()
+}
+
 /// Calls `visit` on every quantizable linear with its name, in model order, stopping at the
 /// first error.
 fn try_for_each_linear<E>(
@@ -190,7 +205,7 @@ pub fn quantized_linears(
 }
 
 /// The latent base weight as `[out, in]` row-major f32 (the Hugging Face layout).
-fn weight_rows(linear: &AdaptedLinear) -> (Vec<f32>, WeightShape) {
+pub(crate) fn weight_rows(linear: &AdaptedLinear) -> (Vec<f32>, WeightShape) {
     let weight = linear.base_layer.weight.val().transpose();
     let [out_features, in_features] = weight.dims();
     let values = weight

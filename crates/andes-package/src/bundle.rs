@@ -9,22 +9,18 @@
 //! manifest records the sha256 of every file, and [`verify_bundle`] checks them.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use andes_model::checkpoint::{SaveDtype, save_qwen3, write_atomically};
 use andes_model::lora::peft::export_peft_adapter;
 use andes_model::quantize::{bake_quantized_weights, quantized_linears};
 use andes_model::qwen3::{Qwen3Config, Qwen3ForCausalLM};
 use andes_quant::{BitPlan, BpwReport, PLAN_VERSION, PlanEntry, QuantizedTensor};
-use safetensors::Dtype;
-use safetensors::tensor::TensorView;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::error::PackageError;
+use crate::files::{MANIFEST_FILE, checksums, quantized_file, sha256, verify_checksums};
 
-/// The manifest's file name, at the bundle's root.
-pub const MANIFEST_FILE: &str = "manifest.json";
 /// The bundle layout this crate writes and reads.
 pub const BUNDLE_VERSION: u32 = 1;
 
@@ -210,30 +206,7 @@ pub fn verify_bundle(dir: &Path) -> Result<Manifest, PackageError> {
             ),
         });
     }
-    let actual = checksums(dir)?;
-    for (file, sum) in &manifest.files {
-        match actual.get(file) {
-            None => {
-                return Err(PackageError::Corrupt {
-                    path: dir.join(file),
-                    message: "listed in the manifest but missing".into(),
-                });
-            }
-            Some(found) if found != sum => {
-                return Err(PackageError::Corrupt {
-                    path: dir.join(file),
-                    message: format!("sha256 {found} differs from the manifest's {sum}"),
-                });
-            }
-            Some(_) => {}
-        }
-    }
-    if let Some(extra) = actual.keys().find(|f| !manifest.files.contains_key(*f)) {
-        return Err(PackageError::Corrupt {
-            path: dir.join(extra),
-            message: "not listed in the manifest".into(),
-        });
-    }
+    verify_checksums(dir, &manifest.files)?;
     Ok(manifest)
 }
 
@@ -252,83 +225,4 @@ fn plan_of(quantized: &[(String, QuantizedTensor)]) -> BitPlan {
             })
             .collect(),
     }
-}
-
-/// Writes the packed linears: `<name>.qweight` (u8 packed codes, `[out, bytes per row]`),
-/// `<name>.scales` (f16 `[out, groups]`) and, for asymmetric formats, `<name>.qzeros` (u8
-/// packed zero points `[out, bytes per row]`); layouts in `docs/quant-formats.md`. Returns the
-/// file's size.
-fn quantized_file(
-    quantized: &[(String, QuantizedTensor)],
-    path: &Path,
-) -> Result<u64, PackageError> {
-    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (name, q) in quantized {
-        let rows = q.shape().out_features;
-        tensors.push((
-            format!("{name}.qweight"),
-            Dtype::U8,
-            vec![rows, q.packed().len() / rows],
-            q.packed().to_vec(),
-        ));
-        let scales: Vec<u8> = q.scales().iter().flat_map(|s| s.to_le_bytes()).collect();
-        tensors.push((
-            format!("{name}.scales"),
-            Dtype::F16,
-            vec![rows, q.groups_per_row()],
-            scales,
-        ));
-        if !q.zeros().is_empty() {
-            tensors.push((
-                format!("{name}.qzeros"),
-                Dtype::U8,
-                vec![rows, q.zeros().len() / rows],
-                q.zeros().to_vec(),
-            ));
-        }
-    }
-    let metadata: std::collections::HashMap<String, String> = quantized
-        .iter()
-        .map(|(name, q)| (format!("{name}.format"), q.format().to_string()))
-        .collect();
-    let bytes = tensors
-        .iter()
-        .map(|(name, dtype, shape, bytes)| {
-            TensorView::new(*dtype, shape.clone(), bytes).map(|view| (name.as_str(), view))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .and_then(|views| safetensors::serialize(views, Some(metadata)))
-        .map_err(|e| PackageError::io(path, format!("{e:?}")))?;
-    write_atomically(path, &bytes)?;
-    Ok(bytes.len() as u64)
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    format!("{:x}", Sha256::digest(bytes))
-}
-
-/// sha256 of every file under `dir` but the manifest, by relative path with `/` separators.
-fn checksums(dir: &Path) -> Result<BTreeMap<String, String>, PackageError> {
-    let mut sums = BTreeMap::new();
-    let mut pending = vec![PathBuf::new()];
-    while let Some(relative) = pending.pop() {
-        let current = dir.join(&relative);
-        for entry in std::fs::read_dir(&current).map_err(|e| PackageError::io(&current, e))? {
-            let entry = entry.map_err(|e| PackageError::io(&current, e))?;
-            let name = relative.join(entry.file_name());
-            let path = dir.join(&name);
-            if path.is_dir() {
-                pending.push(name);
-            } else if name != Path::new(MANIFEST_FILE) {
-                let bytes = std::fs::read(&path).map_err(|e| PackageError::io(&path, e))?;
-                let key = name
-                    .components()
-                    .map(|c| c.as_os_str().to_string_lossy())
-                    .collect::<Vec<_>>()
-                    .join("/");
-                sums.insert(key, sha256(&bytes));
-            }
-        }
-    }
-    Ok(sums)
 }

@@ -1,13 +1,21 @@
-//! `andes-package`: what andes ships to a phone. Today: the 1+N adapter bundle (one shared,
-//! quantized base and N task adapters in the PEFT layout), written atomically with a sha256 of
-//! every file and verified on read. The layout is specified in `docs/bundle-format.md`.
+//! `andes-package`: what andes ships to a phone: the mobile weight package of `andes quantize`
+//! (`docs/package-format.md`) and the 1+N adapter bundle of `andes export` (one shared,
+//! quantized base and N task adapters in the PEFT layout, `docs/bundle-format.md`). Both are
+//! written atomically with a sha256 of every file and verified on read.
 
 #![warn(missing_docs)]
 
 mod bundle;
 mod error;
+mod files;
+mod package;
 
 pub use bundle::{
-    BUNDLE_VERSION, BundleAdapter, BundleBase, MANIFEST_FILE, Manifest, verify_bundle, write_bundle,
+    BUNDLE_VERSION, BundleAdapter, BundleBase, Manifest, verify_bundle, write_bundle,
+};
+pub use files::MANIFEST_FILE;
+pub use package::{
+    FLOAT_FILE, LoadedPackage, PACKAGE_KIND, PACKAGE_VERSION, PLAN_FILE, PackageInput,
+    PackageManifest, QUANTIZED_FILE, WeightSummary, is_package, load_package, write_package,
 };
 pub use error::PackageError;

@@ -88,6 +88,18 @@ impl Hessian {
         self.tokens
     }
 
+    /// The diagonal of `H = 2/n · Σ x xᵀ`: the mean squared input of each feature (twice),
+    /// llama.cpp's "importance matrix"; all zeros while no token has been accumulated.
+    pub fn diagonal(&self) -> Vec<f64> {
+        let d = self.in_features;
+        let factor = if self.tokens == 0 {
+            0.0
+        } else {
+            2.0 / self.tokens as f64
+        };
+        (0..d).map(|i| self.sum[i * d + i] * factor).collect()
+    }
+
     /// The full symmetric `H = 2/n · Σ x xᵀ`, `[in_features, in_features]` row-major f64; all
     /// zeros while no token has been accumulated.
     pub fn matrix(&self) -> Vec<f64> {

@@ -17,7 +17,8 @@
 //! * [`bits_per_weight`]: exact storage cost, scales, zero points and padding included.
 //! * [`reconstruction_error`]: relative Frobenius error, the yardstick of RTN and GPTQ.
 //! * [`allocate`]: one format per linear under a bit budget, least total sensitivity.
-//! * [`TargetProfile`]: what a device executes, for the planner and the cost model.
+//! * [`TargetProfile`]: what a device executes, for the planner and the cost model;
+//!   [`estimate`]: that model (memory, decode and prefill bounds).
 //!
 //! Formats and layouts are specified in `docs/quant-formats.md`.
 
@@ -26,6 +27,7 @@
 mod allocate;
 mod bpw;
 mod cholesky;
+mod cost;
 mod error;
 mod fake_quant;
 mod format;
@@ -41,6 +43,7 @@ mod tensor;
 
 pub use allocate::{Allocation, Choice, LayerChoices, allocate};
 pub use bpw::{BpwReport, bits_per_weight};
+pub use cost::{COST_FORMULAS, CostEstimate, ModelShape, estimate};
 pub use error::QuantError;
 pub use fake_quant::FakeQuantizer;
 pub use format::{Bits, Granularity, GroupSize, QuantFormat};

@@ -100,15 +100,24 @@ pub struct TargetProfile {
 }
 
 impl TargetProfile {
-    /// Reads and validates a profile.
+    /// Reads and validates a profile file.
     pub fn read(path: &Path) -> Result<Self, QuantError> {
-        let fail = |key: &str, message: String| QuantError::TargetFile {
+        let text = std::fs::read_to_string(path).map_err(|e| QuantError::TargetFile {
             path: path.display().to_string(),
+            key: String::new(),
+            message: e.to_string(),
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates profile text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, QuantError> {
+        let fail = |key: &str, message: String| QuantError::TargetFile {
+            path: origin.to_string(),
             key: key.into(),
             message,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| fail("", e.to_string()))?;
-        let table: toml::Table = toml::from_str(&text).map_err(|e| fail("", e.to_string()))?;
+        let table: toml::Table = toml::from_str(text).map_err(|e| fail("", e.to_string()))?;
         let profile: Self = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|e| fail(&e.path().to_string(), e.inner().to_string()))?;
         if profile.linear_formats.is_empty() {
@@ -192,6 +201,15 @@ compute_tops = { value = 50, source = "estimate" }
         let path = dir.path().join("t.toml");
         std::fs::write(&path, text).unwrap();
         TargetProfile::read(&path)
+    }
+
+    #[test]
+    fn shipped_profiles_read() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/targets");
+        for name in ["dimensity9500", "generic-cpu", "snapdragon8elite"] {
+            let profile = TargetProfile::read(&dir.join(format!("{name}.toml"))).unwrap();
+            assert_eq!(profile.name, name);
+        }
     }
 
     #[test]

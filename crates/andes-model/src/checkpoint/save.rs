@@ -19,6 +19,8 @@ pub enum SaveDtype {
     F32,
     /// bfloat16, the dtype of released Qwen3 checkpoints.
     Bf16,
+    /// IEEE half precision (the float parts of a mobile package).
+    F16,
 }
 
 struct HostTensor {
@@ -119,6 +121,13 @@ impl ModuleVisitor for Collector {
                 values
                     .iter()
                     .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                    .collect(),
+            ),
+            SaveDtype::F16 => (
+                Dtype::F16,
+                values
+                    .iter()
+                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
                     .collect(),
             ),
         };

@@ -51,13 +51,24 @@ type MappedShards = (Vec<Shard>, HashMap<String, usize>);
 
 /// Memory-maps `paths`, validating each header against the file's length.
 fn map_shards(paths: &[PathBuf]) -> Result<MappedShards, ModelError> {
-    let mut shards = Vec::with_capacity(paths.len());
+    let maps = paths
+        .iter()
+        .map(|path| {
+            let handle = File::open(path).map_err(io_error(path))?;
+            // SAFETY: the map is read-only and the checkpoint is not expected to change while
+            // it is being loaded; a concurrent writer could at worst yield wrong values.
+            let bytes = unsafe { Mmap::map(&handle) }.map_err(io_error(path))?;
+            Ok((path.clone(), bytes))
+        })
+        .collect::<Result<Vec<_>, ModelError>>()?;
+    index_shards(maps)
+}
+
+/// Validates each mapped file's header and indexes its tensors.
+fn index_shards(maps: Vec<(PathBuf, Mmap)>) -> Result<MappedShards, ModelError> {
+    let mut shards = Vec::with_capacity(maps.len());
     let mut location = HashMap::new();
-    for (i, path) in paths.iter().enumerate() {
-        let handle = File::open(path).map_err(io_error(path))?;
-        // SAFETY: the map is read-only and the checkpoint is not expected to change while
-        // it is being loaded; a concurrent writer could at worst yield wrong values.
-        let bytes = unsafe { Mmap::map(&handle) }.map_err(io_error(path))?;
+    for (i, (path, bytes)) in maps.into_iter().enumerate() {
         let (header_len, metadata) =
             SafeTensors::read_metadata(&bytes).map_err(|e| ModelError::Safetensors {
                 path: path.clone(),
@@ -123,6 +134,21 @@ impl SafetensorsShards {
         }
         Ok(Self {
             dir: dir.to_owned(),
+            shards,
+            location,
+            consumed: HashSet::new(),
+        })
+    }
+
+    /// Serves safetensors bytes built in memory (a package's weights, dequantized) as if read
+    /// from `label`, which names them in errors.
+    pub fn from_memory(label: &Path, bytes: &[u8]) -> Result<Self, ModelError> {
+        let mut map = memmap2::MmapMut::map_anon(bytes.len().max(1)).map_err(io_error(label))?;
+        map[..bytes.len()].copy_from_slice(bytes);
+        let map = map.make_read_only().map_err(io_error(label))?;
+        let (shards, location) = index_shards(vec![(label.to_owned(), map)])?;
+        Ok(Self {
+            dir: label.to_owned(),
             shards,
             location,
             consumed: HashSet::new(),

@@ -1,0 +1,306 @@
+//! The mobile weight package `andes quantize` writes (`docs/package-format.md`): a Qwen3 model
+//! with its linears packed per a bit plan fitted to a target profile, everything else in the
+//! profile's float precision, the tokenizer, and a manifest with the sha256 of every file.
+//! Written in a temporary sibling directory and renamed into place. [`load_package`] checks
+//! checksums, shapes and plan consistency and rebuilds the dequantized model, which is what
+//! `andes verify`, `andes inspect` and `andes eval --model PKG` run on.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use andes_model::checkpoint::{
+    SafetensorsShards, SaveDtype, load_parameters, save_parameters, write_atomically,
+};
+use andes_model::quantize::{linear_shapes, quantized_linears};
+use andes_model::qwen3::{Qwen3Config, Qwen3ForCausalLM};
+use andes_quant::{
+    BitPlan, BpwReport, FloatPrecision, QuantizedTensor, TargetProfile, dequantize,
+};
+use burn::tensor::{DType, Device};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+
+use crate::error::PackageError;
+use crate::files::{
+    MANIFEST_FILE, checksums, quantized_file, read_quantized_file, sha256, verify_checksums,
+};
+
+/// The package layout this crate writes and reads.
+pub const PACKAGE_VERSION: u32 = 1;
+/// `kind` of a package manifest (a bundle's manifest has none).
+pub const PACKAGE_KIND: &str = "andes-package";
+/// Packed linears (`NAME.qweight`, `NAME.scales`, `NAME.qzeros`).
+pub const QUANTIZED_FILE: &str = "quantized_linears.safetensors";
+/// Everything else: embeddings, norms, an untied head, in the profile's float precision.
+pub const FLOAT_FILE: &str = "float_tensors.safetensors";
+/// The bit plan the linears follow.
+pub const PLAN_FILE: &str = "bit_plan.json";
+/// Files of the source model copied when present (`config.json` always is).
+const MODEL_SIDE_FILES: [&str; 3] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+];
+
+/// Sizes and bits per weight, both ways the issue of "1.8 bpw" can be read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightSummary {
+    /// Weights of the quantized linears.
+    pub linear_weights: u64,
+    /// All other parameters (embeddings, norms, untied head).
+    pub float_parameters: u64,
+    /// Bytes of [`QUANTIZED_FILE`].
+    pub quantized_bytes: u64,
+    /// Bytes of [`FLOAT_FILE`].
+    pub float_bytes: u64,
+    /// Bits per weight over the quantized linears: codes, scales and zero points.
+    pub bpw_linears: f64,
+    /// `8 · (quantized_bytes + float_bytes) / (linear_weights + float_parameters)`: the
+    /// whole weight payload, file headers included, over every parameter.
+    pub bpw_package: f64,
+}
+
+/// `manifest.json` of a package.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageManifest {
+    /// [`PACKAGE_VERSION`].
+    pub format_version: u32,
+    /// [`PACKAGE_KIND`].
+    pub kind: String,
+    /// The profile the package was fitted to, in full (the cost model reads it).
+    pub target: TargetProfile,
+    /// The float model it was made from: its directory and the sha256 of its config.
+    pub source: BTreeMap<String, String>,
+    /// How it was quantized: initialiser, budget, calibration file and its sha256.
+    pub quantization: serde_json::Value,
+    /// Sizes and bpw.
+    pub weights: WeightSummary,
+    /// sha256 of every file but the manifest.
+    pub files: BTreeMap<String, String>,
+}
+
+/// What a package is made of.
+pub struct PackageInput<'a> {
+    /// The float model's directory (config.json, tokenizer files are copied from it).
+    pub source_dir: &'a Path,
+    /// The model with every linear on its quantization grid.
+    pub model: &'a Qwen3ForCausalLM,
+    /// Its plan (with target and budget when the planner made it).
+    pub plan: &'a BitPlan,
+    /// The target profile.
+    pub target: &'a TargetProfile,
+    /// Free-form record of how it was quantized.
+    pub quantization: serde_json::Value,
+}
+
+/// Writes the package to `out` (which must not exist).
+pub fn write_package(out: &Path, input: &PackageInput<'_>) -> Result<PackageManifest, PackageError> {
+    if out.exists() {
+        return Err(PackageError::io(out, "already exists; choose a new --out"));
+    }
+    let file_name = out
+        .file_name()
+        .ok_or_else(|| PackageError::io(out, "not a directory name"))?;
+    let tmp = out.with_file_name(format!(".tmp-{}", file_name.to_string_lossy()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| PackageError::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| PackageError::io(&tmp, e))?;
+    let copy = |name: &str, required: bool| -> Result<Option<Vec<u8>>, PackageError> {
+        let source = input.source_dir.join(name);
+        if !source.exists() && !required {
+            return Ok(None);
+        }
+        let bytes = std::fs::read(&source).map_err(|e| PackageError::io(&source, e))?;
+        write_atomically(&tmp.join(name), &bytes)?;
+        Ok(Some(bytes))
+    };
+    let config_bytes = copy("config.json", true)?.expect("required");
+    for name in MODEL_SIDE_FILES {
+        copy(name, false)?;
+    }
+
+    let quantized = quantized_linears(input.model)?;
+    let shapes = linear_shapes(input.model);
+    if quantized.len() != shapes.len() {
+        return Err(PackageError::Incompatible(format!(
+            "{} of the model's {} linears are quantized; a package quantizes them all",
+            quantized.len(),
+            shapes.len()
+        )));
+    }
+    check_plan(input.plan, &quantized, &tmp.join(PLAN_FILE))?;
+    write_atomically(
+        &tmp.join(PLAN_FILE),
+        input.plan.to_json().as_bytes(),
+    )?;
+    let quantized_bytes = quantized_file(&quantized, &tmp.join(QUANTIZED_FILE))?;
+    let skip: Vec<String> = shapes.iter().map(|(name, _)| format!("{name}.weight")).collect();
+    let skip: Vec<&str> = skip.iter().map(String::as_str).collect();
+    let dtype = match input.target.unquantized.precision {
+        FloatPrecision::F16 => SaveDtype::F16,
+        FloatPrecision::F32 => SaveDtype::F32,
+    };
+    save_parameters(input.model, &tmp.join(FLOAT_FILE), dtype, &skip)?;
+    let float_path = tmp.join(FLOAT_FILE);
+    let float_bytes_all = std::fs::read(&float_path).map_err(|e| PackageError::io(&float_path, e))?;
+    let float_parameters = SafeTensors::deserialize(&float_bytes_all)
+        .map_err(|e| PackageError::io(&float_path, format!("{e:?}")))?
+        .tensors()
+        .iter()
+        .map(|(_, view)| view.shape().iter().product::<usize>() as u64)
+        .sum::<u64>();
+    let linears: BpwReport = quantized.iter().map(|(_, q)| q.bits_per_weight()).sum();
+    let float_bytes = float_bytes_all.len() as u64;
+    let weights = WeightSummary {
+        linear_weights: linears.weights,
+        float_parameters,
+        quantized_bytes,
+        float_bytes,
+        bpw_linears: linears.bpw,
+        bpw_package: 8.0 * (quantized_bytes + float_bytes) as f64
+            / (linears.weights + float_parameters) as f64,
+    };
+    let manifest = PackageManifest {
+        format_version: PACKAGE_VERSION,
+        kind: PACKAGE_KIND.into(),
+        target: input.target.clone(),
+        source: BTreeMap::from([
+            ("model".into(), input.source_dir.display().to_string()),
+            ("config_sha256".into(), sha256(&config_bytes)),
+        ]),
+        quantization: input.quantization.clone(),
+        weights,
+        files: checksums(&tmp)?,
+    };
+    let json = serde_json::to_vec_pretty(&manifest).expect("the manifest serializes");
+    write_atomically(&tmp.join(MANIFEST_FILE), &json)?;
+    std::fs::rename(&tmp, out).map_err(|e| PackageError::io(out, e))?;
+    Ok(manifest)
+}
+
+/// Whether `dir` holds a package (rather than a Hugging Face model or a bundle).
+pub fn is_package(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join(MANIFEST_FILE))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .is_some_and(|v| v["kind"] == PACKAGE_KIND)
+}
+
+/// A package read back and checked.
+pub struct LoadedPackage {
+    /// Its manifest.
+    pub manifest: PackageManifest,
+    /// The model's configuration.
+    pub config: Qwen3Config,
+    /// The bit plan.
+    pub plan: BitPlan,
+    /// The model with every linear dequantized from the package's codes: bit for bit what
+    /// the quantized model computed when the package was written.
+    pub model: Qwen3ForCausalLM,
+}
+
+/// Reads `dir`: manifest version and kind, every checksum, the plan against the config's
+/// linears, each packed linear's parts against its format and shape, the float tensors
+/// against the config; then rebuilds the model on `device`. Any fault is an error naming the
+/// file and what differs.
+pub fn load_package(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedPackage, PackageError> {
+    let manifest_path = dir.join(MANIFEST_FILE);
+    let text =
+        std::fs::read_to_string(&manifest_path).map_err(|e| PackageError::io(&manifest_path, e))?;
+    let corrupt = |path: &Path, message: String| PackageError::Corrupt {
+        path: path.to_owned(),
+        message,
+    };
+    let manifest: PackageManifest =
+        serde_json::from_str(&text).map_err(|e| corrupt(&manifest_path, e.to_string()))?;
+    if manifest.kind != PACKAGE_KIND || manifest.format_version != PACKAGE_VERSION {
+        return Err(corrupt(
+            &manifest_path,
+            format!(
+                "kind {:?} version {} is not {PACKAGE_KIND:?} version {PACKAGE_VERSION}, what \
+                 this andes reads",
+                manifest.kind, manifest.format_version
+            ),
+        ));
+    }
+    verify_checksums(dir, &manifest.files)?;
+    let config = Qwen3Config::from_file(&dir.join("config.json"))?;
+    let plan_path = dir.join(PLAN_FILE);
+    let plan = BitPlan::read(&plan_path).map_err(|e| corrupt(&plan_path, e.to_string()))?;
+    let model = Qwen3ForCausalLM::new(&config, device)?;
+    let shapes = linear_shapes(&model);
+    let quantized = read_quantized_file(&dir.join(QUANTIZED_FILE), &shapes)?;
+    check_plan(&plan, &quantized, &plan_path)?;
+
+    let float_path = dir.join(FLOAT_FILE);
+    let float_bytes = std::fs::read(&float_path).map_err(|e| PackageError::io(&float_path, e))?;
+    let floats = SafeTensors::deserialize(&float_bytes)
+        .map_err(|e| corrupt(&float_path, format!("not a safetensors file: {e:?}")))?;
+    let dequantized: Vec<(String, Vec<usize>, Vec<u8>)> = quantized
+        .iter()
+        .map(|(name, q)| {
+            let shape = q.shape();
+            let bytes = dequantize(q).iter().flat_map(|v| v.to_le_bytes()).collect();
+            (format!("{name}.weight"), vec![shape.out_features, shape.in_features], bytes)
+        })
+        .collect();
+    let mut views: Vec<(String, TensorView<'_>)> = floats
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view))
+        .collect();
+    for (name, shape, bytes) in &dequantized {
+        if floats.tensor(name).is_ok() {
+            return Err(corrupt(&float_path, format!("`{name}` is also a packed linear")));
+        }
+        let view = TensorView::new(Dtype::F32, shape.clone(), bytes)
+            .map_err(|e| corrupt(&float_path, format!("{e:?}")))?;
+        views.push((name.clone(), view));
+    }
+    let combined = safetensors::serialize(views, None)
+        .map_err(|e| corrupt(&float_path, format!("{e:?}")))?;
+    let mut shards = SafetensorsShards::from_memory(&float_path, &combined)?;
+    let model = load_parameters(model, &mut shards, dtype)?;
+    if config.tie_word_embeddings {
+        shards.ignore("lm_head.weight");
+    }
+    shards.ensure_all_used()?;
+    Ok(LoadedPackage {
+        manifest,
+        config,
+        plan,
+        model,
+    })
+}
+
+/// The plan must name every packed linear once, with its format.
+fn check_plan(
+    plan: &BitPlan,
+    quantized: &[(String, QuantizedTensor)],
+    path: &Path,
+) -> Result<(), PackageError> {
+    let names: Vec<String> = quantized.iter().map(|(n, _)| n.clone()).collect();
+    let formats = plan
+        .formats_for(&names, &path.display().to_string())
+        .map_err(|e| PackageError::Corrupt {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+    for (name, q) in quantized {
+        if formats[name] != q.format() {
+            return Err(PackageError::Corrupt {
+                path: path.to_owned(),
+                message: format!(
+                    "`{name}` is packed as {} but the plan says {}",
+                    q.format(),
+                    formats[name]
+                ),
+            });
+        }
+    }
+    Ok(())
+}
