@@ -19,6 +19,10 @@ struct Cli {
 enum Command {
     /// Train per a recipe (pretrain, sft, lora, qalft), or resume a run.
     Train(commands::train::TrainArgs),
+    /// Plan, quantize and package a model for a target under a bits-per-weight budget.
+    Quantize(commands::quantize::QuantizeArgs),
+    /// Sizes, bpw, plan and cost estimate of a package.
+    Inspect(commands::inspect::InspectArgs),
     /// Build an AndesVL model directory from a preset, a Qwen3 and a vision checkpoint.
     Assemble(commands::assemble::AssembleArgs),
     /// Generate text from a prompt with a Hugging Face Qwen3 model directory.
@@ -50,6 +54,8 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(args) => commands::train::run(args),
+        Command::Quantize(args) => commands::quantize::run(args),
+        Command::Inspect(args) => commands::inspect::run(args),
         Command::Assemble(args) => commands::assemble::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Eval(args) => commands::eval::run(args),

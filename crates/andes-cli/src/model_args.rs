@@ -17,7 +17,8 @@ const ADAPTER_NAME: &str = "cli";
 /// Where the model is and where it runs.
 #[derive(Args, Debug)]
 pub struct ModelArgs {
-    /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
+    /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json), or a
+    /// package from `andes quantize` (run dequantized).
     #[arg(long)]
     pub model: PathBuf,
     /// A PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors) to
@@ -57,8 +58,14 @@ impl ModelArgs {
     /// Loads the checkpoint onto the chosen device.
     pub fn load(&self) -> anyhow::Result<LoadedModel> {
         let (device, dtype) = self.runtime.resolve()?;
-        let (config, mut model) = load_qwen3(&self.model, &device, dtype)
-            .with_context(|| format!("loading model {}", self.model.display()))?;
+        let (config, mut model) = if andes_package::is_package(&self.model) {
+            let package = andes_package::load_package(&self.model, &device, dtype)
+                .with_context(|| format!("loading package {}", self.model.display()))?;
+            (package.config, package.model)
+        } else {
+            load_qwen3(&self.model, &device, dtype)
+                .with_context(|| format!("loading model {}", self.model.display()))?
+        };
         if let Some(dir) = &self.adapter {
             import_peft_adapter(&mut model, dir, ADAPTER_NAME)
                 .with_context(|| format!("loading adapter {}", dir.display()))?;

@@ -94,6 +94,8 @@ pub struct PackageInput<'a> {
     pub target: &'a TargetProfile,
     /// Free-form record of how it was quantized.
     pub quantization: serde_json::Value,
+    /// Further files to ship (name, bytes), e.g. the plan's heatmap.
+    pub extra_files: Vec<(String, Vec<u8>)>,
 }
 
 /// Writes the package to `out` (which must not exist).
@@ -119,6 +121,9 @@ pub fn write_package(out: &Path, input: &PackageInput<'_>) -> Result<PackageMani
         Ok(Some(bytes))
     };
     let config_bytes = copy("config.json", true)?.expect("required");
+    for (name, bytes) in &input.extra_files {
+        write_atomically(&tmp.join(name), bytes)?;
+    }
     for name in MODEL_SIDE_FILES {
         copy(name, false)?;
     }

@@ -60,7 +60,7 @@ pub struct EvalArgs {
     json: bool,
 }
 
-fn parse_initializer(value: &str) -> Result<Initializer, String> {
+pub(crate) fn parse_initializer(value: &str) -> Result<Initializer, String> {
     match value {
         "rtn" => Ok(Initializer::Rtn),
         "gptq" => Ok(Initializer::Gptq),

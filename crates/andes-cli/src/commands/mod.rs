@@ -7,5 +7,7 @@ pub mod eval;
 pub mod export;
 pub mod generate;
 pub mod info;
+pub mod inspect;
+pub mod quantize;
 pub mod train;
 pub mod verify;

@@ -1,28 +1,41 @@
-//! `andes verify`: check a bundle's files against the sha256 sums of its manifest.
+//! `andes verify`: check a package (`andes quantize`) or a bundle (`andes export`): every
+//! file against the manifest's sha256, and for a package also every packed linear's shape
+//! and format against the config and the bit plan. Exits non-zero on any fault.
 
 use std::path::PathBuf;
 
-use andes_package::verify_bundle;
+use andes_package::{is_package, load_package, verify_bundle};
+use burn::tensor::{DType, Device};
 use clap::Args;
 
 /// Arguments of `andes verify`.
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
-    /// Bundle directory written by `andes export`.
+    /// Package or bundle directory.
     bundle: PathBuf,
 }
 
 /// Runs `andes verify`.
 pub fn run(args: VerifyArgs) -> anyhow::Result<()> {
-    let manifest = verify_bundle(&args.bundle)?;
-    println!(
-        "{}",
+    let report = if is_package(&args.bundle) {
+        let package = load_package(&args.bundle, &Device::default(), DType::F32)?;
+        serde_json::json!({
+            "package": args.bundle.display().to_string(),
+            "format_version": package.manifest.format_version,
+            "target": package.manifest.target.name,
+            "linears_verified": package.plan.layers.len(),
+            "files_verified": package.manifest.files.len(),
+            "bpw": package.manifest.weights.bpw_linears,
+        })
+    } else {
+        let manifest = verify_bundle(&args.bundle)?;
         serde_json::json!({
             "bundle": args.bundle.display().to_string(),
             "format_version": manifest.format_version,
             "adapters": manifest.adapters.iter().map(|a| &a.name).collect::<Vec<_>>(),
             "files_verified": manifest.files.len(),
         })
-    );
+    };
+    println!("{report}");
     Ok(())
 }
