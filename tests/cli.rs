@@ -624,3 +624,162 @@ fn image_errors_name_the_file_or_the_mismatch() {
         "{stderr}"
     );
 }
+
+fn quantize_tiny(out: &Path, extra: &[&str]) -> Output {
+    let cache = out.with_extension("cache");
+    let (model, calib) = (
+        fixture("qwen3-tiny-untied-mha-f32"),
+        repo("datasets/gcide/gcide-sample.txt"),
+    );
+    let mut args = vec![
+        "quantize",
+        "--model",
+        path(&model),
+        "--calib",
+        path(&calib),
+        "--cache",
+        path(&cache),
+        "--out",
+        path(out),
+        "--json",
+    ];
+    args.extend(extra);
+    andes(&args)
+}
+
+#[test]
+fn quantize_for_dimensity9500_at_1_8_bpw_verifies_and_rejects_tampering() {
+    let dir = tempfile::tempdir().unwrap();
+    let package = dir.path().join("pkg");
+    let summary = json_stdout(quantize_tiny(
+        &package,
+        &["--target", "dimensity9500", "--bpw", "1.8"],
+    ));
+    let bpw = summary["bpw"].as_f64().unwrap();
+    assert!(bpw <= 1.8 && bpw > 1.5, "bpw over the linears {bpw}");
+    assert!(
+        summary["bpw_package"].as_f64().unwrap() > bpw,
+        "embeddings are in f16"
+    );
+    let verified = json_stdout(andes(&["verify", path(&package)]));
+    assert_eq!(verified["linears_verified"], 14);
+    let inspected = json_stdout(andes(&["inspect", path(&package), "--json"]));
+    assert_eq!(inspected["bpw"], summary["bpw"]);
+    assert!(
+        inspected["cost_estimate"]["decode_tokens_per_s"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+
+    // The package evaluates exactly like the float model quantized in memory by its plan
+    // (float parts kept in f32 for the comparison: the shipped profile stores them in f16).
+    let f32_profile = dir.path().join("d9500-f32.toml");
+    let profile = std::fs::read_to_string(repo("configs/targets/dimensity9500.toml")).unwrap();
+    std::fs::write(
+        &f32_profile,
+        profile.replace("precision = \"f16\"", "precision = \"f32\""),
+    )
+    .unwrap();
+    let eval = |model: &Path, extra: &[&str]| {
+        let mut args = vec!["eval", "--model", path(model), "--json", "--text"];
+        let text = repo("datasets/gcide/gcide-eval.txt");
+        args.push(path(&text));
+        args.extend(extra);
+        json_stdout(andes(&args))
+    };
+    let plan = package.join("bit_plan.json");
+    let rtn_package = dir.path().join("pkg-rtn");
+    json_stdout(quantize_tiny(
+        &rtn_package,
+        &[
+            "--target",
+            path(&f32_profile),
+            "--plan",
+            path(&plan),
+            "--init",
+            "rtn",
+        ],
+    ));
+    let from_package = eval(&rtn_package, &[]);
+    let in_memory = eval(
+        &fixture("qwen3-tiny-untied-mha-f32"),
+        &["--plan", path(&plan), "--init", "rtn"],
+    );
+    assert_eq!(from_package["mean_nll"], in_memory["mean_nll"]);
+    assert_eq!(from_package["bpw_linears"], in_memory["bpw_linears"]);
+
+    // A flipped byte, a truncated file, an extra file: each rejected, naming the file.
+    let tampered = dir.path().join("tampered");
+    std::fs::rename(&rtn_package, &tampered).unwrap();
+    let file = tampered.join("quantized_linears.safetensors");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    std::fs::write(&file, &bytes).unwrap();
+    let output = andes(&["verify", path(&tampered)]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("quantized_linears.safetensors"),
+        "{stderr}"
+    );
+    std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+    let output = andes(&["verify", path(&tampered)]);
+    assert!(!output.status.success());
+}
+
+#[test]
+fn quantize_refuses_bad_budgets_calibration_and_targets_leaving_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pkg");
+    let stderr = |output: Output| {
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let error = stderr(quantize_tiny(
+        &out,
+        &["--target", "dimensity9500", "--bpw", "1.0"],
+    ));
+    assert!(
+        error.contains("below the smallest the allowed formats reach"),
+        "{error}"
+    );
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let error = stderr(andes(&[
+        "quantize",
+        "--model",
+        path(&fixture("qwen3-tiny-untied-mha-f32")),
+        "--target",
+        "dimensity9500",
+        "--bpw",
+        "1.8",
+        "--calib",
+        path(&empty),
+        "--out",
+        path(&out),
+    ]));
+    assert!(error.contains("empty.txt"), "{error}");
+    let error = stderr(quantize_tiny(&out, &["--target", "tpu9000", "--bpw", "4"]));
+    assert!(
+        error.contains("tpu9000") && error.contains("dimensity9500"),
+        "{error}"
+    );
+    let small = dir.path().join("small.toml");
+    let profile = std::fs::read_to_string(repo("configs/targets/dimensity9500.toml")).unwrap();
+    let profile = profile.replace(
+        "memory_gib = { value = 4,",
+        "memory_gib = { value = 0.0001,",
+    );
+    std::fs::write(&small, profile).unwrap();
+    let error = stderr(quantize_tiny(
+        &out,
+        &["--target", path(&small), "--bpw", "1.8"],
+    ));
+    assert!(
+        error.contains("does not fit") && error.contains("MiB"),
+        "{error}"
+    );
+    assert!(!out.exists(), "nothing is left behind");
+    assert!(!dir.path().join(".tmp-pkg").exists());
+}

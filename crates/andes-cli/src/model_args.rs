@@ -52,19 +52,23 @@ pub struct LoadedModel {
     pub config: Qwen3Config,
     pub model: Qwen3ForCausalLM,
     pub device: Device,
+    /// Bits per weight over the quantized linears, when the model is a package.
+    pub package_bpw: Option<f64>,
 }
 
 impl ModelArgs {
     /// Loads the checkpoint onto the chosen device.
     pub fn load(&self) -> anyhow::Result<LoadedModel> {
         let (device, dtype) = self.runtime.resolve()?;
-        let (config, mut model) = if andes_package::is_package(&self.model) {
+        let (config, mut model, package_bpw) = if andes_package::is_package(&self.model) {
             let package = andes_package::load_package(&self.model, &device, dtype)
                 .with_context(|| format!("loading package {}", self.model.display()))?;
-            (package.config, package.model)
+            let bpw = package.manifest.weights.bpw_linears;
+            (package.config, package.model, Some(bpw))
         } else {
-            load_qwen3(&self.model, &device, dtype)
-                .with_context(|| format!("loading model {}", self.model.display()))?
+            let (config, model) = load_qwen3(&self.model, &device, dtype)
+                .with_context(|| format!("loading model {}", self.model.display()))?;
+            (config, model, None)
         };
         if let Some(dir) = &self.adapter {
             import_peft_adapter(&mut model, dir, ADAPTER_NAME)
@@ -75,6 +79,7 @@ impl ModelArgs {
             config,
             model,
             device,
+            package_bpw,
         })
     }
 }

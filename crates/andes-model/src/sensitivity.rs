@@ -51,12 +51,9 @@ pub fn sensitivities(
         .map(|(layer, target, linear)| {
             let name = linear_name(layer, target);
             let (weights, shape) = weight_rows(linear);
-            let importance = hessians
-                .get(&name)
-                .map(Hessian::diagonal)
-                .ok_or_else(|| {
-                    ModelError::InvalidInput(format!("no calibration statistics for `{name}`"))
-                })?;
+            let importance = hessians.get(&name).map(Hessian::diagonal).ok_or_else(|| {
+                ModelError::InvalidInput(format!("no calibration statistics for `{name}`"))
+            })?;
             let formats = formats
                 .iter()
                 .map(|&format| {

@@ -181,7 +181,11 @@ pub fn read_quantized_file(
             .map_err(|e| corrupt(format!("`{name}`: {e}")))?;
         out.push((name.clone(), tensor));
     }
-    if let Some(extra) = tensors.names().into_iter().find(|n| !expected_names.contains(*n)) {
+    if let Some(extra) = tensors
+        .names()
+        .into_iter()
+        .find(|n| !expected_names.contains(*n))
+    {
         return Err(corrupt(format!("unexpected tensor `{extra}`")));
     }
     Ok(out)

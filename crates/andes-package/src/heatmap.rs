@@ -20,7 +20,10 @@ pub fn plan_heatmap_svg(plan: &BitPlan, bpw_of: &dyn Fn(&str, QuantFormat) -> f6
     let cell = |entry_name: &str| -> Option<(usize, usize)> {
         let rest = entry_name.strip_prefix("model.layers.")?;
         let (layer, module) = rest.split_once('.')?;
-        Some((layer.parse().ok()?, MODULES.iter().position(|m| *m == module)?))
+        Some((
+            layer.parse().ok()?,
+            MODULES.iter().position(|m| *m == module)?,
+        ))
     };
     let rows = plan
         .layers
@@ -36,8 +39,11 @@ pub fn plan_heatmap_svg(plan: &BitPlan, bpw_of: &dyn Fn(&str, QuantFormat) -> f6
          font-family=\"sans-serif\" font-size=\"10\">\n<rect width=\"100%\" height=\"100%\" \
          fill=\"white\"/>\n<text x=\"{left}\" y=\"20\" font-size=\"14\">bit plan{}{}: bits per \
          weight (scales counted), blue 1.5 → red 8</text>\n",
-        plan.target.as_ref().map_or(String::new(), |t| format!(" for {t}")),
-        plan.budget_bpw.map_or(String::new(), |b| format!(", budget {b} bpw")),
+        plan.target
+            .as_ref()
+            .map_or(String::new(), |t| format!(" for {t}")),
+        plan.budget_bpw
+            .map_or(String::new(), |b| format!(", budget {b} bpw")),
     );
     for (c, module) in MODULES.iter().enumerate() {
         svg += &format!(
@@ -54,7 +60,9 @@ pub fn plan_heatmap_svg(plan: &BitPlan, bpw_of: &dyn Fn(&str, QuantFormat) -> f6
         );
     }
     for entry in &plan.layers {
-        let Some((r, c)) = cell(&entry.name) else { continue };
+        let Some((r, c)) = cell(&entry.name) else {
+            continue;
+        };
         let bpw = bpw_of(&entry.name, entry.format);
         let t = ((bpw - 1.5) / (8.0 - 1.5)).clamp(0.0, 1.0);
         let (red, blue) = ((255.0 * t) as u8, (255.0 * (1.0 - t)) as u8);
@@ -76,5 +84,9 @@ pub fn plan_heatmap_svg(plan: &BitPlan, bpw_of: &dyn Fn(&str, QuantFormat) -> f6
 
 /// Bits per weight of `format` on a `[out, in]` matrix.
 pub fn format_bpw(format: QuantFormat, out_features: usize, in_features: usize) -> f64 {
-    bits_per_weight(format, andes_quant::WeightShape::new(out_features, in_features)).bpw
+    bits_per_weight(
+        format,
+        andes_quant::WeightShape::new(out_features, in_features),
+    )
+    .bpw
 }

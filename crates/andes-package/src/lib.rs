@@ -14,10 +14,10 @@ mod package;
 pub use bundle::{
     BUNDLE_VERSION, BundleAdapter, BundleBase, Manifest, verify_bundle, write_bundle,
 };
+pub use error::PackageError;
 pub use files::MANIFEST_FILE;
 pub use heatmap::{format_bpw, plan_heatmap_svg};
 pub use package::{
     FLOAT_FILE, LoadedPackage, PACKAGE_KIND, PACKAGE_VERSION, PLAN_FILE, PackageInput,
     PackageManifest, QUANTIZED_FILE, WeightSummary, is_package, load_package, write_package,
 };
-pub use error::PackageError;

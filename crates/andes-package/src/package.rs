@@ -13,9 +13,7 @@ use andes_model::checkpoint::{
 };
 use andes_model::quantize::{linear_shapes, quantized_linears};
 use andes_model::qwen3::{Qwen3Config, Qwen3ForCausalLM};
-use andes_quant::{
-    BitPlan, BpwReport, FloatPrecision, QuantizedTensor, TargetProfile, dequantize,
-};
+use andes_quant::{BitPlan, BpwReport, FloatPrecision, QuantizedTensor, TargetProfile, dequantize};
 use burn::tensor::{DType, Device};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
@@ -99,7 +97,10 @@ pub struct PackageInput<'a> {
 }
 
 /// Writes the package to `out` (which must not exist).
-pub fn write_package(out: &Path, input: &PackageInput<'_>) -> Result<PackageManifest, PackageError> {
+pub fn write_package(
+    out: &Path,
+    input: &PackageInput<'_>,
+) -> Result<PackageManifest, PackageError> {
     if out.exists() {
         return Err(PackageError::io(out, "already exists; choose a new --out"));
     }
@@ -138,12 +139,12 @@ pub fn write_package(out: &Path, input: &PackageInput<'_>) -> Result<PackageMani
         )));
     }
     check_plan(input.plan, &quantized, &tmp.join(PLAN_FILE))?;
-    write_atomically(
-        &tmp.join(PLAN_FILE),
-        input.plan.to_json().as_bytes(),
-    )?;
+    write_atomically(&tmp.join(PLAN_FILE), input.plan.to_json().as_bytes())?;
     let quantized_bytes = quantized_file(&quantized, &tmp.join(QUANTIZED_FILE))?;
-    let skip: Vec<String> = shapes.iter().map(|(name, _)| format!("{name}.weight")).collect();
+    let skip: Vec<String> = shapes
+        .iter()
+        .map(|(name, _)| format!("{name}.weight"))
+        .collect();
     let skip: Vec<&str> = skip.iter().map(String::as_str).collect();
     let dtype = match input.target.unquantized.precision {
         FloatPrecision::F16 => SaveDtype::F16,
@@ -151,7 +152,8 @@ pub fn write_package(out: &Path, input: &PackageInput<'_>) -> Result<PackageMani
     };
     save_parameters(input.model, &tmp.join(FLOAT_FILE), dtype, &skip)?;
     let float_path = tmp.join(FLOAT_FILE);
-    let float_bytes_all = std::fs::read(&float_path).map_err(|e| PackageError::io(&float_path, e))?;
+    let float_bytes_all =
+        std::fs::read(&float_path).map_err(|e| PackageError::io(&float_path, e))?;
     let float_parameters = SafeTensors::deserialize(&float_bytes_all)
         .map_err(|e| PackageError::io(&float_path, format!("{e:?}")))?
         .tensors()
@@ -212,7 +214,11 @@ pub struct LoadedPackage {
 /// linears, each packed linear's parts against its format and shape, the float tensors
 /// against the config; then rebuilds the model on `device`. Any fault is an error naming the
 /// file and what differs.
-pub fn load_package(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedPackage, PackageError> {
+pub fn load_package(
+    dir: &Path,
+    device: &Device,
+    dtype: DType,
+) -> Result<LoadedPackage, PackageError> {
     let manifest_path = dir.join(MANIFEST_FILE);
     let text =
         std::fs::read_to_string(&manifest_path).map_err(|e| PackageError::io(&manifest_path, e))?;
@@ -250,7 +256,11 @@ pub fn load_package(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedP
         .map(|(name, q)| {
             let shape = q.shape();
             let bytes = dequantize(q).iter().flat_map(|v| v.to_le_bytes()).collect();
-            (format!("{name}.weight"), vec![shape.out_features, shape.in_features], bytes)
+            (
+                format!("{name}.weight"),
+                vec![shape.out_features, shape.in_features],
+                bytes,
+            )
         })
         .collect();
     let mut views: Vec<(String, TensorView<'_>)> = floats
@@ -260,14 +270,17 @@ pub fn load_package(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedP
         .collect();
     for (name, shape, bytes) in &dequantized {
         if floats.tensor(name).is_ok() {
-            return Err(corrupt(&float_path, format!("`{name}` is also a packed linear")));
+            return Err(corrupt(
+                &float_path,
+                format!("`{name}` is also a packed linear"),
+            ));
         }
         let view = TensorView::new(Dtype::F32, shape.clone(), bytes)
             .map_err(|e| corrupt(&float_path, format!("{e:?}")))?;
         views.push((name.clone(), view));
     }
-    let combined = safetensors::serialize(views, None)
-        .map_err(|e| corrupt(&float_path, format!("{e:?}")))?;
+    let combined =
+        safetensors::serialize(views, None).map_err(|e| corrupt(&float_path, format!("{e:?}")))?;
     let mut shards = SafetensorsShards::from_memory(&float_path, &combined)?;
     let model = load_parameters(model, &mut shards, dtype)?;
     if config.tie_word_embeddings {

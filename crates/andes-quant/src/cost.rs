@@ -55,8 +55,8 @@ pub fn estimate(
     context: u64,
 ) -> CostEstimate {
     let activation_bytes = target.activation_bits.value / 8.0;
-    let kv_cache_bytes = (2 * shape.layers * shape.kv_heads * shape.head_dim * context) as f64
-        * activation_bytes;
+    let kv_cache_bytes =
+        (2 * shape.layers * shape.kv_heads * shape.head_dim * context) as f64 * activation_bytes;
     let kv_cache_bytes = kv_cache_bytes as u64;
     let memory_bytes = (target.memory_gib.value * (1u64 << 30) as f64) as u64;
     let bandwidth = target.bandwidth_gb_s.value * 1e9;

@@ -127,6 +127,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         }
         (None, None) => unreachable!("clap requires --text or --chat"),
     };
+    let bpw = bpw.or(loaded.package_bpw);
     if args.json {
         result["bpw_linears"] = serde_json::json!(bpw);
         println!("{result}");

@@ -35,7 +35,11 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     for (entry, (_, shape)) in package.plan.layers.iter().zip(&shapes) {
         let report = bits_per_weight(entry.format, *shape);
         let slot = by_format.entry(entry.format.to_string()).or_default();
-        *slot = (slot.0 + 1, slot.1 + report.weights, slot.2 + report.total_bits());
+        *slot = (
+            slot.0 + 1,
+            slot.1 + report.weights,
+            slot.2 + report.total_bits(),
+        );
     }
     let plan: Vec<serde_json::Value> = by_format
         .iter()

@@ -6,20 +6,18 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use andes_data::TextTokenizer;
+use andes_data::dataset::DataFormat;
 use andes_model::andesvl::AndesVLConfig;
 use andes_model::checkpoint::load_qwen3;
 use andes_model::quantize::{Initializer, calibrate, linear_shapes, quantize_base};
 use andes_model::qwen3::{Qwen3Config, Qwen3ForCausalLM};
 use andes_model::sensitivity::{LayerSensitivity, sensitivities};
-use andes_package::{
-    PackageInput, PackageManifest, format_bpw, plan_heatmap_svg, write_package,
-};
+use andes_package::{PackageInput, PackageManifest, format_bpw, plan_heatmap_svg, write_package};
 use andes_quant::{
     BitPlan, COST_FORMULAS, Choice, CostEstimate, LayerChoices, ModelShape, PLAN_VERSION,
     PlanEntry, QuantFormat, TargetProfile, allocate, estimate,
 };
 use andes_train::data::{WindowSet, to_batch};
-use andes_data::dataset::DataFormat;
 use andes_train::recipe::DataSection;
 use anyhow::{Context, bail};
 use burn::tensor::{DType, Device};
@@ -152,9 +150,7 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
         .layers
         .iter()
         .zip(&shapes)
-        .map(|(entry, (_, shape))| {
-            andes_quant::bits_per_weight(entry.format, *shape).total_bits()
-        })
+        .map(|(entry, (_, shape))| andes_quant::bits_per_weight(entry.format, *shape).total_bits())
         .sum();
     let float_params = float_parameters(&config);
     let float_bytes = float_params * target.unquantized.precision.bytes();
@@ -180,7 +176,10 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     quantize_base(
         &mut model,
         &plan,
-        &args.plan.as_ref().map_or("planner".into(), |p| p.display().to_string()),
+        &args
+            .plan
+            .as_ref()
+            .map_or("planner".into(), |p| p.display().to_string()),
         args.init,
         hessians.as_ref(),
         false,
@@ -284,7 +283,10 @@ fn cached_sensitivities(
     for file in &files {
         key.update(std::fs::read(file).with_context(|| format!("reading {}", file.display()))?);
     }
-    key.update(format!("{formats:?} {} {}", args.calib_windows, args.seq_len));
+    key.update(format!(
+        "{formats:?} {} {}",
+        args.calib_windows, args.seq_len
+    ));
     let key = format!("{:x}", key.finalize());
     let dir = args
         .cache
@@ -337,8 +339,8 @@ fn plan_for_budget(
         .collect();
     let weights: u64 = choices.iter().map(|c| c.weights).sum();
     let budget_bits = (bpw * weights as f64).floor() as u64;
-    let allocation = allocate(&choices, budget_bits)
-        .with_context(|| format!("target {}", target.name))?;
+    let allocation =
+        allocate(&choices, budget_bits).with_context(|| format!("target {}", target.name))?;
     Ok(BitPlan {
         version: PLAN_VERSION,
         target: Some(target.name.clone()),
@@ -367,7 +369,8 @@ fn float_parameters(config: &Qwen3Config) -> u64 {
 /// The cost model's view of a Qwen3 configuration.
 pub(crate) fn model_shape(config: &Qwen3Config) -> ModelShape {
     let (h, layers) = (config.hidden_size as u64, config.num_hidden_layers as u64);
-    let attention = h * config.head_dim as u64
+    let attention = h
+        * config.head_dim as u64
         * (2 * config.num_attention_heads as u64 + 2 * config.num_key_value_heads as u64);
     let mlp = 3 * h * config.intermediate_size as u64;
     let head = config.vocab_size as u64 * h;
@@ -407,9 +410,7 @@ fn print_plan_table(plan: &BitPlan, bpw_of: &dyn Fn(&str, QuantFormat) -> f64) {
             entry.name,
             entry.format,
             bpw_of(&entry.name, entry.format),
-            entry
-                .sensitivity
-                .map_or("—".into(), |s| format!("{s:.4e}"))
+            entry.sensitivity.map_or("—".into(), |s| format!("{s:.4e}"))
         );
     }
 }
