@@ -17,6 +17,7 @@ fn main() -> anyhow::Result<()> {
         ["fixtures", rest @ ..] => fixtures(rest),
         ["data"] => data(),
         ["regress", rest @ ..] => regress(rest.contains(&"--record")),
+        ["pipeline", rest @ ..] => pipeline(rest),
         ["bench", "forward", rest @ ..] => bench_forward(rest),
         ["bench", "report", dir] => bench_report(Path::new(dir)),
         ["bench", "qalft", rest @ ..] => qalft_bench::bench_qalft(rest),
@@ -240,6 +241,82 @@ fn bench_forward(rest: &[&str]) -> anyhow::Result<()> {
         .arg("--out")
         .arg(out.join("peer-cpu.json")))?;
     bench_report(&out)
+}
+
+/// The whole path on the bundled tiny model, one command: pretrain it (the tiny recipe), then
+/// `andes quantize --target dimensity9500 --bpw 1.8`, `andes verify`, and `andes eval` of the
+/// float checkpoint and of the package on held-out text; prints the comparison.
+fn pipeline(rest: &[&str]) -> anyhow::Result<()> {
+    let target = flag(rest, "--target", "dimensity9500");
+    let bpw = flag(rest, "--bpw", "1.8");
+    let out = root().join(flag(rest, "--out", "runs/tiny-pipeline"));
+    if out.exists() {
+        std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
+    }
+    run(Command::new("cargo")
+        .current_dir(root())
+        .args(["build", "--release", "-p", "andes-cli"]))?;
+    let andes = |args: &[&str]| -> anyhow::Result<String> {
+        let output = Command::new(target_dir().join("release/andes"))
+            .current_dir(root())
+            .args(args)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .context("running andes")?;
+        if !output.status.success() {
+            bail!("andes {} failed", args.join(" "));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    let train_dir = out.join("train");
+    println!("== 1/4 train the tiny Qwen3 (configs/recipes/tiny/pretrain.toml)");
+    run(Command::new(target_dir().join("release/andes"))
+        .current_dir(root())
+        .args(["train", "--config", "configs/recipes/tiny/pretrain.toml", "--out"])
+        .arg(&train_dir))?;
+    let mut checkpoints: Vec<PathBuf> = std::fs::read_dir(train_dir.join("checkpoints"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step-")))
+        .collect();
+    checkpoints.sort();
+    let model = checkpoints.last().context("the run wrote no checkpoint")?;
+    let model_str = model.to_string_lossy().into_owned();
+    let package = out.join("package");
+    let package_str = package.to_string_lossy().into_owned();
+    let calib = "datasets/gcide/gcide-sample.txt";
+    let held_out = "datasets/gcide/gcide-eval.txt";
+    println!("== 2/4 andes quantize --target {target} --bpw {bpw}");
+    let cache = out.join("cache").to_string_lossy().into_owned();
+    print!(
+        "{}",
+        andes(&[
+            "quantize", "--model", &model_str, "--target", target, "--bpw", bpw, "--calib",
+            calib, "--cache", &cache, "--out", &package_str,
+        ])?
+    );
+    println!("== 3/4 andes verify");
+    print!("{}", andes(&["verify", &package_str])?);
+    println!("== 4/4 andes eval: float checkpoint vs package on {held_out}");
+    let eval = |model: &str| -> anyhow::Result<serde_json::Value> {
+        let text = andes(&["eval", "--model", model, "--text", held_out, "--json"])?;
+        serde_json::from_str(text.trim()).context("eval printed no JSON")
+    };
+    let (float, packed) = (eval(&model_str)?, eval(&package_str)?);
+    let ppl = |v: &serde_json::Value| v["perplexity"].as_f64().unwrap_or(f64::NAN);
+    println!("| model | bpw (linears) | held-out perplexity |");
+    println!("|---|---|---|");
+    println!("| float ({model_str}) | 32 | {:.3} |", ppl(&float));
+    println!(
+        "| package ({package_str}, {target}) | {:.4} | {:.3} |",
+        packed["bpw_linears"].as_f64().unwrap_or(f64::NAN),
+        ppl(&packed)
+    );
+    println!(
+        "package / float perplexity: {:.3}× (post-training quantization alone; QALFT recovers \
+         quality at low bpw: cargo xtask bench qalft)",
+        ppl(&packed) / ppl(&float)
+    );
+    Ok(())
 }
 
 /// Vision-tower images/s of andes and transformers on this machine's CPU, for the towers of
