@@ -272,11 +272,19 @@ fn pipeline(rest: &[&str]) -> anyhow::Result<()> {
     println!("== 1/4 train the tiny Qwen3 (configs/recipes/tiny/pretrain.toml)");
     run(Command::new(target_dir().join("release/andes"))
         .current_dir(root())
-        .args(["train", "--config", "configs/recipes/tiny/pretrain.toml", "--out"])
+        .args([
+            "train",
+            "--config",
+            "configs/recipes/tiny/pretrain.toml",
+            "--out",
+        ])
         .arg(&train_dir))?;
     let mut checkpoints: Vec<PathBuf> = std::fs::read_dir(train_dir.join("checkpoints"))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step-")))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
+        })
         .collect();
     checkpoints.sort();
     let model = checkpoints.last().context("the run wrote no checkpoint")?;
@@ -290,8 +298,19 @@ fn pipeline(rest: &[&str]) -> anyhow::Result<()> {
     print!(
         "{}",
         andes(&[
-            "quantize", "--model", &model_str, "--target", target, "--bpw", bpw, "--calib",
-            calib, "--cache", &cache, "--out", &package_str,
+            "quantize",
+            "--model",
+            &model_str,
+            "--target",
+            target,
+            "--bpw",
+            bpw,
+            "--calib",
+            calib,
+            "--cache",
+            &cache,
+            "--out",
+            &package_str,
         ])?
     );
     println!("== 3/4 andes verify");

@@ -263,11 +263,7 @@ pub fn load_package(
             )
         })
         .collect();
-    let mut views: Vec<(String, TensorView<'_>)> = floats
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| (name, view))
-        .collect();
+    let mut views: Vec<(String, TensorView<'_>)> = floats.tensors();
     for (name, shape, bytes) in &dequantized {
         if floats.tensor(name).is_ok() {
             return Err(corrupt(
