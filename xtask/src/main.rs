@@ -1,5 +1,5 @@
 //! Developer tasks: `cargo xtask fixtures | data | regress | bench forward | bench report |
-//! bench qalft | bench vision`.
+//! bench qalft | bench quantize | bench vision | pipeline`.
 //!
 //! Python appears here only where the peer (PyTorch + transformers) runs.
 
@@ -9,6 +9,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 
 mod qalft_bench;
+mod quantize_bench;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -22,6 +23,7 @@ fn main() -> anyhow::Result<()> {
         ["bench", "report", dir] => bench_report(Path::new(dir)),
         ["bench", "qalft", rest @ ..] => qalft_bench::bench_qalft(rest),
         ["bench", "vision", rest @ ..] => bench_vision(rest),
+        ["bench", "quantize", rest @ ..] => quantize_bench::bench_quantize(rest),
         _ => bail!(
             "usage: cargo xtask fixtures [--check]\n\
              \x20      cargo xtask data   (SFT conversations from the GCIDE slices)\n\

@@ -218,7 +218,7 @@ fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-fn train(andes: &Path, recipe: &Path, out: &Path, overrides: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn train(andes: &Path, recipe: &Path, out: &Path, overrides: &[&str]) -> anyhow::Result<()> {
     let mut command = Command::new(andes);
     command
         .current_dir(root())
@@ -240,14 +240,14 @@ fn train(andes: &Path, recipe: &Path, out: &Path, overrides: &[&str]) -> anyhow:
     Ok(())
 }
 
-fn latest_checkpoint(run_dir: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn latest_checkpoint(run_dir: &Path) -> anyhow::Result<PathBuf> {
     let name = std::fs::read_to_string(run_dir.join("checkpoints/latest"))
         .with_context(|| format!("{}: no checkpoint", run_dir.display()))?;
     Ok(run_dir.join("checkpoints").join(name.trim()))
 }
 
 /// Perplexity (and bpw of the quantized linears, when quantized) from `andes eval --json`.
-fn eval(andes: &Path, model: &Path, args: &[&str]) -> anyhow::Result<(f64, Option<f64>)> {
+pub(crate) fn eval(andes: &Path, model: &Path, args: &[&str]) -> anyhow::Result<(f64, Option<f64>)> {
     let output = Command::new(andes)
         .current_dir(root())
         .args(["eval", "--window", "64", "--json", "--model"])
