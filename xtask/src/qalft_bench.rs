@@ -218,7 +218,12 @@ fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-pub(crate) fn train(andes: &Path, recipe: &Path, out: &Path, overrides: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn train(
+    andes: &Path,
+    recipe: &Path,
+    out: &Path,
+    overrides: &[&str],
+) -> anyhow::Result<()> {
     let mut command = Command::new(andes);
     command
         .current_dir(root())
@@ -247,7 +252,11 @@ pub(crate) fn latest_checkpoint(run_dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// Perplexity (and bpw of the quantized linears, when quantized) from `andes eval --json`.
-pub(crate) fn eval(andes: &Path, model: &Path, args: &[&str]) -> anyhow::Result<(f64, Option<f64>)> {
+pub(crate) fn eval(
+    andes: &Path,
+    model: &Path,
+    args: &[&str],
+) -> anyhow::Result<(f64, Option<f64>)> {
     let output = Command::new(andes)
         .current_dir(root())
         .args(["eval", "--window", "64", "--json", "--model"])

@@ -40,9 +40,13 @@ pub fn bench_quantize(rest: &[&str]) -> anyhow::Result<()> {
         std::fs::remove_dir_all(&out)?;
     }
     std::fs::create_dir_all(&out)?;
-    run(Command::new("cargo")
-        .current_dir(root())
-        .args(["build", "--quiet", "--release", "-p", "andes-cli"]))?;
+    run(Command::new("cargo").current_dir(root()).args([
+        "build",
+        "--quiet",
+        "--release",
+        "-p",
+        "andes-cli",
+    ]))?;
     let andes = target_dir().join("release/andes");
     let pretrain = out.join("pretrain");
     train(
@@ -57,7 +61,10 @@ pub fn bench_quantize(rest: &[&str]) -> anyhow::Result<()> {
     let mut points = Vec::new();
     for (method, init) in [("uniform RTN", "rtn"), ("uniform GPTQ", "gptq")] {
         for format in UNIFORM {
-            let args = [&text[..], &["--quant", format, "--init", init, "--calib", PROSE_TRAIN]];
+            let args = [
+                &text[..],
+                &["--quant", format, "--init", init, "--calib", PROSE_TRAIN],
+            ];
             let (ppl, bpw) = eval(&andes, &base, &args.concat())?;
             points.push(Point {
                 method,
@@ -71,7 +78,14 @@ pub fn bench_quantize(rest: &[&str]) -> anyhow::Result<()> {
         let package = out.join(format!("package-{budget}"));
         let output = Command::new(&andes)
             .current_dir(root())
-            .args(["quantize", "--target", "dimensity9500", "--bpw", budget, "--calib"])
+            .args([
+                "quantize",
+                "--target",
+                "dimensity9500",
+                "--bpw",
+                budget,
+                "--calib",
+            ])
             .arg(PROSE_TRAIN)
             .arg("--model")
             .arg(&base)
@@ -126,8 +140,9 @@ fn plot(points: &[Point], float_ppl: f64) -> String {
     let x = |bpw: f64| m + (bpw - 1.0) / (4.5 - 1.0) * (w - 2.0 * m);
     let max = points.iter().map(|p| p.ppl).fold(float_ppl, f64::max);
     let y = |ppl: f64| {
-        h - m - (ppl.ln() - float_ppl.ln() * 0.98) / (max.ln() * 1.02 - float_ppl.ln() * 0.98)
-            * (h - 2.0 * m)
+        h - m
+            - (ppl.ln() - float_ppl.ln() * 0.98) / (max.ln() * 1.02 - float_ppl.ln() * 0.98)
+                * (h - 2.0 * m)
     };
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" \
