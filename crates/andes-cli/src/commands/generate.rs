@@ -64,7 +64,6 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         anyhow::bail!("--top-p must be in (0, 1], got {}", args.top_p);
     }
     let dir = &args.model.model;
-    let tokenizer = TextTokenizer::from_model_dir(dir)?;
     let prompt = if args.chat {
         render_for_generation(&[(Role::User, &args.prompt)])
     } else {
@@ -75,48 +74,49 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         decoding: decoding(&args),
         stop_tokens: Vec::new(),
     };
-    if args.chat {
-        request.stop_tokens.extend(tokenizer.token_id(END_OF_TURN));
-    }
-    let start = Instant::now();
-    let (prompt_tokens, ids) = if AndesVLConfig::is_andesvl(&dir.join("config.json")) {
-        if args.model.adapter.is_some() {
-            anyhow::bail!("--adapter is not supported on AndesVL models yet (text models only)");
-        }
-        let (device, dtype) = args.model.runtime.resolve()?;
-        let (config, model) = load_andesvl(dir, &device, dtype)
-            .with_context(|| format!("loading model {}", dir.display()))?;
-        request
-            .stop_tokens
-            .extend(eos_token_ids(dir, &config.text_config)?);
-        let (prompt, images) = image_prompt(
-            &args.images,
-            dir,
-            &prompt,
-            &tokenizer,
-            &config,
-            &model,
-            &device,
-        )?;
-        let embeddings = model.embed(token_tensor(&prompt.ids, &device), &images)?;
-        let ids = generate_from_embeddings(&model.language_model, embeddings, &request, &device)?;
-        (prompt.ids.len(), ids)
-    } else {
-        if !args.images.is_empty() {
-            anyhow::bail!(
-                "--image needs an AndesVL model directory (config.json with model_type \
-                 \"andesvl\"); {} holds a text-only model",
-                dir.display()
-            );
-        }
-        let loaded = args.model.load()?;
-        request
-            .stop_tokens
-            .extend(eos_token_ids(dir, &loaded.config)?);
-        let prompt_ids = tokenizer.encode(&prompt)?;
-        let ids = generate(&loaded.model, &prompt_ids, &request, &loaded.device)?;
-        (prompt_ids.len(), ids)
-    };
+    // The model first: a wrong directory is reported by its config.json.
+    let (tokenizer, prompt_tokens, ids, start) =
+        if AndesVLConfig::is_andesvl(&dir.join("config.json")) {
+            if args.model.adapter.is_some() {
+                anyhow::bail!(
+                    "--adapter is not supported on AndesVL models yet (text models only)"
+                );
+            }
+            let (device, dtype) = args.model.runtime.resolve()?;
+            let (config, model) = load_andesvl(dir, &device, dtype)
+                .with_context(|| format!("loading model {}", dir.display()))?;
+            let tokenizer = TextTokenizer::from_model_dir(dir)?;
+            request.stop_tokens = stop_tokens(&args, dir, &config.text_config, &tokenizer)?;
+            let start = Instant::now();
+            let (prompt, images) = image_prompt(
+                &args.images,
+                dir,
+                &prompt,
+                &tokenizer,
+                &config,
+                &model,
+                &device,
+            )?;
+            let embeddings = model.embed(token_tensor(&prompt.ids, &device), &images)?;
+            let ids =
+                generate_from_embeddings(&model.language_model, embeddings, &request, &device)?;
+            (tokenizer, prompt.ids.len(), ids, start)
+        } else {
+            if !args.images.is_empty() {
+                anyhow::bail!(
+                    "--image needs an AndesVL model directory (config.json with model_type \
+                     \"andesvl\"); {} holds a text-only model",
+                    dir.display()
+                );
+            }
+            let loaded = args.model.load()?;
+            let tokenizer = TextTokenizer::from_model_dir(dir)?;
+            request.stop_tokens = stop_tokens(&args, dir, &loaded.config, &tokenizer)?;
+            let start = Instant::now();
+            let prompt_ids = tokenizer.encode(&prompt)?;
+            let ids = generate(&loaded.model, &prompt_ids, &request, &loaded.device)?;
+            (tokenizer, prompt_ids.len(), ids, start)
+        };
     let seconds = start.elapsed().as_secs_f64();
     let text = tokenizer.decode(&ids)?;
     if args.json {
@@ -132,6 +132,20 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         println!("{prompt}{text}");
     }
     Ok(())
+}
+
+/// The config's end-of-sequence ids, and `<|im_end|>` with --chat.
+fn stop_tokens(
+    args: &GenerateArgs,
+    dir: &Path,
+    config: &andes_model::qwen3::Qwen3Config,
+    tokenizer: &TextTokenizer,
+) -> anyhow::Result<Vec<u32>> {
+    let mut stops = eos_token_ids(dir, config)?;
+    if args.chat {
+        stops.extend(tokenizer.token_id(END_OF_TURN));
+    }
+    Ok(stops)
 }
 
 fn decoding(args: &GenerateArgs) -> Decoding {
