@@ -120,9 +120,9 @@ mod tests {
     #[test]
     fn downscale_by_two_averages_pairs_with_the_triangle_filter() {
         // in 4 → out 2: scale 2, centre 0.5 for output 0: weights ∝ 1 - |i - 0.5|/2 over i=0..3
-        // = [0.75, 0.75, 0.25, 0] → normalised [0.375, 0.375, 0.125, 0].
+        // = [0.75, 0.75, 0.25, 0] → normalised by 1.75: [3/7, 3/7, 1/7, 0].
         let w = antialiased_bilinear_weights(4, 2);
-        let expected = [0.375, 0.375, 0.125, 0.0];
+        let expected = [3.0 / 7.0, 3.0 / 7.0, 1.0 / 7.0, 0.0];
         for (a, b) in w[..4].iter().zip(expected) {
             assert!((a - b).abs() < 1e-7, "{w:?}");
         }
