@@ -217,7 +217,7 @@ pub(crate) fn weight_rows(linear: &AdaptedLinear) -> (Vec<f32>, WeightShape) {
 }
 
 /// Replaces the latent base weight with `rows` (`[out, in]` row-major).
-fn set_weight_rows(linear: &mut AdaptedLinear, rows: &[f32], shape: WeightShape) {
+pub(crate) fn set_weight_rows(linear: &mut AdaptedLinear, rows: &[f32], shape: WeightShape) {
     let param = &mut linear.base_layer.weight;
     let weight = Tensor::<2>::from_data(
         TensorData::new(rows.to_vec(), [shape.out_features, shape.in_features]),

@@ -1,18 +1,26 @@
 //! How much each linear suffers in each candidate format, measured on calibration data: the
-//! bit-allocation planner spends bits where this is largest.
+//! bit-allocation planner spends bits where this is largest. Two measures, both under
+//! round-to-nearest quantization of one linear at a time:
 //!
-//! The measure is the layer's output error on the calibration inputs under round-to-nearest
-//! quantization, to second order: `Σ_i Σ_j h_j (w_ij − ŵ_ij)²` with `h = diag(H)`,
-//! `H = 2/n Σ x xᵀ` the layer's input Hessian (llama.cpp's importance-matrix weighting; the
-//! full `ΔW H ΔWᵀ` of GPTQ costs `in²` per row and is left to the quantizer itself).
+//! * [`loss_sensitivities`]: the increase of the model's mean next-token loss on the
+//!   calibration windows (HAWQ-style, summed across layers by the planner). Exact for what it
+//!   measures; one forward pass over the calibration set per linear and format.
+//! * [`sensitivities`]: the layer's own output error to second order, `Σ_i Σ_j h_j (w_ij −
+//!   ŵ_ij)²` with `h = diag(H)`, `H = 2/n Σ x xᵀ` the layer's input Hessian (llama.cpp's
+//!   importance-matrix weighting). No forward passes, so it scales to large models, but it
+//!   ignores how much the rest of the network amplifies each layer's error.
 
 use std::collections::BTreeMap;
 
 use andes_quant::{BpwReport, Hessian, QuantFormat, WeightShape, dequantize, quantize_rtn};
 use serde::{Deserialize, Serialize};
 
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Int, Tensor};
+
 use crate::error::ModelError;
-use crate::quantize::{linear_name, weight_rows};
+use crate::lora::LoraTarget;
+use crate::quantize::{linear_name, set_weight_rows, weight_rows};
 use crate::qwen3::Qwen3ForCausalLM;
 
 /// One candidate format of one linear.
@@ -84,6 +92,89 @@ pub fn sensitivities(
             })
         })
         .collect()
+}
+
+/// The increase of the mean next-token loss over `windows` (token ids `[batch, seq]`) when
+/// one linear at a time is quantized by RTN to each of `formats`, every other weight float.
+pub fn loss_sensitivities(
+    model: &Qwen3ForCausalLM,
+    windows: &[Tensor<2, Int>],
+    formats: &[QuantFormat],
+) -> Result<Vec<LayerSensitivity>, ModelError> {
+    let mut probe = model.clone();
+    let baseline = mean_next_token_loss(&probe, windows)?;
+    let layers: Vec<(usize, LoraTarget)> = model
+        .adapted_linears()
+        .map(|(layer, target, _)| (layer, target))
+        .collect();
+    let mut out = Vec::with_capacity(layers.len());
+    for (layer, target) in layers {
+        let name = linear_name(layer, target);
+        let (weights, shape) = weight_rows(target.of(&probe.model.layers[layer]));
+        let mut costs = Vec::with_capacity(formats.len());
+        for &format in formats {
+            let quantized = quantize_rtn(&weights, shape, format).map_err(|source| {
+                ModelError::Quantization {
+                    layer: name.clone(),
+                    source,
+                }
+            })?;
+            let linear = target.of_mut(&mut probe.model.layers[layer]);
+            set_weight_rows(linear, &dequantize(&quantized), shape);
+            let loss = mean_next_token_loss(&probe, windows)?;
+            costs.push(FormatCost {
+                format,
+                bits: quantized.bits_per_weight().total_bits(),
+                sensitivity: loss - baseline,
+            });
+        }
+        set_weight_rows(
+            target.of_mut(&mut probe.model.layers[layer]),
+            &weights,
+            shape,
+        );
+        out.push(LayerSensitivity {
+            name,
+            out_features: shape.out_features,
+            in_features: shape.in_features,
+            formats: costs,
+        });
+    }
+    Ok(out)
+}
+
+/// Mean next-token negative log-likelihood over `windows`, each predicting its own tokens
+/// 1..L from 0..L-1, accumulated in f64.
+fn mean_next_token_loss(
+    model: &Qwen3ForCausalLM,
+    windows: &[Tensor<2, Int>],
+) -> Result<f64, ModelError> {
+    let (mut total, mut count) = (0.0f64, 0usize);
+    for tokens in windows {
+        let [batch, seq] = tokens.dims();
+        if seq < 2 {
+            continue;
+        }
+        let logits = model.forward(tokens.clone(), &mut model.new_cache())?;
+        let [_, _, vocab] = logits.dims();
+        let logits = logits.slice([0..batch, 0..seq - 1, 0..vocab]);
+        let targets = tokens
+            .clone()
+            .slice([0..batch, 1..seq])
+            .unsqueeze_dim::<3>(2);
+        let picked = log_softmax(logits, 2).gather(2, targets);
+        total -= picked
+            .cast(burn::tensor::DType::F64)
+            .sum()
+            .into_scalar::<f64>();
+        count += batch * (seq - 1);
+    }
+    if count == 0 {
+        return Err(ModelError::InvalidInput(
+            "calibration needs windows of at least two tokens".into(),
+        ));
+    }
+    Ok(total / count as f64)
 }
 
 /// `Σ_i Σ_j h_j (w_ij − ŵ_ij)²` over a row-major `[out, in]` matrix.

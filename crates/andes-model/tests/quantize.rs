@@ -22,7 +22,7 @@ use andes_model::quantize::{
     quantized_linears, save_scales,
 };
 use andes_model::qwen3::{Qwen3Config, Qwen3ForCausalLM};
-use andes_quant::{BitPlan, dequantize};
+use andes_quant::{BitPlan, QuantFormat, dequantize};
 use burn::tensor::{DType, Device, Distribution, Int, Tensor};
 
 const BASE: &str = "qwen3-tiny-untied-mha-f32";
@@ -251,5 +251,35 @@ fn a_plan_that_names_a_missing_layer_is_refused_by_name() {
     assert!(
         err.contains("my_plan.json") && err.contains("model.layers.7.mlp.up_proj"),
         "{err}"
+    );
+}
+
+/// Loss sensitivity on the (random) tiny checkpoint: int8 barely moves the calibration loss
+/// of any linear, binary codes move it much more over the model (on a random model a single
+/// layer's binary codes may even lower it, so the ranking is checked in sum).
+#[test]
+fn loss_sensitivities_rank_formats() {
+    use andes_model::sensitivity::loss_sensitivities;
+
+    let device = Device::default();
+    let (_, model) = load(&device);
+    let batches = text_batches(&device, 4, 32);
+    let formats: Vec<QuantFormat> = ["int8-channel-sym", "int1-g64-sym"]
+        .iter()
+        .map(|f| f.parse().unwrap())
+        .collect();
+    let layers = loss_sensitivities(&model, &batches, &formats).unwrap();
+    assert_eq!(layers.len(), 14);
+    let (mut int8_total, mut int1_total) = (0.0, 0.0);
+    for layer in &layers {
+        let (int8, int1) = (layer.formats[0].sensitivity, layer.formats[1].sensitivity);
+        assert!(int8.abs() < 1e-3, "{}: int8 {int8}", layer.name);
+        assert!(layer.formats[1].bits < layer.formats[0].bits);
+        int8_total += int8.abs();
+        int1_total += int1;
+    }
+    assert!(
+        int1_total > 10.0 * int8_total,
+        "int1 {int1_total} vs int8 {int8_total}"
     );
 }

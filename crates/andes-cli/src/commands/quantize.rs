@@ -11,7 +11,7 @@ use andes_model::andesvl::AndesVLConfig;
 use andes_model::checkpoint::load_qwen3;
 use andes_model::quantize::{Initializer, calibrate, linear_shapes, quantize_base};
 use andes_model::qwen3::{Qwen3Config, Qwen3ForCausalLM};
-use andes_model::sensitivity::{LayerSensitivity, sensitivities};
+use andes_model::sensitivity::{LayerSensitivity, loss_sensitivities, sensitivities};
 use andes_package::{PackageInput, PackageManifest, format_bpw, plan_heatmap_svg, write_package};
 use andes_quant::{
     BitPlan, COST_FORMULAS, Choice, CostEstimate, LayerChoices, ModelShape, PLAN_VERSION,
@@ -66,6 +66,11 @@ pub struct QuantizeArgs {
     /// Tokens per calibration window.
     #[arg(long, default_value_t = 128)]
     seq_len: usize,
+    /// Sensitivity measure: `loss` (increase of the calibration loss, one forward pass per
+    /// linear and format) or `hessian` (importance-weighted weight error, no forward passes:
+    /// for large models).
+    #[arg(long, default_value = "loss", value_parser = ["loss", "hessian"])]
+    sensitivity: String,
     /// Quantizer applying the plan: rtn or gptq.
     #[arg(long, default_value = "gptq", value_parser = parse_initializer)]
     init: Initializer,
@@ -109,7 +114,7 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     let (config, mut model) = load_qwen3(&args.model, &device, DType::F32)
         .with_context(|| format!("loading model {}", args.model.display()))?;
     let needs_calibration = args.plan.is_none() || args.init == Initializer::Gptq;
-    let hessians = if needs_calibration {
+    let (batches, hessians) = if needs_calibration {
         let calib = args.calib.as_ref().context(
             "--calib TEXT_FILE is needed: sensitivities (planning) and GPTQ calibrate on it",
         )?;
@@ -128,9 +133,10 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
             .chunks(8)
             .map(|chunk| to_batch(chunk, &device).inputs)
             .collect();
-        Some(calibrate(&model, &batches)?)
+        let hessians = calibrate(&model, &batches)?;
+        (batches, Some(hessians))
     } else {
-        None
+        (Vec::new(), None)
     };
 
     let plan = match &args.plan {
@@ -141,7 +147,7 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
         }
         None => {
             let hessians = hessians.as_ref().expect("planning calibrates");
-            let layers = cached_sensitivities(&args, &model, &target, hessians)?;
+            let layers = cached_sensitivities(&args, &model, &target, hessians, &batches)?;
             plan_for_budget(&layers, &target, args.bpw.expect("checked"))?
         }
     };
@@ -207,6 +213,7 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
                 "calibration": args.calib,
                 "calibration_sha256": calib_sha,
                 "calibration_windows": args.calib_windows,
+                "sensitivity": args.sensitivity,
                 "seq_len": args.seq_len,
             }),
             extra_files: vec![("bit_plan.svg".into(), heatmap.into_bytes())],
@@ -268,6 +275,7 @@ fn cached_sensitivities(
     model: &Qwen3ForCausalLM,
     target: &TargetProfile,
     hessians: &std::collections::BTreeMap<String, andes_quant::Hessian>,
+    windows: &[burn::tensor::Tensor<2, burn::tensor::Int>],
 ) -> anyhow::Result<Vec<LayerSensitivity>> {
     let formats = target.formats();
     let mut key = Sha256::new();
@@ -302,11 +310,15 @@ fn cached_sensitivities(
         return Ok(layers);
     }
     let start = Instant::now();
-    let layers = sensitivities(model, hessians, &formats)?;
+    let layers = match args.sensitivity.as_str() {
+        "hessian" => sensitivities(model, hessians, &formats)?,
+        _ => loss_sensitivities(model, windows, &formats)?,
+    };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     andes_model::checkpoint::write_atomically(&path, &serde_json::to_vec(&layers)?)?;
     eprintln!(
-        "sensitivities: {} linears × {} formats in {:.1} s, cached in {}",
+        "sensitivities ({}): {} linears × {} formats in {:.1} s, cached in {}",
+        args.sensitivity,
         layers.len(),
         formats.len(),
         start.elapsed().as_secs_f64(),
