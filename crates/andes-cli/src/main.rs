@@ -19,6 +19,8 @@ struct Cli {
 enum Command {
     /// Train per a recipe (pretrain, sft, lora, qalft), or resume a run.
     Train(commands::train::TrainArgs),
+    /// A randomly initialised Qwen3 checkpoint of a given shape.
+    Init(commands::init::InitArgs),
     /// Plan, quantize and package a model for a target under a bits-per-weight budget.
     Quantize(commands::quantize::QuantizeArgs),
     /// Sizes, bpw, plan and cost estimate of a package.
@@ -54,6 +56,7 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(args) => commands::train::run(args),
+        Command::Init(args) => commands::init::run(args),
         Command::Quantize(args) => commands::quantize::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Assemble(args) => commands::assemble::run(args),

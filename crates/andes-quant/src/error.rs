@@ -26,6 +26,10 @@ pub enum QuantError {
         message: String,
     },
 
+    /// GPTQ was given a diagonal-only Hessian.
+    #[error("GPTQ needs the full input Hessian; this calibration kept only its diagonal")]
+    DiagonalHessian,
+
     /// No choice of formats meets a bit budget.
     #[error("{0}")]
     Budget(String),

@@ -116,6 +116,9 @@ pub fn quantize_gptq(
             in_features: cols,
         });
     }
+    if !hessian.is_full() {
+        return Err(QuantError::DiagonalHessian);
+    }
     if hessian.tokens() == 0 {
         return Err(QuantError::NoCalibrationTokens { in_features: cols });
     }

@@ -21,8 +21,10 @@ const TOKEN_CHUNK: usize = 32;
 pub struct Hessian {
     in_features: usize,
     tokens: usize,
-    /// `Σ x xᵀ`, row-major; only the upper triangle (`col ≥ row`) is maintained.
+    /// `Σ x xᵀ`, row-major; only the upper triangle (`col ≥ row`) is maintained. A
+    /// diagonal-only accumulator keeps just `Σ x_i²` (`in_features` entries).
     sum: Vec<f64>,
+    diagonal_only: bool,
 }
 
 impl Hessian {
@@ -32,7 +34,25 @@ impl Hessian {
             in_features,
             tokens: 0,
             sum: vec![0.0; in_features * in_features],
+            diagonal_only: false,
         }
+    }
+
+    /// An accumulator of the diagonal only (`Σ x_i²`, llama.cpp's importance matrix): `in`
+    /// numbers and `in` multiply-adds per token instead of `in²`, for sensitivities of large
+    /// models; GPTQ refuses it.
+    pub fn diagonal_only(in_features: usize) -> Self {
+        Hessian {
+            in_features,
+            tokens: 0,
+            sum: vec![0.0; in_features],
+            diagonal_only: true,
+        }
+    }
+
+    /// Whether the full matrix is kept (GPTQ needs it).
+    pub fn is_full(&self) -> bool {
+        !self.diagonal_only
     }
 
     /// Adds a batch of activations `x`, `[tokens, in_features]` row-major: the inputs of the
@@ -54,6 +74,15 @@ impl Hessian {
                 feature: i % d,
                 value: x[i],
             });
+        }
+        if self.diagonal_only {
+            for token in x.chunks_exact(d.max(1)) {
+                for (s, &v) in self.sum.iter_mut().zip(token) {
+                    *s += f64::from(v) * f64::from(v);
+                }
+            }
+            self.tokens += tokens;
+            return Ok(());
         }
         // Tokens are taken a chunk at a time so that one row of the sum stays in cache while the
         // chunk's tokens are added to it; each entry still sums its tokens in order.
@@ -97,6 +126,9 @@ impl Hessian {
         } else {
             2.0 / self.tokens as f64
         };
+        if self.diagonal_only {
+            return self.sum.iter().map(|s| s * factor).collect();
+        }
         (0..d).map(|i| self.sum[i * d + i] * factor).collect()
     }
 
@@ -169,5 +201,23 @@ mod tests {
         ));
         assert_eq!(h, Hessian::new(3));
         assert!(h.matrix().iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn diagonal_only_keeps_the_full_diagonal_and_gptq_refuses_it() {
+        let (d, tokens) = (5, 7);
+        let x: Vec<f32> = (0..d * tokens)
+            .map(|i| ((i * 37 % 11) as f32 - 5.0) / 3.0)
+            .collect();
+        let (mut full, mut diagonal) = (Hessian::new(d), Hessian::diagonal_only(d));
+        full.accumulate(&x, tokens).unwrap();
+        diagonal.accumulate(&x, tokens).unwrap();
+        assert_eq!(full.diagonal(), diagonal.diagonal());
+        assert!(full.is_full() && !diagonal.is_full());
+        let format = "int4-channel-sym".parse().unwrap();
+        let shape = crate::WeightShape::new(2, d);
+        let error = crate::quantize_gptq(&[0.5; 10], shape, &diagonal, format, Default::default())
+            .unwrap_err();
+        assert_eq!(error, QuantError::DiagonalHessian);
     }
 }

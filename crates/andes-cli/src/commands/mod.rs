@@ -7,6 +7,7 @@ pub mod eval;
 pub mod export;
 pub mod generate;
 pub mod info;
+pub mod init;
 pub mod inspect;
 pub mod quantize;
 pub mod train;

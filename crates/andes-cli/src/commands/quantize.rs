@@ -9,7 +9,9 @@ use andes_data::TextTokenizer;
 use andes_data::dataset::DataFormat;
 use andes_model::andesvl::AndesVLConfig;
 use andes_model::checkpoint::load_qwen3;
-use andes_model::quantize::{Initializer, calibrate, linear_shapes, quantize_base};
+use andes_model::quantize::{
+    Initializer, calibrate, calibrate_diagonal, linear_shapes, quantize_base,
+};
 use andes_model::qwen3::{Qwen3Config, Qwen3ForCausalLM};
 use andes_model::sensitivity::{LayerSensitivity, loss_sensitivities, sensitivities};
 use andes_package::{PackageInput, PackageManifest, format_bpw, plan_heatmap_svg, write_package};
@@ -133,7 +135,12 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
             .chunks(8)
             .map(|chunk| to_batch(chunk, &device).inputs)
             .collect();
-        let hessians = calibrate(&model, &batches)?;
+        // GPTQ needs full input Hessians; the importance-weighted sensitivity only diagonals.
+        let hessians = if args.init == Initializer::Rtn && args.sensitivity == "hessian" {
+            calibrate_diagonal(&model, &batches)?
+        } else {
+            calibrate(&model, &batches)?
+        };
         (batches, Some(hessians))
     } else {
         (Vec::new(), None)
