@@ -77,7 +77,8 @@ fn smart_resize_matches_the_qwen2_vl_formula() {
 #[test]
 fn unreadable_images_are_errors_naming_the_file() {
     let processor = processor();
-    let dir = tempfile_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let text = dir.join("notes.png");
     std::fs::write(&text, "not an image").unwrap();
     let truncated = dir.join("cut.png");
@@ -91,10 +92,4 @@ fn unreadable_images_are_errors_naming_the_file() {
             "{error}"
         );
     }
-}
-
-fn tempfile_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("andes-image-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }

@@ -19,7 +19,9 @@ use andes_quant::{BitPlan, BpwReport, PLAN_VERSION, PlanEntry, QuantizedTensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::PackageError;
-use crate::files::{MANIFEST_FILE, checksums, quantized_file, sha256, verify_checksums};
+use crate::files::{
+    MANIFEST_FILE, checksums, quantized_file, sha256, staging_dir, verify_checksums,
+};
 
 /// The bundle layout this crate writes and reads.
 pub const BUNDLE_VERSION: u32 = 1;
@@ -97,9 +99,6 @@ pub fn write_bundle(
     adapters: &[BundleAdapter<'_>],
     dequantized_base: bool,
 ) -> Result<Manifest, PackageError> {
-    if out.exists() {
-        return Err(PackageError::io(out, "already exists; choose a new --out"));
-    }
     let mut names: Vec<&str> = adapters.iter().map(|a| a.name).collect();
     names.sort_unstable();
     if let Some(pair) = names.windows(2).find(|w| w[0] == w[1]) {
@@ -108,14 +107,7 @@ pub fn write_bundle(
             pair[0]
         )));
     }
-    let file_name = out
-        .file_name()
-        .ok_or_else(|| PackageError::io(out, "not a directory name"))?;
-    let tmp = out.with_file_name(format!(".tmp-{}", file_name.to_string_lossy()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| PackageError::io(&tmp, e))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(|e| PackageError::io(&tmp, e))?;
+    let tmp = staging_dir(out)?;
 
     let config_path = base.checkpoint.join("config.json");
     let config_bytes =

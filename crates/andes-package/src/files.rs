@@ -15,6 +15,23 @@ use crate::error::PackageError;
 /// The manifest's file name, at a bundle's or package's root.
 pub const MANIFEST_FILE: &str = "manifest.json";
 
+/// An empty staging directory beside `out` (`.tmp-NAME`), for a directory written whole and
+/// then renamed into place; refuses an existing `out`, clears a stale staging directory.
+pub fn staging_dir(out: &Path) -> Result<PathBuf, PackageError> {
+    if out.exists() {
+        return Err(PackageError::io(out, "already exists; choose a new --out"));
+    }
+    let file_name = out
+        .file_name()
+        .ok_or_else(|| PackageError::io(out, "not a directory name"))?;
+    let tmp = out.with_file_name(format!(".tmp-{}", file_name.to_string_lossy()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| PackageError::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| PackageError::io(&tmp, e))?;
+    Ok(tmp)
+}
+
 /// Writes the packed linears: `<name>.qweight` (u8 packed codes, `[out, bytes per row]`),
 /// `<name>.scales` (f16 `[out, groups]`) and, for asymmetric formats, `<name>.qzeros` (u8
 /// packed zero points `[out, bytes per row]`); layouts in `docs/quant-formats.md`. Returns the

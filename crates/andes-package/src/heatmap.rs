@@ -1,18 +1,8 @@
 //! The bit plan drawn as an SVG heatmap: one row per decoder layer, one column per projection,
 //! each cell coloured by its bits per weight and labelled with its format.
 
+use andes_model::lora::LoraTarget;
 use andes_quant::{BitPlan, QuantFormat, bits_per_weight};
-
-/// Projections in column order.
-const MODULES: [&str; 7] = [
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-];
 
 /// The heatmap of `plan` (linears named `model.layers.N.<module>`); `bpw_of` gives each
 /// linear's bits per weight in its format.
@@ -20,10 +10,10 @@ pub fn plan_heatmap_svg(plan: &BitPlan, bpw_of: &dyn Fn(&str, QuantFormat) -> f6
     let cell = |entry_name: &str| -> Option<(usize, usize)> {
         let rest = entry_name.strip_prefix("model.layers.")?;
         let (layer, module) = rest.split_once('.')?;
-        Some((
-            layer.parse().ok()?,
-            MODULES.iter().position(|m| *m == module)?,
-        ))
+        let column = LoraTarget::ALL
+            .iter()
+            .position(|t| t.module_path() == module)?;
+        Some((layer.parse().ok()?, column))
     };
     let rows = plan
         .layers
@@ -32,7 +22,7 @@ pub fn plan_heatmap_svg(plan: &BitPlan, bpw_of: &dyn Fn(&str, QuantFormat) -> f6
         .max()
         .unwrap_or(0);
     let (w, h, left, top) = (110usize, 18usize, 70usize, 60usize);
-    let width = left + MODULES.len() * w + 20;
+    let width = left + LoraTarget::ALL.len() * w + 20;
     let height = top + rows * h + 40;
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
@@ -45,11 +35,12 @@ pub fn plan_heatmap_svg(plan: &BitPlan, bpw_of: &dyn Fn(&str, QuantFormat) -> f6
         plan.budget_bpw
             .map_or(String::new(), |b| format!(", budget {b} bpw")),
     );
-    for (c, module) in MODULES.iter().enumerate() {
+    for (c, target) in LoraTarget::ALL.iter().enumerate() {
         svg += &format!(
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{module}</text>\n",
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n",
             left + c * w + w / 2,
-            top - 6
+            top - 6,
+            target.module_path()
         );
     }
     for r in 0..rows {

@@ -15,7 +15,7 @@ pub use bundle::{
     BUNDLE_VERSION, BundleAdapter, BundleBase, Manifest, verify_bundle, write_bundle,
 };
 pub use error::PackageError;
-pub use files::MANIFEST_FILE;
+pub use files::{MANIFEST_FILE, staging_dir};
 pub use heatmap::{format_bpw, plan_heatmap_svg};
 pub use package::{
     FLOAT_FILE, LoadedPackage, PACKAGE_KIND, PACKAGE_VERSION, PLAN_FILE, PackageInput,

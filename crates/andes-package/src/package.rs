@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::PackageError;
 use crate::files::{
-    MANIFEST_FILE, checksums, quantized_file, read_quantized_file, sha256, verify_checksums,
+    MANIFEST_FILE, checksums, quantized_file, read_quantized_file, sha256, staging_dir,
+    verify_checksums,
 };
 
 /// The package layout this crate writes and reads.
@@ -101,17 +102,7 @@ pub fn write_package(
     out: &Path,
     input: &PackageInput<'_>,
 ) -> Result<PackageManifest, PackageError> {
-    if out.exists() {
-        return Err(PackageError::io(out, "already exists; choose a new --out"));
-    }
-    let file_name = out
-        .file_name()
-        .ok_or_else(|| PackageError::io(out, "not a directory name"))?;
-    let tmp = out.with_file_name(format!(".tmp-{}", file_name.to_string_lossy()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| PackageError::io(&tmp, e))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(|e| PackageError::io(&tmp, e))?;
+    let tmp = staging_dir(out)?;
     let copy = |name: &str, required: bool| -> Result<Option<Vec<u8>>, PackageError> {
         let source = input.source_dir.join(name);
         if !source.exists() && !required {

@@ -42,7 +42,8 @@ pub struct AssembleArgs {
     /// cpu, wgpu[:N] or vulkan[:N].
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Output model directory (written to a temporary sibling, then renamed).
+    /// Output model directory, which must not exist (written to a temporary sibling, then
+    /// renamed).
     #[arg(long)]
     out: PathBuf,
 }
@@ -64,16 +65,7 @@ pub fn run(args: AssembleArgs) -> anyhow::Result<()> {
         &device,
     )?;
 
-    let name = args
-        .out
-        .file_name()
-        .with_context(|| format!("--out {}: not a directory name", args.out.display()))?;
-    let tmp = args
-        .out
-        .with_file_name(format!(".tmp-{}", name.to_string_lossy()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
-    }
+    let tmp = andes_package::staging_dir(&args.out)?;
     let dtype = if args.bf16 {
         SaveDtype::Bf16
     } else {
@@ -91,10 +83,6 @@ pub fn run(args: AssembleArgs) -> anyhow::Result<()> {
                 source.display()
             );
         }
-    }
-    if args.out.exists() {
-        std::fs::remove_dir_all(&args.out)
-            .with_context(|| format!("replacing {}", args.out.display()))?;
     }
     std::fs::rename(&tmp, &args.out)
         .with_context(|| format!("renaming {} to {}", tmp.display(), args.out.display()))?;

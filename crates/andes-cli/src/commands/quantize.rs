@@ -165,7 +165,8 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
         .zip(&shapes)
         .map(|(entry, (_, shape))| andes_quant::bits_per_weight(entry.format, *shape).total_bits())
         .sum();
-    let float_params = float_parameters(&config);
+    let linear_weights: u64 = shapes.iter().map(|(_, s)| s.numel() as u64).sum();
+    let float_params = burn::module::Module::num_params(&model) as u64 - linear_weights;
     let float_bytes = float_params * target.unquantized.precision.bytes();
     let planned = estimate(
         &target,
@@ -374,15 +375,6 @@ fn plan_for_budget(
             })
             .collect(),
     })
-}
-
-/// Parameters outside the quantized linears (embeddings, norms, untied head).
-fn float_parameters(config: &Qwen3Config) -> u64 {
-    let (h, layers) = (config.hidden_size as u64, config.num_hidden_layers as u64);
-    let embed = config.vocab_size as u64 * h;
-    let head = if config.tie_word_embeddings { 0 } else { embed };
-    let norms = layers * (2 * h + 2 * config.head_dim as u64) + h;
-    embed + head + norms
 }
 
 /// The cost model's view of a Qwen3 configuration.
