@@ -314,6 +314,48 @@ fn qalft_killed_and_resumed_reproduces_the_uninterrupted_losses() {
     assert_sigkill_resume_is_exact("configs/recipes/tiny/qalft.toml");
 }
 
+/// MPO (reward shift in the trainer state) and GRPO (completions sampled per step) resume
+/// exactly: the same pairs, the same δ, the same sampled completions.
+#[test]
+fn mpo_and_grpo_killed_and_resumed_reproduce_the_uninterrupted_losses() {
+    assert_sigkill_resume_is_exact("configs/recipes/tiny/mpo.toml");
+    assert_sigkill_resume_is_exact("configs/recipes/tiny/grpo.toml");
+}
+
+/// At the first step the policy is its reference, so every implicit reward is 0 and DPO's
+/// loss is −log σ(0) = ln 2 exactly; MPO's default adds 2·ln 2 · 0.2 and the chosen NLL.
+#[test]
+fn dpo_starts_at_ln_2_against_its_own_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let config = path(&repo("configs/recipes/tiny/mpo.toml")).to_string();
+    let output = train_command(&["--config", &config, "--out", path(&run), "--quiet"])
+        .args([
+            "--set",
+            "train.steps=1",
+            "--set",
+            "mpo.preference_weight=1.0",
+        ])
+        .args([
+            "--set",
+            "mpo.quality_weight=0.0",
+            "--set",
+            "mpo.sft_weight=0.0",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (_, loss) = losses(&run)[0];
+    assert!(
+        (loss - std::f64::consts::LN_2).abs() < 1e-6,
+        "DPO loss {loss}"
+    );
+}
+
 /// Trains the tiny qalft recipe for `steps` into `run` with extra overrides; panics on failure.
 fn train_qalft(run: &Path, steps: usize, extra: &[&str]) {
     let config = path(&repo("configs/recipes/tiny/qalft.toml")).to_string();

@@ -26,7 +26,7 @@ fn main() -> anyhow::Result<()> {
         ["bench", "quantize", rest @ ..] => quantize_bench::bench_quantize(rest),
         _ => bail!(
             "usage: cargo xtask fixtures [--check]\n\
-             \x20      cargo xtask data   (SFT conversations from the GCIDE slices)\n\
+             \x20      cargo xtask data   (SFT, preference and GRPO sets from the GCIDE slices)\n\
              \x20      cargo xtask regress [--record]   (tiny recipes vs recorded baselines)\n\
              \x20      cargo xtask bench forward [--config FILE] [--prompt-len N] [--decode-tokens M] [--threads T]\n\
              \x20      cargo xtask bench report DIR   (ratio table of andes-*.json vs peer-*.json in DIR)\n\
@@ -91,13 +91,16 @@ fn fixtures(rest: &[&str]) -> anyhow::Result<()> {
 }
 
 /// The tiny recipes that regression training runs, in `configs/recipes/tiny/`.
-const REGRESS_RECIPES: [&str; 4] = ["pretrain", "sft", "lora", "qalft"];
-/// Allowed relative drift of a final loss from its baseline.
-const REGRESS_TOLERANCE: f64 = 0.02;
+const REGRESS_RECIPES: [&str; 6] = ["pretrain", "sft", "lora", "qalft", "mpo", "grpo"];
+/// Allowed relative rise of a final loss above its baseline.
+const LOSS_TOLERANCE: f64 = 0.02;
+/// Allowed absolute fall of a final mean reward (a fraction of prompts) below its baseline.
+const REWARD_TOLERANCE: f64 = 0.03;
 
-/// Trains every tiny recipe on the CPU and compares the final training and held-out losses
-/// with `configs/recipes/tiny/baselines.json`; a loss above its baseline by more than
-/// [`REGRESS_TOLERANCE`] fails. `--record` rewrites the baselines instead.
+/// Trains every tiny recipe on the CPU and compares its final figures with
+/// `configs/recipes/tiny/baselines.json`: a training or held-out loss above its baseline by
+/// more than [`LOSS_TOLERANCE`] (relative), or a mean reward below its baseline by more than
+/// [`REWARD_TOLERANCE`] (absolute), fails. `--record` rewrites the baselines instead.
 fn regress(record: bool) -> anyhow::Result<()> {
     run(Command::new("cargo")
         .current_dir(root())
@@ -133,17 +136,34 @@ fn regress(record: bool) -> anyhow::Result<()> {
             baselines.insert(name.into(), outcome);
             continue;
         }
-        for key in ["final_loss", "final_eval_loss"] {
-            let (now, then) = (outcome[key].as_f64(), baselines[name][key].as_f64());
-            let (Some(now), Some(then)) = (now, then) else {
-                bail!("{name}: `{key}` missing from the run or the baseline");
+        let keys = [
+            "final_loss",
+            "final_eval_loss",
+            "final_reward",
+            "final_eval_reward",
+        ];
+        for key in keys {
+            let Some(then) = baselines[name][key].as_f64() else {
+                continue;
             };
-            let drift = (now - then) / then;
-            println!(
-                "{name:9} {key:16} {now:.5} (baseline {then:.5}, {:+.2}%)",
-                drift * 100.0
-            );
-            if drift > REGRESS_TOLERANCE {
+            let Some(now) = outcome[key].as_f64() else {
+                bail!("{name}: `{key}` is in the baseline but missing from the run");
+            };
+            let worse = if key.ends_with("reward") {
+                println!(
+                    "{name:9} {key:17} {now:.5} (baseline {then:.5}, {:+.4})",
+                    now - then
+                );
+                then - now > REWARD_TOLERANCE
+            } else {
+                let drift = (now - then) / then;
+                println!(
+                    "{name:9} {key:17} {now:.5} (baseline {then:.5}, {:+.2}%)",
+                    drift * 100.0
+                );
+                drift > LOSS_TOLERANCE
+            };
+            if worse {
                 failures.push(format!("{name} {key}: {now:.5} vs baseline {then:.5}"));
             }
         }
@@ -156,46 +176,150 @@ fn regress(record: bool) -> anyhow::Result<()> {
         println!("recorded {}", baselines_path.display());
     }
     if !failures.is_empty() {
-        bail!(
-            "regression beyond {REGRESS_TOLERANCE}: {}",
-            failures.join("; ")
-        );
+        bail!("regression beyond tolerance: {}", failures.join("; "));
     }
     Ok(())
 }
 
-/// Turns the GCIDE dictionary slices into SFT conversations: the user asks for a headword's
-/// definition, the assistant answers with the dictionary's text. Definitions longer than 240
-/// characters are left out so that a conversation fits a tiny model's window.
+/// The GCIDE slices the derived sets are made from, with the split each one becomes.
+const GCIDE_SPLITS: [(&str, &str); 2] = [("gcide-sample.txt", "train"), ("gcide-eval.txt", "eval")];
+/// Definitions longer than this (bytes; the slices are ASCII) are left out of the sets that
+/// answer with a definition, so that an exchange fits a tiny model's window.
+const MAX_DEFINITION_LEN: usize = 240;
+
+/// One line of a GCIDE slice, `Headword: definition.`
+struct Sense {
+    headword: String,
+    definition: String,
+}
+
+/// Makes the training sets derived from the GCIDE dictionary slices, one pair of files
+/// (train from `gcide-sample.txt`, eval from `gcide-eval.txt`) per set:
+/// SFT conversations, preference pairs and GRPO prompts with answers.
 fn data() -> anyhow::Result<()> {
-    let pairs = [
-        ("gcide-sample.txt", "gcide-define-train.jsonl"),
-        ("gcide-eval.txt", "gcide-define-eval.jsonl"),
-    ];
-    let out_dir = root().join("datasets/sft");
-    std::fs::create_dir_all(&out_dir)?;
-    for (source, target) in pairs {
-        let path = root().join("datasets/gcide").join(source);
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let mut lines = String::new();
-        for line in text.lines() {
-            let Some((headword, definition)) = line.split_once(": ") else {
-                continue;
-            };
-            if definition.len() > 240 || headword.is_empty() {
-                continue;
-            }
-            let record = serde_json::json!({"messages": [
-                {"role": "user", "content": format!("Define {headword}.")},
-                {"role": "assistant", "content": definition},
-            ]});
-            lines.push_str(&record.to_string());
-            lines.push('\n');
-        }
-        std::fs::write(out_dir.join(target), lines)?;
+    for (source, split) in GCIDE_SPLITS {
+        let senses = gcide_senses(source)?;
+        let short: Vec<&Sense> = senses
+            .iter()
+            .filter(|s| s.definition.len() <= MAX_DEFINITION_LEN)
+            .collect();
+        write_jsonl(
+            &format!("datasets/sft/gcide-define-{split}.jsonl"),
+            sft_records(&short),
+        )?;
+        write_jsonl(
+            &format!("datasets/preferences/gcide-define-{split}.jsonl"),
+            preference_records(&short),
+        )?;
+        write_jsonl(
+            &format!("datasets/grpo/gcide-letters-{split}.jsonl"),
+            letter_count_records(&senses),
+        )?;
     }
     Ok(())
+}
+
+/// The senses of `datasets/gcide/<source>`, in file order; lines without a headword are
+/// skipped.
+fn gcide_senses(source: &str) -> anyhow::Result<Vec<Sense>> {
+    let path = root().join("datasets/gcide").join(source);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|line| line.split_once(": "))
+        .filter(|(headword, _)| !headword.is_empty())
+        .map(|(headword, definition)| Sense {
+            headword: headword.into(),
+            definition: definition.into(),
+        })
+        .collect())
+}
+
+/// Writes one JSON record a line to `relative` (from the repository root).
+fn write_jsonl(relative: &str, records: Vec<serde_json::Value>) -> anyhow::Result<()> {
+    let path = root().join(relative);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut lines = String::new();
+    for record in &records {
+        lines.push_str(&record.to_string());
+        lines.push('\n');
+    }
+    std::fs::write(&path, &lines).with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "{relative}: {} records, {} bytes",
+        records.len(),
+        lines.len()
+    );
+    Ok(())
+}
+
+/// SFT conversations: the user asks for a headword's definition, the assistant answers with
+/// the dictionary's text.
+fn sft_records(senses: &[&Sense]) -> Vec<serde_json::Value> {
+    senses
+        .iter()
+        .map(|sense| {
+            serde_json::json!({"messages": [
+                {"role": "user", "content": format!("Define {}.", sense.headword)},
+                {"role": "assistant", "content": sense.definition},
+            ]})
+        })
+        .collect()
+}
+
+/// Preference pairs (DPO, MPO): the prompt asks for a headword's definition, `chosen` is its
+/// definition and `rejected` the definition of another headword of the same slice. The
+/// rejected sense is `k` lines further on (wrapping), `k` in `1..=n` from a hash of the
+/// headword, moving on past senses of the same headword or with the same text.
+fn preference_records(senses: &[&Sense]) -> Vec<serde_json::Value> {
+    let n = senses.len();
+    senses
+        .iter()
+        .enumerate()
+        .filter_map(|(i, sense)| {
+            let k = 1 + (fnv1a(sense.headword.as_bytes()) % n as u64) as usize;
+            let rejected = (0..n)
+                .map(|step| senses[(i + k + step) % n])
+                .find(|other| {
+                    !other.headword.eq_ignore_ascii_case(&sense.headword)
+                        && other.definition != sense.definition
+                })?;
+            Some(serde_json::json!({
+                "prompt": format!("Define {}.", sense.headword),
+                "chosen": sense.definition,
+                "rejected": rejected.definition,
+            }))
+        })
+        .collect()
+}
+
+/// GRPO prompts with reference answers: how many letters a headword has. Only single words
+/// of ASCII letters, lowercased and kept once each, in file order; the answer is a number
+/// (rewarded by numeric match).
+fn letter_count_records(senses: &[Sense]) -> Vec<serde_json::Value> {
+    let mut seen = std::collections::HashSet::new();
+    senses
+        .iter()
+        .map(|sense| sense.headword.to_ascii_lowercase())
+        .filter(|word| word.bytes().all(|b| b.is_ascii_alphabetic()))
+        .filter(|word| seen.insert(word.clone()))
+        .map(|word| {
+            serde_json::json!({
+                "prompt": format!("How many letters are in the word \"{word}\"?"),
+                "answer": word.len().to_string(),
+            })
+        })
+        .collect()
+}
+
+/// 64-bit FNV-1a: a small fixed hash, the same on every platform and Rust version.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 fn flag<'a>(rest: &[&'a str], name: &str, default: &'a str) -> &'a str {

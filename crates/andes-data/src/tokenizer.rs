@@ -53,6 +53,7 @@ pub enum DataError {
 
 /// Byte-level BPE tokenizer of a checkpoint; encodes without adding special tokens, as
 /// Qwen3 base models expect.
+#[derive(Clone)]
 pub struct TextTokenizer {
     path: PathBuf,
     inner: tokenizers::Tokenizer,

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::data::DataPosition;
 use crate::error::TrainError;
+use crate::objective::RunningMean;
 
 /// File naming the newest complete checkpoint directory.
 const LATEST: &str = "latest";
@@ -35,6 +36,9 @@ pub struct TrainerState {
     pub data: DataPosition,
     /// Target tokens trained on so far.
     pub tokens_seen: u64,
+    /// MPO's running reward shift δ (untouched by the other stages).
+    #[serde(default)]
+    pub reward_shift: RunningMean,
 }
 
 /// What a checkpoint holds of the model.

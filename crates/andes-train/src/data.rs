@@ -72,29 +72,42 @@ impl WindowSet {
         Ok((Self { packed }, skipped))
     }
 
-    /// Window order of `epoch`: a permutation seeded by `(seed, epoch)`.
-    fn order(&self, seed: u64, epoch: u64) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.packed.windows.len()).collect();
+    /// The next `count` windows from `position`, crossing into the next epoch when needed.
+    pub fn draw(&self, seed: u64, position: &mut DataPosition, count: usize) -> Vec<&TokenWindow> {
+        draw_indices(self.packed.windows.len(), seed, position, count)
+            .into_iter()
+            .map(|i| &self.packed.windows[i])
+            .collect()
+    }
+}
+
+/// The next `count` indices into `len` examples from `position`: each epoch visits every
+/// example once in a permutation seeded by `(seed, epoch)`, crossing into the next epoch
+/// when needed. The position alone restores the stream on resume.
+pub fn draw_indices(
+    len: usize,
+    seed: u64,
+    position: &mut DataPosition,
+    count: usize,
+) -> Vec<usize> {
+    let order = |epoch: u64| {
+        let mut order: Vec<usize> = (0..len).collect();
         let mut rng = StdRng::seed_from_u64(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         order.shuffle(&mut rng);
         order
-    }
-
-    /// The next `count` windows from `position`, crossing into the next epoch when needed.
-    pub fn draw(&self, seed: u64, position: &mut DataPosition, count: usize) -> Vec<&TokenWindow> {
-        let mut drawn = Vec::with_capacity(count);
-        let mut order = self.order(seed, position.epoch);
-        while drawn.len() < count {
-            if position.index == order.len() {
-                position.epoch += 1;
-                position.index = 0;
-                order = self.order(seed, position.epoch);
-            }
-            drawn.push(&self.packed.windows[order[position.index]]);
-            position.index += 1;
+    };
+    let mut drawn = Vec::with_capacity(count);
+    let mut current = order(position.epoch);
+    while drawn.len() < count {
+        if position.index == current.len() {
+            position.epoch += 1;
+            position.index = 0;
+            current = order(position.epoch);
         }
-        drawn
+        drawn.push(current[position.index]);
+        position.index += 1;
     }
+    drawn
 }
 
 /// Stacks windows into a device batch.

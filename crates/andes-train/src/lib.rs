@@ -1,10 +1,11 @@
 //! The andes trainer: one loop shared by every stage (AdamW, warmup + cosine, global-norm
 //! clipping, gradient accumulation, freezing, atomic checkpoints with exact resume, metrics).
 //!
-//! A stage is a loss over a batch; today `pretrain` (next-token loss on text), `sft` (loss on
+//! A stage is an [`objective`]: `pretrain` (next-token loss on text), `sft` (loss on
 //! assistant turns of conversations), `lora` (an adapter on the frozen float base) and `qalft`
-//! (an adapter on the frozen, fake-quantized base, see [`adapters`]) share
-//! [`loss::masked_next_token_nll`].
+//! (an adapter on the frozen, fake-quantized base, see [`adapters`]) share the next-token
+//! loss; `mpo` (preference pairs) and `grpo` (sampled completions scored by a [`reward`]
+//! function) score whole replies against a frozen reference model.
 
 pub mod adapters;
 pub mod checkpoint;
@@ -12,9 +13,11 @@ pub mod data;
 pub mod error;
 pub mod loss;
 pub mod metrics;
+pub mod objective;
 pub mod optim;
 pub mod plot;
 pub mod recipe;
+pub mod reward;
 pub mod schedule;
 pub mod trainer;
 

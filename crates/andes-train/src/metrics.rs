@@ -8,26 +8,39 @@ use serde::{Deserialize, Serialize};
 use crate::error::TrainError;
 
 /// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepMetrics {
     /// Optimizer step (1-based: the step just completed).
     pub step: usize,
-    /// Mean NLL per target token of this step's batch.
+    /// The stage's loss on this step's batch (mean NLL per target token for the next-token
+    /// stages).
     pub loss: f64,
     /// Learning rate used by this step.
     pub lr: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
-    /// Target tokens of this step.
+    /// Target tokens (reply tokens for MPO and GRPO) of this step.
     pub tokens: usize,
-    /// Target tokens per second of wall time for this step.
+    /// Those tokens per second of wall time for this step (GRPO: sampling included).
     pub tokens_per_s: f64,
-    /// Held-out mean NLL, at evaluation steps.
+    /// Mean reward of the step's sampled completions (GRPO).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reward: Option<f64>,
+    /// Fraction of the step's pairs whose chosen reply has the higher implicit reward (MPO).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preference_accuracy: Option<f64>,
+    /// Held-out loss, at evaluation steps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_loss: Option<f64>,
-    /// `exp(eval_loss)`.
+    /// `exp(eval_loss)`, for the next-token stages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_perplexity: Option<f64>,
+    /// Mean reward of greedy completions of the held-out prompts (GRPO).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_reward: Option<f64>,
+    /// Preference accuracy on the held-out pairs (MPO).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_preference_accuracy: Option<f64>,
 }
 
 /// Appends step lines to `run_dir/metrics.jsonl`.

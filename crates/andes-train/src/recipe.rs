@@ -9,6 +9,7 @@ use andes_quant::QuantFormat;
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
+use crate::objective::{GrpoSection, MpoSection};
 use crate::schedule::Schedule;
 
 /// The training objective.
@@ -25,12 +26,33 @@ pub enum Stage {
     /// Quantization-aware LoRA fine-tuning: the base quantized per `[quant]` and frozen on its
     /// fake-quant grid, the adapter (and optionally the grid's scales) trained against it.
     Qalft,
+    /// Mixed Preference Optimization on preference pairs (the `[mpo]` section), against the
+    /// starting checkpoint as a frozen reference.
+    Mpo,
+    /// Group Relative Policy Optimization on prompts with answers (the `[grpo]` section),
+    /// against the starting checkpoint as a frozen reference.
+    Grpo,
 }
 
 impl Stage {
     /// Whether the stage trains an adapter rather than the model's own weights.
     pub fn trains_adapter(self) -> bool {
         matches!(self, Stage::Lora | Stage::Qalft)
+    }
+
+    /// Whether the stage scores whole replies against a reference (its loss is not a
+    /// next-token NLL, so it has no perplexity).
+    pub fn scores_replies(self) -> bool {
+        matches!(self, Stage::Mpo | Stage::Grpo)
+    }
+
+    /// The data format the stage reads, or `None` when any packed format (text, chat) serves.
+    pub fn data_format(self) -> Option<DataFormat> {
+        match self {
+            Stage::Mpo => Some(DataFormat::Preference),
+            Stage::Grpo => Some(DataFormat::Prompt),
+            Stage::Pretrain | Stage::Sft | Stage::Lora | Stage::Qalft => None,
+        }
     }
 }
 
@@ -206,6 +228,10 @@ pub struct Recipe {
     pub lora: Option<LoraSection>,
     /// The quantized base of a `qalft` run.
     pub quant: Option<QuantSection>,
+    /// The term weights of an `mpo` run (InternVL's defaults when absent).
+    pub mpo: Option<MpoSection>,
+    /// Sampling and reward of a `grpo` run.
+    pub grpo: Option<GrpoSection>,
 }
 
 fn default_schedule() -> Schedule {
@@ -328,6 +354,52 @@ impl Recipe {
             }
             (None, false) => {}
         }
+        match self.stage.data_format() {
+            Some(format) if format != self.data.format => {
+                return fail(
+                    "data.format",
+                    &format!(
+                        "stage {:?} reads format {format:?}, found {:?}",
+                        self.stage, self.data.format
+                    ),
+                );
+            }
+            None if !self.data.format.is_packed() => {
+                return fail(
+                    "data.format",
+                    &format!(
+                        "stage {:?} reads text or chat, found {:?}",
+                        self.stage, self.data.format
+                    ),
+                );
+            }
+            _ => {}
+        }
+        if self.mpo.is_some() && self.stage != Stage::Mpo {
+            return fail("mpo", "[mpo] is read only by stage mpo");
+        }
+        match (&self.grpo, self.stage == Stage::Grpo) {
+            (None, true) => return fail("grpo", "stage grpo needs a [grpo] section"),
+            (Some(_), false) => return fail("grpo", "[grpo] is read only by stage grpo"),
+            (Some(grpo), true) => {
+                if grpo.group_size < 2 {
+                    return fail(
+                        "grpo.group_size",
+                        "expected 2 or more: advantages compare completions within a group",
+                    );
+                }
+                if grpo.max_new_tokens == 0 || grpo.max_new_tokens >= self.data.seq_len {
+                    return fail(
+                        "grpo.max_new_tokens",
+                        "expected at least 1 and below data.seq_len (the prompt needs room)",
+                    );
+                }
+                if grpo.temperature.is_nan() || grpo.temperature <= 0.0 {
+                    return fail("grpo.temperature", "expected a positive number");
+                }
+            }
+            (None, false) => {}
+        }
         Ok(())
     }
 
@@ -417,5 +489,54 @@ mod tests {
             .insert("rank".into(), 0.into());
         let err = error_of(table);
         assert!(err.contains("lora") && err.contains("found 0"), "{err}");
+    }
+
+    fn recipe(name: &str) -> toml::Table {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../configs/recipes/tiny")
+            .join(name);
+        toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_rl_stages_need_their_format_and_section() {
+        let mut table = recipe("grpo.toml");
+        table["data"]
+            .as_table_mut()
+            .unwrap()
+            .insert("format".into(), "chat".into());
+        let err = error_of(table);
+        assert!(
+            err.contains("data.format") && err.contains("Prompt"),
+            "{err}"
+        );
+        let mut table = recipe("grpo.toml");
+        table.remove("grpo");
+        assert!(error_of(table).contains("stage grpo needs a [grpo] section"));
+        let mut table = recipe("grpo.toml");
+        table["grpo"]
+            .as_table_mut()
+            .unwrap()
+            .insert("group_size".into(), 1.into());
+        assert!(error_of(table).contains("grpo.group_size"));
+        let mut table = recipe("sft.toml");
+        table["data"]
+            .as_table_mut()
+            .unwrap()
+            .insert("format".into(), "preference".into());
+        assert!(error_of(table).contains("reads text or chat"));
+        let mut table = recipe("sft.toml");
+        table.insert("mpo".into(), toml::Value::Table(toml::Table::new()));
+        assert!(error_of(table).contains("[mpo] is read only by stage mpo"));
+        let mut table = recipe("grpo.toml");
+        table["grpo"]
+            .as_table_mut()
+            .unwrap()
+            .insert("reward".into(), "bleu".into());
+        let err = error_of(table);
+        assert!(
+            err.contains("grpo.reward") && err.contains("numeric_match"),
+            "{err}"
+        );
     }
 }

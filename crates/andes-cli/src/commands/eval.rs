@@ -11,8 +11,8 @@ use andes_model::quantize::Initializer;
 use andes_quant::QuantFormat;
 use andes_train::adapters;
 use andes_train::data::WindowSet;
+use andes_train::objective::mean_nll;
 use andes_train::recipe::{DataSection, QuantSection};
-use andes_train::trainer::evaluate;
 use anyhow::Context;
 use clap::Args;
 
@@ -92,7 +92,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
                 skip_bad_records: false,
             };
             let (set, _) = WindowSet::load(chat, &section, &tokenizer)?;
-            let mean_nll = evaluate(&loaded.model, &set, 8)?;
+            let mean_nll = mean_nll(&loaded.model, &set, 8)?;
             let summary = format!(
                 "{}: assistant tokens of {} windows, mean NLL {mean_nll:.6} nats, perplexity {:.4}",
                 chat.display(),

@@ -50,6 +50,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             "steps": outcome.steps,
             "final_loss": outcome.final_loss,
             "final_eval_loss": outcome.final_eval_loss,
+            "final_reward": outcome.final_reward,
+            "final_eval_reward": outcome.final_eval_reward,
             "checkpoint": outcome.checkpoint,
         })
     );

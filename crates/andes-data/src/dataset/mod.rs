@@ -2,12 +2,16 @@
 
 mod conversation;
 mod packing;
+mod preference;
+mod prompt;
 mod records;
 mod text;
 
 pub use conversation::{Conversation, Message, tokenize_conversation};
 pub use packing::{PackedWindows, TokenWindow};
-pub use records::{DataFormat, RecordError, load_sequences};
+pub use preference::{PreferencePair, load_preferences};
+pub use prompt::{PromptExample, load_prompts};
+pub use records::{DataFormat, RecordError, load_sequences, read_records};
 pub use text::tokenize_document;
 
 /// Token ids of one document with, per token, whether it is a training target.

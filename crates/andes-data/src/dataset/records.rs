@@ -15,6 +15,18 @@ pub enum DataFormat {
     Text,
     /// JSONL `{"messages": [{"role", "content"}, ...]}`, loss on assistant turns.
     Chat,
+    /// JSONL `{"prompt", "chosen", "rejected"}`: preference pairs for stage `mpo`.
+    Preference,
+    /// JSONL `{"prompt", "answer"}`: prompts with reference answers for stage `grpo`.
+    Prompt,
+}
+
+impl DataFormat {
+    /// Whether records are token sequences packed into training windows (text, chat), as
+    /// opposed to pairs or prompts that a stage batches itself.
+    pub fn is_packed(self) -> bool {
+        matches!(self, DataFormat::Text | DataFormat::Chat)
+    }
 }
 
 /// A record that cannot be used, located by file and line.
@@ -50,7 +62,8 @@ struct TextRecord {
 }
 
 /// Token sequences of every record of `path`, and how many bad records were skipped (only
-/// when `skip_bad_records`; otherwise the first bad record is the error).
+/// when `skip_bad_records`; otherwise the first bad record is the error). `format` must be
+/// one of the packed formats (text, chat).
 pub fn load_sequences(
     path: &Path,
     format: DataFormat,
@@ -58,20 +71,40 @@ pub fn load_sequences(
     end_of_text: u32,
     skip_bad_records: bool,
 ) -> Result<(Vec<MaskedTokens>, usize), RecordError> {
+    if !format.is_packed() {
+        return Err(RecordError::BadRecord {
+            path: path.to_owned(),
+            line: 0,
+            message: format!("format {format:?} is not a token-sequence format (text or chat)"),
+        });
+    }
+    let jsonl = path.extension().is_some_and(|e| e == "jsonl");
+    read_records(path, skip_bad_records, |line| {
+        parse_line(line, format, jsonl, tokenizer, end_of_text)
+    })
+}
+
+/// Every record of `path`, one per non-empty line, through `parse`, and how many bad records
+/// were skipped (only when `skip_bad_records`; otherwise the first bad record is the error,
+/// located by line). `parse`'s outer error (a tokenizer failure) always stops the read; its
+/// inner error says what is wrong with the record.
+pub fn read_records<T>(
+    path: &Path,
+    skip_bad_records: bool,
+    mut parse: impl FnMut(&str) -> Result<Result<T, String>, DataError>,
+) -> Result<(Vec<T>, usize), RecordError> {
     let content = std::fs::read_to_string(path).map_err(|source| RecordError::Io {
         path: path.to_owned(),
         source,
     })?;
-    let jsonl = path.extension().is_some_and(|e| e == "jsonl");
-    let mut sequences = Vec::new();
+    let mut records = Vec::new();
     let mut skipped = 0;
     for (index, line) in content.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let parsed = parse_line(line, format, jsonl, tokenizer, end_of_text)?;
-        match parsed {
-            Ok(tokens) => sequences.push(tokens),
+        match parse(line)? {
+            Ok(record) => records.push(record),
             Err(_) if skip_bad_records => skipped += 1,
             Err(message) => {
                 return Err(RecordError::BadRecord {
@@ -82,7 +115,7 @@ pub fn load_sequences(
             }
         }
     }
-    Ok((sequences, skipped))
+    Ok((records, skipped))
 }
 
 /// Outer error: tokenizer failure (fatal); inner: the record is malformed.
@@ -105,5 +138,8 @@ fn parse_line(
                 "expected {{\"messages\": [{{\"role\", \"content\"}}, ...]}}: {e}"
             ))),
         },
+        (DataFormat::Preference | DataFormat::Prompt, _) => {
+            unreachable!("load_sequences refuses formats that are not packed")
+        }
     }
 }

@@ -1,0 +1,287 @@
+//! Group Relative Policy Optimization (DeepSeekMath; the RL stage AndesVL uses for thinking
+//! models): for each prompt sample a group of completions from the current policy, score
+//! them with a named reward function, normalise rewards within the group into advantages,
+//! and maximise the clipped policy-ratio objective with a KL penalty to a frozen reference.
+//!
+//! One policy update per batch of samples (TRL's default `num_iterations = 1`), so the
+//! ratio's "old" policy is the current one detached: the ratio is 1 in value and its gradient
+//! is the policy gradient; clipping is kept in the form that holds for more updates.
+
+use andes_data::TextTokenizer;
+use andes_data::chat::END_OF_TURN;
+use andes_data::dataset::{PromptExample, load_prompts};
+use andes_model::checkpoint::load_qwen3;
+use andes_model::generate::{Decoding, GenerationRequest, generate};
+use andes_model::qwen3::Qwen3ForCausalLM;
+use burn::module::Module;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use super::{Evaluation, Objective, ReplyRows, StepOutput, scalar};
+use crate::checkpoint::TrainerState;
+use crate::data::draw_indices;
+use crate::error::TrainError;
+use crate::recipe::Recipe;
+use crate::reward::RewardFunction;
+
+/// `[grpo]` of a recipe; defaults are DeepSeekMath's and TRL's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpoSection {
+    /// How completions are scored against the prompt's answer.
+    pub reward: RewardFunction,
+    /// Completions sampled per prompt (G).
+    #[serde(default = "default_group_size")]
+    pub group_size: usize,
+    /// Upper bound on a completion's tokens; generation also stops at the end of the turn.
+    pub max_new_tokens: usize,
+    /// Sampling temperature.
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+    /// Nucleus sampling threshold (none: the whole distribution).
+    pub top_p: Option<f64>,
+    /// ε of the clipped ratio `clip(π/π_old, 1 − ε, 1 + ε)`.
+    #[serde(default = "default_clip_epsilon")]
+    pub clip_epsilon: f64,
+    /// β of the per-token KL penalty to the reference (k3 estimator).
+    #[serde(default = "default_kl_beta")]
+    pub kl_beta: f64,
+}
+
+fn default_group_size() -> usize {
+    8
+}
+fn default_temperature() -> f64 {
+    1.0
+}
+fn default_clip_epsilon() -> f64 {
+    0.2
+}
+fn default_kl_beta() -> f64 {
+    0.04
+}
+
+/// One sampled completion and its reward.
+struct Rollout<'a> {
+    prompt: &'a [u32],
+    completion: Vec<u32>,
+    reward: f64,
+}
+
+/// GRPO over a prompt file.
+pub struct GrpoObjective {
+    train: Vec<PromptExample>,
+    eval: Option<Vec<PromptExample>>,
+    reference: Qwen3ForCausalLM,
+    tokenizer: TextTokenizer,
+    stop_tokens: Vec<u32>,
+    section: GrpoSection,
+    seed: u64,
+    batch_size: usize,
+    grad_accum: usize,
+}
+
+impl GrpoObjective {
+    /// Reads the recipe's prompt files (prompts leave room for `max_new_tokens` within
+    /// `seq_len`) and loads the reference on the plain device under `device`.
+    pub fn new(
+        recipe: &Recipe,
+        tokenizer: &TextTokenizer,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
+        let section = recipe
+            .grpo
+            .clone()
+            .expect("a grpo recipe has a [grpo] section (validated)");
+        let prompt_limit = recipe.data.seq_len + 1 - section.max_new_tokens;
+        let load = |path| {
+            load_prompts(path, tokenizer, prompt_limit, recipe.data.skip_bad_records)
+                .map(|(prompts, _skipped)| prompts)
+        };
+        let train = load(&recipe.data.train)?;
+        if train.is_empty() {
+            return Err(TrainError::io(&recipe.data.train, "no prompts"));
+        }
+        let eval = recipe.data.eval.as_deref().map(load).transpose()?;
+        let (config, reference) = load_qwen3(&recipe.model.checkpoint, device, DType::F32)?;
+        let mut stop_tokens = config.eos_token_id.map(|e| e.to_vec()).unwrap_or_default();
+        stop_tokens.extend(tokenizer.token_id(END_OF_TURN));
+        Ok(Self {
+            train,
+            eval,
+            reference: reference.valid(),
+            tokenizer: tokenizer.clone(),
+            stop_tokens,
+            section,
+            seed: recipe.seed,
+            batch_size: recipe.train.batch_size,
+            grad_accum: recipe.train.grad_accum,
+        })
+    }
+
+    /// Samples (or, with `Decoding::Greedy`, decodes) a completion of `example` from `policy`
+    /// and scores it.
+    fn rollout<'a>(
+        &self,
+        policy: &Qwen3ForCausalLM,
+        example: &'a PromptExample,
+        decoding: Decoding,
+    ) -> Result<Rollout<'a>, TrainError> {
+        let device: Device = policy.devices()[0].clone();
+        let request = GenerationRequest {
+            max_new_tokens: self.section.max_new_tokens,
+            decoding,
+            stop_tokens: self.stop_tokens.clone(),
+        };
+        let completion = generate(policy, &example.prompt, &request, &device)?;
+        let text_ids = match completion.last() {
+            Some(last) if self.stop_tokens.contains(last) => &completion[..completion.len() - 1],
+            _ => &completion[..],
+        };
+        let text = self.tokenizer.decode(text_ids)?;
+        Ok(Rollout {
+            prompt: &example.prompt,
+            reward: self.section.reward.score(&text, &example.answer),
+            completion,
+        })
+    }
+
+    /// The summed per-sequence GRPO losses of `rollouts` (whole groups) under `model`.
+    fn group_loss(
+        &self,
+        model: &Qwen3ForCausalLM,
+        rollouts: &[Rollout<'_>],
+    ) -> Result<Tensor<1>, TrainError> {
+        let device: Device = model.devices()[0].clone();
+        let rows: Vec<(&[u32], &[u32])> = rollouts
+            .iter()
+            .map(|r| (r.prompt, r.completion.as_slice()))
+            .collect();
+        let policy_rows = ReplyRows::new(&rows, &device);
+        let log_probs = policy_rows.token_log_probs(model)?;
+        let reference_rows = ReplyRows::new(&rows, &self.reference.devices()[0]);
+        let reference = reference_rows.token_log_probs(&self.reference)?.into_data();
+        let reference: Tensor<2> = Tensor::from_data(reference, &device);
+        let rewards: Vec<f64> = rollouts.iter().map(|r| r.reward).collect();
+        let advantages: Vec<f32> = group_advantages(&rewards, self.section.group_size)
+            .into_iter()
+            .map(|a| a as f32)
+            .collect();
+        let advantages: Tensor<2> =
+            Tensor::from_data(TensorData::new(advantages, [rollouts.len(), 1]), &device);
+        let ratio = (log_probs.clone() - log_probs.clone().detach()).exp();
+        let epsilon = self.section.clip_epsilon;
+        let surrogate = (ratio.clone() * advantages.clone())
+            .min_pair(ratio.clamp(1.0 - epsilon, 1.0 + epsilon) * advantages);
+        let log_ratio = reference - log_probs;
+        let kl = log_ratio.clone().exp() - log_ratio - 1.0;
+        let per_token = (kl.mul_scalar(self.section.kl_beta) - surrogate) * policy_rows.mask;
+        let lengths: Vec<f32> = policy_rows.reply_tokens.iter().map(|&n| n as f32).collect();
+        let lengths: Tensor<2> =
+            Tensor::from_data(TensorData::new(lengths, [rollouts.len(), 1]), &device);
+        Ok((per_token.sum_dim(1) / lengths).sum())
+    }
+}
+
+/// `(r − mean) / (std + 1e-4)` within each consecutive group of `group_size` rewards, the
+/// standard deviation unbiased (as `torch.std`); a group of equal rewards gets 0.
+pub fn group_advantages(rewards: &[f64], group_size: usize) -> Vec<f64> {
+    rewards
+        .chunks(group_size)
+        .flat_map(|group| {
+            let n = group.len() as f64;
+            let mean = group.iter().sum::<f64>() / n;
+            let variance =
+                group.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+            let std = variance.sqrt();
+            group.iter().map(move |r| (r - mean) / (std + 1e-4))
+        })
+        .collect()
+}
+
+impl Objective for GrpoObjective {
+    fn step(
+        &self,
+        model: &Qwen3ForCausalLM,
+        state: &mut TrainerState,
+        step_seed: u64,
+    ) -> Result<StepOutput, TrainError> {
+        let policy = model.valid();
+        let group_size = self.section.group_size;
+        let mut micro_batches = Vec::with_capacity(self.grad_accum);
+        let mut slot = 0u64;
+        for _ in 0..self.grad_accum {
+            let mut rollouts = Vec::new();
+            for index in draw_indices(
+                self.train.len(),
+                self.seed,
+                &mut state.data,
+                self.batch_size,
+            ) {
+                for _ in 0..group_size {
+                    let decoding = Decoding::Sample {
+                        temperature: self.section.temperature as f32,
+                        top_k: None,
+                        top_p: self.section.top_p.map(|p| p as f32),
+                        seed: step_seed ^ slot.wrapping_mul(0x2545_F491_4F6C_DD1D),
+                    };
+                    slot += 1;
+                    rollouts.push(self.rollout(&policy, &self.train[index], decoding)?);
+                }
+            }
+            micro_batches.push(rollouts);
+        }
+        let sequences = slot as f64;
+        let mut accumulator = GradientsAccumulator::new();
+        let mut loss_sum = 0.0;
+        for rollouts in &micro_batches {
+            let loss = self.group_loss(model, rollouts)?.div_scalar(sequences);
+            loss_sum += scalar(loss.clone());
+            accumulator.accumulate(model, GradientsParams::from_grads(loss.backward(), model));
+        }
+        let all = micro_batches.iter().flatten();
+        let reward = all.clone().map(|r| r.reward).sum::<f64>() / sequences;
+        Ok(StepOutput {
+            grads: accumulator.grads(),
+            loss: loss_sum,
+            tokens: all.map(|r| r.completion.len()).sum(),
+            reward: Some(reward),
+            preference_accuracy: None,
+        })
+    }
+
+    fn evaluate(&self, model: &Qwen3ForCausalLM) -> Result<Option<Evaluation>, TrainError> {
+        let Some(eval) = &self.eval else {
+            return Ok(None);
+        };
+        let policy = model.valid();
+        let mut total = 0.0;
+        for example in eval {
+            total += self.rollout(&policy, example, Decoding::Greedy)?.reward;
+        }
+        Ok(Some(Evaluation {
+            reward: Some(total / eval.len() as f64),
+            ..Evaluation::default()
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advantages_are_normalised_within_each_group() {
+        let advantages = group_advantages(&[1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0], 4);
+        // Group 1: mean 0.25, unbiased std 0.5.
+        let want = [1.5, -0.5, -0.5, -0.5];
+        for (got, want) in advantages[..4].iter().zip(want) {
+            assert!(
+                (got - want * 0.5 / (0.5 + 1e-4)).abs() < 1e-12,
+                "{got} vs {want}"
+            );
+        }
+        assert!(advantages[4..].iter().all(|&a| a == 0.0));
+    }
+}

@@ -1,0 +1,92 @@
+//! What a stage optimises: each objective turns the next slice of its data into the
+//! gradients of one optimizer step, and scores the model on its held-out data. The trainer
+//! around it (optimizer, schedule, clipping, checkpoints, metrics) is the same for all.
+
+mod grpo;
+mod mpo;
+mod replies;
+mod tokens;
+
+use andes_data::TextTokenizer;
+use andes_model::qwen3::Qwen3ForCausalLM;
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor};
+
+pub use grpo::group_advantages;
+pub use grpo::{GrpoObjective, GrpoSection};
+pub use mpo::{MpoObjective, MpoSection, RunningMean, mpo_loss};
+pub use replies::ReplyRows;
+pub use tokens::{TokenObjective, mean_nll};
+
+use crate::checkpoint::TrainerState;
+use crate::data::WindowSet;
+use crate::error::TrainError;
+use crate::recipe::{Recipe, Stage};
+
+/// The gradients and figures of one optimizer step.
+pub struct StepOutput {
+    /// Gradients summed over the step's micro-batches, already divided so that they are
+    /// those of the step's mean loss.
+    pub grads: GradientsParams,
+    /// The step's loss.
+    pub loss: f64,
+    /// Tokens the loss was computed on (targets, or reply tokens).
+    pub tokens: usize,
+    /// Mean reward of the step's sampled completions (GRPO).
+    pub reward: Option<f64>,
+    /// Fraction of pairs whose chosen reply the model prefers over the rejected one, by the
+    /// implicit reward (MPO).
+    pub preference_accuracy: Option<f64>,
+}
+
+/// Held-out figures of the model at an evaluation step.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Evaluation {
+    /// Held-out loss (next-token NLL, or the preference loss).
+    pub loss: Option<f64>,
+    /// Mean reward of greedy completions (GRPO).
+    pub reward: Option<f64>,
+    /// Preference accuracy on held-out pairs (MPO).
+    pub preference_accuracy: Option<f64>,
+}
+
+/// One stage's loss over its data.
+pub trait Objective {
+    /// Draws the step's examples from `state.data` onward (advancing it) and returns the
+    /// gradients of the step's loss for `model`. `step_seed` seeds whatever the step samples.
+    fn step(
+        &self,
+        model: &Qwen3ForCausalLM,
+        state: &mut TrainerState,
+        step_seed: u64,
+    ) -> Result<StepOutput, TrainError>;
+
+    /// Scores `model` (without gradients) on the held-out file, when the recipe names one.
+    fn evaluate(&self, model: &Qwen3ForCausalLM) -> Result<Option<Evaluation>, TrainError>;
+
+    /// Training windows for calibrating a quantized base (token objectives only).
+    fn calibration_windows(&self) -> Option<&WindowSet> {
+        None
+    }
+}
+
+/// The objective of `recipe`'s stage, its data read and tokenized. `device` is the training
+/// (autodiff) device; the reference model of MPO and GRPO is loaded there with gradients off.
+pub fn for_recipe(
+    recipe: &Recipe,
+    tokenizer: &TextTokenizer,
+    device: &Device,
+) -> Result<Box<dyn Objective>, TrainError> {
+    Ok(match recipe.stage {
+        Stage::Pretrain | Stage::Sft | Stage::Lora | Stage::Qalft => {
+            Box::new(TokenObjective::new(recipe, tokenizer)?)
+        }
+        Stage::Mpo => Box::new(MpoObjective::new(recipe, tokenizer, device)?),
+        Stage::Grpo => Box::new(GrpoObjective::new(recipe, tokenizer, device)?),
+    })
+}
+
+/// Mean of a one-element tensor's value, read back as f64.
+fn scalar(tensor: Tensor<1>) -> f64 {
+    tensor.into_scalar::<f64>()
+}

@@ -1,0 +1,387 @@
+//! Mixed Preference Optimization (InternVL's MPO, the RL stage AndesVL uses for instruct
+//! models): a preference term (DPO's sigmoid loss), a quality term (BCO: each reply judged
+//! on its own against a running reward shift) and a generation term (SFT on the chosen
+//! reply), all against a frozen reference model. With the last two weights 0 it is DPO.
+
+use andes_data::TextTokenizer;
+use andes_data::dataset::{PreferencePair, load_preferences};
+use andes_model::checkpoint::load_qwen3;
+use andes_model::qwen3::Qwen3ForCausalLM;
+use burn::module::Module;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::activation::log_sigmoid;
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use super::{Evaluation, Objective, ReplyRows, StepOutput, scalar};
+use crate::checkpoint::TrainerState;
+use crate::data::draw_indices;
+use crate::error::TrainError;
+use crate::recipe::Recipe;
+
+/// `[mpo]` of a recipe; defaults are InternVL's MPO settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MpoSection {
+    /// β: the implicit reward of a reply is β·(log π(reply) − log π_ref(reply)).
+    #[serde(default = "default_beta")]
+    pub beta: f64,
+    /// Weight of the preference term −log σ(r_chosen − r_rejected).
+    #[serde(default = "default_preference_weight")]
+    pub preference_weight: f64,
+    /// Weight of the quality term −log σ(r_chosen − δ) − log σ(−(r_rejected − δ)), δ the
+    /// running mean of the micro-batches' mean rewards (BCO's reward shift, as TRL keeps it).
+    #[serde(default = "default_quality_weight")]
+    pub quality_weight: f64,
+    /// Weight of the generation term: mean NLL of the chosen replies' tokens.
+    #[serde(default = "default_sft_weight")]
+    pub sft_weight: f64,
+}
+
+fn default_beta() -> f64 {
+    0.1
+}
+fn default_preference_weight() -> f64 {
+    0.8
+}
+fn default_quality_weight() -> f64 {
+    0.2
+}
+fn default_sft_weight() -> f64 {
+    1.0
+}
+
+impl Default for MpoSection {
+    fn default() -> Self {
+        Self {
+            beta: default_beta(),
+            preference_weight: default_preference_weight(),
+            quality_weight: default_quality_weight(),
+            sft_weight: default_sft_weight(),
+        }
+    }
+}
+
+/// The running mean of the micro-batches' mean implicit rewards: BCO's δ. Kept in the trainer state so a
+/// resumed run continues with the same shift.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct RunningMean {
+    /// Values seen.
+    pub count: u64,
+    /// Their mean.
+    pub mean: f64,
+}
+
+impl RunningMean {
+    /// Folds in `values` (TRL's `RunningMoments` mean).
+    pub fn update(&mut self, values: &[f64]) {
+        for &value in values {
+            self.count += 1;
+            self.mean += (value - self.mean) / self.count as f64;
+        }
+    }
+}
+
+/// Per-pair preference and quality losses from the summed reply log-probabilities of the
+/// policy and the reference (each `[pairs]`), for reward scale `beta` and shift `delta`.
+/// Returns `(preference, quality, chosen_reward, rejected_reward)`, each `[pairs]`.
+pub fn mpo_loss(
+    policy_chosen: Tensor<1>,
+    policy_rejected: Tensor<1>,
+    reference_chosen: Tensor<1>,
+    reference_rejected: Tensor<1>,
+    beta: f64,
+    delta: f64,
+) -> (Tensor<1>, Tensor<1>, Tensor<1>, Tensor<1>) {
+    let chosen = (policy_chosen - reference_chosen).mul_scalar(beta);
+    let rejected = (policy_rejected - reference_rejected).mul_scalar(beta);
+    let preference = log_sigmoid(chosen.clone() - rejected.clone()).neg();
+    let quality = log_sigmoid(chosen.clone().sub_scalar(delta)).neg()
+        - log_sigmoid(rejected.clone().sub_scalar(delta).neg());
+    (preference, quality, chosen, rejected)
+}
+
+/// MPO over a preference file.
+pub struct MpoObjective {
+    train: Vec<PreferencePair>,
+    eval: Option<Vec<PreferencePair>>,
+    reference: Qwen3ForCausalLM,
+    section: MpoSection,
+    seed: u64,
+    batch_size: usize,
+    grad_accum: usize,
+}
+
+/// One micro-batch's figures, before dividing by the step's totals.
+struct PairSums {
+    /// Σ (w_p·preference + w_q·quality) over pairs + w_g·Σ chosen NLL · pairs / chosen tokens;
+    /// kept as a tensor for the backward pass.
+    objective: Tensor<1>,
+    /// Σ preference, Σ quality, Σ chosen NLL (values).
+    preference: f64,
+    quality: f64,
+    chosen_nll: f64,
+    /// Pairs whose chosen reward beats the rejected one.
+    preferred: usize,
+}
+
+impl MpoObjective {
+    /// Reads the recipe's preference files and loads the reference (the starting checkpoint)
+    /// on the plain device under `device`.
+    pub fn new(
+        recipe: &Recipe,
+        tokenizer: &TextTokenizer,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
+        let load = |path| {
+            load_preferences(
+                path,
+                tokenizer,
+                recipe.data.seq_len,
+                recipe.data.skip_bad_records,
+            )
+            .map(|(pairs, _skipped)| pairs)
+        };
+        let train = load(&recipe.data.train)?;
+        if train.is_empty() {
+            return Err(TrainError::io(&recipe.data.train, "no preference pairs"));
+        }
+        let eval = recipe.data.eval.as_deref().map(load).transpose()?;
+        let (_, reference) = load_qwen3(&recipe.model.checkpoint, device, DType::F32)?;
+        Ok(Self {
+            train,
+            eval,
+            reference: reference.valid(),
+            section: recipe.mpo.clone().unwrap_or_default(),
+            seed: recipe.seed,
+            batch_size: recipe.train.batch_size,
+            grad_accum: recipe.train.grad_accum,
+        })
+    }
+
+    /// The summed figures of `pairs` under `policy`, δ taken from `shift` after folding in
+    /// this micro-batch's mean reward. `step_pairs` and `step_chosen_tokens` are the totals of
+    /// the whole step: `objective / step_pairs` is this micro-batch's share of the step's
+    /// loss, the generation term being a mean over the step's chosen tokens.
+    fn pair_sums(
+        &self,
+        policy: &Qwen3ForCausalLM,
+        pairs: &[&PreferencePair],
+        shift: &mut RunningMean,
+        step_pairs: usize,
+        step_chosen_tokens: usize,
+    ) -> Result<PairSums, TrainError> {
+        let rows: Vec<(&[u32], &[u32])> = pairs
+            .iter()
+            .map(|p| (p.prompt.as_slice(), p.chosen.as_slice()))
+            .chain(
+                pairs
+                    .iter()
+                    .map(|p| (p.prompt.as_slice(), p.rejected.as_slice())),
+            )
+            .collect();
+        let count = pairs.len();
+        let policy_device: Device = policy.devices()[0].clone();
+        let reference_device: Device = self.reference.devices()[0].clone();
+        let policy_tokens = ReplyRows::new(&rows, &policy_device).token_log_probs(policy)?;
+        let reference_sums: Vec<f32> = ReplyRows::new(&rows, &reference_device)
+            .token_log_probs(&self.reference)?
+            .sum_dim(1)
+            .into_data()
+            .try_to_vec::<f32>()
+            .expect("f32 log-probabilities");
+        let reference_sums: Tensor<1> =
+            Tensor::from_data(TensorData::new(reference_sums, [2 * count]), &policy_device);
+        let policy_sums: Tensor<1> = policy_tokens.clone().sum_dim(1).squeeze_dim(1);
+        let reward_values: Vec<f64> = {
+            let values: Vec<f32> = (policy_sums.clone() - reference_sums.clone())
+                .mul_scalar(self.section.beta)
+                .into_data()
+                .try_to_vec::<f32>()
+                .expect("f32 rewards");
+            values.into_iter().map(f64::from).collect()
+        };
+        shift.update(&[reward_values.iter().sum::<f64>() / reward_values.len() as f64]);
+        let halves = |t: Tensor<1>| (t.clone().slice(0..count), t.slice(count..2 * count));
+        let (policy_chosen, policy_rejected) = halves(policy_sums);
+        let (reference_chosen, reference_rejected) = halves(reference_sums);
+        let (preference, quality, _, _) = mpo_loss(
+            policy_chosen.clone(),
+            policy_rejected,
+            reference_chosen,
+            reference_rejected,
+            self.section.beta,
+            shift.mean,
+        );
+        let chosen_nll = policy_chosen.sum().neg();
+        let objective = preference
+            .clone()
+            .sum()
+            .mul_scalar(self.section.preference_weight)
+            + quality
+                .clone()
+                .sum()
+                .mul_scalar(self.section.quality_weight)
+            + chosen_nll.clone().mul_scalar(
+                self.section.sft_weight * step_pairs as f64 / step_chosen_tokens.max(1) as f64,
+            );
+        let preferred = (0..count)
+            .filter(|&i| reward_values[i] > reward_values[count + i])
+            .count();
+        Ok(PairSums {
+            objective,
+            preference: scalar(preference.sum()),
+            quality: scalar(quality.sum()),
+            chosen_nll: scalar(chosen_nll),
+            preferred,
+        })
+    }
+
+    fn combine(
+        &self,
+        preference: f64,
+        quality: f64,
+        chosen_nll: f64,
+        pairs: usize,
+        tokens: usize,
+    ) -> f64 {
+        (self.section.preference_weight * preference + self.section.quality_weight * quality)
+            / pairs.max(1) as f64
+            + self.section.sft_weight * chosen_nll / tokens.max(1) as f64
+    }
+}
+
+impl Objective for MpoObjective {
+    fn step(
+        &self,
+        model: &Qwen3ForCausalLM,
+        state: &mut TrainerState,
+        _step_seed: u64,
+    ) -> Result<StepOutput, TrainError> {
+        let micro_batches: Vec<Vec<&PreferencePair>> = (0..self.grad_accum)
+            .map(|_| {
+                draw_indices(
+                    self.train.len(),
+                    self.seed,
+                    &mut state.data,
+                    self.batch_size,
+                )
+                .into_iter()
+                .map(|i| &self.train[i])
+                .collect()
+            })
+            .collect();
+        let pairs = micro_batches.iter().map(Vec::len).sum::<usize>();
+        let chosen_tokens: usize = micro_batches.iter().flatten().map(|p| p.chosen.len()).sum();
+        let reply_tokens: usize = micro_batches
+            .iter()
+            .flatten()
+            .map(|p| p.chosen.len() + p.rejected.len())
+            .sum();
+        let mut accumulator = GradientsAccumulator::new();
+        let (mut preference, mut quality, mut chosen_nll, mut preferred) = (0.0, 0.0, 0.0, 0);
+        for batch in &micro_batches {
+            let sums =
+                self.pair_sums(model, batch, &mut state.reward_shift, pairs, chosen_tokens)?;
+            let loss = sums.objective.div_scalar(pairs as f64);
+            accumulator.accumulate(model, GradientsParams::from_grads(loss.backward(), model));
+            preference += sums.preference;
+            quality += sums.quality;
+            chosen_nll += sums.chosen_nll;
+            preferred += sums.preferred;
+        }
+        Ok(StepOutput {
+            grads: accumulator.grads(),
+            loss: self.combine(preference, quality, chosen_nll, pairs, chosen_tokens),
+            tokens: reply_tokens,
+            reward: None,
+            preference_accuracy: Some(preferred as f64 / pairs as f64),
+        })
+    }
+
+    fn evaluate(&self, model: &Qwen3ForCausalLM) -> Result<Option<Evaluation>, TrainError> {
+        let Some(eval) = &self.eval else {
+            return Ok(None);
+        };
+        let policy = model.valid();
+        let all: Vec<&PreferencePair> = eval.iter().collect();
+        let chosen_tokens: usize = eval.iter().map(|p| p.chosen.len()).sum();
+        let (mut preference, mut quality, mut chosen_nll, mut preferred) = (0.0, 0.0, 0.0, 0);
+        // Each held-out batch takes its own mean reward as δ, so the figure depends on the
+        // model only, not on how many rewards the training shift has seen.
+        for batch in all.chunks(self.batch_size) {
+            let mut shift = RunningMean::default();
+            let sums = self.pair_sums(&policy, batch, &mut shift, eval.len(), chosen_tokens)?;
+            preference += sums.preference;
+            quality += sums.quality;
+            chosen_nll += sums.chosen_nll;
+            preferred += sums.preferred;
+        }
+        Ok(Some(Evaluation {
+            loss: Some(self.combine(preference, quality, chosen_nll, eval.len(), chosen_tokens)),
+            reward: None,
+            preference_accuracy: Some(preferred as f64 / eval.len() as f64),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(values: &[f64]) -> Tensor<1> {
+        let values: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+        Tensor::from_data(
+            TensorData::new(values.clone(), [values.len()]),
+            &Device::flex(),
+        )
+    }
+
+    fn values(t: Tensor<1>) -> Vec<f64> {
+        t.into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect()
+    }
+
+    /// DPO eq. 7 and BCO's loss written out in f64 from their papers.
+    #[test]
+    fn the_terms_match_the_dpo_and_bco_formulas() {
+        let (pc, pr, rc, rr) = ([-10.0, -3.0], [-12.0, -2.0], [-11.0, -2.5], [-11.5, -2.5]);
+        let (beta, delta) = (0.5, 0.1);
+        let (preference, quality, chosen, rejected) = mpo_loss(
+            tensor(&pc),
+            tensor(&pr),
+            tensor(&rc),
+            tensor(&rr),
+            beta,
+            delta,
+        );
+        let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
+        for (i, ((p, q), (c, r))) in values(preference)
+            .into_iter()
+            .zip(values(quality))
+            .zip(values(chosen).into_iter().zip(values(rejected)))
+            .enumerate()
+        {
+            let want_c = beta * (pc[i] - rc[i]);
+            let want_r = beta * (pr[i] - rr[i]);
+            assert!((c - want_c).abs() < 1e-6 && (r - want_r).abs() < 1e-6);
+            let want_p = -sigmoid(want_c - want_r).ln();
+            let want_q = -sigmoid(want_c - delta).ln() - sigmoid(-(want_r - delta)).ln();
+            assert!((p - want_p).abs() < 1e-6, "preference {p} vs {want_p}");
+            assert!((q - want_q).abs() < 1e-6, "quality {q} vs {want_q}");
+        }
+    }
+
+    #[test]
+    fn the_running_mean_is_the_mean_of_everything_seen() {
+        let mut mean = RunningMean::default();
+        mean.update(&[1.0, 2.0]);
+        mean.update(&[6.0]);
+        assert_eq!(mean.count, 3);
+        assert!((mean.mean - 3.0).abs() < 1e-12);
+    }
+}

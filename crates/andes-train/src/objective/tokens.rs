@@ -1,0 +1,112 @@
+//! The next-token objective of `pretrain`, `sft`, `lora` and `qalft`: packed windows, loss
+//! on their masked targets.
+
+use andes_data::TextTokenizer;
+use andes_model::qwen3::Qwen3ForCausalLM;
+use burn::module::Module;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::Device;
+
+use super::{Evaluation, Objective, StepOutput, scalar};
+use crate::checkpoint::TrainerState;
+use crate::data::{WindowSet, to_batch};
+use crate::error::TrainError;
+use crate::loss::masked_next_token_nll;
+use crate::recipe::Recipe;
+
+/// Mean next-token NLL over a recipe's windows.
+pub struct TokenObjective {
+    train: WindowSet,
+    eval: Option<WindowSet>,
+    seed: u64,
+    batch_size: usize,
+    grad_accum: usize,
+}
+
+impl TokenObjective {
+    /// Reads and packs the recipe's training and held-out files.
+    pub fn new(recipe: &Recipe, tokenizer: &TextTokenizer) -> Result<Self, TrainError> {
+        let (train, _skipped) = WindowSet::load(&recipe.data.train, &recipe.data, tokenizer)?;
+        let eval = match &recipe.data.eval {
+            Some(path) => Some(WindowSet::load(path, &recipe.data, tokenizer)?.0),
+            None => None,
+        };
+        Ok(Self {
+            train,
+            eval,
+            seed: recipe.seed,
+            batch_size: recipe.train.batch_size,
+            grad_accum: recipe.train.grad_accum,
+        })
+    }
+}
+
+impl Objective for TokenObjective {
+    fn step(
+        &self,
+        model: &Qwen3ForCausalLM,
+        state: &mut TrainerState,
+        _step_seed: u64,
+    ) -> Result<StepOutput, TrainError> {
+        let device: Device = model.devices()[0].clone();
+        let micro_batches: Vec<Vec<_>> = (0..self.grad_accum)
+            .map(|_| self.train.draw(self.seed, &mut state.data, self.batch_size))
+            .collect();
+        let step_tokens: usize = micro_batches
+            .iter()
+            .flatten()
+            .map(|w| w.loss_mask[1..].iter().filter(|&&m| m).count())
+            .sum();
+        let mut accumulator = GradientsAccumulator::new();
+        let mut nll_sum = 0.0;
+        for windows in &micro_batches {
+            let batch = to_batch(windows, &device);
+            let logits = model.forward(batch.inputs, &mut model.new_cache())?;
+            let nll = masked_next_token_nll(logits, batch.targets, batch.mask);
+            nll_sum += scalar(nll.clone());
+            let loss = nll.div_scalar(step_tokens.max(1) as f64);
+            accumulator.accumulate(model, GradientsParams::from_grads(loss.backward(), model));
+        }
+        Ok(StepOutput {
+            grads: accumulator.grads(),
+            loss: nll_sum / step_tokens.max(1) as f64,
+            tokens: step_tokens,
+            reward: None,
+            preference_accuracy: None,
+        })
+    }
+
+    fn evaluate(&self, model: &Qwen3ForCausalLM) -> Result<Option<Evaluation>, TrainError> {
+        let Some(set) = &self.eval else {
+            return Ok(None);
+        };
+        Ok(Some(Evaluation {
+            loss: Some(mean_nll(model, set, self.batch_size)?),
+            ..Evaluation::default()
+        }))
+    }
+
+    fn calibration_windows(&self) -> Option<&WindowSet> {
+        Some(&self.train)
+    }
+}
+
+/// Mean NLL per target token over every window of `set`, without gradients.
+pub fn mean_nll(
+    model: &Qwen3ForCausalLM,
+    set: &WindowSet,
+    batch_size: usize,
+) -> Result<f64, TrainError> {
+    let model = model.valid();
+    let device: Device = model.devices()[0].clone();
+    let windows: Vec<_> = set.packed.windows.iter().collect();
+    let mut nll = 0.0;
+    let mut tokens = 0usize;
+    for chunk in windows.chunks(batch_size) {
+        let batch = to_batch(chunk, &device);
+        let logits = model.forward(batch.inputs, &mut model.new_cache())?;
+        nll += scalar(masked_next_token_nll(logits, batch.targets, batch.mask));
+        tokens += batch.target_tokens;
+    }
+    Ok(nll / tokens.max(1) as f64)
+}
