@@ -356,6 +356,67 @@ fn dpo_starts_at_ln_2_against_its_own_reference() {
     );
 }
 
+/// The alignment recipe trains the vision tower and projector of the tiny AndesVL on
+/// image-caption pairs with the language model frozen: every `language_model.*` tensor of the
+/// checkpoint is bit-identical to the starting one, the vision side moved, and the
+/// checkpoint generates from an image on its own.
+#[test]
+fn align_trains_the_vision_side_only_and_the_checkpoint_generates_from_an_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let config = path(&repo("configs/recipes/tiny/align.toml")).to_string();
+    let output = train_command(&["--config", &config, "--out", path(&run), "--quiet"])
+        .args(["--set", "train.steps=6", "--set", "train.eval_every=3"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let history = losses(&run);
+    assert!(
+        history[5].1 < history[0].1,
+        "loss did not fall: {history:?}"
+    );
+    let checkpoint = run.join("checkpoints/step-000006");
+    let before = std::fs::read(repo("fixtures/andesvl-tiny/model.safetensors")).unwrap();
+    let after = std::fs::read(checkpoint.join("model.safetensors")).unwrap();
+    let (before, after) = (
+        safetensors::SafeTensors::deserialize(&before).unwrap(),
+        safetensors::SafeTensors::deserialize(&after).unwrap(),
+    );
+    let mut moved = Vec::new();
+    for (name, tensor) in before.tensors() {
+        let trained = after.tensor(&name).unwrap();
+        if name.starts_with("language_model.") {
+            assert_eq!(tensor.data(), trained.data(), "{name} changed");
+        } else if tensor.data() != trained.data() {
+            moved.push(name);
+        }
+    }
+    assert!(
+        moved.iter().any(|n| n.starts_with("vision_encoder.")),
+        "{moved:?}"
+    );
+    assert!(moved.iter().any(|n| n.starts_with("mlp.")), "{moved:?}");
+    let image = repo("datasets/images/digits/png/0007.png");
+    let out = json_stdout(andes(&[
+        "generate",
+        "--model",
+        path(&checkpoint),
+        "--image",
+        path(&image),
+        "--prompt",
+        "",
+        "--max-new-tokens",
+        "4",
+        "--greedy",
+        "--json",
+    ]));
+    assert!(!out["token_ids"].as_array().unwrap().is_empty());
+}
+
 /// Trains the tiny qalft recipe for `steps` into `run` with extra overrides; panics on failure.
 fn train_qalft(run: &Path, steps: usize, extra: &[&str]) {
     let config = path(&repo("configs/recipes/tiny/qalft.toml")).to_string();

@@ -59,7 +59,8 @@ fn run(command: &mut Command) -> anyhow::Result<()> {
 /// Regenerates the parity fixtures: Qwen3 checkpoints with transformers references, and the
 /// GPTQ reference, the LoRA adapter and the vision towers, projector and preprocessing
 /// (needs `pip install -r scripts/fixtures/requirements.txt`). The GPTQ real-layer
-/// fixture is taken from the tiny pretrain run of `cargo xtask regress` when it exists.
+/// fixture is taken from the tiny pretrain run of `cargo xtask regress` when it exists. Last,
+/// the tiny AndesVL is assembled from the new fixtures.
 fn fixtures(rest: &[&str]) -> anyhow::Result<()> {
     run(Command::new("python3")
         .current_dir(root())
@@ -87,15 +88,34 @@ fn fixtures(rest: &[&str]) -> anyhow::Result<()> {
             "fixtures/vision/images",
             "--out",
             "fixtures/vision",
-        ]))
+        ]))?;
+    assemble_tiny_andesvl()
+}
+
+/// `fixtures/andesvl-tiny`: the tiny AndesVL the alignment recipe starts from, assembled by
+/// `andes assemble` from the tiny Qwen3 and SigLIP2 fixtures (projector seeded).
+fn assemble_tiny_andesvl() -> anyhow::Result<()> {
+    let out = root().join("fixtures/andesvl-tiny");
+    if out.exists() {
+        std::fs::remove_dir_all(&out)?;
+    }
+    run(Command::new("cargo")
+        .current_dir(root())
+        .args(["run", "--quiet", "-p", "andes-cli", "--", "assemble"])
+        .args(["--preset", "configs/models/andesvl-tiny"])
+        .args(["--text", "fixtures/qwen3-tiny-untied-mha-f32"])
+        .args(["--vision", "fixtures/vision/siglip2-tiny"])
+        .args(["--seed", "0", "--out", "fixtures/andesvl-tiny"]))
 }
 
 /// The tiny recipes that regression training runs, in `configs/recipes/tiny/`.
-const REGRESS_RECIPES: [&str; 6] = ["pretrain", "sft", "lora", "qalft", "mpo", "grpo"];
+const REGRESS_RECIPES: [&str; 7] = ["pretrain", "align", "sft", "mpo", "grpo", "lora", "qalft"];
 /// Allowed relative rise of a final loss above its baseline.
 const LOSS_TOLERANCE: f64 = 0.02;
-/// Allowed absolute fall of a final mean reward (a fraction of prompts) below its baseline.
-const REWARD_TOLERANCE: f64 = 0.03;
+/// Allowed absolute fall of a final mean reward (a fraction of prompts) below its baseline:
+/// sampled completions are discrete, so a last-bit difference between CPUs can change a
+/// run's path; a fall this large means learning broke (the tiny GRPO run starts near 0).
+const REWARD_TOLERANCE: f64 = 0.05;
 
 /// Trains every tiny recipe on the CPU and compares its final figures with
 /// `configs/recipes/tiny/baselines.json`: a training or held-out loss above its baseline by
@@ -132,6 +152,10 @@ fn regress(record: bool) -> anyhow::Result<()> {
         if record {
             if let Some(fields) = outcome.as_object_mut() {
                 fields.remove("checkpoint");
+                // A policy-gradient surrogate is no measure of quality; rewards are.
+                if fields["final_reward"].is_number() {
+                    fields.remove("final_loss");
+                }
             }
             baselines.insert(name.into(), outcome);
             continue;

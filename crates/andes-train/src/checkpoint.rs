@@ -6,14 +6,14 @@
 
 use std::path::{Path, PathBuf};
 
-use andes_model::checkpoint::{SaveDtype, save_qwen3, write_atomically};
-use andes_model::qwen3::{Qwen3Config, Qwen3ForCausalLM};
+use andes_model::checkpoint::write_atomically;
 use burn::optim::ModuleOptimizer;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::data::DataPosition;
 use crate::error::TrainError;
+use crate::model::{ModelConfig, TrainModel};
 use crate::objective::RunningMean;
 
 /// File naming the newest complete checkpoint directory.
@@ -44,19 +44,21 @@ pub struct TrainerState {
 /// What a checkpoint holds of the model.
 pub enum ModelFiles<'a> {
     /// The whole model in the Hugging Face layout (stages that train the model's weights).
-    Full(&'a Qwen3ForCausalLM, &'a Qwen3Config),
+    Full(&'a TrainModel, &'a ModelConfig),
     /// Only what an adapter stage trains, written by this function into the directory.
     Adapter(&'a dyn Fn(&Path) -> Result<(), TrainError>),
 }
 
-/// Writes checkpoint `state.step` under `run_dir/checkpoints/`.
+/// Writes checkpoint `state.step` under `run_dir/checkpoints/`, with copies of
+/// `side_files` (the tokenizer, an AndesVL model's image preprocessing) so the checkpoint
+/// loads on its own.
 pub fn save(
     run_dir: &Path,
     model: ModelFiles<'_>,
     optimizer: &ModuleOptimizer,
     state: &TrainerState,
     recipe_toml: &str,
-    tokenizer_file: &Path,
+    side_files: &[PathBuf],
 ) -> Result<PathBuf, TrainError> {
     let root = run_dir.join("checkpoints");
     let name = format!("step-{:06}", state.step);
@@ -67,11 +69,14 @@ pub fn save(
     }
     std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     match model {
-        ModelFiles::Full(model, config) => save_qwen3(model, config, &tmp, SaveDtype::F32)?,
+        ModelFiles::Full(model, config) => model.save(config, &tmp)?,
         ModelFiles::Adapter(write) => write(&tmp)?,
     }
-    let tokenizer = std::fs::read(tokenizer_file).map_err(|e| TrainError::io(tokenizer_file, e))?;
-    write_atomically(&tmp.join("tokenizer.json"), &tokenizer)?;
+    for file in side_files {
+        let bytes = std::fs::read(file).map_err(|e| TrainError::io(file, e))?;
+        let name = file.file_name().expect("side files are files");
+        write_atomically(&tmp.join(name), &bytes)?;
+    }
     let optimizer_path = tmp.join(OPTIMIZER_FILE);
     optimizer
         .save(&optimizer_path)

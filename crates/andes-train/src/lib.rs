@@ -13,6 +13,7 @@ pub mod data;
 pub mod error;
 pub mod loss;
 pub mod metrics;
+pub mod model;
 pub mod objective;
 pub mod optim;
 pub mod plot;

@@ -46,12 +46,13 @@ impl Stage {
         matches!(self, Stage::Mpo | Stage::Grpo)
     }
 
-    /// The data format the stage reads, or `None` when any packed format (text, chat) serves.
-    pub fn data_format(self) -> Option<DataFormat> {
+    /// The data formats the stage reads, for validation and its message.
+    pub fn formats(self) -> &'static [DataFormat] {
         match self {
-            Stage::Mpo => Some(DataFormat::Preference),
-            Stage::Grpo => Some(DataFormat::Prompt),
-            Stage::Pretrain | Stage::Sft | Stage::Lora | Stage::Qalft => None,
+            Stage::Pretrain => &[DataFormat::Text, DataFormat::Chat, DataFormat::ImageCaption],
+            Stage::Sft | Stage::Lora | Stage::Qalft => &[DataFormat::Text, DataFormat::Chat],
+            Stage::Mpo => &[DataFormat::Preference],
+            Stage::Grpo => &[DataFormat::Prompt],
         }
     }
 }
@@ -354,26 +355,16 @@ impl Recipe {
             }
             (None, false) => {}
         }
-        match self.stage.data_format() {
-            Some(format) if format != self.data.format => {
-                return fail(
-                    "data.format",
-                    &format!(
-                        "stage {:?} reads format {format:?}, found {:?}",
-                        self.stage, self.data.format
-                    ),
-                );
-            }
-            None if !self.data.format.is_packed() => {
-                return fail(
-                    "data.format",
-                    &format!(
-                        "stage {:?} reads text or chat, found {:?}",
-                        self.stage, self.data.format
-                    ),
-                );
-            }
-            _ => {}
+        if !self.stage.formats().contains(&self.data.format) {
+            return fail(
+                "data.format",
+                &format!(
+                    "stage {:?} reads {:?}, found {:?}",
+                    self.stage,
+                    self.stage.formats(),
+                    self.data.format
+                ),
+            );
         }
         if self.mpo.is_some() && self.stage != Stage::Mpo {
             return fail("mpo", "[mpo] is read only by stage mpo");
@@ -524,7 +515,11 @@ mod tests {
             .as_table_mut()
             .unwrap()
             .insert("format".into(), "preference".into());
-        assert!(error_of(table).contains("reads text or chat"));
+        let err = error_of(table);
+        assert!(
+            err.contains("reads [Text, Chat], found Preference"),
+            "{err}"
+        );
         let mut table = recipe("sft.toml");
         table.insert("mpo".into(), toml::Value::Table(toml::Table::new()));
         assert!(error_of(table).contains("[mpo] is read only by stage mpo"));

@@ -4,9 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use andes_data::TextTokenizer;
-use andes_model::checkpoint::load_qwen3;
 use andes_model::device::parse_device;
-use burn::tensor::DType;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::adapters::{self, QUANTIZATION_FILE};
@@ -14,10 +12,26 @@ use crate::checkpoint::{self, ModelFiles, RECIPE_FILE, TrainerState};
 use crate::data::DataPosition;
 use crate::error::TrainError;
 use crate::metrics::{self, MetricsLog, StepMetrics};
+use crate::model::TrainModel;
 use crate::objective;
 use crate::optim::{adamw, clip_global_norm, freeze};
 use crate::plot::draw_curves;
 use crate::recipe::Recipe;
+
+/// A checkpoint's tokenizer.
+const TOKENIZER_FILE: &str = "tokenizer.json";
+/// Files besides weights and config that a Hugging Face checkpoint carries when it has them
+/// (tokenizer, its settings, generation defaults, an AndesVL model's image preprocessing);
+/// every checkpoint of a run copies them from the starting one so it loads on its own.
+const SIDE_FILES: [&str; 4] = [
+    TOKENIZER_FILE,
+    "tokenizer_config.json",
+    "generation_config.json",
+    "preprocessor_config.json",
+];
+
+/// Steps whose sample rewards [`TrainOutcome::final_reward`] averages.
+pub const REWARD_WINDOW: usize = 10;
 
 /// How a run ended.
 #[derive(Debug, Clone)]
@@ -29,7 +43,8 @@ pub struct TrainOutcome {
     /// Held-out loss at the end, when the recipe names an eval file and the stage has a loss
     /// to evaluate.
     pub final_eval_loss: Option<f64>,
-    /// Mean reward of the last step's samples (GRPO).
+    /// Mean reward of the samples of the last [`REWARD_WINDOW`] steps (GRPO): one step's
+    /// samples are too few to judge a run by.
     pub final_reward: Option<f64>,
     /// Mean reward of greedy completions of the held-out prompts at the end (GRPO).
     pub final_eval_reward: Option<f64>,
@@ -66,8 +81,7 @@ pub fn train(
         };
         (recipe.model.checkpoint.clone(), state)
     };
-    let tokenizer_file = start_dir.join("tokenizer.json");
-    let tokenizer = TextTokenizer::from_file(&tokenizer_file)?;
+    let tokenizer = TextTokenizer::from_file(&start_dir.join(TOKENIZER_FILE))?;
     let adapter_stage = recipe.stage.trains_adapter();
     // An adapter checkpoint holds the adapter only: the base always comes from the recipe.
     let model_dir = if adapter_stage {
@@ -75,13 +89,25 @@ pub fn train(
     } else {
         &start_dir
     };
-    let (config, model) = load_qwen3(model_dir, &device, DType::F32)?;
+    let (config, model) = TrainModel::load(model_dir, &device)?;
     let (mut model, _frozen) = freeze(model, &recipe.train.freeze);
-    let objective = objective::for_recipe(recipe, &tokenizer, &plain_device)?;
+    let objective = objective::for_recipe(recipe, &tokenizer, &config, &plain_device)?;
+    let side_files: Vec<PathBuf> = SIDE_FILES
+        .iter()
+        .map(|name| start_dir.join(name))
+        .filter(|path| path.exists())
+        .collect();
     if adapter_stage {
+        let TrainModel::Text(text_model) = &mut model else {
+            return Err(TrainError::io(
+                &model_dir.join("config.json"),
+                "stages lora and qalft train adapters on text models; this is an AndesVL \
+                 checkpoint",
+            ));
+        };
         let resume_from = resume.then_some(start_dir.as_path());
         let calibration = objective.calibration_windows();
-        if let Some(summary) = adapters::prepare(&mut model, recipe, calibration, resume_from)? {
+        if let Some(summary) = adapters::prepare(text_model, recipe, calibration, resume_from)? {
             let json = serde_json::to_vec_pretty(&summary).expect("the summary serializes");
             andes_model::checkpoint::write_atomically(&run_dir.join(QUANTIZATION_FILE), &json)?;
             if show_progress {
@@ -160,20 +186,14 @@ pub fn train(
         ));
         progress.inc(1);
         if state.step.is_multiple_of(recipe.train.checkpoint_every) || state.step == total {
-            let write_adapter = |dir: &Path| adapters::save(&model, recipe, dir);
+            let write_adapter = |dir: &Path| adapters::save(model.language_model(), recipe, dir);
             let files = if adapter_stage {
                 ModelFiles::Adapter(&write_adapter)
             } else {
                 ModelFiles::Full(&model, &config)
             };
-            checkpoint_dir = checkpoint::save(
-                run_dir,
-                files,
-                &optimizer,
-                &state,
-                recipe_toml,
-                &tokenizer_file,
-            )?;
+            checkpoint_dir =
+                checkpoint::save(run_dir, files, &optimizer, &state, recipe_toml, &side_files)?;
         }
         last = Some(line);
     }
@@ -186,10 +206,21 @@ pub fn train(
         steps: state.step,
         final_loss: final_line.as_ref().map_or(f64::NAN, |l| l.loss),
         final_eval_loss: field(|l| l.eval_loss),
-        final_reward: field(|l| l.reward),
+        final_reward: mean_recent_reward(&history),
         final_eval_reward: field(|l| l.eval_reward),
         checkpoint: checkpoint_dir,
     })
+}
+
+/// Mean of the per-step rewards of the last [`REWARD_WINDOW`] steps that have one.
+fn mean_recent_reward(history: &[StepMetrics]) -> Option<f64> {
+    let recent: Vec<f64> = history
+        .iter()
+        .rev()
+        .filter_map(|m| m.reward)
+        .take(REWARD_WINDOW)
+        .collect();
+    (!recent.is_empty()).then(|| recent.iter().sum::<f64>() / recent.len() as f64)
 }
 
 /// The generator seed of step `step` of a run seeded with `seed`.

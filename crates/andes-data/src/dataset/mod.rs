@@ -1,5 +1,6 @@
 //! Training data: records read from files, tokenized with loss masks, packed into windows.
 
+mod caption;
 mod conversation;
 mod packing;
 mod preference;
@@ -7,6 +8,7 @@ mod prompt;
 mod records;
 mod text;
 
+pub use caption::{CaptionRecord, load_captions};
 pub use conversation::{Conversation, Message, tokenize_conversation};
 pub use packing::{PackedWindows, TokenWindow};
 pub use preference::{PreferencePair, load_preferences};

@@ -19,6 +19,8 @@ pub enum DataFormat {
     Preference,
     /// JSONL `{"prompt", "answer"}`: prompts with reference answers for stage `grpo`.
     Prompt,
+    /// JSONL `{"image", "caption"}`: image-caption pairs for vision-language pretraining.
+    ImageCaption,
 }
 
 impl DataFormat {
@@ -138,7 +140,7 @@ fn parse_line(
                 "expected {{\"messages\": [{{\"role\", \"content\"}}, ...]}}: {e}"
             ))),
         },
-        (DataFormat::Preference | DataFormat::Prompt, _) => {
+        (DataFormat::Preference | DataFormat::Prompt | DataFormat::ImageCaption, _) => {
             unreachable!("load_sequences refuses formats that are not packed")
         }
     }

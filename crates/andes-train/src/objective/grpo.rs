@@ -10,18 +10,18 @@
 use andes_data::TextTokenizer;
 use andes_data::chat::END_OF_TURN;
 use andes_data::dataset::{PromptExample, load_prompts};
-use andes_model::checkpoint::load_qwen3;
 use andes_model::generate::{Decoding, GenerationRequest, generate};
 use andes_model::qwen3::Qwen3ForCausalLM;
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::{Evaluation, Objective, ReplyRows, StepOutput, scalar};
 use crate::checkpoint::TrainerState;
 use crate::data::draw_indices;
 use crate::error::TrainError;
+use crate::model::TrainModel;
 use crate::recipe::Recipe;
 use crate::reward::RewardFunction;
 
@@ -104,8 +104,11 @@ impl GrpoObjective {
             return Err(TrainError::io(&recipe.data.train, "no prompts"));
         }
         let eval = recipe.data.eval.as_deref().map(load).transpose()?;
-        let (config, reference) = load_qwen3(&recipe.model.checkpoint, device, DType::F32)?;
-        let mut stop_tokens = config.eos_token_id.map(|e| e.to_vec()).unwrap_or_default();
+        let (config, reference) = TrainModel::load(&recipe.model.checkpoint, device)?;
+        let reference = reference.into_language_model();
+        let mut stop_tokens = (config.text_config().eos_token_id.as_ref())
+            .map(|e| e.to_vec())
+            .unwrap_or_default();
         stop_tokens.extend(tokenizer.token_id(END_OF_TURN));
         Ok(Self {
             train,
@@ -203,10 +206,11 @@ pub fn group_advantages(rewards: &[f64], group_size: usize) -> Vec<f64> {
 impl Objective for GrpoObjective {
     fn step(
         &self,
-        model: &Qwen3ForCausalLM,
+        model: &TrainModel,
         state: &mut TrainerState,
         step_seed: u64,
     ) -> Result<StepOutput, TrainError> {
+        let model = model.language_model();
         let policy = model.valid();
         let group_size = self.section.group_size;
         let mut micro_batches = Vec::with_capacity(self.grad_accum);
@@ -251,7 +255,8 @@ impl Objective for GrpoObjective {
         })
     }
 
-    fn evaluate(&self, model: &Qwen3ForCausalLM) -> Result<Option<Evaluation>, TrainError> {
+    fn evaluate(&self, model: &TrainModel) -> Result<Option<Evaluation>, TrainError> {
+        let model = model.language_model();
         let Some(eval) = &self.eval else {
             return Ok(None);
         };

@@ -2,16 +2,18 @@
 //! gradients of one optimizer step, and scores the model on its held-out data. The trainer
 //! around it (optimizer, schedule, clipping, checkpoints, metrics) is the same for all.
 
+mod captions;
 mod grpo;
 mod mpo;
 mod replies;
 mod tokens;
 
 use andes_data::TextTokenizer;
-use andes_model::qwen3::Qwen3ForCausalLM;
+use andes_data::dataset::DataFormat;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 
+pub use captions::{CaptionObjective, image_tokens};
 pub use grpo::group_advantages;
 pub use grpo::{GrpoObjective, GrpoSection};
 pub use mpo::{MpoObjective, MpoSection, RunningMean, mpo_loss};
@@ -21,6 +23,7 @@ pub use tokens::{TokenObjective, mean_nll};
 use crate::checkpoint::TrainerState;
 use crate::data::WindowSet;
 use crate::error::TrainError;
+use crate::model::{ModelConfig, TrainModel};
 use crate::recipe::{Recipe, Stage};
 
 /// The gradients and figures of one optimizer step.
@@ -56,13 +59,13 @@ pub trait Objective {
     /// gradients of the step's loss for `model`. `step_seed` seeds whatever the step samples.
     fn step(
         &self,
-        model: &Qwen3ForCausalLM,
+        model: &TrainModel,
         state: &mut TrainerState,
         step_seed: u64,
     ) -> Result<StepOutput, TrainError>;
 
     /// Scores `model` (without gradients) on the held-out file, when the recipe names one.
-    fn evaluate(&self, model: &Qwen3ForCausalLM) -> Result<Option<Evaluation>, TrainError>;
+    fn evaluate(&self, model: &TrainModel) -> Result<Option<Evaluation>, TrainError>;
 
     /// Training windows for calibrating a quantized base (token objectives only).
     fn calibration_windows(&self) -> Option<&WindowSet> {
@@ -70,14 +73,19 @@ pub trait Objective {
     }
 }
 
-/// The objective of `recipe`'s stage, its data read and tokenized. `device` is the training
-/// (autodiff) device; the reference model of MPO and GRPO is loaded there with gradients off.
+/// The objective of `recipe`'s stage and data format, its data read and tokenized, for a
+/// model of `config`. `device` is the plain (non-autodiff) device under the training device:
+/// the reference model of MPO and GRPO is loaded there.
 pub fn for_recipe(
     recipe: &Recipe,
     tokenizer: &TextTokenizer,
+    config: &ModelConfig,
     device: &Device,
 ) -> Result<Box<dyn Objective>, TrainError> {
     Ok(match recipe.stage {
+        Stage::Pretrain if recipe.data.format == DataFormat::ImageCaption => {
+            Box::new(CaptionObjective::new(recipe, tokenizer, config)?)
+        }
         Stage::Pretrain | Stage::Sft | Stage::Lora | Stage::Qalft => {
             Box::new(TokenObjective::new(recipe, tokenizer)?)
         }

@@ -5,18 +5,18 @@
 
 use andes_data::TextTokenizer;
 use andes_data::dataset::{PreferencePair, load_preferences};
-use andes_model::checkpoint::load_qwen3;
 use andes_model::qwen3::Qwen3ForCausalLM;
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::activation::log_sigmoid;
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::{Evaluation, Objective, ReplyRows, StepOutput, scalar};
 use crate::checkpoint::TrainerState;
 use crate::data::draw_indices;
 use crate::error::TrainError;
+use crate::model::TrainModel;
 use crate::recipe::Recipe;
 
 /// `[mpo]` of a recipe; defaults are InternVL's MPO settings.
@@ -147,7 +147,8 @@ impl MpoObjective {
             return Err(TrainError::io(&recipe.data.train, "no preference pairs"));
         }
         let eval = recipe.data.eval.as_deref().map(load).transpose()?;
-        let (_, reference) = load_qwen3(&recipe.model.checkpoint, device, DType::F32)?;
+        let (_, reference) = TrainModel::load(&recipe.model.checkpoint, device)?;
+        let reference = reference.into_language_model();
         Ok(Self {
             train,
             eval,
@@ -254,10 +255,11 @@ impl MpoObjective {
 impl Objective for MpoObjective {
     fn step(
         &self,
-        model: &Qwen3ForCausalLM,
+        model: &TrainModel,
         state: &mut TrainerState,
         _step_seed: u64,
     ) -> Result<StepOutput, TrainError> {
+        let model = model.language_model();
         let micro_batches: Vec<Vec<&PreferencePair>> = (0..self.grad_accum)
             .map(|_| {
                 draw_indices(
@@ -299,7 +301,8 @@ impl Objective for MpoObjective {
         })
     }
 
-    fn evaluate(&self, model: &Qwen3ForCausalLM) -> Result<Option<Evaluation>, TrainError> {
+    fn evaluate(&self, model: &TrainModel) -> Result<Option<Evaluation>, TrainError> {
+        let model = model.language_model();
         let Some(eval) = &self.eval else {
             return Ok(None);
         };

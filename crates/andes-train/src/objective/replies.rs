@@ -55,7 +55,13 @@ impl ReplyRows {
     /// Log-probability of each reply token under `model` `[rows, len - 1]`, 0 elsewhere.
     pub fn token_log_probs(&self, model: &Qwen3ForCausalLM) -> Result<Tensor<2>, TrainError> {
         let logits = model.forward(self.inputs.clone(), &mut model.new_cache())?;
-        Ok(target_log_probs(logits, self.targets.clone()) * self.mask.clone())
+        Ok(self.log_probs(logits))
+    }
+
+    /// Log-probability of each reply token under `logits` `[rows, len - 1, vocab]` computed
+    /// from `inputs`, 0 elsewhere.
+    pub fn log_probs(&self, logits: Tensor<3>) -> Tensor<2> {
+        target_log_probs(logits, self.targets.clone()) * self.mask.clone()
     }
 }
 

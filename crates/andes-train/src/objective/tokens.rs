@@ -12,6 +12,7 @@ use crate::checkpoint::TrainerState;
 use crate::data::{WindowSet, to_batch};
 use crate::error::TrainError;
 use crate::loss::masked_next_token_nll;
+use crate::model::TrainModel;
 use crate::recipe::Recipe;
 
 /// Mean next-token NLL over a recipe's windows.
@@ -44,10 +45,11 @@ impl TokenObjective {
 impl Objective for TokenObjective {
     fn step(
         &self,
-        model: &Qwen3ForCausalLM,
+        model: &TrainModel,
         state: &mut TrainerState,
         _step_seed: u64,
     ) -> Result<StepOutput, TrainError> {
+        let model = model.language_model();
         let device: Device = model.devices()[0].clone();
         let micro_batches: Vec<Vec<_>> = (0..self.grad_accum)
             .map(|_| self.train.draw(self.seed, &mut state.data, self.batch_size))
@@ -76,7 +78,8 @@ impl Objective for TokenObjective {
         })
     }
 
-    fn evaluate(&self, model: &Qwen3ForCausalLM) -> Result<Option<Evaluation>, TrainError> {
+    fn evaluate(&self, model: &TrainModel) -> Result<Option<Evaluation>, TrainError> {
+        let model = model.language_model();
         let Some(set) = &self.eval else {
             return Ok(None);
         };
