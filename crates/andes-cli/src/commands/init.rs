@@ -1,5 +1,6 @@
-//! `andes init`: a randomly initialised Qwen3 checkpoint of a given shape, for training from
-//! scratch and for benchmarks at real sizes (e.g. `configs/models/qwen3-0.6b.json`).
+//! `andes init`: a randomly initialised Qwen3 checkpoint of a given shape (transformers'
+//! initialisation), for training from scratch and for benchmarks at real sizes (e.g.
+//! `configs/models/qwen3-0.6b.json`).
 
 use std::path::PathBuf;
 
@@ -34,7 +35,7 @@ pub fn run(args: InitArgs) -> anyhow::Result<()> {
     let config = Qwen3Config::from_file(&args.config)?;
     let device = Device::default();
     device.seed(args.seed);
-    let model = Qwen3ForCausalLM::new(&config, &device)?;
+    let model = Qwen3ForCausalLM::new(&config, &device)?.init_like_transformers(&config);
     let dtype = if args.bf16 {
         SaveDtype::Bf16
     } else {

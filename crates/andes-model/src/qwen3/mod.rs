@@ -4,6 +4,7 @@
 mod attention;
 mod block;
 mod config;
+mod init;
 mod mlp;
 
 pub use attention::Attention;
