@@ -417,6 +417,25 @@ fn align_trains_the_vision_side_only_and_the_checkpoint_generates_from_an_image(
     assert!(!out["token_ids"].as_array().unwrap().is_empty());
 }
 
+/// Conversations that show images need a vision-language checkpoint: on the text model the
+/// run stops at the first such record, naming the file and line.
+#[test]
+fn image_conversations_on_a_text_model_name_the_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = path(&repo("configs/recipes/tiny/sft.toml")).to_string();
+    let data = "data.train=datasets/images/digits/chat-train.jsonl";
+    let output = train_command(&["--config", &config, "--out", path(dir.path()), "--quiet"])
+        .args(["--set", data, "--set", "train.steps=1"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("chat-train.jsonl:1:") && stderr.contains("vision-language"),
+        "{stderr}"
+    );
+}
+
 /// Trains the tiny qalft recipe for `steps` into `run` with extra overrides; panics on failure.
 fn train_qalft(run: &Path, steps: usize, extra: &[&str]) {
     let config = path(&repo("configs/recipes/tiny/qalft.toml")).to_string();

@@ -109,9 +109,21 @@ fn assemble_tiny_andesvl() -> anyhow::Result<()> {
 }
 
 /// The tiny recipes that regression training runs, in `configs/recipes/tiny/`.
-const REGRESS_RECIPES: [&str; 7] = ["pretrain", "align", "sft", "mpo", "grpo", "lora", "qalft"];
+const REGRESS_RECIPES: [&str; 8] = [
+    "pretrain",
+    "align",
+    "sft",
+    "sft-vision",
+    "mpo",
+    "grpo",
+    "lora",
+    "qalft",
+];
 /// Allowed relative rise of a final loss above its baseline.
 const LOSS_TOLERANCE: f64 = 0.02;
+/// Allowed absolute rise of a final loss (nats), whatever its size: a loss near 0 (a task
+/// learned) moves by more than 2% with the last bits of another CPU's arithmetic.
+const LOSS_FLOOR: f64 = 0.01;
 /// Allowed absolute fall of a final mean reward (a fraction of prompts) below its baseline:
 /// sampled completions are discrete, so a last-bit difference between CPUs can change a
 /// run's path; a fall this large means learning broke (the tiny GRPO run starts near 0).
@@ -119,8 +131,8 @@ const REWARD_TOLERANCE: f64 = 0.05;
 
 /// Trains every tiny recipe on the CPU and compares its final figures with
 /// `configs/recipes/tiny/baselines.json`: a training or held-out loss above its baseline by
-/// more than [`LOSS_TOLERANCE`] (relative), or a mean reward below its baseline by more than
-/// [`REWARD_TOLERANCE`] (absolute), fails. `--record` rewrites the baselines instead.
+/// more than [`LOSS_TOLERANCE`] (relative) and [`LOSS_FLOOR`] (absolute), or a mean reward
+/// below its baseline by more than [`REWARD_TOLERANCE`] (absolute), fails. `--record` rewrites the baselines instead.
 fn regress(record: bool) -> anyhow::Result<()> {
     run(Command::new("cargo")
         .current_dir(root())
@@ -175,17 +187,17 @@ fn regress(record: bool) -> anyhow::Result<()> {
             };
             let worse = if key.ends_with("reward") {
                 println!(
-                    "{name:9} {key:17} {now:.5} (baseline {then:.5}, {:+.4})",
+                    "{name:10} {key:17} {now:.5} (baseline {then:.5}, {:+.4})",
                     now - then
                 );
                 then - now > REWARD_TOLERANCE
             } else {
                 let drift = (now - then) / then;
                 println!(
-                    "{name:9} {key:17} {now:.5} (baseline {then:.5}, {:+.2}%)",
+                    "{name:10} {key:17} {now:.5} (baseline {then:.5}, {:+.2}%)",
                     drift * 100.0
                 );
-                drift > LOSS_TOLERANCE
+                now - then > (LOSS_TOLERANCE * then).max(LOSS_FLOOR)
             };
             if worse {
                 failures.push(format!("{name} {key}: {now:.5} vs baseline {then:.5}"));
@@ -239,8 +251,38 @@ fn data() -> anyhow::Result<()> {
             &format!("datasets/grpo/gcide-letters-{split}.jsonl"),
             letter_count_records(&senses),
         )?;
+        write_jsonl(
+            &format!("datasets/images/digits/chat-{split}.jsonl"),
+            digit_chat_records(split)?,
+        )?;
     }
     Ok(())
+}
+
+/// Conversations that show an image (SFT of a vision-language model), one per captioned
+/// handwritten digit of `datasets/images/digits/captions-<split>.jsonl`: the user asks which
+/// digit the image shows, the assistant names it as the caption does.
+fn digit_chat_records(split: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    let path = root().join(format!("datasets/images/digits/captions-{split}.jsonl"));
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .map(|line| {
+            let record: serde_json::Value = serde_json::from_str(line)?;
+            let caption = record["caption"].as_str().context("a caption")?;
+            let digit = caption
+                .strip_prefix("A handwritten digit ")
+                .and_then(|rest| rest.strip_suffix('.'))
+                .with_context(|| format!("{}: unexpected caption {caption:?}", path.display()))?;
+            Ok(serde_json::json!({
+                "messages": [
+                    {"role": "user", "content": "<image>\nWhich digit is this?"},
+                    {"role": "assistant", "content": format!("The digit {digit}.")},
+                ],
+                "images": [record["image"]],
+            }))
+        })
+        .collect()
 }
 
 /// The senses of `datasets/gcide/<source>`, in file order; lines without a headword are

@@ -71,14 +71,6 @@ impl WindowSet {
         }
         Ok((Self { packed }, skipped))
     }
-
-    /// The next `count` windows from `position`, crossing into the next epoch when needed.
-    pub fn draw(&self, seed: u64, position: &mut DataPosition, count: usize) -> Vec<&TokenWindow> {
-        draw_indices(self.packed.windows.len(), seed, position, count)
-            .into_iter()
-            .map(|i| &self.packed.windows[i])
-            .collect()
-    }
 }
 
 /// The next `count` indices into `len` examples from `position`: each epoch visits every

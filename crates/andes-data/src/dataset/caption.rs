@@ -39,10 +39,10 @@ pub fn load_captions(
                 )));
             }
         };
-        let image = folder.join(&record.image);
-        if !image.is_file() {
-            return Ok(Err(format!("image {} not found", image.display())));
-        }
+        let image = match resolve_image(folder, &record.image) {
+            Ok(image) => image,
+            Err(message) => return Ok(Err(message)),
+        };
         if record.caption.trim().is_empty() {
             return Ok(Err("the caption is empty".into()));
         }
@@ -51,6 +51,16 @@ pub fn load_captions(
             caption: record.caption,
         }))
     })
+}
+
+/// `image` resolved against `folder`, or a message when no such file exists.
+pub(super) fn resolve_image(folder: &Path, image: &str) -> Result<PathBuf, String> {
+    let path = folder.join(image);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!("image {} not found", path.display()))
+    }
 }
 
 #[cfg(test)]

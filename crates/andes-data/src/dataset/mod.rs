@@ -9,7 +9,10 @@ mod records;
 mod text;
 
 pub use caption::{CaptionRecord, load_captions};
-pub use conversation::{Conversation, Message, tokenize_conversation};
+pub use conversation::{
+    Conversation, ImageChat, ImageConversation, Message, load_image_conversations,
+    tokenize_conversation, tokenize_image_conversation,
+};
 pub use packing::{PackedWindows, TokenWindow};
 pub use preference::{PreferencePair, load_preferences};
 pub use prompt::{PromptExample, load_prompts};

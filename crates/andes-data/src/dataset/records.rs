@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::conversation::CONVERSATION_SHAPE;
 use super::{Conversation, MaskedTokens, tokenize_conversation, tokenize_document};
 use crate::tokenizer::{DataError, TextTokenizer};
 
@@ -136,9 +137,7 @@ fn parse_line(
         },
         (DataFormat::Chat, _) => match serde_json::from_str::<Conversation>(line) {
             Ok(conversation) => tokenize_conversation(tokenizer, &conversation),
-            Err(e) => Ok(Err(format!(
-                "expected {{\"messages\": [{{\"role\", \"content\"}}, ...]}}: {e}"
-            ))),
+            Err(e) => Ok(Err(format!("expected {CONVERSATION_SHAPE}: {e}"))),
         },
         (DataFormat::Preference | DataFormat::Prompt | DataFormat::ImageCaption, _) => {
             unreachable!("load_sequences refuses formats that are not packed")

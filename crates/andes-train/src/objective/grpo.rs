@@ -13,13 +13,12 @@ use andes_data::dataset::{PromptExample, load_prompts};
 use andes_model::generate::{Decoding, GenerationRequest, generate};
 use andes_model::qwen3::Qwen3ForCausalLM;
 use burn::module::Module;
-use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::optim::GradientsAccumulator;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::{Evaluation, Objective, ReplyRows, StepOutput, scalar};
+use super::{Evaluation, Objective, ReplyRows, StepOutput, accumulate_share, draw_micro_batches};
 use crate::checkpoint::TrainerState;
-use crate::data::draw_indices;
 use crate::error::TrainError;
 use crate::model::TrainModel;
 use crate::recipe::Recipe;
@@ -213,16 +212,18 @@ impl Objective for GrpoObjective {
         let model = model.language_model();
         let policy = model.valid();
         let group_size = self.section.group_size;
-        let mut micro_batches = Vec::with_capacity(self.grad_accum);
         let mut slot = 0u64;
-        for _ in 0..self.grad_accum {
+        let mut micro_batches = Vec::with_capacity(self.grad_accum);
+        let prompts = draw_micro_batches(
+            &self.train,
+            self.seed,
+            state,
+            self.batch_size,
+            self.grad_accum,
+        );
+        for batch in prompts {
             let mut rollouts = Vec::new();
-            for index in draw_indices(
-                self.train.len(),
-                self.seed,
-                &mut state.data,
-                self.batch_size,
-            ) {
+            for example in batch {
                 for _ in 0..group_size {
                     let decoding = Decoding::Sample {
                         temperature: self.section.temperature as f32,
@@ -231,7 +232,7 @@ impl Objective for GrpoObjective {
                         seed: step_seed ^ slot.wrapping_mul(0x2545_F491_4F6C_DD1D),
                     };
                     slot += 1;
-                    rollouts.push(self.rollout(&policy, &self.train[index], decoding)?);
+                    rollouts.push(self.rollout(&policy, example, decoding)?);
                 }
             }
             micro_batches.push(rollouts);
@@ -240,15 +241,14 @@ impl Objective for GrpoObjective {
         let mut accumulator = GradientsAccumulator::new();
         let mut loss_sum = 0.0;
         for rollouts in &micro_batches {
-            let loss = self.group_loss(model, rollouts)?.div_scalar(sequences);
-            loss_sum += scalar(loss.clone());
-            accumulator.accumulate(model, GradientsParams::from_grads(loss.backward(), model));
+            let summed = self.group_loss(model, rollouts)?;
+            loss_sum += accumulate_share(&mut accumulator, model, summed, sequences);
         }
         let all = micro_batches.iter().flatten();
         let reward = all.clone().map(|r| r.reward).sum::<f64>() / sequences;
         Ok(StepOutput {
             grads: accumulator.grads(),
-            loss: loss_sum,
+            loss: loss_sum / sequences,
             tokens: all.map(|r| r.completion.len()).sum(),
             reward: Some(reward),
             preference_accuracy: None,

@@ -2,26 +2,27 @@
 //! gradients of one optimizer step, and scores the model on its held-out data. The trainer
 //! around it (optimizer, schedule, clipping, checkpoints, metrics) is the same for all.
 
-mod captions;
 mod grpo;
 mod mpo;
 mod replies;
 mod tokens;
+mod vision;
 
 use andes_data::TextTokenizer;
 use andes_data::dataset::DataFormat;
-use burn::optim::GradientsParams;
+use burn::module::Module;
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor};
 
-pub use captions::{CaptionObjective, image_tokens};
 pub use grpo::group_advantages;
 pub use grpo::{GrpoObjective, GrpoSection};
 pub use mpo::{MpoObjective, MpoSection, RunningMean, mpo_loss};
 pub use replies::ReplyRows;
 pub use tokens::{TokenObjective, mean_nll};
+pub use vision::{VisionObjective, image_tokens};
 
 use crate::checkpoint::TrainerState;
-use crate::data::WindowSet;
+use crate::data::{WindowSet, draw_indices};
 use crate::error::TrainError;
 use crate::model::{ModelConfig, TrainModel};
 use crate::recipe::{Recipe, Stage};
@@ -83,8 +84,12 @@ pub fn for_recipe(
     device: &Device,
 ) -> Result<Box<dyn Objective>, TrainError> {
     Ok(match recipe.stage {
-        Stage::Pretrain if recipe.data.format == DataFormat::ImageCaption => {
-            Box::new(CaptionObjective::new(recipe, tokenizer, config)?)
+        Stage::Pretrain | Stage::Sft
+            if recipe.data.format == DataFormat::ImageCaption
+                || (recipe.data.format == DataFormat::Chat
+                    && matches!(config, ModelConfig::VisionLanguage(_))) =>
+        {
+            Box::new(VisionObjective::new(recipe, tokenizer, config)?)
         }
         Stage::Pretrain | Stage::Sft | Stage::Lora | Stage::Qalft => {
             Box::new(TokenObjective::new(recipe, tokenizer)?)
@@ -94,7 +99,40 @@ pub fn for_recipe(
     })
 }
 
-/// Mean of a one-element tensor's value, read back as f64.
+/// The value of a one-element tensor, read back as f64.
 fn scalar(tensor: Tensor<1>) -> f64 {
     tensor.into_scalar::<f64>()
+}
+
+/// The next `grad_accum` micro-batches of `batch_size` examples each, drawn from `state.data`
+/// onward in the run's seeded order (advancing it).
+fn draw_micro_batches<'a, T>(
+    examples: &'a [T],
+    seed: u64,
+    state: &mut TrainerState,
+    batch_size: usize,
+    grad_accum: usize,
+) -> Vec<Vec<&'a T>> {
+    (0..grad_accum)
+        .map(|_| {
+            draw_indices(examples.len(), seed, &mut state.data, batch_size)
+                .into_iter()
+                .map(|i| &examples[i])
+                .collect()
+        })
+        .collect()
+}
+
+/// Adds to `accumulator` the gradients of one micro-batch's share `sum / step_count` of the
+/// step's mean loss (so that accumulation leaves the mean unchanged); returns `sum`'s value.
+fn accumulate_share<M: Module>(
+    accumulator: &mut GradientsAccumulator<M>,
+    model: &M,
+    sum: Tensor<1>,
+    step_count: f64,
+) -> f64 {
+    let value = scalar(sum.clone());
+    let share = sum.div_scalar(step_count.max(1.0));
+    accumulator.accumulate(model, GradientsParams::from_grads(share.backward(), model));
+    value
 }

@@ -7,14 +7,15 @@ use andes_data::TextTokenizer;
 use andes_data::dataset::{PreferencePair, load_preferences};
 use andes_model::qwen3::Qwen3ForCausalLM;
 use burn::module::Module;
-use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::optim::GradientsAccumulator;
 use burn::tensor::activation::log_sigmoid;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::{Evaluation, Objective, ReplyRows, StepOutput, scalar};
+use super::{
+    Evaluation, Objective, ReplyRows, StepOutput, accumulate_share, draw_micro_batches, scalar,
+};
 use crate::checkpoint::TrainerState;
-use crate::data::draw_indices;
 use crate::error::TrainError;
 use crate::model::TrainModel;
 use crate::recipe::Recipe;
@@ -260,19 +261,13 @@ impl Objective for MpoObjective {
         _step_seed: u64,
     ) -> Result<StepOutput, TrainError> {
         let model = model.language_model();
-        let micro_batches: Vec<Vec<&PreferencePair>> = (0..self.grad_accum)
-            .map(|_| {
-                draw_indices(
-                    self.train.len(),
-                    self.seed,
-                    &mut state.data,
-                    self.batch_size,
-                )
-                .into_iter()
-                .map(|i| &self.train[i])
-                .collect()
-            })
-            .collect();
+        let micro_batches = draw_micro_batches(
+            &self.train,
+            self.seed,
+            state,
+            self.batch_size,
+            self.grad_accum,
+        );
         let pairs = micro_batches.iter().map(Vec::len).sum::<usize>();
         let chosen_tokens: usize = micro_batches.iter().flatten().map(|p| p.chosen.len()).sum();
         let reply_tokens: usize = micro_batches
@@ -285,8 +280,7 @@ impl Objective for MpoObjective {
         for batch in &micro_batches {
             let sums =
                 self.pair_sums(model, batch, &mut state.reward_shift, pairs, chosen_tokens)?;
-            let loss = sums.objective.div_scalar(pairs as f64);
-            accumulator.accumulate(model, GradientsParams::from_grads(loss.backward(), model));
+            accumulate_share(&mut accumulator, model, sums.objective, pairs as f64);
             preference += sums.preference;
             quality += sums.quality;
             chosen_nll += sums.chosen_nll;

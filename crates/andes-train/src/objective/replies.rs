@@ -23,22 +23,32 @@ pub struct ReplyRows {
 impl ReplyRows {
     /// Stacks `(prompt, reply)` pairs; every reply has at least one token.
     pub fn new(rows: &[(&[u32], &[u32])], device: &Device) -> Self {
-        let len = rows
+        let masked: Vec<(Vec<u32>, Vec<bool>)> = rows
             .iter()
-            .map(|(prompt, reply)| prompt.len() + reply.len())
-            .max()
-            .unwrap_or(2);
-        let width = len - 1;
+            .map(|(prompt, reply)| {
+                let ids = prompt.iter().chain(reply.iter()).copied().collect();
+                let mask = (0..prompt.len() + reply.len())
+                    .map(|i| i >= prompt.len())
+                    .collect();
+                (ids, mask)
+            })
+            .collect();
+        Self::masked(&masked, device)
+    }
+
+    /// Stacks token rows whose `mask` marks the tokens to score (the reply tokens); a row's
+    /// first token is never scored (nothing predicts it).
+    pub fn masked(rows: &[(Vec<u32>, Vec<bool>)], device: &Device) -> Self {
+        let width = rows.iter().map(|(ids, _)| ids.len()).max().unwrap_or(2) - 1;
         let mut inputs = vec![0i64; rows.len() * width];
         let mut targets = vec![0i64; rows.len() * width];
         let mut mask = vec![0f32; rows.len() * width];
-        for (row, (prompt, reply)) in rows.iter().enumerate() {
-            let ids: Vec<u32> = prompt.iter().chain(reply.iter()).copied().collect();
+        for (row, (ids, scored)) in rows.iter().enumerate() {
             let base = row * width;
             for position in 0..ids.len() - 1 {
                 inputs[base + position] = ids[position] as i64;
                 targets[base + position] = ids[position + 1] as i64;
-                if position + 1 >= prompt.len() {
+                if scored[position + 1] {
                     mask[base + position] = 1.0;
                 }
             }
@@ -48,7 +58,10 @@ impl ReplyRows {
             inputs: Tensor::from_data(TensorData::new(inputs, shape), device),
             targets: Tensor::from_data(TensorData::new(targets, shape), device),
             mask: Tensor::from_data(TensorData::new(mask, shape), device),
-            reply_tokens: rows.iter().map(|(_, reply)| reply.len()).collect(),
+            reply_tokens: rows
+                .iter()
+                .map(|(_, scored)| scored[1..].iter().filter(|&&m| m).count())
+                .collect(),
         }
     }
 

@@ -4,10 +4,10 @@
 use andes_data::TextTokenizer;
 use andes_model::qwen3::Qwen3ForCausalLM;
 use burn::module::Module;
-use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::optim::GradientsAccumulator;
 use burn::tensor::Device;
 
-use super::{Evaluation, Objective, StepOutput, scalar};
+use super::{Evaluation, Objective, StepOutput, accumulate_share, draw_micro_batches, scalar};
 use crate::checkpoint::TrainerState;
 use crate::data::{WindowSet, to_batch};
 use crate::error::TrainError;
@@ -51,9 +51,13 @@ impl Objective for TokenObjective {
     ) -> Result<StepOutput, TrainError> {
         let model = model.language_model();
         let device: Device = model.devices()[0].clone();
-        let micro_batches: Vec<Vec<_>> = (0..self.grad_accum)
-            .map(|_| self.train.draw(self.seed, &mut state.data, self.batch_size))
-            .collect();
+        let micro_batches = draw_micro_batches(
+            &self.train.packed.windows,
+            self.seed,
+            state,
+            self.batch_size,
+            self.grad_accum,
+        );
         let step_tokens: usize = micro_batches
             .iter()
             .flatten()
@@ -65,9 +69,7 @@ impl Objective for TokenObjective {
             let batch = to_batch(windows, &device);
             let logits = model.forward(batch.inputs, &mut model.new_cache())?;
             let nll = masked_next_token_nll(logits, batch.targets, batch.mask);
-            nll_sum += scalar(nll.clone());
-            let loss = nll.div_scalar(step_tokens.max(1) as f64);
-            accumulator.accumulate(model, GradientsParams::from_grads(loss.backward(), model));
+            nll_sum += accumulate_share(&mut accumulator, model, nll, step_tokens as f64);
         }
         Ok(StepOutput {
             grads: accumulator.grads(),
