@@ -17,7 +17,7 @@ use burn::optim::GradientsAccumulator;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::{Evaluation, Objective, ReplyRows, StepOutput, accumulate_share, draw_micro_batches};
+use super::{Evaluation, Objective, ReplyRows, StepBatches, StepOutput, accumulate_share};
 use crate::checkpoint::TrainerState;
 use crate::error::TrainError;
 use crate::model::TrainModel;
@@ -76,9 +76,7 @@ pub struct GrpoObjective {
     tokenizer: TextTokenizer,
     stop_tokens: Vec<u32>,
     section: GrpoSection,
-    seed: u64,
-    batch_size: usize,
-    grad_accum: usize,
+    batches: StepBatches,
 }
 
 impl GrpoObjective {
@@ -116,9 +114,7 @@ impl GrpoObjective {
             tokenizer: tokenizer.clone(),
             stop_tokens,
             section,
-            seed: recipe.seed,
-            batch_size: recipe.train.batch_size,
-            grad_accum: recipe.train.grad_accum,
+            batches: StepBatches::of(recipe),
         })
     }
 
@@ -213,14 +209,8 @@ impl Objective for GrpoObjective {
         let policy = model.valid();
         let group_size = self.section.group_size;
         let mut slot = 0u64;
-        let mut micro_batches = Vec::with_capacity(self.grad_accum);
-        let prompts = draw_micro_batches(
-            &self.train,
-            self.seed,
-            state,
-            self.batch_size,
-            self.grad_accum,
-        );
+        let mut micro_batches = Vec::new();
+        let prompts = self.batches.draw(&self.train, state);
         for batch in prompts {
             let mut rollouts = Vec::new();
             for example in batch {

@@ -104,23 +104,35 @@ fn scalar(tensor: Tensor<1>) -> f64 {
     tensor.into_scalar::<f64>()
 }
 
-/// The next `grad_accum` micro-batches of `batch_size` examples each, drawn from `state.data`
-/// onward in the run's seeded order (advancing it).
-fn draw_micro_batches<'a, T>(
-    examples: &'a [T],
+/// How a step draws its examples: `grad_accum` micro-batches of `batch_size` each, in the
+/// run's seeded order.
+#[derive(Debug, Clone, Copy)]
+struct StepBatches {
     seed: u64,
-    state: &mut TrainerState,
     batch_size: usize,
     grad_accum: usize,
-) -> Vec<Vec<&'a T>> {
-    (0..grad_accum)
-        .map(|_| {
-            draw_indices(examples.len(), seed, &mut state.data, batch_size)
-                .into_iter()
-                .map(|i| &examples[i])
-                .collect()
-        })
-        .collect()
+}
+
+impl StepBatches {
+    fn of(recipe: &Recipe) -> Self {
+        Self {
+            seed: recipe.seed,
+            batch_size: recipe.train.batch_size,
+            grad_accum: recipe.train.grad_accum,
+        }
+    }
+
+    /// The step's micro-batches, drawn from `state.data` onward (advancing it).
+    fn draw<'a, T>(&self, examples: &'a [T], state: &mut TrainerState) -> Vec<Vec<&'a T>> {
+        (0..self.grad_accum)
+            .map(|_| {
+                draw_indices(examples.len(), self.seed, &mut state.data, self.batch_size)
+                    .into_iter()
+                    .map(|i| &examples[i])
+                    .collect()
+            })
+            .collect()
+    }
 }
 
 /// Adds to `accumulator` the gradients of one micro-batch's share `sum / step_count` of the

@@ -12,9 +12,7 @@ use burn::tensor::activation::log_sigmoid;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::{
-    Evaluation, Objective, ReplyRows, StepOutput, accumulate_share, draw_micro_batches, scalar,
-};
+use super::{Evaluation, Objective, ReplyRows, StepBatches, StepOutput, accumulate_share, scalar};
 use crate::checkpoint::TrainerState;
 use crate::error::TrainError;
 use crate::model::TrainModel;
@@ -108,9 +106,7 @@ pub struct MpoObjective {
     eval: Option<Vec<PreferencePair>>,
     reference: Qwen3ForCausalLM,
     section: MpoSection,
-    seed: u64,
-    batch_size: usize,
-    grad_accum: usize,
+    batches: StepBatches,
 }
 
 /// One micro-batch's figures, before dividing by the step's totals.
@@ -155,9 +151,7 @@ impl MpoObjective {
             eval,
             reference: reference.valid(),
             section: recipe.mpo.clone().unwrap_or_default(),
-            seed: recipe.seed,
-            batch_size: recipe.train.batch_size,
-            grad_accum: recipe.train.grad_accum,
+            batches: StepBatches::of(recipe),
         })
     }
 
@@ -261,13 +255,7 @@ impl Objective for MpoObjective {
         _step_seed: u64,
     ) -> Result<StepOutput, TrainError> {
         let model = model.language_model();
-        let micro_batches = draw_micro_batches(
-            &self.train,
-            self.seed,
-            state,
-            self.batch_size,
-            self.grad_accum,
-        );
+        let micro_batches = self.batches.draw(&self.train, state);
         let pairs = micro_batches.iter().map(Vec::len).sum::<usize>();
         let chosen_tokens: usize = micro_batches.iter().flatten().map(|p| p.chosen.len()).sum();
         let reply_tokens: usize = micro_batches
@@ -306,7 +294,7 @@ impl Objective for MpoObjective {
         let (mut preference, mut quality, mut chosen_nll, mut preferred) = (0.0, 0.0, 0.0, 0);
         // Each held-out batch takes its own mean reward as δ, so the figure depends on the
         // model only, not on how many rewards the training shift has seen.
-        for batch in all.chunks(self.batch_size) {
+        for batch in all.chunks(self.batches.batch_size) {
             let mut shift = RunningMean::default();
             let sums = self.pair_sums(&policy, batch, &mut shift, eval.len(), chosen_tokens)?;
             preference += sums.preference;

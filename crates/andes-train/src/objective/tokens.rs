@@ -7,7 +7,7 @@ use burn::module::Module;
 use burn::optim::GradientsAccumulator;
 use burn::tensor::Device;
 
-use super::{Evaluation, Objective, StepOutput, accumulate_share, draw_micro_batches, scalar};
+use super::{Evaluation, Objective, StepBatches, StepOutput, accumulate_share, scalar};
 use crate::checkpoint::TrainerState;
 use crate::data::{WindowSet, to_batch};
 use crate::error::TrainError;
@@ -19,9 +19,7 @@ use crate::recipe::Recipe;
 pub struct TokenObjective {
     train: WindowSet,
     eval: Option<WindowSet>,
-    seed: u64,
-    batch_size: usize,
-    grad_accum: usize,
+    batches: StepBatches,
 }
 
 impl TokenObjective {
@@ -35,9 +33,7 @@ impl TokenObjective {
         Ok(Self {
             train,
             eval,
-            seed: recipe.seed,
-            batch_size: recipe.train.batch_size,
-            grad_accum: recipe.train.grad_accum,
+            batches: StepBatches::of(recipe),
         })
     }
 }
@@ -51,13 +47,7 @@ impl Objective for TokenObjective {
     ) -> Result<StepOutput, TrainError> {
         let model = model.language_model();
         let device: Device = model.devices()[0].clone();
-        let micro_batches = draw_micro_batches(
-            &self.train.packed.windows,
-            self.seed,
-            state,
-            self.batch_size,
-            self.grad_accum,
-        );
+        let micro_batches = self.batches.draw(&self.train.packed.windows, state);
         let step_tokens: usize = micro_batches
             .iter()
             .flatten()
@@ -86,7 +76,7 @@ impl Objective for TokenObjective {
             return Ok(None);
         };
         Ok(Some(Evaluation {
-            loss: Some(mean_nll(model, set, self.batch_size)?),
+            loss: Some(mean_nll(model, set, self.batches.batch_size)?),
             ..Evaluation::default()
         }))
     }

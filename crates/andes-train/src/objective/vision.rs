@@ -17,9 +17,7 @@ use burn::module::Module;
 use burn::optim::GradientsAccumulator;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::{
-    Evaluation, Objective, ReplyRows, StepOutput, accumulate_share, draw_micro_batches, scalar,
-};
+use super::{Evaluation, Objective, ReplyRows, StepBatches, StepOutput, accumulate_share, scalar};
 use crate::checkpoint::TrainerState;
 use crate::data::END_OF_TEXT;
 use crate::error::TrainError;
@@ -68,9 +66,7 @@ pub struct VisionObjective {
     image_tokens: ImageTokens,
     end_of_text: u32,
     seq_len: usize,
-    seed: u64,
-    batch_size: usize,
-    grad_accum: usize,
+    batches: StepBatches,
 }
 
 impl VisionObjective {
@@ -126,9 +122,7 @@ impl VisionObjective {
             image_tokens: image_tokens(config),
             end_of_text,
             seq_len: recipe.data.seq_len,
-            seed: recipe.seed,
-            batch_size: recipe.train.batch_size,
-            grad_accum: recipe.train.grad_accum,
+            batches: StepBatches::of(recipe),
         })
     }
 
@@ -250,16 +244,12 @@ impl Objective for VisionObjective {
         _step_seed: u64,
     ) -> Result<StepOutput, TrainError> {
         let model = vision_language(model);
-        let micro_batches = draw_micro_batches(
-            &self.train,
-            self.seed,
-            state,
-            self.batch_size,
-            self.grad_accum,
-        )
-        .iter()
-        .map(|examples| self.rows(model, examples))
-        .collect::<Result<Vec<_>, _>>()?;
+        let micro_batches = self
+            .batches
+            .draw(&self.train, state)
+            .iter()
+            .map(|examples| self.rows(model, examples))
+            .collect::<Result<Vec<_>, _>>()?;
         let tokens: usize = micro_batches.iter().flatten().map(scored_tokens).sum();
         let mut accumulator = GradientsAccumulator::new();
         let mut nll_sum = 0.0;
@@ -283,7 +273,7 @@ impl Objective for VisionObjective {
         let model = vision_language(model).valid();
         let (mut nll, mut tokens) = (0.0, 0usize);
         let examples: Vec<&VisualExample> = eval.iter().collect();
-        for chunk in examples.chunks(self.batch_size) {
+        for chunk in examples.chunks(self.batches.batch_size) {
             let rows = self.rows(&model, chunk)?;
             tokens += rows.iter().map(scored_tokens).sum::<usize>();
             nll += scalar(Self::nll(&model, rows)?);
