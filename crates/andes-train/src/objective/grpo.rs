@@ -264,7 +264,96 @@ impl Objective for GrpoObjective {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
+    use burn::module::{ModuleVisitor, Param};
+    use burn::optim::GradientsParams;
+
     use super::*;
+    use crate::model::TrainModel;
+
+    /// Every gradient of `a` and `b` on `model`'s parameters: (largest difference, largest
+    /// magnitude).
+    fn gradient_gap(
+        model: &Qwen3ForCausalLM,
+        a: &GradientsParams,
+        b: &GradientsParams,
+    ) -> (f64, f64) {
+        struct Gap<'a>(&'a GradientsParams, &'a GradientsParams, f64, f64);
+        impl ModuleVisitor for Gap<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                let (Some(a), Some(b)) = (self.0.get::<D>(param.id), self.1.get::<D>(param.id))
+                else {
+                    return;
+                };
+                self.2 = self.2.max((a - b.clone()).abs().max().into_scalar::<f64>());
+                self.3 = self.3.max(b.abs().max().into_scalar::<f64>());
+            }
+        }
+        let mut gap = Gap(a, b, 0.0, 0.0);
+        model.visit(&mut gap);
+        (gap.2, gap.3)
+    }
+
+    /// On-policy (the model is its reference, one update per batch) the clipped ratio is 1 and
+    /// the k3 KL has zero gradient, so GRPO's gradient must be REINFORCE's with group-normalised
+    /// advantages, each sequence's log-likelihood averaged over its tokens: written here
+    /// directly from DeepSeekMath's eq. 21 and compared parameter by parameter.
+    #[test]
+    fn on_policy_the_gradient_is_reinforce_with_group_advantages() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let fixture = root.join("fixtures/qwen3-tiny-untied-mha-f32");
+        let prompts = root.join("datasets/grpo/gcide-letters-eval.jsonl");
+        let overrides = [
+            format!("model.checkpoint={}", fixture.display()),
+            format!("data.train={}", prompts.display()),
+            format!("data.eval={}", prompts.display()),
+            "grpo.group_size=4".to_string(),
+        ];
+        let recipe =
+            Recipe::load(&root.join("configs/recipes/tiny/grpo.toml"), &overrides).unwrap();
+        let tokenizer = TextTokenizer::from_model_dir(&fixture).unwrap();
+        let device = Device::flex();
+        let objective = GrpoObjective::new(&recipe, &tokenizer, &device).unwrap();
+        let (_, policy) = TrainModel::load(&fixture, &device.clone().autodiff()).unwrap();
+        let policy = policy.into_language_model();
+        let prompt = objective.train[0].prompt.as_slice();
+        let completions: [&[u32]; 4] = [&[40, 41, 42], &[43, 44], &[45], &[46, 47, 48, 49]];
+        let rewards = [1.0, 0.0, 0.0, 1.0];
+        let rollouts: Vec<Rollout<'_>> = completions
+            .iter()
+            .zip(rewards)
+            .map(|(completion, reward)| Rollout {
+                prompt,
+                completion: completion.to_vec(),
+                reward,
+            })
+            .collect();
+        let n = rollouts.len() as f64;
+        let grpo = objective
+            .group_loss(&policy, &rollouts)
+            .unwrap()
+            .div_scalar(n);
+        let grpo = GradientsParams::from_grads(grpo.backward(), &policy);
+
+        let rows: Vec<(&[u32], &[u32])> = completions.iter().map(|c| (prompt, *c)).collect();
+        let rows = ReplyRows::new(&rows, &policy.devices()[0]);
+        let weights: Vec<f32> = group_advantages(&rewards, 4)
+            .iter()
+            .zip(&completions)
+            .map(|(a, c)| (-a / c.len() as f64 / n) as f32)
+            .collect();
+        let weights: Tensor<2> =
+            Tensor::from_data(TensorData::new(weights, [4, 1]), &policy.devices()[0]);
+        let reinforce = (rows.token_log_probs(&policy).unwrap() * weights).sum();
+        let reinforce = GradientsParams::from_grads(reinforce.backward(), &policy);
+        let (gap, scale) = gradient_gap(&policy, &grpo, &reinforce);
+        assert!(scale > 1e-4, "no gradient at all");
+        assert!(
+            gap <= 1e-5 * scale,
+            "largest gradient difference {gap} of {scale}"
+        );
+    }
 
     #[test]
     fn advantages_are_normalised_within_each_group() {
