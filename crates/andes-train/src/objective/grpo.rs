@@ -264,36 +264,11 @@ impl Objective for GrpoObjective {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
-    use burn::module::{ModuleVisitor, Param};
     use burn::optim::GradientsParams;
 
     use super::*;
     use crate::model::TrainModel;
-
-    /// Every gradient of `a` and `b` on `model`'s parameters: (largest difference, largest
-    /// magnitude).
-    fn gradient_gap(
-        model: &Qwen3ForCausalLM,
-        a: &GradientsParams,
-        b: &GradientsParams,
-    ) -> (f64, f64) {
-        struct Gap<'a>(&'a GradientsParams, &'a GradientsParams, f64, f64);
-        impl ModuleVisitor for Gap<'_> {
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-                let (Some(a), Some(b)) = (self.0.get::<D>(param.id), self.1.get::<D>(param.id))
-                else {
-                    return;
-                };
-                self.2 = self.2.max((a - b.clone()).abs().max().into_scalar::<f64>());
-                self.3 = self.3.max(b.abs().max().into_scalar::<f64>());
-            }
-        }
-        let mut gap = Gap(a, b, 0.0, 0.0);
-        model.visit(&mut gap);
-        (gap.2, gap.3)
-    }
+    use crate::objective::tests::{gradient_gap, tiny_recipe};
 
     /// On-policy (the model is its reference, one update per batch) the clipped ratio is 1 and
     /// the k3 KL has zero gradient, so GRPO's gradient must be REINFORCE's with group-normalised
@@ -301,18 +276,8 @@ mod tests {
     /// directly from DeepSeekMath's eq. 21 and compared parameter by parameter.
     #[test]
     fn on_policy_the_gradient_is_reinforce_with_group_advantages() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let fixture = root.join("fixtures/qwen3-tiny-untied-mha-f32");
-        let prompts = root.join("datasets/grpo/gcide-letters-eval.jsonl");
-        let overrides = [
-            format!("model.checkpoint={}", fixture.display()),
-            format!("data.train={}", prompts.display()),
-            format!("data.eval={}", prompts.display()),
-            "grpo.group_size=4".to_string(),
-        ];
-        let recipe =
-            Recipe::load(&root.join("configs/recipes/tiny/grpo.toml"), &overrides).unwrap();
-        let tokenizer = TextTokenizer::from_model_dir(&fixture).unwrap();
+        let (recipe, tokenizer) = tiny_recipe("grpo", "datasets/grpo/gcide-letters-eval.jsonl");
+        let fixture = recipe.model.checkpoint.clone();
         let device = Device::flex();
         let objective = GrpoObjective::new(&recipe, &tokenizer, &device).unwrap();
         let (_, policy) = TrainModel::load(&fixture, &device.clone().autodiff()).unwrap();

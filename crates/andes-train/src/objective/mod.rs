@@ -148,3 +148,55 @@ fn accumulate_share<M: Module>(
     accumulator.accumulate(model, GradientsParams::from_grads(share.backward(), model));
     value
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::path::Path;
+
+    use andes_model::qwen3::Qwen3ForCausalLM;
+    use burn::module::{ModuleVisitor, Param};
+
+    use super::*;
+
+    /// The tiny recipe `name` with its data (train and eval) replaced by `data` and every path
+    /// absolute, and the tiny model's tokenizer; group size 4 for GRPO.
+    pub(crate) fn tiny_recipe(name: &str, data: &str) -> (Recipe, TextTokenizer) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let fixture = root.join("fixtures/qwen3-tiny-untied-mha-f32");
+        let data = root.join(data);
+        let mut overrides = vec![
+            format!("model.checkpoint={}", fixture.display()),
+            format!("data.train={}", data.display()),
+            format!("data.eval={}", data.display()),
+        ];
+        if name == "grpo" {
+            overrides.push("grpo.group_size=4".into());
+        }
+        let path = root.join(format!("configs/recipes/tiny/{name}.toml"));
+        let recipe = Recipe::load(&path, &overrides).unwrap();
+        (recipe, TextTokenizer::from_model_dir(&fixture).unwrap())
+    }
+
+    /// Every gradient of `a` and `b` on `model`'s parameters: (largest difference, largest
+    /// magnitude).
+    pub(crate) fn gradient_gap(
+        model: &Qwen3ForCausalLM,
+        a: &GradientsParams,
+        b: &GradientsParams,
+    ) -> (f64, f64) {
+        struct Gap<'a>(&'a GradientsParams, &'a GradientsParams, f64, f64);
+        impl ModuleVisitor for Gap<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                let (Some(a), Some(b)) = (self.0.get::<D>(param.id), self.1.get::<D>(param.id))
+                else {
+                    return;
+                };
+                self.2 = self.2.max((a - b.clone()).abs().max().into_scalar::<f64>());
+                self.3 = self.3.max(b.abs().max().into_scalar::<f64>());
+            }
+        }
+        let mut gap = Gap(a, b, 0.0, 0.0);
+        model.visit(&mut gap);
+        (gap.2, gap.3)
+    }
+}

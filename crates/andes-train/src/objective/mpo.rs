@@ -312,7 +312,70 @@ impl Objective for MpoObjective {
 
 #[cfg(test)]
 mod tests {
+    use burn::optim::GradientsParams;
+
     use super::*;
+    use crate::model::TrainModel;
+    use crate::objective::tests::{gradient_gap, tiny_recipe};
+
+    /// At the first step the policy is its reference: every implicit reward and δ are 0, so
+    /// σ(·) = ½ in both DPO's and BCO's derivatives and the MPO gradient is the closed form
+    /// −(w_p + w_q)·β/2·Σ(∇log π(chosen) − ∇log π(rejected))/P − w_g·Σ∇log π(chosen)/T_chosen,
+    /// written here directly and compared parameter by parameter.
+    #[test]
+    fn at_the_reference_the_gradient_is_the_closed_form() {
+        let (recipe, tokenizer) =
+            tiny_recipe("mpo", "datasets/preferences/gcide-define-eval.jsonl");
+        let device = Device::flex();
+        let objective = MpoObjective::new(&recipe, &tokenizer, &device).unwrap();
+        let fixture = recipe.model.checkpoint.clone();
+        let (_, policy) = TrainModel::load(&fixture, &device.clone().autodiff()).unwrap();
+        let policy = policy.into_language_model();
+        let pairs: Vec<&PreferencePair> = objective.train[..3].iter().collect();
+        let chosen_tokens: usize = pairs.iter().map(|p| p.chosen.len()).sum();
+        let count = pairs.len();
+        let mut shift = RunningMean::default();
+        let sums = objective
+            .pair_sums(&policy, &pairs, &mut shift, count, chosen_tokens)
+            .unwrap();
+        let mpo = sums.objective.div_scalar(count as f64);
+        let mpo = GradientsParams::from_grads(mpo.backward(), &policy);
+
+        let section = &objective.section;
+        let preference = (section.preference_weight + section.quality_weight) * section.beta / 2.0;
+        let rows: Vec<(&[u32], &[u32])> = pairs
+            .iter()
+            .map(|p| (p.prompt.as_slice(), p.chosen.as_slice()))
+            .chain(
+                pairs
+                    .iter()
+                    .map(|p| (p.prompt.as_slice(), p.rejected.as_slice())),
+            )
+            .collect();
+        let weights: Vec<f32> = (0..2 * count)
+            .map(|row| {
+                let sign = if row < count { -1.0 } else { 1.0 };
+                let sft = if row < count {
+                    -section.sft_weight / chosen_tokens as f64
+                } else {
+                    0.0
+                };
+                (sign * preference / count as f64 + sft) as f32
+            })
+            .collect();
+        let device = policy.devices()[0].clone();
+        let weights: Tensor<2> =
+            Tensor::from_data(TensorData::new(weights, [2 * count, 1]), &device);
+        let rows = ReplyRows::new(&rows, &device);
+        let closed_form = (rows.token_log_probs(&policy).unwrap() * weights).sum();
+        let closed_form = GradientsParams::from_grads(closed_form.backward(), &policy);
+        let (gap, scale) = gradient_gap(&policy, &mpo, &closed_form);
+        assert!(scale > 1e-4, "no gradient at all");
+        assert!(
+            gap <= 1e-5 * scale,
+            "largest gradient difference {gap} of {scale}"
+        );
+    }
 
     fn tensor(values: &[f64]) -> Tensor<1> {
         let values: Vec<f32> = values.iter().map(|&v| v as f32).collect();
