@@ -850,6 +850,100 @@ fn quantize_for_dimensity9500_at_1_8_bpw_verifies_and_rejects_tampering() {
     assert!(!output.status.success());
 }
 
+/// The tensors of a safetensors file, by name, as (dtype, shape, bytes).
+fn tensors(path: &Path) -> std::collections::BTreeMap<String, (String, Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    file.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let value = (
+                format!("{:?}", view.dtype()),
+                view.shape().to_vec(),
+                view.data().to_vec(),
+            );
+            (name, value)
+        })
+        .collect()
+}
+
+/// An AndesVL model quantizes as its language model does (the tiny AndesVL's language model
+/// is the tiny Qwen3 fixture: same plan, same packed codes and float parts, tensor for tensor),
+/// its vision tower and projector ship in f16, and the package verifies and generates from an
+/// image.
+#[test]
+fn an_andesvl_package_quantizes_its_language_model_and_keeps_the_vision_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vl, lm) = (dir.path().join("vl"), dir.path().join("lm"));
+    let calib = repo("datasets/gcide/gcide-eval.txt");
+    let quantize = |model: &Path, out: &Path| {
+        json_stdout(andes(&[
+            "quantize",
+            "--model",
+            path(model),
+            "--target",
+            "dimensity9500",
+            "--bpw",
+            "3",
+            "--calib",
+            path(&calib),
+            "--seq-len",
+            "64",
+            "--calib-windows",
+            "8",
+            "--cache",
+            path(&dir.path().join("cache")),
+            "--out",
+            path(out),
+            "--json",
+        ]))
+    };
+    let vl_summary = quantize(&repo("fixtures/andesvl-tiny"), &vl);
+    let lm_summary = quantize(&fixture("qwen3-tiny-untied-mha-f32"), &lm);
+    assert_eq!(vl_summary["bpw"], lm_summary["bpw"]);
+    for file in ["quantized_linears.safetensors", "float_tensors.safetensors"] {
+        assert_eq!(tensors(&vl.join(file)), tensors(&lm.join(file)), "{file}");
+    }
+    let vision = tensors(&vl.join("vision_tensors.safetensors"));
+    let source = tensors(&repo("fixtures/andesvl-tiny/model.safetensors"));
+    let expected: Vec<&String> = source
+        .keys()
+        .filter(|name| !name.starts_with("language_model."))
+        .collect();
+    assert_eq!(vision.keys().collect::<Vec<_>>(), expected);
+    for (name, (dtype, shape, bytes)) in &vision {
+        assert_eq!(dtype, "F16", "{name}");
+        let (_, source_shape, source_bytes) = &source[name];
+        assert_eq!(shape, source_shape, "{name}");
+        let halves = source_bytes.chunks(4).map(|b| {
+            let value = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            half::f16::from_f32(value).to_le_bytes()
+        });
+        assert!(
+            halves.flatten().eq(bytes.iter().copied()),
+            "{name} is not the f16 of the source"
+        );
+    }
+    assert!(vl_summary["weights"]["vision_parameters"].as_u64().unwrap() > 0);
+    let verified = json_stdout(andes(&["verify", path(&vl)]));
+    assert_eq!(verified["linears_verified"], 14);
+    let image = repo("datasets/images/digits/png/0007.png");
+    let out = json_stdout(andes(&[
+        "generate",
+        "--model",
+        path(&vl),
+        "--image",
+        path(&image),
+        "--prompt",
+        "Which digit?",
+        "--max-new-tokens",
+        "3",
+        "--greedy",
+        "--json",
+    ]));
+    assert!(!out["token_ids"].as_array().unwrap().is_empty());
+}
+
 #[test]
 fn quantize_refuses_bad_budgets_calibration_and_targets_leaving_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,5 +1,6 @@
 //! The mobile weight package `andes quantize` writes (`docs/package-format.md`): a Qwen3 model
-//! with its linears packed per a bit plan fitted to a target profile, everything else in the
+//! (or an AndesVL model's language model, its vision tower and projector kept in float) with
+//! its linears packed per a bit plan fitted to a target profile, everything else in the
 //! profile's float precision, the tokenizer, and a manifest with the sha256 of every file.
 //! Written in a temporary sibling directory and renamed into place. [`load_package`] checks
 //! checksums, shapes and plan consistency and rebuilds the dequantized model, which is what
@@ -8,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use andes_model::andesvl::{AndesVLConfig, VisionSide, load_vision_side, save_vision_side};
 use andes_model::checkpoint::{
     SafetensorsShards, SaveDtype, load_parameters, save_parameters, write_atomically,
 };
@@ -35,11 +37,14 @@ pub const QUANTIZED_FILE: &str = "quantized_linears.safetensors";
 pub const FLOAT_FILE: &str = "float_tensors.safetensors";
 /// The bit plan the linears follow.
 pub const PLAN_FILE: &str = "bit_plan.json";
+/// An AndesVL package's vision tower and projector, in the profile's float precision.
+pub const VISION_FILE: &str = "vision_tensors.safetensors";
 /// Files of the source model copied when present (`config.json` always is).
-const MODEL_SIDE_FILES: [&str; 3] = [
+const MODEL_SIDE_FILES: [&str; 4] = [
     "tokenizer.json",
     "tokenizer_config.json",
     "generation_config.json",
+    "preprocessor_config.json",
 ];
 
 /// Sizes and bits per weight, both ways the issue of "1.8 bpw" can be read.
@@ -56,9 +61,16 @@ pub struct WeightSummary {
     pub float_bytes: u64,
     /// Bits per weight over the quantized linears: codes, scales and zero points.
     pub bpw_linears: f64,
-    /// `8 · (quantized_bytes + float_bytes) / (linear_weights + float_parameters)`: the
-    /// whole weight payload, file headers included, over every parameter.
+    /// `8 · (quantized_bytes + float_bytes + vision_bytes) / (linear_weights +
+    /// float_parameters + vision_parameters)`: the whole weight payload, file headers
+    /// included, over every parameter.
     pub bpw_package: f64,
+    /// Parameters of an AndesVL model's vision tower and projector (0 for a text model).
+    #[serde(default)]
+    pub vision_parameters: u64,
+    /// Bytes of [`VISION_FILE`] (0 for a text model).
+    #[serde(default)]
+    pub vision_bytes: u64,
 }
 
 /// `manifest.json` of a package.
@@ -85,8 +97,10 @@ pub struct PackageManifest {
 pub struct PackageInput<'a> {
     /// The float model's directory (config.json, tokenizer files are copied from it).
     pub source_dir: &'a Path,
-    /// The model with every linear on its quantization grid.
+    /// The (language) model with every linear on its quantization grid.
     pub model: &'a Qwen3ForCausalLM,
+    /// An AndesVL model's vision side and configuration, kept in float.
+    pub vision: Option<(&'a VisionSide, &'a AndesVLConfig)>,
     /// Its plan (with target and budget when the planner made it).
     pub plan: &'a BitPlan,
     /// The target profile.
@@ -142,25 +156,25 @@ pub fn write_package(
         FloatPrecision::F32 => SaveDtype::F32,
     };
     save_parameters(input.model, &tmp.join(FLOAT_FILE), dtype, &skip)?;
-    let float_path = tmp.join(FLOAT_FILE);
-    let float_bytes_all =
-        std::fs::read(&float_path).map_err(|e| PackageError::io(&float_path, e))?;
-    let float_parameters = SafeTensors::deserialize(&float_bytes_all)
-        .map_err(|e| PackageError::io(&float_path, format!("{e:?}")))?
-        .tensors()
-        .iter()
-        .map(|(_, view)| view.shape().iter().product::<usize>() as u64)
-        .sum::<u64>();
+    let (float_parameters, float_bytes) = tensor_file_size(&tmp.join(FLOAT_FILE))?;
+    let (vision_parameters, vision_bytes) = match input.vision {
+        Some((vision, config)) => {
+            save_vision_side(vision, config, &tmp.join(VISION_FILE), dtype)?;
+            tensor_file_size(&tmp.join(VISION_FILE))?
+        }
+        None => (0, 0),
+    };
     let linears: BpwReport = quantized.iter().map(|(_, q)| q.bits_per_weight()).sum();
-    let float_bytes = float_bytes_all.len() as u64;
     let weights = WeightSummary {
         linear_weights: linears.weights,
         float_parameters,
         quantized_bytes,
         float_bytes,
         bpw_linears: linears.bpw,
-        bpw_package: 8.0 * (quantized_bytes + float_bytes) as f64
-            / (linears.weights + float_parameters) as f64,
+        bpw_package: 8.0 * (quantized_bytes + float_bytes + vision_bytes) as f64
+            / (linears.weights + float_parameters + vision_parameters) as f64,
+        vision_parameters,
+        vision_bytes,
     };
     let manifest = PackageManifest {
         format_version: PACKAGE_VERSION,
@@ -180,6 +194,18 @@ pub fn write_package(
     Ok(manifest)
 }
 
+/// Parameters and bytes of the safetensors file `path`.
+fn tensor_file_size(path: &Path) -> Result<(u64, u64), PackageError> {
+    let bytes = std::fs::read(path).map_err(|e| PackageError::io(path, e))?;
+    let parameters = SafeTensors::deserialize(&bytes)
+        .map_err(|e| PackageError::io(path, format!("{e:?}")))?
+        .tensors()
+        .iter()
+        .map(|(_, view)| view.shape().iter().product::<usize>() as u64)
+        .sum();
+    Ok((parameters, bytes.len() as u64))
+}
+
 /// Whether `dir` holds a package (rather than a Hugging Face model or a bundle).
 pub fn is_package(dir: &Path) -> bool {
     std::fs::read_to_string(dir.join(MANIFEST_FILE))
@@ -192,8 +218,10 @@ pub fn is_package(dir: &Path) -> bool {
 pub struct LoadedPackage {
     /// Its manifest.
     pub manifest: PackageManifest,
-    /// The model's configuration.
+    /// The (language) model's configuration.
     pub config: Qwen3Config,
+    /// An AndesVL package's configuration and float vision side.
+    pub vision: Option<(AndesVLConfig, VisionSide)>,
     /// The bit plan.
     pub plan: BitPlan,
     /// The model with every linear dequantized from the package's codes: bit for bit what
@@ -230,7 +258,16 @@ pub fn load_package(
         ));
     }
     verify_checksums(dir, &manifest.files)?;
-    let config = Qwen3Config::from_file(&dir.join("config.json"))?;
+    let config_path = dir.join("config.json");
+    let andesvl = if AndesVLConfig::is_andesvl(&config_path) {
+        Some(AndesVLConfig::from_file(&config_path)?)
+    } else {
+        None
+    };
+    let config = match &andesvl {
+        Some(andesvl) => andesvl.text_config.clone(),
+        None => Qwen3Config::from_file(&config_path)?,
+    };
     let plan_path = dir.join(PLAN_FILE);
     let plan = BitPlan::read(&plan_path).map_err(|e| corrupt(&plan_path, e.to_string()))?;
     let model = Qwen3ForCausalLM::new(&config, device)?;
@@ -274,9 +311,19 @@ pub fn load_package(
         shards.ignore("lm_head.weight");
     }
     shards.ensure_all_used()?;
+    let vision = match andesvl {
+        Some(andesvl) => {
+            let mut shards = SafetensorsShards::open_file(&dir.join(VISION_FILE))?;
+            let vision = load_vision_side(&andesvl, &mut shards, device, dtype)?;
+            shards.ensure_all_used()?;
+            Some((andesvl, vision))
+        }
+        None => None,
+    };
     Ok(LoadedPackage {
         manifest,
         config,
+        vision,
         plan,
         model,
     })

@@ -83,8 +83,17 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
                 );
             }
             let (device, dtype) = args.model.runtime.resolve()?;
-            let (config, model) = load_andesvl(dir, &device, dtype)
-                .with_context(|| format!("loading model {}", dir.display()))?;
+            let (config, model) = if andes_package::is_package(dir) {
+                let package = andes_package::load_package(dir, &device, dtype)
+                    .with_context(|| format!("loading package {}", dir.display()))?;
+                let (config, vision) = package
+                    .vision
+                    .context("an AndesVL package without its vision side")?;
+                (config, AndesVL::from_parts(vision, package.model))
+            } else {
+                load_andesvl(dir, &device, dtype)
+                    .with_context(|| format!("loading model {}", dir.display()))?
+            };
             let tokenizer = TextTokenizer::from_model_dir(dir)?;
             request.stop_tokens = stop_tokens(&args, dir, &config.text_config, &tokenizer)?;
             let start = Instant::now();

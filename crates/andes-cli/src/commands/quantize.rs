@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use andes_data::TextTokenizer;
 use andes_data::dataset::DataFormat;
-use andes_model::andesvl::AndesVLConfig;
+use andes_model::andesvl::{AndesVLConfig, load_andesvl};
 use andes_model::checkpoint::load_qwen3;
 use andes_model::quantize::{
     Initializer, calibrate, calibrate_diagonal, linear_shapes, quantize_base,
@@ -47,7 +47,8 @@ const BUILTIN_TARGETS: [(&str, &str); 3] = [
 /// Arguments of `andes quantize`.
 #[derive(Args, Debug)]
 pub struct QuantizeArgs {
-    /// Float Hugging Face Qwen3 model directory.
+    /// Float Hugging Face model directory: Qwen3, or AndesVL (its language model is quantized,
+    /// the vision tower and projector stay float).
     #[arg(long)]
     model: PathBuf,
     /// Target: dimensity9500, generic-cpu, snapdragon8elite, or a profile TOML file.
@@ -105,16 +106,21 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     if args.out.exists() {
         bail!("{}: already exists; choose a new --out", args.out.display());
     }
-    if AndesVLConfig::is_andesvl(&args.model.join("config.json")) {
-        bail!(
-            "{}: AndesVL models are not quantized yet; quantize its language model (a Qwen3 \
-             directory) for now",
-            args.model.display()
-        );
-    }
     let device = Device::default();
-    let (config, mut model) = load_qwen3(&args.model, &device, DType::F32)
-        .with_context(|| format!("loading model {}", args.model.display()))?;
+    // An AndesVL model: its language model is planned and quantized (calibrated on text),
+    // its vision tower and projector ship in the target's float precision.
+    let (config, mut model, vision) = if AndesVLConfig::is_andesvl(&args.model.join("config.json"))
+    {
+        let (andesvl_config, andesvl) = load_andesvl(&args.model, &device, DType::F32)
+            .with_context(|| format!("loading model {}", args.model.display()))?;
+        let (vision, language_model) = andesvl.into_parts();
+        let text_config = andesvl_config.text_config.clone();
+        (text_config, language_model, Some((vision, andesvl_config)))
+    } else {
+        let (config, model) = load_qwen3(&args.model, &device, DType::F32)
+            .with_context(|| format!("loading model {}", args.model.display()))?;
+        (config, model, None)
+    };
     let needs_calibration = args.plan.is_none() || args.init == Initializer::Gptq;
     let (batches, hessians) = if needs_calibration {
         let calib = args.calib.as_ref().context(
@@ -166,7 +172,11 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
         .map(|(entry, (_, shape))| andes_quant::bits_per_weight(entry.format, *shape).total_bits())
         .sum();
     let linear_weights: u64 = shapes.iter().map(|(_, s)| s.numel() as u64).sum();
-    let float_params = burn::module::Module::num_params(&model) as u64 - linear_weights;
+    let vision_params = vision
+        .as_ref()
+        .map_or(0, |(v, _)| burn::module::Module::num_params(v) as u64);
+    let float_params =
+        burn::module::Module::num_params(&model) as u64 - linear_weights + vision_params;
     let float_bytes = float_params * target.unquantized.precision.bytes();
     let planned = estimate(
         &target,
@@ -212,6 +222,7 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
         &PackageInput {
             source_dir: &args.model,
             model: &model,
+            vision: vision.as_ref().map(|(v, c)| (v, c)),
             plan: &plan,
             target: &target,
             quantization: serde_json::json!({
@@ -399,7 +410,8 @@ pub(crate) fn package_cost(
     config: &Qwen3Config,
     context: u64,
 ) -> CostEstimate {
-    let bytes = manifest.weights.quantized_bytes + manifest.weights.float_bytes;
+    let w = &manifest.weights;
+    let bytes = w.quantized_bytes + w.float_bytes + w.vision_bytes;
     estimate(&manifest.target, bytes, model_shape(config), context)
 }
 
@@ -442,6 +454,13 @@ pub(crate) fn print_summary(dir: &Path, manifest: &PackageManifest, cost: &CostE
         w.float_parameters,
         mib(w.float_bytes)
     );
+    if w.vision_parameters > 0 {
+        println!(
+            "  vision tower and projector (float): {} parameters in {:.2} MiB",
+            w.vision_parameters,
+            mib(w.vision_bytes)
+        );
+    }
     println!(
         "  estimate on {}: weights {:.1} MiB + KV cache at {} tokens {:.1} MiB of {:.0} MiB \
          ({}); decode ≤ {:.1} tok/s; prefill ≤ {:.0} tok/s",

@@ -45,11 +45,22 @@ pub struct ImagePlacement {
     pub pixels: Tensor<3>,
 }
 
-impl AndesVL {
-    /// A lazily-initialised model for `config`.
-    pub fn new(config: &AndesVLConfig, device: &Device) -> Result<Self, ModelError> {
+/// The parts of an AndesVL model around its language model: the vision tower and the
+/// projector. A mobile package keeps them in float while the language model's linears are
+/// quantized, so they are saved and loaded on their own.
+#[derive(Module, Debug)]
+pub struct VisionSide {
+    /// Pixels → patch features.
+    pub vision_encoder: VisionTransformer,
+    /// Patch features → language-model embeddings.
+    pub mlp: Projector,
+}
+
+impl VisionSide {
+    /// A lazily-initialised vision side for `config`.
+    pub fn new(config: &AndesVLConfig, device: &Device) -> Self {
         let vision_hidden = config.vision_config.spec().hidden_size;
-        Ok(Self {
+        Self {
             vision_encoder: VisionTransformer::new(&config.vision_config, device),
             mlp: Projector::new(
                 &config.projector,
@@ -57,8 +68,36 @@ impl AndesVL {
                 config.text_config.hidden_size,
                 device,
             ),
-            language_model: Qwen3ForCausalLM::new(&config.text_config, device)?,
-        })
+        }
+    }
+}
+
+impl AndesVL {
+    /// A lazily-initialised model for `config`.
+    pub fn new(config: &AndesVLConfig, device: &Device) -> Result<Self, ModelError> {
+        let language_model = Qwen3ForCausalLM::new(&config.text_config, device)?;
+        Ok(Self::from_parts(
+            VisionSide::new(config, device),
+            language_model,
+        ))
+    }
+
+    /// Joins a vision side and a language model.
+    pub fn from_parts(vision: VisionSide, language_model: Qwen3ForCausalLM) -> Self {
+        Self {
+            vision_encoder: vision.vision_encoder,
+            mlp: vision.mlp,
+            language_model,
+        }
+    }
+
+    /// Splits into the vision side and the language model.
+    pub fn into_parts(self) -> (VisionSide, Qwen3ForCausalLM) {
+        let vision = VisionSide {
+            vision_encoder: self.vision_encoder,
+            mlp: self.mlp,
+        };
+        (vision, self.language_model)
     }
 
     /// Number of visual tokens an image of `height × width` pixels becomes.
@@ -166,6 +205,31 @@ pub fn save_andesvl(
     })?;
     write_atomically(&dir.join("config.json"), &config.to_json())?;
     save_parameters_named(model, &dir.join(SINGLE_FILE), dtype, &[], &|name| {
+        checkpoint_name(config, name)
+    })
+}
+
+/// Writes the vision side's tensors (checkpoint names, `vision_encoder.*` and `mlp.*`) to
+/// one safetensors file `path`.
+pub fn save_vision_side(
+    vision: &VisionSide,
+    config: &AndesVLConfig,
+    path: &Path,
+    dtype: SaveDtype,
+) -> Result<(), ModelError> {
+    save_parameters_named(vision, path, dtype, &[], &|name| {
+        checkpoint_name(config, name)
+    })
+}
+
+/// Loads a vision side from `shards` (every tensor named as [`save_vision_side`] writes).
+pub fn load_vision_side(
+    config: &AndesVLConfig,
+    shards: &mut SafetensorsShards,
+    device: &Device,
+    dtype: DType,
+) -> Result<VisionSide, ModelError> {
+    load_parameters_named(VisionSide::new(config, device), shards, dtype, &|name| {
         checkpoint_name(config, name)
     })
 }
