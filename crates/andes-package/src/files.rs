@@ -65,7 +65,7 @@ pub fn quantized_file(
             ));
         }
     }
-    let metadata: std::collections::HashMap<String, String> = quantized
+    let metadata: BTreeMap<String, String> = quantized
         .iter()
         .map(|(name, q)| (format!("{name}.format"), q.format().to_string()))
         .collect();
@@ -75,10 +75,33 @@ pub fn quantized_file(
             TensorView::new(*dtype, shape.clone(), bytes).map(|view| (name.as_str(), view))
         })
         .collect::<Result<Vec<_>, _>>()
-        .and_then(|views| safetensors::serialize(views, Some(metadata)))
+        .and_then(|views| safetensors::serialize(views, None))
         .map_err(|e| PackageError::io(path, format!("{e:?}")))?;
+    let bytes = with_metadata(&bytes, &metadata);
     write_atomically(path, &bytes)?;
     Ok(bytes.len() as u64)
+}
+
+/// `file` (safetensors bytes) with `metadata` as its header's `__metadata__`, written in
+/// sorted key order: the safetensors crate writes a metadata map in hash order, which would
+/// give the same package different bytes, and checksums, from run to run. The header is
+/// padded with spaces to a multiple of 8 bytes, as the format asks; the data section and its
+/// (relative) offsets are unchanged.
+fn with_metadata(file: &[u8], metadata: &BTreeMap<String, String>) -> Vec<u8> {
+    let header_len = u64::from_le_bytes(file[..8].try_into().expect("8 bytes")) as usize;
+    let mut header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&file[8..8 + header_len]).expect("the crate wrote this header");
+    header.insert(
+        "__metadata__".into(),
+        serde_json::to_value(metadata).expect("strings serialize"),
+    );
+    let mut text = serde_json::to_string(&header).expect("the header serializes");
+    text.push_str(&" ".repeat((8 - text.len() % 8) % 8));
+    let mut out = Vec::with_capacity(8 + text.len() + file.len() - 8 - header_len);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&file[8 + header_len..]);
+    out
 }
 
 pub fn sha256(bytes: &[u8]) -> String {
