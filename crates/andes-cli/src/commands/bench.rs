@@ -207,8 +207,8 @@ fn train_steps(args: TrainBenchArgs) -> anyhow::Result<()> {
     let mut seconds = Vec::new();
     for step in 0..args.warmup + args.steps {
         let start = Instant::now();
-        let logits = model.forward(inputs.clone(), &mut model.new_cache())?;
-        let loss = masked_next_token_nll(logits, targets.clone(), mask.clone())
+        let hidden = model.forward_hidden(inputs.clone(), &mut model.new_cache())?;
+        let loss = masked_next_token_nll(&model, hidden, targets.clone(), mask.clone())
             .div_scalar((rows * seq) as f64);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optimizer.step(1e-4, model, grads);

@@ -112,6 +112,11 @@ impl Qwen3ForCausalLM {
         Ok(self.model.norm.forward(x))
     }
 
+    /// Entries of the vocabulary (rows of the token embedding).
+    pub fn vocab_size(&self) -> usize {
+        self.model.embed_tokens.weight.lazy_shape().dims::<2>()[0]
+    }
+
     /// Logits `[batch, seq, vocab]` from hidden states `[batch, seq, hidden]`.
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {

@@ -4,7 +4,7 @@ use andes_model::qwen3::Qwen3ForCausalLM;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::error::TrainError;
-use crate::loss::target_log_probs;
+use crate::loss::head_log_probs;
 
 /// Rows `prompt ++ reply`, right-padded to the longest; the model reads `inputs` and each
 /// position predicts `targets`, of which only reply tokens count (`mask`). Right padding
@@ -67,14 +67,15 @@ impl ReplyRows {
 
     /// Log-probability of each reply token under `model` `[rows, len - 1]`, 0 elsewhere.
     pub fn token_log_probs(&self, model: &Qwen3ForCausalLM) -> Result<Tensor<2>, TrainError> {
-        let logits = model.forward(self.inputs.clone(), &mut model.new_cache())?;
-        Ok(self.log_probs(logits))
+        let hidden = model.forward_hidden(self.inputs.clone(), &mut model.new_cache())?;
+        Ok(self.log_probs(model, hidden))
     }
 
-    /// Log-probability of each reply token under `logits` `[rows, len - 1, vocab]` computed
-    /// from `inputs`, 0 elsewhere.
-    pub fn log_probs(&self, logits: Tensor<3>) -> Tensor<2> {
-        target_log_probs(logits, self.targets.clone()) * self.mask.clone()
+    /// Log-probability of each reply token given `model`'s final hidden states `[rows,
+    /// len - 1, hidden]` computed from `inputs` (with images spliced in, for AndesVL), 0
+    /// elsewhere.
+    pub fn log_probs(&self, model: &Qwen3ForCausalLM, hidden: Tensor<3>) -> Tensor<2> {
+        head_log_probs(model, hidden, self.targets.clone()) * self.mask.clone()
     }
 }
 

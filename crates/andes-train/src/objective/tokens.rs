@@ -57,8 +57,8 @@ impl Objective for TokenObjective {
         let mut nll_sum = 0.0;
         for windows in &micro_batches {
             let batch = to_batch(windows, &device);
-            let logits = model.forward(batch.inputs, &mut model.new_cache())?;
-            let nll = masked_next_token_nll(logits, batch.targets, batch.mask);
+            let hidden = model.forward_hidden(batch.inputs, &mut model.new_cache())?;
+            let nll = masked_next_token_nll(model, hidden, batch.targets, batch.mask);
             nll_sum += accumulate_share(&mut accumulator, model, nll, step_tokens as f64);
         }
         Ok(StepOutput {
@@ -99,8 +99,13 @@ pub fn mean_nll(
     let mut tokens = 0usize;
     for chunk in windows.chunks(batch_size) {
         let batch = to_batch(chunk, &device);
-        let logits = model.forward(batch.inputs, &mut model.new_cache())?;
-        nll += scalar(masked_next_token_nll(logits, batch.targets, batch.mask));
+        let hidden = model.forward_hidden(batch.inputs, &mut model.new_cache())?;
+        nll += scalar(masked_next_token_nll(
+            &model,
+            hidden,
+            batch.targets,
+            batch.mask,
+        ));
         tokens += batch.target_tokens;
     }
     Ok(nll / tokens.max(1) as f64)

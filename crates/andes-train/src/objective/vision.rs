@@ -219,8 +219,11 @@ impl VisionObjective {
         let batch = ReplyRows::masked(&masked, &device);
         let placements: Vec<ImagePlacement> = placements.into_iter().flatten().collect();
         let mut cache = model.language_model.new_cache();
-        let logits = model.forward(batch.inputs.clone(), &placements, &mut cache)?;
-        Ok(batch.log_probs(logits).sum().neg())
+        let embeddings = model.embed(batch.inputs.clone(), &placements)?;
+        let hidden = model
+            .language_model
+            .forward_embeddings(embeddings, &mut cache)?;
+        Ok(batch.log_probs(&model.language_model, hidden).sum().neg())
     }
 }
 
