@@ -186,6 +186,39 @@ fn info_counts_parameters_of_the_checkpoint() {
     assert_eq!(out["parameters"].as_u64().unwrap(), stored);
 }
 
+/// `info` describes an AndesVL directory (the whole model's parameters, the tower), and the
+/// text commands run its language model: `eval` on the tiny AndesVL equals `eval` on the tiny
+/// Qwen3 it was assembled from.
+#[test]
+fn info_and_eval_read_an_andesvl_directory() {
+    let andesvl = repo("fixtures/andesvl-tiny");
+    let info = json_stdout(andes(&["info", "--model", path(&andesvl), "--json"]));
+    assert_eq!(info["vision"]["model_type"], "siglip2_vision_model");
+    let text_only = json_stdout(andes(&[
+        "info",
+        "--model",
+        path(&fixture("qwen3-tiny-untied-mha-f32")),
+        "--json",
+    ]));
+    assert!(info["parameters"].as_u64() > text_only["parameters"].as_u64());
+    let eval = |model: &Path| {
+        json_stdout(andes(&[
+            "eval",
+            "--model",
+            path(model),
+            "--text",
+            path(&repo("datasets/gcide/gcide-eval.txt")),
+            "--window",
+            "64",
+            "--stride",
+            "64",
+            "--json",
+        ]))["mean_nll"]
+            .clone()
+    };
+    assert_eq!(eval(&andesvl), eval(&fixture("qwen3-tiny-untied-mha-f32")));
+}
+
 #[test]
 fn device_not_compiled_in_is_a_clear_error() {
     let dir = fixture("qwen3-tiny-tied-gqa-f32");

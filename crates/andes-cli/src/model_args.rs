@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use andes_model::andesvl::{AndesVLConfig, load_andesvl};
 use andes_model::checkpoint::load_qwen3;
 use andes_model::device::parse_device;
 use andes_model::lora::peft::import_peft_adapter;
@@ -65,6 +66,11 @@ impl ModelArgs {
                 .with_context(|| format!("loading package {}", self.model.display()))?;
             let bpw = package.manifest.weights.bpw_linears;
             (package.config, package.model, Some(bpw))
+        } else if AndesVLConfig::is_andesvl(&self.model.join("config.json")) {
+            // Commands that read text run an AndesVL model's language model.
+            let (config, model) = load_andesvl(&self.model, &device, dtype)
+                .with_context(|| format!("loading model {}", self.model.display()))?;
+            (config.text_config, model.into_parts().1, None)
         } else {
             let (config, model) = load_qwen3(&self.model, &device, dtype)
                 .with_context(|| format!("loading model {}", self.model.display()))?;

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use andes_model::andesvl::{AndesVL, AndesVLConfig};
 use andes_model::qwen3::{Qwen3Config, Qwen3ForCausalLM};
 use burn::module::Module;
 use burn::tensor::Device;
@@ -18,10 +19,28 @@ pub struct InfoArgs {
     json: bool,
 }
 
-/// Runs `andes info`; reads only `config.json` (parameters are counted from shapes).
+/// Runs `andes info`; reads only `config.json` (parameters are counted from shapes). For an
+/// AndesVL model the text lines describe its language model, the parameter count is the whole
+/// model's, and a `vision` line (key) describes the tower.
 pub fn run(args: InfoArgs) -> anyhow::Result<()> {
-    let config = Qwen3Config::from_file(&args.model.join("config.json"))?;
-    let parameters = Qwen3ForCausalLM::new(&config, &Device::flex())?.num_params();
+    let config_path = args.model.join("config.json");
+    let (config, parameters, vision) = if AndesVLConfig::is_andesvl(&config_path) {
+        let andesvl = AndesVLConfig::from_file(&config_path)?;
+        let parameters = AndesVL::new(&andesvl, &Device::flex())?.num_params();
+        let spec = andesvl.vision_config.spec();
+        let vision = serde_json::json!({
+            "model_type": andesvl.vision_config.model_type(),
+            "hidden_size": spec.hidden_size,
+            "num_hidden_layers": spec.layers,
+            "patch_size": spec.patch_size,
+            "merge_size": andesvl.projector.merge_size,
+        });
+        (andesvl.text_config, parameters, Some(vision))
+    } else {
+        let config = Qwen3Config::from_file(&config_path)?;
+        let parameters = Qwen3ForCausalLM::new(&config, &Device::flex())?.num_params();
+        (config, parameters, None)
+    };
     let (theta, scaling) = config
         .rope()
         .map_err(|(key, message)| anyhow::anyhow!("{key}: {message}"))?;
@@ -40,12 +59,29 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
             "tie_word_embeddings": config.tie_word_embeddings,
             "rope_theta": theta,
             "rope_type": scaling.rope_type,
+            "vision": vision,
         });
         println!("{report}");
         return Ok(());
     }
     println!("model          {}", args.model.display());
-    println!("type           {}", config.model_type);
+    match &vision {
+        Some(vision) => {
+            println!(
+                "type           andesvl (language model {})",
+                config.model_type
+            );
+            let merge = &vision["merge_size"];
+            println!(
+                "vision         {} ({} layers, hidden {}, patch {}), projector merges {merge}×{merge}",
+                vision["model_type"].as_str().unwrap_or_default(),
+                vision["num_hidden_layers"],
+                vision["hidden_size"],
+                vision["patch_size"],
+            );
+        }
+        None => println!("type           {}", config.model_type),
+    }
     println!(
         "parameters     {parameters} ({:.3} B)",
         parameters as f64 / 1e9
