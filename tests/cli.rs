@@ -900,6 +900,34 @@ fn tensors(path: &Path) -> std::collections::BTreeMap<String, (String, Vec<usize
         .collect()
 }
 
+/// `andes quantize MODEL` for dimensity9500 at 3 bpw, calibrated on 8 windows of 64 tokens
+/// of the held-out GCIDE prose, sensitivities cached in `cache`, plus `extra` arguments.
+fn quantize_at_3_bpw(model: &Path, out: &Path, cache: &Path, extra: &[&str]) -> Output {
+    let calib = repo("datasets/gcide/gcide-eval.txt");
+    let mut args = vec![
+        "quantize",
+        "--model",
+        path(model),
+        "--target",
+        "dimensity9500",
+        "--bpw",
+        "3",
+        "--calib",
+        path(&calib),
+        "--seq-len",
+        "64",
+        "--calib-windows",
+        "8",
+        "--cache",
+        path(cache),
+        "--out",
+        path(out),
+        "--json",
+    ];
+    args.extend(extra);
+    andes(&args)
+}
+
 /// An AndesVL model quantizes as its language model does (the tiny AndesVL's language model
 /// is the tiny Qwen3 fixture: same plan, the same packed-linear and float files byte for byte),
 /// its vision tower and projector ship in f16, and the package verifies and generates from an
@@ -908,29 +936,9 @@ fn tensors(path: &Path) -> std::collections::BTreeMap<String, (String, Vec<usize
 fn an_andesvl_package_quantizes_its_language_model_and_keeps_the_vision_side() {
     let dir = tempfile::tempdir().unwrap();
     let (vl, lm) = (dir.path().join("vl"), dir.path().join("lm"));
-    let calib = repo("datasets/gcide/gcide-eval.txt");
-    let quantize = |model: &Path, out: &Path| {
-        json_stdout(andes(&[
-            "quantize",
-            "--model",
-            path(model),
-            "--target",
-            "dimensity9500",
-            "--bpw",
-            "3",
-            "--calib",
-            path(&calib),
-            "--seq-len",
-            "64",
-            "--calib-windows",
-            "8",
-            "--cache",
-            path(&dir.path().join("cache")),
-            "--out",
-            path(out),
-            "--json",
-        ]))
-    };
+    let cache = dir.path().join("cache");
+    let quantize =
+        |model: &Path, out: &Path| json_stdout(quantize_at_3_bpw(model, out, &cache, &[]));
     let vl_summary = quantize(&repo("fixtures/andesvl-tiny"), &vl);
     let lm_summary = quantize(&fixture("qwen3-tiny-untied-mha-f32"), &lm);
     assert_eq!(vl_summary["bpw"], lm_summary["bpw"]);
@@ -977,6 +985,51 @@ fn an_andesvl_package_quantizes_its_language_model_and_keeps_the_vision_side() {
         "--json",
     ]));
     assert!(!out["token_ids"].as_array().unwrap().is_empty());
+}
+
+/// `--calib-images` adds image-text records to an AndesVL model's calibration: its language
+/// model's GPTQ codes change (the linears saw visual tokens too) and the manifest names the
+/// file; on a text model the flag is refused.
+#[test]
+fn image_calibration_moves_the_andesvl_codes_and_is_refused_on_text_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = repo("datasets/images/digits/chat-train.jsonl");
+    let cache = dir.path().join("cache");
+    let quantize = |model: &Path, out: &Path, with_images: bool| {
+        let gptq = ["--sensitivity", "hessian", "--init", "gptq"];
+        let images = [
+            "--calib-images",
+            path(&images),
+            "--calib-image-records",
+            "8",
+        ];
+        let extra: Vec<&str> = gptq
+            .iter()
+            .chain(if with_images { &images[..] } else { &[] })
+            .copied()
+            .collect();
+        quantize_at_3_bpw(model, out, &cache, &extra)
+    };
+    let andesvl = repo("fixtures/andesvl-tiny");
+    let (text, both) = (dir.path().join("text"), dir.path().join("both"));
+    json_stdout(quantize(&andesvl, &text, false));
+    json_stdout(quantize(&andesvl, &both, true));
+    let codes = |pkg: &Path| std::fs::read(pkg.join("quantized_linears.safetensors")).unwrap();
+    assert!(
+        codes(&text) != codes(&both),
+        "image calibration changed no code"
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(both.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["quantization"]["calibration_image_records"], 8);
+    let refused = quantize(
+        &fixture("qwen3-tiny-untied-mha-f32"),
+        &dir.path().join("no"),
+        true,
+    );
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("calibrates AndesVL models"), "{stderr}");
 }
 
 #[test]

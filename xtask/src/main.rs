@@ -1,5 +1,5 @@
 //! Developer tasks: `cargo xtask fixtures | data | regress | bench forward | bench report |
-//! bench qalft | bench quantize | bench vision | pipeline`.
+//! bench qalft | bench quantize | bench vision | bench vlm-quant | pipeline`.
 //!
 //! Python appears here only where the peer (PyTorch + transformers) runs.
 
@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 
 mod qalft_bench;
 mod quantize_bench;
+mod vlm_quant_bench;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -24,15 +25,35 @@ fn main() -> anyhow::Result<()> {
         ["bench", "qalft", rest @ ..] => qalft_bench::bench_qalft(rest),
         ["bench", "vision", rest @ ..] => bench_vision(rest),
         ["bench", "quantize", rest @ ..] => quantize_bench::bench_quantize(rest),
+        ["bench", "vlm-quant", rest @ ..] => vlm_quant_bench::bench_vlm_quant(rest),
         _ => bail!(
             "usage: cargo xtask fixtures [--check]\n\
              \x20      cargo xtask data   (SFT, preference and GRPO sets from the GCIDE slices)\n\
              \x20      cargo xtask regress [--record]   (tiny recipes vs recorded baselines)\n\
              \x20      cargo xtask bench forward [--config FILE] [--prompt-len N] [--decode-tokens M] [--threads T]\n\
              \x20      cargo xtask bench report DIR   (ratio table of andes-*.json vs peer-*.json in DIR)\n\
-             \x20      cargo xtask bench qalft [--pretrain-steps N] [--adapter-steps M]   (QALFT quality table, CPU)"
+             \x20      cargo xtask bench qalft [--pretrain-steps N] [--adapter-steps M]   (QALFT quality table, CPU)\n\
+             \x20      cargo xtask bench vlm-quant [--steps N]   (quantized AndesVL digit accuracy: text vs image calibration, CPU)"
         ),
     }
+}
+
+/// An empty `target/bench/NAME/` and the release `andes` binary, freshly built: the start of
+/// every benchmark that runs the binary.
+fn fresh_bench(name: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let out = target_dir().join("bench").join(name);
+    if out.exists() {
+        std::fs::remove_dir_all(&out)?;
+    }
+    std::fs::create_dir_all(&out)?;
+    run(Command::new("cargo").current_dir(root()).args([
+        "build",
+        "--quiet",
+        "--release",
+        "-p",
+        "andes-cli",
+    ]))?;
+    Ok((out, target_dir().join("release/andes")))
 }
 
 fn root() -> PathBuf {

@@ -10,7 +10,7 @@ use std::process::Command;
 use anyhow::Context;
 
 use crate::qalft_bench::{eval, latest_checkpoint, train};
-use crate::{flag, root, run, target_dir};
+use crate::{flag, fresh_bench, root};
 
 const PROSE_TRAIN: &str = "datasets/gcide/gcide-sample.txt";
 const PROSE_EVAL: &str = "datasets/gcide/gcide-eval.txt";
@@ -35,19 +35,7 @@ struct Point {
 
 pub fn bench_quantize(rest: &[&str]) -> anyhow::Result<()> {
     let pretrain_steps = flag(rest, "--pretrain-steps", "400");
-    let out = target_dir().join("bench/quantize");
-    if out.exists() {
-        std::fs::remove_dir_all(&out)?;
-    }
-    std::fs::create_dir_all(&out)?;
-    run(Command::new("cargo").current_dir(root()).args([
-        "build",
-        "--quiet",
-        "--release",
-        "-p",
-        "andes-cli",
-    ]))?;
-    let andes = target_dir().join("release/andes");
+    let (out, andes) = fresh_bench("quantize")?;
     let pretrain = out.join("pretrain");
     train(
         &andes,

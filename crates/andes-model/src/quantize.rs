@@ -89,27 +89,47 @@ fn try_for_each_linear<E>(
     Ok(())
 }
 
-/// The Hessian `Σ x xᵀ` of every linear's inputs over `batches` (token ids `[batch, seq]`),
-/// from the model as it is (float, or already quantized). `model` itself is left untouched.
+/// One calibration batch: token ids `[batch, seq]`, or input embeddings `[batch, seq,
+/// hidden]` (an AndesVL sequence: token embeddings with its images' visual embeddings spliced
+/// in, so the language model's linears see what they see on images).
+#[derive(Debug, Clone)]
+pub enum CalibrationInput {
+    /// Token ids.
+    Tokens(Tensor<2, Int>),
+    /// Input embeddings.
+    Embeddings(Tensor<3>),
+}
+
+/// The Hessian `Σ x xᵀ` of every linear's inputs over `inputs`, from the model as it is
+/// (float, or already quantized). `model` itself is left untouched.
 pub fn calibrate(
     model: &Qwen3ForCausalLM,
-    batches: &[Tensor<2, Int>],
+    inputs: &[CalibrationInput],
 ) -> Result<BTreeMap<String, Hessian>, ModelError> {
-    calibrate_with(model, batches, Hessian::new)
+    calibrate_with(model, inputs, Hessian::new)
 }
 
 /// [`calibrate`] keeping only each Hessian's diagonal (enough for importance-weighted
 /// sensitivities, not for GPTQ): `in` instead of `in²` work per token.
 pub fn calibrate_diagonal(
     model: &Qwen3ForCausalLM,
-    batches: &[Tensor<2, Int>],
+    inputs: &[CalibrationInput],
 ) -> Result<BTreeMap<String, Hessian>, ModelError> {
-    calibrate_with(model, batches, Hessian::diagonal_only)
+    calibrate_with(model, inputs, Hessian::diagonal_only)
+}
+
+/// Token batches as calibration inputs.
+pub fn token_inputs(batches: &[Tensor<2, Int>]) -> Vec<CalibrationInput> {
+    batches
+        .iter()
+        .cloned()
+        .map(CalibrationInput::Tokens)
+        .collect()
 }
 
 fn calibrate_with(
     model: &Qwen3ForCausalLM,
-    batches: &[Tensor<2, Int>],
+    inputs: &[CalibrationInput],
     accumulator: fn(usize) -> Hessian,
 ) -> Result<BTreeMap<String, Hessian>, ModelError> {
     let mut probe = model.clone().valid();
@@ -122,9 +142,16 @@ fn calibrate_with(
         Ok::<_, ModelError>(())
     })?;
     let device: Device = probe.devices()[0].clone();
-    for batch in batches {
-        let batch = Tensor::<2, Int>::from_data(batch.to_data(), &device);
-        probe.forward(batch, &mut probe.new_cache())?;
+    for input in inputs {
+        let embeddings = match input {
+            CalibrationInput::Tokens(batch) => {
+                probe.embed(Tensor::<2, Int>::from_data(batch.to_data(), &device))
+            }
+            CalibrationInput::Embeddings(embeddings) => {
+                Tensor::<3>::from_data(embeddings.to_data(), &device)
+            }
+        };
+        probe.forward_embeddings(embeddings, &mut probe.new_cache())?;
     }
     drop(probe);
     taps.into_iter()

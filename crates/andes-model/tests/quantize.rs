@@ -19,7 +19,7 @@ use andes_model::lora::peft::export_peft_adapter;
 use andes_model::lora::{LoraConfig, LoraError, LoraTarget};
 use andes_model::quantize::{
     Initializer, bake_quantized_weights, calibrate, linear_names, load_scales, quantize_base,
-    quantized_linears, save_scales,
+    quantized_linears, save_scales, token_inputs,
 };
 use andes_model::qwen3::{Qwen3Config, Qwen3ForCausalLM};
 use andes_quant::{BitPlan, QuantFormat, dequantize};
@@ -114,7 +114,7 @@ fn gptq_calibrated_on_real_text_has_a_smaller_layer_output_error_than_rtn() {
     let device = Device::flex();
     let float = load(&device).1;
     let calibration = text_batches(&device, 8, 32);
-    let hessians = calibrate(&float, &calibration).unwrap();
+    let hessians = calibrate(&float, &token_inputs(&calibration)).unwrap();
     assert_eq!(hessians.len(), 2 * 7);
     assert!(hessians.values().all(|h| h.tokens() == 8 * 32));
     let rows = |model: &Qwen3ForCausalLM| -> Vec<Vec<f32>> {

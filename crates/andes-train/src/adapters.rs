@@ -9,6 +9,7 @@ use std::path::Path;
 use andes_model::lora::peft::{export_peft_adapter, import_peft_adapter};
 use andes_model::quantize::{
     Initializer, LinearReport, calibrate, linear_names, load_scales, quantize_base, save_scales,
+    token_inputs,
 };
 use andes_model::qwen3::Qwen3ForCausalLM;
 use andes_quant::{BitPlan, BpwReport};
@@ -78,7 +79,7 @@ pub fn quantize(
                 .chunks(batch_size)
                 .map(|chunk| to_batch(chunk, &device).inputs)
                 .collect();
-            Some(calibrate(model, &batches)?)
+            Some(calibrate(model, &token_inputs(&batches))?)
         }
         _ => None,
     };

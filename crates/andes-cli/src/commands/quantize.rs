@@ -7,10 +7,11 @@ use std::time::Instant;
 
 use andes_data::TextTokenizer;
 use andes_data::dataset::DataFormat;
-use andes_model::andesvl::{AndesVLConfig, load_andesvl};
+use andes_model::andesvl::{AndesVL, AndesVLConfig, load_andesvl};
 use andes_model::checkpoint::load_qwen3;
 use andes_model::quantize::{
-    Initializer, calibrate, calibrate_diagonal, linear_shapes, quantize_base,
+    CalibrationInput, Initializer, calibrate, calibrate_diagonal, linear_shapes, quantize_base,
+    token_inputs,
 };
 use andes_model::qwen3::{Qwen3Config, Qwen3ForCausalLM};
 use andes_model::sensitivity::{LayerSensitivity, loss_sensitivities, sensitivities};
@@ -20,6 +21,7 @@ use andes_quant::{
     PlanEntry, QuantFormat, TargetProfile, allocate, estimate,
 };
 use andes_train::data::{WindowSet, to_batch};
+use andes_train::objective::image_text_embeddings;
 use andes_train::recipe::DataSection;
 use anyhow::{Context, bail};
 use burn::tensor::{DType, Device};
@@ -66,6 +68,14 @@ pub struct QuantizeArgs {
     /// Calibration windows used.
     #[arg(long, default_value_t = 32)]
     calib_windows: usize,
+    /// AndesVL only: image-text records (JSONL of `{"image", "caption"}` or of conversations
+    /// with `"images"`) added to the calibration, so the language model's Hessians (GPTQ, the
+    /// `hessian` sensitivity) see visual tokens too; the `loss` sensitivity stays on text.
+    #[arg(long)]
+    calib_images: Option<PathBuf>,
+    /// Image-text records of --calib-images used.
+    #[arg(long, default_value_t = 32)]
+    calib_image_records: usize,
     /// Tokens per calibration window.
     #[arg(long, default_value_t = 128)]
     seq_len: usize,
@@ -141,11 +151,31 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
             .chunks(8)
             .map(|chunk| to_batch(chunk, &device).inputs)
             .collect();
+        let mut inputs = token_inputs(&batches);
+        if let Some(file) = &args.calib_images {
+            let Some((vision, andesvl_config)) = &vision else {
+                bail!(
+                    "--calib-images calibrates AndesVL models; {} is a text model",
+                    args.model.display()
+                );
+            };
+            let andesvl = AndesVL::from_parts(vision.clone(), model.clone());
+            let embeddings = image_text_embeddings(
+                &andesvl,
+                andesvl_config,
+                &args.model,
+                file,
+                args.seq_len,
+                args.calib_image_records,
+            )
+            .with_context(|| format!("calibration images {}", file.display()))?;
+            inputs.extend(embeddings.into_iter().map(CalibrationInput::Embeddings));
+        }
         // GPTQ needs full input Hessians; the importance-weighted sensitivity only diagonals.
         let hessians = if args.init == Initializer::Rtn && args.sensitivity == "hessian" {
-            calibrate_diagonal(&model, &batches)?
+            calibrate_diagonal(&model, &inputs)?
         } else {
-            calibrate(&model, &batches)?
+            calibrate(&model, &inputs)?
         };
         (batches, Some(hessians))
     } else {
@@ -232,6 +262,8 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
                 "calibration": args.calib,
                 "calibration_sha256": calib_sha,
                 "calibration_windows": args.calib_windows,
+                "calibration_images": args.calib_images,
+                "calibration_image_records": args.calib_images.as_ref().map(|_| args.calib_image_records),
                 "sensitivity": args.sensitivity,
                 "seq_len": args.seq_len,
             }),
@@ -307,12 +339,13 @@ fn cached_sensitivities(
         .collect();
     files.sort();
     files.extend(args.calib.clone());
+    files.extend(args.calib_images.clone());
     for file in &files {
         key.update(std::fs::read(file).with_context(|| format!("reading {}", file.display()))?);
     }
     key.update(format!(
-        "{formats:?} {} {}",
-        args.calib_windows, args.seq_len
+        "{formats:?} {} {} {}",
+        args.calib_windows, args.seq_len, args.calib_image_records
     ));
     let key = format!("{:x}", key.finalize());
     let dir = args

@@ -19,7 +19,7 @@ pub use grpo::{GrpoObjective, GrpoSection};
 pub use mpo::{MpoObjective, MpoSection, RunningMean, mpo_loss};
 pub use replies::ReplyRows;
 pub use tokens::{TokenObjective, mean_nll};
-pub use vision::{VisionObjective, image_tokens};
+pub use vision::{VisionObjective, image_text_embeddings, image_tokens};
 
 use crate::checkpoint::TrainerState;
 use crate::data::{WindowSet, draw_indices};

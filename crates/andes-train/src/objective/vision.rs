@@ -56,73 +56,109 @@ struct VisualRow {
     placements: Vec<ImagePlacement>,
 }
 
-/// Mean NLL of the scored tokens of an image-caption or conversation file.
-pub struct VisionObjective {
+/// Turns vision-language records into model rows: images decoded and preprocessed per the
+/// model's `preprocessor_config.json`, tokens with each image's span, rows cut to
+/// `seq_len + 1` tokens.
+struct VisualRows {
     data_file: PathBuf,
-    train: Vec<VisualExample>,
-    eval: Option<Vec<VisualExample>>,
     processor: ImageProcessor,
     tokenizer: TextTokenizer,
     image_tokens: ImageTokens,
     end_of_text: u32,
     seq_len: usize,
+}
+
+/// Mean NLL of the scored tokens of an image-caption or conversation file.
+pub struct VisionObjective {
+    train: Vec<VisualExample>,
+    eval: Option<Vec<VisualExample>>,
+    rows: VisualRows,
     batches: StepBatches,
 }
 
-impl VisionObjective {
-    /// Reads the recipe's files (format `image_caption` or `chat`); the images' preprocessing
-    /// comes from the starting checkpoint's `preprocessor_config.json`. `config` must be an
-    /// AndesVL model's.
-    pub fn new(
-        recipe: &Recipe,
+/// The records of `path`: image captions, or conversations that may show images.
+fn load_examples(
+    path: &Path,
+    format: DataFormat,
+    tokenizer: &TextTokenizer,
+    skip_bad_records: bool,
+) -> Result<Vec<VisualExample>, TrainError> {
+    Ok(match format {
+        DataFormat::ImageCaption => load_captions(path, skip_bad_records)?
+            .0
+            .into_iter()
+            .map(VisualExample::Caption)
+            .collect(),
+        _ => load_image_conversations(path, tokenizer, skip_bad_records)?
+            .0
+            .into_iter()
+            .map(VisualExample::Chat)
+            .collect(),
+    })
+}
+
+/// Input embeddings of the first `count` records of `file` (image captions or conversations
+/// that show images, told apart by the first record's keys) for `model`, one `[1, seq,
+/// hidden]` tensor a record: what `andes quantize` calibrates an AndesVL model's language
+/// model on, so its linears see visual tokens as well as text. Images are preprocessed per
+/// `model_dir`'s `preprocessor_config.json`; rows are cut to `seq_len + 1` tokens.
+pub fn image_text_embeddings(
+    model: &AndesVL,
+    config: &AndesVLConfig,
+    model_dir: &Path,
+    file: &Path,
+    seq_len: usize,
+    count: usize,
+) -> Result<Vec<Tensor<3>>, TrainError> {
+    let first = std::fs::read_to_string(file).map_err(|e| TrainError::io(file, e))?;
+    let first = first.lines().find(|l| !l.trim().is_empty()).unwrap_or("{}");
+    let record: serde_json::Value =
+        serde_json::from_str(first).map_err(|e| TrainError::io(file, format!("line 1: {e}")))?;
+    let format = if record.get("image").is_some() {
+        DataFormat::ImageCaption
+    } else {
+        DataFormat::Chat
+    };
+    let tokenizer = TextTokenizer::from_model_dir(model_dir)?;
+    let examples = load_examples(file, format, &tokenizer, false)?;
+    let rows = VisualRows::new(model_dir, file, &tokenizer, config, seq_len)?;
+    let device: Device = model.devices()[0].clone();
+    examples
+        .iter()
+        .take(count)
+        .map(|example| {
+            let row = rows.row(model, example, 0, &device)?;
+            let ids: Vec<i64> = row.tokens.ids.iter().map(|&id| id as i64).collect();
+            let len = ids.len();
+            let ids = Tensor::from_data(TensorData::new(ids, [1, len]), &device);
+            Ok(model.embed(ids, &row.placements)?)
+        })
+        .collect()
+}
+
+impl VisualRows {
+    /// Reads `model_dir`'s image preprocessing; `data_file` labels errors.
+    fn new(
+        model_dir: &Path,
+        data_file: &Path,
         tokenizer: &TextTokenizer,
-        config: &ModelConfig,
+        config: &AndesVLConfig,
+        seq_len: usize,
     ) -> Result<Self, TrainError> {
-        let ModelConfig::VisionLanguage(config) = config else {
-            return Err(TrainError::io(
-                &recipe.model.checkpoint.join("config.json"),
-                "data.format image_caption trains a vision-language model; this checkpoint \
-                 is a text model (expected model_type \"andesvl\", see `andes assemble`)",
-            ));
-        };
-        let skip = recipe.data.skip_bad_records;
-        let load = |path: &Path| -> Result<Vec<VisualExample>, TrainError> {
-            Ok(match recipe.data.format {
-                DataFormat::ImageCaption => load_captions(path, skip)?
-                    .0
-                    .into_iter()
-                    .map(VisualExample::Caption)
-                    .collect(),
-                _ => load_image_conversations(path, tokenizer, skip)?
-                    .0
-                    .into_iter()
-                    .map(VisualExample::Chat)
-                    .collect(),
-            })
-        };
-        let train = load(&recipe.data.train)?;
-        if train.is_empty() {
-            return Err(TrainError::io(&recipe.data.train, "no records"));
-        }
-        let eval = recipe.data.eval.as_deref().map(load).transpose()?;
-        let processor =
-            ImageProcessor::from_file(&recipe.model.checkpoint.join("preprocessor_config.json"))?;
+        let processor = ImageProcessor::from_file(&model_dir.join("preprocessor_config.json"))?;
         let end_of_text = tokenizer.token_id(END_OF_TEXT).ok_or_else(|| {
             TrainError::io(
-                &recipe.model.checkpoint.join("tokenizer.json"),
+                &model_dir.join("tokenizer.json"),
                 format!("the tokenizer has no {END_OF_TEXT} token"),
             )
         })?;
         Ok(Self {
-            data_file: recipe.data.train.clone(),
-            train,
-            eval,
+            data_file: data_file.to_owned(),
             processor,
             tokenizer: tokenizer.clone(),
             image_tokens: image_tokens(config),
             end_of_text,
-            seq_len: recipe.data.seq_len,
-            batches: StepBatches::of(recipe),
+            seq_len,
         })
     }
 
@@ -227,6 +263,51 @@ impl VisionObjective {
     }
 }
 
+impl VisionObjective {
+    /// Reads the recipe's files (format `image_caption` or `chat`); the images' preprocessing
+    /// comes from the starting checkpoint's `preprocessor_config.json`. `config` must be an
+    /// AndesVL model's.
+    pub fn new(
+        recipe: &Recipe,
+        tokenizer: &TextTokenizer,
+        config: &ModelConfig,
+    ) -> Result<Self, TrainError> {
+        let ModelConfig::VisionLanguage(config) = config else {
+            return Err(TrainError::io(
+                &recipe.model.checkpoint.join("config.json"),
+                "data.format image_caption trains a vision-language model; this checkpoint \
+                 is a text model (expected model_type \"andesvl\", see `andes assemble`)",
+            ));
+        };
+        let load = |path: &Path| {
+            load_examples(
+                path,
+                recipe.data.format,
+                tokenizer,
+                recipe.data.skip_bad_records,
+            )
+        };
+        let train = load(&recipe.data.train)?;
+        if train.is_empty() {
+            return Err(TrainError::io(&recipe.data.train, "no records"));
+        }
+        let eval = recipe.data.eval.as_deref().map(load).transpose()?;
+        let rows = VisualRows::new(
+            &recipe.model.checkpoint,
+            &recipe.data.train,
+            tokenizer,
+            config,
+            recipe.data.seq_len,
+        )?;
+        Ok(Self {
+            train,
+            eval,
+            rows,
+            batches: StepBatches::of(recipe),
+        })
+    }
+}
+
 /// Tokens of `row` the loss counts.
 fn scored_tokens(row: &VisualRow) -> usize {
     row.tokens.loss_mask[1..].iter().filter(|&&m| m).count()
@@ -251,13 +332,13 @@ impl Objective for VisionObjective {
             .batches
             .draw(&self.train, state)
             .iter()
-            .map(|examples| self.rows(model, examples))
+            .map(|examples| self.rows.rows(model, examples))
             .collect::<Result<Vec<_>, _>>()?;
         let tokens: usize = micro_batches.iter().flatten().map(scored_tokens).sum();
         let mut accumulator = GradientsAccumulator::new();
         let mut nll_sum = 0.0;
         for rows in micro_batches {
-            let nll = Self::nll(model, rows)?;
+            let nll = VisualRows::nll(model, rows)?;
             nll_sum += accumulate_share(&mut accumulator, model, nll, tokens as f64);
         }
         Ok(StepOutput {
@@ -277,9 +358,9 @@ impl Objective for VisionObjective {
         let (mut nll, mut tokens) = (0.0, 0usize);
         let examples: Vec<&VisualExample> = eval.iter().collect();
         for chunk in examples.chunks(self.batches.batch_size) {
-            let rows = self.rows(&model, chunk)?;
+            let rows = self.rows.rows(&model, chunk)?;
             tokens += rows.iter().map(scored_tokens).sum::<usize>();
-            nll += scalar(Self::nll(&model, rows)?);
+            nll += scalar(VisualRows::nll(&model, rows)?);
         }
         Ok(Some(Evaluation {
             loss: Some(nll / tokens.max(1) as f64),
