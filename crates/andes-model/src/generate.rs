@@ -88,6 +88,78 @@ pub fn generate_from_embeddings(
     Ok(generated)
 }
 
+/// Samples one completion of `prompt` per entry of `decodings`, all in one batch: the prompt
+/// is prefilled once for every row, then each step decodes every unfinished row at once, row
+/// `i` drawing from its own sampler (`decodings[i]`, so a row's tokens are those a lone
+/// [`generate`] with that rule would draw). A row ends at a stop token (kept) or after
+/// `max_new_tokens`; the rows that ended keep being fed their stop token, and what they
+/// compute is ignored. This is how GRPO samples a group: one forward per position instead of
+/// one per position and completion.
+pub fn generate_group(
+    model: &Qwen3ForCausalLM,
+    prompt: &[u32],
+    decodings: &[Decoding],
+    max_new_tokens: usize,
+    stop_tokens: &[u32],
+    device: &Device,
+) -> Result<Vec<Vec<u32>>, ModelError> {
+    if prompt.is_empty() {
+        return Err(ModelError::InvalidInput(
+            "the prompt is empty: generation needs at least one token".into(),
+        ));
+    }
+    let rows = decodings.len();
+    let mut samplers: Vec<TokenSampler> = decodings.iter().map(TokenSampler::new).collect();
+    let mut cache = model.new_cache();
+    let mut completions: Vec<Vec<u32>> = vec![Vec::with_capacity(max_new_tokens); rows];
+    let mut finished = vec![false; rows];
+    let prompt_rows: Vec<u32> = prompt
+        .iter()
+        .copied()
+        .cycle()
+        .take(rows * prompt.len())
+        .collect();
+    let mut input = rows_tensor(&prompt_rows, rows, device);
+    for _ in 0..max_new_tokens {
+        if finished.iter().all(|&f| f) {
+            break;
+        }
+        let hidden = model.forward_hidden(input, &mut cache)?;
+        let [_, seq, hidden_size] = hidden.dims();
+        let last = hidden.slice([0..rows, seq - 1..seq, 0..hidden_size]);
+        let logits = model
+            .logits(last)
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .expect("converted to f32");
+        let vocab = logits.len() / rows;
+        let mut next = Vec::with_capacity(rows);
+        for (row, sampler) in samplers.iter_mut().enumerate() {
+            if finished[row] {
+                next.push(
+                    *completions[row]
+                        .last()
+                        .expect("a finished row has a stop token"),
+                );
+                continue;
+            }
+            let token = sampler.next(&logits[row * vocab..(row + 1) * vocab]);
+            completions[row].push(token);
+            finished[row] = stop_tokens.contains(&token);
+            next.push(token);
+        }
+        input = rows_tensor(&next, rows, device);
+    }
+    Ok(completions)
+}
+
+/// `[rows, n / rows]` int tensor of `ids` laid out row after row.
+fn rows_tensor(ids: &[u32], rows: usize, device: &Device) -> Tensor<2, Int> {
+    let values: Vec<i64> = ids.iter().map(|&id| id as i64).collect();
+    Tensor::from_data(TensorData::new(values, [rows, ids.len() / rows]), device)
+}
+
 /// `[1, n]` int tensor of token ids.
 pub fn token_tensor(ids: &[u32], device: &Device) -> Tensor<2, Int> {
     let values: Vec<i64> = ids.iter().map(|&id| id as i64).collect();
@@ -196,6 +268,44 @@ fn filtered_probabilities(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each row of a batched group draws exactly the tokens a lone generation with its rule
+    /// draws (the batch changes nothing a row sees), and rows stop on their own.
+    #[test]
+    fn a_group_sampled_in_one_batch_matches_each_completion_sampled_alone() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/qwen3-tiny-untied-mha-f32");
+        let device = Device::flex();
+        let (_, model) =
+            crate::checkpoint::load_qwen3(&dir, &device, burn::tensor::DType::F32).unwrap();
+        let prompt = [5, 90, 17, 301, 44];
+        let decodings: Vec<Decoding> = (0..6)
+            .map(|seed| Decoding::Sample {
+                temperature: 1.0,
+                top_k: None,
+                top_p: Some(0.9),
+                seed,
+            })
+            .collect();
+        // A fifth of the vocabulary stops a row, so that rows end at different lengths.
+        let stops: Vec<u32> = (0..100).collect();
+        let group = generate_group(&model, &prompt, &decodings, 12, &stops, &device).unwrap();
+        assert_eq!(group.len(), decodings.len());
+        for (decoding, batched) in decodings.iter().zip(&group) {
+            let request = GenerationRequest {
+                max_new_tokens: 12,
+                decoding: decoding.clone(),
+                stop_tokens: stops.clone(),
+            };
+            let alone = generate(&model, &prompt, &request, &device).unwrap();
+            assert_eq!(batched, &alone);
+        }
+        let lengths: std::collections::BTreeSet<usize> = group.iter().map(Vec::len).collect();
+        assert!(
+            lengths.len() > 1,
+            "every row ran the same length: {lengths:?}"
+        );
+    }
 
     #[test]
     fn greedy_picks_first_maximum_like_torch_argmax() {

@@ -64,8 +64,10 @@ pub(super) fn user_prompt(
     let ids = tokenizer.encode(&render_for_generation(&[(Role::User, text)]))?;
     if ids.len() >= limit {
         return Ok(Err(format!(
-            "the prompt takes {} tokens, leaving no room for a reply in seq_len {limit}",
-            ids.len()
+            "the prompt takes {} tokens, leaving no room for a reply: at most {} fit \
+             (data.seq_len less the reply's room)",
+            ids.len(),
+            limit - 1
         )));
     }
     Ok(Ok(ids))

@@ -3,14 +3,15 @@
 //! them with a named reward function, normalise rewards within the group into advantages,
 //! and maximise the clipped policy-ratio objective with a KL penalty to a frozen reference.
 //!
-//! One policy update per batch of samples (TRL's default `num_iterations = 1`), so the
+//! A prompt's group is sampled in one batch ([`generate_group`]). One policy update per batch
+//! of samples (TRL's default `num_iterations = 1`), so the
 //! ratio's "old" policy is the current one detached: the ratio is 1 in value and its gradient
 //! is the policy gradient; clipping is kept in the form that holds for more updates.
 
 use andes_data::TextTokenizer;
 use andes_data::chat::END_OF_TURN;
 use andes_data::dataset::{PromptExample, load_prompts};
-use andes_model::generate::{Decoding, GenerationRequest, generate};
+use andes_model::generate::{Decoding, generate_group};
 use andes_model::qwen3::Qwen3ForCausalLM;
 use burn::module::Module;
 use burn::optim::GradientsAccumulator;
@@ -118,31 +119,40 @@ impl GrpoObjective {
         })
     }
 
-    /// Samples (or, with `Decoding::Greedy`, decodes) a completion of `example` from `policy`
-    /// and scores it.
-    fn rollout<'a>(
+    /// Completions of `example` from `policy`, one per rule of `decodings`, sampled in one
+    /// batch, each scored.
+    fn rollouts<'a>(
         &self,
         policy: &Qwen3ForCausalLM,
         example: &'a PromptExample,
-        decoding: Decoding,
-    ) -> Result<Rollout<'a>, TrainError> {
+        decodings: &[Decoding],
+    ) -> Result<Vec<Rollout<'a>>, TrainError> {
         let device: Device = policy.devices()[0].clone();
-        let request = GenerationRequest {
-            max_new_tokens: self.section.max_new_tokens,
-            decoding,
-            stop_tokens: self.stop_tokens.clone(),
-        };
-        let completion = generate(policy, &example.prompt, &request, &device)?;
-        let text_ids = match completion.last() {
-            Some(last) if self.stop_tokens.contains(last) => &completion[..completion.len() - 1],
-            _ => &completion[..],
-        };
-        let text = self.tokenizer.decode(text_ids)?;
-        Ok(Rollout {
-            prompt: &example.prompt,
-            reward: self.section.reward.score(&text, &example.answer),
-            completion,
-        })
+        let completions = generate_group(
+            policy,
+            &example.prompt,
+            decodings,
+            self.section.max_new_tokens,
+            &self.stop_tokens,
+            &device,
+        )?;
+        completions
+            .into_iter()
+            .map(|completion| {
+                let text_ids = match completion.last() {
+                    Some(last) if self.stop_tokens.contains(last) => {
+                        &completion[..completion.len() - 1]
+                    }
+                    _ => &completion[..],
+                };
+                let text = self.tokenizer.decode(text_ids)?;
+                Ok(Rollout {
+                    prompt: &example.prompt,
+                    reward: self.section.reward.score(&text, &example.answer),
+                    completion,
+                })
+            })
+            .collect()
     }
 
     /// The summed per-sequence GRPO losses of `rollouts` (whole groups) under `model`.
@@ -214,16 +224,18 @@ impl Objective for GrpoObjective {
         for batch in prompts {
             let mut rollouts = Vec::new();
             for example in batch {
-                for _ in 0..group_size {
-                    let decoding = Decoding::Sample {
-                        temperature: self.section.temperature as f32,
-                        top_k: None,
-                        top_p: self.section.top_p.map(|p| p as f32),
-                        seed: step_seed ^ slot.wrapping_mul(0x2545_F491_4F6C_DD1D),
-                    };
-                    slot += 1;
-                    rollouts.push(self.rollout(&policy, example, decoding)?);
-                }
+                let decodings: Vec<Decoding> = (0..group_size)
+                    .map(|_| {
+                        slot += 1;
+                        Decoding::Sample {
+                            temperature: self.section.temperature as f32,
+                            top_k: None,
+                            top_p: self.section.top_p.map(|p| p as f32),
+                            seed: step_seed ^ (slot - 1).wrapping_mul(0x2545_F491_4F6C_DD1D),
+                        }
+                    })
+                    .collect();
+                rollouts.extend(self.rollouts(&policy, example, &decodings)?);
             }
             micro_batches.push(rollouts);
         }
@@ -253,7 +265,7 @@ impl Objective for GrpoObjective {
         let policy = model.valid();
         let mut total = 0.0;
         for example in eval {
-            total += self.rollout(&policy, example, Decoding::Greedy)?.reward;
+            total += self.rollouts(&policy, example, &[Decoding::Greedy])?[0].reward;
         }
         Ok(Some(Evaluation {
             reward: Some(total / eval.len() as f64),
