@@ -70,15 +70,7 @@ pub fn generate_from_embeddings(
     let mut input = prompt;
     while generated.len() < request.max_new_tokens {
         let hidden = model.forward_embeddings(input, &mut cache)?;
-        let [_, seq, hidden_size] = hidden.dims();
-        let last = hidden.slice([0..1, seq - 1..seq, 0..hidden_size]);
-        let logits = model
-            .logits(last)
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .expect("converted to f32");
-        let next = sampler.next(&logits);
+        let next = sampler.next(&last_logits(model, hidden));
         generated.push(next);
         if request.stop_tokens.contains(&next) {
             break;
@@ -124,15 +116,7 @@ pub fn generate_group(
         if finished.iter().all(|&f| f) {
             break;
         }
-        let hidden = model.forward_hidden(input, &mut cache)?;
-        let [_, seq, hidden_size] = hidden.dims();
-        let last = hidden.slice([0..rows, seq - 1..seq, 0..hidden_size]);
-        let logits = model
-            .logits(last)
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .expect("converted to f32");
+        let logits = last_logits(model, model.forward_hidden(input, &mut cache)?);
         let vocab = logits.len() / rows;
         let mut next = Vec::with_capacity(rows);
         for (row, sampler) in samplers.iter_mut().enumerate() {
@@ -152,6 +136,18 @@ pub fn generate_group(
         input = rows_tensor(&next, rows, device);
     }
     Ok(completions)
+}
+
+/// The logits of each row's last position, row after row, read back as f32.
+fn last_logits(model: &Qwen3ForCausalLM, hidden: Tensor<3>) -> Vec<f32> {
+    let [rows, seq, hidden_size] = hidden.dims();
+    let last = hidden.slice([0..rows, seq - 1..seq, 0..hidden_size]);
+    model
+        .logits(last)
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("converted to f32")
 }
 
 /// `[rows, n / rows]` int tensor of `ids` laid out row after row.
