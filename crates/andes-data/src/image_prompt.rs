@@ -21,6 +21,17 @@ pub struct ImageTokens {
     pub end: Option<String>,
 }
 
+impl ImageTokens {
+    /// An image spelled by `token_id` alone, without start and end markers.
+    pub fn plain(token_id: u32) -> Self {
+        Self {
+            token_id,
+            start: None,
+            end: None,
+        }
+    }
+}
+
 /// Token ids of a prompt and where its images go.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImagePrompt {
@@ -113,11 +124,7 @@ mod tests {
     #[test]
     fn missing_placeholders_put_images_first_and_mismatches_are_errors() {
         let tokenizer = tokenizer();
-        let image = ImageTokens {
-            token_id: 7,
-            start: None,
-            end: None,
-        };
+        let image = ImageTokens::plain(7);
         let prompt = tokenize_with_images(&tokenizer, "hi", &[2], &image).unwrap();
         assert_eq!(prompt.image_spans, vec![0..2]);
         let error = tokenize_with_images(&tokenizer, "<image><image>", &[2], &image).unwrap_err();

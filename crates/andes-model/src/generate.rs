@@ -1,11 +1,13 @@
 //! Autoregressive decoding with a KV cache: greedy or sampled (temperature, top-k, top-p).
 
+use std::path::Path;
+
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::error::ModelError;
-use crate::qwen3::Qwen3ForCausalLM;
+use crate::qwen3::{EosTokenIds, Qwen3Config, Qwen3ForCausalLM};
 
 /// How the next token is chosen from the logits.
 #[derive(Debug, Clone, PartialEq)]
@@ -154,6 +156,35 @@ fn last_logits(model: &Qwen3ForCausalLM, hidden: Tensor<3>) -> Vec<f32> {
 fn rows_tensor(ids: &[u32], rows: usize, device: &Device) -> Tensor<2, Int> {
     let values: Vec<i64> = ids.iter().map(|&id| id as i64).collect();
     Tensor::from_data(TensorData::new(values, [rows, ids.len() / rows]), device)
+}
+
+/// End-of-sequence ids of the model directory `dir`: `generation_config.json`'s when it has
+/// them (as transformers' `generate` uses), else `config.json`'s.
+pub fn eos_token_ids(dir: &Path, config: &Qwen3Config) -> Result<Vec<u32>, ModelError> {
+    let path = dir.join("generation_config.json");
+    if path.exists() {
+        let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let bad = |message: String| ModelError::Config {
+            path: path.clone(),
+            key: "eos_token_id".into(),
+            message,
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        if !json["eos_token_id"].is_null() {
+            let ids: EosTokenIds = serde_json::from_value(json["eos_token_id"].clone())
+                .map_err(|_| bad("expected a token id or a list of ids".into()))?;
+            return Ok(ids.to_vec());
+        }
+    }
+    Ok(config
+        .eos_token_id
+        .as_ref()
+        .map(EosTokenIds::to_vec)
+        .unwrap_or_default())
 }
 
 /// `[1, n]` int tensor of token ids.

@@ -9,7 +9,7 @@ use andes_data::image_processor::ImageProcessor;
 use andes_data::image_prompt::{ImagePrompt, ImageTokens, tokenize_with_images};
 use andes_model::andesvl::{AndesVL, AndesVLConfig, ImagePlacement, load_andesvl};
 use andes_model::generate::{
-    Decoding, GenerationRequest, generate, generate_from_embeddings, token_tensor,
+    Decoding, GenerationRequest, eos_token_ids, generate, generate_from_embeddings, token_tensor,
 };
 use anyhow::Context;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -213,35 +213,4 @@ fn image_prompt(
         })
         .collect();
     Ok((prompt, placements))
-}
-
-/// End-of-sequence ids: `generation_config.json`'s if present, else `config.json`'s.
-fn eos_token_ids(dir: &Path, config: &andes_model::qwen3::Qwen3Config) -> anyhow::Result<Vec<u32>> {
-    let path = dir.join("generation_config.json");
-    if path.exists() {
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not valid JSON", path.display()))?;
-        let ids = match &json["eos_token_id"] {
-            serde_json::Value::Null => None,
-            value => Some(
-                serde_json::from_value::<andes_model::qwen3::EosTokenIds>(value.clone())
-                    .with_context(|| {
-                        format!(
-                            "{}: key `eos_token_id`: expected a token id or a list of ids",
-                            path.display()
-                        )
-                    })?,
-            ),
-        };
-        if let Some(ids) = ids {
-            return Ok(ids.to_vec());
-        }
-    }
-    Ok(config
-        .eos_token_id
-        .as_ref()
-        .map(|ids| ids.to_vec())
-        .unwrap_or_default())
 }

@@ -164,6 +164,7 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
                 &andesvl,
                 andesvl_config,
                 &args.model,
+                &tokenizer,
                 file,
                 args.seq_len,
                 args.calib_image_records,

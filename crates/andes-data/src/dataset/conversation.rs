@@ -64,11 +64,7 @@ pub fn load_image_conversations(
     skip_bad_records: bool,
 ) -> Result<(Vec<ImageChat>, usize), RecordError> {
     let folder = path.parent().unwrap_or(Path::new("."));
-    let probe = ImageTokens {
-        token_id: 0,
-        start: None,
-        end: None,
-    };
+    let probe = ImageTokens::plain(0);
     read_records(path, skip_bad_records, |line| {
         let conversation: Conversation = match serde_json::from_str(line) {
             Ok(conversation) => conversation,
@@ -124,11 +120,7 @@ pub fn tokenize_conversation(
                 .into(),
         ));
     }
-    let no_images = ImageTokens {
-        token_id: 0,
-        start: None,
-        end: None,
-    };
+    let no_images = ImageTokens::plain(0);
     Ok(tokenize_image_conversation(tokenizer, conversation, &[], &no_images)?.map(|c| c.tokens))
 }
 
@@ -221,11 +213,7 @@ mod tests {
     #[test]
     fn image_tokens_sit_in_the_user_turn_and_are_never_targets() {
         let tokenizer = tokenizer();
-        let image = ImageTokens {
-            token_id: 5,
-            start: None,
-            end: None,
-        };
+        let image = ImageTokens::plain(5);
         let conversation = chat("<image>\nWhich digit?", 1);
         let tokenized = tokenize_image_conversation(&tokenizer, &conversation, &[4], &image)
             .unwrap()
@@ -255,11 +243,7 @@ mod tests {
     #[test]
     fn placeholder_mismatches_and_images_on_text_models_are_refused() {
         let tokenizer = tokenizer();
-        let image = ImageTokens {
-            token_id: 5,
-            start: None,
-            end: None,
-        };
+        let image = ImageTokens::plain(5);
         let two = chat("<image> and <image>", 1);
         let err = tokenize_image_conversation(&tokenizer, &two, &[4], &image)
             .unwrap()

@@ -8,17 +8,22 @@
 //! ratio's "old" policy is the current one detached: the ratio is 1 in value and its gradient
 //! is the policy gradient; clipping is kept in the form that holds for more updates.
 
+use std::path::Path;
+
 use andes_data::TextTokenizer;
 use andes_data::chat::END_OF_TURN;
 use andes_data::dataset::{PromptExample, load_prompts};
-use andes_model::generate::{Decoding, generate_group};
+use andes_model::generate::{Decoding, eos_token_ids, generate_group};
 use andes_model::qwen3::Qwen3ForCausalLM;
 use burn::module::Module;
 use burn::optim::GradientsAccumulator;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::{Evaluation, Objective, ReplyRows, StepBatches, StepOutput, accumulate_share};
+use super::{
+    Evaluation, Objective, ReplyRows, StepBatches, StepOutput, accumulate_share, load_reference,
+    load_splits,
+};
 use crate::checkpoint::TrainerState;
 use crate::error::TrainError;
 use crate::model::TrainModel;
@@ -93,25 +98,19 @@ impl GrpoObjective {
             .clone()
             .expect("a grpo recipe has a [grpo] section (validated)");
         let prompt_limit = recipe.data.seq_len + 1 - section.max_new_tokens;
-        let load = |path| {
+        let load = |path: &Path| {
             load_prompts(path, tokenizer, prompt_limit, recipe.data.skip_bad_records)
                 .map(|(prompts, _skipped)| prompts)
+                .map_err(TrainError::from)
         };
-        let train = load(&recipe.data.train)?;
-        if train.is_empty() {
-            return Err(TrainError::io(&recipe.data.train, "no prompts"));
-        }
-        let eval = recipe.data.eval.as_deref().map(load).transpose()?;
-        let (config, reference) = TrainModel::load(&recipe.model.checkpoint, device)?;
-        let reference = reference.into_language_model();
-        let mut stop_tokens = (config.text_config().eos_token_id.as_ref())
-            .map(|e| e.to_vec())
-            .unwrap_or_default();
+        let (train, eval) = load_splits(recipe, load)?;
+        let (config, reference) = load_reference(recipe, device)?;
+        let mut stop_tokens = eos_token_ids(&recipe.model.checkpoint, config.text_config())?;
         stop_tokens.extend(tokenizer.token_id(END_OF_TURN));
         Ok(Self {
             train,
             eval,
-            reference: reference.valid(),
+            reference,
             tokenizer: tokenizer.clone(),
             stop_tokens,
             section,
@@ -224,15 +223,14 @@ impl Objective for GrpoObjective {
         for batch in prompts {
             let mut rollouts = Vec::new();
             for example in batch {
-                let decodings: Vec<Decoding> = (0..group_size)
-                    .map(|_| {
-                        slot += 1;
-                        Decoding::Sample {
-                            temperature: self.section.temperature as f32,
-                            top_k: None,
-                            top_p: self.section.top_p.map(|p| p as f32),
-                            seed: step_seed ^ (slot - 1).wrapping_mul(0x2545_F491_4F6C_DD1D),
-                        }
+                let slots = slot..slot + group_size as u64;
+                slot = slots.end;
+                let decodings: Vec<Decoding> = slots
+                    .map(|slot| Decoding::Sample {
+                        temperature: self.section.temperature as f32,
+                        top_k: None,
+                        top_p: self.section.top_p.map(|p| p as f32),
+                        seed: step_seed ^ slot.wrapping_mul(0x2545_F491_4F6C_DD1D),
                     })
                     .collect();
                 rollouts.extend(self.rollouts(&policy, example, &decodings)?);

@@ -9,13 +9,15 @@ mod tokens;
 mod vision;
 
 use andes_data::TextTokenizer;
+use std::path::Path;
+
 use andes_data::dataset::DataFormat;
+use andes_model::qwen3::Qwen3ForCausalLM;
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor};
 
-pub use grpo::group_advantages;
-pub use grpo::{GrpoObjective, GrpoSection};
+pub use grpo::{GrpoObjective, GrpoSection, group_advantages};
 pub use mpo::{MpoObjective, MpoSection, RunningMean, mpo_loss};
 pub use replies::ReplyRows;
 pub use tokens::{TokenObjective, mean_nll};
@@ -97,6 +99,30 @@ pub fn for_recipe(
         Stage::Mpo => Box::new(MpoObjective::new(recipe, tokenizer, device)?),
         Stage::Grpo => Box::new(GrpoObjective::new(recipe, tokenizer, device)?),
     })
+}
+
+/// The recipe's training examples (refused when there are none) and held-out examples (when
+/// it names a file), each file read by `load`.
+fn load_splits<T>(
+    recipe: &Recipe,
+    load: impl Fn(&Path) -> Result<Vec<T>, TrainError>,
+) -> Result<(Vec<T>, Option<Vec<T>>), TrainError> {
+    let train = load(&recipe.data.train)?;
+    if train.is_empty() {
+        return Err(TrainError::io(&recipe.data.train, "no records to train on"));
+    }
+    let eval = recipe.data.eval.as_deref().map(load).transpose()?;
+    Ok((train, eval))
+}
+
+/// The frozen reference of MPO and GRPO: the starting checkpoint's language model, on the
+/// plain `device`, with its configuration.
+fn load_reference(
+    recipe: &Recipe,
+    device: &Device,
+) -> Result<(ModelConfig, Qwen3ForCausalLM), TrainError> {
+    let (config, reference) = TrainModel::load(&recipe.model.checkpoint, device)?;
+    Ok((config, reference.into_language_model().valid()))
 }
 
 /// The value of a one-element tensor, read back as f64.

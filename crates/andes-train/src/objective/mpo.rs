@@ -3,6 +3,8 @@
 //! on its own against a running reward shift) and a generation term (SFT on the chosen
 //! reply), all against a frozen reference model. With the last two weights 0 it is DPO.
 
+use std::path::Path;
+
 use andes_data::TextTokenizer;
 use andes_data::dataset::{PreferencePair, load_preferences};
 use andes_model::qwen3::Qwen3ForCausalLM;
@@ -12,7 +14,10 @@ use burn::tensor::activation::log_sigmoid;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::{Evaluation, Objective, ReplyRows, StepBatches, StepOutput, accumulate_share, scalar};
+use super::{
+    Evaluation, Objective, ReplyRows, StepBatches, StepOutput, accumulate_share, load_reference,
+    load_splits, scalar,
+};
 use crate::checkpoint::TrainerState;
 use crate::error::TrainError;
 use crate::model::TrainModel;
@@ -109,17 +114,42 @@ pub struct MpoObjective {
     batches: StepBatches,
 }
 
-/// One micro-batch's figures, before dividing by the step's totals.
-struct PairSums {
-    /// Σ (w_p·preference + w_q·quality) over pairs + w_g·Σ chosen NLL · pairs / chosen tokens;
-    /// kept as a tensor for the backward pass.
-    objective: Tensor<1>,
-    /// Σ preference, Σ quality, Σ chosen NLL (values).
+/// Summed figures of some pairs, values only: what the reported loss and accuracy are made of.
+#[derive(Debug, Clone, Copy, Default)]
+struct PairTotals {
+    /// Σ preference term, Σ quality term, Σ chosen-reply NLL.
     preference: f64,
     quality: f64,
     chosen_nll: f64,
     /// Pairs whose chosen reward beats the rejected one.
     preferred: usize,
+}
+
+impl std::ops::AddAssign for PairTotals {
+    fn add_assign(&mut self, other: Self) {
+        self.preference += other.preference;
+        self.quality += other.quality;
+        self.chosen_nll += other.chosen_nll;
+        self.preferred += other.preferred;
+    }
+}
+
+impl PairTotals {
+    /// The MPO loss of `pairs` pairs with `chosen_tokens` chosen-reply tokens.
+    fn loss(&self, section: &MpoSection, pairs: usize, chosen_tokens: usize) -> f64 {
+        (section.preference_weight * self.preference + section.quality_weight * self.quality)
+            / pairs.max(1) as f64
+            + section.sft_weight * self.chosen_nll / chosen_tokens.max(1) as f64
+    }
+}
+
+/// One micro-batch's figures, before dividing by the step's totals.
+struct PairSums {
+    /// Σ (w_p·preference + w_q·quality) over pairs + w_g·Σ chosen NLL · pairs / chosen tokens;
+    /// kept as a tensor for the backward pass.
+    objective: Tensor<1>,
+    /// The same figures as values.
+    totals: PairTotals,
 }
 
 impl MpoObjective {
@@ -130,7 +160,7 @@ impl MpoObjective {
         tokenizer: &TextTokenizer,
         device: &Device,
     ) -> Result<Self, TrainError> {
-        let load = |path| {
+        let load = |path: &Path| {
             load_preferences(
                 path,
                 tokenizer,
@@ -138,18 +168,14 @@ impl MpoObjective {
                 recipe.data.skip_bad_records,
             )
             .map(|(pairs, _skipped)| pairs)
+            .map_err(TrainError::from)
         };
-        let train = load(&recipe.data.train)?;
-        if train.is_empty() {
-            return Err(TrainError::io(&recipe.data.train, "no preference pairs"));
-        }
-        let eval = recipe.data.eval.as_deref().map(load).transpose()?;
-        let (_, reference) = TrainModel::load(&recipe.model.checkpoint, device)?;
-        let reference = reference.into_language_model();
+        let (train, eval) = load_splits(recipe, load)?;
+        let (_, reference) = load_reference(recipe, device)?;
         Ok(Self {
             train,
             eval,
-            reference: reference.valid(),
+            reference,
             section: recipe.mpo.clone().unwrap_or_default(),
             batches: StepBatches::of(recipe),
         })
@@ -209,41 +235,22 @@ impl MpoObjective {
             self.section.beta,
             shift.mean,
         );
+        let (preference, quality) = (preference.sum(), quality.sum());
         let chosen_nll = policy_chosen.sum().neg();
-        let objective = preference
-            .clone()
-            .sum()
-            .mul_scalar(self.section.preference_weight)
-            + quality
-                .clone()
-                .sum()
-                .mul_scalar(self.section.quality_weight)
-            + chosen_nll.clone().mul_scalar(
-                self.section.sft_weight * step_pairs as f64 / step_chosen_tokens.max(1) as f64,
-            );
-        let preferred = (0..count)
-            .filter(|&i| reward_values[i] > reward_values[count + i])
-            .count();
-        Ok(PairSums {
-            objective,
-            preference: scalar(preference.sum()),
-            quality: scalar(quality.sum()),
-            chosen_nll: scalar(chosen_nll),
-            preferred,
-        })
-    }
-
-    fn combine(
-        &self,
-        preference: f64,
-        quality: f64,
-        chosen_nll: f64,
-        pairs: usize,
-        tokens: usize,
-    ) -> f64 {
-        (self.section.preference_weight * preference + self.section.quality_weight * quality)
-            / pairs.max(1) as f64
-            + self.section.sft_weight * chosen_nll / tokens.max(1) as f64
+        let totals = PairTotals {
+            preference: scalar(preference.clone()),
+            quality: scalar(quality.clone()),
+            chosen_nll: scalar(chosen_nll.clone()),
+            preferred: (0..count)
+                .filter(|&i| reward_values[i] > reward_values[count + i])
+                .count(),
+        };
+        let sft_scale =
+            self.section.sft_weight * step_pairs as f64 / step_chosen_tokens.max(1) as f64;
+        let objective = preference.mul_scalar(self.section.preference_weight)
+            + quality.mul_scalar(self.section.quality_weight)
+            + chosen_nll.mul_scalar(sft_scale);
+        Ok(PairSums { objective, totals })
     }
 }
 
@@ -264,22 +271,19 @@ impl Objective for MpoObjective {
             .map(|p| p.chosen.len() + p.rejected.len())
             .sum();
         let mut accumulator = GradientsAccumulator::new();
-        let (mut preference, mut quality, mut chosen_nll, mut preferred) = (0.0, 0.0, 0.0, 0);
+        let mut totals = PairTotals::default();
         for batch in &micro_batches {
             let sums =
                 self.pair_sums(model, batch, &mut state.reward_shift, pairs, chosen_tokens)?;
             accumulate_share(&mut accumulator, model, sums.objective, pairs as f64);
-            preference += sums.preference;
-            quality += sums.quality;
-            chosen_nll += sums.chosen_nll;
-            preferred += sums.preferred;
+            totals += sums.totals;
         }
         Ok(StepOutput {
             grads: accumulator.grads(),
-            loss: self.combine(preference, quality, chosen_nll, pairs, chosen_tokens),
+            loss: totals.loss(&self.section, pairs, chosen_tokens),
             tokens: reply_tokens,
             reward: None,
-            preference_accuracy: Some(preferred as f64 / pairs as f64),
+            preference_accuracy: Some(totals.preferred as f64 / pairs as f64),
         })
     }
 
@@ -291,21 +295,18 @@ impl Objective for MpoObjective {
         let policy = model.valid();
         let all: Vec<&PreferencePair> = eval.iter().collect();
         let chosen_tokens: usize = eval.iter().map(|p| p.chosen.len()).sum();
-        let (mut preference, mut quality, mut chosen_nll, mut preferred) = (0.0, 0.0, 0.0, 0);
+        let mut totals = PairTotals::default();
         // Each held-out batch takes its own mean reward as δ, so the figure depends on the
         // model only, not on how many rewards the training shift has seen.
         for batch in all.chunks(self.batches.batch_size) {
             let mut shift = RunningMean::default();
             let sums = self.pair_sums(&policy, batch, &mut shift, eval.len(), chosen_tokens)?;
-            preference += sums.preference;
-            quality += sums.quality;
-            chosen_nll += sums.chosen_nll;
-            preferred += sums.preferred;
+            totals += sums.totals;
         }
         Ok(Some(Evaluation {
-            loss: Some(self.combine(preference, quality, chosen_nll, eval.len(), chosen_tokens)),
+            loss: Some(totals.loss(&self.section, eval.len(), chosen_tokens)),
             reward: None,
-            preference_accuracy: Some(preferred as f64 / eval.len() as f64),
+            preference_accuracy: Some(totals.preferred as f64 / eval.len() as f64),
         }))
     }
 }

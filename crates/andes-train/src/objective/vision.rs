@@ -17,7 +17,10 @@ use burn::module::Module;
 use burn::optim::GradientsAccumulator;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::{Evaluation, Objective, ReplyRows, StepBatches, StepOutput, accumulate_share, scalar};
+use super::{
+    Evaluation, Objective, ReplyRows, StepBatches, StepOutput, accumulate_share, load_splits,
+    scalar,
+};
 use crate::checkpoint::TrainerState;
 use crate::data::END_OF_TEXT;
 use crate::error::TrainError;
@@ -106,22 +109,25 @@ pub fn image_text_embeddings(
     model: &AndesVL,
     config: &AndesVLConfig,
     model_dir: &Path,
+    tokenizer: &TextTokenizer,
     file: &Path,
     seq_len: usize,
     count: usize,
 ) -> Result<Vec<Tensor<3>>, TrainError> {
-    let first = std::fs::read_to_string(file).map_err(|e| TrainError::io(file, e))?;
-    let first = first.lines().find(|l| !l.trim().is_empty()).unwrap_or("{}");
-    let record: serde_json::Value =
-        serde_json::from_str(first).map_err(|e| TrainError::io(file, format!("line 1: {e}")))?;
-    let format = if record.get("image").is_some() {
-        DataFormat::ImageCaption
-    } else {
-        DataFormat::Chat
+    use std::io::BufRead;
+    let reader = std::fs::File::open(file).map_err(|e| TrainError::io(file, e))?;
+    let first = std::io::BufReader::new(reader)
+        .lines()
+        .next()
+        .transpose()
+        .map_err(|e| TrainError::io(file, e))?
+        .unwrap_or_default();
+    let format = match serde_json::from_str::<serde_json::Value>(&first) {
+        Ok(record) if record.get("image").is_some() => DataFormat::ImageCaption,
+        _ => DataFormat::Chat,
     };
-    let tokenizer = TextTokenizer::from_model_dir(model_dir)?;
-    let examples = load_examples(file, format, &tokenizer, false)?;
-    let rows = VisualRows::new(model_dir, file, &tokenizer, config, seq_len)?;
+    let examples = load_examples(file, format, tokenizer, false)?;
+    let rows = VisualRows::new(model_dir, file, tokenizer, config, seq_len)?;
     let device: Device = model.devices()[0].clone();
     examples
         .iter()
@@ -287,11 +293,7 @@ impl VisionObjective {
                 recipe.data.skip_bad_records,
             )
         };
-        let train = load(&recipe.data.train)?;
-        if train.is_empty() {
-            return Err(TrainError::io(&recipe.data.train, "no records"));
-        }
-        let eval = recipe.data.eval.as_deref().map(load).transpose()?;
+        let (train, eval) = load_splits(recipe, load)?;
         let rows = VisualRows::new(
             &recipe.model.checkpoint,
             &recipe.data.train,
