@@ -296,6 +296,22 @@ const SHORT_RUN: [&str; 6] = [
     "train.eval_every=12",
 ];
 
+/// Trains the tiny recipe `name` into `run` with `key=value` overrides; panics with the
+/// run's stderr when it fails.
+fn train_tiny(name: &str, run: &Path, overrides: &[&str]) {
+    let config = path(&repo(&format!("configs/recipes/tiny/{name}.toml"))).to_string();
+    let mut command = train_command(&["--config", &config, "--out", path(run), "--quiet"]);
+    for assignment in overrides {
+        command.args(["--set", assignment]);
+    }
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// Runs `recipe` straight and, in a second directory, kills it with SIGKILL after its first
 /// checkpoint and resumes it: the losses must be identical.
 fn assert_sigkill_resume_is_exact(recipe: &str) {
@@ -361,26 +377,15 @@ fn mpo_and_grpo_killed_and_resumed_reproduce_the_uninterrupted_losses() {
 fn dpo_starts_at_ln_2_against_its_own_reference() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let config = path(&repo("configs/recipes/tiny/mpo.toml")).to_string();
-    let output = train_command(&["--config", &config, "--out", path(&run), "--quiet"])
-        .args([
-            "--set",
+    train_tiny(
+        "mpo",
+        &run,
+        &[
             "train.steps=1",
-            "--set",
             "mpo.preference_weight=1.0",
-        ])
-        .args([
-            "--set",
             "mpo.quality_weight=0.0",
-            "--set",
             "mpo.sft_weight=0.0",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+        ],
     );
     let (_, loss) = losses(&run)[0];
     assert!(
@@ -397,16 +402,7 @@ fn dpo_starts_at_ln_2_against_its_own_reference() {
 fn align_trains_the_vision_side_only_and_the_checkpoint_generates_from_an_image() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let config = path(&repo("configs/recipes/tiny/align.toml")).to_string();
-    let output = train_command(&["--config", &config, "--out", path(&run), "--quiet"])
-        .args(["--set", "train.steps=6", "--set", "train.eval_every=3"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    train_tiny("align", &run, &["train.steps=6", "train.eval_every=3"]);
     let history = losses(&run);
     assert!(
         history[5].1 < history[0].1,
@@ -618,16 +614,7 @@ fn a_bundle_of_adapters_on_different_quantized_bases_is_refused() {
 fn train_loss_falls_and_the_checkpoint_generates() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let config = path(&repo("configs/recipes/tiny/sft.toml")).to_string();
-    let output = train_command(&["--config", &config, "--out", path(&run), "--quiet"])
-        .args(["--set", "train.steps=30", "--set", "train.eval_every=15"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    train_tiny("sft", &run, &["train.steps=30", "train.eval_every=15"]);
     let history = losses(&run);
     let first: f64 = history[..3].iter().map(|l| l.1).sum::<f64>() / 3.0;
     let last: f64 = history[history.len() - 3..]

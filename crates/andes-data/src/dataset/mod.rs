@@ -36,3 +36,9 @@ impl MaskedTokens {
             .extend(std::iter::repeat_n(trained, ids.len()));
     }
 }
+
+/// Targets a row's loss counts: the masked tokens after the first (nothing predicts the
+/// first token of a row).
+pub fn counted_targets(loss_mask: &[bool]) -> usize {
+    loss_mask.iter().skip(1).filter(|&&m| m).count()
+}

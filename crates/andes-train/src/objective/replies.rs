@@ -1,5 +1,6 @@
 //! Prompt-and-reply rows as one batch, for the stages that score whole replies (MPO, GRPO).
 
+use andes_data::dataset::counted_targets;
 use andes_model::qwen3::Qwen3ForCausalLM;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
@@ -60,7 +61,7 @@ impl ReplyRows {
             mask: Tensor::from_data(TensorData::new(mask, shape), device),
             reply_tokens: rows
                 .iter()
-                .map(|(_, scored)| scored[1..].iter().filter(|&&m| m).count())
+                .map(|(_, scored)| counted_targets(scored))
                 .collect(),
         }
     }

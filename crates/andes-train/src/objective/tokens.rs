@@ -2,6 +2,7 @@
 //! on their masked targets.
 
 use andes_data::TextTokenizer;
+use andes_data::dataset::counted_targets;
 use andes_model::qwen3::Qwen3ForCausalLM;
 use burn::module::Module;
 use burn::optim::GradientsAccumulator;
@@ -51,7 +52,7 @@ impl Objective for TokenObjective {
         let step_tokens: usize = micro_batches
             .iter()
             .flatten()
-            .map(|w| w.loss_mask[1..].iter().filter(|&&m| m).count())
+            .map(|w| counted_targets(&w.loss_mask))
             .sum();
         let mut accumulator = GradientsAccumulator::new();
         let mut nll_sum = 0.0;

@@ -3,6 +3,7 @@
 //! and conversations that show images (SFT). Each image becomes its visual tokens at its
 //! place in the row; the next-token loss counts the caption, or the assistant turns, only.
 
+use andes_data::dataset::counted_targets;
 use std::path::{Path, PathBuf};
 
 use andes_data::TextTokenizer;
@@ -312,7 +313,7 @@ impl VisionObjective {
 
 /// Tokens of `row` the loss counts.
 fn scored_tokens(row: &VisualRow) -> usize {
-    row.tokens.loss_mask[1..].iter().filter(|&&m| m).count()
+    counted_targets(&row.tokens.loss_mask)
 }
 
 /// The AndesVL model of a run whose data show images (checked when the objective is built).
