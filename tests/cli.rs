@@ -371,6 +371,72 @@ fn mpo_and_grpo_killed_and_resumed_reproduce_the_uninterrupted_losses() {
     assert_sigkill_resume_is_exact("configs/recipes/tiny/grpo.toml");
 }
 
+/// Data-parallel training over two CPU replicas deals each step's two micro-batches one to a
+/// replica and sums their gradients: the losses are those of one device on the same step's
+/// examples. Killed after its first checkpoint, the two-replica run resumes on one device
+/// and still ends on the single-device losses; one checkpoint per step is written either way.
+#[test]
+fn data_parallel_training_matches_one_device_and_resumes_on_another_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let (single, parallel, switched) = (
+        dir.path().join("single"),
+        dir.path().join("parallel"),
+        dir.path().join("switched"),
+    );
+    let config = path(&repo("configs/recipes/tiny/pretrain.toml")).to_string();
+    let run = |out: &Path, devices: &str| {
+        let mut command = train_command(&["--config", &config, "--out", path(out), "--quiet"]);
+        command.args(SHORT_RUN).args(["--devices", devices]);
+        command
+    };
+    assert!(run(&single, "1").status().unwrap().success());
+    assert!(run(&parallel, "2").status().unwrap().success());
+    let close = |a: &[(u64, f64)], b: &[(u64, f64)]| {
+        assert_eq!(a.len(), b.len());
+        for ((step, x), (_, y)) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-5 * x.abs(), "step {step}: {x} vs {y}");
+        }
+    };
+    let single_losses = losses(&single);
+    close(&losses(&parallel), &single_losses);
+    // The run records the devices it was given, and its checkpoints are written once.
+    let recipe = std::fs::read_to_string(parallel.join("recipe.toml")).unwrap();
+    assert!(recipe.contains(r#"device = "cpu,cpu""#), "{recipe}");
+    let checkpoints = std::fs::read_dir(parallel.join("checkpoints"))
+        .unwrap()
+        .filter(|entry| entry.as_ref().unwrap().file_name() != "latest")
+        .count();
+    assert_eq!(checkpoints, 6, "one checkpoint per 4 of 24 steps");
+
+    let mut child = run(&switched, "2").spawn().unwrap();
+    let latest = switched.join("checkpoints/latest");
+    while !latest.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "ended before a checkpoint"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(losses(&switched).len() < 24, "nothing left to resume");
+    let status = train_command(&["--resume", path(&switched), "--devices", "1", "--quiet"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    close(&losses(&switched), &single_losses);
+
+    let refused = train_command(&["--config", &config, "--out", path(&dir.path().join("x"))])
+        .args(["--devices", "3"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("train.grad_accum") && stderr.contains("at least 3"),
+        "{stderr}"
+    );
+}
+
 /// At the first step the policy is its reference, so every implicit reward is 0 and DPO's
 /// loss is −log σ(0) = ln 2 exactly; MPO's default adds 2·ln 2 · 0.2 and the chosen NLL.
 #[test]

@@ -6,6 +6,8 @@
 //! (an adapter on the frozen, fake-quantized base, see [`adapters`]) share the next-token
 //! loss; `mpo` (preference pairs) and `grpo` (sampled completions scored by a [`reward`]
 //! function) score whole replies against a frozen reference model.
+//!
+//! Every stage but `mpo` trains data-parallel over several devices ([`parallel`]).
 
 pub mod adapters;
 pub mod checkpoint;
@@ -16,6 +18,7 @@ pub mod metrics;
 pub mod model;
 pub mod objective;
 pub mod optim;
+pub mod parallel;
 pub mod plot;
 pub mod recipe;
 pub mod reward;

@@ -193,7 +193,9 @@ pub struct TrainSection {
     /// Evaluate on the held-out file every this many steps (and at the end).
     #[serde(default)]
     pub eval_every: Option<usize>,
-    /// `cpu`, `wgpu[:N]`, `vulkan[:N]`.
+    /// `cpu`, `cuda[:N]`, `wgpu[:N]`, `vulkan[:N]`, or a comma-separated list of devices of
+    /// one kind (`cuda:0,cuda:1`) for data-parallel training: the step's `grad_accum`
+    /// micro-batches are dealt among them.
     #[serde(default = "default_device")]
     pub device: String,
 }
@@ -311,6 +313,24 @@ impl Recipe {
             if value == 0 {
                 return fail(key, "found 0, expected a positive integer");
             }
+        }
+        let devices = self.train.device.split(',').count();
+        if devices > 1 && self.stage == Stage::Mpo {
+            return fail(
+                "train.device",
+                "stage mpo trains on one device: its quality term's shift is a running mean \
+                 over the micro-batches in order",
+            );
+        }
+        if self.train.grad_accum < devices {
+            return fail(
+                "train.grad_accum",
+                &format!(
+                    "found {}, expected at least {devices}, the number of devices in \
+                     train.device: each device takes whole micro-batches of the step",
+                    self.train.grad_accum
+                ),
+            );
         }
         if !(self.optimizer.lr.is_finite() && self.optimizer.lr > 0.0) {
             return fail("optimizer.lr", "expected a positive number");

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use andes_data::TextTokenizer;
-use andes_model::device::parse_device;
+use andes_model::device::parse_devices;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::adapters::{self, QUANTIZATION_FILE};
@@ -14,7 +14,8 @@ use crate::error::TrainError;
 use crate::metrics::{self, MetricsLog, StepMetrics};
 use crate::model::TrainModel;
 use crate::objective;
-use crate::optim::{adamw, clip_global_norm, freeze};
+use crate::optim::{adamw, freeze};
+use crate::parallel::Replicas;
 use crate::plot::draw_curves;
 use crate::recipe::Recipe;
 
@@ -64,7 +65,8 @@ pub fn train(
     show_progress: bool,
 ) -> Result<TrainOutcome, TrainError> {
     std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
-    let plain_device = parse_device(&recipe.train.device)?;
+    let devices = parse_devices(&recipe.train.device)?;
+    let plain_device = devices.devices[0].clone();
     let device = plain_device.clone().autodiff();
     // Adapter initialisation draws from the device's generator.
     device.seed(recipe.seed);
@@ -121,10 +123,14 @@ pub fn train(
             }
         }
     }
-    let mut optimizer = adamw(&model, &recipe.optimizer);
-    if resume {
-        optimizer = checkpoint::load_optimizer(&start_dir, optimizer)?;
-    }
+    let mut replicas = Replicas::new(model, &devices, |replica| {
+        let optimizer = adamw(replica, &recipe.optimizer);
+        if resume {
+            checkpoint::load_optimizer(&start_dir, optimizer)
+        } else {
+            Ok(optimizer)
+        }
+    })?;
     andes_model::checkpoint::write_atomically(&run_dir.join(RECIPE_FILE), recipe_toml.as_bytes())?;
     let metrics_log = MetricsLog::open(run_dir, state.step)?;
     let total = recipe.train.steps;
@@ -136,18 +142,24 @@ pub fn train(
         // Dropout and sampling draw from generators seeded per step, so a resumed run draws
         // the same masks and completions.
         let seed = step_seed(recipe.seed, state.step);
-        device.seed(seed);
+        replicas.seed(seed);
         let lr = recipe.schedule.lr(state.step, total, recipe.optimizer.lr);
-        let output = objective.step(&model, &mut state, seed)?;
+        let step = state.step;
+        let report = replicas.step(
+            objective.as_ref(),
+            &mut state,
+            seed,
+            lr,
+            recipe.optimizer.grad_clip,
+        )?;
+        let output = report.figures;
         if !output.loss.is_finite() {
             return Err(TrainError::Diverged {
-                step: state.step + 1,
+                step: step + 1,
                 loss: output.loss,
             });
         }
-        let mut grads = output.grads;
-        let grad_norm = clip_global_norm(&model, &mut grads, recipe.optimizer.grad_clip);
-        model = optimizer.step(lr, model, grads);
+        let grad_norm = report.grad_norm;
         state.step += 1;
         state.tokens_seen += output.tokens as u64;
         let seconds = started.elapsed().as_secs_f64();
@@ -167,7 +179,7 @@ pub fn train(
             .eval_every
             .is_some_and(|every| state.step.is_multiple_of(every))
             || state.step == total;
-        if eval_due && let Some(evaluation) = objective.evaluate(&model)? {
+        if eval_due && let Some(evaluation) = objective.evaluate(replicas.model())? {
             line.eval_loss = evaluation.loss;
             line.eval_perplexity = evaluation
                 .loss
@@ -186,14 +198,21 @@ pub fn train(
         ));
         progress.inc(1);
         if state.step.is_multiple_of(recipe.train.checkpoint_every) || state.step == total {
+            let model = replicas.model();
             let write_adapter = |dir: &Path| adapters::save(model.language_model(), recipe, dir);
             let files = if adapter_stage {
                 ModelFiles::Adapter(&write_adapter)
             } else {
-                ModelFiles::Full(&model, &config)
+                ModelFiles::Full(model, &config)
             };
-            checkpoint_dir =
-                checkpoint::save(run_dir, files, &optimizer, &state, recipe_toml, &side_files)?;
+            checkpoint_dir = checkpoint::save(
+                run_dir,
+                files,
+                replicas.optimizer(),
+                &state,
+                recipe_toml,
+                &side_files,
+            )?;
         }
         last = Some(line);
     }

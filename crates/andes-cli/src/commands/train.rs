@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use andes_model::device::expand_device_count;
 use andes_train::checkpoint::RECIPE_FILE;
 use andes_train::{Recipe, train};
 use anyhow::Context;
@@ -23,6 +24,10 @@ pub struct TrainArgs {
     /// Override one recipe key, e.g. --set optimizer.lr=1e-4 (repeatable).
     #[arg(long = "set")]
     overrides: Vec<String>,
+    /// Train data-parallel: a device count (`2`: that many devices of the recipe's kind) or
+    /// a list (`cuda:0,cuda:1`); sets `train.device`. A run may resume on another count.
+    #[arg(long)]
+    devices: Option<String>,
     /// No progress bar (for logs and CI).
     #[arg(long)]
     quiet: bool,
@@ -41,7 +46,19 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         (None, Some(run_dir)) => (run_dir.join(RECIPE_FILE), run_dir.clone(), true),
         _ => anyhow::bail!("give either --config RECIPE --out RUN_DIR or --resume RUN_DIR"),
     };
-    let recipe = Recipe::load(&recipe_path, &args.overrides)?;
+    let mut overrides = args.overrides.clone();
+    if let Some(devices) = &args.devices {
+        let list = match devices.parse::<usize>() {
+            Ok(0) => anyhow::bail!("--devices 0: expected at least one device"),
+            Ok(count) => {
+                let recipe = Recipe::load(&recipe_path, &overrides)?;
+                expand_device_count(count, &recipe.train.device)
+            }
+            Err(_) => devices.clone(),
+        };
+        overrides.push(format!("train.device=\"{list}\""));
+    }
+    let recipe = Recipe::load(&recipe_path, &overrides)?;
     let resolved = toml::to_string(&recipe).context("serializing the resolved recipe")?;
     let outcome = train(&recipe, &resolved, &run_dir, resume, !args.quiet)?;
     println!(

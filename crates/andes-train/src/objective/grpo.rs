@@ -21,8 +21,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Evaluation, Objective, ReplyRows, StepBatches, StepOutput, accumulate_share, load_reference,
-    load_splits,
+    Evaluation, Objective, ReplyRows, Shard, StepBatches, StepFigures, StepOutput,
+    accumulate_share, load_reference, load_splits,
 };
 use crate::checkpoint::TrainerState;
 use crate::error::TrainError;
@@ -213,18 +213,25 @@ impl Objective for GrpoObjective {
         model: &TrainModel,
         state: &mut TrainerState,
         step_seed: u64,
+        shard: Shard,
     ) -> Result<StepOutput, TrainError> {
         let model = model.language_model();
         let policy = model.valid();
         let group_size = self.section.group_size;
+        let prompts = self.batches.draw(&self.train, state);
+        // Slots are numbered over the whole step, so a completion's seed does not depend on
+        // which shard samples it.
+        let sequences = prompts.iter().map(Vec::len).sum::<usize>() * group_size;
         let mut slot = 0u64;
         let mut micro_batches = Vec::new();
-        let prompts = self.batches.draw(&self.train, state);
-        for batch in prompts {
+        for (index, batch) in prompts.into_iter().enumerate() {
             let mut rollouts = Vec::new();
             for example in batch {
                 let slots = slot..slot + group_size as u64;
                 slot = slots.end;
+                if !shard.owns(index) {
+                    continue;
+                }
                 let decodings: Vec<Decoding> = slots
                     .map(|slot| Decoding::Sample {
                         temperature: self.section.temperature as f32,
@@ -235,9 +242,11 @@ impl Objective for GrpoObjective {
                     .collect();
                 rollouts.extend(self.rollouts(&policy, example, &decodings)?);
             }
-            micro_batches.push(rollouts);
+            if shard.owns(index) {
+                micro_batches.push(rollouts);
+            }
         }
-        let sequences = slot as f64;
+        let sequences = sequences as f64;
         let mut accumulator = GradientsAccumulator::new();
         let mut loss_sum = 0.0;
         for rollouts in &micro_batches {
@@ -248,10 +257,12 @@ impl Objective for GrpoObjective {
         let reward = all.clone().map(|r| r.reward).sum::<f64>() / sequences;
         Ok(StepOutput {
             grads: accumulator.grads(),
-            loss: loss_sum / sequences,
-            tokens: all.map(|r| r.completion.len()).sum(),
-            reward: Some(reward),
-            preference_accuracy: None,
+            figures: StepFigures {
+                loss: loss_sum / sequences,
+                tokens: all.map(|r| r.completion.len()).sum(),
+                reward: Some(reward),
+                preference_accuracy: None,
+            },
         })
     }
 

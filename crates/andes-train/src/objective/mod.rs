@@ -29,11 +29,19 @@ use crate::error::TrainError;
 use crate::model::{ModelConfig, TrainModel};
 use crate::recipe::{Recipe, Stage};
 
-/// The gradients and figures of one optimizer step.
+/// One shard's part of an optimizer step: its gradients and its share of the step's figures.
 pub struct StepOutput {
-    /// Gradients summed over the step's micro-batches, already divided so that they are
-    /// those of the step's mean loss.
+    /// Gradients of this shard's micro-batches, already divided so that the shards' sum is
+    /// the gradient of the step's mean loss.
     pub grads: GradientsParams,
+    /// This shard's share of the step's figures.
+    pub figures: StepFigures,
+}
+
+/// A step's figures, or one shard's share of them: each is a sum over examples divided by
+/// the whole step's count, so the shares of all shards add up to the step's figure.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepFigures {
     /// The step's loss.
     pub loss: f64,
     /// Tokens the loss was computed on (targets, or reply tokens).
@@ -43,6 +51,53 @@ pub struct StepOutput {
     /// Fraction of pairs whose chosen reply the model prefers over the rejected one, by the
     /// implicit reward (MPO).
     pub preference_accuracy: Option<f64>,
+}
+
+impl std::ops::Add for StepFigures {
+    type Output = StepFigures;
+
+    fn add(self, other: StepFigures) -> StepFigures {
+        let sum = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0.0) + b.unwrap_or(0.0)),
+        };
+        StepFigures {
+            loss: self.loss + other.loss,
+            tokens: self.tokens + other.tokens,
+            reward: sum(self.reward, other.reward),
+            preference_accuracy: sum(self.preference_accuracy, other.preference_accuracy),
+        }
+    }
+}
+
+/// Which of a step's micro-batches one replica computes in a data-parallel run: those whose
+/// index is `rank` modulo `ranks`, dealt round-robin as torch's `DistributedSampler` deals
+/// samples. Every micro-batch of the step goes to exactly one shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This replica's position, from 0.
+    pub rank: usize,
+    /// Replicas in the run.
+    pub ranks: usize,
+}
+
+impl Shard {
+    /// The only shard of a single-device run: every micro-batch.
+    pub const WHOLE: Shard = Shard { rank: 0, ranks: 1 };
+
+    /// Whether micro-batch `index` of the step is this shard's.
+    pub fn owns(&self, index: usize) -> bool {
+        index % self.ranks == self.rank
+    }
+
+    /// This shard's items of `items` (a step's micro-batches), in order.
+    pub fn take<'a, T>(&self, items: &'a [T]) -> impl Iterator<Item = &'a T> {
+        items
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| self.owns(*index))
+            .map(|(_, item)| item)
+    }
 }
 
 /// Held-out figures of the model at an evaluation step.
@@ -56,15 +111,17 @@ pub struct Evaluation {
     pub preference_accuracy: Option<f64>,
 }
 
-/// One stage's loss over its data.
-pub trait Objective {
-    /// Draws the step's examples from `state.data` onward (advancing it) and returns the
-    /// gradients of the step's loss for `model`. `step_seed` seeds whatever the step samples.
+/// One stage's loss over its data. Shared by the threads of a data-parallel run.
+pub trait Objective: Sync {
+    /// Draws the step's examples from `state.data` onward (advancing it past all of them)
+    /// and returns, for `model`, the gradients of `shard`'s micro-batches' part of the step's
+    /// loss. `step_seed` seeds whatever the step samples.
     fn step(
         &self,
         model: &TrainModel,
         state: &mut TrainerState,
         step_seed: u64,
+        shard: Shard,
     ) -> Result<StepOutput, TrainError>;
 
     /// Scores `model` (without gradients) on the held-out file, when the recipe names one.

@@ -15,8 +15,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Evaluation, Objective, ReplyRows, StepBatches, StepOutput, accumulate_share, load_reference,
-    load_splits, scalar,
+    Evaluation, Objective, ReplyRows, Shard, StepBatches, StepFigures, StepOutput,
+    accumulate_share, load_reference, load_splits, scalar,
 };
 use crate::checkpoint::TrainerState;
 use crate::error::TrainError;
@@ -260,7 +260,10 @@ impl Objective for MpoObjective {
         model: &TrainModel,
         state: &mut TrainerState,
         _step_seed: u64,
+        shard: Shard,
     ) -> Result<StepOutput, TrainError> {
+        // δ is a running mean over the micro-batches in order: each depends on the last.
+        assert_eq!(shard, Shard::WHOLE, "MPO steps are not sharded");
         let model = model.language_model();
         let micro_batches = self.batches.draw(&self.train, state);
         let pairs = micro_batches.iter().map(Vec::len).sum::<usize>();
@@ -280,10 +283,12 @@ impl Objective for MpoObjective {
         }
         Ok(StepOutput {
             grads: accumulator.grads(),
-            loss: totals.loss(&self.section, pairs, chosen_tokens),
-            tokens: reply_tokens,
-            reward: None,
-            preference_accuracy: Some(totals.preferred as f64 / pairs as f64),
+            figures: StepFigures {
+                loss: totals.loss(&self.section, pairs, chosen_tokens),
+                tokens: reply_tokens,
+                reward: None,
+                preference_accuracy: Some(totals.preferred as f64 / pairs as f64),
+            },
         })
     }
 

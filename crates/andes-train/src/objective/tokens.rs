@@ -8,7 +8,9 @@ use burn::module::Module;
 use burn::optim::GradientsAccumulator;
 use burn::tensor::Device;
 
-use super::{Evaluation, Objective, StepBatches, StepOutput, accumulate_share, scalar};
+use super::{
+    Evaluation, Objective, Shard, StepBatches, StepFigures, StepOutput, accumulate_share, scalar,
+};
 use crate::checkpoint::TrainerState;
 use crate::data::{WindowSet, to_batch};
 use crate::error::TrainError;
@@ -45,6 +47,7 @@ impl Objective for TokenObjective {
         model: &TrainModel,
         state: &mut TrainerState,
         _step_seed: u64,
+        shard: Shard,
     ) -> Result<StepOutput, TrainError> {
         let model = model.language_model();
         let device: Device = model.devices()[0].clone();
@@ -56,18 +59,21 @@ impl Objective for TokenObjective {
             .sum();
         let mut accumulator = GradientsAccumulator::new();
         let mut nll_sum = 0.0;
-        for windows in &micro_batches {
+        let mut shard_tokens = 0;
+        for windows in shard.take(&micro_batches) {
             let batch = to_batch(windows, &device);
+            shard_tokens += batch.target_tokens;
             let hidden = model.forward_hidden(batch.inputs, &mut model.new_cache())?;
             let nll = masked_next_token_nll(model, hidden, batch.targets, batch.mask);
             nll_sum += accumulate_share(&mut accumulator, model, nll, step_tokens as f64);
         }
         Ok(StepOutput {
             grads: accumulator.grads(),
-            loss: nll_sum / step_tokens.max(1) as f64,
-            tokens: step_tokens,
-            reward: None,
-            preference_accuracy: None,
+            figures: StepFigures {
+                loss: nll_sum / step_tokens.max(1) as f64,
+                tokens: shard_tokens,
+                ..StepFigures::default()
+            },
         })
     }
 

@@ -19,8 +19,8 @@ use burn::optim::GradientsAccumulator;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::{
-    Evaluation, Objective, ReplyRows, StepBatches, StepOutput, accumulate_share, load_splits,
-    scalar,
+    Evaluation, Objective, ReplyRows, Shard, StepBatches, StepFigures, StepOutput,
+    accumulate_share, load_splits, scalar,
 };
 use crate::checkpoint::TrainerState;
 use crate::data::END_OF_TEXT;
@@ -329,8 +329,11 @@ impl Objective for VisionObjective {
         model: &TrainModel,
         state: &mut TrainerState,
         _step_seed: u64,
+        shard: Shard,
     ) -> Result<StepOutput, TrainError> {
         let model = vision_language(model);
+        // Every shard builds every row: the step's token count, the loss's divisor, needs
+        // each image's size. Only its own rows go through the model.
         let micro_batches = self
             .batches
             .draw(&self.train, state)
@@ -340,16 +343,22 @@ impl Objective for VisionObjective {
         let tokens: usize = micro_batches.iter().flatten().map(scored_tokens).sum();
         let mut accumulator = GradientsAccumulator::new();
         let mut nll_sum = 0.0;
-        for rows in micro_batches {
+        let mut shard_tokens = 0;
+        for (index, rows) in micro_batches.into_iter().enumerate() {
+            if !shard.owns(index) {
+                continue;
+            }
+            shard_tokens += rows.iter().map(scored_tokens).sum::<usize>();
             let nll = VisualRows::nll(model, rows)?;
             nll_sum += accumulate_share(&mut accumulator, model, nll, tokens as f64);
         }
         Ok(StepOutput {
             grads: accumulator.grads(),
-            loss: nll_sum / tokens.max(1) as f64,
-            tokens,
-            reward: None,
-            preference_accuracy: None,
+            figures: StepFigures {
+                loss: nll_sum / tokens.max(1) as f64,
+                tokens: shard_tokens,
+                ..StepFigures::default()
+            },
         })
     }
 
