@@ -95,25 +95,41 @@ pub fn freeze<M: Module>(module: M, prefixes: &[String]) -> (M, usize) {
     (module, mapper.frozen)
 }
 
-/// Global L2 norm of all gradients of `module`'s parameters; when `max_norm` is given and
-/// exceeded, every gradient is scaled by `max_norm / norm` (torch's `clip_grad_norm_`).
-/// Returns the norm before clipping.
-pub fn clip_global_norm<M: Module>(
-    module: &M,
-    grads: &mut GradientsParams,
-    max_norm: Option<f64>,
-) -> f64 {
+/// Global L2 norm of all gradients of `module`'s parameters, summed on the device and read
+/// back once.
+pub fn global_norm<M: Module>(module: &M, grads: &GradientsParams) -> f64 {
     struct SquaredNorm<'a> {
         grads: &'a GradientsParams,
-        total: f64,
+        total: Option<Tensor<1>>,
     }
     impl ModuleVisitor for SquaredNorm<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             if let Some(grad) = self.grads.get::<D>(param.id) {
-                self.total += grad.square().sum().into_scalar::<f64>();
+                let squares = grad.square().sum();
+                self.total = Some(match self.total.take() {
+                    Some(total) => total + squares,
+                    None => squares,
+                });
             }
         }
     }
+    let mut norm = SquaredNorm { grads, total: None };
+    module.visit(&mut norm);
+    norm.total
+        .map_or(0.0, |total| total.into_scalar::<f64>())
+        .sqrt()
+}
+
+/// The factor torch's `clip_grad_norm_` scales every gradient by when the global `norm`
+/// exceeds `max_norm`; `None` when no clipping applies.
+pub fn clip_factor(norm: f64, max_norm: Option<f64>) -> Option<f64> {
+    max_norm
+        .filter(|&max_norm| norm > max_norm)
+        .map(|max_norm| max_norm / (norm + 1e-6))
+}
+
+/// Multiplies every gradient of `module`'s parameters by `factor`.
+pub fn scale_gradients<M: Module>(module: &M, grads: &mut GradientsParams, factor: f64) {
     struct Scale<'a> {
         grads: &'a mut GradientsParams,
         factor: f64,
@@ -125,18 +141,7 @@ pub fn clip_global_norm<M: Module>(
             }
         }
     }
-    let mut norm = SquaredNorm { grads, total: 0.0 };
-    module.visit(&mut norm);
-    let norm = norm.total.sqrt();
-    if let Some(max_norm) = max_norm
-        && norm > max_norm
-    {
-        module.visit(&mut Scale {
-            grads,
-            factor: max_norm / (norm + 1e-6),
-        });
-    }
-    norm
+    module.visit(&mut Scale { grads, factor });
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use crate::checkpoint::TrainerState;
 use crate::error::TrainError;
 use crate::model::TrainModel;
 use crate::objective::{Objective, Shard, StepFigures, StepOutput};
-use crate::optim::clip_global_norm;
+use crate::optim::{clip_factor, global_norm, scale_gradients};
 
 /// One model replica and its optimizer per device, the first one's being the run's model
 /// (evaluated and checkpointed).
@@ -122,12 +122,16 @@ impl Replicas {
             grads.push(output.grads);
         }
         self.sum_gradients(&mut grads);
-        let mut grad_norm = 0.0;
+        // The summed gradients are the same on every replica: one norm serves all.
+        let grad_norm = global_norm(&self.models[0], &grads[0]);
+        let clip = clip_factor(grad_norm, max_norm);
         let models = std::mem::take(&mut self.models);
         for ((model, optimizer), mut grads) in
             models.into_iter().zip(&mut self.optimizers).zip(grads)
         {
-            grad_norm = clip_global_norm(&model, &mut grads, max_norm);
+            if let Some(factor) = clip {
+                scale_gradients(&model, &mut grads, factor);
+            }
             self.models.push(optimizer.step(lr, model, grads));
         }
         Ok(StepReport { figures, grad_norm })
