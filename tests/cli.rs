@@ -437,6 +437,58 @@ fn data_parallel_training_matches_one_device_and_resumes_on_another_count() {
     );
 }
 
+/// Every stage that shards draws the whole step on each replica: GRPO numbers a completion's
+/// seed by its slot in the step, whichever replica samples it, and image-text SFT divides by
+/// the step's token count. On two CPU replicas both give the losses (and GRPO the rewards) of
+/// one device on the same step.
+#[test]
+fn grpo_and_image_sft_train_data_parallel_like_one_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, &[&str]); 2] = [
+        ("grpo", &["grpo.group_size=4", "train.batch_size=2"]),
+        ("sft-vision", &["train.batch_size=4"]),
+    ];
+    for (recipe, overrides) in cases {
+        let config = path(&repo(&format!("configs/recipes/tiny/{recipe}.toml"))).to_string();
+        let run = |devices: &str| {
+            let out = dir.path().join(format!("{recipe}-{devices}"));
+            let mut command = train_command(&["--config", &config, "--out", path(&out), "--quiet"]);
+            for assignment in overrides
+                .iter()
+                .chain(&["train.steps=3", "train.grad_accum=2"])
+            {
+                command.args(["--set", assignment]);
+            }
+            let output = command.args(["--devices", devices]).output().unwrap();
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            std::fs::read_to_string(out.join("metrics.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let (single, parallel) = (run("1"), run("2"));
+        assert_eq!(single.len(), 3);
+        for (one, two) in single.iter().zip(&parallel) {
+            for key in ["loss", "reward"] {
+                let (Some(a), Some(b)) = (one[key].as_f64(), two[key].as_f64()) else {
+                    assert_eq!(one[key], two[key], "{recipe} {key}");
+                    continue;
+                };
+                assert!(
+                    (a - b).abs() <= 1e-5 * a.abs().max(1e-3),
+                    "{recipe} {key}: {a} vs {b}"
+                );
+            }
+            assert_eq!(one["tokens"], two["tokens"], "{recipe}: tokens of the step");
+        }
+    }
+}
+
 /// At the first step the policy is its reference, so every implicit reward is 0 and DPO's
 /// loss is −log σ(0) = ln 2 exactly; MPO's default adds 2·ln 2 · 0.2 and the chosen NLL.
 #[test]
