@@ -5,10 +5,12 @@
 //! devices only split them: a run has the same losses on any number of devices and may
 //! resume on a different number.
 
+use std::collections::BTreeSet;
+use std::sync::{Barrier, Mutex};
 use std::thread;
 
 use andes_model::device::DeviceSet;
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::distributed::{ReduceOperation, all_reduce};
 use burn::tensor::{Device, Tensor};
@@ -92,17 +94,20 @@ impl Replicas {
             let output = objective.step(&self.models[0], state, step_seed, Shard::WHOLE)?;
             vec![(state.clone(), output)]
         } else {
-            thread::scope(|scope| {
+            let exchange = Exchange::new(ranks, self.collective.then_some(&self.devices[..]));
+            let results: Vec<_> = thread::scope(|scope| {
                 let workers: Vec<_> = self
                     .models
                     .iter()
                     .enumerate()
                     .map(|(rank, model)| {
                         let mut shard_state = state.clone();
+                        let exchange = &exchange;
                         scope.spawn(move || {
                             let shard = Shard { rank, ranks };
-                            objective
-                                .step(model, &mut shard_state, step_seed, shard)
+                            let output = objective.step(model, &mut shard_state, step_seed, shard);
+                            exchange
+                                .all_reduce(model, output)
                                 .map(|output| (shard_state, output))
                         })
                     })
@@ -110,8 +115,20 @@ impl Replicas {
                 workers
                     .into_iter()
                     .map(|worker| worker.join().expect("a replica's thread panicked"))
-                    .collect::<Result<Vec<_>, _>>()
-            })?
+                    .collect()
+            });
+            // A replica that stopped because another failed reports nothing of its own.
+            let mut outputs = Vec::with_capacity(ranks);
+            let mut stopped = false;
+            for result in results {
+                match result {
+                    Ok(output) => outputs.push(output),
+                    Err(Some(error)) => return Err(error),
+                    Err(None) => stopped = true,
+                }
+            }
+            assert!(!stopped, "a replica stopped though none failed");
+            outputs
         };
         let mut figures = StepFigures::default();
         let mut grads = Vec::with_capacity(ranks);
@@ -121,7 +138,9 @@ impl Replicas {
             figures = figures + output.figures;
             grads.push(output.grads);
         }
-        self.sum_gradients(&mut grads);
+        if !self.collective {
+            self.sum_on_first_device(&mut grads);
+        }
         // The summed gradients are the same on every replica: one norm serves all.
         let grad_norm = global_norm(&self.models[0], &grads[0]);
         let clip = clip_factor(grad_norm, max_norm);
@@ -137,17 +156,12 @@ impl Replicas {
         Ok(StepReport { figures, grad_norm })
     }
 
-    /// Replaces every replica's gradient of each parameter by the sum over replicas. A
-    /// replica whose shard left a parameter without gradient (an image tower on a batch
-    /// without images) contributes zeros, so every device joins every reduction.
-    fn sum_gradients(&self, grads: &mut [GradientsParams]) {
-        if grads.len() < 2 {
-            return;
-        }
+    /// Backends without collectives: replaces every replica's gradient of each parameter by
+    /// the sum over replicas, gathered on the first device and copied back to each.
+    fn sum_on_first_device(&self, grads: &mut [GradientsParams]) {
         struct Sum<'a> {
             grads: &'a mut [GradientsParams],
             devices: &'a [Device],
-            collective: bool,
         }
         impl ModuleVisitor for Sum<'_> {
             fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
@@ -156,46 +170,125 @@ impl Replicas {
                     .iter_mut()
                     .map(|grads| grads.remove::<D>(param.id))
                     .collect();
-                let Some(template) = parts.iter().flatten().next().cloned() else {
+                if parts.iter().all(Option::is_none) {
                     return;
-                };
-                let parts: Vec<Tensor<D>> = parts
+                }
+                let total = parts
                     .into_iter()
-                    .zip(self.devices)
-                    .map(|(part, device)| {
-                        part.unwrap_or_else(|| template.zeros_like().to_device(device))
-                    })
-                    .collect();
-                let summed = if self.collective {
-                    // Burn's collective all-reduce (NCCL on CUDA): every device's call is
-                    // issued before any is awaited.
-                    let pending: Vec<_> = parts
-                        .into_iter()
-                        .map(|part| all_reduce(part, ReduceOperation::Sum, self.devices.to_vec()))
-                        .collect();
-                    pending.into_iter().map(|sum| sum.resolve()).collect()
-                } else {
-                    // Backends without collectives: gather on the first device, sum there,
-                    // and copy the sum back to each.
-                    let total = parts
-                        .into_iter()
-                        .map(|part| part.to_device(&self.devices[0]))
-                        .reduce(|a, b| a + b)
-                        .expect("at least two replicas");
-                    self.devices
-                        .iter()
-                        .map(|device| total.clone().to_device(device))
-                        .collect::<Vec<_>>()
-                };
-                for (grads, sum) in self.grads.iter_mut().zip(summed) {
-                    grads.register(param.id, sum);
+                    .flatten()
+                    .map(|part| part.to_device(&self.devices[0]))
+                    .reduce(|a, b| a + b)
+                    .expect("some replica has this gradient");
+                for (grads, device) in self.grads.iter_mut().zip(self.devices) {
+                    grads.register(param.id, total.clone().to_device(device));
                 }
             }
         }
         self.models[0].visit(&mut Sum {
             grads,
             devices: &self.devices,
-            collective: self.collective,
         });
     }
+}
+
+/// What the replicas' threads share to sum their gradients with Burn's collective
+/// all-reduce. Each thread drives its own device, as one process per GPU does in PyTorch:
+/// a thread waiting on its device's reduction never holds up another device's launches.
+struct Exchange<'a> {
+    /// The devices of the collective; `None` where the backend has none (the sum is then
+    /// taken on the first device after the threads end).
+    devices: Option<&'a [Device]>,
+    /// The parameters any replica has a gradient for, and whether any replica failed.
+    shared: Mutex<(BTreeSet<ParamId>, bool)>,
+    barrier: Barrier,
+}
+
+impl<'a> Exchange<'a> {
+    fn new(ranks: usize, devices: Option<&'a [Device]>) -> Self {
+        Self {
+            devices,
+            shared: Mutex::new((BTreeSet::new(), false)),
+            barrier: Barrier::new(ranks),
+        }
+    }
+
+    /// Sums the gradients of `output` (this replica's step) with the other replicas'; a
+    /// no-op without collectives. Every thread reduces the parameters that any replica has a
+    /// gradient for, in the model's order, contributing zeros where its shard left one
+    /// without (a vision tower on text-only rows), so every device joins every reduction. A
+    /// failed step still meets the others at the barrier; then none reduces, and the others
+    /// return `Err(None)`: stopped by another replica's error.
+    fn all_reduce(
+        &self,
+        model: &TrainModel,
+        output: Result<StepOutput, TrainError>,
+    ) -> Result<StepOutput, Option<TrainError>> {
+        let Some(devices) = self.devices else {
+            return output.map_err(Some);
+        };
+        {
+            let mut shared = self.shared.lock().expect("no thread panics holding it");
+            match &output {
+                Ok(output) => shared
+                    .0
+                    .extend(parameters_with_gradients(model, &output.grads)),
+                Err(_) => shared.1 = true,
+            }
+        }
+        self.barrier.wait();
+        let (with_gradients, failed) = self
+            .shared
+            .lock()
+            .expect("no thread panics holding it")
+            .clone();
+        let mut output = output.map_err(Some)?;
+        if failed {
+            return Err(None);
+        }
+        struct Reduce<'a> {
+            grads: &'a mut GradientsParams,
+            with_gradients: &'a BTreeSet<ParamId>,
+            devices: &'a [Device],
+        }
+        impl ModuleVisitor for Reduce<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                if !self.with_gradients.contains(&param.id) {
+                    return;
+                }
+                let grad = self
+                    .grads
+                    .remove::<D>(param.id)
+                    .unwrap_or_else(|| param.val().inner().zeros_like());
+                let sum = all_reduce(grad, ReduceOperation::Sum, self.devices.to_vec());
+                self.grads.register(param.id, sum.resolve());
+            }
+        }
+        model.visit(&mut Reduce {
+            grads: &mut output.grads,
+            with_gradients: &with_gradients,
+            devices,
+        });
+        Ok(output)
+    }
+}
+
+/// Ids of `module`'s parameters that have a gradient in `grads`.
+fn parameters_with_gradients<M: Module>(module: &M, grads: &GradientsParams) -> Vec<ParamId> {
+    struct Present<'a> {
+        grads: &'a GradientsParams,
+        ids: Vec<ParamId>,
+    }
+    impl ModuleVisitor for Present<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if self.grads.get::<D>(param.id).is_some() {
+                self.ids.push(param.id);
+            }
+        }
+    }
+    let mut present = Present {
+        grads,
+        ids: Vec::new(),
+    };
+    module.visit(&mut present);
+    present.ids
 }
