@@ -17,6 +17,7 @@ use andes_quant::{
 };
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::stable_param_id;
@@ -173,6 +174,9 @@ fn calibrate_with(
 /// Quantizes every linear `plan` names (it must name each exactly once) with `initializer`
 /// (`hessians` from [`calibrate`] for GPTQ) and installs the fake-quant grid, its scales
 /// trainable when `learn_scales`. Returns one report per linear, in model order.
+///
+/// Linears are independent, so they are quantized on every core (rayon), a chunk of as many
+/// linears as there are threads at a time: only a chunk's weights are copied out at once.
 pub fn quantize_base(
     model: &mut Qwen3ForCausalLM,
     plan: &BitPlan,
@@ -185,42 +189,68 @@ pub fn quantize_base(
     let formats = plan
         .formats_for(&names, plan_source)
         .map_err(ModelError::Plan)?;
+    let slots: Vec<(usize, LoraTarget)> = model
+        .adapted_linears()
+        .map(|(layer, target, _)| (layer, target))
+        .collect();
     let mut reports = Vec::new();
-    try_for_each_linear(model, |name, linear| {
-        let format = formats[&name];
-        let fail = |source: QuantError| ModelError::Quantization {
-            layer: name.clone(),
-            source,
-        };
-        let (weights, shape) = weight_rows(linear);
-        let quantized = match initializer {
-            Initializer::Rtn => quantize_rtn(&weights, shape, format),
-            Initializer::Gptq => {
-                let hessian = hessians.and_then(|h| h.get(&name)).ok_or_else(|| {
-                    fail(QuantError::NoCalibrationTokens {
-                        in_features: shape.in_features,
-                    })
-                })?;
-                quantize_gptq(&weights, shape, hessian, format, GptqOptions::default())
+    for chunk in slots.chunks(rayon::current_num_threads()) {
+        let jobs: Vec<(String, Vec<f32>, WeightShape)> = chunk
+            .iter()
+            .map(|&(layer, target)| {
+                let (weights, shape) = weight_rows(target.of_mut(&mut model.model.layers[layer]));
+                (linear_name(layer, target), weights, shape)
+            })
+            .collect();
+        let results: Vec<Result<(QuantizedTensor, Vec<f32>), ModelError>> = jobs
+            .par_iter()
+            .map(|(name, weights, shape)| {
+                let fail = |source: QuantError| ModelError::Quantization {
+                    layer: name.clone(),
+                    source,
+                };
+                let format = formats[name];
+                let quantized = match initializer {
+                    Initializer::Rtn => quantize_rtn(weights, *shape, format),
+                    Initializer::Gptq => {
+                        let hessian = hessians.and_then(|h| h.get(name)).ok_or_else(|| {
+                            fail(QuantError::NoCalibrationTokens {
+                                in_features: shape.in_features,
+                            })
+                        })?;
+                        quantize_gptq(weights, *shape, hessian, format, GptqOptions::default())
+                    }
+                }
+                .map_err(fail)?;
+                let dequantized = dequantize(&quantized);
+                Ok((quantized, dequantized))
+            })
+            .collect();
+        for (((layer, target), (name, weights, shape)), result) in
+            chunk.iter().zip(jobs).zip(results)
+        {
+            let (quantized, dequantized) = result?;
+            let linear = target.of_mut(&mut model.model.layers[*layer]);
+            if initializer == Initializer::Gptq {
+                set_weight_rows(linear, &dequantized, shape);
             }
+            let device = linear.base_layer.weight.lazy_device();
+            let mut quantizer = FakeQuantizer::from_grid(&quantized, &device, learn_scales);
+            quantizer.scale.id = stable_param_id(&format!("{name}.quantizer.scale"));
+            linear.quantizer = Some(quantizer);
+            reports.push(LinearReport {
+                format: formats[&name],
+                bpw: quantized.bits_per_weight(),
+                weight_error: reconstruction_error(&weights, &dequantized).map_err(|source| {
+                    ModelError::Quantization {
+                        layer: name.clone(),
+                        source,
+                    }
+                })?,
+                name,
+            });
         }
-        .map_err(fail)?;
-        let dequantized = dequantize(&quantized);
-        if initializer == Initializer::Gptq {
-            set_weight_rows(linear, &dequantized, shape);
-        }
-        let device = linear.base_layer.weight.lazy_device();
-        let mut quantizer = FakeQuantizer::from_grid(&quantized, &device, learn_scales);
-        quantizer.scale.id = stable_param_id(&format!("{name}.quantizer.scale"));
-        linear.quantizer = Some(quantizer);
-        reports.push(LinearReport {
-            format,
-            bpw: quantized.bits_per_weight(),
-            weight_error: reconstruction_error(&weights, &dequantized).map_err(fail)?,
-            name,
-        });
-        Ok(())
-    })?;
+    }
     Ok(reports)
 }
 
