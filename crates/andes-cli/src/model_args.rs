@@ -33,7 +33,7 @@ pub struct ModelArgs {
 /// Device and precision.
 #[derive(Args, Debug)]
 pub struct RuntimeArgs {
-    /// cpu, wgpu[:N] or vulkan[:N] (GPU backends need the `wgpu` build feature).
+    /// cpu, cuda[:N], wgpu[:N] or vulkan[:N] (GPU backends need their build feature).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Compute precision: f32, bf16 or f16.

@@ -33,7 +33,8 @@ pub struct InitArgs {
 /// Runs `andes init`.
 pub fn run(args: InitArgs) -> anyhow::Result<()> {
     let config = Qwen3Config::from_file(&args.config)?;
-    let device = Device::default();
+    // Drawn on the CPU: a seed gives the same checkpoint whatever GPU backend is built in.
+    let device = Device::flex();
     device.seed(args.seed);
     let model = Qwen3ForCausalLM::new(&config, &device)?.init_like_transformers(&config);
     let dtype = if args.bf16 {

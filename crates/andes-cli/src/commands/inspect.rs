@@ -28,7 +28,7 @@ pub struct InspectArgs {
 /// Runs `andes inspect` (which verifies the package first).
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let package = load_package(&args.package, &Device::default(), DType::F32)?;
+    let package = load_package(&args.package, &Device::flex(), DType::F32)?;
     let cost = package_cost(&package.manifest, &package.config, args.context);
     let shapes = andes_model::quantize::linear_shapes(&package.model);
     let mut by_format: BTreeMap<String, (usize, u64, u64)> = BTreeMap::new();

@@ -9,6 +9,7 @@ use andes_data::TextTokenizer;
 use andes_data::dataset::DataFormat;
 use andes_model::andesvl::{AndesVL, AndesVLConfig, load_andesvl};
 use andes_model::checkpoint::load_qwen3;
+use andes_model::device::parse_device;
 use andes_model::quantize::{
     CalibrationInput, Initializer, calibrate, calibrate_diagonal, linear_shapes, quantize_base,
     token_inputs,
@@ -24,7 +25,7 @@ use andes_train::data::{WindowSet, to_batch};
 use andes_train::objective::image_text_embeddings;
 use andes_train::recipe::DataSection;
 use anyhow::{Context, bail};
-use burn::tensor::{DType, Device};
+use burn::tensor::DType;
 use clap::Args;
 use sha2::{Digest, Sha256};
 
@@ -93,6 +94,10 @@ pub struct QuantizeArgs {
     /// Directory of the sensitivity cache (default: $ANDES_CACHE, else ~/.cache/andes).
     #[arg(long)]
     cache: Option<PathBuf>,
+    /// Device for calibration and the sensitivity passes: cpu, cuda[:N], wgpu[:N] (GPU
+    /// backends need their build feature).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Only the summary, as JSON (no table).
     #[arg(long)]
     json: bool,
@@ -116,7 +121,7 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     if args.out.exists() {
         bail!("{}: already exists; choose a new --out", args.out.display());
     }
-    let device = Device::default();
+    let device = parse_device(&args.device)?;
     // An AndesVL model: its language model is planned and quantized (calibrated on text),
     // its vision tower and projector ship in the target's float precision.
     let (config, mut model, vision) = if AndesVLConfig::is_andesvl(&args.model.join("config.json"))

@@ -18,7 +18,7 @@ pub struct VerifyArgs {
 /// Runs `andes verify`.
 pub fn run(args: VerifyArgs) -> anyhow::Result<()> {
     let report = if is_package(&args.bundle) {
-        let package = load_package(&args.bundle, &Device::default(), DType::F32)?;
+        let package = load_package(&args.bundle, &Device::flex(), DType::F32)?;
         serde_json::json!({
             "package": args.bundle.display().to_string(),
             "format_version": package.manifest.format_version,
