@@ -269,14 +269,19 @@ fn repo(path: &str) -> PathBuf {
         .join(path)
 }
 
-fn losses(run_dir: &Path) -> Vec<(u64, f64)> {
+/// Every line of a run's `metrics.jsonl`.
+fn metrics(run_dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run_dir.join("metrics.jsonl"))
         .unwrap()
         .lines()
-        .map(|line| {
-            let m: serde_json::Value = serde_json::from_str(line).unwrap();
-            (m["step"].as_u64().unwrap(), m["loss"].as_f64().unwrap())
-        })
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+fn losses(run_dir: &Path) -> Vec<(u64, f64)> {
+    metrics(run_dir)
+        .iter()
+        .map(|m| (m["step"].as_u64().unwrap(), m["loss"].as_f64().unwrap()))
         .collect()
 }
 
@@ -312,6 +317,26 @@ fn train_tiny(name: &str, run: &Path, overrides: &[&str]) {
     );
 }
 
+/// Starts `run` (a SHORT_RUN training into `run_dir`) and kills it with SIGKILL as soon as its
+/// first checkpoint exists, asserting that steps were left to resume.
+fn kill_after_first_checkpoint(run: &mut Command, run_dir: &Path) {
+    let mut child = run.spawn().unwrap();
+    let latest = run_dir.join("checkpoints/latest");
+    while !latest.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before its first checkpoint"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+    assert!(
+        losses(run_dir).len() < 24,
+        "the kill came after the run ended; nothing was resumed"
+    );
+}
+
 /// Runs `recipe` straight and, in a second directory, kills it with SIGKILL after its first
 /// checkpoint and resumes it: the losses must be identical.
 fn assert_sigkill_resume_is_exact(recipe: &str) {
@@ -324,25 +349,8 @@ fn assert_sigkill_resume_is_exact(recipe: &str) {
         .unwrap();
     assert!(status.success());
 
-    let mut child = train_command(&["--config", &config, "--out", path(&interrupted), "--quiet"])
-        .args(SHORT_RUN)
-        .spawn()
-        .unwrap();
-    let latest = interrupted.join("checkpoints/latest");
-    while !latest.exists() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before its first checkpoint"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    child.kill().unwrap(); // SIGKILL on Unix
-    child.wait().unwrap();
-    let resumed_at = losses(&interrupted).len();
-    assert!(
-        resumed_at < 24,
-        "the kill came after the run ended; nothing was resumed"
-    );
+    let mut run = train_command(&["--config", &config, "--out", path(&interrupted), "--quiet"]);
+    kill_after_first_checkpoint(run.args(SHORT_RUN), &interrupted);
 
     let status = train_command(&["--resume", path(&interrupted), "--quiet"])
         .status()
@@ -408,18 +416,7 @@ fn data_parallel_training_matches_one_device_and_resumes_on_another_count() {
         .count();
     assert_eq!(checkpoints, 6, "one checkpoint per 4 of 24 steps");
 
-    let mut child = run(&switched, "2").spawn().unwrap();
-    let latest = switched.join("checkpoints/latest");
-    while !latest.exists() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "ended before a checkpoint"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(losses(&switched).len() < 24, "nothing left to resume");
+    kill_after_first_checkpoint(&mut run(&switched, "2"), &switched);
     let status = train_command(&["--resume", path(&switched), "--devices", "1", "--quiet"])
         .status()
         .unwrap();
@@ -465,11 +462,7 @@ fn grpo_and_image_sft_train_data_parallel_like_one_device() {
                 "{}",
                 String::from_utf8_lossy(&output.stderr)
             );
-            std::fs::read_to_string(out.join("metrics.jsonl"))
-                .unwrap()
-                .lines()
-                .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
-                .collect::<Vec<_>>()
+            metrics(&out)
         };
         let (single, parallel) = (run("1"), run("2"));
         assert_eq!(single.len(), 3);

@@ -222,17 +222,17 @@ impl Objective for GrpoObjective {
         // Slots are numbered over the whole step, so a completion's seed does not depend on
         // which shard samples it.
         let sequences = prompts.iter().map(Vec::len).sum::<usize>() * group_size;
-        let mut slot = 0u64;
         let mut micro_batches = Vec::new();
-        for (index, batch) in prompts.into_iter().enumerate() {
+        for (index, batch) in prompts.iter().enumerate() {
+            if !shard.owns(index) {
+                continue;
+            }
+            let first_slot: usize =
+                prompts[..index].iter().map(Vec::len).sum::<usize>() * group_size;
             let mut rollouts = Vec::new();
-            for example in batch {
-                let slots = slot..slot + group_size as u64;
-                slot = slots.end;
-                if !shard.owns(index) {
-                    continue;
-                }
-                let decodings: Vec<Decoding> = slots
+            for (position, example) in batch.iter().enumerate() {
+                let start = (first_slot + position * group_size) as u64;
+                let decodings: Vec<Decoding> = (start..start + group_size as u64)
                     .map(|slot| Decoding::Sample {
                         temperature: self.section.temperature as f32,
                         top_k: None,
@@ -242,9 +242,7 @@ impl Objective for GrpoObjective {
                     .collect();
                 rollouts.extend(self.rollouts(&policy, example, &decodings)?);
             }
-            if shard.owns(index) {
-                micro_batches.push(rollouts);
-            }
+            micro_batches.push(rollouts);
         }
         let sequences = sequences as f64;
         let mut accumulator = GradientsAccumulator::new();

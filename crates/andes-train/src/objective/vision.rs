@@ -4,6 +4,7 @@
 //! place in the row; the next-token loss counts the caption, or the assistant turns, only.
 
 use andes_data::dataset::counted_targets;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use andes_data::TextTokenizer;
@@ -11,7 +12,7 @@ use andes_data::dataset::{
     CaptionRecord, DataFormat, ImageChat, MaskedTokens, load_captions, load_image_conversations,
     tokenize_image_conversation,
 };
-use andes_data::image_processor::ImageProcessor;
+use andes_data::image_processor::{ImageProcessor, ProcessedImage};
 use andes_data::image_prompt::{ImageTokens, tokenize_with_images};
 use andes_model::andesvl::{AndesVL, AndesVLConfig, ImagePlacement};
 use burn::module::Module;
@@ -54,10 +55,33 @@ impl VisualExample {
     }
 }
 
-/// One row ready for the model: ids with the scored tokens marked, and its images placed.
+/// One row ready for the model: ids with the scored tokens marked, and its preprocessed
+/// images with their token spans, still on the host (a data-parallel replica builds every
+/// row of a step for its token count, and uploads only the rows it computes).
 struct VisualRow {
     tokens: MaskedTokens,
-    placements: Vec<ImagePlacement>,
+    images: Vec<(Range<usize>, ProcessedImage)>,
+}
+
+impl VisualRow {
+    /// The row's images placed as row `sequence` of a batch on `device`.
+    fn placements(
+        images: Vec<(Range<usize>, ProcessedImage)>,
+        sequence: usize,
+        device: &Device,
+    ) -> Vec<ImagePlacement> {
+        images
+            .into_iter()
+            .map(|(span, image)| ImagePlacement {
+                sequence,
+                span,
+                pixels: Tensor::from_data(
+                    TensorData::new(image.pixels, [3, image.height, image.width]),
+                    device,
+                ),
+            })
+            .collect()
+    }
 }
 
 /// Turns vision-language records into model rows: images decoded and preprocessed per the
@@ -134,11 +158,11 @@ pub fn image_text_embeddings(
         .iter()
         .take(count)
         .map(|example| {
-            let row = rows.row(model, example, 0, &device)?;
+            let row = rows.row(model, example)?;
             let ids: Vec<i64> = row.tokens.ids.iter().map(|&id| id as i64).collect();
             let len = ids.len();
             let ids = Tensor::from_data(TensorData::new(ids, [1, len]), &device);
-            Ok(model.embed(ids, &row.placements)?)
+            Ok(model.embed(ids, &VisualRow::placements(row.images, 0, &device))?)
         })
         .collect()
 }
@@ -169,15 +193,9 @@ impl VisualRows {
         })
     }
 
-    /// Decodes the images of `example` and tokenizes it as row `sequence` of a batch; the
-    /// row is cut to `seq_len + 1` tokens, which must keep every image whole.
-    fn row(
-        &self,
-        model: &AndesVL,
-        example: &VisualExample,
-        sequence: usize,
-        device: &Device,
-    ) -> Result<VisualRow, TrainError> {
+    /// Decodes the images of `example` and tokenizes it; the row is cut to `seq_len + 1`
+    /// tokens, which must keep every image whole.
+    fn row(&self, model: &AndesVL, example: &VisualExample) -> Result<VisualRow, TrainError> {
         let images = example
             .images()
             .iter()
@@ -224,19 +242,10 @@ impl VisualRows {
         }
         tokens.ids.truncate(limit);
         tokens.loss_mask.truncate(limit);
-        let placements = images
-            .into_iter()
-            .zip(spans)
-            .map(|(image, span)| ImagePlacement {
-                sequence,
-                span,
-                pixels: Tensor::from_data(
-                    TensorData::new(image.pixels, [3, image.height, image.width]),
-                    device,
-                ),
-            })
-            .collect();
-        Ok(VisualRow { tokens, placements })
+        Ok(VisualRow {
+            tokens,
+            images: spans.into_iter().zip(images).collect(),
+        })
     }
 
     fn rows(
@@ -244,11 +253,9 @@ impl VisualRows {
         model: &AndesVL,
         examples: &[&VisualExample],
     ) -> Result<Vec<VisualRow>, TrainError> {
-        let device: Device = model.devices()[0].clone();
         examples
             .iter()
-            .enumerate()
-            .map(|(i, example)| self.row(model, example, i, &device))
+            .map(|example| self.row(model, example))
             .collect()
     }
 
@@ -257,7 +264,11 @@ impl VisualRows {
         let device: Device = model.devices()[0].clone();
         let (masked, placements): (Vec<_>, Vec<_>) = rows
             .into_iter()
-            .map(|row| ((row.tokens.ids, row.tokens.loss_mask), row.placements))
+            .enumerate()
+            .map(|(sequence, row)| {
+                let placements = VisualRow::placements(row.images, sequence, &device);
+                ((row.tokens.ids, row.tokens.loss_mask), placements)
+            })
             .unzip();
         let batch = ReplyRows::masked(&masked, &device);
         let placements: Vec<ImagePlacement> = placements.into_iter().flatten().collect();
@@ -332,8 +343,8 @@ impl Objective for VisionObjective {
         shard: Shard,
     ) -> Result<StepOutput, TrainError> {
         let model = vision_language(model);
-        // Every shard builds every row: the step's token count, the loss's divisor, needs
-        // each image's size. Only its own rows go through the model.
+        // Every shard builds every row on the host: the step's token count, the loss's
+        // divisor, needs each image's size. Only its own rows go to the device.
         let micro_batches = self
             .batches
             .draw(&self.train, state)
