@@ -69,8 +69,18 @@ pub fn save_parameters_named<M: Module>(
         path: ParamPath::default(),
         dtype,
         tensors: Vec::new(),
+        unreadable: None,
     };
     module.visit(&mut collector);
+    if let Some((tensor, message)) = collector.unreadable {
+        return Err(ModelError::Safetensors {
+            path: path.to_owned(),
+            message: format!(
+                "tensor `{tensor}` could not be read back from the device, nothing written: \
+                 {message}"
+            ),
+        });
+    }
     let tensors: Vec<(String, &HostTensor)> = collector
         .tensors
         .iter()
@@ -88,6 +98,9 @@ struct Collector {
     path: ParamPath,
     dtype: SaveDtype,
     tensors: Vec<(String, HostTensor)>,
+    /// The first parameter whose device read failed (the device ran out of memory, say),
+    /// with the backend's message: the save then writes nothing and says which.
+    unreadable: Option<(String, String)>,
 }
 
 impl ModuleVisitor for Collector {
@@ -100,10 +113,16 @@ impl ModuleVisitor for Collector {
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if self.path.is_attachment() {
+        if self.path.is_attachment() || self.unreadable.is_some() {
             return;
         }
-        let data = param.val().to_data().convert::<f32>();
+        let data = match param.val().try_to_data() {
+            Ok(data) => data.convert::<f32>(),
+            Err(error) => {
+                self.unreadable = Some((self.path.hf_name(), error.to_string()));
+                return;
+            }
+        };
         let data = if self.path.is_transposed_in_checkpoint() {
             transpose(data)
         } else {
