@@ -215,6 +215,26 @@ pub enum QuantError {
         found: usize,
     },
 
+    /// A batch's Gram matrix (`Σ x xᵀ`, or `Σ x²` for a diagonal-only Hessian) of the wrong
+    /// length for the Hessian.
+    #[error("Gram matrix of {found} entries given to a Hessian that needs {expected}")]
+    GramLength {
+        /// `in_features²`, or `in_features` for a diagonal-only Hessian.
+        expected: usize,
+        /// Length of the buffer given.
+        found: usize,
+    },
+
+    /// A batch's Gram matrix holds a NaN or infinity: a non-finite activation, or squares
+    /// past the f32 range. `Hessian::accumulate` on the activations themselves tells which.
+    #[error("Gram matrix entry {index} is {value}")]
+    NonFiniteGram {
+        /// Row-major index of the first such entry.
+        index: usize,
+        /// The value found.
+        value: f32,
+    },
+
     /// A NaN or infinite calibration activation, which would poison the whole Hessian.
     #[error(
         "activation of token {token}, input feature {feature} is {value}; calibration \

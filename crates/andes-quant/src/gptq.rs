@@ -532,7 +532,7 @@ mod tests {
         };
         assert!(matches!(
             quantize_gptq(&w, shape, &h, f, undamped),
-            Err(QuantError::HessianNotPositiveDefinite { column: 1, .. })
+            Err(QuantError::HessianNotPositiveDefinite { column: 0, .. })
         ));
         assert!(quantize_gptq(&w, shape, &h, f, GptqOptions::default()).is_ok());
         let wide = quantize_gptq(&[0.0; 3], WeightShape::new(1, 3), &h, f, undamped);

@@ -107,6 +107,44 @@ impl Hessian {
         Ok(())
     }
 
+    /// Adds a batch of `tokens` tokens given by its Gram matrix `Σₜ xₜ xₜᵀ` (`[in, in]`
+    /// row-major, symmetric; for a diagonal-only Hessian just `Σₜ xₜ²`, `in` entries), computed
+    /// where the activations are, as one matrix product: the way to feed a large model's
+    /// calibration, `in²` multiply-adds per token on the device's matmul instead of this
+    /// crate's loops. The batch is summed in f32 there (as the GPTQ reference sums its
+    /// Hessian), batches in f64 here. A non-finite entry is refused, the Hessian unchanged:
+    /// [`Hessian::accumulate`] on the batch's activations then names the bad one (or, when
+    /// only the f32 squares overflowed, takes the batch in f64).
+    pub fn accumulate_gram(&mut self, gram: &[f32], tokens: usize) -> Result<(), QuantError> {
+        if gram.len() != self.sum.len() {
+            return Err(QuantError::GramLength {
+                expected: self.sum.len(),
+                found: gram.len(),
+            });
+        }
+        if let Some(index) = gram.iter().position(|v| !v.is_finite()) {
+            return Err(QuantError::NonFiniteGram {
+                index,
+                value: gram[index],
+            });
+        }
+        let d = self.in_features;
+        if self.diagonal_only {
+            for (s, &g) in self.sum.iter_mut().zip(gram) {
+                *s += f64::from(g);
+            }
+        } else {
+            for i in 0..d {
+                let row = i * d + i..(i + 1) * d;
+                for (s, &g) in self.sum[row.clone()].iter_mut().zip(&gram[row]) {
+                    *s += f64::from(g);
+                }
+            }
+        }
+        self.tokens += tokens;
+        Ok(())
+    }
+
     /// Input features: the side of the matrix.
     pub fn in_features(&self) -> usize {
         self.in_features
@@ -178,6 +216,47 @@ mod tests {
         split.accumulate(&x[..12], 4).expect("valid");
         split.accumulate(&x[12..], 6).expect("valid");
         assert_eq!(once, split);
+    }
+
+    #[test]
+    fn a_batchs_gram_matrix_accumulates_like_its_activations() {
+        let x: Vec<f32> = (0..30)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.25)
+            .collect();
+        let (tokens, d) = (10, 3);
+        let mut from_activations = Hessian::new(d);
+        from_activations.accumulate(&x, tokens).expect("valid");
+        let mut diagonal_from_activations = Hessian::diagonal_only(d);
+        diagonal_from_activations
+            .accumulate(&x, tokens)
+            .expect("valid");
+        let gram: Vec<f32> = (0..d * d)
+            .map(|ij| {
+                let (i, j) = (ij / d, ij % d);
+                (0..tokens).map(|t| x[t * d + i] * x[t * d + j]).sum()
+            })
+            .collect();
+        let mut from_gram = Hessian::new(d);
+        from_gram.accumulate_gram(&gram, tokens).expect("valid");
+        assert_eq!(from_gram, from_activations);
+        let squares: Vec<f32> = (0..d).map(|i| gram[i * d + i]).collect();
+        let mut diagonal_from_gram = Hessian::diagonal_only(d);
+        diagonal_from_gram
+            .accumulate_gram(&squares, tokens)
+            .expect("valid");
+        assert_eq!(diagonal_from_gram, diagonal_from_activations);
+        assert!(matches!(
+            from_gram.accumulate_gram(&squares, tokens),
+            Err(QuantError::GramLength {
+                expected: 9,
+                found: 3
+            })
+        ));
+        assert!(matches!(
+            from_gram.accumulate_gram(&[0.0, 0.0, 0.0, 0.0, f32::NAN, 0.0, 0.0, 0.0, 0.0], 1),
+            Err(QuantError::NonFiniteGram { index: 4, .. })
+        ));
+        assert_eq!(from_gram.tokens(), tokens);
     }
 
     #[test]

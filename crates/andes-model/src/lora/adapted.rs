@@ -258,29 +258,49 @@ impl AdaptedLinear {
 /// activations), which stops accumulation and is reported when calibration ends.
 pub(crate) type InputTap = Arc<Mutex<Result<Hessian, QuantError>>>;
 
-/// Adds `x` (`[..., in]`, every leading dimension a token) to the Hessian of `tap`.
+/// Adds `x` (`[..., in]`, every leading dimension a token) to the Hessian of `tap`: its Gram
+/// matrix `xᵀx` (or the column sums of `x²` for a diagonal-only Hessian) is one product on
+/// `x`'s device, read back once. Where that holds a non-finite value, the activations
+/// themselves are read and accumulated, which names a non-finite one or sums an f32 overflow
+/// in f64.
 fn record_inputs<const D: usize>(tap: &InputTap, x: &Tensor<D>) {
     let dims = x.dims();
     let in_features = dims[D - 1];
     let tokens = dims.iter().product::<usize>() / in_features.max(1);
-    let values = x
-        .to_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .expect("f32 activations");
     let mut moments = tap.lock().expect("calibration tap poisoned");
-    if let Ok(hessian) = moments.as_mut()
-        && let Err(error) = hessian.accumulate(&values, tokens)
-    {
+    let Ok(hessian) = moments.as_mut() else {
+        return;
+    };
+    let rows = x.clone().reshape([tokens, in_features]);
+    let gram = if hessian.is_full() {
+        rows.clone().transpose().matmul(rows)
+    } else {
+        rows.square().sum_dim(0)
+    };
+    let gram = f32_values(gram);
+    let result = match hessian.accumulate_gram(&gram, tokens) {
+        Err(QuantError::NonFiniteGram { .. }) => hessian.accumulate(&f32_values(x.clone()), tokens),
+        other => other,
+    };
+    if let Err(error) = result {
         *moments = Err(error);
     }
+}
+
+/// A tensor's values, read back as f32.
+fn f32_values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
+    tensor
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 values")
 }
 
 #[cfg(test)]
 mod tests {
     use burn::module::ParamId;
     use burn::nn::LinearConfig;
-    use burn::tensor::{Device, Distribution, Tensor};
+    use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
     use super::*;
     use crate::lora::LoraTarget;
@@ -307,6 +327,57 @@ mod tests {
 
     fn values(t: Tensor<2>) -> Vec<f32> {
         t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn the_tap_sums_what_the_linear_sees_like_the_reference_accumulation() {
+        let device = Device::flex();
+        let x = Tensor::<3>::random([2, 40, 16], Distribution::Normal(0.0, 3.0), &device);
+        let activations = x
+            .clone()
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap();
+        for accumulator in [Hessian::new, Hessian::diagonal_only] {
+            let mut linear = adapted(0.0, &device);
+            let tap: InputTap = Arc::new(Mutex::new(Ok(accumulator(16))));
+            linear.set_tap(Some(tap.clone()));
+            linear.forward(x.clone());
+            linear.forward(x.clone());
+            let tapped = tap.lock().unwrap().clone().unwrap();
+            let mut reference = accumulator(16);
+            reference.accumulate(&activations, 80).unwrap();
+            reference.accumulate(&activations, 80).unwrap();
+            assert_eq!(tapped.tokens(), 160);
+            let (got, want) = if reference.is_full() {
+                (tapped.matrix(), reference.matrix())
+            } else {
+                (tapped.diagonal(), reference.diagonal())
+            };
+            let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            for (g, w) in got.iter().zip(&want) {
+                // One f32 product over 80 tokens against f64 sums.
+                assert!((g - w).abs() <= 1e-5 * scale, "{g} vs {w}");
+            }
+        }
+        let mut linear = adapted(0.0, &device);
+        let tap: InputTap = Arc::new(Mutex::new(Ok(Hessian::new(16))));
+        linear.set_tap(Some(tap.clone()));
+        let mut poisoned = activations[..32].to_vec();
+        poisoned[21] = f32::NAN;
+        linear.forward(Tensor::<2>::from_data(
+            TensorData::new(poisoned, [2, 16]),
+            &device,
+        ));
+        assert!(matches!(
+            *tap.lock().unwrap(),
+            Err(QuantError::NonFiniteActivation {
+                token: 1,
+                feature: 5,
+                ..
+            })
+        ));
     }
 
     #[test]
