@@ -20,22 +20,51 @@ pub(crate) fn inverse_cholesky_upper(a: &[f64], n: usize) -> Result<Vec<f64>, us
     Ok(reversed(&lower_triangular_inverse(&l, n)))
 }
 
-/// `L` lower triangular with `LLᵀ = A` (Cholesky–Banachiewicz, row by row), reading only the
-/// lower triangle of `a`; `Err(i)` at the first pivot that is not a positive finite number.
+/// Rows and columns per block of the blocked factorizations: a block and the panel below it stay
+/// in cache, and the work between blocks is matrix products.
+const BLOCK: usize = 64;
+
+/// `L` lower triangular with `LLᵀ = A`, reading only the lower triangle of `a`; `Err(i)` at the
+/// first pivot that is not a positive finite number. Right-looking and blocked: factor a
+/// diagonal block, solve the panel below it against that block, subtract the panel's outer
+/// product from the trailing matrix in one matrix product (almost all of the `n³/6`
+/// multiply-adds), and go on with the trailing matrix.
 fn cholesky_lower(a: &[f64], n: usize) -> Result<Vec<f64>, usize> {
-    let mut l = vec![0.0; n * n];
-    for i in 0..n {
-        for j in 0..=i {
-            let s = a[i * n + j] - dot(&l[i * n..i * n + j], &l[j * n..j * n + j]);
-            if i == j {
-                if !(s > 0.0 && s.is_finite()) {
-                    return Err(i);
+    let mut l = a.to_vec();
+    let mut panel = Vec::with_capacity(n * BLOCK);
+    for k0 in (0..n).step_by(BLOCK) {
+        let k1 = (k0 + BLOCK).min(n);
+        // The diagonal block, then each row of the panel below it, solved against the block's
+        // factor; the earlier blocks' contributions are already subtracted.
+        for i in k0..n {
+            for j in k0..=i.min(k1 - 1) {
+                let s = l[i * n + j] - dot(&l[i * n + k0..i * n + j], &l[j * n + k0..j * n + j]);
+                if i == j {
+                    if !(s > 0.0 && s.is_finite()) {
+                        return Err(i);
+                    }
+                    l[i * n + i] = s.sqrt();
+                } else {
+                    l[i * n + j] = s / l[j * n + j];
                 }
-                l[i * n + i] = s.sqrt();
-            } else {
-                l[i * n + j] = s / l[j * n + j];
             }
         }
+        // The trailing matrix: A₂₂ −= L₂₁ L₂₁ᵀ, on a copy of the panel L₂₁ (its upper half too;
+        // that half is cleared at the end).
+        let (m, b) = (n - k1, k1 - k0);
+        panel.clear();
+        panel.extend((k1..n).flat_map(|i| l[i * n + k0..i * n + k1].iter().copied()));
+        let panel_layout = Layout::row_major(0, 0, b);
+        multiply_add(
+            (&mut l, Layout::row_major(k1, k1, n)),
+            (&panel, panel_layout),
+            (&panel, panel_layout.transposed()),
+            [m, m, b],
+            -1.0,
+        );
+    }
+    for i in 0..n {
+        l[i * n + i + 1..(i + 1) * n].fill(0.0);
     }
     Ok(l)
 }
@@ -56,29 +85,123 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     partial.iter().sum::<f64>() + tail
 }
 
-/// `L⁻¹` of a lower triangular `l` with a non-zero diagonal, by forward substitution, row by
-/// row: row `i` of `L⁻¹` is `(eᵢ − Σ_{k<i} L[i][k] · row k of L⁻¹) / L[i][i]`.
+/// `L⁻¹` of a lower triangular `l` with a non-zero diagonal, a block row at a time: with `X =
+/// L⁻¹`, block row `I` is `X_II = L_II⁻¹` (forward substitution) and, left of it,
+/// `X_I,<I = −X_II · (L_I,<I · X_<I,<I)`: two matrix products per block row.
 fn lower_triangular_inverse(l: &[f64], n: usize) -> Vec<f64> {
-    let mut inv = vec![0.0; n * n];
-    for i in 0..n {
-        let (done, rest) = inv.split_at_mut(i * n);
-        let row = &mut rest[..=i];
-        row[i] = 1.0;
-        for k in 0..i {
-            let lik = l[i * n + k];
-            if lik == 0.0 {
-                continue;
-            }
-            for (r, &x) in row.iter_mut().zip(&done[k * n..k * n + k + 1]) {
-                *r -= lik * x;
+    let mut x = vec![0.0; n * n];
+    let mut product = vec![0.0; BLOCK * n];
+    let mut diagonal = vec![0.0; BLOCK * BLOCK];
+    for i0 in (0..n).step_by(BLOCK) {
+        let i1 = (i0 + BLOCK).min(n);
+        let rows = i1 - i0;
+        for i in i0..i1 {
+            let d = l[i * n + i];
+            for j in i0..=i {
+                let identity = if i == j { 1.0 } else { 0.0 };
+                let s: f64 = (j..i).map(|k| l[i * n + k] * x[k * n + j]).sum();
+                x[i * n + j] = (identity - s) / d;
             }
         }
-        let d = l[i * n + i];
-        for r in row.iter_mut() {
-            *r /= d;
+        let (done, current) = x.split_at_mut(i0 * n);
+        product[..rows * n].fill(0.0);
+        multiply_add(
+            (&mut product, Layout::row_major(0, 0, n)),
+            (l, Layout::row_major(i0, 0, n)),
+            (done, Layout::row_major(0, 0, n)),
+            [rows, i0, i0],
+            1.0,
+        );
+        for r in 0..rows {
+            diagonal[r * rows..(r + 1) * rows]
+                .copy_from_slice(&current[r * n + i0..r * n + i0 + rows]);
+        }
+        multiply_add(
+            (current, Layout::row_major(0, 0, n)),
+            (&diagonal, Layout::row_major(0, 0, rows)),
+            (&product, Layout::row_major(0, 0, n)),
+            [rows, i0, rows],
+            -1.0,
+        );
+    }
+    x
+}
+
+/// Where a matrix lies in a slice: element (r, c) at `offset + r·row_stride + c·col_stride`.
+#[derive(Clone, Copy)]
+struct Layout {
+    offset: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl Layout {
+    /// The matrix from (`row`, `col`) of a row-major one with `stride` columns.
+    fn row_major(row: usize, col: usize, stride: usize) -> Self {
+        Layout {
+            offset: row * stride + col,
+            row_stride: stride,
+            col_stride: 1,
         }
     }
-    inv
+
+    /// The same elements read as the transpose.
+    fn transposed(self) -> Self {
+        Layout {
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+
+    /// The index of element (`rows − 1`, `cols − 1`), the farthest one.
+    fn last(&self, rows: usize, cols: usize) -> usize {
+        self.offset + (rows - 1) * self.row_stride + (cols - 1) * self.col_stride
+    }
+}
+
+/// `dst += alpha · lhs · rhs` for `lhs` `[m, k]`, `rhs` `[k, n]` and `dst` `[m, n]` where their
+/// layouts put them, on the `gemm` crate's kernels (those of Burn's CPU backend), in the
+/// calling thread: GPTQ already runs one linear per core.
+fn multiply_add(
+    (dst, d): (&mut [f64], Layout),
+    (lhs, a): (&[f64], Layout),
+    (rhs, b): (&[f64], Layout),
+    [m, n, k]: [usize; 3],
+    alpha: f64,
+) {
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    assert!(
+        d.last(m, n) < dst.len() && a.last(m, k) < lhs.len() && b.last(k, n) < rhs.len(),
+        "a matrix reaches past its slice"
+    );
+    // SAFETY: every element each layout reaches lies in its slice (checked above), and `dst`,
+    // borrowed mutably, overlaps neither input. gemm computes dst := 1·dst + alpha·lhs·rhs.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr().add(d.offset),
+            d.col_stride as isize,
+            d.row_stride as isize,
+            true,
+            lhs.as_ptr().add(a.offset),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            rhs.as_ptr().add(b.offset),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            1.0,
+            alpha,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
 }
 
 #[cfg(test)]
@@ -124,6 +247,38 @@ mod tests {
             for j in 0..n {
                 let expected = if i == j { 1.0 } else { 0.0 };
                 assert!((product[i * n + j] - expected).abs() < 1e-12, "{i},{j}");
+            }
+        }
+    }
+
+    #[test]
+    fn blocked_factors_of_a_matrix_of_several_blocks_invert_it() {
+        // Two full blocks and a partial one, so the panels, the trailing products and the
+        // block rows of the inverse all run.
+        let n = 2 * BLOCK + 22;
+        let b: Vec<f64> = (0..n * n)
+            .map(|x| ((x * 7919 % 1013) as f64 / 1013.0 - 0.5) * 2.0)
+            .collect();
+        let mut a = multiply(&b, &transpose(&b, n), n);
+        for i in 0..n {
+            a[i * n + i] += 1.0;
+        }
+        let u = inverse_cholesky_upper(&a, n).expect("positive definite");
+        assert!((0..n).all(|i| (0..i).all(|j| u[i * n + j] == 0.0)));
+        let product = multiply(&multiply(&transpose(&u, n), &u, n), &a, n);
+        for i in 0..n {
+            for j in 0..n {
+                let expected = if i == j { 1.0 } else { 0.0 };
+                assert!((product[i * n + j] - expected).abs() < 1e-8, "{i},{j}");
+            }
+        }
+        let l = cholesky_lower(&a, n).expect("positive definite");
+        let l_inverse = lower_triangular_inverse(&l, n);
+        let identity = multiply(&l, &l_inverse, n);
+        for i in 0..n {
+            for j in 0..n {
+                let expected = if i == j { 1.0 } else { 0.0 };
+                assert!((identity[i * n + j] - expected).abs() < 1e-10, "{i},{j}");
             }
         }
     }
