@@ -916,6 +916,21 @@ fn quantize_for_dimensity9500_at_1_8_bpw_verifies_and_rejects_tampering() {
     );
     let verified = json_stdout(andes(&["verify", path(&package)]));
     assert_eq!(verified["linears_verified"], 14);
+    // Every tensor of every weight file starts on the profile's 64-byte alignment; odd-sized
+    // packed rows need fillers for that.
+    for file in ["quantized_linears.safetensors", "float_tensors.safetensors"] {
+        let bytes = std::fs::read(package.join(file)).unwrap();
+        let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+        for (name, entry) in header.iter().filter(|(n, _)| !n.starts_with("__")) {
+            let start = 8 + header_len + entry["data_offsets"][0].as_u64().unwrap() as usize;
+            assert_eq!(start % 64, 0, "{file}: `{name}` starts at byte {start}");
+        }
+        if file.starts_with("quantized") {
+            assert!(header.keys().any(|n| n.starts_with("__pad__.")));
+        }
+    }
     let inspected = json_stdout(andes(&["inspect", path(&package), "--json"]));
     assert_eq!(inspected["bpw"], summary["bpw"]);
     assert!(

@@ -123,7 +123,7 @@ pub fn write_bundle(
     if !quantized.is_empty() {
         let dir = tmp.join("base");
         std::fs::create_dir_all(&dir).map_err(|e| PackageError::io(&dir, e))?;
-        let bytes = quantized_file(&quantized, &dir.join("quantized_linears.safetensors"))?;
+        let bytes = quantized_file(&quantized, &dir.join("quantized_linears.safetensors"), None)?;
         write_atomically(
             &dir.join("bit_plan.json"),
             plan_of(&quantized).to_json().as_bytes(),

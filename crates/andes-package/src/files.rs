@@ -10,6 +10,7 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use sha2::{Digest, Sha256};
 
+use crate::alignment::{align, is_padding};
 use crate::error::PackageError;
 
 /// The manifest's file name, at a bundle's or package's root.
@@ -34,11 +35,13 @@ pub fn staging_dir(out: &Path) -> Result<PathBuf, PackageError> {
 
 /// Writes the packed linears: `<name>.qweight` (u8 packed codes, `[out, bytes per row]`),
 /// `<name>.scales` (f16 `[out, groups]`) and, for asymmetric formats, `<name>.qzeros` (u8
-/// packed zero points `[out, bytes per row]`); layouts in `docs/quant-formats.md`. Returns the
-/// file's size.
+/// packed zero points `[out, bytes per row]`); layouts in `docs/quant-formats.md`. With an
+/// `alignment`, every tensor starts at a multiple of it (a package, for its target). Returns
+/// the file's size.
 pub fn quantized_file(
     quantized: &[(String, QuantizedTensor)],
     path: &Path,
+    alignment: Option<usize>,
 ) -> Result<u64, PackageError> {
     let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for (name, q) in quantized {
@@ -78,6 +81,10 @@ pub fn quantized_file(
         .and_then(|views| safetensors::serialize(views, None))
         .map_err(|e| PackageError::io(path, format!("{e:?}")))?;
     let bytes = with_metadata(&bytes, &metadata);
+    let bytes = match alignment {
+        Some(alignment) => align(&bytes, alignment, path)?,
+        None => bytes,
+    };
     write_atomically(path, &bytes)?;
     Ok(bytes.len() as u64)
 }
@@ -168,7 +175,7 @@ pub fn verify_checksums(
 
 /// Reads the packed linears written by [`quantized_file`]: each `shapes` entry (name, shape)
 /// must be there in the format its metadata names, with parts of the right lengths, and
-/// nothing else may be.
+/// nothing else may be but alignment fillers.
 pub fn read_quantized_file(
     path: &Path,
     shapes: &[(String, WeightShape)],
@@ -224,7 +231,7 @@ pub fn read_quantized_file(
     if let Some(extra) = tensors
         .names()
         .into_iter()
-        .find(|n| !expected_names.contains(*n))
+        .find(|n| !expected_names.contains(*n) && !is_padding(n))
     {
         return Err(corrupt(format!("unexpected tensor `{extra}`")));
     }

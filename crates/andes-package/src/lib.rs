@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+mod alignment;
 mod bundle;
 mod error;
 mod files;

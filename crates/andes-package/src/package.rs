@@ -21,14 +21,16 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
+use crate::alignment::{align, check_alignment, is_padding};
 use crate::error::PackageError;
 use crate::files::{
     MANIFEST_FILE, checksums, quantized_file, read_quantized_file, sha256, staging_dir,
     verify_checksums,
 };
 
-/// The package layout this crate writes and reads.
-pub const PACKAGE_VERSION: u32 = 1;
+/// The package layout this crate writes: 2, every tensor aligned to the target's
+/// `alignment_bytes`. Version 1 (the same files, 8-byte aligned) is still read.
+pub const PACKAGE_VERSION: u32 = 2;
 /// `kind` of a package manifest (a bundle's manifest has none).
 pub const PACKAGE_KIND: &str = "andes-package";
 /// Packed linears (`NAME.qweight`, `NAME.scales`, `NAME.qzeros`).
@@ -145,7 +147,8 @@ pub fn write_package(
     }
     check_plan(input.plan, &quantized, &tmp.join(PLAN_FILE))?;
     write_atomically(&tmp.join(PLAN_FILE), input.plan.to_json().as_bytes())?;
-    let quantized_bytes = quantized_file(&quantized, &tmp.join(QUANTIZED_FILE))?;
+    let alignment = input.target.alignment() as usize;
+    let quantized_bytes = quantized_file(&quantized, &tmp.join(QUANTIZED_FILE), Some(alignment))?;
     let skip: Vec<String> = shapes
         .iter()
         .map(|(name, _)| format!("{name}.weight"))
@@ -156,10 +159,12 @@ pub fn write_package(
         FloatPrecision::F32 => SaveDtype::F32,
     };
     save_parameters(input.model, &tmp.join(FLOAT_FILE), dtype, &skip)?;
+    align_file(&tmp.join(FLOAT_FILE), alignment)?;
     let (float_parameters, float_bytes) = tensor_file_size(&tmp.join(FLOAT_FILE))?;
     let (vision_parameters, vision_bytes) = match input.vision {
         Some((vision, config)) => {
             save_vision_side(vision, config, &tmp.join(VISION_FILE), dtype)?;
+            align_file(&tmp.join(VISION_FILE), alignment)?;
             tensor_file_size(&tmp.join(VISION_FILE))?
         }
         None => (0, 0),
@@ -194,13 +199,21 @@ pub fn write_package(
     Ok(manifest)
 }
 
-/// Parameters and bytes of the safetensors file `path`.
+/// Rewrites the safetensors file `path` with every tensor aligned to `alignment` bytes.
+fn align_file(path: &Path, alignment: usize) -> Result<(), PackageError> {
+    let bytes = std::fs::read(path).map_err(|e| PackageError::io(path, e))?;
+    write_atomically(path, &align(&bytes, alignment, path)?)?;
+    Ok(())
+}
+
+/// Parameters (alignment fillers aside) and bytes of the safetensors file `path`.
 fn tensor_file_size(path: &Path) -> Result<(u64, u64), PackageError> {
     let bytes = std::fs::read(path).map_err(|e| PackageError::io(path, e))?;
     let parameters = SafeTensors::deserialize(&bytes)
         .map_err(|e| PackageError::io(path, format!("{e:?}")))?
         .tensors()
         .iter()
+        .filter(|(name, _)| !is_padding(name))
         .map(|(_, view)| view.shape().iter().product::<usize>() as u64)
         .sum();
     Ok((parameters, bytes.len() as u64))
@@ -247,17 +260,27 @@ pub fn load_package(
     };
     let manifest: PackageManifest =
         serde_json::from_str(&text).map_err(|e| corrupt(&manifest_path, e.to_string()))?;
-    if manifest.kind != PACKAGE_KIND || manifest.format_version != PACKAGE_VERSION {
+    if manifest.kind != PACKAGE_KIND || !(1..=PACKAGE_VERSION).contains(&manifest.format_version) {
         return Err(corrupt(
             &manifest_path,
             format!(
-                "kind {:?} version {} is not {PACKAGE_KIND:?} version {PACKAGE_VERSION}, what \
-                 this andes reads",
+                "kind {:?} version {} is not {PACKAGE_KIND:?} version 1 to {PACKAGE_VERSION}, \
+                 what this andes reads",
                 manifest.kind, manifest.format_version
             ),
         ));
     }
     verify_checksums(dir, &manifest.files)?;
+    if manifest.format_version >= 2 {
+        let alignment = manifest.target.alignment() as usize;
+        for name in [QUANTIZED_FILE, FLOAT_FILE, VISION_FILE] {
+            let path = dir.join(name);
+            if path.exists() {
+                let bytes = std::fs::read(&path).map_err(|e| PackageError::io(&path, e))?;
+                check_alignment(&bytes, alignment, &path)?;
+            }
+        }
+    }
     let config_path = dir.join("config.json");
     let andesvl = if AndesVLConfig::is_andesvl(&config_path) {
         Some(AndesVLConfig::from_file(&config_path)?)
@@ -310,11 +333,13 @@ pub fn load_package(
     if config.tie_word_embeddings {
         shards.ignore("lm_head.weight");
     }
+    shards.ignore_where(is_padding);
     shards.ensure_all_used()?;
     let vision = match andesvl {
         Some(andesvl) => {
             let mut shards = SafetensorsShards::open_file(&dir.join(VISION_FILE))?;
             let vision = load_vision_side(&andesvl, &mut shards, device, dtype)?;
+            shards.ignore_where(is_padding);
             shards.ensure_all_used()?;
             Some((andesvl, vision))
         }
