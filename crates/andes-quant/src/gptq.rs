@@ -39,6 +39,7 @@ use crate::format::QuantFormat;
 use crate::grid::{dequantize_code, quantize_code};
 use crate::hessian::Hessian;
 use crate::pack::{pack_into, packed_len};
+use crate::product::{Layout, multiply_add};
 use crate::rtn::{GroupParams, group_params};
 use crate::tensor::{QuantizedTensor, WeightShape};
 
@@ -232,7 +233,6 @@ impl Gptq {
         let (rows, cols) = (self.shape.out_features, self.shape.in_features);
         // Scaled errors `e` of the current block, `[rows, block_size]`.
         let mut errors = vec![0.0f64; rows * block_size];
-        let mut batch = vec![0.0f64; cols];
         for i1 in (0..cols).step_by(block_size) {
             let i2 = (i1 + block_size).min(cols);
             let block = Block {
@@ -246,20 +246,15 @@ impl Gptq {
                 }
                 self.quantize_column(&mut w, u, &mut errors, block, j);
             }
-            // Lazy batch update: the later blocks receive this block's errors at once.
-            let rest = &mut batch[i2..];
-            for r in 0..rows {
-                rest.fill(0.0);
-                for k in i1..i2 {
-                    let e = errors[r * block_size + k - i1];
-                    for (p, &uk) in rest.iter_mut().zip(&u[k * cols + i2..(k + 1) * cols]) {
-                        *p += e * uk;
-                    }
-                }
-                for (v, &p) in w[r * cols + i2..(r + 1) * cols].iter_mut().zip(rest.iter()) {
-                    *v -= p;
-                }
-            }
+            // Lazy batch update: the later blocks receive this block's errors at once,
+            // W[:, i2:] −= E · U[i1:i2, i2:], one matrix product.
+            multiply_add(
+                (&mut w, Layout::row_major(0, i2, cols)),
+                (&errors, Layout::row_major(0, 0, block_size)),
+                (u, Layout::row_major(i1, i2, cols)),
+                [rows, cols - i2, i2 - i1],
+                -1.0,
+            );
         }
         Ok(())
     }

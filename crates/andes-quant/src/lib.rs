@@ -36,6 +36,7 @@ mod grid;
 mod hessian;
 mod pack;
 mod plan;
+mod product;
 mod reconstruction;
 mod rtn;
 mod target;
