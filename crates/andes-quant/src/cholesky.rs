@@ -10,6 +10,8 @@
 //! triangular, so `H⁻¹ = (R⁻¹)ᵀR⁻¹` and, the factor with a positive diagonal being unique,
 //! `U = R⁻¹ = P L′⁻¹ P`.
 
+use crate::product::{Layout, multiply_add};
+
 /// `U` upper triangular with `UᵀU = A⁻¹`, for a symmetric `a` `[n, n]` row-major. `Err(j)` when
 /// `a` is not positive definite: eliminating the columns from the last one down, the pivot of
 /// column `j` was not a positive finite number.
@@ -19,8 +21,6 @@ pub(crate) fn inverse_cholesky_upper(a: &[f64], n: usize) -> Result<Vec<f64>, us
     let l = cholesky_lower(&reversed(a), n).map_err(|i| n - 1 - i)?;
     Ok(reversed(&lower_triangular_inverse(&l, n)))
 }
-
-use crate::product::{Layout, multiply_add};
 
 /// Rows and columns per block of the blocked factorizations: a block and the panel below it stay
 /// in cache, and the work between blocks is matrix products.
