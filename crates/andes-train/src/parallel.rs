@@ -105,31 +105,12 @@ impl Replicas {
             vec![(state.clone(), output)]
         } else {
             let exchange = Exchange::new(ranks, self.collective.then_some(&self.devices[..]));
-            let results: Vec<_> = thread::scope(|scope| {
-                let workers: Vec<_> = self
-                    .models
-                    .iter()
-                    .zip(&self.streams)
-                    .enumerate()
-                    .map(|(rank, (model, stream))| {
-                        let mut shard_state = state.clone();
-                        let exchange = &exchange;
-                        scope.spawn(move || {
-                            stream.executes(|| {
-                                let shard = Shard { rank, ranks };
-                                let output =
-                                    objective.step(model, &mut shard_state, step_seed, shard);
-                                exchange
-                                    .all_reduce(model, output)
-                                    .map(|output| (shard_state, output))
-                            })
-                        })
-                    })
-                    .collect();
-                workers
-                    .into_iter()
-                    .map(|worker| worker.join().expect("a replica's thread panicked"))
-                    .collect()
+            let shards: Vec<_> = self.models.iter().map(|m| (m, state.clone())).collect();
+            let results = on_replica_streams(&self.streams, shards, |rank, (model, mut state)| {
+                let output = objective.step(model, &mut state, step_seed, Shard { rank, ranks });
+                exchange
+                    .all_reduce(model, output)
+                    .map(|output| (state, output))
             });
             // A replica that stopped because another failed reports nothing of its own.
             let mut outputs = Vec::with_capacity(ranks);
@@ -160,28 +141,21 @@ impl Replicas {
         let clip = clip_factor(grad_norm, max_norm);
         // Each replica's update runs on its own stream, the devices' updates side by side.
         let models = std::mem::take(&mut self.models);
-        self.models = thread::scope(|scope| {
-            let updates: Vec<_> = models
-                .into_iter()
-                .zip(&mut self.optimizers)
-                .zip(grads)
-                .zip(&self.streams)
-                .map(|(((model, optimizer), mut grads), stream)| {
-                    scope.spawn(move || {
-                        stream.executes(|| {
-                            if let Some(factor) = clip {
-                                scale_gradients(&model, &mut grads, factor);
-                            }
-                            optimizer.step(lr, model, grads)
-                        })
-                    })
-                })
-                .collect();
-            updates
-                .into_iter()
-                .map(|update| update.join().expect("a replica's update panicked"))
-                .collect()
-        });
+        let updates: Vec<_> = models
+            .into_iter()
+            .zip(&mut self.optimizers)
+            .zip(grads)
+            .collect();
+        self.models = on_replica_streams(
+            &self.streams,
+            updates,
+            |_, ((model, optimizer), mut grads)| {
+                if let Some(factor) = clip {
+                    scale_gradients(&model, &mut grads, factor);
+                }
+                optimizer.step(lr, model, grads)
+            },
+        );
         Ok(StepReport { figures, grad_norm })
     }
 
@@ -301,6 +275,30 @@ impl<'a> Exchange<'a> {
     }
 }
 
+/// Runs `work(rank, item)` for every replica's item, each in a thread of its own on that
+/// replica's stream, and returns the results in replica order.
+fn on_replica_streams<I: Send, T: Send>(
+    streams: &[StreamId],
+    items: Vec<I>,
+    work: impl Fn(usize, I) -> T + Sync,
+) -> Vec<T> {
+    thread::scope(|scope| {
+        let workers: Vec<_> = items
+            .into_iter()
+            .zip(streams)
+            .enumerate()
+            .map(|(rank, (item, stream))| {
+                let work = &work;
+                scope.spawn(move || stream.executes(|| work(rank, item)))
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| worker.join().expect("a replica's thread panicked"))
+            .collect()
+    })
+}
+
 /// Ids of `module`'s parameters that have a gradient in `grads`.
 fn parameters_with_gradients<M: Module>(module: &M, grads: &GradientsParams) -> Vec<ParamId> {
     struct Present<'a> {
@@ -320,4 +318,18 @@ fn parameters_with_gradients<M: Module>(module: &M, grads: &GradientsParams) -> 
     };
     module.visit(&mut present);
     present.ids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_replica_works_on_its_own_stream_at_every_step() {
+        let streams: Vec<StreamId> = (0..3).map(|_| StreamId::allocate()).collect();
+        for _step in 0..2 {
+            let seen = on_replica_streams(&streams, vec![(); 3], |_, ()| StreamId::current());
+            assert_eq!(seen, streams);
+        }
+    }
 }
