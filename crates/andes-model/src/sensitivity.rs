@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 
 use andes_quant::{BpwReport, Hessian, QuantFormat, WeightShape, dequantize, quantize_rtn};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use burn::tensor::activation::log_softmax;
@@ -48,7 +49,8 @@ pub struct LayerSensitivity {
 }
 
 /// The sensitivity of every linear of `model` (model order) in each of `formats`, weighted by
-/// the calibration Hessians of [`crate::quantize::calibrate`].
+/// the calibration Hessians of [`crate::quantize::calibrate`]; a linear's formats are
+/// measured on every core, with the same results as one at a time.
 pub fn sensitivities(
     model: &Qwen3ForCausalLM,
     hessians: &BTreeMap<String, Hessian>,
@@ -62,8 +64,9 @@ pub fn sensitivities(
             let importance = hessians.get(&name).map(Hessian::diagonal).ok_or_else(|| {
                 ModelError::InvalidInput(format!("no calibration statistics for `{name}`"))
             })?;
+            // The formats of one linear are independent: one per core.
             let formats = formats
-                .iter()
+                .par_iter()
                 .map(|&format| {
                     let quantized = quantize_rtn(&weights, shape, format).map_err(|source| {
                         ModelError::Quantization {
