@@ -149,31 +149,44 @@ mod tests {
         (0..n * n).map(|x| a[(x % n) * n + x / n]).collect()
     }
 
-    #[test]
-    fn upper_factor_of_the_inverse_times_the_matrix_is_the_identity() {
-        let n = 4;
-        // A = BBᵀ + I for a fixed B: symmetric positive definite.
-        let b: Vec<f64> = (0..n * n)
-            .map(|x| ((x * 5 % 7) as f64 - 3.0) * 0.5)
-            .collect();
+    /// `A = BBᵀ + I`, symmetric positive definite, for `B` with entries `entry(index)`.
+    fn positive_definite(n: usize, entry: impl Fn(usize) -> f64) -> Vec<f64> {
+        let b: Vec<f64> = (0..n * n).map(entry).collect();
         let mut a = multiply(&b, &transpose(&b, n), n);
         for i in 0..n {
             a[i * n + i] += 1.0;
         }
-        let u = inverse_cholesky_upper(&a, n).expect("positive definite");
-        for i in 0..n {
-            for j in 0..i {
-                assert_eq!(u[i * n + j], 0.0, "U is upper triangular");
-            }
-        }
-        // (UᵀU) A = I.
-        let product = multiply(&multiply(&transpose(&u, n), &u, n), &a, n);
+        a
+    }
+
+    fn assert_identity(m: &[f64], n: usize, tolerance: f64) {
         for i in 0..n {
             for j in 0..n {
                 let expected = if i == j { 1.0 } else { 0.0 };
-                assert!((product[i * n + j] - expected).abs() < 1e-12, "{i},{j}");
+                assert!((m[i * n + j] - expected).abs() < tolerance, "{i},{j}");
             }
         }
+    }
+
+    /// `U` is upper triangular and `(UᵀU) A = I`.
+    fn assert_inverts(a: &[f64], n: usize, tolerance: f64) {
+        let u = inverse_cholesky_upper(a, n).expect("positive definite");
+        assert!(
+            (0..n).all(|i| (0..i).all(|j| u[i * n + j] == 0.0)),
+            "U is upper triangular"
+        );
+        assert_identity(
+            &multiply(&multiply(&transpose(&u, n), &u, n), a, n),
+            n,
+            tolerance,
+        );
+    }
+
+    #[test]
+    fn upper_factor_of_the_inverse_times_the_matrix_is_the_identity() {
+        let n = 4;
+        let a = positive_definite(n, |x| ((x * 5 % 7) as f64 - 3.0) * 0.5);
+        assert_inverts(&a, n, 1e-12);
     }
 
     #[test]
@@ -181,31 +194,10 @@ mod tests {
         // Two full blocks and a partial one, so the panels, the trailing products and the
         // block rows of the inverse all run.
         let n = 2 * BLOCK + 22;
-        let b: Vec<f64> = (0..n * n)
-            .map(|x| ((x * 7919 % 1013) as f64 / 1013.0 - 0.5) * 2.0)
-            .collect();
-        let mut a = multiply(&b, &transpose(&b, n), n);
-        for i in 0..n {
-            a[i * n + i] += 1.0;
-        }
-        let u = inverse_cholesky_upper(&a, n).expect("positive definite");
-        assert!((0..n).all(|i| (0..i).all(|j| u[i * n + j] == 0.0)));
-        let product = multiply(&multiply(&transpose(&u, n), &u, n), &a, n);
-        for i in 0..n {
-            for j in 0..n {
-                let expected = if i == j { 1.0 } else { 0.0 };
-                assert!((product[i * n + j] - expected).abs() < 1e-8, "{i},{j}");
-            }
-        }
+        let a = positive_definite(n, |x| ((x * 7919 % 1013) as f64 / 1013.0 - 0.5) * 2.0);
+        assert_inverts(&a, n, 1e-8);
         let l = cholesky_lower(&a, n).expect("positive definite");
-        let l_inverse = lower_triangular_inverse(&l, n);
-        let identity = multiply(&l, &l_inverse, n);
-        for i in 0..n {
-            for j in 0..n {
-                let expected = if i == j { 1.0 } else { 0.0 };
-                assert!((identity[i * n + j] - expected).abs() < 1e-10, "{i},{j}");
-            }
-        }
+        assert_identity(&multiply(&l, &lower_triangular_inverse(&l, n), n), n, 1e-10);
     }
 
     #[test]
