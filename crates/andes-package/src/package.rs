@@ -9,9 +9,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use andes_model::andesvl::{AndesVLConfig, VisionSide, load_vision_side, save_vision_side};
+use andes_model::andesvl::{AndesVLConfig, VisionSide, load_vision_side, vision_side_safetensors};
 use andes_model::checkpoint::{
-    SafetensorsShards, SaveDtype, load_parameters, save_parameters, write_atomically,
+    SafetensorsShards, SaveDtype, load_parameters, parameters_safetensors, write_atomically,
 };
 use andes_model::quantize::{linear_shapes, quantized_linears};
 use andes_model::qwen3::{Qwen3Config, Qwen3ForCausalLM};
@@ -158,14 +158,14 @@ pub fn write_package(
         FloatPrecision::F16 => SaveDtype::F16,
         FloatPrecision::F32 => SaveDtype::F32,
     };
-    save_parameters(input.model, &tmp.join(FLOAT_FILE), dtype, &skip)?;
-    align_file(&tmp.join(FLOAT_FILE), alignment)?;
-    let (float_parameters, float_bytes) = tensor_file_size(&tmp.join(FLOAT_FILE))?;
+    let float_path = tmp.join(FLOAT_FILE);
+    let floats = parameters_safetensors(input.model, &float_path, dtype, &skip, &|n| n.into())?;
+    let (float_parameters, float_bytes) = write_aligned(&float_path, &floats, alignment)?;
     let (vision_parameters, vision_bytes) = match input.vision {
         Some((vision, config)) => {
-            save_vision_side(vision, config, &tmp.join(VISION_FILE), dtype)?;
-            align_file(&tmp.join(VISION_FILE), alignment)?;
-            tensor_file_size(&tmp.join(VISION_FILE))?
+            let vision_path = tmp.join(VISION_FILE);
+            let bytes = vision_side_safetensors(vision, config, &vision_path, dtype)?;
+            write_aligned(&vision_path, &bytes, alignment)?
         }
         None => (0, 0),
     };
@@ -199,24 +199,19 @@ pub fn write_package(
     Ok(manifest)
 }
 
-/// Rewrites the safetensors file `path` with every tensor aligned to `alignment` bytes.
-fn align_file(path: &Path, alignment: usize) -> Result<(), PackageError> {
-    let bytes = std::fs::read(path).map_err(|e| PackageError::io(path, e))?;
-    write_atomically(path, &align(&bytes, alignment, path)?)?;
-    Ok(())
-}
-
-/// Parameters (alignment fillers aside) and bytes of the safetensors file `path`.
-fn tensor_file_size(path: &Path) -> Result<(u64, u64), PackageError> {
-    let bytes = std::fs::read(path).map_err(|e| PackageError::io(path, e))?;
-    let parameters = SafeTensors::deserialize(&bytes)
+/// Writes the safetensors `bytes` to `path` with every tensor aligned to `alignment` bytes;
+/// returns the file's parameters (alignment fillers aside) and its size.
+fn write_aligned(path: &Path, bytes: &[u8], alignment: usize) -> Result<(u64, u64), PackageError> {
+    let aligned = align(bytes, alignment, path)?;
+    let parameters = SafeTensors::deserialize(&aligned)
         .map_err(|e| PackageError::io(path, format!("{e:?}")))?
         .tensors()
         .iter()
         .filter(|(name, _)| !is_padding(name))
         .map(|(_, view)| view.shape().iter().product::<usize>() as u64)
         .sum();
-    Ok((parameters, bytes.len() as u64))
+    write_atomically(path, &aligned)?;
+    Ok((parameters, aligned.len() as u64))
 }
 
 /// Whether `dir` holds a package (rather than a Hugging Face model or a bundle).

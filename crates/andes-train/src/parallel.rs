@@ -35,7 +35,7 @@ pub struct Replicas {
     /// key command queues and memory pools by stream, and a thread's default stream is
     /// minted afresh for every new thread: the per-step threads would otherwise open a new
     /// stream, with pools of its own, on every step (a 0.6B model ran out of an H200's
-    /// 141 GB in five steps that way).
+    /// 141 GB within six steps that way).
     streams: Vec<StreamId>,
 }
 
@@ -99,32 +99,26 @@ impl Replicas {
         max_norm: Option<f64>,
     ) -> Result<StepReport, TrainError> {
         let ranks = self.models.len();
-        let outputs: Vec<(TrainerState, StepOutput)> = if ranks == 1 {
-            let output = self.streams[0]
-                .executes(|| objective.step(&self.models[0], state, step_seed, Shard::WHOLE))?;
-            vec![(state.clone(), output)]
-        } else {
-            let exchange = Exchange::new(ranks, self.collective.then_some(&self.devices[..]));
-            let shards: Vec<_> = self.models.iter().map(|m| (m, state.clone())).collect();
-            let results = on_replica_streams(&self.streams, shards, |rank, (model, mut state)| {
-                let output = objective.step(model, &mut state, step_seed, Shard { rank, ranks });
-                exchange
-                    .all_reduce(model, output)
-                    .map(|output| (state, output))
-            });
-            // A replica that stopped because another failed reports nothing of its own.
-            let mut outputs = Vec::with_capacity(ranks);
-            let mut stopped = false;
-            for result in results {
-                match result {
-                    Ok(output) => outputs.push(output),
-                    Err(Some(error)) => return Err(error),
-                    Err(None) => stopped = true,
-                }
+        // One replica is the case of one shard and no exchange (`collective` is false).
+        let exchange = Exchange::new(ranks, self.collective.then_some(&self.devices[..]));
+        let shards: Vec<_> = self.models.iter().map(|m| (m, state.clone())).collect();
+        let results = on_replica_streams(&self.streams, shards, |rank, (model, mut state)| {
+            let output = objective.step(model, &mut state, step_seed, Shard { rank, ranks });
+            exchange
+                .all_reduce(model, output)
+                .map(|output| (state, output))
+        });
+        // A replica that stopped because another failed reports nothing of its own.
+        let mut outputs = Vec::with_capacity(ranks);
+        let mut stopped = false;
+        for result in results {
+            match result {
+                Ok(output) => outputs.push(output),
+                Err(Some(error)) => return Err(error),
+                Err(None) => stopped = true,
             }
-            assert!(!stopped, "a replica stopped though none failed");
-            outputs
-        };
+        }
+        assert!(!stopped, "a replica stopped though none failed");
         let mut figures = StepFigures::default();
         let mut grads = Vec::with_capacity(ranks);
         for (shard_state, output) in outputs {
@@ -133,7 +127,7 @@ impl Replicas {
             figures = figures + output.figures;
             grads.push(output.grads);
         }
-        if !self.collective {
+        if ranks > 1 && !self.collective {
             self.sum_on_first_device(&mut grads);
         }
         // The summed gradients are the same on every replica: one norm serves all.

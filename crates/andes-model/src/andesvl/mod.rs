@@ -15,7 +15,7 @@ use burn::tensor::{DType, Device, Int, Tensor};
 
 use crate::checkpoint::{
     SINGLE_FILE, SafetensorsShards, SaveDtype, load_parameters, load_parameters_named,
-    save_parameters_named, write_atomically,
+    parameters_safetensors, save_parameters_named, write_atomically,
 };
 use crate::error::ModelError;
 use crate::kv_cache::KvCache;
@@ -209,20 +209,21 @@ pub fn save_andesvl(
     })
 }
 
-/// Writes the vision side's tensors (checkpoint names, `vision_encoder.*` and `mlp.*`) to
-/// one safetensors file `path`.
-pub fn save_vision_side(
+/// The vision side's tensors (checkpoint names, `vision_encoder.*` and `mlp.*`) as the bytes
+/// of one safetensors file, meant for `path` (named in errors).
+pub fn vision_side_safetensors(
     vision: &VisionSide,
     config: &AndesVLConfig,
     path: &Path,
     dtype: SaveDtype,
-) -> Result<(), ModelError> {
-    save_parameters_named(vision, path, dtype, &[], &|name| {
+) -> Result<Vec<u8>, ModelError> {
+    parameters_safetensors(vision, path, dtype, &[], &|name| {
         checkpoint_name(config, name)
     })
 }
 
-/// Loads a vision side from `shards` (every tensor named as [`save_vision_side`] writes).
+/// Loads a vision side from `shards` (every tensor named as [`vision_side_safetensors`]
+/// names them).
 pub fn load_vision_side(
     config: &AndesVLConfig,
     shards: &mut SafetensorsShards,

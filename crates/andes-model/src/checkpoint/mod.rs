@@ -10,7 +10,7 @@ mod shards;
 pub use atomic::write_atomically;
 pub use load::{load_parameters, load_parameters_named, stable_param_id};
 pub use names::ParamPath;
-pub use save::{SaveDtype, save_parameters, save_parameters_named};
+pub use save::{SaveDtype, parameters_safetensors, save_parameters, save_parameters_named};
 pub use shards::{INDEX_FILE, SINGLE_FILE, SafetensorsShards};
 
 use std::path::Path;

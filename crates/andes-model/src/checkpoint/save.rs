@@ -65,6 +65,21 @@ pub fn save_parameters_named<M: Module>(
     skip: &[&str],
     checkpoint_name: &dyn Fn(&str) -> String,
 ) -> Result<(), ModelError> {
+    write_atomically(
+        path,
+        &parameters_safetensors(module, path, dtype, skip, checkpoint_name)?,
+    )
+}
+
+/// The safetensors bytes [`save_parameters_named`] writes, for a caller that lays the file
+/// out further before writing it; `path` is the file they are meant for, named in errors.
+pub fn parameters_safetensors<M: Module>(
+    module: &M,
+    path: &Path,
+    dtype: SaveDtype,
+    skip: &[&str],
+    checkpoint_name: &dyn Fn(&str) -> String,
+) -> Result<Vec<u8>, ModelError> {
     let mut collector = Collector {
         path: ParamPath::default(),
         dtype,
@@ -87,11 +102,10 @@ pub fn save_parameters_named<M: Module>(
         .map(|(name, t)| (checkpoint_name(name), t))
         .filter(|(name, _)| !skip.contains(&name.as_str()))
         .collect();
-    let bytes = safetensors::serialize(tensors, None).map_err(|e| ModelError::Safetensors {
+    safetensors::serialize(tensors, None).map_err(|e| ModelError::Safetensors {
         path: path.to_owned(),
         message: format!("{e:?}"),
-    })?;
-    write_atomically(path, &bytes)
+    })
 }
 
 struct Collector {

@@ -325,20 +325,11 @@ mod tests {
         linear
     }
 
-    fn values(t: Tensor<2>) -> Vec<f32> {
-        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-    }
-
     #[test]
     fn the_tap_sums_what_the_linear_sees_like_the_reference_accumulation() {
         let device = Device::flex();
         let x = Tensor::<3>::random([2, 40, 16], Distribution::Normal(0.0, 3.0), &device);
-        let activations = x
-            .clone()
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .unwrap();
+        let activations = f32_values(x.clone());
         for accumulator in [Hessian::new, Hessian::diagonal_only] {
             let mut linear = adapted(0.0, &device);
             let tap: InputTap = Arc::new(Mutex::new(Ok(accumulator(16))));
@@ -386,12 +377,12 @@ mod tests {
         let base = LinearConfig::new(64, 8).init(&device);
         let config = LoraConfig::new(4, 8.0, &LoraTarget::ALL);
         let adapter = LoraLinear::init("a", &base, &config, [ParamId::new(); 2]);
-        let a = values(adapter.lora_a.weight.val());
+        let a = f32_values(adapter.lora_a.weight.val());
         let bound = 1.0 / 8.0;
         assert!(a.iter().all(|v| v.abs() <= bound));
         assert!(a.iter().any(|v| v.abs() > bound / 2.0));
         assert!(
-            values(adapter.lora_b.weight.val())
+            f32_values(adapter.lora_b.weight.val())
                 .iter()
                 .all(|&v| v == 0.0)
         );
@@ -404,18 +395,18 @@ mod tests {
         let plain = Device::flex();
         let linear = adapted(0.5, &plain);
         assert_eq!(
-            values(linear.forward(x(&plain))),
-            values(linear.forward(x(&plain)))
+            f32_values(linear.forward(x(&plain))),
+            f32_values(linear.forward(x(&plain)))
         );
         let training = Device::flex().autodiff();
         let linear = adapted(0.5, &training);
         let (first, second) = (linear.forward(x(&training)), linear.forward(x(&training)));
-        assert_ne!(values(first), values(second));
+        assert_ne!(f32_values(first), f32_values(second));
         let eval = linear.valid();
         let eval_device = eval.devices()[0].clone();
         assert_eq!(
-            values(eval.forward(x(&eval_device))),
-            values(eval.forward(x(&eval_device)))
+            f32_values(eval.forward(x(&eval_device))),
+            f32_values(eval.forward(x(&eval_device)))
         );
     }
 }
