@@ -131,6 +131,9 @@ def main():
     ap.add_argument("--out", default="datasets/gcide")
     ap.add_argument("--sample-bytes", type=int, default=200_000)
     ap.add_argument("--eval-bytes", type=int, default=20_000)
+    ap.add_argument("--large-bytes", type=int, default=0,
+                    help="also write gcide-large.txt: this many bytes of senses spread over the whole "
+                         "dictionary, none of them in the eval slice (the GPU pretraining corpus)")
     args = ap.parse_args()
 
     opener = gzip.open if args.dict.endswith(".dz") or args.dict.endswith(".gz") else open
@@ -153,6 +156,14 @@ def main():
         f.write("\n".join(sample) + "\n")
     with open(os.path.join(args.out, "gcide-eval.txt"), "w", encoding="utf-8", newline="\n") as f:
         f.write("\n".join(eval_lines) + "\n")
+    if args.large_bytes:
+        held_out = set(eval_lines)
+        pool = [s for s in senses if s not in held_out]
+        pool_bytes = sum(len(s) + 1 for s in pool)
+        large = select(pool, args.large_bytes, max(1, pool_bytes // args.large_bytes), 0)
+        with open(os.path.join(args.out, "gcide-large.txt"), "w", encoding="utf-8", newline="\n") as f:
+            f.write("\n".join(large) + "\n")
+        print(f"large_lines={len(large)} of {len(pool)} held-out-free senses ({pool_bytes} bytes)")
     print(f"senses={len(senses)} total_bytes={total} stride={stride} "
           f"sample_lines={len(sample)} eval_lines={len(eval_lines)}")
 

@@ -10,9 +10,9 @@
 # last). Kernels are compiled (NVRTC) and autotuned on first use and kept on disk
 # (burn/persistence; cubecl.toml below): on a fresh machine call once with WARM=1, then again.
 #
-# The andes binary comes gzipped as .carry/andes-cuda.gz (cargo build --release -p andes-cli
+# The andes binary comes xz-compressed as .carry/andes-cuda.xz (cargo build --release -p andes-cli
 # --features cuda, after scripts/gpu/setup-offline-cuda-build.sh). Results land in
-# $OUT/results.tar.gz (the device tool returns at most 8 files); progress goes to stdout as
+# $OUT/ddp-results.tar.gz (the device tool returns at most 8 files); progress goes to stdout as
 # it happens, so a call cut short still shows how far it got.
 set -uo pipefail
 # NVLink multicast stays off (device README): it can take the host's shared GPUs down.
@@ -20,7 +20,7 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 export RUST_BACKTRACE=1 PYTHONUNBUFFERED=1
 R=/tmp/results; rm -rf $R; mkdir -p $R
 A=/tmp/andes
-[ -x $A ] || { gunzip -c .carry/andes-cuda.gz > $A && chmod +x $A; }
+[ -x $A ] || { xz -dc .carry/andes-cuda.xz > $A && chmod +x $A; }
 # cudarc opens libnccl.so by that name; PyTorch's wheel ships libnccl.so.2.
 NCCL_DIR=$(python3 -c "import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], 'lib'))")
 mkdir -p /tmp/nccl && ln -sf "$NCCL_DIR/libnccl.so.2" /tmp/nccl/libnccl.so
@@ -29,6 +29,8 @@ export LD_LIBRARY_PATH=/tmp/nccl:${LD_LIBRARY_PATH:-}
 # minimal autotune level keeps the first step's compilation inside the call's time limit.
 printf '[compilation]\ncache = true\n\n[autotune]\nlevel = "minimal"\n' > cubecl.toml
 N=${GPUS:-$(nvidia-smi -L | wc -l)}
+# 1, 2, 4, ... GPUs, up to all of them.
+COUNTS=1; c=2; while [ $c -le $N ]; do COUNTS="$COUNTS $c"; c=$((c * 2)); done
 MICRO=4
 MODEL=configs/models/qwen3-0.6b.json
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > $R/gpu.txt
@@ -52,7 +54,7 @@ if [ "${WARM:-0}" = 1 ]; then
     --set model.checkpoint=/tmp/q06 --set train.steps=1 --devices 1
   echo "warm-up rc=$?"; exit 0
 fi
-for n in 1 $N; do
+for n in $COUNTS; do
   start=$(date +%s)
   limit=$([ $n = 1 ] && echo ${LIMIT1:-150} || echo ${LIMITN:-150})
   $A train --config configs/recipes/gpu/ddp-0.6b.toml --out /tmp/run-$n --quiet \
@@ -71,10 +73,10 @@ for n in 1 $N; do
   cp /tmp/run-$n/metrics.jsonl $R/andes-metrics-$n.jsonl 2>/dev/null
   cat $R/andes-metrics-$n.jsonl 2>/dev/null | cut -c1-150
 done
-for n in 1 $N; do
+for n in $COUNTS; do
   timeout ${LIMIT_PEER:-90} torchrun --standalone --nproc_per_node $n scripts/bench/ddp_peer.py --config $MODEL \
     --dtype float32 --seq-len 1024 --batch 1 --accum $((MICRO / n)) --warmup 3 --steps 8 \
     > $R/peer-$n.json 2> $R/peer-$n.err
   echo "torch DDP on $n GPU(s) rc=$? $(cat $R/peer-$n.json)"
 done
-tar czf $OUT/results.tar.gz -C $R .
+tar czf $OUT/ddp-results.tar.gz -C $R .

@@ -8,6 +8,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
+mod andes_runner;
 mod qalft_bench;
 mod quantize_bench;
 mod vlm_quant_bench;
@@ -32,7 +33,7 @@ fn main() -> anyhow::Result<()> {
              \x20      cargo xtask regress [--record]   (tiny recipes vs recorded baselines)\n\
              \x20      cargo xtask bench forward [--config FILE] [--prompt-len N] [--decode-tokens M] [--threads T]\n\
              \x20      cargo xtask bench report DIR   (ratio table of andes-*.json vs peer-*.json in DIR)\n\
-             \x20      cargo xtask bench qalft [--pretrain-steps N] [--adapter-steps M]   (QALFT quality table, CPU)\n\
+             \x20      cargo xtask bench qalft [--pretrain-steps N] [--adapter-steps M] [--recipes DIR --init-config FILE --device D --window W --jobs J --gpus 0,1 --andes BIN --resume]   (QALFT quality table)\n\
              \x20      cargo xtask bench vlm-quant [--steps N]   (quantized AndesVL digit accuracy: text vs image calibration, CPU)"
         ),
     }
@@ -40,7 +41,7 @@ fn main() -> anyhow::Result<()> {
 
 /// An empty `target/bench/NAME/` and the release `andes` binary, freshly built: the start of
 /// every benchmark that runs the binary.
-fn fresh_bench(name: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+fn fresh_bench(name: &str) -> anyhow::Result<(PathBuf, andes_runner::Andes)> {
     let out = target_dir().join("bench").join(name);
     if out.exists() {
         std::fs::remove_dir_all(&out)?;
@@ -53,11 +54,18 @@ fn fresh_bench(name: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
         "-p",
         "andes-cli",
     ]))?;
-    Ok((out, target_dir().join("release/andes")))
+    Ok((
+        out,
+        andes_runner::Andes::cpu(target_dir().join("release/andes")),
+    ))
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    // A prebuilt xtask carried to another machine (scripts/gpu/) runs from that checkout.
+    match std::env::current_dir() {
+        Ok(dir) if dir.join("xtask/Cargo.toml").is_file() => dir,
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join(".."),
+    }
 }
 
 /// Cargo's target directory: `CARGO_TARGET_DIR` when set (CI may put it outside the clone).

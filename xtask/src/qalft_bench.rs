@@ -1,7 +1,9 @@
-//! `cargo xtask bench qalft`: the QALFT quality table on the tiny Qwen3, every number from a
-//! real run of the `andes` binary on the CPU.
+//! `cargo xtask bench qalft`: the QALFT quality table, every number from a real run of the
+//! `andes` binary: on the tiny Qwen3 on the CPU (the default, `configs/recipes/tiny`), or on a
+//! larger model pretrained on a GPU (`--recipes configs/recipes/gpu/qalft-medium --device cuda`,
+//! `scripts/gpu/qalft_run.sh`).
 //!
-//! 1. Pretrain the tiny model on GCIDE prose (the base).
+//! 1. Pretrain the model on GCIDE prose (the base; `--init-config` draws it first).
 //! 2. float: held-out prose perplexity of the base; task perplexity (assistant tokens of
 //!    held-out definition conversations) of the base + a LoRA adapter trained on the float base.
 //! 3. PTQ rows (RTN, GPTQ calibrated on the training prose): the base quantized, prose
@@ -10,28 +12,33 @@
 //! 4. QALFT rows: the adapter (and the grid's scales) trained against the quantized base; prose
 //!    perplexity of the trained quantized base, task perplexity with its adapter.
 //!
-//! Prints a Markdown table and writes it, with the raw numbers, under `target/bench/qalft/`.
+//! The mixed rows apply the plan `andes quantize --target dimensity9500 --bpw 1.8` makes for the
+//! base. Independent runs go side by side with `--jobs N` (on `--gpus 0,1,...`, one GPU a run).
+//! `--resume` keeps what an interrupted run of the bench left (runs go on from their latest
+//! checkpoint), for a device call cut short. Prints a Markdown table and writes it, with the
+//! raw numbers, under `target/bench/qalft/RECIPES/`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{Context, bail};
 
+use crate::andes_runner::{Andes, Job, latest_checkpoint, run_in_parallel};
 use crate::{flag, root, run, target_dir};
 
-const PROSE_TRAIN: &str = "datasets/gcide/gcide-sample.txt";
+const PROSE_CALIBRATION: &str = "datasets/gcide/gcide-sample.txt";
 const PROSE_EVAL: &str = "datasets/gcide/gcide-eval.txt";
 const TASK_EVAL: &str = "datasets/sft/gcide-define-eval.jsonl";
-const QALFT_RECIPE: &str = "configs/recipes/tiny/qalft.toml";
 /// The line of the qalft recipe that each QALFT row replaces with its format or plan.
 const QALFT_FORMAT_LINE: &str = "format = \"int2-g64-asym\"";
-/// The formats of the PTQ and QALFT rows.
+/// The formats of the uniform PTQ and QALFT rows.
 const FORMATS: [&str; 4] = [
     "int4-g128-asym",
     "int3-g128-asym",
     "int2-g64-asym",
     "int2-g128-asym",
 ];
+/// The budget of the mixed rows, bits per weight over the linears.
+const MIXED_BPW: &str = "1.8";
 
 /// One row of the table.
 struct Row {
@@ -41,158 +48,336 @@ struct Row {
     task_ppl: f64,
 }
 
+impl Row {
+    /// The row, printed to stderr as it comes (a device call cut short still shows it).
+    fn reported(self) -> Self {
+        eprintln!(
+            "{}: bpw {:?}, prose ppl {:.3}, task ppl {:.3}",
+            self.method, self.bpw, self.prose_ppl, self.task_ppl
+        );
+        self
+    }
+}
+
+/// What every row of one run shares: where it writes, the recipes it trains, the evaluation
+/// window, and whether it goes on from an interrupted run.
+struct Bench<'a> {
+    out: PathBuf,
+    recipes: PathBuf,
+    window: &'a str,
+    resume: bool,
+}
+
 pub fn bench_qalft(rest: &[&str]) -> anyhow::Result<()> {
     let pretrain_steps = flag(rest, "--pretrain-steps", "400");
     let adapter_steps = flag(rest, "--adapter-steps", "150");
-    let out = target_dir().join("bench/qalft");
-    if out.exists() {
-        std::fs::remove_dir_all(&out)?;
+    let recipes = root().join(flag(rest, "--recipes", "configs/recipes/tiny"));
+    let workers: usize = flag(rest, "--jobs", "1").parse().context("--jobs N")?;
+    let gpus: Vec<String> = match flag(rest, "--gpus", "") {
+        "" => Vec::new(),
+        list => list.split(',').map(str::to_string).collect(),
+    };
+    let name = recipes.file_name().context("--recipes names a folder")?;
+    let bench = Bench {
+        out: target_dir().join("bench/qalft").join(name),
+        recipes: recipes.clone(),
+        window: flag(rest, "--window", "64"),
+        resume: rest.contains(&"--resume"),
+    };
+    let out = &bench.out;
+    if out.exists() && !bench.resume {
+        std::fs::remove_dir_all(out)?;
     }
-    std::fs::create_dir_all(&out)?;
-    run(Command::new("cargo")
-        .current_dir(root())
-        .args(["build", "--quiet", "-p", "andes-cli"]))?;
-    let andes = target_dir().join("debug/andes");
+    std::fs::create_dir_all(out)?;
+    let binary = match flag(rest, "--andes", "") {
+        "" => {
+            run(std::process::Command::new("cargo")
+                .current_dir(root())
+                .args(["build", "--quiet", "-p", "andes-cli"]))?;
+            target_dir().join("debug/andes")
+        }
+        prebuilt => root().join(prebuilt),
+    };
+    let device = flag(rest, "--device", "cpu");
+    let andes = Andes::on_device(binary, device);
 
     let pretrain = out.join("pretrain");
-    train(
+    let mut pretrain_overrides = vec![format!("train.steps={pretrain_steps}")];
+    if let Some(at) = rest.iter().position(|a| *a == "--init-config") {
+        let config = rest.get(at + 1).context("--init-config FILE")?;
+        let init = out.join("init");
+        if !init.exists() {
+            run(andes
+                .command()
+                .args([
+                    "init",
+                    "--tokenizer",
+                    "fixtures/tokenizer",
+                    "--config",
+                    config,
+                ])
+                .arg("--out")
+                .arg(&init)
+                .stdout(std::process::Stdio::null()))?;
+        }
+        pretrain_overrides.push(format!("model.checkpoint=\"{}\"", init.display()));
+    }
+    bench.train(
         &andes,
-        &root().join("configs/recipes/tiny/pretrain.toml"),
+        &recipes.join("pretrain.toml"),
         &pretrain,
-        &[&format!("train.steps={pretrain_steps}")],
+        &strs(&pretrain_overrides),
     )?;
+    eprintln!("pretrained: {} tokens", trained_tokens(&pretrain)?);
     let base = latest_checkpoint(&pretrain)?;
     let base_arg = format!("model.checkpoint=\"{}\"", base.display());
     let adapter_steps_arg = format!("train.steps={adapter_steps}");
     let adapter_overrides = [
         base_arg.as_str(),
         adapter_steps_arg.as_str(),
-        "train.checkpoint_every=1000",
-        "train.eval_every=1000",
+        "train.checkpoint_every=100",
+        "train.eval_every=1000000",
     ];
+    let mixed = format!(
+        "plan:{}",
+        bench.plan_mixed(&andes, &base, device)?.display()
+    );
+    let formats: Vec<&str> = FORMATS.iter().copied().chain([mixed.as_str()]).collect();
 
-    let mut rows = Vec::new();
+    // The training runs, and the evaluations of the bare base, need only the base.
     let lora = out.join("lora");
-    train(
-        &andes,
-        &root().join("configs/recipes/tiny/lora.toml"),
-        &lora,
-        &adapter_overrides,
-    )?;
-    let float_adapter = latest_checkpoint(&lora)?;
-    rows.push(Row {
-        method: "float".into(),
-        bpw: None,
-        prose_ppl: eval(&andes, &base, &["--text", PROSE_EVAL])?.0,
-        task_ppl: eval(&andes, &base, &["--chat", TASK_EVAL])?.0,
-    });
-    rows.push(Row {
-        method: "float + LoRA".into(),
-        bpw: None,
-        prose_ppl: rows[0].prose_ppl,
-        task_ppl: eval(&andes, &base, &strs(&adapter_args(&float_adapter)))?.0,
-    });
+    let prose = bench.prose_args();
+    let mut first: Vec<Job<Option<Row>>> = vec![
+        Box::new(|andes: &Andes| {
+            let task = ["--window", bench.window, "--chat", TASK_EVAL];
+            Ok(Some(
+                Row {
+                    method: "float".into(),
+                    bpw: None,
+                    prose_ppl: andes.eval(&base, &strs(&prose))?.0,
+                    task_ppl: andes.eval(&base, &task)?.0,
+                }
+                .reported(),
+            ))
+        }),
+        Box::new(|andes: &Andes| {
+            bench.train(andes, &recipes.join("lora.toml"), &lora, &adapter_overrides)?;
+            Ok(None)
+        }),
+    ];
+    for format in formats.iter().copied() {
+        let (bench, overrides) = (&bench, &adapter_overrides);
+        first.push(Box::new(move |andes: &Andes| {
+            bench.qalft_row(andes, format, overrides).map(Some)
+        }));
+    }
+    let mut trained = run_in_parallel(&andes, workers, &gpus, first)?
+        .into_iter()
+        .flatten();
+    let float = trained.next().context("the float row")?;
+    let qalft_rows: Vec<Row> = trained.collect();
 
-    let mixed_plan = out.join("mixed_plan.json");
-    std::fs::write(&mixed_plan, mixed_plan_json())?;
-    let mixed = format!("plan:{}", mixed_plan.display());
+    // The PTQ rows carry the adapter trained on the float base.
+    let with_adapter = bench.adapter_args(&latest_checkpoint(&lora)?);
+    let mut ptq: Vec<Job<Row>> = vec![Box::new(|andes: &Andes| {
+        Ok(Row {
+            method: "float + LoRA".into(),
+            bpw: None,
+            prose_ppl: float.prose_ppl,
+            task_ppl: andes.eval(&base, &strs(&with_adapter))?.0,
+        }
+        .reported())
+    })];
     for init in ["rtn", "gptq"] {
-        for format in FORMATS.iter().copied().chain([mixed.as_str()]) {
-            let mut quant = quant_args(format);
-            quant.extend(["--init", init, "--calib", PROSE_TRAIN].map(String::from));
-            let with = |extra: Vec<String>| [quant.clone(), extra].concat();
-            let (prose_ppl, bpw) = eval(
-                &andes,
-                &base,
-                &strs(&with(vec!["--text".into(), PROSE_EVAL.into()])),
-            )?;
-            let (task_ppl, _) = eval(&andes, &base, &strs(&with(adapter_args(&float_adapter))))?;
-            rows.push(Row {
-                method: format!("{} {}", init.to_uppercase(), label(format)),
-                bpw,
-                prose_ppl,
-                task_ppl,
-            });
+        for format in formats.iter().copied() {
+            let (base, prose, with_adapter) = (&base, &prose, &with_adapter);
+            ptq.push(Box::new(move |andes: &Andes| {
+                let mut quant = quant_args(format);
+                quant.extend(["--init", init, "--calib", PROSE_CALIBRATION].map(String::from));
+                let quantized = |extra: &[String]| [quant.clone(), extra.to_vec()].concat();
+                let (prose_ppl, bpw) = andes.eval(base, &strs(&quantized(prose)))?;
+                let (task_ppl, _) = andes.eval(base, &strs(&quantized(with_adapter)))?;
+                Ok(Row {
+                    method: format!("{} {}", init.to_uppercase(), label(format)),
+                    bpw,
+                    prose_ppl,
+                    task_ppl,
+                }
+                .reported())
+            }));
         }
     }
+    let ptq_rows = run_in_parallel(&andes, workers, &gpus, ptq)?;
+    let mut rows = vec![float];
+    rows.extend(ptq_rows);
+    rows.extend(qalft_rows);
 
-    for format in FORMATS.iter().copied().chain([mixed.as_str()]) {
+    let model = describe_model(&base, trained_tokens(&pretrain)?)?;
+    let table = markdown(&rows, &model, pretrain_steps, adapter_steps);
+    println!("{table}");
+    std::fs::write(out.join("table.md"), &table)?;
+    Ok(())
+}
+
+impl Bench<'_> {
+    /// Trains `recipe` into `run_dir`, or, with `--resume`, goes on from the run's latest
+    /// checkpoint there.
+    fn train(
+        &self,
+        andes: &Andes,
+        recipe: &Path,
+        run_dir: &Path,
+        overrides: &[&str],
+    ) -> anyhow::Result<()> {
+        if self.resume && run_dir.join("checkpoints/latest").exists() {
+            return andes.resume(run_dir);
+        }
+        if run_dir.exists() {
+            std::fs::remove_dir_all(run_dir)?;
+        }
+        andes.train(recipe, run_dir, overrides)
+    }
+
+    /// `andes eval` arguments of the held-out prose.
+    fn prose_args(&self) -> Vec<String> {
+        ["--window", self.window, "--text", PROSE_EVAL]
+            .map(String::from)
+            .to_vec()
+    }
+
+    /// `andes eval` arguments of the held-out task with `adapter` on the model.
+    fn adapter_args(&self, adapter: &Path) -> Vec<String> {
+        let mut args = ["--window", self.window, "--chat", TASK_EVAL]
+            .map(String::from)
+            .to_vec();
+        args.extend(["--adapter".to_string(), adapter.display().to_string()]);
+        args
+    }
+
+    /// One QALFT row: the adapter and scales trained against the base quantized to `format`
+    /// (`plan:FILE` for a bit plan), exported with the base dequantized, and evaluated.
+    fn qalft_row(&self, andes: &Andes, format: &str, overrides: &[&str]) -> anyhow::Result<Row> {
         let name = if format.starts_with("plan:") {
             "mixed"
         } else {
             format
         };
-        let run_dir = out.join(format!("qalft-{name}"));
-        let recipe_text = std::fs::read_to_string(root().join(QALFT_RECIPE))?;
+        let run_dir = self.out.join(format!("qalft-{name}"));
+        let template = self.recipes.join("qalft.toml");
+        let recipe_text = std::fs::read_to_string(&template)?;
+        if !recipe_text.contains(QALFT_FORMAT_LINE) {
+            bail!(
+                "{}: the bench replaces its line `{QALFT_FORMAT_LINE}`, which it lacks",
+                template.display()
+            );
+        }
         let quant_line = match format.strip_prefix("plan:") {
             Some(plan) => format!("plan = \"{plan}\""),
             None => format!("format = \"{format}\""),
         };
-        let recipe = out.join(format!(
-            "{}.toml",
-            run_dir.file_name().unwrap().to_string_lossy()
-        ));
+        let recipe = self.out.join(format!("qalft-{name}.toml"));
         std::fs::write(&recipe, recipe_text.replace(QALFT_FORMAT_LINE, &quant_line))?;
-        train(&andes, &recipe, &run_dir, &adapter_overrides)?;
+        self.train(andes, &recipe, &run_dir, overrides)?;
         let bundle = run_dir.join("bundle");
-        run(Command::new(&andes)
+        if bundle.exists() {
+            std::fs::remove_dir_all(&bundle)?;
+        }
+        run(andes
+            .command()
             .args(["export", "--dequantized-base", "--adapters"])
             .arg(&run_dir)
             .arg("--out")
             .arg(&bundle)
             .stdout(std::process::Stdio::null()))?;
         let quantized_base = bundle.join("base-dequantized");
-        let adapter = bundle.join("adapters/define");
-        let (prose_ppl, _) = eval(&andes, &quantized_base, &["--text", PROSE_EVAL])?;
-        let (task_ppl, _) = eval(&andes, &quantized_base, &strs(&adapter_args(&adapter)))?;
+        let (prose_ppl, _) = andes.eval(&quantized_base, &strs(&self.prose_args()))?;
+        let with_adapter = self.adapter_args(&bundle.join("adapters/define"));
+        let (task_ppl, _) = andes.eval(&quantized_base, &strs(&with_adapter))?;
         let manifest: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(bundle.join("manifest.json"))?)?;
-        rows.push(Row {
+        Ok(Row {
             method: format!("QALFT {}", label(format)),
             bpw: manifest["base"]["bpw_linears"].as_f64(),
             prose_ppl,
             task_ppl,
-        });
+        }
+        .reported())
     }
 
-    let table = markdown(&rows, pretrain_steps, adapter_steps);
-    println!("{table}");
-    std::fs::write(out.join("table.md"), &table)?;
-    Ok(())
+    /// The mixed rows' plan: what `andes quantize --target dimensity9500 --bpw 1.8` allocates
+    /// for the base (loss sensitivity on the calibration prose), as its `bit_plan.json`.
+    fn plan_mixed(&self, andes: &Andes, base: &Path, device: &str) -> anyhow::Result<PathBuf> {
+        let package = self.out.join("mixed-package");
+        let plan = package.join("bit_plan.json");
+        if self.resume && plan.exists() {
+            return Ok(plan);
+        }
+        run(andes
+            .command()
+            .args(["quantize", "--json", "--model"])
+            .arg(base)
+            .args([
+                "--target",
+                "dimensity9500",
+                "--bpw",
+                MIXED_BPW,
+                "--init",
+                "rtn",
+            ])
+            .args(["--calib", PROSE_CALIBRATION, "--seq-len", self.window])
+            .args(["--device", device, "--cache"])
+            .arg(self.out.join("sensitivity-cache"))
+            .arg("--out")
+            .arg(&package)
+            .stdout(std::process::Stdio::null()))?;
+        Ok(plan)
+    }
 }
 
-/// The mixed plan of the tiny model at ≤ 1.8 bpw over the linears: ternary per output channel
-/// everywhere (1.83–1.88 bpw on 64- and 96-wide rows), binary per channel on `k_proj`
-/// (1.25 bpw): 1.794 bpw in all.
-fn mixed_plan_json() -> String {
-    let targets = [
-        "self_attn.q_proj",
-        "self_attn.k_proj",
-        "self_attn.v_proj",
-        "self_attn.o_proj",
-        "mlp.gate_proj",
-        "mlp.up_proj",
-        "mlp.down_proj",
-    ];
-    let layers: Vec<serde_json::Value> = (0..2)
-        .flat_map(|layer| {
-            targets.map(|target| {
-                let format = if target == "self_attn.k_proj" {
-                    "int1-channel-sym"
-                } else {
-                    "ternary-channel"
-                };
-                serde_json::json!({"name": format!("model.layers.{layer}.{target}"), "format": format})
-            })
-        })
-        .collect();
-    serde_json::to_string_pretty(&serde_json::json!({"version": 1, "layers": layers}))
-        .expect("serializes")
+/// Tokens the pretraining run consumed (the sum of its steps' `tokens`).
+fn trained_tokens(run_dir: &Path) -> anyhow::Result<u64> {
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl"))?;
+    let mut tokens = 0;
+    for line in metrics.lines() {
+        let record: serde_json::Value = serde_json::from_str(line)?;
+        tokens += record["tokens"].as_u64().unwrap_or(0);
+    }
+    Ok(tokens)
+}
+
+/// The table's caption of the model: its shape, the weights its linears hold, its pretraining.
+fn describe_model(base: &Path, pretrain_tokens: u64) -> anyhow::Result<String> {
+    let path = base.join("config.json");
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    let get = |key: &str| {
+        config[key]
+            .as_u64()
+            .with_context(|| format!("{}: {key}", path.display()))
+    };
+    let (hidden, layers, heads) = (
+        get("hidden_size")?,
+        get("num_hidden_layers")?,
+        get("num_attention_heads")?,
+    );
+    let (kv_heads, head_dim, intermediate) = (
+        get("num_key_value_heads")?,
+        get("head_dim")?,
+        get("intermediate_size")?,
+    );
+    let attention = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim;
+    let linear_weights = layers * (attention + 3 * hidden * intermediate);
+    Ok(format!(
+        "Qwen3 of {layers} layers, hidden {hidden}, {heads}/{kv_heads} heads of {head_dim}, \
+         intermediate {intermediate}, vocabulary {} ({linear_weights} weights in {} linears), \
+         pretrained on {pretrain_tokens} tokens of GCIDE prose",
+        get("vocab_size")?,
+        layers * 7
+    ))
 }
 
 fn label(format: &str) -> String {
     if format.starts_with("plan:") {
-        "mixed (ternary + binary)".into()
+        format!("mixed (D9500 plan, {MIXED_BPW} bpw budget)")
     } else {
         format.to_string()
     }
@@ -205,80 +390,15 @@ fn quant_args(format: &str) -> Vec<String> {
     }
 }
 
-fn adapter_args(adapter: &Path) -> Vec<String> {
-    vec![
-        "--chat".into(),
-        TASK_EVAL.into(),
-        "--adapter".into(),
-        adapter.display().to_string(),
-    ]
-}
-
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-pub(crate) fn train(
-    andes: &Path,
-    recipe: &Path,
-    out: &Path,
-    overrides: &[&str],
-) -> anyhow::Result<()> {
-    let mut command = Command::new(andes);
-    command
-        .current_dir(root())
-        .args(["train", "--quiet", "--config"])
-        .arg(recipe)
-        .arg("--out")
-        .arg(out);
-    for o in overrides {
-        command.args(["--set", o]);
-    }
-    let output = command.output()?;
-    if !output.status.success() {
-        bail!(
-            "andes train {}: {}",
-            recipe.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(())
-}
-
-pub(crate) fn latest_checkpoint(run_dir: &Path) -> anyhow::Result<PathBuf> {
-    let name = std::fs::read_to_string(run_dir.join("checkpoints/latest"))
-        .with_context(|| format!("{}: no checkpoint", run_dir.display()))?;
-    Ok(run_dir.join("checkpoints").join(name.trim()))
-}
-
-/// Perplexity (and bpw of the quantized linears, when quantized) from `andes eval --json`.
-pub(crate) fn eval(
-    andes: &Path,
-    model: &Path,
-    args: &[&str],
-) -> anyhow::Result<(f64, Option<f64>)> {
-    let output = Command::new(andes)
-        .current_dir(root())
-        .args(["eval", "--window", "64", "--json", "--model"])
-        .arg(model)
-        .args(args)
-        .output()?;
-    if !output.status.success() {
-        bail!(
-            "andes eval {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let json: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    let bpw = json["bpw_linears"].as_f64();
-    Ok((json["perplexity"].as_f64().context("no perplexity")?, bpw))
-}
-
-fn markdown(rows: &[Row], pretrain_steps: &str, adapter_steps: &str) -> String {
+fn markdown(rows: &[Row], model: &str, pretrain_steps: &str, adapter_steps: &str) -> String {
     let float = &rows[1];
     let mut table = format!(
-        "Tiny Qwen3 (2 layers, hidden 64, 69,632 weights in 14 linears), pretrained {pretrain_steps} \
-         steps on GCIDE prose; adapters rank 8 trained {adapter_steps} steps on GCIDE definitions.\n\
+        "{model} ({pretrain_steps} steps); adapters trained {adapter_steps} steps on GCIDE \
+         definitions.\n\
          prose ppl: held-out GCIDE prose, base only; task ppl: assistant tokens of held-out \
          definition conversations, with the adapter. bpw over the quantized linears, scales and \
          zero points counted.\n\n\

@@ -5,11 +5,10 @@
 //! an SVG plot under `target/bench/quantize/`.
 
 use std::fmt::Write as _;
-use std::process::Command;
 
 use anyhow::Context;
 
-use crate::qalft_bench::{eval, latest_checkpoint, train};
+use crate::andes_runner::latest_checkpoint;
 use crate::{flag, fresh_bench, root};
 
 const PROSE_TRAIN: &str = "datasets/gcide/gcide-sample.txt";
@@ -37,15 +36,14 @@ pub fn bench_quantize(rest: &[&str]) -> anyhow::Result<()> {
     let pretrain_steps = flag(rest, "--pretrain-steps", "400");
     let (out, andes) = fresh_bench("quantize")?;
     let pretrain = out.join("pretrain");
-    train(
-        &andes,
+    andes.train(
         &root().join("configs/recipes/tiny/pretrain.toml"),
         &pretrain,
         &[&format!("train.steps={pretrain_steps}")],
     )?;
     let base = latest_checkpoint(&pretrain)?;
-    let text = ["--text", PROSE_EVAL];
-    let (float_ppl, _) = eval(&andes, &base, &text)?;
+    let text = ["--window", "64", "--text", PROSE_EVAL];
+    let (float_ppl, _) = andes.eval(&base, &text)?;
     let mut points = Vec::new();
     for (method, init) in [("uniform RTN", "rtn"), ("uniform GPTQ", "gptq")] {
         for format in UNIFORM {
@@ -53,7 +51,7 @@ pub fn bench_quantize(rest: &[&str]) -> anyhow::Result<()> {
                 &text[..],
                 &["--quant", format, "--init", init, "--calib", PROSE_TRAIN],
             ];
-            let (ppl, bpw) = eval(&andes, &base, &args.concat())?;
+            let (ppl, bpw) = andes.eval(&base, &args.concat())?;
             points.push(Point {
                 method,
                 label: format.into(),
@@ -64,8 +62,8 @@ pub fn bench_quantize(rest: &[&str]) -> anyhow::Result<()> {
     }
     for budget in BUDGETS {
         let package = out.join(format!("package-{budget}"));
-        let output = Command::new(&andes)
-            .current_dir(root())
+        let output = andes
+            .command()
             .args([
                 "quantize",
                 "--target",
@@ -90,7 +88,7 @@ pub fn bench_quantize(rest: &[&str]) -> anyhow::Result<()> {
             );
             continue;
         }
-        let (ppl, bpw) = eval(&andes, &package, &text)?;
+        let (ppl, bpw) = andes.eval(&package, &text)?;
         points.push(Point {
             method: "planned (dimensity9500)",
             label: format!("--bpw {budget}"),

@@ -8,11 +8,10 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{Context, bail};
 
-use crate::qalft_bench::{latest_checkpoint, train};
+use crate::andes_runner::{Andes, latest_checkpoint};
 use crate::{flag, fresh_bench, root};
 
 const HELD_OUT: &str = "datasets/images/digits/chat-eval.jsonl";
@@ -25,8 +24,7 @@ pub fn bench_vlm_quant(rest: &[&str]) -> anyhow::Result<()> {
     let steps = flag(rest, "--steps", "400");
     let (out, andes) = fresh_bench("vlm-quant")?;
     let sft = out.join("sft-vision");
-    train(
-        &andes,
+    andes.train(
         &root().join("configs/recipes/tiny/sft-vision.toml"),
         &sft,
         &[&format!("train.steps={steps}")],
@@ -43,27 +41,22 @@ pub fn bench_vlm_quant(rest: &[&str]) -> anyhow::Result<()> {
                 "package-{budget}-{}",
                 if images { "images" } else { "text" }
             ));
-            let mut command = Command::new(&andes);
-            command
-                .current_dir(root())
-                .arg("quantize")
-                .arg("--model")
-                .arg(&model)
-                .args([
-                    "--target",
-                    "dimensity9500",
-                    "--bpw",
-                    budget,
-                    "--calib",
-                    TEXT_CALIBRATION,
-                    "--seq-len",
-                    "64",
-                    "--sensitivity",
-                    "hessian",
-                    "--init",
-                    "gptq",
-                    "--json",
-                ]);
+            let mut command = andes.command();
+            command.arg("quantize").arg("--model").arg(&model).args([
+                "--target",
+                "dimensity9500",
+                "--bpw",
+                budget,
+                "--calib",
+                TEXT_CALIBRATION,
+                "--seq-len",
+                "64",
+                "--sensitivity",
+                "hessian",
+                "--init",
+                "gptq",
+                "--json",
+            ]);
             command
                 .arg("--cache")
                 .arg(out.join("cache"))
@@ -100,7 +93,7 @@ pub fn bench_vlm_quant(rest: &[&str]) -> anyhow::Result<()> {
 
 /// How many held-out images `model` names the digit of (greedy, the answer's digit word
 /// anywhere in the reply), of how many.
-fn digit_accuracy(andes: &Path, model: &Path) -> anyhow::Result<(usize, usize)> {
+fn digit_accuracy(andes: &Andes, model: &Path) -> anyhow::Result<(usize, usize)> {
     let records = std::fs::read_to_string(root().join(HELD_OUT))?;
     let folder = root()
         .join(HELD_OUT)
@@ -119,8 +112,8 @@ fn digit_accuracy(andes: &Path, model: &Path) -> anyhow::Result<(usize, usize)> 
             .rsplit(' ')
             .next()
             .unwrap_or_default();
-        let output = Command::new(andes)
-            .current_dir(root())
+        let output = andes
+            .command()
             .args([
                 "generate",
                 "--chat",

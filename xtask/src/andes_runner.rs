@@ -1,0 +1,165 @@
+//! How the benchmarks run the `andes` binary: which build, on which device, and, on a machine
+//! with several GPUs, which GPU each run sees, so that independent runs of one benchmark can go
+//! side by side (`run_in_parallel`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use anyhow::{Context, bail};
+
+use crate::root;
+
+/// The `andes` binary as a benchmark runs it: `device` is passed to every `train` and `eval`,
+/// and `gpu` (when set) becomes the run's `CUDA_VISIBLE_DEVICES`.
+#[derive(Clone, Debug)]
+pub(crate) struct Andes {
+    binary: PathBuf,
+    device: String,
+    gpu: Option<String>,
+}
+
+impl Andes {
+    /// The binary on the CPU backend: what CI and the CPU benchmarks run.
+    pub(crate) fn cpu(binary: PathBuf) -> Self {
+        Self::on_device(binary, "cpu")
+    }
+
+    /// The binary on `device` (`cpu`, `cuda`, `wgpu`), every GPU visible.
+    pub(crate) fn on_device(binary: PathBuf, device: &str) -> Self {
+        Self {
+            binary,
+            device: device.to_string(),
+            gpu: None,
+        }
+    }
+
+    /// The same binary and device, seeing only GPU `gpu`.
+    fn seeing(&self, gpu: Option<&str>) -> Self {
+        Self {
+            gpu: gpu.map(str::to_string),
+            ..self.clone()
+        }
+    }
+
+    /// A command of the binary, run from the repository root (recipes name repo-relative files).
+    pub(crate) fn command(&self) -> Command {
+        let mut command = Command::new(&self.binary);
+        command.current_dir(root());
+        if let Some(gpu) = &self.gpu {
+            command.env("CUDA_VISIBLE_DEVICES", gpu);
+        }
+        command
+    }
+
+    /// `andes train --config RECIPE --out OUT --set ...` on this device.
+    pub(crate) fn train(
+        &self,
+        recipe: &Path,
+        out: &Path,
+        overrides: &[&str],
+    ) -> anyhow::Result<()> {
+        let mut command = self.command();
+        command
+            .args(["train", "--quiet", "--config"])
+            .arg(recipe)
+            .arg("--out")
+            .arg(out)
+            .args(["--set", &format!("train.device=\"{}\"", self.device)]);
+        for o in overrides {
+            command.args(["--set", o]);
+        }
+        let output = command.output()?;
+        if !output.status.success() {
+            bail!(
+                "andes train {}: {}",
+                recipe.display(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// `andes train --resume RUN_DIR`: continues a run from its latest checkpoint (a finished
+    /// run stays as it is).
+    pub(crate) fn resume(&self, run_dir: &Path) -> anyhow::Result<()> {
+        let output = self
+            .command()
+            .args(["train", "--quiet", "--resume"])
+            .arg(run_dir)
+            .output()?;
+        if !output.status.success() {
+            bail!(
+                "andes train --resume {}: {}",
+                run_dir.display(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// Perplexity (and bpw of the quantized linears, when quantized) from `andes eval --json`.
+    pub(crate) fn eval(&self, model: &Path, args: &[&str]) -> anyhow::Result<(f64, Option<f64>)> {
+        let output = self
+            .command()
+            .args(["eval", "--json", "--device", &self.device, "--model"])
+            .arg(model)
+            .args(args)
+            .output()?;
+        if !output.status.success() {
+            bail!(
+                "andes eval {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+        let bpw = json["bpw_linears"].as_f64();
+        Ok((json["perplexity"].as_f64().context("no perplexity")?, bpw))
+    }
+}
+
+/// The newest checkpoint a training run wrote.
+pub(crate) fn latest_checkpoint(run_dir: &Path) -> anyhow::Result<PathBuf> {
+    let name = std::fs::read_to_string(run_dir.join("checkpoints/latest"))
+        .with_context(|| format!("{}: no checkpoint", run_dir.display()))?;
+    Ok(run_dir.join("checkpoints").join(name.trim()))
+}
+
+/// One unit of a benchmark's work, given the `andes` it must run (seeing its GPU).
+pub(crate) type Job<'a, T> = Box<dyn FnOnce(&Andes) -> anyhow::Result<T> + Send + 'a>;
+
+/// Runs `jobs` on `workers` threads, worker `w` seeing GPU `gpus[w % gpus.len()]` (every GPU
+/// when `gpus` is empty), and returns their results in the jobs' order; the first error wins.
+/// One worker runs them one after the other, as on the CPU.
+pub(crate) fn run_in_parallel<T: Send>(
+    andes: &Andes,
+    workers: usize,
+    gpus: &[String],
+    jobs: Vec<Job<'_, T>>,
+) -> anyhow::Result<Vec<T>> {
+    let count = jobs.len();
+    // Reversed, so that popping takes the jobs in their order.
+    let queue = Mutex::new(jobs.into_iter().enumerate().rev().collect::<Vec<_>>());
+    let results = Mutex::new((0..count).map(|_| None).collect::<Vec<_>>());
+    std::thread::scope(|scope| {
+        for worker in 0..workers.max(1) {
+            let gpu = (!gpus.is_empty()).then(|| gpus[worker % gpus.len()].as_str());
+            let runner = andes.seeing(gpu);
+            let (queue, results) = (&queue, &results);
+            scope.spawn(move || {
+                loop {
+                    let next = queue.lock().expect("queue").pop();
+                    let Some((index, job)) = next else { break };
+                    let result = job(&runner);
+                    results.lock().expect("results")[index] = Some(result);
+                }
+            });
+        }
+    });
+    results
+        .into_inner()
+        .expect("results")
+        .into_iter()
+        .map(|r| r.expect("every job ran"))
+        .collect()
+}
