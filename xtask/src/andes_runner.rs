@@ -163,3 +163,54 @@ pub(crate) fn run_in_parallel<T: Send>(
         .map(|r| r.expect("every job ran"))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jobs<'a>(count: usize, failing: Option<usize>) -> Vec<Job<'a, (usize, Option<String>)>> {
+        (0..count)
+            .map(|index| -> Job<'a, (usize, Option<String>)> {
+                Box::new(move |andes: &Andes| {
+                    if failing == Some(index) {
+                        bail!("job {index} failed");
+                    }
+                    Ok((index, andes.gpu.clone()))
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn results_come_in_the_jobs_order_and_each_worker_sees_one_gpu() {
+        let andes = Andes::cpu(PathBuf::from("andes"));
+        let gpus = ["2".to_string(), "3".to_string()];
+        let results = run_in_parallel(&andes, 3, &gpus, jobs(7, None)).unwrap();
+        let order: Vec<usize> = results.iter().map(|(index, _)| *index).collect();
+        assert_eq!(order, (0..7).collect::<Vec<_>>());
+        for (_, gpu) in &results {
+            assert!(matches!(gpu.as_deref(), Some("2" | "3")), "{gpu:?}");
+        }
+        let serial = run_in_parallel(&andes, 1, &[], jobs(3, None)).unwrap();
+        assert!(serial.iter().all(|(_, gpu)| gpu.is_none()));
+    }
+
+    #[test]
+    fn a_failed_job_fails_the_run_with_its_error() {
+        let andes = Andes::cpu(PathBuf::from("andes"));
+        let error = run_in_parallel(&andes, 2, &[], jobs(5, Some(3))).unwrap_err();
+        assert_eq!(error.to_string(), "job 3 failed");
+    }
+
+    #[test]
+    fn a_command_sees_only_its_gpu() {
+        let andes = Andes::on_device(PathBuf::from("andes"), "cuda").seeing(Some("1"));
+        let command = andes.command();
+        let visible: Vec<_> = command
+            .get_envs()
+            .filter(|(key, _)| *key == "CUDA_VISIBLE_DEVICES")
+            .map(|(_, value)| value.and_then(|v| v.to_str()))
+            .collect();
+        assert_eq!(visible, [Some("1")]);
+    }
+}
