@@ -91,6 +91,45 @@ fn eval_perplexity_matches_transformers_within_1e_4() {
     }
 }
 
+/// `--documents` scores the stream `andes train` packs from a text file, each line a document
+/// ended by <|endoftext|> (blank lines skipped): the same as `--text` of the lines joined by
+/// that token, and not the file as it stands, whose newlines are tokens of their own.
+#[test]
+fn eval_documents_scores_the_lines_as_training_documents() {
+    let model = fixture("qwen3-tiny-untied-mha-f32");
+    let dir = tempfile::tempdir().unwrap();
+    let lines = [
+        "Abandon: To give up wholly.",
+        "Abase: To lower or depress.",
+        "Abate: To lessen.",
+    ];
+    let documents = dir.path().join("documents.txt");
+    std::fs::write(
+        &documents,
+        format!("{}\n\n{}\n{}\n", lines[0], lines[1], lines[2]),
+    )
+    .unwrap();
+    let joined = dir.path().join("joined.txt");
+    std::fs::write(&joined, lines.map(|l| format!("{l}<|endoftext|>")).concat()).unwrap();
+    let eval = |flag: &str, file: &Path| {
+        json_stdout(andes(&[
+            "eval",
+            "--model",
+            path(&model),
+            flag,
+            path(file),
+            "--window",
+            "16",
+            "--json",
+        ]))
+    };
+    let (by_documents, by_joined) = (eval("--documents", &documents), eval("--text", &joined));
+    assert_eq!(by_documents["tokens"], by_joined["tokens"]);
+    assert_eq!(by_documents["mean_nll"], by_joined["mean_nll"]);
+    let as_it_stands = eval("--text", &documents);
+    assert_ne!(as_it_stands["mean_nll"], by_documents["mean_nll"]);
+}
+
 #[test]
 fn sampling_is_reproducible_from_the_seed() {
     let dir = fixture("qwen3-tiny-untied-mha-f32");

@@ -538,7 +538,7 @@ fn pipeline(rest: &[&str]) -> anyhow::Result<()> {
     print!("{}", andes(&["verify", &package_str])?);
     println!("== 4/4 andes eval: float checkpoint vs package on {held_out}");
     let eval = |model: &str| -> anyhow::Result<serde_json::Value> {
-        let text = andes(&["eval", "--model", model, "--text", held_out, "--json"])?;
+        let text = andes(&["eval", "--model", model, "--documents", held_out, "--json"])?;
         serde_json::from_str(text.trim()).context("eval printed no JSON")
     };
     let (float, packed) = (eval(&model_str)?, eval(&package_str)?);

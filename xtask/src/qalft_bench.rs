@@ -240,7 +240,7 @@ impl Bench<'_> {
 
     /// `andes eval` arguments of the held-out prose.
     fn prose_args(&self) -> Vec<String> {
-        ["--window", self.window, "--text", PROSE_EVAL]
+        ["--window", self.window, "--documents", PROSE_EVAL]
             .map(String::from)
             .to_vec()
     }
@@ -399,7 +399,8 @@ fn markdown(rows: &[Row], model: &str, pretrain_steps: &str, adapter_steps: &str
     let mut table = format!(
         "{model} ({pretrain_steps} steps); adapters trained {adapter_steps} steps on GCIDE \
          definitions.\n\
-         prose ppl: held-out GCIDE prose, base only; task ppl: assistant tokens of held-out \
+         prose ppl: held-out GCIDE prose, a document a line as pretraining reads it (`andes eval \
+         --documents`), base only; task ppl: assistant tokens of held-out \
          definition conversations, with the adapter. bpw over the quantized linears, scales and \
          zero points counted.\n\n\
          | method | bpw (linears) | prose ppl | task ppl | task ppl / float+LoRA |\n\

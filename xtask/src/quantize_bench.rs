@@ -42,7 +42,7 @@ pub fn bench_quantize(rest: &[&str]) -> anyhow::Result<()> {
         &[&format!("train.steps={pretrain_steps}")],
     )?;
     let base = latest_checkpoint(&pretrain)?;
-    let text = ["--window", "64", "--text", PROSE_EVAL];
+    let text = ["--window", "64", "--documents", PROSE_EVAL];
     let (float_ppl, _) = andes.eval(&base, &text)?;
     let mut points = Vec::new();
     for (method, init) in [("uniform RTN", "rtn"), ("uniform GPTQ", "gptq")] {

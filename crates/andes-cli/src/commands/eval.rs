@@ -1,16 +1,17 @@
-//! `andes eval`: perplexity of a text file, or of the assistant turns of conversations; of
+//! `andes eval`: perplexity of a text file (as it stands, or as the one-document-per-line
+//! stream `andes train` reads), or of the assistant turns of conversations; of
 //! the model as given, or post-training quantized (RTN or GPTQ) the way llama.cpp users
 //! measure a quantization with `llama-perplexity`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use andes_data::TextTokenizer;
-use andes_data::dataset::DataFormat;
+use andes_data::dataset::{DataFormat, load_sequences};
 use andes_model::perplexity::sliding_window_perplexity;
 use andes_model::quantize::Initializer;
 use andes_quant::QuantFormat;
 use andes_train::adapters;
-use andes_train::data::WindowSet;
+use andes_train::data::{END_OF_TEXT, WindowSet};
 use andes_train::objective::mean_nll;
 use andes_train::recipe::{DataSection, QuantSection};
 use anyhow::Context;
@@ -20,7 +21,7 @@ use crate::model_args::{LoadedModel, ModelArgs};
 
 /// Arguments of `andes eval`.
 #[derive(Args, Debug)]
-#[command(group = clap::ArgGroup::new("input").required(true).args(["text", "chat"]))]
+#[command(group = clap::ArgGroup::new("input").required(true).args(["text", "documents", "chat"]))]
 #[command(group = clap::ArgGroup::new("quantization").args(["quant", "plan"]))]
 pub struct EvalArgs {
     #[command(flatten)]
@@ -28,6 +29,11 @@ pub struct EvalArgs {
     /// Plain-text file, scored as one token sequence.
     #[arg(long)]
     text: Option<PathBuf>,
+    /// Plain-text file of one document a line, each ended by <|endoftext|>, as `andes train`
+    /// reads a `text` data file: the held-out perplexity of a pretraining run (a model
+    /// pretrained on such a file never sees its newlines). Scored like --text.
+    #[arg(long)]
+    documents: Option<PathBuf>,
     /// Conversations JSONL (`messages`), scored on the assistant turns only, packed into
     /// windows of --window tokens: the task metric of an SFT or LoRA model.
     #[arg(long)]
@@ -55,7 +61,7 @@ pub struct EvalArgs {
     #[arg(long)]
     stride: Option<usize>,
     /// Print one JSON object (mean_nll, perplexity, bpw_linears, and tokens, window, stride
-    /// for --text or windows for --chat).
+    /// for --text and --documents or windows for --chat).
     #[arg(long)]
     json: bool,
 }
@@ -106,10 +112,16 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             });
             (result, summary)
         }
-        (None, Some(text_path)) => {
-            let text = std::fs::read_to_string(text_path)
-                .with_context(|| format!("reading text file {}", text_path.display()))?;
-            let ids = tokenizer.encode(&text)?;
+        (None, text) => {
+            let (text_path, ids) = match (text, &args.documents) {
+                (Some(path), _) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading text file {}", path.display()))?;
+                    (path, tokenizer.encode(&text)?)
+                }
+                (None, Some(path)) => (path, document_stream(path, &tokenizer)?),
+                (None, None) => unreachable!("clap requires --text, --documents or --chat"),
+            };
             let stride = args.stride.unwrap_or((window / 2).max(1));
             let result =
                 sliding_window_perplexity(&loaded.model, &ids, window, stride, &loaded.device)
@@ -125,7 +137,6 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             );
             (serde_json::to_value(&result)?, summary)
         }
-        (None, None) => unreachable!("clap requires --text or --chat"),
     };
     let bpw = bpw.or(loaded.package_bpw);
     if args.json {
@@ -138,6 +149,16 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The tokens of `path`'s lines, each line a document ended by <|endoftext|>, in file order:
+/// the stream `andes train` packs from a `text` data file.
+fn document_stream(path: &Path, tokenizer: &TextTokenizer) -> anyhow::Result<Vec<u32>> {
+    let end_of_text = tokenizer
+        .token_id(END_OF_TEXT)
+        .with_context(|| format!("the tokenizer has no {END_OF_TEXT} token"))?;
+    let (documents, _) = load_sequences(path, DataFormat::Text, tokenizer, end_of_text, false)?;
+    Ok(documents.into_iter().flat_map(|d| d.ids).collect())
 }
 
 /// Quantizes the loaded model per --quant or --plan (calibrating GPTQ on --calib), as a
