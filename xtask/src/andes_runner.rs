@@ -69,53 +69,48 @@ impl Andes {
         for o in overrides {
             command.args(["--set", o]);
         }
-        let output = command.output()?;
-        if !output.status.success() {
-            bail!(
-                "andes train {}: {}",
-                recipe.display(),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Ok(())
+        stdout_of(&mut command).map(drop)
     }
 
     /// `andes train --resume RUN_DIR`: continues a run from its latest checkpoint (a finished
     /// run stays as it is).
     pub(crate) fn resume(&self, run_dir: &Path) -> anyhow::Result<()> {
-        let output = self
-            .command()
-            .args(["train", "--quiet", "--resume"])
-            .arg(run_dir)
-            .output()?;
-        if !output.status.success() {
-            bail!(
-                "andes train --resume {}: {}",
-                run_dir.display(),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Ok(())
+        stdout_of(
+            self.command()
+                .args(["train", "--quiet", "--resume"])
+                .arg(run_dir),
+        )
+        .map(drop)
     }
 
     /// Perplexity (and bpw of the quantized linears, when quantized) from `andes eval --json`.
     pub(crate) fn eval(&self, model: &Path, args: &[&str]) -> anyhow::Result<(f64, Option<f64>)> {
-        let output = self
-            .command()
-            .args(["eval", "--json", "--device", &self.device, "--model"])
-            .arg(model)
-            .args(args)
-            .output()?;
-        if !output.status.success() {
-            bail!(
-                "andes eval {args:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        let json: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+        let stdout = stdout_of(
+            self.command()
+                .args(["eval", "--json", "--device", &self.device, "--model"])
+                .arg(model)
+                .args(args),
+        )?;
+        let json: serde_json::Value = serde_json::from_slice(&stdout)?;
         let bpw = json["bpw_linears"].as_f64();
         Ok((json["perplexity"].as_f64().context("no perplexity")?, bpw))
     }
+}
+
+/// Runs `command` to its end and returns what it printed; a failure is an error quoting the
+/// command and its stderr.
+pub(crate) fn stdout_of(command: &mut Command) -> anyhow::Result<Vec<u8>> {
+    let output = command
+        .output()
+        .with_context(|| format!("starting {command:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(output.stdout)
 }
 
 /// The newest checkpoint a training run wrote.

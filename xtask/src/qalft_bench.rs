@@ -71,16 +71,18 @@ struct Bench<'a> {
 pub fn bench_qalft(rest: &[&str]) -> anyhow::Result<()> {
     let pretrain_steps = flag(rest, "--pretrain-steps", "400");
     let adapter_steps = flag(rest, "--adapter-steps", "150");
-    let recipes = root().join(flag(rest, "--recipes", "configs/recipes/tiny"));
     let workers: usize = flag(rest, "--jobs", "1").parse().context("--jobs N")?;
     let gpus: Vec<String> = match flag(rest, "--gpus", "") {
         "" => Vec::new(),
         list => list.split(',').map(str::to_string).collect(),
     };
-    let name = recipes.file_name().context("--recipes names a folder")?;
+    let recipes_dir = flag(rest, "--recipes", "configs/recipes/tiny");
+    let name = Path::new(recipes_dir)
+        .file_name()
+        .context("--recipes names a folder")?;
     let bench = Bench {
         out: target_dir().join("bench/qalft").join(name),
-        recipes: recipes.clone(),
+        recipes: root().join(recipes_dir),
         window: flag(rest, "--window", "64"),
         resume: rest.contains(&"--resume"),
     };
@@ -124,11 +126,12 @@ pub fn bench_qalft(rest: &[&str]) -> anyhow::Result<()> {
     }
     bench.train(
         &andes,
-        &recipes.join("pretrain.toml"),
+        &bench.recipes.join("pretrain.toml"),
         &pretrain,
         &strs(&pretrain_overrides),
     )?;
-    eprintln!("pretrained: {} tokens", trained_tokens(&pretrain)?);
+    let pretrain_tokens = trained_tokens(&pretrain)?;
+    eprintln!("pretrained: {pretrain_tokens} tokens");
     let base = latest_checkpoint(&pretrain)?;
     let base_arg = format!("model.checkpoint=\"{}\"", base.display());
     let adapter_steps_arg = format!("train.steps={adapter_steps}");
@@ -161,7 +164,12 @@ pub fn bench_qalft(rest: &[&str]) -> anyhow::Result<()> {
             ))
         }),
         Box::new(|andes: &Andes| {
-            bench.train(andes, &recipes.join("lora.toml"), &lora, &adapter_overrides)?;
+            bench.train(
+                andes,
+                &bench.recipes.join("lora.toml"),
+                &lora,
+                &adapter_overrides,
+            )?;
             Ok(None)
         }),
     ];
@@ -212,7 +220,7 @@ pub fn bench_qalft(rest: &[&str]) -> anyhow::Result<()> {
     rows.extend(ptq_rows);
     rows.extend(qalft_rows);
 
-    let model = describe_model(&base, trained_tokens(&pretrain)?)?;
+    let model = describe_model(&base, pretrain_tokens)?;
     let table = markdown(&rows, &model, pretrain_steps, adapter_steps);
     println!("{table}");
     std::fs::write(out.join("table.md"), &table)?;

@@ -9,9 +9,9 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
-use crate::andes_runner::{Andes, latest_checkpoint};
+use crate::andes_runner::{Andes, latest_checkpoint, stdout_of};
 use crate::{flag, fresh_bench, root};
 
 const HELD_OUT: &str = "datasets/images/digits/chat-eval.jsonl";
@@ -65,14 +65,7 @@ pub fn bench_vlm_quant(rest: &[&str]) -> anyhow::Result<()> {
             if images {
                 command.args(["--calib-images", IMAGE_CALIBRATION]);
             }
-            let output = command.output()?;
-            if !output.status.success() {
-                bail!(
-                    "andes quantize: {}",
-                    String::from_utf8_lossy(&output.stderr)
-                );
-            }
-            let summary: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+            let summary: serde_json::Value = serde_json::from_slice(&stdout_of(&mut command)?)?;
             let bpw = summary["bpw"].as_f64().context("bpw in the summary")?;
             let (right, total) = digit_accuracy(&andes, &package)?;
             let calibration = if images {
@@ -112,29 +105,24 @@ fn digit_accuracy(andes: &Andes, model: &Path) -> anyhow::Result<(usize, usize)>
             .rsplit(' ')
             .next()
             .unwrap_or_default();
-        let output = andes
-            .command()
-            .args([
-                "generate",
-                "--chat",
-                "--greedy",
-                "--max-new-tokens",
-                "10",
-                "--json",
-            ])
-            .arg("--model")
-            .arg(model)
-            .arg("--image")
-            .arg(&image)
-            .args(["--prompt", question])
-            .output()?;
-        if !output.status.success() {
-            bail!(
-                "andes generate: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        let reply: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+        let stdout = stdout_of(
+            andes
+                .command()
+                .args([
+                    "generate",
+                    "--chat",
+                    "--greedy",
+                    "--max-new-tokens",
+                    "10",
+                    "--json",
+                ])
+                .arg("--model")
+                .arg(model)
+                .arg("--image")
+                .arg(&image)
+                .args(["--prompt", question]),
+        )?;
+        let reply: serde_json::Value = serde_json::from_slice(&stdout)?;
         total += 1;
         if reply["text"].as_str().unwrap_or_default().contains(digit) {
             right += 1;
