@@ -4,8 +4,11 @@
 # or xz-compressed in .carry/ (andes-DEV and qwen3_parity-DEV, built here with --features DEV),
 # Vulkan loaders in .gl/ (see the device README). Without the parity binary, the fixtures'
 # greedy continuations and perplexities are checked through `andes generate` and `andes eval`.
-# MATMUL=0 leaves out the matmul benchmark, TRAIN=0 the training one. Everything lands in $OUT/results.tar.gz; unpack it
-# and run `cargo xtask bench report DIR`.
+# MATMUL=0 leaves out the matmul benchmark, TRAIN=0 the training one; DTYPES (default "bf16
+# f32") the forward's precisions, each decoded eagerly and by graph replay (--replay).
+# ENV_TAR=FILE unpacks a kernel and autotune cache (target/environment, as an earlier call
+# returned it) so the call starts warm. Everything lands in $OUT/results.tar.gz (unpack it and
+# run `cargo xtask bench report DIR`), this call's cache in $OUT/environment.tar.gz.
 set -uo pipefail
 for f in .gl/*.deb; do dpkg -x "$f" /; done
 ldconfig
@@ -15,6 +18,7 @@ export RUST_BACKTRACE=0
 R=/tmp/results; mkdir -p /tmp/bin $R
 # Compiled kernels and autotune results persist on disk (burn/persistence) for the next process.
 printf '[compilation]\ncache = true\n\n[autotune]\nlevel = "minimal"\n' > cubecl.toml
+[ -n "${ENV_TAR:-}" ] && mkdir -p target && tar -xzf "$ENV_TAR" -C target
 for f in .carry/*; do b=/tmp/bin/$(basename "${f%.*}"); case "$f" in *.xz) xz -dc "$f";; *) gunzip -c "$f";; esac > "$b"; chmod +x "$b"; done
 nvidia-smi --query-gpu=name,driver_version --format=csv > $R/gpu.txt
 MODEL=configs/models/qwen3-0.6b.json
@@ -49,13 +53,14 @@ PY
     done
   fi
   [ "${MATMUL:-1}" = 1 ] && for dt in f32 bf16; do step andes-matmul-$dev-$dt.json $A bench matmul --size 8192 --device $dev --dtype $dt; done
-  for dt in bf16 f32; do
+  for dt in ${DTYPES:-bf16 f32}; do
     step andes-h100-$dev-$dt.json $A bench forward --config $MODEL --device $dev --dtype $dt --prompt-len 512 --decode-tokens 128 --warmup 1 --repeats 3
+    step andes-replay-$dev-$dt.json $A bench forward --config $MODEL --device $dev --dtype $dt --prompt-len 512 --decode-tokens 128 --warmup 1 --repeats 3 --replay
   done
   [ "${TRAIN:-1}" = 1 ] && step andes-train-$dev.json $A bench train --config $MODEL --device $dev --dtype bf16 --seq-len 1024 --batch 4 --warmup 2 --steps 5
 done
 [ "${MATMUL:-1}" = 1 ] && step peer-matmul.json python3 scripts/bench/matmul_peer.py --sizes 8192 --dtypes float32,float32-tf32,bfloat16
-for dt in bf16 f32; do
+for dt in ${DTYPES:-bf16 f32}; do
   tdt=$([ $dt = bf16 ] && echo bfloat16 || echo float32)
   python3 scripts/bench/forward_peer.py --config $MODEL --device cuda --dtype $tdt --prompt-len 512 --decode-tokens 128 --warmup 1 --repeats 3 --out $R/peer.json > /dev/null 2>&1
   echo "peer forward $dt: $(cat $R/peer.json)"
@@ -67,3 +72,4 @@ if [ "${TRAIN:-1}" = 1 ]; then
 fi
 rm -f $R/peer.json $R/peer-train.json
 tar czf "$OUT/results.tar.gz" -C /tmp results
+tar czf "$OUT/environment.tar.gz" -C target environment

@@ -28,6 +28,13 @@ pub fn parse_device(spec: &str) -> Result<Device, ModelError> {
     }
 }
 
+/// Whether decoding on the device `spec` (as [`parse_device`] reads it) gains from replaying
+/// each step as one captured device graph: true on cuda, the backend whose graphs replay in
+/// one launch; elsewhere the step would rerun operation by operation over a fixed cache.
+pub fn replays_graphs(spec: &str) -> bool {
+    spec.split(':').next() == Some("cuda")
+}
+
 /// The devices of a data-parallel run: one replica of the model on each.
 #[derive(Debug, Clone)]
 pub struct DeviceSet {

@@ -8,6 +8,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::error::ModelError;
 use crate::qwen3::{EosTokenIds, Qwen3Config, Qwen3ForCausalLM};
+use crate::replayed_decode::ReplayedDecoder;
 
 /// How the next token is chosen from the logits.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +37,19 @@ pub struct GenerationRequest {
     pub decoding: Decoding,
     /// Generation ends after emitting any of these (the stop token is included in the output).
     pub stop_tokens: Vec<u32>,
+    /// Greedy decoding replays each step as one captured device graph
+    /// ([`ReplayedDecoder`]): far fewer host round trips on cuda; elsewhere the step reruns
+    /// over a fixed cache whose attention spans its whole capacity, so leave it off there.
+    /// Ignored for sampling, and where the prompt and tokens would not fit the positions.
+    pub replay: bool,
+}
+
+impl GenerationRequest {
+    /// Whether `ids` (generated so far) ends the generation.
+    fn finished(&self, ids: &[u32]) -> bool {
+        ids.len() >= self.max_new_tokens
+            || ids.last().is_some_and(|id| self.stop_tokens.contains(id))
+    }
 }
 
 /// Generates tokens after `prompt` (ids); returns the new ids only.
@@ -69,12 +83,22 @@ pub fn generate_from_embeddings(
     let mut sampler = TokenSampler::new(&request.decoding);
     let mut cache = model.new_cache();
     let mut generated = Vec::with_capacity(request.max_new_tokens);
+    let prompt_len = prompt.dims()[1];
     let mut input = prompt;
-    while generated.len() < request.max_new_tokens {
+    while !request.finished(&generated) {
         let hidden = model.forward_embeddings(input, &mut cache)?;
         let next = sampler.next(&last_logits(model, hidden));
         generated.push(next);
-        if request.stop_tokens.contains(&next) {
+        let steps = request.max_new_tokens.saturating_sub(generated.len());
+        if request.replay
+            && request.decoding == Decoding::Greedy
+            && !request.finished(&generated)
+            && ReplayedDecoder::positions(prompt_len, steps) <= model.model.rotary.max_positions()
+        {
+            let mut decoder = ReplayedDecoder::new(model, cache, next, steps)?;
+            while !request.finished(&generated) {
+                generated.push(decoder.next_token()?);
+            }
             break;
         }
         input = model.embed(token_tensor(&[next], device));
@@ -323,6 +347,7 @@ mod tests {
                 max_new_tokens: 12,
                 decoding: decoding.clone(),
                 stop_tokens: stops.clone(),
+                replay: false,
             };
             let alone = generate(&model, &prompt, &request, &device).unwrap();
             assert_eq!(batched, &alone);

@@ -1,6 +1,45 @@
 //! The key/value cache that makes incremental decoding cost one token per step.
+//!
+//! Two layouts. A *growing* cache appends each step's keys and values (a new, longer tensor
+//! each step, the position known on the host): any prompt, any batch, what transformers'
+//! dynamic cache does. A *fixed* cache holds `capacity` positions allocated once, writes each
+//! step's entry in place at a position held on the device and masks the positions not yet
+//! written: a decoding step then reads and writes the same buffers every time, so it can be
+//! captured once and replayed as one device graph (`crate::replayed_decode`), which is what
+//! llama.cpp and vLLM do with CUDA graphs.
 
-use burn::tensor::Tensor;
+use burn::tensor::{Bool, IndexingUpdateOp, Int, Tensor};
+
+use crate::error::ModelError;
+
+/// Where the tokens of one forward pass sit in the sequence.
+#[derive(Debug, Clone)]
+pub enum Position {
+    /// `seq` tokens from this position on, known on the host (growing cache).
+    Start(usize),
+    /// One token at the position `index` (`[1]`) held on the device (fixed cache); `future`
+    /// (`[1, 1, 1, capacity]`) is true at the positions after it, which attention must not see.
+    Device {
+        /// The token's position.
+        index: Tensor<1, Int>,
+        /// Positions not written yet.
+        future: Tensor<4, Bool>,
+    },
+}
+
+impl Position {
+    /// The attention mask for `heads` query heads and `seq` queries: `None` for a growing
+    /// cache (causal masking covers it), the unwritten positions of a fixed one.
+    pub fn mask(&self, heads: usize) -> Option<Tensor<4, Bool>> {
+        match self {
+            Position::Start(_) => None,
+            Position::Device { future, .. } => {
+                let [batch, _, seq, capacity] = future.dims();
+                Some(future.clone().expand([batch, heads, seq, capacity]))
+            }
+        }
+    }
+}
 
 /// Keys and values of one attention layer for every position seen so far,
 /// `[batch, kv_heads, positions, head_dim]` each.
@@ -10,7 +49,7 @@ pub struct LayerKvCache {
 }
 
 impl LayerKvCache {
-    /// Number of positions cached.
+    /// Number of positions held: those cached (growing) or the capacity (fixed).
     pub fn len(&self) -> usize {
         self.entries.as_ref().map_or(0, |(k, _)| k.dims()[2])
     }
@@ -20,13 +59,25 @@ impl LayerKvCache {
         self.entries.is_none()
     }
 
-    /// Appends this step's keys and values; returns all cached keys and values.
-    pub fn append(&mut self, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
-        let (k, v) = match self.entries.take() {
-            None => (k, v),
-            Some((k_old, v_old)) => (
+    /// Stores this step's keys and values at `position`; returns every position's keys and
+    /// values (the unwritten ones of a fixed cache too: [`Position::mask`] hides them).
+    pub fn append(
+        &mut self,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        position: &Position,
+    ) -> (Tensor<4>, Tensor<4>) {
+        let (k, v) = match (self.entries.take(), position) {
+            (None, _) => (k, v),
+            (Some((k_old, v_old)), Position::Start(_)) => (
                 Tensor::cat(vec![k_old, k], 2),
                 Tensor::cat(vec![v_old, v], 2),
+            ),
+            // In place: the cache is the only owner of its buffers, so a replayed step writes
+            // where the captured one did.
+            (Some((k_all, v_all)), Position::Device { index, .. }) => (
+                k_all.select_assign(2, index.clone(), k, IndexingUpdateOp::Assign),
+                v_all.select_assign(2, index.clone(), v, IndexingUpdateOp::Assign),
             ),
         };
         self.entries = Some((k.clone(), v.clone()));
@@ -34,24 +85,115 @@ impl LayerKvCache {
     }
 }
 
+/// The next position of a fixed cache, on the device.
+#[derive(Debug, Clone)]
+struct DevicePosition {
+    /// `[1]`: where the next token goes.
+    index: Tensor<1, Int>,
+    /// `[capacity]`: `0, 1, …`, compared with `index` to mask the unwritten positions.
+    slots: Tensor<1, Int>,
+}
+
 /// One [`LayerKvCache`] per decoder layer; a fresh cache starts a new sequence.
 #[derive(Debug, Clone)]
 pub struct KvCache {
     /// Indexed by layer.
     pub layers: Vec<LayerKvCache>,
+    /// `Some` for a fixed cache.
+    device_position: Option<DevicePosition>,
 }
 
 impl KvCache {
-    /// An empty cache for a model of `num_layers` layers.
+    /// An empty growing cache for a model of `num_layers` layers.
     pub fn new(num_layers: usize) -> Self {
         Self {
             layers: vec![LayerKvCache::default(); num_layers],
+            device_position: None,
         }
     }
 
-    /// Positions already processed (the position of the next token).
+    /// A fixed cache of `capacity` positions holding what `self` (a growing cache of batch 1,
+    /// e.g. after the prefill) holds; the next token goes at position `self.len()`.
+    pub fn into_fixed(self, capacity: usize) -> Result<Self, ModelError> {
+        let len = self.len();
+        if self.device_position.is_some() || len == 0 || capacity <= len {
+            return Err(ModelError::InvalidInput(format!(
+                "a fixed KV cache of {capacity} positions needs a filled growing cache of fewer \
+                 positions (it holds {len})"
+            )));
+        }
+        let mut device = None;
+        let layers = self
+            .layers
+            .into_iter()
+            .map(|layer| {
+                let (k, v) = layer.entries.expect("every layer holds `len` positions");
+                let [batch, kv_heads, _, head_dim] = k.dims();
+                device = Some(k.device());
+                let fixed = |t: Tensor<4>| {
+                    Tensor::<4>::zeros([batch, kv_heads, capacity, head_dim], &t.device())
+                        .cast(t.dtype())
+                        .slice_assign([0..batch, 0..kv_heads, 0..len, 0..head_dim], t)
+                };
+                LayerKvCache {
+                    entries: Some((fixed(k), fixed(v))),
+                }
+            })
+            .collect();
+        let device = device.expect("a filled cache has layers");
+        Ok(Self {
+            layers,
+            device_position: Some(DevicePosition {
+                index: Tensor::from_data([len as i64], &device),
+                slots: Tensor::arange(0..capacity as i64, &device),
+            }),
+        })
+    }
+
+    /// Where the next `seq` tokens go; a fixed cache takes one token at a time.
+    pub fn position(&self, seq: usize) -> Result<Position, ModelError> {
+        match &self.device_position {
+            None => Ok(Position::Start(self.len())),
+            Some(_) if seq != 1 => Err(ModelError::InvalidInput(format!(
+                "a fixed KV cache decodes one token a step, not {seq}"
+            ))),
+            Some(DevicePosition { index, slots }) => {
+                let capacity = slots.dims()[0];
+                let future = slots
+                    .clone()
+                    .greater(index.clone().expand([capacity]))
+                    .reshape([1, 1, 1, capacity]);
+                Ok(Position::Device {
+                    index: index.clone(),
+                    future,
+                })
+            }
+        }
+    }
+
+    /// Moves a fixed cache's position one token on, in place on the device (a growing cache
+    /// moved on when its layers appended).
+    pub fn advance(&mut self) {
+        if let Some(DevicePosition { index, .. }) = &mut self.device_position {
+            index.inplace(|index| {
+                let next = index.clone().add_scalar(1);
+                index.slice_assign([0..1], next)
+            });
+        }
+    }
+
+    /// The device position of a fixed cache (`[1]`), `None` for a growing one.
+    pub fn device_index(&self) -> Option<Tensor<1, Int>> {
+        self.device_position.as_ref().map(|p| p.index.clone())
+    }
+
+    /// Positions already processed (the position of the next token) of a growing cache; a
+    /// fixed cache's capacity.
     pub fn len(&self) -> usize {
-        self.layers.first().map_or(0, LayerKvCache::len)
+        match &self.device_position {
+            None => self.layers.first().map_or(0, LayerKvCache::len),
+            Some(DevicePosition { slots, .. }) => slots.dims()[0],
+        }
     }
 
     /// Whether no token has been processed.

@@ -3,7 +3,7 @@
 //! [`qwen3`] is the language model; [`checkpoint`] reads and writes the Hugging Face
 //! directory layout; [`lora`] attaches named LoRA adapters and reads and writes them in the
 //! PEFT layout; [`quantize`] puts the base linears on a fake-quant grid (QALFT); [`generate`]
-//! decodes with a KV cache.
+//! decodes with a KV cache, [`replayed_decode`] greedily with one device graph a token.
 
 pub mod andesvl;
 pub mod checkpoint;
@@ -17,6 +17,7 @@ pub mod precision;
 pub mod projector;
 pub mod quantize;
 pub mod qwen3;
+pub mod replayed_decode;
 pub mod rope;
 pub mod sensitivity;
 pub mod vision;

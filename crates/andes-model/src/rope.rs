@@ -4,6 +4,8 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::kv_cache::Position;
+
 /// Rotary settings as Hugging Face writes them: `rope_scaling` (transformers 4) or
 /// `rope_parameters` (transformers 5, which also carries `rope_theta`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -113,11 +115,19 @@ impl RotaryEmbedding {
         self.cos.dims()[0]
     }
 
-    /// Rotates `x` (`[batch, heads, seq, head_dim]`) whose first token sits at `start`.
-    pub fn apply(&self, x: Tensor<4>, start: usize) -> Tensor<4> {
+    /// Rotates `x` (`[batch, heads, seq, head_dim]`) whose tokens sit at `position`.
+    pub fn apply(&self, x: Tensor<4>, position: &Position) -> Tensor<4> {
         let [_, _, seq, _] = x.dims();
-        let cos = self.cos.clone().narrow(0, start, seq);
-        let sin = self.sin.clone().narrow(0, start, seq);
+        let (cos, sin) = match position {
+            Position::Start(start) => (
+                self.cos.clone().narrow(0, *start, seq),
+                self.sin.clone().narrow(0, *start, seq),
+            ),
+            Position::Device { index, .. } => (
+                self.cos.clone().select(0, index.clone()),
+                self.sin.clone().select(0, index.clone()),
+            ),
+        };
         rotate_half(x, cos, sin)
     }
 }

@@ -101,18 +101,23 @@ fn logits_match_transformers_within_1e_4() {
     }
 }
 
+/// Both decoders: the growing cache, and the fixed cache replayed step by step (one device
+/// graph a token on cuda; on the CPU the same step reruns).
 #[test]
 fn greedy_continuation_matches_transformers() {
     for name in FIXTURES {
         let (device, model) = load(name);
         let reference = reference(name);
-        let request = GenerationRequest {
-            max_new_tokens: reference.greedy_ids.len(),
-            decoding: Decoding::Greedy,
-            stop_tokens: vec![],
-        };
-        let ids = generate(&model, &reference.prompt_ids, &request, &device).unwrap();
-        assert_eq!(ids, reference.greedy_ids, "{name}");
+        for replay in [false, true] {
+            let request = GenerationRequest {
+                max_new_tokens: reference.greedy_ids.len(),
+                decoding: Decoding::Greedy,
+                stop_tokens: vec![],
+                replay,
+            };
+            let ids = generate(&model, &reference.prompt_ids, &request, &device).unwrap();
+            assert_eq!(ids, reference.greedy_ids, "{name}, replay {replay}");
+        }
     }
 }
 

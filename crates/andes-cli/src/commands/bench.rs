@@ -8,6 +8,7 @@ use andes_model::andesvl::AndesVLConfig;
 use andes_model::generate::token_tensor;
 use andes_model::precision::cast_parameters;
 use andes_model::qwen3::{Qwen3Config, Qwen3ForCausalLM};
+use andes_model::replayed_decode::ReplayedDecoder;
 use andes_model::vision::{VisionConfig, VisionTransformer};
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Int, Tensor};
@@ -113,6 +114,10 @@ struct ForwardArgs {
     /// Timed runs; the median is reported.
     #[arg(long, default_value_t = 5)]
     repeats: usize,
+    /// Decode by replaying one captured device graph a token (fixed KV cache), as `andes
+    /// generate --greedy` does on cuda; the time to capture the graph counts as decode time.
+    #[arg(long)]
+    replay: bool,
 }
 
 /// Runs `andes bench`.
@@ -285,7 +290,8 @@ fn forward(args: ForwardArgs) -> anyhow::Result<()> {
     let mut prefill_seconds = Vec::new();
     let mut decode_seconds = Vec::new();
     for run in 0..args.warmup + args.repeats {
-        let (prefill, decode) = timed_run(&model, &prompt, args.decode_tokens, &device)?;
+        let (prefill, decode) =
+            timed_run(&model, &prompt, args.decode_tokens, args.replay, &device)?;
         if run >= args.warmup {
             prefill_seconds.push(prefill);
             decode_seconds.push(decode);
@@ -297,6 +303,7 @@ fn forward(args: ForwardArgs) -> anyhow::Result<()> {
         "peer": "andes",
         "device": args.runtime.device,
         "dtype": args.runtime.dtype,
+        "decoder": if args.replay { "replayed graph" } else { "eager" },
         "prompt_len": args.prompt_len,
         "decode_tokens": args.decode_tokens,
         "params": model.num_params(),
@@ -309,11 +316,13 @@ fn forward(args: ForwardArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Seconds for the prefill (until the first token id is on the host) and for the decode steps.
+/// Seconds for the prefill (until the first token id is on the host) and for the decode steps
+/// (each token on the host before the next step starts, as a streaming generation needs it).
 fn timed_run(
     model: &Qwen3ForCausalLM,
     prompt: &[u32],
     decode_tokens: usize,
+    replay: bool,
     device: &Device,
 ) -> anyhow::Result<(f64, f64)> {
     let mut cache = model.new_cache();
@@ -321,8 +330,15 @@ fn timed_run(
     let mut next = next_token(model, token_tensor(prompt, device), &mut cache)?;
     let prefill = start.elapsed().as_secs_f64();
     let start = Instant::now();
-    for _ in 0..decode_tokens {
-        next = next_token(model, token_tensor(&[next], device), &mut cache)?;
+    if replay {
+        let mut decoder = ReplayedDecoder::new(model, cache, next, decode_tokens)?;
+        for _ in 0..decode_tokens {
+            decoder.next_token()?;
+        }
+    } else {
+        for _ in 0..decode_tokens {
+            next = next_token(model, token_tensor(&[next], device), &mut cache)?;
+        }
     }
     Ok((prefill, start.elapsed().as_secs_f64()))
 }

@@ -8,6 +8,7 @@ use andes_data::chat::{END_OF_TURN, Role, render_for_generation};
 use andes_data::image_processor::ImageProcessor;
 use andes_data::image_prompt::{ImagePrompt, ImageTokens, tokenize_with_images};
 use andes_model::andesvl::{AndesVL, AndesVLConfig, ImagePlacement, load_andesvl};
+use andes_model::device::replays_graphs;
 use andes_model::generate::{
     Decoding, GenerationRequest, eos_token_ids, generate, generate_from_embeddings, token_tensor,
 };
@@ -73,6 +74,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         max_new_tokens: args.max_new_tokens,
         decoding: decoding(&args),
         stop_tokens: Vec::new(),
+        replay: replays_graphs(&args.model.runtime.device),
     };
     // The model first: a wrong directory is reported by its config.json.
     let (tokenizer, prompt_tokens, ids, start) =

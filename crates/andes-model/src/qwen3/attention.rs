@@ -7,7 +7,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
 
 use super::Qwen3Config;
-use crate::kv_cache::LayerKvCache;
+use crate::kv_cache::{LayerKvCache, Position};
 use crate::lora::AdaptedLinear;
 use crate::rope::RotaryEmbedding;
 
@@ -67,16 +67,16 @@ impl Attention {
         }
     }
 
-    /// `x`: `[batch, seq, hidden]`, its first token at position `cache.len()`; appends this
-    /// step's keys and values to `cache` and returns `[batch, seq, hidden]`.
+    /// `x`: `[batch, seq, hidden]`, its tokens at `position`; stores this step's keys and
+    /// values in `cache` and returns `[batch, seq, hidden]`.
     pub fn forward(
         &self,
         x: Tensor<3>,
         rope: &RotaryEmbedding,
+        position: &Position,
         cache: &mut LayerKvCache,
     ) -> Tensor<3> {
         let [batch, seq, _] = x.dims();
-        let start = cache.len();
         let split_heads = |t: Tensor<3>, heads: usize| {
             t.reshape([batch, seq, heads, self.head_dim])
                 .swap_dims(1, 2)
@@ -88,9 +88,9 @@ impl Attention {
             .k_norm
             .forward(split_heads(self.k_proj.forward(x.clone()), self.kv_heads));
         let v = split_heads(self.v_proj.forward(x), self.kv_heads);
-        let q = rope.apply(q, start);
-        let k = rope.apply(k, start);
-        let (k, v) = cache.append(k, v);
+        let q = rope.apply(q, position);
+        let k = rope.apply(k, position);
+        let (k, v) = cache.append(k, v, position);
 
         let group = self.heads / self.kv_heads;
         let options = AttentionModuleOptions {
@@ -102,7 +102,7 @@ impl Attention {
             q,
             repeat_kv(k, group),
             repeat_kv(v, group),
-            None,
+            position.mask(self.heads),
             None,
             options,
         );

@@ -7,7 +7,7 @@ use burn::tensor::{Device, Tensor};
 use super::Qwen3Config;
 use super::attention::Attention;
 use super::mlp::Mlp;
-use crate::kv_cache::LayerKvCache;
+use crate::kv_cache::{LayerKvCache, Position};
 use crate::rope::RotaryEmbedding;
 
 /// `x + attn(norm(x))`, then `x + mlp(norm(x))`.
@@ -39,17 +39,19 @@ impl DecoderLayer {
         }
     }
 
-    /// `[batch, seq, hidden]` → `[batch, seq, hidden]`, extending `cache` by `seq` positions.
+    /// `[batch, seq, hidden]` → `[batch, seq, hidden]` for tokens at `position`, storing
+    /// their keys and values in `cache`.
     pub fn forward(
         &self,
         x: Tensor<3>,
         rope: &RotaryEmbedding,
+        position: &Position,
         cache: &mut LayerKvCache,
     ) -> Tensor<3> {
         let x = x.clone()
             + self
                 .self_attn
-                .forward(self.input_layernorm.forward(x), rope, cache);
+                .forward(self.input_layernorm.forward(x), rope, position, cache);
         x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
     }
 }

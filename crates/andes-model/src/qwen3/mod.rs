@@ -18,7 +18,7 @@ use burn::tensor::module::linear;
 use burn::tensor::{Device, Int, Tensor};
 
 use crate::error::ModelError;
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, Position};
 use crate::rope::RotaryEmbedding;
 
 /// The transformer body: embedding, decoder blocks, final norm.
@@ -98,7 +98,11 @@ impl Qwen3ForCausalLM {
         cache: &mut KvCache,
     ) -> Result<Tensor<3>, ModelError> {
         let [_, seq, _] = embeddings.dims();
-        let end = cache.len() + seq;
+        let position = cache.position(seq)?;
+        let end = match position {
+            Position::Start(start) => start + seq,
+            Position::Device { .. } => cache.len(),
+        };
         let limit = self.model.rotary.max_positions();
         if end > limit {
             return Err(ModelError::InvalidInput(format!(
@@ -107,8 +111,10 @@ impl Qwen3ForCausalLM {
         }
         let mut x = embeddings;
         for (layer, layer_cache) in self.model.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward(x, &self.model.rotary, layer_cache);
+            x = layer.forward(x, &self.model.rotary, &position, layer_cache);
         }
+        drop(position);
+        cache.advance();
         Ok(self.model.norm.forward(x))
     }
 
