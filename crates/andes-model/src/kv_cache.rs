@@ -13,6 +13,8 @@ use burn::tensor::{Bool, IndexingUpdateOp, Int, Tensor};
 use crate::error::ModelError;
 
 /// Where the tokens of one forward pass sit in the sequence.
+// One value a forward pass, passed by reference: the size of the device variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Position {
     /// `seq` tokens from this position on, known on the host (growing cache).
@@ -173,6 +175,8 @@ impl KvCache {
 
     /// Moves a fixed cache's position one token on, in place on the device (a growing cache
     /// moved on when its layers appended).
+    // `[0..1]` is the one-dimensional slice of the position's one element.
+    #[allow(clippy::single_range_in_vec_init)]
     pub fn advance(&mut self) {
         if let Some(DevicePosition { index, .. }) = &mut self.device_position {
             index.inplace(|index| {

@@ -81,7 +81,7 @@ impl<'m> ReplayedDecoder<'m> {
             (position, state.chosen.clone())
         };
         let executed = ids(position.reshape([1, 1]))?[0] as usize - prompt;
-        let chosen = chosen.slice([prompt + 1..prompt + 1 + executed]);
+        let chosen = chosen.narrow(0, prompt + 1, executed);
         Ok(Self {
             graph,
             captured: ids(chosen.reshape([1, executed]))?.into(),
