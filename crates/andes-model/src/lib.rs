@@ -19,6 +19,7 @@ pub mod quantize;
 pub mod qwen3;
 pub mod replayed_decode;
 pub mod rope;
+pub mod row_product;
 pub mod sensitivity;
 pub mod vision;
 

@@ -4,11 +4,11 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::row_product::linear_rows;
 use andes_quant::{FakeQuantizer, Hessian, QuantError};
 use burn::module::{Module, Param, ParamId};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear};
 use burn::tensor::Tensor;
-use burn::tensor::module::linear;
 
 use super::LoraConfig;
 
@@ -174,9 +174,13 @@ impl AdaptedLinear {
                 let weight = quantizer
                     .forward(self.base_layer.weight.val().transpose())
                     .transpose();
-                linear(x, weight, self.base_layer.bias.as_ref().map(|b| b.val()))
+                linear_rows(x, weight, self.base_layer.bias.as_ref().map(|b| b.val()))
             }
-            None => self.base_layer.forward(x),
+            None => linear_rows(
+                x,
+                self.base_layer.weight.val(),
+                self.base_layer.bias.as_ref().map(|b| b.val()),
+            ),
         }
     }
 
