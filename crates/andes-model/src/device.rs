@@ -126,6 +126,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_cuda_devices_replay_graphs() {
+        assert!(replays_graphs("cuda") && replays_graphs("cuda:1"));
+        assert!(!replays_graphs("cpu") && !replays_graphs("wgpu:0") && !replays_graphs("cudax"));
+    }
+
+    #[test]
     fn a_device_count_expands_to_indexed_devices_of_the_recipes_kind() {
         assert_eq!(expand_device_count(2, "cuda"), "cuda:0,cuda:1");
         assert_eq!(expand_device_count(3, "wgpu:1"), "wgpu:0,wgpu:1,wgpu:2");
