@@ -55,7 +55,8 @@ impl GenerationRequest {
 /// Generates tokens after `prompt` (ids); returns the new ids only.
 ///
 /// The prompt is processed in one forward pass (prefill), then one token per step reusing
-/// the KV cache.
+/// the KV cache; with `request.replay`, greedy steps replay one captured device graph
+/// ([`ReplayedDecoder`]).
 pub fn generate(
     model: &Qwen3ForCausalLM,
     prompt: &[u32],
