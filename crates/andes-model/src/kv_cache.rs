@@ -30,8 +30,8 @@ pub enum Position {
 }
 
 impl Position {
-    /// The attention mask for `heads` query heads and `seq` queries: `None` for a growing
-    /// cache (causal masking covers it), the unwritten positions of a fixed one.
+    /// The attention mask for `heads` query heads: `None` for a growing cache (causal masking
+    /// covers it), the unwritten positions of a fixed one.
     pub fn mask(&self, heads: usize) -> Option<Tensor<4, Bool>> {
         match self {
             Position::Start(_) => None,
@@ -124,16 +124,19 @@ impl KvCache {
                  positions (it holds {len})"
             )));
         }
-        let mut device = None;
+        let device = self.layers[0]
+            .entries
+            .as_ref()
+            .map(|(k, _)| k.device())
+            .expect("a filled cache holds entries");
         let layers = self
             .layers
             .into_iter()
             .map(|layer| {
                 let (k, v) = layer.entries.expect("every layer holds `len` positions");
                 let [batch, kv_heads, _, head_dim] = k.dims();
-                device = Some(k.device());
                 let fixed = |t: Tensor<4>| {
-                    Tensor::<4>::zeros([batch, kv_heads, capacity, head_dim], &t.device())
+                    Tensor::<4>::zeros([batch, kv_heads, capacity, head_dim], &device)
                         .cast(t.dtype())
                         .slice_assign([0..batch, 0..kv_heads, 0..len, 0..head_dim], t)
                 };
@@ -142,7 +145,6 @@ impl KvCache {
                 }
             })
             .collect();
-        let device = device.expect("a filled cache has layers");
         Ok(Self {
             layers,
             device_position: Some(DevicePosition {

@@ -149,48 +149,37 @@ mod tests {
     use crate::generate::token_tensor;
     use burn::tensor::{DType, Device};
 
-    fn tiny() -> (Device, Qwen3ForCausalLM) {
+    /// The tiny fixture with `tokens` fed through a growing cache: the model, the cache and the
+    /// greedy token after them.
+    fn prefilled(tokens: &[u32]) -> (Qwen3ForCausalLM, KvCache, u32) {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../fixtures/qwen3-tiny-tied-gqa-f32");
         let device = Device::flex();
         let (_, model) = crate::checkpoint::load_qwen3(&dir, &device, DType::F32).unwrap();
-        (device, model)
+        let mut cache = model.new_cache();
+        let next = greedy_after(&model, tokens, &mut cache);
+        (model, cache, next)
+    }
+
+    /// The greedy token after `tokens`, which continue the sequence in `cache`.
+    fn greedy_after(model: &Qwen3ForCausalLM, tokens: &[u32], cache: &mut KvCache) -> u32 {
+        let device = model.model.embed_tokens.weight.device();
+        let logits = model.forward(token_tensor(tokens, &device), cache).unwrap();
+        let last = tokens.len() - 1;
+        let chosen = logits.slice([0..1, last..last + 1]).argmax(2);
+        ids(chosen.reshape([1, 1])).unwrap()[0]
     }
 
     /// Fewer wanted tokens than the capture runs steps still works: the capture's steps are
     /// handed out in order, and they are the growing cache's greedy tokens.
     #[test]
     fn the_capture_steps_tokens_come_first_and_match_eager_decoding() {
-        let (device, model) = tiny();
-        let prompt = [3, 141, 59, 26, 5];
-        let mut cache = model.new_cache();
-        let prefill = model
-            .forward(token_tensor(&prompt, &device), &mut cache)
-            .unwrap();
-        let first = prefill
-            .slice([0..1, 4..5])
-            .argmax(2)
-            .into_data()
-            .convert::<i64>()
-            .as_slice::<i64>()
-            .unwrap()[0] as u32;
+        let (model, cache, first) = prefilled(&[3, 141, 59, 26, 5]);
         let mut eager_cache = cache.clone();
         let mut eager = vec![first];
         for _ in 0..6 {
-            let logits = model
-                .forward(
-                    token_tensor(&[*eager.last().unwrap()], &device),
-                    &mut eager_cache,
-                )
-                .unwrap();
-            eager.push(
-                logits
-                    .argmax(2)
-                    .into_data()
-                    .convert::<i64>()
-                    .as_slice::<i64>()
-                    .unwrap()[0] as u32,
-            );
+            let next = greedy_after(&model, &[*eager.last().unwrap()], &mut eager_cache);
+            eager.push(next);
         }
         for steps in [2, 6] {
             let mut decoder = ReplayedDecoder::new(&model, cache.clone(), first, steps).unwrap();
@@ -202,12 +191,8 @@ mod tests {
     /// A token past the cache's room is an error, not a write out of bounds.
     #[test]
     fn a_token_past_the_room_asked_for_is_refused() {
-        let (device, model) = tiny();
-        let mut cache = model.new_cache();
-        model
-            .forward(token_tensor(&[1, 2, 3], &device), &mut cache)
-            .unwrap();
-        let mut decoder = ReplayedDecoder::new(&model, cache, 7, 5).unwrap();
+        let (model, cache, first) = prefilled(&[1, 2, 3]);
+        let mut decoder = ReplayedDecoder::new(&model, cache, first, 5).unwrap();
         for _ in 0..5 {
             decoder.next_token().unwrap();
         }
@@ -218,13 +203,11 @@ mod tests {
     /// A decode that would run past the rotary tables is refused, naming the limit.
     #[test]
     fn a_decode_past_the_positions_is_refused() {
-        let (device, model) = tiny();
-        let mut cache = model.new_cache();
-        model
-            .forward(token_tensor(&[1, 2, 3], &device), &mut cache)
-            .unwrap();
+        let (model, cache, first) = prefilled(&[1, 2, 3]);
         let limit = model.model.rotary.max_positions();
-        let err = ReplayedDecoder::new(&model, cache, 7, limit).err().unwrap();
+        let err = ReplayedDecoder::new(&model, cache, first, limit)
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("max_position_embeddings"), "{err}");
     }
 }
