@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# One device-tool call for the Qwen3-0.6B forward in bf16 on Burn's cuda backend (issue 2):
-# `andes bench forward --dtype bf16` with a long limit (then, if it finished, with --replay,
-# and transformers eager in bf16, the peer, in the same call), cubecl's compilation logger naming each kernel as it is compiled,
+# The Qwen3-0.6B forward in bf16 on Burn's cuda backend: `andes bench forward --dtype bf16`
+# with a long limit (then, if it finished, with --replay, and transformers eager in bf16, the
+# peer, in the same run), cubecl's compilation logger naming each kernel as it is compiled,
 # so that a cold start that runs out of time still says how far it got. The kernel and
-# autotune cache (target/environment) comes back as $OUT/environment.tar.gz, to be carried
-# into a later call (ENV_TAR=path) so that it starts warm.
-# Carry .carry/andes-cuda.xz (cargo build --release -p andes-cli --features cuda).
+# autotune cache (target/environment) is saved as $OUT/environment.tar.gz; a later run given
+# it as ENV_TAR=path starts warm.
+#
+# Needs: an NVIDIA GPU with its driver (NVRTC), Python with PyTorch and transformers (the
+# peer), and the andes release binary built with `cargo build --release -p andes-cli --features
+# cuda` (see scripts/gpu/setup-offline-cuda-build.sh), xz-compressed at .carry/andes-cuda.xz
+# (or already unpacked at /tmp/andes). Results go to the output folder (OUT, default ./out).
 set -uo pipefail
+OUT=${OUT:-out}; mkdir -p "$OUT"
 A=/tmp/andes; [ -x $A ] || { xz -dc .carry/andes-cuda.xz > $A && chmod +x $A; }
 [ -n "${ENV_TAR:-}" ] && mkdir -p target && tar -xzf "$ENV_TAR" -C target
 LOG=/tmp/compilation.log; rm -f $LOG

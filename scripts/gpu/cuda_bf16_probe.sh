@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# One device-tool call to find the bf16 kernel that the driver's PTX JIT compiles for minutes
-# (issue 2; backtrace of 2026-11-26 in docs/bench/cuda-bf16-h100/). Runs `andes generate
+# Finds the bf16 kernel that the driver's PTX JIT compiles for minutes (a backtrace of
+# 2026-11-26 is in benchmarks/results/2026-11-26-h100-cuda-bf16/). Runs `andes generate
 # --dtype bf16` on the tiny bf16 fixture with cubecl's compilation log on; if it has not
 # finished after LIMIT seconds, keeps every thread's backtrace (cuda-gdb) and the log's tail:
-# the last kernel logged is the one being compiled. Carry .carry/andes-cuda.xz (cargo build
-# --release -p andes-cli --features cuda). Results: $OUT/probe.log, $OUT/compilation.log.gz,
-# $OUT/bt.txt.
+# the last kernel logged is the one being compiled.
+#
+# Needs: an NVIDIA GPU with its driver (NVRTC), cuda-gdb, and the andes release binary built
+# with `cargo build --release -p andes-cli --features cuda`, xz-compressed at
+# .carry/andes-cuda.xz (or already unpacked at /tmp/andes). Results in the output folder (OUT,
+# default ./out): probe.log, compilation.log.gz, bt.txt.
 set -uo pipefail
+OUT=${OUT:-out}; mkdir -p "$OUT"
 A=/tmp/andes; [ -x $A ] || { xz -dc .carry/andes-cuda.xz > $A && chmod +x $A; }
 LOG=/tmp/compilation.log; rm -f $LOG
 printf '[compilation]\ncache = true\n\n[compilation.logger]\nlevel = "full"\nfile = "%s"\n\n[autotune]\nlevel = "minimal"\n' $LOG > cubecl.toml

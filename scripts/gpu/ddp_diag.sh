@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# Device-tool call: where a data-parallel run on two GPUs spends its first step. Trains the
-# tiny recipe on cuda:0,cuda:1 in the background; if it is still running after ~96 s, attaches
-# cuda-gdb and writes every thread's backtrace to $OUT/t2.bt (carry a binary stripped of debug
-# info only, `strip --strip-debug`, so the frames have names). Same NCCL setup as ddp_run.sh.
+# Where a data-parallel run on two GPUs spends its first step. Trains the tiny recipe on
+# cuda:0,cuda:1 in the background; if it is still running after ~96 s, attaches cuda-gdb and
+# writes every thread's backtrace to $OUT/t2.bt (OUT: the output folder, default ./out), the
+# run's log to $OUT/t2.log. Same NCCL setup as ddp_run.sh.
+#
+# Needs: two NVIDIA GPUs with their driver (NVRTC), cuda-gdb, Python with PyTorch's NCCL wheel
+# (nvidia.nccl), and the andes release binary built with `cargo build --release -p andes-cli
+# --features cuda`, stripped of debug info only (`strip --strip-debug`, so the frames have
+# names), gzipped at .carry/andes-cuda.gz.
 set -uo pipefail
+OUT=${OUT:-out}; mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 RUST_BACKTRACE=1
 gunzip -c .carry/andes-cuda.gz > /tmp/andes && chmod +x /tmp/andes
 NCCL_DIR=$(python3 -c "import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], 'lib'))")

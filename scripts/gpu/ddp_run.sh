@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
-# One device-tool call on a multi-GPU machine (nvidia-h100-x2 or larger) for issue 7's figures:
+# Data-parallel training on a machine with two GPUs or more (BENCHMARKS.md, "Data-parallel
+# training"):
 # `andes train --devices N` (Burn's cuda backend, gradients summed by Burn's collective
-# all-reduce, NCCL underneath) against PyTorch DDP (torchrun, NCCL), same machine, same call.
+# all-reduce, NCCL underneath) against PyTorch DDP (torchrun, NCCL), same machine, same run.
 #
 # Strong scaling on one global batch: a step is 4 windows of 1024 tokens of a Qwen3-0.6B-shaped
 # model (f32). andes runs configs/recipes/gpu/ddp-0.6b.toml with grad_accum 4 on 1 GPU and on
 # N GPUs (4/N micro-batches each), so the two runs must also give the same losses (TF32
 # noise aside); torch runs 1 GPU × 4 micro-batches and N GPUs × 4/N (DDP, no_sync until the
 # last). Kernels are compiled (NVRTC) and autotuned on first use and kept on disk
-# (burn/persistence; cubecl.toml below): on a fresh machine call once with WARM=1, then again.
+# (burn/persistence; cubecl.toml below): on a fresh machine run once with WARM=1, then again.
 #
-# The andes binary comes xz-compressed as .carry/andes-cuda.xz (cargo build --release -p andes-cli
-# --features cuda, after scripts/gpu/setup-offline-cuda-build.sh). Results land in
-# $OUT/ddp-results.tar.gz (the device tool returns at most 8 files); progress goes to stdout as
-# it happens, so a call cut short still shows how far it got.
+# Needs: NVIDIA GPUs with their driver (NVRTC), Python with PyTorch (torchrun, its NCCL wheel)
+# and transformers, cuda-gdb (backtraces of runs still going at their limit), and the andes
+# release binary built with `cargo build --release -p andes-cli --features cuda` (after
+# scripts/gpu/setup-offline-cuda-build.sh), xz-compressed at .carry/andes-cuda.xz (or already
+# unpacked at /tmp/andes). Results land in one archive, ddp-results.tar.gz, in the output
+# folder (OUT, default ./out); progress goes to stdout as it happens, so a run cut short still
+# shows how far it got.
 set -uo pipefail
-# NVLink multicast stays off (device README): it can take the host's shared GPUs down.
+OUT=${OUT:-out}; mkdir -p "$OUT"
+# NVLink multicast stays off: it can take the host's shared GPUs down.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export RUST_BACKTRACE=1 PYTHONUNBUFFERED=1
 R=/tmp/results; rm -rf $R; mkdir -p $R
@@ -26,7 +31,7 @@ NCCL_DIR=$(python3 -c "import nvidia.nccl, os; print(os.path.join(list(nvidia.nc
 mkdir -p /tmp/nccl && ln -sf "$NCCL_DIR/libnccl.so.2" /tmp/nccl/libnccl.so
 export LD_LIBRARY_PATH=/tmp/nccl:${LD_LIBRARY_PATH:-}
 # Compiled kernels and autotune results go to disk and are reused by the next process; the
-# minimal autotune level keeps the first step's compilation inside the call's time limit.
+# minimal autotune level keeps the first step's compilation inside the limits below.
 printf '[compilation]\ncache = true\n\n[autotune]\nlevel = "minimal"\n' > cubecl.toml
 N=${GPUS:-$(nvidia-smi -L | wc -l)}
 # 1, 2, 4, ... GPUs, up to all of them.
@@ -48,7 +53,7 @@ done
 $A init --config $MODEL --tokenizer fixtures/tokenizer --out /tmp/q06 > /dev/null
 # On a fresh machine the first process compiles for minutes (over 330 s for the 0.6B model on
 # two GPUs at once, 2026-11-26): WARM=1 runs one step on one GPU first and nothing else, to be
-# followed by a second call, which reads the cached kernels (the machine stays warm 30 s).
+# followed by a second run on the same machine, which reads the cached kernels.
 if [ "${WARM:-0}" = 1 ]; then
   timeout ${LIMIT_WARM:-560} $A train --config configs/recipes/gpu/ddp-0.6b.toml --out /tmp/warm --quiet \
     --set model.checkpoint=/tmp/q06 --set train.steps=1 --devices 1

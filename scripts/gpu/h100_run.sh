@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
-# One device-tool call on the H100: GPU parity of the Qwen3 decoder, then matmul, forward and
-# training throughput of andes against PyTorch in the same call. Prebuilt binaries come gzipped
-# or xz-compressed in .carry/ (andes-DEV and qwen3_parity-DEV, built here with --features DEV),
-# Vulkan loaders in .gl/ (see the device README). Without the parity binary, the fixtures'
-# greedy continuations and perplexities are checked through `andes generate` and `andes eval`.
+# GPU parity of the Qwen3 decoder, then matmul, forward and training throughput of andes
+# against PyTorch in the same run (written for an H100; it runs on any NVIDIA GPU, and gpu.txt
+# names the card: the forward's files are called andes-h100-DEV-DTYPE.json and
+# peer-h100-DEV-DTYPE.json whatever it is). Without the parity binary, the fixtures' greedy
+# continuations and perplexities are checked through `andes generate` and `andes eval`.
 # FIXTURES=0 leaves out the fixtures' checks, MATMUL=0 the matmul benchmark, TRAIN=0 the
 # training one; DTYPES (default "bf16
 # f32") the forward's precisions, each decoded eagerly and by graph replay (--replay).
-# ENV_TAR=FILE unpacks a kernel and autotune cache (target/environment, as an earlier call
-# returned it) so the call starts warm. Everything lands in $OUT/results.tar.gz (unpack it and
-# run `cargo xtask bench report DIR`), this call's cache in $OUT/environment.tar.gz.
+# ENV_TAR=FILE unpacks a kernel and autotune cache (target/environment, as an earlier run
+# saved it) so the run starts warm.
+#
+# Needs: an NVIDIA GPU with its driver, Python with PyTorch and transformers (the peers), and
+# prebuilt binaries, gzipped or xz-compressed, in .carry/: andes-DEV and optionally
+# qwen3_parity-DEV (the parity test binary), built with --features DEV for each backend DEV of
+# DEVICES (default "wgpu cuda"); for wgpu, NVIDIA's Vulkan loader packages (.deb) in .gl/,
+# unpacked at start. Everything lands in the output folder (OUT, default ./out):
+# results.tar.gz (unpack it and run `cargo xtask bench report DIR`), and this run's kernel
+# cache as environment.tar.gz.
 set -uo pipefail
+OUT=${OUT:-out}; mkdir -p "$OUT"
 for f in .gl/*.deb; do dpkg -x "$f" /; done
 ldconfig
 export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json

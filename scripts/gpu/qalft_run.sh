@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# One device-tool call for issue 5's GPU table: `cargo xtask bench qalft` on a larger Qwen3
+# The GPU table of BENCHMARKS.md's "QALFT quality": `cargo xtask bench qalft` on a larger Qwen3
 # (configs/models/qwen3-gcide-medium.json) pretrained on the GPU on all of GCIDE's prose but the
 # held-out slice, then LoRA, RTN/GPTQ and QALFT rows, the runs spread over the GPUs (GPUS=1,2;
-# JOBS runs at once). RESUME=1 goes on from what an earlier call on the same machine left
+# JOBS runs at once). RESUME=1 goes on from what an earlier run on the same machine left
 # (the bench's `--resume`: runs continue from their latest checkpoint).
 #
-# Carried in .carry/ (xz): andes-cuda (cargo build --release -p andes-cli --features cuda),
-# xtask (cargo build --release -p xtask), gcide-large.txt (scripts/datasets/make_gcide_sample.py
-# --large-bytes 100000000). Results: $OUT/qalft-medium.tar.gz; the rows are printed as they come.
+# Needs: one or more NVIDIA GPUs with their driver (NVRTC), and, xz-compressed in .carry/:
+# andes-cuda (cargo build --release -p andes-cli --features cuda), xtask (cargo build --release
+# -p xtask), gcide-large.txt (scripts/datasets/make_gcide_sample.py --large-bytes 100000000;
+# not read when datasets/gcide/gcide-large.txt exists). Results: qalft-medium.tar.gz in the
+# output folder (OUT, default ./out); the rows are printed as they come.
 set -uo pipefail
+OUT=${OUT:-out}; mkdir -p "$OUT"
 export RUST_BACKTRACE=1
 A=/tmp/andes; [ -x $A ] || { xz -dc .carry/andes-cuda.xz > $A && chmod +x $A; }
 X=/tmp/xtask; [ -x $X ] || { xz -dc .carry/xtask.xz > $X && chmod +x $X; }

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# One device-tool call on the H100 for issue 4's GPU training figures: the training step of a
-# Qwen3-0.6B-shaped model (seq 1024) in PyTorch (transformers eager + torch.optim.AdamW, f32
-# and bf16, batch 1 and 4), then, in the same call, a real `andes train` run of that model on
-# GCIDE prose (configs/recipes/gpu/pretrain-0.6b.toml, wgpu f32), its GPU memory sampled by
-# nvidia-smi every second; andes' tokens/s are those of metrics.jsonl. The andes binary comes gzipped as
-# .carry/andes-wgpu.gz (built with --features wgpu), the Vulkan loaders in .gl/ (device README).
-# Results land in $OUT.
+# The GPU training figures on an H100: the training step of a Qwen3-0.6B-shaped model (seq
+# 1024) in PyTorch (transformers eager + torch.optim.AdamW, f32 and bf16, batch 1 and 4), then,
+# in the same run, a real `andes train` run of that model on GCIDE prose
+# (configs/recipes/gpu/pretrain-0.6b.toml, wgpu f32), its GPU memory sampled by nvidia-smi
+# every second; andes' tokens/s are those of metrics.jsonl.
+#
+# Needs: an NVIDIA GPU with its driver, Python with PyTorch and transformers, the andes release
+# binary built with `cargo build --release -p andes-cli --features wgpu`, gzipped at
+# .carry/andes-wgpu.gz, and NVIDIA's Vulkan loader packages (.deb) in .gl/, unpacked at start.
+# Results land in the output folder (OUT, default ./out).
 set -uo pipefail
+OUT=${OUT:-out}; mkdir -p "$OUT"
 for f in .gl/*.deb; do dpkg -x "$f" /; done
 ldconfig
 export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
@@ -15,7 +19,7 @@ gunzip -c .carry/andes-wgpu.gz > /tmp/andes && chmod +x /tmp/andes
 A=/tmp/andes; R=$OUT; MODEL=configs/models/qwen3-0.6b.json
 nvidia-smi --query-gpu=name,driver_version --format=csv > $R/gpu.txt
 TRAIN_SECONDS=${TRAIN_SECONDS:-520}
-# PEERS=0 skips the PyTorch steps (when they were measured in an earlier call on this card).
+# PEERS=0 skips the PyTorch steps (when they were measured in an earlier run on this card).
 [ "${PEERS:-1}" = 1 ] && for dt in float32 bfloat16; do for batch in 1 4; do
   python3 scripts/bench/train_peer.py --config $MODEL --device cuda --dtype $dt --seq-len 1024 --batch $batch --warmup 2 --steps 5 > $R/peer-train-$dt-b$batch.json 2> /dev/null
   echo "peer $dt batch $batch: $(cat $R/peer-train-$dt-b$batch.json)"

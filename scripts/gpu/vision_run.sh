@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# One device-tool call: vision-tower images/s of andes (wgpu on the GPU, and the CPU backend)
-# against transformers in the same call, for the SigLIP2-base tower of the AndesVL-0.6B preset
-# and the AIMv2-large tower of AndesVL-1B, at 512×512 and at a 1024×768 native-resolution image.
-# The andes binary comes gzipped as .carry/andes-wgpu.gz (built with --features wgpu), Vulkan
-# loaders in .gl/ (device README). Results land in $OUT/vision/; `cargo xtask bench report
-# $OUT/vision` prints the ratio table.
+# Vision-tower images/s of andes (wgpu on the GPU, and the CPU backend) against transformers
+# in the same run, for the SigLIP2-base tower of the AndesVL-0.6B preset and the AIMv2-large
+# tower of AndesVL-1B, at 512×512 and at a 1024×768 native-resolution image.
+#
+# Needs: an NVIDIA GPU with its driver, Python with PyTorch and transformers, the andes release
+# binary built with `cargo build --release -p andes-cli --features wgpu`, gzipped at
+# .carry/andes-wgpu.gz, and NVIDIA's Vulkan loader packages (.deb) in .gl/, unpacked at start.
+# Results land in $OUT/vision/ (OUT: the output folder, default ./out); `cargo xtask bench
+# report $OUT/vision` prints the ratio table.
 set -uo pipefail
+OUT=${OUT:-out}; mkdir -p "$OUT"
 for f in .gl/*.deb; do dpkg -x "$f" /; done
 ldconfig
 export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
@@ -31,7 +35,7 @@ for preset in 0.6b 1b; do
     step peer-gpu-f32-$tag.json python3 scripts/bench/vision_peer.py --config $C --device cuda --dtype float32 --attn sdpa --height $H --width $W --batch $B
     step andes-gpu-bf16-$tag.json /tmp/bin/andes bench vision --config $C --device wgpu --dtype bf16 --height $H --width $W --batch $B --warmup 2 --repeats 5
     step peer-gpu-bf16-$tag.json python3 scripts/bench/vision_peer.py --config $C --device cuda --dtype bfloat16 --attn sdpa --height $H --width $W --batch $B
-    # CPU (16 cores): the SigLIP2 tower at 512×512 only, to stay within one device call.
+    # CPU (16 cores): the SigLIP2 tower at 512×512 only, to keep the run short.
     if [ $tag = 0.6b-512x512 ]; then
       step andes-cpu-f32-$tag.json env RAYON_NUM_THREADS=16 /tmp/bin/andes bench vision --config $C --device cpu --dtype f32 --height $H --width $W --batch 1 --warmup 1 --repeats 3
       step peer-cpu-f32-$tag.json python3 scripts/bench/vision_peer.py --config $C --device cpu --dtype float32 --attn sdpa --threads 16 --height $H --width $W --batch 1 --warmup 1 --repeats 3
