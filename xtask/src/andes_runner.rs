@@ -1,22 +1,50 @@
-//! How the benchmarks run the `andes` binary: which build, on which device, and, on a machine
-//! with several GPUs, which GPU each run sees, so that independent runs of one benchmark can go
-//! side by side (`run_in_parallel`).
+//! How every task runs the `andes` binary: which build, on which device, whether its progress
+//! shows, and, on a machine with several GPUs, which GPU each run sees, so that independent runs
+//! of one benchmark can go side by side (`run_in_parallel`).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 use anyhow::{Context, bail};
 
-use crate::root;
+use crate::workspace::{root, run, target_dir};
 
-/// The `andes` binary as a benchmark runs it: `device` is passed to every `train` and `eval`,
-/// and `gpu` (when set) becomes the run's `CUDA_VISIBLE_DEVICES`.
+/// The cargo profile `andes` is built in.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Profile {
+    /// Quick to build: for the tiny recipes' short runs (CI's regression training, the tiny
+    /// QALFT table, the fixtures), which a release build would take longer than.
+    Debug,
+    /// Quick to run: for measured throughput and for the longer CPU runs.
+    Release,
+}
+
+/// Builds this checkout's `andes` in `profile` and returns the binary, so that a task never
+/// measures or trains with a stale one.
+pub(crate) fn build(profile: Profile) -> anyhow::Result<PathBuf> {
+    let mut cargo = Command::new("cargo");
+    cargo.current_dir(root()).args(["build", "-p", "andes-cli"]);
+    let folder = match profile {
+        Profile::Debug => "debug",
+        Profile::Release => {
+            cargo.arg("--release");
+            "release"
+        }
+    };
+    run(&mut cargo)?;
+    Ok(target_dir().join(folder).join("andes"))
+}
+
+/// The `andes` binary as a task runs it: `device` is passed to every `train`, `eval` and
+/// `quantize`, `gpu` (when set) becomes the run's `CUDA_VISIBLE_DEVICES`, and `progress` lets
+/// the binary's progress reach the terminal where someone watches a long run.
 #[derive(Clone, Debug)]
 pub(crate) struct Andes {
     binary: PathBuf,
     device: String,
     gpu: Option<String>,
+    progress: bool,
 }
 
 impl Andes {
@@ -31,6 +59,16 @@ impl Andes {
             binary,
             device: device.to_string(),
             gpu: None,
+            progress: false,
+        }
+    }
+
+    /// The same binary and device, its stderr (progress bars, stage lines) going to the
+    /// terminal instead of into the error of a failed run: for a task someone watches.
+    pub(crate) fn showing_progress(self) -> Self {
+        Self {
+            progress: true,
+            ..self
         }
     }
 
@@ -49,19 +87,33 @@ impl Andes {
         if let Some(gpu) = &self.gpu {
             command.env("CUDA_VISIBLE_DEVICES", gpu);
         }
+        if self.progress {
+            command.stderr(Stdio::inherit());
+        }
         command
     }
 
-    /// `andes train --config RECIPE --out OUT --set ...` on this device.
+    /// `andes train`, its progress bar drawn only where it shows.
+    fn train_command(&self) -> Command {
+        let mut command = self.command();
+        command.arg("train");
+        if !self.progress {
+            command.arg("--quiet");
+        }
+        command
+    }
+
+    /// `andes train --config RECIPE --out OUT --set ...` on this device; the run's outcome as
+    /// the binary prints it (steps, final losses and rewards, checkpoint).
     pub(crate) fn train(
         &self,
         recipe: &Path,
         out: &Path,
         overrides: &[&str],
-    ) -> anyhow::Result<()> {
-        let mut command = self.command();
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut command = self.train_command();
         command
-            .args(["train", "--quiet", "--config"])
+            .arg("--config")
             .arg(recipe)
             .arg("--out")
             .arg(out)
@@ -69,18 +121,37 @@ impl Andes {
         for o in overrides {
             command.args(["--set", o]);
         }
-        stdout_of(&mut command).map(drop)
+        outcome(&mut command)
     }
 
     /// `andes train --resume RUN_DIR`: continues a run from its latest checkpoint (a finished
-    /// run stays as it is).
-    pub(crate) fn resume(&self, run_dir: &Path) -> anyhow::Result<()> {
+    /// run stays as it is); the run's outcome, as [`Andes::train`] gives it.
+    pub(crate) fn resume(&self, run_dir: &Path) -> anyhow::Result<serde_json::Value> {
+        outcome(self.train_command().arg("--resume").arg(run_dir))
+    }
+
+    /// `andes quantize --model MODEL --target TARGET --bpw BPW --cache CACHE --out OUT ARGS` on
+    /// this device: the package of `model` for `target` under a budget of `bpw` bits per weight;
+    /// what the binary printed (its summary, JSON with `--json`).
+    pub(crate) fn quantize(
+        &self,
+        model: &Path,
+        target: &str,
+        bpw: &str,
+        cache: &Path,
+        out: &Path,
+        args: &[&str],
+    ) -> anyhow::Result<Vec<u8>> {
         stdout_of(
             self.command()
-                .args(["train", "--quiet", "--resume"])
-                .arg(run_dir),
+                .args(["quantize", "--device", &self.device, "--model"])
+                .arg(model)
+                .args(["--target", target, "--bpw", bpw, "--cache"])
+                .arg(cache)
+                .arg("--out")
+                .arg(out)
+                .args(args),
         )
-        .map(drop)
     }
 
     /// Perplexity (and bpw of the quantized linears, when quantized) from `andes eval --json`.
@@ -97,8 +168,14 @@ impl Andes {
     }
 }
 
-/// Runs `command` to its end and returns what it printed; a failure is an error quoting the
-/// command and its stderr.
+/// The outcome `andes train` prints: one JSON object.
+fn outcome(train: &mut Command) -> anyhow::Result<serde_json::Value> {
+    let stdout = stdout_of(train)?;
+    serde_json::from_slice(&stdout).with_context(|| format!("{train:?}: its outcome is not JSON"))
+}
+
+/// Runs `command` (of [`Andes::command`]) to its end and returns what it printed; a failure is
+/// an error quoting the command and its stderr.
 pub(crate) fn stdout_of(command: &mut Command) -> anyhow::Result<Vec<u8>> {
     let output = command
         .output()

@@ -2,12 +2,11 @@
 
 use std::path::PathBuf;
 
-use andes_model::andesvl::{AndesVLConfig, load_andesvl};
-use andes_model::checkpoint::load_qwen3;
 use andes_model::device::parse_device;
 use andes_model::lora::peft::import_peft_adapter;
 use andes_model::precision::parse_dtype;
-use andes_model::qwen3::{Qwen3Config, Qwen3ForCausalLM};
+use andes_model::{Model, ModelConfig};
+use andes_package::load_model;
 use anyhow::Context;
 use burn::tensor::{DType, Device};
 use clap::Args;
@@ -50,42 +49,33 @@ impl RuntimeArgs {
 
 /// A loaded model with its configuration and the device it lives on.
 pub struct LoadedModel {
-    pub config: Qwen3Config,
-    pub model: Qwen3ForCausalLM,
+    /// Qwen3 or AndesVL.
+    pub config: ModelConfig,
+    /// The model, with `--adapter` attached and active on its language model.
+    pub model: Model,
+    /// Where it lives.
     pub device: Device,
     /// Bits per weight over the quantized linears, when the model is a package.
     pub package_bpw: Option<f64>,
 }
 
 impl ModelArgs {
-    /// Loads the checkpoint onto the chosen device.
+    /// Loads the model directory or package onto the chosen device.
     pub fn load(&self) -> anyhow::Result<LoadedModel> {
         let (device, dtype) = self.runtime.resolve()?;
-        let (config, mut model, package_bpw) = if andes_package::is_package(&self.model) {
-            let package = andes_package::load_package(&self.model, &device, dtype)
-                .with_context(|| format!("loading package {}", self.model.display()))?;
-            let bpw = package.manifest.weights.bpw_linears;
-            (package.config, package.model, Some(bpw))
-        } else if AndesVLConfig::is_andesvl(&self.model.join("config.json")) {
-            // Commands that read text run an AndesVL model's language model.
-            let (config, model) = load_andesvl(&self.model, &device, dtype)
-                .with_context(|| format!("loading model {}", self.model.display()))?;
-            (config.text_config, model.into_parts().1, None)
-        } else {
-            let (config, model) = load_qwen3(&self.model, &device, dtype)
-                .with_context(|| format!("loading model {}", self.model.display()))?;
-            (config, model, None)
-        };
+        let (config, mut model, manifest) = load_model(&self.model, &device, dtype)
+            .with_context(|| format!("loading model {}", self.model.display()))?;
         if let Some(dir) = &self.adapter {
-            import_peft_adapter(&mut model, dir, ADAPTER_NAME)
+            let language_model = model.language_model_mut();
+            import_peft_adapter(language_model, dir, ADAPTER_NAME)
                 .with_context(|| format!("loading adapter {}", dir.display()))?;
-            model.set_active_adapter(Some(ADAPTER_NAME))?;
+            language_model.set_active_adapter(Some(ADAPTER_NAME))?;
         }
         Ok(LoadedModel {
             config,
             model,
             device,
-            package_bpw,
+            package_bpw: manifest.map(|m| m.weights.bpw_linears),
         })
     }
 }

@@ -16,6 +16,20 @@ pub enum ModelError {
     /// A bit plan that does not fit the model (its message names the plan and the layer).
     #[error(transparent)]
     Plan(andes_quant::QuantError),
+    /// A data file (records, images, tokenizer) could not be read or is unusable.
+    #[error(transparent)]
+    Records(#[from] andes_data::dataset::RecordError),
+    /// Tokenizing or preprocessing failed.
+    #[error(transparent)]
+    Data(#[from] andes_data::DataError),
+    /// A record cannot become a model row.
+    #[error("{path}: {message}")]
+    Row {
+        /// The data file or image.
+        path: PathBuf,
+        /// What is wrong and what was expected.
+        message: String,
+    },
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {

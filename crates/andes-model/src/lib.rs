@@ -1,17 +1,22 @@
 //! Burn modules of the andes models and their Hugging Face checkpoint I/O.
 //!
-//! [`qwen3`] is the language model; [`checkpoint`] reads and writes the Hugging Face
+//! [`model`] loads either model a Hugging Face directory holds; [`qwen3`] is the language
+//! model; [`checkpoint`] reads and writes the Hugging Face
 //! directory layout; [`lora`] attaches named LoRA adapters and reads and writes them in the
 //! PEFT layout; [`quantize`] puts the base linears on a fake-quant grid (QALFT); [`generate`]
 //! decodes with a KV cache, [`replayed_decode`] greedily with one device graph a token.
 
 pub mod andesvl;
+pub mod batch;
 pub mod checkpoint;
 pub mod device;
 pub mod error;
+pub mod evaluate;
 pub mod generate;
 pub mod kv_cache;
 pub mod lora;
+pub mod loss;
+pub mod model;
 pub mod perplexity;
 pub mod precision;
 pub mod projector;
@@ -21,6 +26,8 @@ pub mod replayed_decode;
 pub mod rope;
 pub mod row_product;
 pub mod sensitivity;
+pub mod swiglu;
 pub mod vision;
 
 pub use error::ModelError;
+pub use model::{Model, ModelConfig};

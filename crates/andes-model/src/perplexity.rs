@@ -1,9 +1,15 @@
-//! Next-token negative log-likelihood of a long token sequence, by sliding windows.
+//! Next-token negative log-likelihood: of a long token sequence by sliding windows, and of
+//! packed windows (the masked targets only).
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use andes_data::dataset::WindowSet;
+use burn::module::Module;
+
+use crate::batch::to_batch;
 use crate::error::ModelError;
+use crate::loss::masked_next_token_nll;
 use crate::qwen3::Qwen3ForCausalLM;
 
 /// Mean next-token NLL over a sequence, and its exponential.
@@ -96,4 +102,24 @@ fn window_nll(
         .convert::<f32>()
         .try_into_vec::<f32>()
         .expect("converted to f32"))
+}
+/// Mean NLL per target token over every window of `set`, without gradients.
+pub fn mean_nll(
+    model: &Qwen3ForCausalLM,
+    set: &WindowSet,
+    batch_size: usize,
+) -> Result<f64, ModelError> {
+    let model = model.valid();
+    let device: Device = model.devices()[0].clone();
+    let windows: Vec<_> = set.packed.windows.iter().collect();
+    let mut nll = 0.0;
+    let mut tokens = 0usize;
+    for chunk in windows.chunks(batch_size) {
+        let batch = to_batch(chunk, &device);
+        let hidden = model.forward_hidden(batch.inputs, &mut model.new_cache())?;
+        nll +=
+            masked_next_token_nll(&model, hidden, batch.targets, batch.mask).into_scalar::<f64>();
+        tokens += batch.target_tokens;
+    }
+    Ok(nll / tokens.max(1) as f64)
 }

@@ -1,7 +1,106 @@
-//! Compute precision of a model's parameters.
+//! Compute precision: of a model's parameters, and of its matrix products under mixed
+//! precision ([`Autocast`]).
+
+use std::cell::Cell;
 
 use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::module::linear;
 use burn::tensor::{DType, Tensor};
+
+/// How a run computes: `f32` everywhere; `bf16-mixed` as torch autocast does it (f32 master
+/// weights and optimizer state, matrix products and attention in bf16, norms, softmax, losses
+/// and reductions in f32); or `bf16` parameters throughout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// f32 parameters and products (TF32 where the GPU backend allows it).
+    F32,
+    /// f32 parameters, bf16 products.
+    Bf16Mixed,
+    /// bf16 parameters and products.
+    Bf16,
+}
+
+impl Precision {
+    /// What a device runs by default: `bf16-mixed` on CUDA, whose tensor cores run bf16 at
+    /// twice TF32's rate, `f32` elsewhere.
+    pub fn default_for(device: &str) -> Self {
+        if device.starts_with("cuda") {
+            Self::Bf16Mixed
+        } else {
+            Self::F32
+        }
+    }
+
+    /// The dtype parameters (and so optimizer state) are kept in.
+    pub fn parameter_dtype(self) -> DType {
+        match self {
+            Self::F32 | Self::Bf16Mixed => DType::F32,
+            Self::Bf16 => DType::BF16,
+        }
+    }
+
+    /// The dtype an [`Autocast`] sets for the products, when the parameters' own is not it.
+    pub fn autocast(self) -> Option<DType> {
+        match self {
+            Self::Bf16Mixed => Some(DType::BF16),
+            Self::F32 | Self::Bf16 => None,
+        }
+    }
+}
+
+thread_local! {
+    static AUTOCAST: Cell<Option<DType>> = const { Cell::new(None) };
+}
+
+/// Mixed precision as torch's `autocast` does it: while an `Autocast` of `bf16` lives, the
+/// matrix products this thread records (the projections, attention, the LM head) read their
+/// operands in bf16 and hand their results back in the caller's dtype, so parameters, norms,
+/// softmax statistics, losses and reductions stay f32 and gradients reach f32 master weights
+/// through the casts. Dropping it restores what was in force before.
+pub struct Autocast {
+    previous: Option<DType>,
+}
+
+impl Autocast {
+    /// Runs matrix products in `dtype` (`None`: in their operands' own dtype) until dropped.
+    pub fn new(dtype: Option<DType>) -> Self {
+        Self {
+            previous: AUTOCAST.with(|cell| cell.replace(dtype)),
+        }
+    }
+}
+
+impl Drop for Autocast {
+    fn drop(&mut self) {
+        AUTOCAST.with(|cell| cell.set(self.previous));
+    }
+}
+
+/// The dtype matrix products run in on this thread, when an [`Autocast`] sets one.
+pub fn autocast_dtype() -> Option<DType> {
+    AUTOCAST.with(Cell::get)
+}
+
+/// `tensor` as a matrix product's operand: in the autocast dtype when one is set, else as it
+/// is. The caller casts the product back to its own dtype.
+pub fn operand<const D: usize>(tensor: Tensor<D>) -> Tensor<D> {
+    match autocast_dtype() {
+        Some(dtype) => tensor.cast(dtype),
+        None => tensor,
+    }
+}
+
+/// `x·weight + bias` (`x` `[.., in]`, `weight` `[in, out]`) with its operands in the autocast
+/// dtype and its result in `x`'s.
+pub fn mixed_linear<const D: usize>(
+    x: Tensor<D>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+) -> Tensor<D> {
+    let dtype = x.dtype();
+    linear(operand(x), operand(weight), bias.map(operand)).cast(dtype)
+}
 
 /// Casts every float parameter of `module` to `dtype` (e.g. bf16 for GPU inference).
 pub fn cast_parameters<M: Module>(module: M, dtype: DType) -> M {
@@ -24,5 +123,69 @@ pub fn parse_dtype(spec: &str) -> Result<DType, crate::ModelError> {
         other => Err(crate::ModelError::InvalidInput(format!(
             "dtype `{other}` is unknown; expected f32, bf16 or f16"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::module::linear;
+    use burn::tensor::{Device, Distribution};
+
+    use super::*;
+    use crate::row_product::linear_rows;
+
+    fn values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
+        tensor.into_data().convert::<f32>().try_to_vec().unwrap()
+    }
+
+    #[test]
+    fn autocast_runs_products_on_bf16_operands_and_hands_back_f32() {
+        let device = Device::flex();
+        let x = Tensor::<3>::random([2, 3, 64], Distribution::Normal(0.0, 1.0), &device);
+        let weight = Tensor::<2>::random([64, 32], Distribution::Normal(0.0, 1.0), &device);
+        let exact = values(linear_rows(x.clone(), weight.clone(), None));
+        let rounded = values(
+            linear(
+                x.clone().cast(DType::BF16),
+                weight.clone().cast(DType::BF16),
+                None,
+            )
+            .cast(DType::F32),
+        );
+        let mixed = {
+            let _autocast = Autocast::new(Precision::Bf16Mixed.autocast());
+            let product = linear_rows(x.clone(), weight.clone(), None);
+            assert_eq!(product.dtype(), DType::F32);
+            values(product)
+        };
+        assert_eq!(mixed, rounded, "the product did not read bf16 operands");
+        assert_ne!(mixed, exact, "bf16 operands left the f32 product unchanged");
+        let gap = mixed
+            .iter()
+            .zip(&exact)
+            .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+            .fold(0.0, f32::max);
+        assert!(gap < 0.05, "bf16 product off by {gap} relative");
+        // Dropping the scope restores f32 products.
+        assert_eq!(values(linear_rows(x, weight, None)), exact);
+    }
+
+    #[test]
+    fn precision_reads_as_recipes_spell_it_and_defaults_by_device() {
+        for (name, precision) in [
+            ("f32", Precision::F32),
+            ("bf16-mixed", Precision::Bf16Mixed),
+            ("bf16", Precision::Bf16),
+        ] {
+            let parsed: Precision = serde_json::from_str(&format!("\"{name}\"")).unwrap();
+            assert_eq!(parsed, precision);
+        }
+        assert_eq!(
+            Precision::default_for("cuda:0,cuda:1"),
+            Precision::Bf16Mixed
+        );
+        assert_eq!(Precision::default_for("cpu"), Precision::F32);
+        assert_eq!(Precision::Bf16Mixed.parameter_dtype(), DType::F32);
+        assert_eq!(Precision::Bf16.parameter_dtype(), DType::BF16);
     }
 }

@@ -9,6 +9,7 @@
 //! Embeddings, norms and the LM head stay in float, as in every weight-only PTQ method.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use andes_quant::{
@@ -20,19 +21,51 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use andes_data::dataset::WindowSet;
+
+use crate::batch::calibration_batches;
 use crate::checkpoint::stable_param_id;
 use crate::error::ModelError;
 use crate::lora::{AdaptedLinear, LoraTarget};
 use crate::qwen3::Qwen3ForCausalLM;
 
-/// The post-training quantizer that sets the initial codes and grid.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// The post-training quantization method that sets the codes and grid: of a package, of
+/// `andes eval --quant`, and of QALFT's starting point. Spelled `rtn` or `gptq` in recipes,
+/// flags and manifests alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Initializer {
+pub enum PtqMethod {
     /// Round to nearest on each group's own range.
     Rtn,
     /// GPTQ on the Hessians of calibration activations.
     Gptq,
+}
+
+impl PtqMethod {
+    /// The name recipes, flags and manifests use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Rtn => "rtn",
+            Self::Gptq => "gptq",
+        }
+    }
+}
+
+impl std::fmt::Display for PtqMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for PtqMethod {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        [Self::Rtn, Self::Gptq]
+            .into_iter()
+            .find(|method| method.name() == value)
+            .ok_or_else(|| format!("found {value:?}, expected rtn or gptq"))
+    }
 }
 
 /// What quantizing one linear gave.
@@ -181,7 +214,7 @@ pub fn quantize_base(
     model: &mut Qwen3ForCausalLM,
     plan: &BitPlan,
     plan_source: &str,
-    initializer: Initializer,
+    initializer: PtqMethod,
     hessians: Option<&BTreeMap<String, Hessian>>,
     learn_scales: bool,
 ) -> Result<Vec<LinearReport>, ModelError> {
@@ -211,8 +244,8 @@ pub fn quantize_base(
                 };
                 let format = formats[name];
                 let quantized = match initializer {
-                    Initializer::Rtn => quantize_rtn(weights, *shape, format),
-                    Initializer::Gptq => {
+                    PtqMethod::Rtn => quantize_rtn(weights, *shape, format),
+                    PtqMethod::Gptq => {
                         let hessian = hessians.and_then(|h| h.get(name)).ok_or_else(|| {
                             fail(QuantError::NoCalibrationTokens {
                                 in_features: shape.in_features,
@@ -231,7 +264,7 @@ pub fn quantize_base(
         {
             let (quantized, dequantized) = result?;
             let linear = target.of_mut(&mut model.model.layers[*layer]);
-            if initializer == Initializer::Gptq {
+            if initializer == PtqMethod::Gptq {
                 set_weight_rows(linear, &dequantized, shape);
             }
             let device = linear.base_layer.weight.lazy_device();
@@ -378,4 +411,102 @@ pub fn bake_quantized_weights(model: &mut Qwen3ForCausalLM) {
         Ok::<_, ModelError>(())
     })
     .expect("baking cannot fail");
+}
+
+/// Which format each linear of the base takes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BaseFormats {
+    /// The same format for every linear (`int2-g64-asym`).
+    Uniform(QuantFormat),
+    /// A `bit_plan.json` (from `andes quantize`, or edited by hand).
+    Plan(PathBuf),
+}
+
+/// How a float base becomes a quantized one: the formats, the PTQ method setting the codes
+/// and grid, whether the grid's scales then train (LSQ), and how many calibration windows
+/// give GPTQ its Hessians.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BaseQuantization {
+    /// The formats.
+    pub formats: BaseFormats,
+    /// The PTQ method.
+    pub method: PtqMethod,
+    /// Whether the grid's scales train.
+    pub learn_scales: bool,
+    /// Calibration windows (the first of the set) GPTQ reads.
+    pub calibration_windows: usize,
+}
+
+/// What quantizing the base cost and gave.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuantizationSummary {
+    /// Bits per weight over the quantized linears, scales and zero points counted.
+    pub bpw_linears: f64,
+    /// Weights in the quantized linears.
+    pub quantized_weights: u64,
+    /// Each linear.
+    pub layers: Vec<LinearReport>,
+}
+
+/// Quantizes `model`'s base per `quantization`, calibrating GPTQ on the first windows of
+/// `calibration` in batches of `batch_size` (GPTQ without it fails naming the first linear).
+pub fn quantize_base_with(
+    model: &mut Qwen3ForCausalLM,
+    quantization: &BaseQuantization,
+    calibration: Option<&WindowSet>,
+    batch_size: usize,
+) -> Result<QuantizationSummary, ModelError> {
+    let (plan, source) = match &quantization.formats {
+        BaseFormats::Plan(path) => (
+            BitPlan::read(path).map_err(ModelError::Plan)?,
+            path.display().to_string(),
+        ),
+        BaseFormats::Uniform(format) => (
+            BitPlan::uniform(&linear_names(model), *format),
+            format!("format {format}"),
+        ),
+    };
+    let hessians = match (quantization.method, calibration) {
+        (PtqMethod::Gptq, Some(set)) => {
+            let device: Device = model.devices()[0].clone();
+            let batches =
+                calibration_batches(set, quantization.calibration_windows, batch_size, &device);
+            Some(calibrate(model, &token_inputs(&batches))?)
+        }
+        _ => None,
+    };
+    let layers = quantize_base(
+        model,
+        &plan,
+        &source,
+        quantization.method,
+        hessians.as_ref(),
+        quantization.learn_scales,
+    )?;
+    let total: BpwReport = layers.iter().map(|l| l.bpw).sum();
+    Ok(QuantizationSummary {
+        bpw_linears: total.bpw,
+        quantized_weights: total.weights,
+        layers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PtqMethod;
+
+    #[test]
+    fn ptq_method_reads_as_it_is_written_in_flags_and_recipes() {
+        for method in [PtqMethod::Rtn, PtqMethod::Gptq] {
+            assert_eq!(method.to_string().parse::<PtqMethod>(), Ok(method));
+            let json = serde_json::to_string(&method).unwrap();
+            assert_eq!(json, format!("\"{method}\""));
+        }
+        assert!(
+            "awq"
+                .parse::<PtqMethod>()
+                .unwrap_err()
+                .contains("rtn or gptq")
+        );
+    }
 }

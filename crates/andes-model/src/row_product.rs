@@ -3,12 +3,18 @@
 //! Decoding at batch 1 multiplies one row by each weight. cubek's matrix product spreads its
 //! blocks over the output only, so a `[1, 3072]·[3072, 1024]` down projection launches 64
 //! blocks on a GPU of 132 multiprocessors and streams its 12.6 MB of weight at about 3% of the
-//! memory bandwidth (Nsight Compute on an H200, `docs/bench/forward-replay-h200/`). Cutting the
-//! inner dimension into chunks makes it a batched product with that many times the blocks,
-//! followed by one sum over the chunks.
+//! memory bandwidth (Nsight Compute on an H200,
+//! `benchmarks/results/2026-11-26-h200-forward-replay/`). Cutting the inner dimension into
+//! chunks makes it a batched product with that many times the blocks, followed by one sum over
+//! the chunks.
+//!
+//! Under mixed precision ([`crate::precision::Autocast`]) the product reads its operands in
+//! the autocast dtype and returns the caller's dtype.
 
 use burn::tensor::Tensor;
 use burn::tensor::module::linear;
+
+use crate::precision::operand;
 
 /// Inner-dimension chunks are kept at least this long, so each block still streams a
 /// useful run of the weight.
@@ -19,6 +25,15 @@ const MAX_CHUNKS: usize = 16;
 /// `x·weight + bias` for `x` `[.., in]` and `weight` `[in, out]`, as [`linear`]; a single row
 /// (`x` holding `in` values) goes through inner-dimension chunks when `in` is long enough.
 pub fn linear_rows<const D: usize>(
+    x: Tensor<D>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+) -> Tensor<D> {
+    let dtype = x.dtype();
+    split_product(operand(x), operand(weight), bias.map(operand)).cast(dtype)
+}
+
+fn split_product<const D: usize>(
     x: Tensor<D>,
     weight: Tensor<2>,
     bias: Option<Tensor<1>>,

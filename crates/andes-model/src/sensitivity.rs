@@ -12,7 +12,9 @@
 
 use std::collections::BTreeMap;
 
-use andes_quant::{BpwReport, Hessian, QuantFormat, WeightShape, dequantize, quantize_rtn};
+use andes_quant::{
+    BpwReport, Choice, Hessian, LayerChoices, QuantFormat, WeightShape, dequantize, quantize_rtn,
+};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +48,68 @@ pub struct LayerSensitivity {
     pub in_features: usize,
     /// One entry per candidate format, in the order given.
     pub formats: Vec<FormatCost>,
+}
+
+impl LayerSensitivity {
+    /// The linear as the allocation solver sees it: its weights and, per format, its cost
+    /// in bits and its sensitivity.
+    pub fn choices(&self) -> LayerChoices {
+        LayerChoices {
+            name: self.name.clone(),
+            weights: (self.out_features * self.in_features) as u64,
+            options: self
+                .formats
+                .iter()
+                .map(|f| Choice {
+                    format: f.format,
+                    bits: f.bits,
+                    sensitivity: f.sensitivity,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// How a linear's sensitivity to a format is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SensitivityMeasure {
+    /// The increase of the calibration loss with that linear alone quantized: one forward
+    /// pass per linear and format.
+    Loss,
+    /// The importance-weighted weight error (diagonal input Hessians): no forward passes,
+    /// for large models.
+    Hessian,
+}
+
+impl SensitivityMeasure {
+    /// Every measure, as flags spell them.
+    pub const ALL: [Self; 2] = [Self::Loss, Self::Hessian];
+
+    /// The name flags and manifests use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Loss => "loss",
+            Self::Hessian => "hessian",
+        }
+    }
+}
+
+impl std::fmt::Display for SensitivityMeasure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for SensitivityMeasure {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|measure| measure.name() == value)
+            .ok_or_else(|| format!("found {value:?}, expected loss or hessian"))
+    }
 }
 
 /// The sensitivity of every linear of `model` (model order) in each of `formats`, weighted by

@@ -153,6 +153,23 @@ fn config_key_of_wrong_type_is_named() {
 }
 
 #[test]
+fn an_activation_qwen3_does_not_use_is_refused_by_key() {
+    let dir = copy_fixture();
+    let path = dir.path().join("config.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("\"hidden_act\": \"silu\"", "\"hidden_act\": \"gelu\""),
+    )
+    .unwrap();
+    let error = load_error(dir.path());
+    assert!(
+        error.contains("hidden_act") && error.contains("gelu") && error.contains("silu"),
+        "{error}"
+    );
+}
+
+#[test]
 fn unsupported_rope_scaling_is_refused() {
     let dir = copy_fixture();
     let path = dir.path().join("config.json");

@@ -18,7 +18,7 @@ use andes_model::generate::token_tensor;
 use andes_model::lora::peft::export_peft_adapter;
 use andes_model::lora::{LoraConfig, LoraError, LoraTarget};
 use andes_model::quantize::{
-    Initializer, bake_quantized_weights, calibrate, linear_names, load_scales, quantize_base,
+    PtqMethod, bake_quantized_weights, calibrate, linear_names, load_scales, quantize_base,
     quantized_linears, save_scales, token_inputs,
 };
 use andes_model::qwen3::{Qwen3Config, Qwen3ForCausalLM};
@@ -68,7 +68,7 @@ fn the_fake_quantized_model_computes_what_its_package_weights_compute() {
     let device = Device::flex();
     let (config, mut model) = load(&device);
     let plan = plan(&model, "int3-g32-asym");
-    let reports = quantize_base(&mut model, &plan, "test", Initializer::Rtn, None, true).unwrap();
+    let reports = quantize_base(&mut model, &plan, "test", PtqMethod::Rtn, None, true).unwrap();
     assert_eq!(reports.len(), 2 * 7);
     assert!(
         reports
@@ -164,10 +164,7 @@ fn gptq_calibrated_on_real_text_has_a_smaller_layer_output_error_than_rtn() {
             })
             .collect()
     };
-    let (rtn, gptq) = (
-        layer_errors(Initializer::Rtn),
-        layer_errors(Initializer::Gptq),
-    );
+    let (rtn, gptq) = (layer_errors(PtqMethod::Rtn), layer_errors(PtqMethod::Gptq));
     for (i, (r, g)) in rtn.iter().zip(&gptq).enumerate() {
         assert!(g < r, "linear {i}: GPTQ {g} vs RTN {r}");
     }
@@ -178,7 +175,7 @@ fn trained_scales_survive_a_save_and_load() {
     let device = Device::flex();
     let (_, mut model) = load(&device);
     let plan = plan(&model, "int4-g64-sym");
-    quantize_base(&mut model, &plan, "test", Initializer::Rtn, None, true).unwrap();
+    quantize_base(&mut model, &plan, "test", PtqMethod::Rtn, None, true).unwrap();
     let mut trained = model.clone();
     let layer = &mut trained.model.layers[1];
     let quantizer = LoraTarget::UpProj.of_mut(layer).quantizer.as_mut().unwrap();
@@ -197,7 +194,7 @@ fn an_adapter_on_the_quantized_base_stays_separate_and_exports_for_peft() {
     let device = Device::flex();
     let (config, mut model) = load(&device);
     let plan = plan(&model, "int2-g64-asym");
-    quantize_base(&mut model, &plan, "test", Initializer::Rtn, None, false).unwrap();
+    quantize_base(&mut model, &plan, "test", PtqMethod::Rtn, None, false).unwrap();
     let lora = LoraConfig::new(4, 8.0, &LoraTarget::ALL);
     model.add_adapter("task", &lora).unwrap();
     model.set_active_adapter(Some("task")).unwrap();
@@ -242,7 +239,7 @@ fn a_plan_that_names_a_missing_layer_is_refused_by_name() {
         &mut model,
         &plan,
         "my_plan.json",
-        Initializer::Rtn,
+        PtqMethod::Rtn,
         None,
         false,
     )

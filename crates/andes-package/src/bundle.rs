@@ -19,9 +19,8 @@ use andes_quant::{BitPlan, BpwReport, PLAN_VERSION, PlanEntry, QuantizedTensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::PackageError;
-use crate::files::{
-    MANIFEST_FILE, checksums, quantized_file, sha256, staging_dir, verify_checksums,
-};
+use crate::files::{MANIFEST_FILE, checksums, quantized_file, staging_dir, verify_checksums};
+use andes_model::checkpoint::sha256;
 
 /// The bundle layout this crate writes and reads.
 pub const BUNDLE_VERSION: u32 = 1;

@@ -24,6 +24,26 @@ pub enum PackageError {
         /// What differs.
         message: String,
     },
+    /// A parameter of the request is missing or out of range.
+    #[error("{field}: {message}")]
+    Params {
+        /// The parameter (the command-line flag without its dashes).
+        field: String,
+        /// What was found and what was expected.
+        message: String,
+    },
+    /// The planned package does not fit the target's memory.
+    #[error("{0}")]
+    DoesNotFit(String),
+    /// A target profile, bit plan or quantizer failed.
+    #[error(transparent)]
+    Quant(#[from] andes_quant::QuantError),
+    /// Calibration data could not be read.
+    #[error(transparent)]
+    Records(#[from] andes_data::dataset::RecordError),
+    /// The tokenizer could not be loaded or failed.
+    #[error(transparent)]
+    Tokenizer(#[from] andes_data::DataError),
     /// Exporting the model or an adapter failed.
     #[error(transparent)]
     Model(#[from] andes_model::ModelError),

@@ -8,9 +8,10 @@ use andes_model::checkpoint::write_atomically;
 use andes_quant::{QuantFormat, QuantizedTensor, WeightShape};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
-use sha2::{Digest, Sha256};
 
 use crate::alignment::{align, is_padding};
+use andes_model::checkpoint::sha256;
+
 use crate::error::PackageError;
 
 /// The manifest's file name, at a bundle's or package's root.
@@ -109,10 +110,6 @@ fn with_metadata(file: &[u8], metadata: &BTreeMap<String, String>) -> Vec<u8> {
     out.extend_from_slice(text.as_bytes());
     out.extend_from_slice(&file[8 + header_len..]);
     out
-}
-
-pub fn sha256(bytes: &[u8]) -> String {
-    format!("{:x}", Sha256::digest(bytes))
 }
 
 /// sha256 of every file under `dir` but the manifest, by relative path with `/` separators.

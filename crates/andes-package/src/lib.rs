@@ -1,7 +1,8 @@
 //! `andes-package`: what andes ships to a phone: the mobile weight package of `andes quantize`
-//! (`docs/package-format.md`) and the 1+N adapter bundle of `andes export` (one shared,
-//! quantized base and N task adapters in the PEFT layout, `docs/bundle-format.md`). Both are
-//! written atomically with a sha256 of every file and verified on read.
+//! (`docs/package-format.md`), made by [`quantize_model`] and summarised by
+//! [`PackageReport`], and the 1+N adapter bundle of `andes export` (one shared, quantized
+//! base and N task adapters in the PEFT layout, `docs/bundle-format.md`). Both are written
+//! atomically with a sha256 of every file and verified on read.
 
 #![warn(missing_docs)]
 
@@ -11,6 +12,8 @@ mod error;
 mod files;
 mod heatmap;
 mod package;
+mod quantize;
+mod report;
 
 pub use bundle::{
     BUNDLE_VERSION, BundleAdapter, BundleBase, Manifest, verify_bundle, write_bundle,
@@ -20,5 +23,8 @@ pub use files::{MANIFEST_FILE, staging_dir};
 pub use heatmap::{format_bpw, plan_heatmap_svg};
 pub use package::{
     FLOAT_FILE, LoadedPackage, PACKAGE_KIND, PACKAGE_VERSION, PLAN_FILE, PackageInput,
-    PackageManifest, QUANTIZED_FILE, WeightSummary, is_package, load_package, write_package,
+    PackageManifest, QUANTIZED_FILE, WeightSummary, is_package, load_model, load_package,
+    write_package,
 };
+pub use quantize::{Calibration, PlanSource, QuantizeParams, quantize_model};
+pub use report::{FormatShare, PackageReport, PlannedLinear, inspect_package};

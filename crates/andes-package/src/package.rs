@@ -15,6 +15,7 @@ use andes_model::checkpoint::{
 };
 use andes_model::quantize::{linear_shapes, quantized_linears};
 use andes_model::qwen3::{Qwen3Config, Qwen3ForCausalLM};
+use andes_model::{Model, ModelConfig};
 use andes_quant::{BitPlan, BpwReport, FloatPrecision, QuantizedTensor, TargetProfile, dequantize};
 use burn::tensor::{DType, Device};
 use safetensors::tensor::TensorView;
@@ -24,9 +25,9 @@ use serde::{Deserialize, Serialize};
 use crate::alignment::{align, check_alignment, is_padding};
 use crate::error::PackageError;
 use crate::files::{
-    MANIFEST_FILE, checksums, quantized_file, read_quantized_file, sha256, staging_dir,
-    verify_checksums,
+    MANIFEST_FILE, checksums, quantized_file, read_quantized_file, staging_dir, verify_checksums,
 };
+use andes_model::checkpoint::sha256;
 
 /// The package layout this crate writes: 2, every tensor aligned to the target's
 /// `alignment_bytes`. Version 1 (the same files, 8-byte aligned) is still read.
@@ -276,15 +277,9 @@ pub fn load_package(
             }
         }
     }
-    let config_path = dir.join("config.json");
-    let andesvl = if AndesVLConfig::is_andesvl(&config_path) {
-        Some(AndesVLConfig::from_file(&config_path)?)
-    } else {
-        None
-    };
-    let config = match &andesvl {
-        Some(andesvl) => andesvl.text_config.clone(),
-        None => Qwen3Config::from_file(&config_path)?,
+    let (config, andesvl) = match ModelConfig::from_file(&dir.join("config.json"))? {
+        ModelConfig::Text(config) => (config, None),
+        ModelConfig::VisionLanguage(andesvl) => (andesvl.text_config.clone(), Some(andesvl)),
     };
     let plan_path = dir.join(PLAN_FILE);
     let plan = BitPlan::read(&plan_path).map_err(|e| corrupt(&plan_path, e.to_string()))?;
@@ -347,6 +342,41 @@ pub fn load_package(
         plan,
         model,
     })
+}
+
+impl LoadedPackage {
+    /// The model as any other loaded model: its configuration (AndesVL when the package
+    /// carries a vision side) and the dequantized model.
+    pub fn into_model(self) -> (ModelConfig, Model) {
+        match self.vision {
+            Some((andesvl, vision)) => (
+                ModelConfig::VisionLanguage(andesvl),
+                Model::from_parts(self.model, Some(vision)),
+            ),
+            None => (
+                ModelConfig::Text(self.config),
+                Model::from_parts(self.model, None),
+            ),
+        }
+    }
+}
+
+/// A model to run, from a Hugging Face directory or a package (dequantized): what every
+/// command's `--model` takes. The package's manifest comes along when it is one.
+pub fn load_model(
+    path: &Path,
+    device: &Device,
+    dtype: DType,
+) -> Result<(ModelConfig, Model, Option<PackageManifest>), PackageError> {
+    if is_package(path) {
+        let package = load_package(path, device, dtype)?;
+        let manifest = package.manifest.clone();
+        let (config, model) = package.into_model();
+        Ok((config, model, Some(manifest)))
+    } else {
+        let (config, model) = Model::load(path, device, dtype)?;
+        Ok((config, model, None))
+    }
 }
 
 /// The plan must name every packed linear once, with its format.

@@ -20,6 +20,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::allocate::{LayerChoices, allocate};
 use crate::error::QuantError;
 use crate::format::QuantFormat;
 
@@ -56,6 +57,34 @@ pub struct BitPlan {
 }
 
 impl BitPlan {
+    /// The allocation solver's plan for an average of `bpw` bits per weight over `layers`
+    /// (each with the formats `target` runs and their sensitivities).
+    pub fn for_budget(layers: &[LayerChoices], target: &str, bpw: f64) -> Result<Self, QuantError> {
+        if !(bpw.is_finite() && bpw > 0.0) {
+            return Err(QuantError::Budget(format!(
+                "the budget must be a positive number of bits per weight, got {bpw}"
+            )));
+        }
+        let weights: u64 = layers.iter().map(|c| c.weights).sum();
+        let budget_bits = (bpw * weights as f64).floor() as u64;
+        let allocation = allocate(layers, budget_bits)
+            .map_err(|e| QuantError::Budget(format!("target {target}: {e}")))?;
+        Ok(BitPlan {
+            version: PLAN_VERSION,
+            target: Some(target.into()),
+            budget_bpw: Some(bpw),
+            layers: layers
+                .iter()
+                .zip(&allocation.choices)
+                .map(|(layer, &c)| PlanEntry {
+                    name: layer.name.clone(),
+                    format: layer.options[c].format,
+                    sensitivity: Some(layer.options[c].sensitivity),
+                })
+                .collect(),
+        })
+    }
+
     /// The same `format` for every linear of `names`.
     pub fn uniform(names: &[String], format: QuantFormat) -> Self {
         BitPlan {

@@ -99,7 +99,43 @@ pub struct TargetProfile {
     pub compute_tops: Sourced,
 }
 
+/// Profiles shipped in the binary, by name (`configs/targets/NAME.toml`).
+const BUILTIN_TARGETS: [(&str, &str); 3] = [
+    (
+        "dimensity9500",
+        include_str!("../../../configs/targets/dimensity9500.toml"),
+    ),
+    (
+        "generic-cpu",
+        include_str!("../../../configs/targets/generic-cpu.toml"),
+    ),
+    (
+        "snapdragon8elite",
+        include_str!("../../../configs/targets/snapdragon8elite.toml"),
+    ),
+];
+
 impl TargetProfile {
+    /// A built-in profile by name, or else a profile file at that path: what `--target`
+    /// takes.
+    pub fn resolve(target: &str) -> Result<Self, QuantError> {
+        if let Some((name, text)) = BUILTIN_TARGETS.iter().find(|(name, _)| *name == target) {
+            return Self::parse(text, &format!("configs/targets/{name}.toml (built in)"));
+        }
+        if !Path::new(target).exists() {
+            let names: Vec<&str> = BUILTIN_TARGETS.iter().map(|(n, _)| *n).collect();
+            return Err(QuantError::TargetFile {
+                path: target.into(),
+                key: String::new(),
+                message: format!(
+                    "neither a built-in target ({}) nor a profile file",
+                    names.join(", ")
+                ),
+            });
+        }
+        Self::read(Path::new(target))
+    }
+
     /// Reads and validates a profile file.
     pub fn read(path: &Path) -> Result<Self, QuantError> {
         let text = std::fs::read_to_string(path).map_err(|e| QuantError::TargetFile {
@@ -210,6 +246,18 @@ compute_tops = { value = 50, source = "estimate" }
             let profile = TargetProfile::read(&dir.join(format!("{name}.toml"))).unwrap();
             assert_eq!(profile.name, name);
         }
+    }
+
+    #[test]
+    fn built_in_targets_resolve_by_name_and_unknown_names_list_them() {
+        for (name, _) in BUILTIN_TARGETS {
+            assert_eq!(TargetProfile::resolve(name).unwrap().name, name);
+        }
+        let error = TargetProfile::resolve("dimensity9400")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("dimensity9400"), "{error}");
+        assert!(error.contains("dimensity9500, generic-cpu"), "{error}");
     }
 
     #[test]

@@ -8,96 +8,19 @@ use std::path::Path;
 
 use andes_model::lora::peft::{export_peft_adapter, import_peft_adapter};
 use andes_model::quantize::{
-    Initializer, LinearReport, calibrate, linear_names, load_scales, quantize_base, save_scales,
-    token_inputs,
+    PtqMethod, QuantizationSummary, load_scales, quantize_base_with, save_scales,
 };
 use andes_model::qwen3::Qwen3ForCausalLM;
-use andes_quant::{BitPlan, BpwReport};
-use burn::module::Module;
 use burn::tensor::Device;
-use serde::Serialize;
 
-use crate::data::{WindowSet, to_batch};
 use crate::error::TrainError;
-use crate::recipe::{QuantSection, Recipe};
+use crate::recipe::Recipe;
+use andes_data::dataset::WindowSet;
 
 /// Trained grid scales in an adapter checkpoint.
 pub const SCALES_FILE: &str = "quant_scales.safetensors";
 /// The per-linear quantization report of a `qalft` run, in its run directory.
 pub const QUANTIZATION_FILE: &str = "quantization.json";
-
-/// What quantizing the base cost and gave, written to `quantization.json` and printed.
-#[derive(Debug, Clone, Serialize)]
-pub struct QuantizationSummary {
-    /// Bits per weight over the quantized linears, scales and zero points counted.
-    pub bpw_linears: f64,
-    /// Weights in the quantized linears.
-    pub quantized_weights: u64,
-    /// Each linear.
-    pub layers: Vec<LinearReport>,
-}
-
-/// The bit plan of `quant`: its plan file, or its one format on every linear of `model`;
-/// with the label errors use.
-fn bit_plan(
-    quant: &QuantSection,
-    model: &Qwen3ForCausalLM,
-) -> Result<(BitPlan, String), TrainError> {
-    match (&quant.plan, quant.format) {
-        (Some(path), _) => {
-            let plan = BitPlan::read(path).map_err(andes_model::ModelError::Plan)?;
-            Ok((plan, path.display().to_string()))
-        }
-        (None, Some(format)) => Ok((
-            BitPlan::uniform(&linear_names(model), format),
-            "quant.format".into(),
-        )),
-        (None, None) => unreachable!("the recipe is validated"),
-    }
-}
-
-/// Quantizes `model`'s base per `quant`, calibrating GPTQ on the first
-/// `quant.calibration_windows` windows of `calibration` (GPTQ without it fails naming the
-/// first linear).
-pub fn quantize(
-    model: &mut Qwen3ForCausalLM,
-    quant: &QuantSection,
-    calibration: Option<&WindowSet>,
-    batch_size: usize,
-) -> Result<QuantizationSummary, TrainError> {
-    let (plan, source) = bit_plan(quant, model)?;
-    let hessians = match (quant.init, calibration) {
-        (Initializer::Gptq, Some(set)) => {
-            let device: Device = model.devices()[0].clone();
-            let windows: Vec<_> = set
-                .packed
-                .windows
-                .iter()
-                .take(quant.calibration_windows)
-                .collect();
-            let batches: Vec<_> = windows
-                .chunks(batch_size)
-                .map(|chunk| to_batch(chunk, &device).inputs)
-                .collect();
-            Some(calibrate(model, &token_inputs(&batches))?)
-        }
-        _ => None,
-    };
-    let layers = quantize_base(
-        model,
-        &plan,
-        &source,
-        quant.init,
-        hessians.as_ref(),
-        quant.learn_scales,
-    )?;
-    let total: BpwReport = layers.iter().map(|l| l.bpw).sum();
-    Ok(QuantizationSummary {
-        bpw_linears: total.bpw,
-        quantized_weights: total.weights,
-        layers,
-    })
-}
 
 /// Readies `model` for an adapter stage: quantized (`qalft`, GPTQ calibrated on
 /// `calibration`, the run's training windows) and with the recipe's adapter attached and
@@ -110,9 +33,9 @@ pub fn prepare(
 ) -> Result<Option<QuantizationSummary>, TrainError> {
     let lora = recipe.lora.as_ref().expect("the recipe is validated");
     let summary = match &recipe.quant {
-        Some(quant) => Some(quantize(
+        Some(quant) => Some(quantize_base_with(
             model,
-            quant,
+            &quant.base_quantization(),
             calibration,
             recipe.train.batch_size,
         )?),
@@ -179,10 +102,10 @@ pub fn load_adapter_run(run_dir: &Path, device: &Device) -> Result<AdapterRun, T
     )?;
     // Only GPTQ needs the training data again, for the same calibration windows.
     let calibration = match &recipe.quant {
-        Some(quant) if quant.init == Initializer::Gptq => {
+        Some(quant) if quant.init == PtqMethod::Gptq => {
             let tokenizer =
                 andes_data::TextTokenizer::from_file(&checkpoint.join("tokenizer.json"))?;
-            Some(WindowSet::load(&recipe.data.train, &recipe.data, &tokenizer)?.0)
+            Some(WindowSet::load(&recipe.data.train, &recipe.data.windowing(), &tokenizer)?.0)
         }
         _ => None,
     };

@@ -6,15 +6,14 @@
 
 use std::path::{Path, PathBuf};
 
-use andes_model::checkpoint::write_atomically;
+use andes_model::checkpoint::{SaveDtype, sha256, write_atomically};
 use burn::optim::ModuleOptimizer;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use crate::data::DataPosition;
 use crate::error::TrainError;
-use crate::model::{ModelConfig, TrainModel};
 use crate::objective::RunningMean;
+use andes_data::dataset::DataPosition;
+use andes_model::{Model, ModelConfig};
 
 /// File naming the newest complete checkpoint directory.
 const LATEST: &str = "latest";
@@ -44,7 +43,7 @@ pub struct TrainerState {
 /// What a checkpoint holds of the model.
 pub enum ModelFiles<'a> {
     /// The whole model in the Hugging Face layout (stages that train the model's weights).
-    Full(&'a TrainModel, &'a ModelConfig),
+    Full(&'a Model, &'a ModelConfig),
     /// Only what an adapter stage trains, written by this function into the directory.
     Adapter(&'a dyn Fn(&Path) -> Result<(), TrainError>),
 }
@@ -69,7 +68,7 @@ pub fn save(
     }
     std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     match model {
-        ModelFiles::Full(model, config) => model.save(config, &tmp)?,
+        ModelFiles::Full(model, config) => model.save(config, &tmp, SaveDtype::F32)?,
         ModelFiles::Adapter(write) => write(&tmp)?,
     }
     for file in side_files {
@@ -134,7 +133,7 @@ fn checksum_lines(dir: &Path) -> Result<String, TrainError> {
     for name in names {
         let path = dir.join(&name);
         let bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
-        lines.push_str(&format!("{:x}  {name}\n", Sha256::digest(&bytes)));
+        lines.push_str(&format!("{}  {name}\n", sha256(&bytes)));
     }
     Ok(lines)
 }

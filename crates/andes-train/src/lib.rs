@@ -11,11 +11,8 @@
 
 pub mod adapters;
 pub mod checkpoint;
-pub mod data;
 pub mod error;
-pub mod loss;
 pub mod metrics;
-pub mod model;
 pub mod objective;
 pub mod optim;
 pub mod parallel;

@@ -13,19 +13,20 @@ use andes_model::device::DeviceSet;
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::distributed::{ReduceOperation, all_reduce};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{DType, Device, Tensor};
 use burn_std::stream::StreamId;
 
 use crate::checkpoint::TrainerState;
 use crate::error::TrainError;
-use crate::model::TrainModel;
 use crate::objective::{Objective, Shard, StepFigures, StepOutput};
 use crate::optim::{clip_factor, global_norm, scale_gradients};
+use andes_model::Model;
+use andes_model::precision::Autocast;
 
 /// One model replica and its optimizer per device, the first one's being the run's model
 /// (evaluated and checkpointed).
 pub struct Replicas {
-    models: Vec<TrainModel>,
+    models: Vec<Model>,
     optimizers: Vec<ModuleOptimizer>,
     /// The plain (non-autodiff) devices, where gradients live.
     devices: Vec<Device>,
@@ -37,6 +38,8 @@ pub struct Replicas {
     /// stream, with pools of its own, on every step (a 0.6B model ran out of an H200's
     /// 141 GB within six steps that way).
     streams: Vec<StreamId>,
+    /// The products' dtype under mixed precision, set on every replica's thread for its step.
+    autocast: Option<DType>,
 }
 
 /// What one optimizer step did.
@@ -51,9 +54,10 @@ impl Replicas {
     /// Copies `model` (on the first device of `set`) onto every other device, parameter ids
     /// kept, and gives each replica an optimizer from `optimizer_for`.
     pub fn new(
-        model: TrainModel,
+        model: Model,
         set: &DeviceSet,
-        optimizer_for: impl Fn(&TrainModel) -> Result<ModuleOptimizer, TrainError>,
+        autocast: Option<DType>,
+        optimizer_for: impl Fn(&Model) -> Result<ModuleOptimizer, TrainError>,
     ) -> Result<Self, TrainError> {
         let mut models = vec![model];
         for device in &set.devices[1..] {
@@ -67,11 +71,12 @@ impl Replicas {
             devices: set.devices.clone(),
             collective: set.collective,
             streams,
+            autocast,
         })
     }
 
     /// The run's model: the first replica.
-    pub fn model(&self) -> &TrainModel {
+    pub fn model(&self) -> &Model {
         &self.models[0]
     }
 
@@ -102,7 +107,9 @@ impl Replicas {
         // One replica is the case of one shard and no exchange (`collective` is false).
         let exchange = Exchange::new(ranks, self.collective.then_some(&self.devices[..]));
         let shards: Vec<_> = self.models.iter().map(|m| (m, state.clone())).collect();
+        let autocast = self.autocast;
         let results = on_replica_streams(&self.streams, shards, |rank, (model, mut state)| {
+            let _autocast = Autocast::new(autocast);
             let output = objective.step(model, &mut state, step_seed, Shard { rank, ranks });
             exchange
                 .all_reduce(model, output)
@@ -217,7 +224,7 @@ impl<'a> Exchange<'a> {
     /// return `Err(None)`: stopped by another replica's error.
     fn all_reduce(
         &self,
-        model: &TrainModel,
+        model: &Model,
         output: Result<StepOutput, TrainError>,
     ) -> Result<StepOutput, Option<TrainError>> {
         let Some(devices) = self.devices else {

@@ -2,9 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use andes_data::dataset::DataFormat;
+use andes_data::dataset::{DataFormat, Windowing};
 use andes_model::lora::{LoraConfig, LoraTarget};
-use andes_model::quantize::Initializer;
+use andes_model::precision::Precision;
+use andes_model::quantize::{BaseFormats, BaseQuantization, PtqMethod};
 use andes_quant::QuantFormat;
 use serde::{Deserialize, Serialize};
 
@@ -82,6 +83,17 @@ pub struct DataSection {
     pub skip_bad_records: bool,
 }
 
+impl DataSection {
+    /// How both files become windows.
+    pub fn windowing(&self) -> Windowing {
+        Windowing {
+            format: self.format,
+            seq_len: self.seq_len,
+            skip_bad_records: self.skip_bad_records,
+        }
+    }
+}
+
 /// `[lora]`: the adapter a `lora` or `qalft` run trains (PEFT's settings and defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -126,7 +138,7 @@ pub struct QuantSection {
     pub plan: Option<PathBuf>,
     /// The post-training quantizer that sets the initial codes and scales.
     #[serde(default = "default_initializer")]
-    pub init: Initializer,
+    pub init: PtqMethod,
     /// Train the grid's scales (LSQ) along with the adapter.
     #[serde(default)]
     pub learn_scales: bool,
@@ -135,8 +147,26 @@ pub struct QuantSection {
     pub calibration_windows: usize,
 }
 
-fn default_initializer() -> Initializer {
-    Initializer::Rtn
+impl QuantSection {
+    /// The base quantization this section asks for (validation ensured exactly one of
+    /// `format` and `plan`).
+    pub fn base_quantization(&self) -> BaseQuantization {
+        let formats = match (&self.plan, self.format) {
+            (Some(path), _) => BaseFormats::Plan(path.clone()),
+            (None, Some(format)) => BaseFormats::Uniform(format),
+            (None, None) => unreachable!("the recipe is validated"),
+        };
+        BaseQuantization {
+            formats,
+            method: self.init,
+            learn_scales: self.learn_scales,
+            calibration_windows: self.calibration_windows,
+        }
+    }
+}
+
+fn default_initializer() -> PtqMethod {
+    PtqMethod::Rtn
 }
 fn default_calibration_windows() -> usize {
     32
@@ -198,6 +228,17 @@ pub struct TrainSection {
     /// micro-batches are dealt among them.
     #[serde(default = "default_device")]
     pub device: String,
+    /// `f32`, `bf16-mixed` or `bf16` (default: `bf16-mixed` on cuda, `f32` elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
+}
+
+impl TrainSection {
+    /// The run's precision: as set, else the device's default.
+    pub fn precision(&self) -> Precision {
+        self.precision
+            .unwrap_or_else(|| Precision::default_for(&self.device))
+    }
 }
 
 fn one() -> usize {
@@ -223,7 +264,7 @@ pub struct Recipe {
     /// AdamW.
     pub optimizer: OptimizerSection,
     /// Learning-rate schedule.
-    #[serde(default = "default_schedule")]
+    #[serde(default)]
     pub schedule: Schedule,
     /// The loop.
     pub train: TrainSection,
@@ -235,13 +276,6 @@ pub struct Recipe {
     pub mpo: Option<MpoSection>,
     /// Sampling and reward of a `grpo` run.
     pub grpo: Option<GrpoSection>,
-}
-
-fn default_schedule() -> Schedule {
-    Schedule {
-        warmup_steps: 0,
-        min_lr_ratio: 0.1,
-    }
 }
 
 impl Recipe {
@@ -366,7 +400,7 @@ impl Recipe {
                 if quant.format.is_some() == quant.plan.is_some() {
                     return fail("quant", "give exactly one of `format` and `plan`");
                 }
-                if quant.init == Initializer::Gptq && quant.calibration_windows == 0 {
+                if quant.init == PtqMethod::Gptq && quant.calibration_windows == 0 {
                     return fail(
                         "quant.calibration_windows",
                         "found 0; GPTQ needs calibration windows",
@@ -463,7 +497,7 @@ mod tests {
     fn the_tiny_qalft_recipe_reads() {
         let recipe = Recipe::from_table(qalft_recipe(), Path::new("qalft.toml")).unwrap();
         assert_eq!(recipe.stage, Stage::Qalft);
-        assert_eq!(recipe.quant.unwrap().init, Initializer::Gptq);
+        assert_eq!(recipe.quant.unwrap().init, PtqMethod::Gptq);
         assert_eq!(recipe.lora.unwrap().targets.len(), 7);
     }
 

@@ -5,20 +5,24 @@
 
 use serde::{Deserialize, Serialize};
 
-/// `[schedule]` of a recipe.
+/// `[schedule]` of a recipe; a missing section or key takes [`Schedule::default`]'s value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Schedule {
     /// Steps of linear warmup from 0 to the peak rate.
-    #[serde(default)]
     pub warmup_steps: usize,
     /// Final rate as a fraction of the peak (cosine floor).
-    #[serde(default = "default_min_ratio")]
     pub min_lr_ratio: f64,
 }
 
-fn default_min_ratio() -> f64 {
-    0.1
+impl Default for Schedule {
+    /// No warmup; decay to a tenth of the peak.
+    fn default() -> Self {
+        Self {
+            warmup_steps: 0,
+            min_lr_ratio: 0.1,
+        }
+    }
 }
 
 impl Schedule {
@@ -49,5 +53,14 @@ mod tests {
         assert!((s.lr(4, 104, 1.0) - 1.0).abs() < 1e-12);
         assert!((s.lr(54, 104, 1.0) - 0.55).abs() < 1e-12);
         assert!((s.lr(104, 104, 1.0) - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_missing_section_or_key_takes_the_defaults() {
+        let whole: Schedule = toml::from_str("").unwrap();
+        assert_eq!(whole, Schedule::default());
+        let partial: Schedule = toml::from_str("warmup_steps = 5").unwrap();
+        assert_eq!(partial.min_lr_ratio, Schedule::default().min_lr_ratio);
+        assert_eq!(partial.warmup_steps, 5);
     }
 }

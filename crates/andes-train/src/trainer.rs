@@ -5,32 +5,23 @@ use std::time::Instant;
 
 use andes_data::TextTokenizer;
 use andes_model::device::parse_devices;
+use andes_model::precision::Autocast;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::adapters::{self, QUANTIZATION_FILE};
 use crate::checkpoint::{self, ModelFiles, RECIPE_FILE, TrainerState};
-use crate::data::DataPosition;
 use crate::error::TrainError;
 use crate::metrics::{self, MetricsLog, StepMetrics};
-use crate::model::TrainModel;
 use crate::objective;
 use crate::optim::{adamw, freeze};
 use crate::parallel::Replicas;
 use crate::plot::draw_curves;
 use crate::recipe::Recipe;
+use andes_data::dataset::DataPosition;
+use andes_model::Model;
 
 /// A checkpoint's tokenizer.
 const TOKENIZER_FILE: &str = "tokenizer.json";
-/// Files besides weights and config that a Hugging Face checkpoint carries when it has them
-/// (tokenizer, its settings, generation defaults, an AndesVL model's image preprocessing);
-/// every checkpoint of a run copies them from the starting one so it loads on its own.
-const SIDE_FILES: [&str; 4] = [
-    TOKENIZER_FILE,
-    "tokenizer_config.json",
-    "generation_config.json",
-    "preprocessor_config.json",
-];
-
 /// Steps whose sample rewards [`TrainOutcome::final_reward`] averages.
 pub const REWARD_WINDOW: usize = 10;
 
@@ -91,16 +82,13 @@ pub fn train(
     } else {
         &start_dir
     };
-    let (config, model) = TrainModel::load(model_dir, &device)?;
+    let precision = recipe.train.precision();
+    let (config, model) = Model::load(model_dir, &device, precision.parameter_dtype())?;
     let (mut model, _frozen) = freeze(model, &recipe.train.freeze);
     let objective = objective::for_recipe(recipe, &tokenizer, &config, &plain_device)?;
-    let side_files: Vec<PathBuf> = SIDE_FILES
-        .iter()
-        .map(|name| start_dir.join(name))
-        .filter(|path| path.exists())
-        .collect();
+    let side_files = andes_model::checkpoint::side_files(&start_dir);
     if adapter_stage {
-        let TrainModel::Text(text_model) = &mut model else {
+        let Model::Text(text_model) = &mut model else {
             return Err(TrainError::io(
                 &model_dir.join("config.json"),
                 "stages lora and qalft train adapters on text models; this is an AndesVL \
@@ -123,7 +111,7 @@ pub fn train(
             }
         }
     }
-    let mut replicas = Replicas::new(model, &devices, |replica| {
+    let mut replicas = Replicas::new(model, &devices, precision.autocast(), |replica| {
         let optimizer = adamw(replica, &recipe.optimizer);
         if resume {
             checkpoint::load_optimizer(&start_dir, optimizer)
@@ -179,7 +167,13 @@ pub fn train(
             .eval_every
             .is_some_and(|every| state.step.is_multiple_of(every))
             || state.step == total;
-        if eval_due && let Some(evaluation) = objective.evaluate(replicas.model())? {
+        let evaluation = if eval_due {
+            let _autocast = Autocast::new(precision.autocast());
+            objective.evaluate(replicas.model())?
+        } else {
+            None
+        };
+        if let Some(evaluation) = evaluation {
             line.eval_loss = evaluation.loss;
             line.eval_perplexity = evaluation
                 .loss

@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use andes_model::andesvl::AndesVLConfig;
 use andes_model::generate::token_tensor;
 use andes_model::precision::cast_parameters;
 use andes_model::qwen3::{Qwen3Config, Qwen3ForCausalLM};
@@ -131,11 +130,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 fn vision(args: VisionBenchArgs) -> anyhow::Result<()> {
-    let config = if AndesVLConfig::is_andesvl(&args.config) {
-        AndesVLConfig::from_file(&args.config)?.vision_config
-    } else {
-        VisionConfig::from_file(&args.config)?
-    };
+    let config = VisionConfig::from_file(&args.config)?;
     let (device, dtype) = args.runtime.resolve()?;
     let tower = cast_parameters(VisionTransformer::new(&config, &device), dtype);
     let pixels = Tensor::<4>::random(
@@ -173,7 +168,7 @@ fn vision(args: VisionBenchArgs) -> anyhow::Result<()> {
 }
 
 fn train_steps(args: TrainBenchArgs) -> anyhow::Result<()> {
-    use andes_train::loss::masked_next_token_nll;
+    use andes_model::loss::masked_next_token_nll;
     use andes_train::optim::adamw;
     use andes_train::recipe::OptimizerSection;
     use burn::optim::GradientsParams;

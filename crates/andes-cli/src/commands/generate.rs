@@ -5,15 +5,12 @@ use std::time::Instant;
 
 use andes_data::TextTokenizer;
 use andes_data::chat::{END_OF_TURN, Role, render_for_generation};
-use andes_data::image_processor::ImageProcessor;
-use andes_data::image_prompt::{ImagePrompt, ImageTokens, tokenize_with_images};
-use andes_model::andesvl::{AndesVL, AndesVLConfig, ImagePlacement, load_andesvl};
+use andes_model::Model;
+use andes_model::andesvl::rows::image_prompt;
 use andes_model::device::replays_graphs;
 use andes_model::generate::{
     Decoding, GenerationRequest, eos_token_ids, generate, generate_from_embeddings, token_tensor,
 };
-use anyhow::Context;
-use burn::tensor::{Device, Tensor, TensorData};
 use clap::Args;
 
 use crate::model_args::ModelArgs;
@@ -77,42 +74,31 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         replay: replays_graphs(&args.model.runtime.device),
     };
     // The model first: a wrong directory is reported by its config.json.
-    let (tokenizer, prompt_tokens, ids, start) =
-        if AndesVLConfig::is_andesvl(&dir.join("config.json")) {
-            if args.model.adapter.is_some() {
-                anyhow::bail!(
-                    "--adapter is not supported on AndesVL models yet (text models only)"
-                );
-            }
-            let (device, dtype) = args.model.runtime.resolve()?;
-            let (config, model) = if andes_package::is_package(dir) {
-                let package = andes_package::load_package(dir, &device, dtype)
-                    .with_context(|| format!("loading package {}", dir.display()))?;
-                let (config, vision) = package
-                    .vision
-                    .context("an AndesVL package without its vision side")?;
-                (config, AndesVL::from_parts(vision, package.model))
-            } else {
-                load_andesvl(dir, &device, dtype)
-                    .with_context(|| format!("loading model {}", dir.display()))?
-            };
-            let tokenizer = TextTokenizer::from_model_dir(dir)?;
-            request.stop_tokens = stop_tokens(&args, dir, &config.text_config, &tokenizer)?;
-            let start = Instant::now();
+    let loaded = args.model.load()?;
+    let tokenizer = TextTokenizer::from_model_dir(dir)?;
+    request.stop_tokens = stop_tokens(&args, dir, loaded.config.text_config(), &tokenizer)?;
+    let start = Instant::now();
+    let (prompt_tokens, ids) = match (&loaded.model, loaded.config.andesvl()) {
+        (Model::VisionLanguage(model), Some(config)) => {
             let (prompt, images) = image_prompt(
                 &args.images,
                 dir,
                 &prompt,
                 &tokenizer,
-                &config,
-                &model,
-                &device,
+                config,
+                model,
+                &loaded.device,
             )?;
-            let embeddings = model.embed(token_tensor(&prompt.ids, &device), &images)?;
-            let ids =
-                generate_from_embeddings(&model.language_model, embeddings, &request, &device)?;
-            (tokenizer, prompt.ids.len(), ids, start)
-        } else {
+            let embeddings = model.embed(token_tensor(&prompt.ids, &loaded.device), &images)?;
+            let ids = generate_from_embeddings(
+                &model.language_model,
+                embeddings,
+                &request,
+                &loaded.device,
+            )?;
+            (prompt.ids.len(), ids)
+        }
+        (model, _) => {
             if !args.images.is_empty() {
                 anyhow::bail!(
                     "--image needs an AndesVL model directory (config.json with model_type \
@@ -120,14 +106,16 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
                     dir.display()
                 );
             }
-            let loaded = args.model.load()?;
-            let tokenizer = TextTokenizer::from_model_dir(dir)?;
-            request.stop_tokens = stop_tokens(&args, dir, &loaded.config, &tokenizer)?;
-            let start = Instant::now();
             let prompt_ids = tokenizer.encode(&prompt)?;
-            let ids = generate(&loaded.model, &prompt_ids, &request, &loaded.device)?;
-            (tokenizer, prompt_ids.len(), ids, start)
-        };
+            let ids = generate(
+                model.language_model(),
+                &prompt_ids,
+                &request,
+                &loaded.device,
+            )?;
+            (prompt_ids.len(), ids)
+        }
+    };
     let seconds = start.elapsed().as_secs_f64();
     let text = tokenizer.decode(&ids)?;
     if args.json {
@@ -170,49 +158,4 @@ fn decoding(args: &GenerateArgs) -> Decoding {
             seed: args.seed,
         }
     }
-}
-
-/// Preprocesses `paths` with the model's `preprocessor_config.json` and tokenizes `text`
-/// with each `<image>` expanded to that image's visual tokens.
-fn image_prompt(
-    paths: &[PathBuf],
-    dir: &Path,
-    text: &str,
-    tokenizer: &TextTokenizer,
-    config: &AndesVLConfig,
-    model: &AndesVL,
-    device: &Device,
-) -> anyhow::Result<(ImagePrompt, Vec<ImagePlacement>)> {
-    let processed = if paths.is_empty() {
-        Vec::new()
-    } else {
-        let processor = ImageProcessor::from_file(&dir.join("preprocessor_config.json"))?;
-        paths
-            .iter()
-            .map(|path| processor.load(path))
-            .collect::<Result<Vec<_>, _>>()?
-    };
-    let counts: Vec<usize> = processed
-        .iter()
-        .map(|image| model.visual_tokens(image.height, image.width))
-        .collect();
-    let tokens = ImageTokens {
-        token_id: config.image_token_id,
-        start: config.image_start.clone(),
-        end: config.image_end.clone(),
-    };
-    let prompt = tokenize_with_images(tokenizer, text, &counts, &tokens)?;
-    let placements = processed
-        .into_iter()
-        .zip(&prompt.image_spans)
-        .map(|(image, span)| ImagePlacement {
-            sequence: 0,
-            span: span.clone(),
-            pixels: Tensor::from_data(
-                TensorData::new(image.pixels, [3, image.height, image.width]),
-                device,
-            ),
-        })
-        .collect();
-    Ok((prompt, placements))
 }

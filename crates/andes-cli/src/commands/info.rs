@@ -2,8 +2,7 @@
 
 use std::path::PathBuf;
 
-use andes_model::andesvl::{AndesVL, AndesVLConfig};
-use andes_model::qwen3::{Qwen3Config, Qwen3ForCausalLM};
+use andes_model::{Model, ModelConfig};
 use burn::module::Module;
 use burn::tensor::Device;
 use clap::Args;
@@ -23,24 +22,19 @@ pub struct InfoArgs {
 /// AndesVL model the text lines describe its language model, the parameter count is the whole
 /// model's, and a `vision` line (key) describes the tower.
 pub fn run(args: InfoArgs) -> anyhow::Result<()> {
-    let config_path = args.model.join("config.json");
-    let (config, parameters, vision) = if AndesVLConfig::is_andesvl(&config_path) {
-        let andesvl = AndesVLConfig::from_file(&config_path)?;
-        let parameters = AndesVL::new(&andesvl, &Device::flex())?.num_params();
+    let model_config = ModelConfig::from_file(&args.model.join("config.json"))?;
+    let parameters = Model::new(&model_config, &Device::flex())?.num_params();
+    let vision = model_config.andesvl().map(|andesvl| {
         let spec = andesvl.vision_config.spec();
-        let vision = serde_json::json!({
+        serde_json::json!({
             "model_type": andesvl.vision_config.model_type(),
             "hidden_size": spec.hidden_size,
             "num_hidden_layers": spec.layers,
             "patch_size": spec.patch_size,
             "merge_size": andesvl.projector.merge_size,
-        });
-        (andesvl.text_config, parameters, Some(vision))
-    } else {
-        let config = Qwen3Config::from_file(&config_path)?;
-        let parameters = Qwen3ForCausalLM::new(&config, &Device::flex())?.num_params();
-        (config, parameters, None)
-    };
+        })
+    });
+    let config = model_config.text_config();
     let (theta, scaling) = config
         .rope()
         .map_err(|(key, message)| anyhow::anyhow!("{key}: {message}"))?;

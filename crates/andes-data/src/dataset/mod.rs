@@ -7,6 +7,7 @@ mod preference;
 mod prompt;
 mod records;
 mod text;
+mod windows;
 
 pub use caption::{CaptionRecord, load_captions};
 pub use conversation::{
@@ -18,6 +19,9 @@ pub use preference::{PreferencePair, load_preferences};
 pub use prompt::{PromptExample, load_prompts};
 pub use records::{DataFormat, RecordError, load_sequences, read_records};
 pub use text::tokenize_document;
+pub use windows::{
+    DataPosition, END_OF_TEXT, WindowSet, Windowing, document_stream, draw_indices, end_of_text,
+};
 
 /// Token ids of one document with, per token, whether it is a training target.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -56,6 +56,22 @@ pub enum RecordError {
     /// Tokenization failed.
     #[error(transparent)]
     Tokenizer(#[from] DataError),
+    /// The tokenizer lacks a token the data's layout needs.
+    #[error("{path}: the tokenizer has no {token} token, which ends every document")]
+    MissingToken {
+        /// The data file.
+        path: PathBuf,
+        /// The token.
+        token: String,
+    },
+    /// The file holds less than one window.
+    #[error("{path}: too little data: not one window of {window} tokens")]
+    TooLittleData {
+        /// The data file.
+        path: PathBuf,
+        /// Tokens one window needs.
+        window: usize,
+    },
 }
 
 #[derive(Deserialize)]

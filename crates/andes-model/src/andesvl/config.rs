@@ -33,14 +33,6 @@ pub struct AndesVLConfig {
 }
 
 impl AndesVLConfig {
-    /// Whether `path` is an AndesVL configuration (rather than a plain Qwen3 one).
-    pub fn is_andesvl(path: &Path) -> bool {
-        std::fs::read_to_string(path)
-            .ok()
-            .and_then(|text| serde_json::from_str::<Value>(&text).ok())
-            .is_some_and(|value| value["model_type"] == ANDESVL)
-    }
-
     /// Reads and validates `config.json`; errors name the file and the dotted key.
     pub fn from_file(path: &Path) -> Result<Self, ModelError> {
         let fail = |key: &str, message: String| ModelError::Config {

@@ -4,6 +4,7 @@
 //! (`vision_encoder.*`, `mlp.N.*`, `language_model.model.*`, `language_model.lm_head.*`).
 
 mod config;
+pub mod rows;
 
 pub use config::{ANDESVL, AndesVLConfig};
 

@@ -7,10 +7,13 @@ mod names;
 mod save;
 mod shards;
 
-pub use atomic::write_atomically;
+pub use atomic::{file_sha256, sha256, write_atomically};
 pub use load::{load_parameters, load_parameters_named, stable_param_id};
 pub use names::ParamPath;
-pub use save::{SaveDtype, parameters_safetensors, save_parameters, save_parameters_named};
+pub use save::{
+    SIDE_FILES, SaveDtype, parameters_safetensors, save_parameters, save_parameters_named,
+    side_files,
+};
 pub use shards::{INDEX_FILE, SINGLE_FILE, SafetensorsShards};
 
 use std::path::Path;

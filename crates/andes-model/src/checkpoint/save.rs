@@ -23,6 +23,39 @@ pub enum SaveDtype {
     F16,
 }
 
+impl std::str::FromStr for SaveDtype {
+    type Err = String;
+
+    /// `f32`, `bf16` or `f16`, as `--save-dtype` spells them.
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            "f16" => Ok(Self::F16),
+            other => Err(format!("found {other:?}, expected f32, bf16 or f16")),
+        }
+    }
+}
+
+/// Files besides weights and config that a Hugging Face checkpoint carries when it has them
+/// (tokenizer, its settings, generation defaults, an AndesVL model's image preprocessing):
+/// whatever writes a model directory from another copies them so the copy loads on its own.
+pub const SIDE_FILES: [&str; 4] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "preprocessor_config.json",
+];
+
+/// The [`SIDE_FILES`] that `dir` holds.
+pub fn side_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    SIDE_FILES
+        .iter()
+        .map(|name| dir.join(name))
+        .filter(|path| path.exists())
+        .collect()
+}
+
 struct HostTensor {
     dtype: Dtype,
     shape: Vec<usize>,

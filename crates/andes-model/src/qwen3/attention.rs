@@ -9,6 +9,7 @@ use burn::tensor::{Device, Tensor};
 use super::Qwen3Config;
 use crate::kv_cache::{LayerKvCache, Position};
 use crate::lora::AdaptedLinear;
+use crate::precision::operand;
 use crate::rope::RotaryEmbedding;
 
 /// `softmax(q·kᵀ/√d)·v` over `num_attention_heads` query heads sharing
@@ -98,14 +99,16 @@ impl Attention {
             softcap: None,
             is_causal: seq > 1,
         };
+        let dtype = q.dtype();
         let context = attention(
-            q,
-            repeat_kv(k, group),
-            repeat_kv(v, group),
+            operand(q),
+            operand(repeat_kv(k, group)),
+            operand(repeat_kv(v, group)),
             position.mask(self.heads),
             None,
             options,
-        );
+        )
+        .cast(dtype);
         let context = context
             .swap_dims(1, 2)
             .reshape([batch, seq, self.heads * self.head_dim]);

@@ -41,8 +41,8 @@ pub struct Qwen3Config {
     #[serde(default)]
     pub attention_bias: bool,
     /// MLP activation; only `silu` exists in Qwen3.
-    #[serde(default = "default_hidden_act")]
-    pub hidden_act: String,
+    #[serde(default)]
+    pub hidden_act: HiddenAct,
     /// Rotary base frequency (transformers 4.x layout; 5.x nests it in `rope_parameters`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_theta: Option<f64>,
@@ -83,11 +83,34 @@ impl EosTokenIds {
     }
 }
 
-fn default_hidden_act() -> String {
-    "silu".into()
+/// The MLP's activation as `config.json` names it: Qwen3 gates its SwiGLU with SiLU only,
+/// so any other name is refused at load rather than computed wrongly.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HiddenAct {
+    /// `x · sigmoid(x)`.
+    #[default]
+    Silu,
 }
 
 impl Qwen3Config {
+    /// The shape the phone cost model reads: parameters every token's forward pass touches
+    /// (the embedding rows excluded, the head included), layers, and the KV cache's width.
+    pub fn cost_shape(&self) -> andes_quant::ModelShape {
+        let (h, layers) = (self.hidden_size as u64, self.num_hidden_layers as u64);
+        let attention = h
+            * self.head_dim as u64
+            * (2 * self.num_attention_heads as u64 + 2 * self.num_key_value_heads as u64);
+        let mlp = 3 * h * self.intermediate_size as u64;
+        let head = self.vocab_size as u64 * h;
+        andes_quant::ModelShape {
+            active_params: layers * (attention + mlp) + head,
+            layers,
+            kv_heads: self.num_key_value_heads as u64,
+            head_dim: self.head_dim as u64,
+        }
+    }
+
     /// Reads and validates `config.json`; every error names the file and the key.
     pub fn from_file(path: &Path) -> Result<Self, ModelError> {
         let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
@@ -136,12 +159,6 @@ impl Qwen3Config {
             return fail(
                 "model_type",
                 format!("found {:?}, expected \"qwen3\"", self.model_type),
-            );
-        }
-        if self.hidden_act != "silu" {
-            return fail(
-                "hidden_act",
-                format!("found {:?}, expected \"silu\"", self.hidden_act),
             );
         }
         if self.use_sliding_window {

@@ -2,11 +2,11 @@
 
 use burn::module::Module;
 use burn::nn::LinearConfig;
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
 use super::Qwen3Config;
 use crate::lora::AdaptedLinear;
+use crate::swiglu::swiglu;
 
 /// `down(silu(gate(x)) ⊙ up(x))`, no biases; each projection may carry LoRA adapters.
 #[derive(Module, Debug)]
@@ -34,7 +34,8 @@ impl Mlp {
 
     /// `[batch, seq, hidden]` → `[batch, seq, hidden]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        let gate = self.gate_proj.forward(x.clone());
+        self.down_proj
+            .forward(swiglu(gate, self.up_proj.forward(x)))
     }
 }

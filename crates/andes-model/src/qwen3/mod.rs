@@ -9,16 +9,16 @@ mod mlp;
 
 pub use attention::Attention;
 pub use block::DecoderLayer;
-pub use config::{EosTokenIds, Qwen3Config};
+pub use config::{EosTokenIds, HiddenAct, Qwen3Config};
 pub use mlp::Mlp;
 
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
-use burn::tensor::module::linear;
 use burn::tensor::{Device, Int, Tensor};
 
 use crate::error::ModelError;
 use crate::kv_cache::{KvCache, Position};
+use crate::precision::mixed_linear;
 use crate::rope::RotaryEmbedding;
 
 /// The transformer body: embedding, decoder blocks, final norm.
@@ -126,8 +126,12 @@ impl Qwen3ForCausalLM {
     /// Logits `[batch, seq, vocab]` from hidden states `[batch, seq, hidden]`.
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
-            Some(head) => head.forward(hidden),
-            None => linear(
+            Some(head) => mixed_linear(
+                hidden,
+                head.weight.val(),
+                head.bias.as_ref().map(|b| b.val()),
+            ),
+            None => mixed_linear(
                 hidden,
                 self.model.embed_tokens.weight.val().transpose(),
                 None,

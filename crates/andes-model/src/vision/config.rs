@@ -237,7 +237,7 @@ pub struct VisionSpec {
 
 impl VisionConfig {
     /// Reads the vision tower's configuration from a `config.json`: a vision model's own, or
-    /// the `vision_config` section of a full SigLIP2 / AIMv2 model.
+    /// the `vision_config` section of a full SigLIP2 / AIMv2 model or of an AndesVL model.
     pub fn from_file(path: &Path) -> Result<Self, ModelError> {
         let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
             path: path.to_owned(),
@@ -251,6 +251,9 @@ impl VisionConfig {
             })?;
         let model_type = value.get("model_type").and_then(|v| v.as_str());
         match model_type {
+            Some(crate::andesvl::ANDESVL) => {
+                Ok(crate::andesvl::AndesVLConfig::from_file(path)?.vision_config)
+            }
             Some("siglip2" | "aimv2") => {
                 let section = value.get("vision_config").cloned().unwrap_or_default();
                 let family = if model_type == Some("siglip2") {

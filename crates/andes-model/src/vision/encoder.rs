@@ -2,13 +2,14 @@
 
 use burn::module::Module;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
-use burn::tensor::activation::{gelu, gelu_approximate, silu};
+use burn::tensor::activation::{gelu, gelu_approximate};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
 
 use super::config::{MlpKind, NormKind, VisionSpec};
 use crate::rope::rotate_half;
+use crate::swiglu::swiglu;
 
 /// LayerNorm (SigLIP2) or RMSNorm (AIMv2).
 #[derive(Module, Debug)]
@@ -168,8 +169,8 @@ impl VisionMlp {
                 mlp.fc2.forward(inner)
             }
             Self::SwiGlu(mlp) => {
-                let gate = silu(mlp.gate_proj.forward(x.clone()));
-                mlp.down_proj.forward(gate * mlp.up_proj.forward(x))
+                let gate = mlp.gate_proj.forward(x.clone());
+                mlp.down_proj.forward(swiglu(gate, mlp.up_proj.forward(x)))
             }
         }
     }

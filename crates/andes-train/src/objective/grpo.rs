@@ -26,9 +26,9 @@ use super::{
 };
 use crate::checkpoint::TrainerState;
 use crate::error::TrainError;
-use crate::model::TrainModel;
 use crate::recipe::Recipe;
 use crate::reward::RewardFunction;
+use andes_model::Model;
 
 /// `[grpo]` of a recipe; defaults are DeepSeekMath's and TRL's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -210,7 +210,7 @@ pub fn group_advantages(rewards: &[f64], group_size: usize) -> Vec<f64> {
 impl Objective for GrpoObjective {
     fn step(
         &self,
-        model: &TrainModel,
+        model: &Model,
         state: &mut TrainerState,
         step_seed: u64,
         shard: Shard,
@@ -264,7 +264,7 @@ impl Objective for GrpoObjective {
         })
     }
 
-    fn evaluate(&self, model: &TrainModel) -> Result<Option<Evaluation>, TrainError> {
+    fn evaluate(&self, model: &Model) -> Result<Option<Evaluation>, TrainError> {
         let model = model.language_model();
         let Some(eval) = &self.eval else {
             return Ok(None);
@@ -286,8 +286,8 @@ mod tests {
     use burn::optim::GradientsParams;
 
     use super::*;
-    use crate::model::TrainModel;
     use crate::objective::tests::{gradient_gap, tiny_recipe};
+    use andes_model::Model;
 
     /// On-policy (the model is its reference, one update per batch) the clipped ratio is 1 and
     /// the k3 KL has zero gradient, so GRPO's gradient must be REINFORCE's with group-normalised
@@ -299,7 +299,12 @@ mod tests {
         let fixture = recipe.model.checkpoint.clone();
         let device = Device::flex();
         let objective = GrpoObjective::new(&recipe, &tokenizer, &device).unwrap();
-        let (_, policy) = TrainModel::load(&fixture, &device.clone().autodiff()).unwrap();
+        let (_, policy) = Model::load(
+            &fixture,
+            &device.clone().autodiff(),
+            burn::tensor::DType::F32,
+        )
+        .unwrap();
         let policy = policy.into_language_model();
         let prompt = objective.train[0].prompt.as_slice();
         let completions: [&[u32]; 4] = [&[40, 41, 42], &[43, 44], &[45], &[46, 47, 48, 49]];

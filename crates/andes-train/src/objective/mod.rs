@@ -15,19 +15,19 @@ use andes_data::dataset::DataFormat;
 use andes_model::qwen3::Qwen3ForCausalLM;
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{DType, Device, Tensor};
 
 pub use grpo::{GrpoObjective, GrpoSection, group_advantages};
 pub use mpo::{MpoObjective, MpoSection, RunningMean, mpo_loss};
 pub use replies::ReplyRows;
-pub use tokens::{TokenObjective, mean_nll};
-pub use vision::{VisionObjective, image_text_embeddings, image_tokens};
+pub use tokens::TokenObjective;
+pub use vision::VisionObjective;
 
 use crate::checkpoint::TrainerState;
-use crate::data::{WindowSet, draw_indices};
 use crate::error::TrainError;
-use crate::model::{ModelConfig, TrainModel};
 use crate::recipe::{Recipe, Stage};
+use andes_data::dataset::{WindowSet, draw_indices};
+use andes_model::{Model, ModelConfig};
 
 /// One shard's part of an optimizer step: its gradients and its share of the step's figures.
 pub struct StepOutput {
@@ -118,14 +118,14 @@ pub trait Objective: Sync {
     /// loss. `step_seed` seeds whatever the step samples.
     fn step(
         &self,
-        model: &TrainModel,
+        model: &Model,
         state: &mut TrainerState,
         step_seed: u64,
         shard: Shard,
     ) -> Result<StepOutput, TrainError>;
 
     /// Scores `model` (without gradients) on the held-out file, when the recipe names one.
-    fn evaluate(&self, model: &TrainModel) -> Result<Option<Evaluation>, TrainError>;
+    fn evaluate(&self, model: &Model) -> Result<Option<Evaluation>, TrainError>;
 
     /// Training windows for calibrating a quantized base (token objectives only).
     fn calibration_windows(&self) -> Option<&WindowSet> {
@@ -178,7 +178,7 @@ fn load_reference(
     recipe: &Recipe,
     device: &Device,
 ) -> Result<(ModelConfig, Qwen3ForCausalLM), TrainError> {
-    let (config, reference) = TrainModel::load(&recipe.model.checkpoint, device)?;
+    let (config, reference) = Model::load(&recipe.model.checkpoint, device, DType::F32)?;
     Ok((config, reference.into_language_model().valid()))
 }
 

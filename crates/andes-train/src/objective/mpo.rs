@@ -20,8 +20,8 @@ use super::{
 };
 use crate::checkpoint::TrainerState;
 use crate::error::TrainError;
-use crate::model::TrainModel;
 use crate::recipe::Recipe;
+use andes_model::Model;
 
 /// `[mpo]` of a recipe; defaults are InternVL's MPO settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -257,7 +257,7 @@ impl MpoObjective {
 impl Objective for MpoObjective {
     fn step(
         &self,
-        model: &TrainModel,
+        model: &Model,
         state: &mut TrainerState,
         _step_seed: u64,
         shard: Shard,
@@ -292,7 +292,7 @@ impl Objective for MpoObjective {
         })
     }
 
-    fn evaluate(&self, model: &TrainModel) -> Result<Option<Evaluation>, TrainError> {
+    fn evaluate(&self, model: &Model) -> Result<Option<Evaluation>, TrainError> {
         let model = model.language_model();
         let Some(eval) = &self.eval else {
             return Ok(None);
@@ -321,8 +321,8 @@ mod tests {
     use burn::optim::GradientsParams;
 
     use super::*;
-    use crate::model::TrainModel;
     use crate::objective::tests::{gradient_gap, tiny_recipe};
+    use andes_model::Model;
 
     /// At the first step the policy is its reference: every implicit reward and δ are 0, so
     /// σ(·) = ½ in both DPO's and BCO's derivatives and the MPO gradient is the closed form
@@ -335,7 +335,12 @@ mod tests {
         let device = Device::flex();
         let objective = MpoObjective::new(&recipe, &tokenizer, &device).unwrap();
         let fixture = recipe.model.checkpoint.clone();
-        let (_, policy) = TrainModel::load(&fixture, &device.clone().autodiff()).unwrap();
+        let (_, policy) = Model::load(
+            &fixture,
+            &device.clone().autodiff(),
+            burn::tensor::DType::F32,
+        )
+        .unwrap();
         let policy = policy.into_language_model();
         let pairs: Vec<&PreferencePair> = objective.train[..3].iter().collect();
         let chosen_tokens: usize = pairs.iter().map(|p| p.chosen.len()).sum();

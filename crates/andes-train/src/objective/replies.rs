@@ -5,7 +5,7 @@ use andes_model::qwen3::Qwen3ForCausalLM;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::error::TrainError;
-use crate::loss::head_log_probs;
+use andes_model::loss::head_log_probs;
 
 /// Rows `prompt ++ reply`, right-padded to the longest; the model reads `inputs` and each
 /// position predicts `targets`, of which only reply tokens count (`mask`). Right padding

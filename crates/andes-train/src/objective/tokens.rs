@@ -3,20 +3,19 @@
 
 use andes_data::TextTokenizer;
 use andes_data::dataset::counted_targets;
-use andes_model::qwen3::Qwen3ForCausalLM;
 use burn::module::Module;
 use burn::optim::GradientsAccumulator;
 use burn::tensor::Device;
 
-use super::{
-    Evaluation, Objective, Shard, StepBatches, StepFigures, StepOutput, accumulate_share, scalar,
-};
+use super::{Evaluation, Objective, Shard, StepBatches, StepFigures, StepOutput, accumulate_share};
 use crate::checkpoint::TrainerState;
-use crate::data::{WindowSet, to_batch};
 use crate::error::TrainError;
-use crate::loss::masked_next_token_nll;
-use crate::model::TrainModel;
 use crate::recipe::Recipe;
+use andes_data::dataset::WindowSet;
+use andes_model::Model;
+use andes_model::batch::to_batch;
+use andes_model::loss::masked_next_token_nll;
+use andes_model::perplexity::mean_nll;
 
 /// Mean next-token NLL over a recipe's windows.
 pub struct TokenObjective {
@@ -28,9 +27,10 @@ pub struct TokenObjective {
 impl TokenObjective {
     /// Reads and packs the recipe's training and held-out files.
     pub fn new(recipe: &Recipe, tokenizer: &TextTokenizer) -> Result<Self, TrainError> {
-        let (train, _skipped) = WindowSet::load(&recipe.data.train, &recipe.data, tokenizer)?;
+        let (train, _skipped) =
+            WindowSet::load(&recipe.data.train, &recipe.data.windowing(), tokenizer)?;
         let eval = match &recipe.data.eval {
-            Some(path) => Some(WindowSet::load(path, &recipe.data, tokenizer)?.0),
+            Some(path) => Some(WindowSet::load(path, &recipe.data.windowing(), tokenizer)?.0),
             None => None,
         };
         Ok(Self {
@@ -44,7 +44,7 @@ impl TokenObjective {
 impl Objective for TokenObjective {
     fn step(
         &self,
-        model: &TrainModel,
+        model: &Model,
         state: &mut TrainerState,
         _step_seed: u64,
         shard: Shard,
@@ -77,7 +77,7 @@ impl Objective for TokenObjective {
         })
     }
 
-    fn evaluate(&self, model: &TrainModel) -> Result<Option<Evaluation>, TrainError> {
+    fn evaluate(&self, model: &Model) -> Result<Option<Evaluation>, TrainError> {
         let model = model.language_model();
         let Some(set) = &self.eval else {
             return Ok(None);
@@ -91,29 +91,4 @@ impl Objective for TokenObjective {
     fn calibration_windows(&self) -> Option<&WindowSet> {
         Some(&self.train)
     }
-}
-
-/// Mean NLL per target token over every window of `set`, without gradients.
-pub fn mean_nll(
-    model: &Qwen3ForCausalLM,
-    set: &WindowSet,
-    batch_size: usize,
-) -> Result<f64, TrainError> {
-    let model = model.valid();
-    let device: Device = model.devices()[0].clone();
-    let windows: Vec<_> = set.packed.windows.iter().collect();
-    let mut nll = 0.0;
-    let mut tokens = 0usize;
-    for chunk in windows.chunks(batch_size) {
-        let batch = to_batch(chunk, &device);
-        let hidden = model.forward_hidden(batch.inputs, &mut model.new_cache())?;
-        nll += scalar(masked_next_token_nll(
-            &model,
-            hidden,
-            batch.targets,
-            batch.mask,
-        ));
-        tokens += batch.target_tokens;
-    }
-    Ok(nll / tokens.max(1) as f64)
 }

@@ -5,7 +5,7 @@
 //! Qwen3 vocabulary of 151,936 makes the logits of one [4, 1024] batch 2.5 GB in f32, more
 //! than one Vulkan buffer may hold (2 GiB), and no pass needs them all at once.
 
-use andes_model::qwen3::Qwen3ForCausalLM;
+use crate::qwen3::Qwen3ForCausalLM;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Bool, Int, Tensor};
 
@@ -82,7 +82,7 @@ pub fn masked_next_token_nll(
 mod tests {
     use std::path::Path;
 
-    use andes_model::checkpoint::load_qwen3;
+    use crate::checkpoint::load_qwen3;
     use burn::tensor::{DType, Device, TensorData};
 
     use super::*;

@@ -8,11 +8,9 @@ use std::fmt::Write as _;
 
 use anyhow::Context;
 
-use crate::andes_runner::latest_checkpoint;
-use crate::{flag, fresh_bench, root};
+use super::{fresh_bench, train_tiny};
+use crate::data::{GCIDE_EVAL, GCIDE_TRAIN};
 
-const PROSE_TRAIN: &str = "datasets/gcide/gcide-sample.txt";
-const PROSE_EVAL: &str = "datasets/gcide/gcide-eval.txt";
 /// Uniform formats from ~4 down to ~1.3 bits per weight (on the tiny model's short rows).
 const UNIFORM: [&str; 6] = [
     "int4-channel-sym",
@@ -25,6 +23,7 @@ const UNIFORM: [&str; 6] = [
 /// Budgets of the planned rows.
 const BUDGETS: [&str; 6] = ["4", "3", "2.5", "2", "1.8", "1.6"];
 
+/// One measured model of the table and the plot.
 struct Point {
     method: &'static str,
     label: String,
@@ -32,24 +31,19 @@ struct Point {
     ppl: f64,
 }
 
-pub fn bench_quantize(rest: &[&str]) -> anyhow::Result<()> {
-    let pretrain_steps = flag(rest, "--pretrain-steps", "400");
+/// Pretrains the tiny Qwen3 for `pretrain_steps` steps, measures every row (see the module's
+/// documentation), and prints and writes the table and the plot.
+pub(crate) fn quantize(pretrain_steps: u32) -> anyhow::Result<()> {
     let (out, andes) = fresh_bench("quantize")?;
-    let pretrain = out.join("pretrain");
-    andes.train(
-        &root().join("configs/recipes/tiny/pretrain.toml"),
-        &pretrain,
-        &[&format!("train.steps={pretrain_steps}")],
-    )?;
-    let base = latest_checkpoint(&pretrain)?;
-    let text = ["--window", "64", "--documents", PROSE_EVAL];
+    let base = train_tiny(&andes, &out, "pretrain", pretrain_steps)?;
+    let text = ["--window", "64", "--documents", GCIDE_EVAL];
     let (float_ppl, _) = andes.eval(&base, &text)?;
     let mut points = Vec::new();
     for (method, init) in [("uniform RTN", "rtn"), ("uniform GPTQ", "gptq")] {
         for format in UNIFORM {
             let args = [
                 &text[..],
-                &["--quant", format, "--init", init, "--calib", PROSE_TRAIN],
+                &["--quant", format, "--init", init, "--calib", GCIDE_TRAIN],
             ];
             let (ppl, bpw) = andes.eval(&base, &args.concat())?;
             points.push(Point {
@@ -62,30 +56,17 @@ pub fn bench_quantize(rest: &[&str]) -> anyhow::Result<()> {
     }
     for budget in BUDGETS {
         let package = out.join(format!("package-{budget}"));
-        let output = andes
-            .command()
-            .args([
-                "quantize",
-                "--target",
-                "dimensity9500",
-                "--bpw",
-                budget,
-                "--calib",
-            ])
-            .arg(PROSE_TRAIN)
-            .arg("--model")
-            .arg(&base)
-            .arg("--cache")
-            .arg(out.join("cache"))
-            .arg("--out")
-            .arg(&package)
-            .arg("--json")
-            .output()?;
-        if !output.status.success() {
-            eprintln!(
-                "budget {budget}: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
+        let quantized = andes.quantize(
+            &base,
+            "dimensity9500",
+            budget,
+            &out.join("cache"),
+            &package,
+            &["--calib", GCIDE_TRAIN, "--json"],
+        );
+        // A budget the target cannot meet is a row left out, not a failed benchmark.
+        if let Err(error) = quantized {
+            eprintln!("budget {budget}: {error:#}");
             continue;
         }
         let (ppl, bpw) = andes.eval(&package, &text)?;

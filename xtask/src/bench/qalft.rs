@@ -22,11 +22,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-use crate::andes_runner::{Andes, Job, latest_checkpoint, run_in_parallel};
-use crate::{flag, root, run, target_dir};
+use crate::andes_runner::{
+    Andes, Job, Profile, build, latest_checkpoint, run_in_parallel, stdout_of,
+};
+use crate::data::{GCIDE_EVAL, GCIDE_TRAIN};
+use crate::workspace::{root, target_dir};
 
-const PROSE_CALIBRATION: &str = "datasets/gcide/gcide-sample.txt";
-const PROSE_EVAL: &str = "datasets/gcide/gcide-eval.txt";
+/// Held-out definition conversations: the task the adapters learn, scored on assistant tokens.
 const TASK_EVAL: &str = "datasets/sft/gcide-define-eval.jsonl";
 /// The line of the qalft recipe that each QALFT row replaces with its format or plan.
 const QALFT_FORMAT_LINE: &str = "format = \"int2-g64-asym\"";
@@ -61,66 +63,90 @@ impl Row {
 
 /// What every row of one run shares: where it writes, the recipes it trains, the evaluation
 /// window, and whether it goes on from an interrupted run.
-struct Bench<'a> {
+struct Bench {
     out: PathBuf,
     recipes: PathBuf,
-    window: &'a str,
+    window: String,
     resume: bool,
 }
 
-pub fn bench_qalft(rest: &[&str]) -> anyhow::Result<()> {
-    let pretrain_steps = flag(rest, "--pretrain-steps", "400");
-    let adapter_steps = flag(rest, "--adapter-steps", "150");
-    let workers: usize = flag(rest, "--jobs", "1").parse().context("--jobs N")?;
-    let gpus: Vec<String> = match flag(rest, "--gpus", "") {
-        "" => Vec::new(),
-        list => list.split(',').map(str::to_string).collect(),
-    };
-    let recipes_dir = flag(rest, "--recipes", "configs/recipes/tiny");
-    let name = Path::new(recipes_dir)
+/// The model, its runs and where they go: the flags of `cargo xtask bench qalft`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct QalftArgs {
+    /// Steps of the base's pretraining.
+    #[arg(long, value_name = "N", default_value_t = 400)]
+    pub(crate) pretrain_steps: u32,
+    /// Steps of each adapter's training (LoRA on the float base, and every QALFT run).
+    #[arg(long, value_name = "M", default_value_t = 150)]
+    pub(crate) adapter_steps: u32,
+    /// Recipe set (`pretrain.toml`, `lora.toml`, `qalft.toml`), relative to the repository root;
+    /// its name names the results' folder.
+    #[arg(long, value_name = "DIR", default_value = "configs/recipes/tiny")]
+    pub(crate) recipes: PathBuf,
+    /// Model shape (a Qwen3 `config.json`) that `andes init` draws the base from before
+    /// pretraining, instead of the recipe's starting checkpoint.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) init_config: Option<PathBuf>,
+    /// Device of every run: `cpu`, `cuda`, `wgpu`.
+    #[arg(long, value_name = "D", default_value = "cpu")]
+    pub(crate) device: String,
+    /// Evaluation window, tokens.
+    #[arg(long, value_name = "W", default_value_t = 64)]
+    pub(crate) window: u32,
+    /// Runs that go side by side.
+    #[arg(long, value_name = "J", default_value_t = 1)]
+    pub(crate) jobs: usize,
+    /// GPUs the runs spread over, one a run (every GPU visible to each run when left out).
+    #[arg(long, value_name = "0,1", value_delimiter = ',')]
+    pub(crate) gpus: Vec<String>,
+    /// Prebuilt `andes` binary (relative to the repository root), for a machine that cannot
+    /// build it; left out, the debug build of this checkout.
+    #[arg(long, value_name = "BIN")]
+    pub(crate) andes: Option<PathBuf>,
+    /// Keep what an interrupted run of the bench left: runs go on from their latest
+    /// checkpoint, for a device call cut short.
+    #[arg(long)]
+    pub(crate) resume: bool,
+}
+
+/// Runs every row of the table (see the module's documentation), prints it and writes it under
+/// `target/bench/qalft/RECIPES/`.
+pub(crate) fn qalft(args: &QalftArgs) -> anyhow::Result<()> {
+    let name = args
+        .recipes
         .file_name()
         .context("--recipes names a folder")?;
     let bench = Bench {
         out: target_dir().join("bench/qalft").join(name),
-        recipes: root().join(recipes_dir),
-        window: flag(rest, "--window", "64"),
-        resume: rest.contains(&"--resume"),
+        recipes: root().join(&args.recipes),
+        window: args.window.to_string(),
+        resume: args.resume,
     };
     let out = &bench.out;
     if out.exists() && !bench.resume {
         std::fs::remove_dir_all(out)?;
     }
     std::fs::create_dir_all(out)?;
-    let binary = match flag(rest, "--andes", "") {
-        "" => {
-            run(std::process::Command::new("cargo")
-                .current_dir(root())
-                .args(["build", "--quiet", "-p", "andes-cli"]))?;
-            target_dir().join("debug/andes")
-        }
-        prebuilt => root().join(prebuilt),
+    let binary = match &args.andes {
+        Some(prebuilt) => root().join(prebuilt),
+        None => build(Profile::Debug)?,
     };
-    let device = flag(rest, "--device", "cpu");
-    let andes = Andes::on_device(binary, device);
+    let andes = Andes::on_device(binary, &args.device);
+    let (workers, gpus) = (args.jobs, args.gpus.as_slice());
 
     let pretrain = out.join("pretrain");
-    let mut pretrain_overrides = vec![format!("train.steps={pretrain_steps}")];
-    if let Some(at) = rest.iter().position(|a| *a == "--init-config") {
-        let config = rest.get(at + 1).context("--init-config FILE")?;
+    let mut pretrain_overrides = vec![format!("train.steps={}", args.pretrain_steps)];
+    if let Some(config) = &args.init_config {
         let init = out.join("init");
         if !init.exists() {
-            run(andes
-                .command()
-                .args([
-                    "init",
-                    "--tokenizer",
-                    "fixtures/tokenizer",
-                    "--config",
-                    config,
-                ])
-                .arg("--out")
-                .arg(&init)
-                .stdout(std::process::Stdio::null()))?;
+            stdout_of(
+                andes
+                    .command()
+                    .args(["init", "--tokenizer", "fixtures/tokenizer", "--config"])
+                    .arg(config)
+                    .arg("--out")
+                    .arg(&init),
+            )?;
         }
         pretrain_overrides.push(format!("model.checkpoint=\"{}\"", init.display()));
     }
@@ -134,17 +160,14 @@ pub fn bench_qalft(rest: &[&str]) -> anyhow::Result<()> {
     eprintln!("pretrained: {pretrain_tokens} tokens");
     let base = latest_checkpoint(&pretrain)?;
     let base_arg = format!("model.checkpoint=\"{}\"", base.display());
-    let adapter_steps_arg = format!("train.steps={adapter_steps}");
+    let adapter_steps_arg = format!("train.steps={}", args.adapter_steps);
     let adapter_overrides = [
         base_arg.as_str(),
         adapter_steps_arg.as_str(),
         "train.checkpoint_every=100",
         "train.eval_every=1000000",
     ];
-    let mixed = format!(
-        "plan:{}",
-        bench.plan_mixed(&andes, &base, device)?.display()
-    );
+    let mixed = format!("plan:{}", bench.plan_mixed(&andes, &base)?.display());
     let formats: Vec<&str> = FORMATS.iter().copied().chain([mixed.as_str()]).collect();
 
     // The training runs, and the evaluations of the bare base, need only the base.
@@ -152,7 +175,7 @@ pub fn bench_qalft(rest: &[&str]) -> anyhow::Result<()> {
     let prose = bench.prose_args();
     let mut first: Vec<Job<Option<Row>>> = vec![
         Box::new(|andes: &Andes| {
-            let task = ["--window", bench.window, "--chat", TASK_EVAL];
+            let task = ["--window", &bench.window, "--chat", TASK_EVAL];
             Ok(Some(
                 Row {
                     method: "float".into(),
@@ -179,7 +202,7 @@ pub fn bench_qalft(rest: &[&str]) -> anyhow::Result<()> {
             bench.qalft_row(andes, format, overrides).map(Some)
         }));
     }
-    let mut trained = run_in_parallel(&andes, workers, &gpus, first)?
+    let mut trained = run_in_parallel(&andes, workers, gpus, first)?
         .into_iter()
         .flatten();
     let float = trained.next().context("the float row")?;
@@ -201,7 +224,7 @@ pub fn bench_qalft(rest: &[&str]) -> anyhow::Result<()> {
             let (base, prose, with_adapter) = (&base, &prose, &with_adapter);
             ptq.push(Box::new(move |andes: &Andes| {
                 let mut quant = quant_args(format);
-                quant.extend(["--init", init, "--calib", PROSE_CALIBRATION].map(String::from));
+                quant.extend(["--init", init, "--calib", GCIDE_TRAIN].map(String::from));
                 let quantized = |extra: &[String]| [quant.clone(), extra.to_vec()].concat();
                 let (prose_ppl, bpw) = andes.eval(base, &strs(&quantized(prose)))?;
                 let (task_ppl, _) = andes.eval(base, &strs(&quantized(with_adapter)))?;
@@ -215,19 +238,19 @@ pub fn bench_qalft(rest: &[&str]) -> anyhow::Result<()> {
             }));
         }
     }
-    let ptq_rows = run_in_parallel(&andes, workers, &gpus, ptq)?;
+    let ptq_rows = run_in_parallel(&andes, workers, gpus, ptq)?;
     let mut rows = vec![float];
     rows.extend(ptq_rows);
     rows.extend(qalft_rows);
 
     let model = describe_model(&base, pretrain_tokens)?;
-    let table = markdown(&rows, &model, pretrain_steps, adapter_steps);
+    let table = markdown(&rows, &model, args.pretrain_steps, args.adapter_steps);
     println!("{table}");
     std::fs::write(out.join("table.md"), &table)?;
     Ok(())
 }
 
-impl Bench<'_> {
+impl Bench {
     /// Trains `recipe` into `run_dir`, or, with `--resume`, goes on from the run's latest
     /// checkpoint there.
     fn train(
@@ -238,24 +261,24 @@ impl Bench<'_> {
         overrides: &[&str],
     ) -> anyhow::Result<()> {
         if self.resume && run_dir.join("checkpoints/latest").exists() {
-            return andes.resume(run_dir);
+            return andes.resume(run_dir).map(drop);
         }
         if run_dir.exists() {
             std::fs::remove_dir_all(run_dir)?;
         }
-        andes.train(recipe, run_dir, overrides)
+        andes.train(recipe, run_dir, overrides).map(drop)
     }
 
     /// `andes eval` arguments of the held-out prose.
     fn prose_args(&self) -> Vec<String> {
-        ["--window", self.window, "--documents", PROSE_EVAL]
+        ["--window", &self.window, "--documents", GCIDE_EVAL]
             .map(String::from)
             .to_vec()
     }
 
     /// `andes eval` arguments of the held-out task with `adapter` on the model.
     fn adapter_args(&self, adapter: &Path) -> Vec<String> {
-        let mut args = ["--window", self.window, "--chat", TASK_EVAL]
+        let mut args = ["--window", &self.window, "--chat", TASK_EVAL]
             .map(String::from)
             .to_vec();
         args.extend(["--adapter".to_string(), adapter.display().to_string()]);
@@ -290,13 +313,14 @@ impl Bench<'_> {
         if bundle.exists() {
             std::fs::remove_dir_all(&bundle)?;
         }
-        run(andes
-            .command()
-            .args(["export", "--dequantized-base", "--adapters"])
-            .arg(&run_dir)
-            .arg("--out")
-            .arg(&bundle)
-            .stdout(std::process::Stdio::null()))?;
+        stdout_of(
+            andes
+                .command()
+                .args(["export", "--dequantized-base", "--adapters"])
+                .arg(&run_dir)
+                .arg("--out")
+                .arg(&bundle),
+        )?;
         let quantized_base = bundle.join("base-dequantized");
         let (prose_ppl, _) = andes.eval(&quantized_base, &strs(&self.prose_args()))?;
         let with_adapter = self.adapter_args(&bundle.join("adapters/define"));
@@ -314,30 +338,28 @@ impl Bench<'_> {
 
     /// The mixed rows' plan: what `andes quantize --target dimensity9500 --bpw 1.8` allocates
     /// for the base (loss sensitivity on the calibration prose), as its `bit_plan.json`.
-    fn plan_mixed(&self, andes: &Andes, base: &Path, device: &str) -> anyhow::Result<PathBuf> {
+    fn plan_mixed(&self, andes: &Andes, base: &Path) -> anyhow::Result<PathBuf> {
         let package = self.out.join("mixed-package");
         let plan = package.join("bit_plan.json");
         if self.resume && plan.exists() {
             return Ok(plan);
         }
-        run(andes
-            .command()
-            .args(["quantize", "--json", "--model"])
-            .arg(base)
-            .args([
-                "--target",
-                "dimensity9500",
-                "--bpw",
-                MIXED_BPW,
+        andes.quantize(
+            base,
+            "dimensity9500",
+            MIXED_BPW,
+            &self.out.join("sensitivity-cache"),
+            &package,
+            &[
+                "--json",
                 "--init",
                 "rtn",
-            ])
-            .args(["--calib", PROSE_CALIBRATION, "--seq-len", self.window])
-            .args(["--device", device, "--cache"])
-            .arg(self.out.join("sensitivity-cache"))
-            .arg("--out")
-            .arg(&package)
-            .stdout(std::process::Stdio::null()))?;
+                "--calib",
+                GCIDE_TRAIN,
+                "--seq-len",
+                &self.window,
+            ],
+        )?;
         Ok(plan)
     }
 }
@@ -402,7 +424,7 @@ fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-fn markdown(rows: &[Row], model: &str, pretrain_steps: &str, adapter_steps: &str) -> String {
+fn markdown(rows: &[Row], model: &str, pretrain_steps: u32, adapter_steps: u32) -> String {
     let float = &rows[1];
     let mut table = format!(
         "{model} ({pretrain_steps} steps); adapters trained {adapter_steps} steps on GCIDE \

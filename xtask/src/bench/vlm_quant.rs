@@ -11,25 +11,23 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use crate::andes_runner::{Andes, latest_checkpoint, stdout_of};
-use crate::{flag, fresh_bench, root};
+use super::{fresh_bench, train_tiny};
+use crate::andes_runner::{Andes, stdout_of};
+use crate::data::GCIDE_TRAIN;
+use crate::workspace::root;
 
+/// The 100 held-out digit conversations every model is asked.
 const HELD_OUT: &str = "datasets/images/digits/chat-eval.jsonl";
+/// The digit conversations the image-calibrated packages calibrate on (training records).
 const IMAGE_CALIBRATION: &str = "datasets/images/digits/chat-train.jsonl";
-const TEXT_CALIBRATION: &str = "datasets/gcide/gcide-sample.txt";
 /// Budgets of the planned packages (dimensity9500, GPTQ, Hessian sensitivity).
 const BUDGETS: [&str; 3] = ["3", "2", "1.5"];
 
-pub fn bench_vlm_quant(rest: &[&str]) -> anyhow::Result<()> {
-    let steps = flag(rest, "--steps", "400");
+/// Trains the tiny AndesVL `steps` steps on the digits, quantizes it at every budget with
+/// either calibration, and prints and writes the accuracy table.
+pub(crate) fn vlm_quant(steps: u32) -> anyhow::Result<()> {
     let (out, andes) = fresh_bench("vlm-quant")?;
-    let sft = out.join("sft-vision");
-    andes.train(
-        &root().join("configs/recipes/tiny/sft-vision.toml"),
-        &sft,
-        &[&format!("train.steps={steps}")],
-    )?;
-    let model = latest_checkpoint(&sft)?;
+    let model = train_tiny(&andes, &out, "sft-vision", steps)?;
     let mut table = String::from(
         "| model | calibration | bpw (linears) | held-out digits named |\n|---|---|---|---|\n",
     );
@@ -41,14 +39,9 @@ pub fn bench_vlm_quant(rest: &[&str]) -> anyhow::Result<()> {
                 "package-{budget}-{}",
                 if images { "images" } else { "text" }
             ));
-            let mut command = andes.command();
-            command.arg("quantize").arg("--model").arg(&model).args([
-                "--target",
-                "dimensity9500",
-                "--bpw",
-                budget,
+            let mut args = vec![
                 "--calib",
-                TEXT_CALIBRATION,
+                GCIDE_TRAIN,
                 "--seq-len",
                 "64",
                 "--sensitivity",
@@ -56,16 +49,19 @@ pub fn bench_vlm_quant(rest: &[&str]) -> anyhow::Result<()> {
                 "--init",
                 "gptq",
                 "--json",
-            ]);
-            command
-                .arg("--cache")
-                .arg(out.join("cache"))
-                .arg("--out")
-                .arg(&package);
+            ];
             if images {
-                command.args(["--calib-images", IMAGE_CALIBRATION]);
+                args.extend(["--calib-images", IMAGE_CALIBRATION]);
             }
-            let summary: serde_json::Value = serde_json::from_slice(&stdout_of(&mut command)?)?;
+            let summary = andes.quantize(
+                &model,
+                "dimensity9500",
+                budget,
+                &out.join("cache"),
+                &package,
+                &args,
+            )?;
+            let summary: serde_json::Value = serde_json::from_slice(&summary)?;
             let bpw = summary["bpw"].as_f64().context("bpw in the summary")?;
             let (right, total) = digit_accuracy(&andes, &package)?;
             let calibration = if images {

@@ -1,0 +1,76 @@
+//! Helpers shared by the end-to-end tests of the `andes` binary: running it, reading its
+//! JSON output, the paths of the fixtures and of the repository, and the tiny training runs.
+//! Each file of `tests/` is its own test binary that uses `mod common;`.
+
+// Each test binary uses only a subset of these helpers; the rest would be dead code there.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const FIXTURES: [&str; 4] = [
+    "qwen3-tiny-tied-gqa-f32",
+    "qwen3-tiny-untied-mha-f32",
+    "qwen3-tiny-bf16-sharded",
+    "qwen3-tiny-linear-rope-f32",
+];
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures")
+        .join(name)
+}
+
+pub fn reference(name: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+pub fn andes(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_andes"))
+        .args(args)
+        .output()
+        .expect("the andes binary runs")
+}
+
+pub fn json_stdout(output: Output) -> serde_json::Value {
+    assert!(
+        output.status.success(),
+        "andes failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("stdout is one JSON object")
+}
+
+pub fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+pub fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
+/// Every line of a run's `metrics.jsonl`.
+pub fn metrics(run_dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+pub fn losses(run_dir: &Path) -> Vec<(u64, f64)> {
+    metrics(run_dir)
+        .iter()
+        .map(|m| (m["step"].as_u64().unwrap(), m["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+/// Runs the tiny pretrain recipe from the repository root (recipes name repo-relative paths).
+pub fn train_command(extra: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_andes"));
+    command.current_dir(repo("")).arg("train").args(extra);
+    command
+}

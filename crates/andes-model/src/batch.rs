@@ -1,0 +1,52 @@
+//! Token windows on the device: the batches training and evaluation run, and the input
+//! batches calibration runs.
+
+use andes_data::dataset::{TokenWindow, WindowSet};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+
+/// A batch on the device: inputs and targets `[batch, seq_len]`, mask of counted targets.
+pub struct Batch {
+    /// Input ids.
+    pub inputs: Tensor<2, Int>,
+    /// Target ids (inputs shifted by one).
+    pub targets: Tensor<2, Int>,
+    /// `true` where the target is counted in the loss.
+    pub mask: Tensor<2, Bool>,
+    /// Number of counted targets.
+    pub target_tokens: usize,
+}
+
+/// Stacks windows (all of one length) into a device batch.
+pub fn to_batch(windows: &[&TokenWindow], device: &Device) -> Batch {
+    let rows = windows.len();
+    let seq = windows[0].ids.len() - 1;
+    let mut inputs = Vec::with_capacity(rows * seq);
+    let mut targets = Vec::with_capacity(rows * seq);
+    let mut mask = Vec::with_capacity(rows * seq);
+    for window in windows {
+        inputs.extend(window.ids[..seq].iter().map(|&id| id as i64));
+        targets.extend(window.ids[1..].iter().map(|&id| id as i64));
+        mask.extend_from_slice(&window.loss_mask[1..]);
+    }
+    let target_tokens = mask.iter().filter(|&&m| m).count();
+    Batch {
+        inputs: Tensor::from_data(TensorData::new(inputs, [rows, seq]), device),
+        targets: Tensor::from_data(TensorData::new(targets, [rows, seq]), device),
+        mask: Tensor::from_data(TensorData::new(mask, [rows, seq]), device),
+        target_tokens,
+    }
+}
+
+/// The input ids `[rows, seq_len]` of the first `windows` windows of `set`, `batch_size` rows
+/// a tensor: a calibration set, the same windows every time it is read.
+pub fn calibration_batches(
+    set: &WindowSet,
+    windows: usize,
+    batch_size: usize,
+    device: &Device,
+) -> Vec<Tensor<2, Int>> {
+    set.first(windows)
+        .chunks(batch_size)
+        .map(|chunk| to_batch(chunk, device).inputs)
+        .collect()
+}
