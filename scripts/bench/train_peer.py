@@ -1,8 +1,19 @@
 #!/usr/bin/env python3
-"""Training-step throughput of transformers' Qwen3ForCausalLM (eager attention) with
-torch.optim.AdamW: the peer of `andes bench train`. Same shape, tokens and step.
+"""Training-step throughput of transformers' Qwen3ForCausalLM with torch.optim.AdamW: the peer
+of `andes bench train`. Same shape, tokens and step (forward, cross-entropy in f32, backward,
+AdamW over every parameter), at the same precision:
 
-usage: train_peer.py --config CONFIG.json --device cuda --dtype bfloat16 --seq-len 1024 --batch 4
+  f32         f32 parameters and matmuls (TF32 off)
+  tf32        f32 parameters, TF32 matmuls allowed (what andes' cuda f32 runs)
+  bf16-mixed  torch.autocast(bfloat16): f32 master weights and AdamW state, bf16 matmuls and
+              attention, TF32 allowed for what autocast leaves in f32
+  bf16        bf16 parameters throughout
+
+--compile wraps the step's forward and loss in torch.compile (what users run for speed);
+--attn picks transformers' attention (sdpa or eager). AdamW is fused on cuda.
+
+usage: train_peer.py --config CONFIG.json --device cuda --precision bf16-mixed --attn sdpa \
+       --seq-len 1024 --batch 4 [--compile]
 """
 import argparse
 import json
@@ -18,59 +29,73 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--config", required=True)
     p.add_argument("--device", default="cuda")
-    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    p.add_argument("--precision", default="bf16-mixed", choices=["f32", "tf32", "bf16-mixed", "bf16"])
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--attn", default="eager")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
+    p.add_argument("--compile", action="store_true")
     p.add_argument("--out")
     a = p.parse_args()
     torch.manual_seed(0)
+    cuda = a.device == "cuda"
+    torch.backends.cuda.matmul.allow_tf32 = a.precision != "f32"
+    torch.backends.cudnn.allow_tf32 = a.precision != "f32"
     config = AutoConfig.from_pretrained(a.config)
     config._attn_implementation = a.attn
-    dtype = getattr(torch, a.dtype)
-    model = Qwen3ForCausalLM(config).to(dtype).to(a.device)
+    param_dtype = torch.bfloat16 if a.precision == "bf16" else torch.float32
+    model = Qwen3ForCausalLM(config).to(param_dtype).to(a.device)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, fused=cuda
+    )
     rows, seq = a.batch, a.seq_len
     ids = (torch.arange(rows * (seq + 1)) * 7919 + 13) % config.vocab_size
     ids = ids.view(rows, seq + 1).to(a.device)
     inputs, targets = ids[:, :-1], ids[:, 1:]
-    times = []
-    if a.device == "cuda":
+
+    def loss_of(inputs, targets):
+        logits = model(inputs).logits.float()
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+    forward = torch.compile(loss_of) if a.compile else loss_of
+    autocast = a.precision == "bf16-mixed"
+    warmup_times, times, loss = [], [], None
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
     for step in range(a.warmup + a.steps):
-        if a.device == "cuda":
+        if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        logits = model(inputs).logits.float()
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        with torch.autocast(device_type=a.device, dtype=torch.bfloat16, enabled=autocast):
+            loss = forward(inputs, targets)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if a.device == "cuda":
+        if cuda:
             torch.cuda.synchronize()
-        if step >= a.warmup:
-            times.append(time.perf_counter() - start)
+        (warmup_times if step < a.warmup else times).append(time.perf_counter() - start)
     t = statistics.median(times)
     tokens = rows * seq
     params = sum(p.numel() for p in model.parameters())
     flops = 6 * params * tokens + 12 * config.num_hidden_layers * config.num_attention_heads * config.head_dim * seq * tokens
     report = {
-        "peer": f"transformers-{a.attn}+torch.AdamW",
+        "peer": f"transformers-{a.attn}{'+compile' if a.compile else ''}+torch.AdamW(fused)",
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "device": a.device,
-        "gpu_name": torch.cuda.get_device_name() if a.device == "cuda" else None,
-        "dtype": a.dtype,
+        "gpu_name": torch.cuda.get_device_name() if cuda else None,
+        "precision": a.precision,
         "seq_len": seq,
         "batch": rows,
         "params": params,
+        "warmup_step_s": warmup_times,
         "step_ms_median": t * 1e3,
         "train_tokens_per_s": tokens / t,
         "model_tflops_per_s": flops / t / 1e12,
-        "memory_reserved_bytes": torch.cuda.max_memory_reserved() if a.device == "cuda" else None,
+        "memory_reserved_bytes": torch.cuda.max_memory_reserved() if cuda else None,
+        "final_loss": loss.item(),
     }
     line = json.dumps(report)
     if a.out:

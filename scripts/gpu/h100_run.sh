@@ -78,7 +78,7 @@ for dt in ${DTYPES:-bf16 f32}; do
   for dev in $DEVICES; do cp $R/peer.json $R/peer-h100-$dev-$dt.json; done
 done
 if [ "${TRAIN:-1}" = 1 ]; then
-  python3 scripts/bench/train_peer.py --config $MODEL --device cuda --dtype bfloat16 --seq-len 1024 --batch 4 --warmup 2 --steps 5 > $R/peer-train.json 2>/dev/null
+  python3 scripts/bench/train_peer.py --config $MODEL --device cuda --precision bf16 --attn eager --seq-len 1024 --batch 4 --warmup 2 --steps 5 > $R/peer-train.json 2>/dev/null
   for dev in $DEVICES; do cp $R/peer-train.json $R/peer-train-$dev.json; done
 fi
 rm -f $R/peer.json $R/peer-train.json

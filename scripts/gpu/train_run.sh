@@ -20,15 +20,15 @@ A=/tmp/andes; R=$OUT; MODEL=configs/models/qwen3-0.6b.json
 nvidia-smi --query-gpu=name,driver_version --format=csv > $R/gpu.txt
 TRAIN_SECONDS=${TRAIN_SECONDS:-520}
 # PEERS=0 skips the PyTorch steps (when they were measured in an earlier run on this card).
-[ "${PEERS:-1}" = 1 ] && for dt in float32 bfloat16; do for batch in 1 4; do
-  python3 scripts/bench/train_peer.py --config $MODEL --device cuda --dtype $dt --seq-len 1024 --batch $batch --warmup 2 --steps 5 > $R/peer-train-$dt-b$batch.json 2> /dev/null
+[ "${PEERS:-1}" = 1 ] && for dt in f32 bf16; do for batch in 1 4; do
+  python3 scripts/bench/train_peer.py --config $MODEL --device cuda --precision $dt --attn eager --seq-len 1024 --batch $batch --warmup 2 --steps 5 > $R/peer-train-$dt-b$batch.json 2> /dev/null
   echo "peer $dt batch $batch: $(cat $R/peer-train-$dt-b$batch.json)"
 done; done
 $A init --config $MODEL --tokenizer fixtures/tokenizer --out /tmp/q06 > /dev/null
 nvidia-smi --query-gpu=timestamp,memory.used --format=csv,noheader -lms 1000 > $R/memory-during-train.csv &
 SMI=$!
 timeout $TRAIN_SECONDS $A train --config configs/recipes/gpu/pretrain-0.6b.toml --out /tmp/run --quiet \
-  --set model.checkpoint=/tmp/q06 > $R/andes-train-run.json 2> $R/andes-train-run.err
+  --set model.checkpoint=/tmp/q06 --set 'train.device="wgpu"' --set train.batch_size=1 --set train.grad_accum=4 > $R/andes-train-run.json 2> $R/andes-train-run.err
 echo "andes train rc=$? $(cat $R/andes-train-run.json)"
 kill $SMI
 cp /tmp/run/metrics.jsonl /tmp/run/loss.svg $R/ 2>/dev/null

@@ -107,12 +107,12 @@ fn gpu_device(kind: &str, _: Option<usize>) -> Result<Device, ModelError> {
     )))
 }
 
-#[cfg(feature = "cuda")]
+#[cfg(feature = "cuda-untuned")]
 fn cuda_device(index: Option<usize>) -> Result<Device, ModelError> {
     Ok(Device::cuda(index.unwrap_or(0)))
 }
 
-#[cfg(not(feature = "cuda"))]
+#[cfg(not(feature = "cuda-untuned"))]
 fn cuda_device(_: Option<usize>) -> Result<Device, ModelError> {
     Err(ModelError::InvalidInput(
         "device `cuda` is not compiled into this build; rebuild with `--features cuda` \

@@ -27,6 +27,7 @@ pub mod rope;
 pub mod row_product;
 pub mod sensitivity;
 pub mod swiglu;
+pub mod throughput;
 pub mod vision;
 
 pub use error::ModelError;

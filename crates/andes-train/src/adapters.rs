@@ -4,8 +4,10 @@
 //! layout (plus the grid's scales when they train) instead of the whole model, since the base
 //! is the recipe's float checkpoint and its quantization is rebuilt deterministically.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use andes_model::Model;
+use andes_model::checkpoint::write_atomically;
 use andes_model::lora::peft::{export_peft_adapter, import_peft_adapter};
 use andes_model::quantize::{
     PtqMethod, QuantizationSummary, load_scales, quantize_base_with, save_scales,
@@ -14,7 +16,7 @@ use andes_model::qwen3::Qwen3ForCausalLM;
 use burn::tensor::Device;
 
 use crate::error::TrainError;
-use crate::recipe::Recipe;
+use crate::recipe::{AdapterSections, LoraSection, QuantSection, Recipe};
 use andes_data::dataset::WindowSet;
 
 /// Trained grid scales in an adapter checkpoint.
@@ -22,29 +24,69 @@ pub const SCALES_FILE: &str = "quant_scales.safetensors";
 /// The per-linear quantization report of a `qalft` run, in its run directory.
 pub const QUANTIZATION_FILE: &str = "quantization.json";
 
+/// The adapter stage's part of a run's setup: `model`, the recipe's float base, readied per
+/// [`prepare`] (`resume_from`: the checkpoint a resumed run continues from), and the quantized
+/// base's report written to `run_dir`'s [`QUANTIZATION_FILE`] (and, with `show_progress`,
+/// summed up on stderr). Refused for an AndesVL model: the adapter stages train text models.
+pub fn setup(
+    model: &mut Model,
+    recipe: &Recipe,
+    sections: AdapterSections<'_>,
+    calibration: Option<&WindowSet>,
+    resume_from: Option<&Path>,
+    run_dir: &Path,
+    show_progress: bool,
+) -> Result<(), TrainError> {
+    let Model::Text(text_model) = model else {
+        return Err(TrainError::io(
+            &recipe.model.checkpoint.join("config.json"),
+            "stages lora and qalft train adapters on text models; this is an AndesVL checkpoint",
+        ));
+    };
+    let batch_size = recipe.train.batch_size;
+    let summary = prepare(text_model, sections, batch_size, calibration, resume_from)?;
+    let Some(summary) = summary else {
+        return Ok(());
+    };
+    let json = serde_json::to_vec_pretty(&summary).expect("the summary serializes");
+    write_atomically(&run_dir.join(QUANTIZATION_FILE), &json)?;
+    if show_progress {
+        eprintln!(
+            "quantized base: {:.4} bpw over {} weights of {} linears (scales and zero points \
+             counted; embeddings, norms and head stay float)",
+            summary.bpw_linears,
+            summary.quantized_weights,
+            summary.layers.len()
+        );
+    }
+    Ok(())
+}
+
 /// Readies `model` for an adapter stage: quantized (`qalft`, GPTQ calibrated on
-/// `calibration`, the run's training windows) and with the recipe's adapter attached and
-/// active; on resume, the adapter and scales of `checkpoint` loaded into it.
+/// `calibration`, the run's training windows, in batches of `batch_size`) and with the
+/// stage's adapter attached and active; on resume, the adapter and scales of `checkpoint`
+/// loaded into it.
 pub fn prepare(
     model: &mut Qwen3ForCausalLM,
-    recipe: &Recipe,
+    sections: AdapterSections<'_>,
+    batch_size: usize,
     calibration: Option<&WindowSet>,
     checkpoint: Option<&Path>,
 ) -> Result<Option<QuantizationSummary>, TrainError> {
-    let lora = recipe.lora.as_ref().expect("the recipe is validated");
-    let summary = match &recipe.quant {
+    let lora = sections.lora;
+    let summary = match sections.quant {
         Some(quant) => Some(quantize_base_with(
             model,
             &quant.base_quantization(),
             calibration,
-            recipe.train.batch_size,
+            batch_size,
         )?),
         None => None,
     };
     match checkpoint {
         Some(dir) => {
             import_peft_adapter(model, dir, &lora.name)?;
-            if recipe.quant.as_ref().is_some_and(|q| q.learn_scales) {
+            if sections.learns_scales() {
                 load_scales(model, &dir.join(SCALES_FILE))?;
             }
         }
@@ -55,12 +97,17 @@ pub fn prepare(
 }
 
 /// Writes the trainable state of an adapter stage into checkpoint directory `dir`: the adapter
-/// in the PEFT layout and, when they train, the grid's scales.
-pub fn save(model: &Qwen3ForCausalLM, recipe: &Recipe, dir: &Path) -> Result<(), TrainError> {
-    let lora = recipe.lora.as_ref().expect("the recipe is validated");
-    let base = recipe.model.checkpoint.display().to_string();
-    export_peft_adapter(model, &lora.name, dir, &base)?;
-    if recipe.quant.as_ref().is_some_and(|q| q.learn_scales) {
+/// in the PEFT layout (naming `base`, the float checkpoint it adapts) and, when they train,
+/// the grid's scales.
+pub fn save(
+    model: &Qwen3ForCausalLM,
+    sections: AdapterSections<'_>,
+    base: &Path,
+    dir: &Path,
+) -> Result<(), TrainError> {
+    let base = base.display().to_string();
+    export_peft_adapter(model, &sections.lora.name, dir, &base)?;
+    if sections.learns_scales() {
         save_scales(model, &dir.join(SCALES_FILE))?;
     }
     Ok(())
@@ -71,11 +118,15 @@ pub fn save(model: &Qwen3ForCausalLM, recipe: &Recipe, dir: &Path) -> Result<(),
 pub struct AdapterRun {
     /// The run's resolved recipe.
     pub recipe: Recipe,
+    /// The adapter (the `[lora]` of `recipe.stage`).
+    pub lora: LoraSection,
+    /// The base's quantization (the `[quant]` of `recipe.stage`), for `qalft` runs.
+    pub quant: Option<QuantSection>,
     /// The checkpoint the adapter came from.
-    pub checkpoint: std::path::PathBuf,
+    pub checkpoint: PathBuf,
     /// Base + adapter.
     pub model: Qwen3ForCausalLM,
-    /// The base's quantization, for `qalft` runs.
+    /// What quantizing the base gave, for `qalft` runs.
     pub quantization: Option<QuantizationSummary>,
 }
 
@@ -85,23 +136,24 @@ pub fn load_adapter_run(run_dir: &Path, device: &Device) -> Result<AdapterRun, T
     let checkpoint = crate::checkpoint::latest(run_dir)?;
     let recipe_path = checkpoint.join(crate::checkpoint::RECIPE_FILE);
     let recipe = Recipe::load(&recipe_path, &[])?;
-    if !recipe.stage.trains_adapter() {
+    let Some(sections) = recipe.stage.adapter() else {
         return Err(TrainError::Recipe {
             path: recipe_path,
             key: "stage".into(),
             message: format!(
-                "{:?} trains the whole model; its checkpoints are model directories, not adapters",
-                recipe.stage
+                "stage {} trains the whole model; its checkpoints are model directories, not \
+                 adapters",
+                recipe.stage.name()
             ),
         });
-    }
+    };
     let (_, mut model) = andes_model::checkpoint::load_qwen3(
         &recipe.model.checkpoint,
         device,
         burn::tensor::DType::F32,
     )?;
     // Only GPTQ needs the training data again, for the same calibration windows.
-    let calibration = match &recipe.quant {
+    let calibration = match sections.quant {
         Some(quant) if quant.init == PtqMethod::Gptq => {
             let tokenizer =
                 andes_data::TextTokenizer::from_file(&checkpoint.join("tokenizer.json"))?;
@@ -109,9 +161,19 @@ pub fn load_adapter_run(run_dir: &Path, device: &Device) -> Result<AdapterRun, T
         }
         _ => None,
     };
-    let quantization = prepare(&mut model, &recipe, calibration.as_ref(), Some(&checkpoint))?;
+    let batch_size = recipe.train.batch_size;
+    let quantization = prepare(
+        &mut model,
+        sections,
+        batch_size,
+        calibration.as_ref(),
+        Some(&checkpoint),
+    )?;
+    let (lora, quant) = (sections.lora.clone(), sections.quant.cloned());
     Ok(AdapterRun {
         recipe,
+        lora,
+        quant,
         checkpoint,
         model,
         quantization,

@@ -43,6 +43,9 @@ pub enum TrainError {
     /// Tokenizer failure.
     #[error(transparent)]
     Tokenizer(#[from] andes_data::DataError),
+    /// The device failed while running the step.
+    #[error("device error: {0}")]
+    Device(String),
     /// The loss became NaN or infinite.
     #[error("step {step}: the loss is {loss}; lower optimizer.lr or check the data")]
     Diverged {

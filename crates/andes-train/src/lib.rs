@@ -20,6 +20,7 @@ pub mod plot;
 pub mod recipe;
 pub mod reward;
 pub mod schedule;
+pub mod throughput;
 pub mod trainer;
 
 pub use error::TrainError;

@@ -1,24 +1,30 @@
-//! The training loop, written once for every stage.
+//! The training loop, written once for every stage, in the phases of a run (torchtune's
+//! recipe lifecycle): `setup` builds what the run needs, `step` takes one optimizer step,
+//! `checkpoint` saves one, `finish` draws the curves and reports. What only the adapter
+//! stages need is [`adapters::setup`]'s, called from setup.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use andes_data::TextTokenizer;
+use andes_data::dataset::DataPosition;
+use andes_model::checkpoint::write_atomically;
 use andes_model::device::parse_devices;
-use andes_model::precision::Autocast;
+use andes_model::precision::{Autocast, Precision};
+use andes_model::{Model, ModelConfig};
+use burn::optim::ModuleOptimizer;
+use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::adapters::{self, QUANTIZATION_FILE};
+use crate::adapters;
 use crate::checkpoint::{self, ModelFiles, RECIPE_FILE, TrainerState};
 use crate::error::TrainError;
 use crate::metrics::{self, MetricsLog, StepMetrics};
-use crate::objective;
+use crate::objective::{self, Objective};
 use crate::optim::{adamw, freeze};
 use crate::parallel::Replicas;
 use crate::plot::draw_curves;
-use crate::recipe::Recipe;
-use andes_data::dataset::DataPosition;
-use andes_model::Model;
+use crate::recipe::{AdapterSections, Recipe};
 
 /// A checkpoint's tokenizer.
 const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -55,87 +61,116 @@ pub fn train(
     resume: bool,
     show_progress: bool,
 ) -> Result<TrainOutcome, TrainError> {
-    std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
-    let devices = parse_devices(&recipe.train.device)?;
-    let plain_device = devices.devices[0].clone();
-    let device = plain_device.clone().autodiff();
-    // Adapter initialisation draws from the device's generator.
-    device.seed(recipe.seed);
-    let (start_dir, mut state) = if resume {
-        let dir = checkpoint::latest(run_dir)?;
-        let state = checkpoint::read_state(&dir)?;
-        (dir, state)
-    } else {
-        let state = TrainerState {
-            step: 0,
-            data: DataPosition::default(),
-            tokens_seen: 0,
-            reward_shift: Default::default(),
-        };
-        (recipe.model.checkpoint.clone(), state)
-    };
-    let tokenizer = TextTokenizer::from_file(&start_dir.join(TOKENIZER_FILE))?;
-    let adapter_stage = recipe.stage.trains_adapter();
-    // An adapter checkpoint holds the adapter only: the base always comes from the recipe.
-    let model_dir = if adapter_stage {
-        &recipe.model.checkpoint
-    } else {
-        &start_dir
-    };
-    let precision = recipe.train.precision();
-    let (config, model) = Model::load(model_dir, &device, precision.parameter_dtype())?;
-    let (mut model, _frozen) = freeze(model, &recipe.train.freeze);
-    let objective = objective::for_recipe(recipe, &tokenizer, &config, &plain_device)?;
-    let side_files = andes_model::checkpoint::side_files(&start_dir);
-    if adapter_stage {
-        let Model::Text(text_model) = &mut model else {
-            return Err(TrainError::io(
-                &model_dir.join("config.json"),
-                "stages lora and qalft train adapters on text models; this is an AndesVL \
-                 checkpoint",
-            ));
-        };
-        let resume_from = resume.then_some(start_dir.as_path());
-        let calibration = objective.calibration_windows();
-        if let Some(summary) = adapters::prepare(text_model, recipe, calibration, resume_from)? {
-            let json = serde_json::to_vec_pretty(&summary).expect("the summary serializes");
-            andes_model::checkpoint::write_atomically(&run_dir.join(QUANTIZATION_FILE), &json)?;
-            if show_progress {
-                eprintln!(
-                    "quantized base: {:.4} bpw over {} weights of {} linears (scales and zero \
-                     points counted; embeddings, norms and head stay float)",
-                    summary.bpw_linears,
-                    summary.quantized_weights,
-                    summary.layers.len()
-                );
-            }
-        }
-    }
-    let mut replicas = Replicas::new(model, &devices, precision.autocast(), |replica| {
-        let optimizer = adamw(replica, &recipe.optimizer);
-        if resume {
-            checkpoint::load_optimizer(&start_dir, optimizer)
-        } else {
-            Ok(optimizer)
-        }
-    })?;
-    andes_model::checkpoint::write_atomically(&run_dir.join(RECIPE_FILE), recipe_toml.as_bytes())?;
-    let metrics_log = MetricsLog::open(run_dir, state.step)?;
-    let total = recipe.train.steps;
-    let progress = progress_bar(total, state.step, show_progress);
+    let mut run = Run::setup(recipe, recipe_toml, run_dir, resume, show_progress)?;
     let mut last = None;
-    let mut checkpoint_dir = start_dir.clone();
-    while state.step < total {
+    while run.state.step < recipe.train.steps {
+        let line = run.step()?;
+        if run.checkpoint_due() {
+            run.checkpoint()?;
+        }
+        last = Some(line);
+    }
+    run.finish(last)
+}
+
+/// A run between setup and finish: what setup built, and the state the steps advance.
+struct Run<'a> {
+    recipe: &'a Recipe,
+    /// The resolved recipe, saved with the run and with every checkpoint.
+    recipe_toml: &'a str,
+    run_dir: &'a Path,
+    /// The adapter stage's sections; none when the model's own weights train.
+    adapter: Option<AdapterSections<'a>>,
+    config: ModelConfig,
+    objective: Box<dyn Objective>,
+    replicas: Replicas,
+    precision: Precision,
+    state: TrainerState,
+    /// Copied into every checkpoint, so that it loads on its own.
+    side_files: Vec<PathBuf>,
+    metrics_log: MetricsLog,
+    progress: ProgressBar,
+    /// The last checkpoint written; the starting one before the first.
+    checkpoint_dir: PathBuf,
+}
+
+impl<'a> Run<'a> {
+    /// Setup: the run directory; the starting point (the recipe's checkpoint, or the run's
+    /// latest on resume); tokenizer; model in the recipe's precision, frozen where asked;
+    /// objective with its data; the adapter stage's part; a replica and optimizer per device;
+    /// the resolved recipe and the metrics log.
+    fn setup(
+        recipe: &'a Recipe,
+        recipe_toml: &'a str,
+        run_dir: &'a Path,
+        resume: bool,
+        show_progress: bool,
+    ) -> Result<Self, TrainError> {
+        std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
+        let devices = parse_devices(&recipe.train.device)?;
+        let plain_device = devices.devices[0].clone();
+        let device = plain_device.clone().autodiff();
+        // Adapter initialisation draws from the device's generator.
+        device.seed(recipe.seed);
+        let (start_dir, state) = start_point(recipe, run_dir, resume)?;
+        let tokenizer = TextTokenizer::from_file(&start_dir.join(TOKENIZER_FILE))?;
+        let precision = recipe.train.precision();
+        let (config, mut model) = load_model(recipe, &start_dir, &device, precision)?;
+        let objective = objective::for_recipe(recipe, &tokenizer, &config, &plain_device)?;
+        let side_files = andes_model::checkpoint::side_files(&start_dir);
+        let resume_from = resume.then_some(start_dir.as_path());
+        let adapter = recipe.stage.adapter();
+        if let Some(sections) = adapter {
+            let calibration = objective.calibration_windows();
+            adapters::setup(
+                &mut model,
+                recipe,
+                sections,
+                calibration,
+                resume_from,
+                run_dir,
+                show_progress,
+            )?;
+        }
+        let replicas = Replicas::new(model, &devices, precision.autocast(), |replica| {
+            optimizer_for(replica, recipe, resume_from)
+        })?;
+        write_atomically(&run_dir.join(RECIPE_FILE), recipe_toml.as_bytes())?;
+        let metrics_log = MetricsLog::open(run_dir, state.step)?;
+        let progress = progress_bar(recipe.train.steps, state.step, show_progress);
+        Ok(Self {
+            recipe,
+            recipe_toml,
+            run_dir,
+            adapter,
+            config,
+            objective,
+            replicas,
+            precision,
+            state,
+            side_files,
+            metrics_log,
+            progress,
+            checkpoint_dir: start_dir,
+        })
+    }
+
+    /// One optimizer step: its seed and learning rate, the replicas' update, the step's
+    /// metrics line (with held-out figures when evaluation is due), logged and shown.
+    fn step(&mut self) -> Result<StepMetrics, TrainError> {
         let started = Instant::now();
+        let recipe = self.recipe;
+        let step = self.state.step;
         // Dropout and sampling draw from generators seeded per step, so a resumed run draws
         // the same masks and completions.
-        let seed = step_seed(recipe.seed, state.step);
-        replicas.seed(seed);
-        let lr = recipe.schedule.lr(state.step, total, recipe.optimizer.lr);
-        let step = state.step;
-        let report = replicas.step(
-            objective.as_ref(),
-            &mut state,
+        let seed = step_seed(recipe.seed, step);
+        self.replicas.seed(seed);
+        let lr = recipe
+            .schedule
+            .lr(step, recipe.train.steps, recipe.optimizer.lr);
+        let report = self.replicas.step(
+            self.objective.as_ref(),
+            &mut self.state,
             seed,
             lr,
             recipe.optimizer.grad_clip,
@@ -147,82 +182,162 @@ pub fn train(
                 loss: output.loss,
             });
         }
-        let grad_norm = report.grad_norm;
-        state.step += 1;
-        state.tokens_seen += output.tokens as u64;
+        self.state.step += 1;
+        self.state.tokens_seen += output.tokens as u64;
         let seconds = started.elapsed().as_secs_f64();
         let mut line = StepMetrics {
-            step: state.step,
+            step: self.state.step,
             loss: output.loss,
             lr,
-            grad_norm,
+            grad_norm: report.grad_norm,
             tokens: output.tokens,
             tokens_per_s: output.tokens as f64 / seconds,
             reward: output.reward,
             preference_accuracy: output.preference_accuracy,
             ..StepMetrics::default()
         };
-        let eval_due = recipe
-            .train
+        self.evaluate_if_due(&mut line)?;
+        self.metrics_log.append(&line)?;
+        let reward = line
+            .reward
+            .map_or(String::new(), |r| format!("  reward {r:.3}"));
+        self.progress.set_message(format!(
+            "loss {:.4}{reward}  lr {lr:.2e}  {:.0} tok/s",
+            line.loss, line.tokens_per_s
+        ));
+        self.progress.inc(1);
+        Ok(line)
+    }
+
+    /// Adds the held-out figures to `line` when its step evaluates (every
+    /// `train.eval_every` steps, and the last).
+    fn evaluate_if_due(&self, line: &mut StepMetrics) -> Result<(), TrainError> {
+        let train = &self.recipe.train;
+        let due = train
             .eval_every
-            .is_some_and(|every| state.step.is_multiple_of(every))
-            || state.step == total;
-        let evaluation = if eval_due {
-            let _autocast = Autocast::new(precision.autocast());
-            objective.evaluate(replicas.model())?
-        } else {
-            None
+            .is_some_and(|every| line.step.is_multiple_of(every))
+            || line.step == train.steps;
+        if !due {
+            return Ok(());
+        }
+        let evaluation = {
+            let _autocast = Autocast::new(self.precision.autocast());
+            self.objective.evaluate(self.replicas.model())?
         };
         if let Some(evaluation) = evaluation {
             line.eval_loss = evaluation.loss;
             line.eval_perplexity = evaluation
                 .loss
-                .filter(|_| !recipe.stage.scores_replies())
+                .filter(|_| !self.recipe.stage.scores_replies())
                 .map(f64::exp);
             line.eval_reward = evaluation.reward;
             line.eval_preference_accuracy = evaluation.preference_accuracy;
         }
-        metrics_log.append(&line)?;
-        let reward = line
-            .reward
-            .map_or(String::new(), |r| format!("  reward {r:.3}"));
-        progress.set_message(format!(
-            "loss {:.4}{reward}  lr {lr:.2e}  {:.0} tok/s",
-            line.loss, line.tokens_per_s
-        ));
-        progress.inc(1);
-        if state.step.is_multiple_of(recipe.train.checkpoint_every) || state.step == total {
-            let model = replicas.model();
-            let write_adapter = |dir: &Path| adapters::save(model.language_model(), recipe, dir);
-            let files = if adapter_stage {
-                ModelFiles::Adapter(&write_adapter)
-            } else {
-                ModelFiles::Full(model, &config)
-            };
-            checkpoint_dir = checkpoint::save(
-                run_dir,
-                files,
-                replicas.optimizer(),
-                &state,
-                recipe_toml,
-                &side_files,
-            )?;
-        }
-        last = Some(line);
+        Ok(())
     }
-    progress.finish();
-    let history = metrics::read(&run_dir.join("metrics.jsonl"))?;
-    draw_curves(&history, run_dir)?;
-    let final_line = last.or_else(|| history.last().cloned());
-    let field = |pick: fn(&StepMetrics) -> Option<f64>| final_line.as_ref().and_then(pick);
-    Ok(TrainOutcome {
-        steps: state.step,
-        final_loss: final_line.as_ref().map_or(f64::NAN, |l| l.loss),
-        final_eval_loss: field(|l| l.eval_loss),
-        final_reward: mean_recent_reward(&history),
-        final_eval_reward: field(|l| l.eval_reward),
-        checkpoint: checkpoint_dir,
-    })
+
+    /// Whether the step just taken is checkpointed (every `train.checkpoint_every` steps,
+    /// and the last).
+    fn checkpoint_due(&self) -> bool {
+        let train = &self.recipe.train;
+        self.state.step.is_multiple_of(train.checkpoint_every) || self.state.step == train.steps
+    }
+
+    /// Checkpoint: the model (an adapter stage's adapter alone), the optimizer, the trainer
+    /// state, the resolved recipe and the side files, under `checkpoints/`.
+    fn checkpoint(&mut self) -> Result<(), TrainError> {
+        let model = self.replicas.model();
+        let base = &self.recipe.model.checkpoint;
+        let write_adapter;
+        let files = match self.adapter {
+            Some(sections) => {
+                write_adapter =
+                    move |dir: &Path| adapters::save(model.language_model(), sections, base, dir);
+                ModelFiles::Adapter(&write_adapter)
+            }
+            None => ModelFiles::Full(model, &self.config),
+        };
+        self.checkpoint_dir = checkpoint::save(
+            self.run_dir,
+            files,
+            self.replicas.optimizer(),
+            &self.state,
+            self.recipe_toml,
+            &self.side_files,
+        )?;
+        Ok(())
+    }
+
+    /// Finish: the curves drawn from the run's whole metrics log, and the outcome. `last` is
+    /// this process's last step (none when a finished run was resumed: the log's last line
+    /// stands in).
+    fn finish(self, last: Option<StepMetrics>) -> Result<TrainOutcome, TrainError> {
+        self.progress.finish();
+        let history = metrics::read(&self.run_dir.join("metrics.jsonl"))?;
+        draw_curves(&history, self.run_dir)?;
+        let final_line = last.or_else(|| history.last().cloned());
+        let field = |pick: fn(&StepMetrics) -> Option<f64>| final_line.as_ref().and_then(pick);
+        Ok(TrainOutcome {
+            steps: self.state.step,
+            final_loss: final_line.as_ref().map_or(f64::NAN, |l| l.loss),
+            final_eval_loss: field(|l| l.eval_loss),
+            final_reward: mean_recent_reward(&history),
+            final_eval_reward: field(|l| l.eval_reward),
+            checkpoint: self.checkpoint_dir,
+        })
+    }
+}
+
+/// Where a run starts: the recipe's checkpoint at step 0, or, on resume, the run's latest
+/// checkpoint and the trainer state saved with it.
+fn start_point(
+    recipe: &Recipe,
+    run_dir: &Path,
+    resume: bool,
+) -> Result<(PathBuf, TrainerState), TrainError> {
+    if resume {
+        let dir = checkpoint::latest(run_dir)?;
+        let state = checkpoint::read_state(&dir)?;
+        return Ok((dir, state));
+    }
+    let state = TrainerState {
+        step: 0,
+        data: DataPosition::default(),
+        tokens_seen: 0,
+        reward_shift: Default::default(),
+    };
+    Ok((recipe.model.checkpoint.clone(), state))
+}
+
+/// The model to train, on `device` with its parameters in `precision`'s dtype, frozen per
+/// `train.freeze`: the one in `start_dir`, except that an adapter stage always starts from
+/// the recipe's base (its checkpoints hold the adapter only).
+fn load_model(
+    recipe: &Recipe,
+    start_dir: &Path,
+    device: &Device,
+    precision: Precision,
+) -> Result<(ModelConfig, Model), TrainError> {
+    let model_dir = match recipe.stage.adapter() {
+        Some(_) => &recipe.model.checkpoint,
+        None => start_dir,
+    };
+    let (config, model) = Model::load(model_dir, device, precision.parameter_dtype())?;
+    let (model, _frozen) = freeze(model, &recipe.train.freeze);
+    Ok((config, model))
+}
+
+/// AdamW for `replica`, its moments those of checkpoint `resume_from` when resuming.
+fn optimizer_for(
+    replica: &Model,
+    recipe: &Recipe,
+    resume_from: Option<&Path>,
+) -> Result<ModuleOptimizer, TrainError> {
+    let optimizer = adamw(replica, &recipe.optimizer);
+    match resume_from {
+        Some(dir) => checkpoint::load_optimizer(dir, optimizer),
+        None => Ok(optimizer),
+    }
 }
 
 /// Mean of the per-step rewards of the last [`REWARD_WINDOW`] steps that have one.

@@ -2,15 +2,12 @@
 //! tower, matmul).
 
 use std::path::PathBuf;
-use std::time::Instant;
 
-use andes_model::generate::token_tensor;
-use andes_model::precision::cast_parameters;
-use andes_model::qwen3::{Qwen3Config, Qwen3ForCausalLM};
-use andes_model::replayed_decode::ReplayedDecoder;
-use andes_model::vision::{VisionConfig, VisionTransformer};
-use burn::module::Module;
-use burn::tensor::{Device, Distribution, Int, Tensor};
+use andes_model::precision::Precision;
+use andes_model::qwen3::Qwen3Config;
+use andes_model::throughput::{Repeats, forward_throughput, matmul_throughput, vision_throughput};
+use andes_model::vision::VisionConfig;
+use andes_train::throughput::{TrainBench, train_throughput};
 use clap::{Args, Subcommand};
 
 use crate::model_args::RuntimeArgs;
@@ -65,6 +62,13 @@ struct TrainBenchArgs {
     config: PathBuf,
     #[command(flatten)]
     runtime: RuntimeArgs,
+    /// f32, bf16-mixed (f32 master weights, bf16 products, as torch autocast) or bf16
+    /// (default: bf16-mixed on cuda, f32 elsewhere).
+    #[arg(long)]
+    precision: Option<Precision>,
+    /// Recompute memory-bound activations in the backward pass instead of keeping them.
+    #[arg(long)]
+    activation_checkpointing: bool,
     /// Tokens per sequence.
     #[arg(long, default_value_t = 1024)]
     seq_len: usize,
@@ -119,239 +123,72 @@ struct ForwardArgs {
     replay: bool,
 }
 
-/// Runs `andes bench`.
+/// Runs `andes bench`: one library call, its report printed as one JSON object with the
+/// device and dtype it ran on.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    match args.what {
-        BenchKind::Forward(args) => forward(args),
-        BenchKind::Matmul(args) => matmul(args),
-        BenchKind::Train(args) => train_steps(args),
-        BenchKind::Vision(args) => vision(args),
-    }
-}
-
-fn vision(args: VisionBenchArgs) -> anyhow::Result<()> {
-    let config = VisionConfig::from_file(&args.config)?;
-    let (device, dtype) = args.runtime.resolve()?;
-    let tower = cast_parameters(VisionTransformer::new(&config, &device), dtype);
-    let pixels = Tensor::<4>::random(
-        [args.batch, 3, args.height, args.width],
-        Distribution::Normal(0.0, 1.0),
-        &device,
-    )
-    .cast(dtype);
-    let mut seconds = Vec::new();
-    for run in 0..args.warmup + args.repeats {
-        let start = Instant::now();
-        // Reading back a sum of all features waits for the whole forward pass.
-        tower.forward(pixels.clone())?.sum().into_data();
-        if run >= args.warmup {
-            seconds.push(start.elapsed().as_secs_f64());
+    let (runtime, report) = match args.what {
+        BenchKind::Forward(args) => {
+            let (device, dtype) = args.runtime.resolve()?;
+            let config = Qwen3Config::from_file(&args.config)?;
+            let repeats = Repeats {
+                warmup: args.warmup,
+                timed: args.repeats,
+            };
+            let report = forward_throughput(
+                &config,
+                &device,
+                dtype,
+                args.prompt_len,
+                args.decode_tokens,
+                args.replay,
+                repeats,
+            )?;
+            (args.runtime, serde_json::to_value(report)?)
         }
-    }
-    let time = median(&mut seconds);
-    let patch = config.spec().patch_size;
-    let report = serde_json::json!({
-        "peer": "andes",
-        "model_type": config.model_type(),
-        "device": args.runtime.device,
-        "dtype": args.runtime.dtype,
-        "height": args.height,
-        "width": args.width,
-        "patches": (args.height / patch) * (args.width / patch),
-        "batch": args.batch,
-        "params": tower.num_params(),
-        "ms_median": time * 1e3,
-        "images_per_s": args.batch as f64 / time,
-    });
-    println!("{report}");
-    Ok(())
-}
-
-fn train_steps(args: TrainBenchArgs) -> anyhow::Result<()> {
-    use andes_model::loss::masked_next_token_nll;
-    use andes_train::optim::adamw;
-    use andes_train::recipe::OptimizerSection;
-    use burn::optim::GradientsParams;
-    use burn::tensor::{Bool, TensorData};
-
-    let config = Qwen3Config::from_file(&args.config)?;
-    let (device, dtype) = args.runtime.resolve()?;
-    let device = device.autodiff();
-    let mut model = cast_parameters(Qwen3ForCausalLM::new(&config, &device)?, dtype);
-    let section = OptimizerSection {
-        lr: 1e-4,
-        weight_decay: 0.1,
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        grad_clip: None,
+        BenchKind::Matmul(args) => {
+            let (device, dtype) = args.runtime.resolve()?;
+            let repeats = Repeats {
+                warmup: args.warmup,
+                timed: args.repeats,
+            };
+            let report = matmul_throughput(args.size, &device, dtype, repeats)?;
+            (args.runtime, serde_json::to_value(report)?)
+        }
+        BenchKind::Train(args) => {
+            let (device, _) = args.runtime.resolve()?;
+            let config = Qwen3Config::from_file(&args.config)?;
+            let bench = TrainBench {
+                seq_len: args.seq_len,
+                batch: args.batch,
+                warmup: args.warmup,
+                steps: args.steps,
+                precision: args
+                    .precision
+                    .unwrap_or_else(|| Precision::default_for(&args.runtime.device)),
+                activation_checkpointing: args.activation_checkpointing,
+            };
+            let report = train_throughput(&config, &device, bench)?;
+            (args.runtime, serde_json::to_value(report)?)
+        }
+        BenchKind::Vision(args) => {
+            let (device, dtype) = args.runtime.resolve()?;
+            let config = VisionConfig::from_file(&args.config)?;
+            let repeats = Repeats {
+                warmup: args.warmup,
+                timed: args.repeats,
+            };
+            let shape = [args.batch, args.height, args.width];
+            let report = vision_throughput(&config, &device, dtype, shape, repeats)?;
+            (args.runtime, serde_json::to_value(report)?)
+        }
     };
-    let mut optimizer = adamw(&model, &section);
-    let (rows, seq) = (args.batch, args.seq_len);
-    let ids: Vec<i64> = (0..rows * (seq + 1))
-        .map(|i| ((i * 7919 + 13) % config.vocab_size) as i64)
-        .collect();
-    let window = |offset: usize| -> Vec<i64> {
-        (0..rows)
-            .flat_map(|r| ids[r * (seq + 1) + offset..r * (seq + 1) + offset + seq].to_vec())
-            .collect()
-    };
-    let inputs: Tensor<2, Int> =
-        Tensor::from_data(TensorData::new(window(0), [rows, seq]), &device);
-    let targets: Tensor<2, Int> =
-        Tensor::from_data(TensorData::new(window(1), [rows, seq]), &device);
-    let mask: Tensor<2, Bool> = Tensor::from_data(
-        TensorData::new(vec![true; rows * seq], [rows, seq]),
-        &device,
-    );
-    let mut seconds = Vec::new();
-    for step in 0..args.warmup + args.steps {
-        let start = Instant::now();
-        let hidden = model.forward_hidden(inputs.clone(), &mut model.new_cache())?;
-        let loss = masked_next_token_nll(&model, hidden, targets.clone(), mask.clone())
-            .div_scalar((rows * seq) as f64);
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optimizer.step(1e-4, model, grads);
-        // Waits for every queued kernel of the step, the optimizer updates included.
-        device
-            .sync()
-            .map_err(|e| anyhow::anyhow!("device error: {e:?}"))?;
-        if step >= args.warmup {
-            seconds.push(start.elapsed().as_secs_f64());
-        }
+    let mut report = report;
+    report["peer"] = "andes".into();
+    report["device"] = runtime.device.into();
+    // A training step's dtypes are its precision's; the others run in --dtype.
+    if report.get("precision").is_none() {
+        report["dtype"] = runtime.dtype.into();
     }
-    let time = median(&mut seconds);
-    let tokens = (rows * seq) as f64;
-    let params = model.num_params() as f64;
-    let report = serde_json::json!({
-        "peer": "andes",
-        "device": args.runtime.device,
-        "dtype": args.runtime.dtype,
-        "seq_len": seq,
-        "batch": rows,
-        "params": params,
-        "step_ms_median": time * 1e3,
-        "train_tokens_per_s": tokens / time,
-        // 6·N·T for the weights plus attention's 12·L·T²·d per step (PaLM appendix B).
-        "model_tflops_per_s": (6.0 * params * tokens
-            + 12.0 * (config.num_hidden_layers * config.num_attention_heads * config.head_dim) as f64
-                * (seq as f64) * tokens)
-            / time
-            / 1e12,
-        // Bytes the device pools hold after the timed steps; pools keep their pages, so this
-        // is the high-water mark of reservations (compare with torch's max_memory_reserved).
-        "memory_reserved_bytes": device.memory_pool_usage().map(|u| u.bytes_reserved),
-    });
     println!("{report}");
     Ok(())
-}
-
-fn matmul(args: MatmulArgs) -> anyhow::Result<()> {
-    let (device, dtype) = args.runtime.resolve()?;
-    let n = args.size;
-    let random =
-        || Tensor::<2>::random([n, n], Distribution::Normal(0.0, 1.0), &device).cast(dtype);
-    let (a, b) = (random(), random());
-    let mut seconds = Vec::new();
-    for run in 0..args.warmup + args.repeats {
-        let start = Instant::now();
-        // Reading a sum of the whole product back waits for it to finish; reading one element
-        // would let the fusion backend compute only that element.
-        a.clone().matmul(b.clone()).sum().into_data();
-        if run >= args.warmup {
-            seconds.push(start.elapsed().as_secs_f64());
-        }
-    }
-    let time = median(&mut seconds);
-    let report = serde_json::json!({
-        "peer": "andes",
-        "device": args.runtime.device,
-        "dtype": args.runtime.dtype,
-        "size": n,
-        "ms_median": time * 1e3,
-        "tflops": 2.0 * (n as f64).powi(3) / time / 1e12,
-    });
-    println!("{report}");
-    Ok(())
-}
-
-fn forward(args: ForwardArgs) -> anyhow::Result<()> {
-    let config = Qwen3Config::from_file(&args.config)?;
-    let (device, dtype) = args.runtime.resolve()?;
-    let model = cast_parameters(Qwen3ForCausalLM::new(&config, &device)?, dtype);
-    let prompt: Vec<u32> = (0..args.prompt_len)
-        .map(|i| ((i * 7919 + 13) % config.vocab_size) as u32)
-        .collect();
-    let mut prefill_seconds = Vec::new();
-    let mut decode_seconds = Vec::new();
-    for run in 0..args.warmup + args.repeats {
-        let (prefill, decode) =
-            timed_run(&model, &prompt, args.decode_tokens, args.replay, &device)?;
-        if run >= args.warmup {
-            prefill_seconds.push(prefill);
-            decode_seconds.push(decode);
-        }
-    }
-    let prefill = median(&mut prefill_seconds);
-    let decode = median(&mut decode_seconds);
-    let report = serde_json::json!({
-        "peer": "andes",
-        "device": args.runtime.device,
-        "dtype": args.runtime.dtype,
-        "decoder": if args.replay { "replayed graph" } else { "eager" },
-        "prompt_len": args.prompt_len,
-        "decode_tokens": args.decode_tokens,
-        "params": model.num_params(),
-        "prefill_ms_median": prefill * 1e3,
-        "prefill_tokens_per_s": args.prompt_len as f64 / prefill,
-        "decode_ms_per_token_median": decode * 1e3 / args.decode_tokens as f64,
-        "decode_tokens_per_s": args.decode_tokens as f64 / decode,
-    });
-    println!("{report}");
-    Ok(())
-}
-
-/// Seconds for the prefill (until the first token id is on the host) and for the decode steps
-/// (each token on the host before the next step starts, as a streaming generation needs it).
-fn timed_run(
-    model: &Qwen3ForCausalLM,
-    prompt: &[u32],
-    decode_tokens: usize,
-    replay: bool,
-    device: &Device,
-) -> anyhow::Result<(f64, f64)> {
-    let mut cache = model.new_cache();
-    let start = Instant::now();
-    let mut next = next_token(model, token_tensor(prompt, device), &mut cache)?;
-    let prefill = start.elapsed().as_secs_f64();
-    let start = Instant::now();
-    if replay {
-        let mut decoder = ReplayedDecoder::new(model, cache, next, decode_tokens)?;
-        for _ in 0..decode_tokens {
-            decoder.next_token()?;
-        }
-    } else {
-        for _ in 0..decode_tokens {
-            next = next_token(model, token_tensor(&[next], device), &mut cache)?;
-        }
-    }
-    Ok((prefill, start.elapsed().as_secs_f64()))
-}
-
-/// Greedy next token after `tokens`, argmax taken on the device.
-fn next_token(
-    model: &Qwen3ForCausalLM,
-    tokens: Tensor<2, Int>,
-    cache: &mut andes_model::kv_cache::KvCache,
-) -> anyhow::Result<u32> {
-    let hidden = model.forward_hidden(tokens, cache)?;
-    let [_, seq, width] = hidden.dims();
-    let logits = model.logits(hidden.slice([0..1, seq - 1..seq, 0..width]));
-    let id = logits.argmax(2).into_data().convert::<i64>();
-    Ok(id.as_slice::<i64>().expect("converted to i64")[0] as u32)
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }

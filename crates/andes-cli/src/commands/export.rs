@@ -52,12 +52,12 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
         .iter()
         .zip(&args.adapters)
         .map(|(run, dir)| BundleAdapter {
-            name: &run.recipe.lora.as_ref().expect("adapter stage").name,
+            name: &run.lora.name,
             model: &run.model,
             provenance: serde_json::json!({
                 "run": dir.display().to_string(),
                 "checkpoint": run.checkpoint.display().to_string(),
-                "stage": run.recipe.stage,
+                "stage": run.recipe.stage.name(),
                 "data": run.recipe.data.train.display().to_string(),
                 "steps": run.recipe.train.steps,
             }),
@@ -68,7 +68,6 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
         config: &config,
         model: &first.model,
         quantization: first
-            .recipe
             .quant
             .as_ref()
             .map(|q| serde_json::to_value(q).expect("the section serializes")),

@@ -2,14 +2,15 @@
 
 use burn::module::Module;
 use burn::nn::{LinearConfig, RmsNorm, RmsNormConfig};
+use burn::tensor::activation::softmax;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Bool, Device, Int, Tensor};
 
 use super::Qwen3Config;
 use crate::kv_cache::{LayerKvCache, Position};
 use crate::lora::AdaptedLinear;
-use crate::precision::operand;
+use crate::precision::{autocast_dtype, operand};
 use crate::rope::RotaryEmbedding;
 
 /// `softmax(q·kᵀ/√d)·v` over `num_attention_heads` query heads sharing
@@ -99,21 +100,60 @@ impl Attention {
             softcap: None,
             is_causal: seq > 1,
         };
-        let dtype = q.dtype();
-        let context = attention(
-            operand(q),
-            operand(repeat_kv(k, group)),
-            operand(repeat_kv(v, group)),
-            position.mask(self.heads),
-            None,
-            options,
-        )
-        .cast(dtype);
+        let (k, v) = (repeat_kv(k, group), repeat_kv(v, group));
+        let mask = position.mask(self.heads);
+        let context = match autocast_dtype() {
+            Some(_) => mixed_attention(q, k, v, mask, options.is_causal),
+            None => attention(q, k, v, mask, None, options),
+        };
         let context = context
             .swap_dims(1, 2)
             .reshape([batch, seq, self.heads * self.head_dim]);
         self.o_proj.forward(context)
     }
+}
+
+/// `softmax(q·kᵀ/√d)·v` as transformers' eager attention computes it under autocast: both
+/// products on autocast operands, the scores masked and softmaxed in the caller's dtype (f32),
+/// the context handed back in it. `q` `[b, h, s_q, d]`, `k`/`v` `[b, h, s_k, d]`; `mask` marks
+/// the positions to leave out, and `causal` leaves out each query's future, aligned at the
+/// last query (a prompt's continuation sees the whole cache).
+fn mixed_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Option<Tensor<4, Bool>>,
+    causal: bool,
+) -> Tensor<4> {
+    let dtype = q.dtype();
+    let [batch, heads, seq_q, head_dim] = q.dims();
+    let seq_k = k.dims()[2];
+    let scores = operand(q)
+        .matmul(operand(k).swap_dims(2, 3))
+        .cast(dtype)
+        .mul_scalar(1.0 / (head_dim as f64).sqrt());
+    let scores = match mask {
+        Some(mask) => scores.mask_fill(mask, f32::NEG_INFINITY),
+        None => scores,
+    };
+    let scores = if causal {
+        let device = scores.device();
+        let offset = (seq_k - seq_q) as i64;
+        let rows = Tensor::<1, Int>::arange(offset..offset + seq_q as i64, &device)
+            .reshape([seq_q, 1])
+            .expand([seq_q, seq_k]);
+        let cols = Tensor::<1, Int>::arange(0..seq_k as i64, &device)
+            .reshape([1, seq_k])
+            .expand([seq_q, seq_k]);
+        let future = rows
+            .lower(cols)
+            .reshape([1, 1, seq_q, seq_k])
+            .expand([batch, heads, seq_q, seq_k]);
+        scores.mask_fill(future, f32::NEG_INFINITY)
+    } else {
+        scores
+    };
+    operand(softmax(scores, 3)).matmul(operand(v)).cast(dtype)
 }
 
 /// Repeats each key/value head `group` times (`[b, kv, t, d]` → `[b, kv·group, t, d]`), query
@@ -126,4 +166,71 @@ fn repeat_kv(x: Tensor<4>, group: usize) -> Tensor<4> {
     x.unsqueeze_dim::<5>(2)
         .expand([batch, kv_heads, group, seq, head_dim])
         .reshape([batch, kv_heads * group, seq, head_dim])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use burn::tensor::{DType, TensorData};
+
+    use crate::checkpoint::load_qwen3;
+    use crate::precision::{Autocast, Precision};
+
+    fn logits(autocast: Option<DType>, split: usize) -> Vec<f32> {
+        let dir =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/qwen3-tiny-untied-mha-f32");
+        let device = burn::tensor::Device::flex();
+        let (_, model) = load_qwen3(&dir, &device, DType::F32).unwrap();
+        let ids: Vec<i64> = (0..12).map(|i| (i * 37 + 5) % 500).collect();
+        let tokens = |range: std::ops::Range<usize>| {
+            let part = ids[range.clone()].to_vec();
+            super::Tensor::<2, super::Int>::from_data(
+                TensorData::new(part, [1, range.len()]),
+                &device,
+            )
+        };
+        let _autocast = Autocast::new(autocast);
+        let mut cache = model.new_cache();
+        let mut parts = Vec::new();
+        for range in [0..split, split..ids.len()]
+            .into_iter()
+            .filter(|r| !r.is_empty())
+        {
+            let out = model.forward(tokens(range), &mut cache).unwrap();
+            parts.extend(
+                out.into_data()
+                    .convert::<f32>()
+                    .try_to_vec::<f32>()
+                    .unwrap(),
+            );
+        }
+        parts
+    }
+
+    #[test]
+    fn mixed_attention_tracks_f32_and_continues_a_cached_prompt() {
+        let exact = logits(None, 12);
+        let mixed = logits(Precision::Bf16Mixed.autocast(), 12);
+        let continued = logits(Precision::Bf16Mixed.autocast(), 7);
+        let gap = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max)
+        };
+        let scale = exact.iter().map(|x| x.abs()).fold(0.0, f32::max);
+        assert!(mixed != exact, "autocast changed nothing");
+        assert!(
+            gap(&mixed, &exact) < 0.05 * scale,
+            "{} vs {scale}",
+            gap(&mixed, &exact)
+        );
+        // The continuation's queries sit at the cache's end: the causal mask must align there.
+        assert!(
+            gap(&continued, &mixed) < 0.02 * scale,
+            "{}",
+            gap(&continued, &mixed)
+        );
+    }
 }

@@ -86,17 +86,14 @@ pub struct GrpoObjective {
 }
 
 impl GrpoObjective {
-    /// Reads the recipe's prompt files (prompts leave room for `max_new_tokens` within
-    /// `seq_len`) and loads the reference on the plain device under `device`.
+    /// Reads the recipe's prompt files (prompts leave room for `section.max_new_tokens`
+    /// within `seq_len`) and loads the reference on the plain device under `device`.
     pub fn new(
         recipe: &Recipe,
+        section: &GrpoSection,
         tokenizer: &TextTokenizer,
         device: &Device,
     ) -> Result<Self, TrainError> {
-        let section = recipe
-            .grpo
-            .clone()
-            .expect("a grpo recipe has a [grpo] section (validated)");
         let prompt_limit = recipe.data.seq_len + 1 - section.max_new_tokens;
         let load = |path: &Path| {
             load_prompts(path, tokenizer, prompt_limit, recipe.data.skip_bad_records)
@@ -113,7 +110,7 @@ impl GrpoObjective {
             reference,
             tokenizer: tokenizer.clone(),
             stop_tokens,
-            section,
+            section: section.clone(),
             batches: StepBatches::of(recipe),
         })
     }
@@ -287,6 +284,7 @@ mod tests {
 
     use super::*;
     use crate::objective::tests::{gradient_gap, tiny_recipe};
+    use crate::recipe::Stage;
     use andes_model::Model;
 
     /// On-policy (the model is its reference, one update per batch) the clipped ratio is 1 and
@@ -298,7 +296,10 @@ mod tests {
         let (recipe, tokenizer) = tiny_recipe("grpo", "datasets/grpo/gcide-letters-eval.jsonl");
         let fixture = recipe.model.checkpoint.clone();
         let device = Device::flex();
-        let objective = GrpoObjective::new(&recipe, &tokenizer, &device).unwrap();
+        let Stage::Grpo { grpo } = &recipe.stage else {
+            panic!("the tiny grpo recipe read as {:?}", recipe.stage);
+        };
+        let objective = GrpoObjective::new(&recipe, grpo, &tokenizer, &device).unwrap();
         let (_, policy) = Model::load(
             &fixture,
             &device.clone().autodiff(),

@@ -142,7 +142,7 @@ pub fn for_recipe(
     config: &ModelConfig,
     device: &Device,
 ) -> Result<Box<dyn Objective>, TrainError> {
-    Ok(match recipe.stage {
+    Ok(match &recipe.stage {
         Stage::Pretrain | Stage::Sft
             if recipe.data.format == DataFormat::ImageCaption
                 || (recipe.data.format == DataFormat::Chat
@@ -150,11 +150,11 @@ pub fn for_recipe(
         {
             Box::new(VisionObjective::new(recipe, tokenizer, config)?)
         }
-        Stage::Pretrain | Stage::Sft | Stage::Lora | Stage::Qalft => {
+        Stage::Pretrain | Stage::Sft | Stage::Lora { .. } | Stage::Qalft { .. } => {
             Box::new(TokenObjective::new(recipe, tokenizer)?)
         }
-        Stage::Mpo => Box::new(MpoObjective::new(recipe, tokenizer, device)?),
-        Stage::Grpo => Box::new(GrpoObjective::new(recipe, tokenizer, device)?),
+        Stage::Mpo { mpo } => Box::new(MpoObjective::new(recipe, mpo, tokenizer, device)?),
+        Stage::Grpo { grpo } => Box::new(GrpoObjective::new(recipe, grpo, tokenizer, device)?),
     })
 }
 

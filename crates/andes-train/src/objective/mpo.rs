@@ -154,9 +154,10 @@ struct PairSums {
 
 impl MpoObjective {
     /// Reads the recipe's preference files and loads the reference (the starting checkpoint)
-    /// on the plain device under `device`.
+    /// on the plain device under `device`; `section` weighs the terms.
     pub fn new(
         recipe: &Recipe,
+        section: &MpoSection,
         tokenizer: &TextTokenizer,
         device: &Device,
     ) -> Result<Self, TrainError> {
@@ -176,7 +177,7 @@ impl MpoObjective {
             train,
             eval,
             reference,
-            section: recipe.mpo.clone().unwrap_or_default(),
+            section: section.clone(),
             batches: StepBatches::of(recipe),
         })
     }
@@ -322,6 +323,7 @@ mod tests {
 
     use super::*;
     use crate::objective::tests::{gradient_gap, tiny_recipe};
+    use crate::recipe::Stage;
     use andes_model::Model;
 
     /// At the first step the policy is its reference: every implicit reward and δ are 0, so
@@ -333,7 +335,10 @@ mod tests {
         let (recipe, tokenizer) =
             tiny_recipe("mpo", "datasets/preferences/gcide-define-eval.jsonl");
         let device = Device::flex();
-        let objective = MpoObjective::new(&recipe, &tokenizer, &device).unwrap();
+        let Stage::Mpo { mpo } = &recipe.stage else {
+            panic!("the tiny mpo recipe read as {:?}", recipe.stage);
+        };
+        let objective = MpoObjective::new(&recipe, mpo, &tokenizer, &device).unwrap();
         let fixture = recipe.model.checkpoint.clone();
         let (_, policy) = Model::load(
             &fixture,

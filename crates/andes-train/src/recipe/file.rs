@@ -1,0 +1,623 @@
+//! The recipe file: the flat TOML layout a user writes, read into a [`Recipe`] (overrides
+//! applied, every value checked, a refusal naming the file and the key) and written back from
+//! one.
+
+use std::path::{Path, PathBuf};
+
+use andes_model::quantize::{BaseFormats, PtqMethod};
+use andes_quant::QuantFormat;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    DataSection, LoraSection, ModelSection, OptimizerSection, QuantSection, Recipe, Stage,
+    StageName, TrainSection,
+};
+use crate::error::TrainError;
+use crate::objective::{GrpoSection, MpoSection};
+use crate::schedule::Schedule;
+
+/// A recipe file as written: the stage's name beside every section, the sections only some
+/// stages read optional.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RecipeFile {
+    stage: StageName,
+    #[serde(default)]
+    seed: u64,
+    model: ModelSection,
+    data: DataSection,
+    optimizer: OptimizerSection,
+    #[serde(default)]
+    schedule: Schedule,
+    train: TrainSection,
+    lora: Option<LoraSection>,
+    quant: Option<QuantFile>,
+    mpo: Option<MpoSection>,
+    grpo: Option<GrpoSection>,
+}
+
+/// `[quant]` as written: `format` and `plan` side by side, exactly one of them given.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct QuantFile {
+    format: Option<QuantFormat>,
+    plan: Option<PathBuf>,
+    #[serde(default = "default_initializer")]
+    init: PtqMethod,
+    #[serde(default)]
+    learn_scales: bool,
+    #[serde(default = "default_calibration_windows")]
+    calibration_windows: usize,
+}
+
+fn default_initializer() -> PtqMethod {
+    PtqMethod::Rtn
+}
+fn default_calibration_windows() -> usize {
+    32
+}
+
+impl Recipe {
+    /// Reads `path`, applies `overrides` (`section.key=value`, the value in TOML syntax or a
+    /// bare string), and validates.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self, TrainError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        let mut value: toml::Table = toml::from_str(&text).map_err(|e| refuse(path, "", e))?;
+        for assignment in overrides {
+            apply_override(&mut value, assignment)
+                .map_err(|message| refuse(path, assignment, message))?;
+        }
+        let mut recipe = Self::from_table(value, path)?;
+        recipe
+            .absolutize_paths()
+            .map_err(|e| TrainError::io(path, e))?;
+        Ok(recipe)
+    }
+
+    /// Makes every file path absolute (relative ones are relative to the working directory),
+    /// so the resolved recipe saved with a run names the same files from anywhere.
+    fn absolutize_paths(&mut self) -> std::io::Result<()> {
+        let mut paths = vec![&mut self.model.checkpoint, &mut self.data.train];
+        paths.extend(self.data.eval.as_mut());
+        if let Stage::Qalft { quant, .. } = &mut self.stage
+            && let BaseFormats::Plan(plan) = &mut quant.formats
+        {
+            paths.push(plan);
+        }
+        for path in paths {
+            *path = std::path::absolute(&*path)?;
+        }
+        Ok(())
+    }
+
+    /// Parses an already-read table (`path` labels errors).
+    pub fn from_table(table: toml::Table, path: &Path) -> Result<Self, TrainError> {
+        let file: RecipeFile = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| refuse(path, &e.path().to_string(), e.inner()))?;
+        file.into_recipe(path)
+    }
+}
+
+impl RecipeFile {
+    /// The typed recipe: the shared sections' values checked, then the stage built with its
+    /// own sections, then what the stage asks of the shared sections.
+    fn into_recipe(self, path: &Path) -> Result<Recipe, TrainError> {
+        self.check_loop(path)?;
+        let sections = StageSections {
+            lora: self.lora,
+            quant: self.quant,
+            mpo: self.mpo,
+            grpo: self.grpo,
+        };
+        let stage = sections.into_stage(self.stage, self.data.seq_len, path)?;
+        check_stage_fits(&stage, &self.data, &self.train, path)?;
+        Ok(Recipe {
+            stage,
+            seed: self.seed,
+            model: self.model,
+            data: self.data,
+            optimizer: self.optimizer,
+            schedule: self.schedule,
+            train: self.train,
+        })
+    }
+
+    /// Checks the values of the sections every stage reads.
+    fn check_loop(&self, path: &Path) -> Result<(), TrainError> {
+        let fail = |key: &str, message: &str| Err(refuse(path, key, message));
+        let positive = [
+            ("train.steps", self.train.steps),
+            ("train.batch_size", self.train.batch_size),
+            ("train.grad_accum", self.train.grad_accum),
+            ("train.checkpoint_every", self.train.checkpoint_every),
+            ("data.seq_len", self.data.seq_len),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return fail(key, "found 0, expected a positive integer");
+            }
+        }
+        let devices = device_count(&self.train);
+        if self.train.grad_accum < devices {
+            let message = format!(
+                "found {}, expected at least {devices}, the number of devices in train.device: \
+                 each device takes whole micro-batches of the step",
+                self.train.grad_accum
+            );
+            return fail("train.grad_accum", &message);
+        }
+        let optimizer = &self.optimizer;
+        if !(optimizer.lr.is_finite() && optimizer.lr > 0.0) {
+            return fail("optimizer.lr", "expected a positive number");
+        }
+        if !(0.0..1.0).contains(&optimizer.beta1) || !(0.0..1.0).contains(&optimizer.beta2) {
+            return fail("optimizer.beta1", "betas must lie in [0, 1)");
+        }
+        if optimizer.grad_clip.is_some_and(|c| c <= 0.0) {
+            return fail("optimizer.grad_clip", "expected a positive number");
+        }
+        if !(0.0..=1.0).contains(&self.schedule.min_lr_ratio) {
+            return fail("schedule.min_lr_ratio", "expected a number in [0, 1]");
+        }
+        Ok(())
+    }
+}
+
+impl From<Recipe> for RecipeFile {
+    fn from(recipe: Recipe) -> Self {
+        let stage = recipe.stage.name();
+        let sections = StageSections::from(recipe.stage);
+        Self {
+            stage,
+            seed: recipe.seed,
+            model: recipe.model,
+            data: recipe.data,
+            optimizer: recipe.optimizer,
+            schedule: recipe.schedule,
+            train: recipe.train,
+            lora: sections.lora,
+            quant: sections.quant,
+            mpo: sections.mpo,
+            grpo: sections.grpo,
+        }
+    }
+}
+
+/// The sections of a file that only some stages read. Building the stage takes its own out;
+/// one left over is a section that stage does not read.
+#[derive(Default)]
+struct StageSections {
+    lora: Option<LoraSection>,
+    quant: Option<QuantFile>,
+    mpo: Option<MpoSection>,
+    grpo: Option<GrpoSection>,
+}
+
+impl StageSections {
+    /// Stage `name` with its sections, each checked (`seq_len` bounds GRPO's completions);
+    /// refused, naming the key, when one it needs is missing or one it does not read is given.
+    fn into_stage(
+        mut self,
+        name: StageName,
+        seq_len: usize,
+        path: &Path,
+    ) -> Result<Stage, TrainError> {
+        let stage = match name {
+            StageName::Pretrain => Stage::Pretrain,
+            StageName::Sft => Stage::Sft,
+            StageName::Lora => Stage::Lora {
+                lora: self.take_lora(name, path)?,
+            },
+            StageName::Qalft => Stage::Qalft {
+                lora: self.take_lora(name, path)?,
+                quant: needed(self.quant.take(), name, "quant", path)?.into_section(path)?,
+            },
+            StageName::Mpo => Stage::Mpo {
+                mpo: self.mpo.take().unwrap_or_default(),
+            },
+            StageName::Grpo => {
+                let grpo = needed(self.grpo.take(), name, "grpo", path)?;
+                check_grpo(&grpo, seq_len, path)?;
+                Stage::Grpo { grpo }
+            }
+        };
+        self.refuse_unread(name, path)?;
+        Ok(stage)
+    }
+
+    /// The `[lora]` that stage `stage` needs, its values checked.
+    fn take_lora(&mut self, stage: StageName, path: &Path) -> Result<LoraSection, TrainError> {
+        let lora = needed(self.lora.take(), stage, "lora", path)?;
+        lora.config()
+            .validate()
+            .map_err(|e| refuse(path, "lora", e))?;
+        Ok(lora)
+    }
+
+    /// Refuses the first section left over: one that stage `name` does not read.
+    fn refuse_unread(self, name: StageName, path: &Path) -> Result<(), TrainError> {
+        let given = [
+            ("lora", self.lora.is_some(), "stages lora and qalft"),
+            ("quant", self.quant.is_some(), "stage qalft"),
+            ("mpo", self.mpo.is_some(), "stage mpo"),
+            ("grpo", self.grpo.is_some(), "stage grpo"),
+        ];
+        match given.into_iter().find(|(_, given, _)| *given) {
+            Some((key, _, readers)) => Err(refuse(
+                path,
+                key,
+                format!("[{key}] is read only by {readers}, not by stage {name}"),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+impl From<Stage> for StageSections {
+    fn from(stage: Stage) -> Self {
+        match stage {
+            Stage::Pretrain | Stage::Sft => Self::default(),
+            Stage::Lora { lora } => Self {
+                lora: Some(lora),
+                ..Self::default()
+            },
+            Stage::Qalft { lora, quant } => Self {
+                lora: Some(lora),
+                quant: Some(quant.into()),
+                ..Self::default()
+            },
+            Stage::Mpo { mpo } => Self {
+                mpo: Some(mpo),
+                ..Self::default()
+            },
+            Stage::Grpo { grpo } => Self {
+                grpo: Some(grpo),
+                ..Self::default()
+            },
+        }
+    }
+}
+
+impl QuantFile {
+    /// The section with its formats as one value, checked.
+    fn into_section(self, path: &Path) -> Result<QuantSection, TrainError> {
+        let formats = match (self.format, self.plan) {
+            (Some(format), None) => BaseFormats::Uniform(format),
+            (None, Some(plan)) => BaseFormats::Plan(plan),
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(refuse(
+                    path,
+                    "quant",
+                    "give exactly one of `format` and `plan`",
+                ));
+            }
+        };
+        if self.init == PtqMethod::Gptq && self.calibration_windows == 0 {
+            return Err(refuse(
+                path,
+                "quant.calibration_windows",
+                "found 0; GPTQ needs calibration windows",
+            ));
+        }
+        Ok(QuantSection {
+            formats,
+            init: self.init,
+            learn_scales: self.learn_scales,
+            calibration_windows: self.calibration_windows,
+        })
+    }
+}
+
+impl From<QuantSection> for QuantFile {
+    fn from(section: QuantSection) -> Self {
+        let (format, plan) = match section.formats {
+            BaseFormats::Uniform(format) => (Some(format), None),
+            BaseFormats::Plan(plan) => (None, Some(plan)),
+        };
+        Self {
+            format,
+            plan,
+            init: section.init,
+            learn_scales: section.learn_scales,
+            calibration_windows: section.calibration_windows,
+        }
+    }
+}
+
+/// Checks `[grpo]`'s values; completions must leave a prompt room within `seq_len`.
+fn check_grpo(grpo: &GrpoSection, seq_len: usize, path: &Path) -> Result<(), TrainError> {
+    if grpo.group_size < 2 {
+        return Err(refuse(
+            path,
+            "grpo.group_size",
+            "expected 2 or more: advantages compare completions within a group",
+        ));
+    }
+    if grpo.max_new_tokens == 0 || grpo.max_new_tokens >= seq_len {
+        return Err(refuse(
+            path,
+            "grpo.max_new_tokens",
+            "expected at least 1 and below data.seq_len (the prompt needs room)",
+        ));
+    }
+    if grpo.temperature.is_nan() || grpo.temperature <= 0.0 {
+        return Err(refuse(
+            path,
+            "grpo.temperature",
+            "expected a positive number",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks what `stage` asks of the shared sections: data it reads, and one device for `mpo`.
+fn check_stage_fits(
+    stage: &Stage,
+    data: &DataSection,
+    train: &TrainSection,
+    path: &Path,
+) -> Result<(), TrainError> {
+    if matches!(stage, Stage::Mpo { .. }) && device_count(train) > 1 {
+        return Err(refuse(
+            path,
+            "train.device",
+            "stage mpo trains on one device: its quality term's shift is a running mean over \
+             the micro-batches in order",
+        ));
+    }
+    if !stage.formats().contains(&data.format) {
+        let message = format!(
+            "stage {} reads {:?}, found {:?}",
+            stage.name(),
+            stage.formats(),
+            data.format
+        );
+        return Err(refuse(path, "data.format", message));
+    }
+    Ok(())
+}
+
+/// Devices named in `train.device`.
+fn device_count(train: &TrainSection) -> usize {
+    train.device.split(',').count()
+}
+
+/// `section`, which stage `stage` needs under `key`.
+fn needed<T>(
+    section: Option<T>,
+    stage: StageName,
+    key: &str,
+    path: &Path,
+) -> Result<T, TrainError> {
+    section.ok_or_else(|| refuse(path, key, format!("stage {stage} needs a [{key}] section")))
+}
+
+/// The refusal of key `key` of recipe `path`.
+fn refuse(path: &Path, key: &str, message: impl ToString) -> TrainError {
+    TrainError::Recipe {
+        path: path.to_owned(),
+        key: key.into(),
+        message: message.to_string(),
+    }
+}
+
+/// Sets `a.b.c = value` in `table`; `value` is parsed as TOML, else taken as a string.
+fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<(), String> {
+    let (key, raw) = assignment
+        .split_once('=')
+        .ok_or_else(|| "expected section.key=value".to_string())?;
+    let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let mut parts: Vec<&str> = key.trim().split('.').collect();
+    let last = parts.pop().ok_or("empty key")?;
+    let mut current = table;
+    for part in parts {
+        current = current
+            .entry(part)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| format!("`{part}` is not a section"))?;
+    }
+    current.insert(last.to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recipe(name: &str) -> toml::Table {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../configs/recipes/tiny")
+            .join(name);
+        toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn qalft_recipe() -> toml::Table {
+        recipe("qalft.toml")
+    }
+
+    fn error_of(table: toml::Table) -> String {
+        Recipe::from_table(table, Path::new("r.toml"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn the_tiny_qalft_recipe_reads() {
+        let recipe = Recipe::from_table(qalft_recipe(), Path::new("qalft.toml")).unwrap();
+        let Stage::Qalft { lora, quant } = recipe.stage else {
+            panic!("read as {:?}", recipe.stage);
+        };
+        assert_eq!(quant.init, PtqMethod::Gptq);
+        assert_eq!(lora.targets.len(), 7);
+    }
+
+    /// Every shipped recipe loads, and its resolved form (what a run directory keeps for
+    /// `--resume`) reads back as the same recipe.
+    #[test]
+    fn every_shipped_recipe_reads_and_its_saved_form_reads_back_the_same() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/recipes");
+        let mut dirs = vec![root];
+        let mut read = 0;
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "toml") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    let recipe = Recipe::from_table(toml::from_str(&text).unwrap(), &path)
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    let saved = toml::to_string(&recipe).unwrap();
+                    let again = Recipe::from_table(toml::from_str(&saved).unwrap(), &path)
+                        .unwrap_or_else(|e| panic!("{e}\n{saved}"));
+                    assert_eq!(again, recipe, "{}", path.display());
+                    read += 1;
+                }
+            }
+        }
+        assert!(read >= 13, "found {read} recipes");
+    }
+
+    #[test]
+    fn adapter_sections_must_match_the_stage() {
+        let mut table = qalft_recipe();
+        table.remove("quant");
+        assert!(error_of(table).contains("stage qalft needs a [quant] section"));
+        let mut table = qalft_recipe();
+        table.insert("stage".into(), "sft".into());
+        assert!(error_of(table).contains("[lora] is read only by stages lora and qalft"));
+        for plan in [Some("bit_plan.json"), None] {
+            let mut table = qalft_recipe();
+            let quant = table["quant"].as_table_mut().unwrap();
+            match plan {
+                Some(plan) => quant.insert("plan".into(), plan.into()),
+                None => quant.remove("format"),
+            };
+            assert!(error_of(table).contains("exactly one of `format` and `plan`"));
+        }
+    }
+
+    /// A section that the recipe's stage does not read is refused by its key, whichever
+    /// stage and section.
+    #[test]
+    fn a_section_its_stage_does_not_read_is_refused_by_key() {
+        let cases = [
+            ("pretrain.toml", "grpo.toml", "grpo", "stage grpo"),
+            ("lora.toml", "qalft.toml", "quant", "stage qalft"),
+            ("mpo.toml", "lora.toml", "lora", "stages lora and qalft"),
+            ("grpo.toml", "mpo.toml", "mpo", "stage mpo"),
+        ];
+        for (name, donor, key, readers) in cases {
+            let mut table = recipe(name);
+            table.insert(key.into(), recipe(donor)[key].clone());
+            let err = error_of(table);
+            assert!(
+                err.contains(&format!("key `{key}`"))
+                    && err.contains(&format!("[{key}] is read only by {readers}")),
+                "{name} with [{key}]: {err}"
+            );
+        }
+    }
+
+    /// A stage without the section it needs is refused by that section's key; `mpo`, whose
+    /// section is optional, takes InternVL's weights instead.
+    #[test]
+    fn a_stage_without_its_section_is_refused_by_key() {
+        let cases = [
+            ("lora.toml", "lora", "stage lora"),
+            ("qalft.toml", "lora", "stage qalft"),
+            ("qalft.toml", "quant", "stage qalft"),
+            ("grpo.toml", "grpo", "stage grpo"),
+        ];
+        for (name, key, stage) in cases {
+            let mut table = recipe(name);
+            table.remove(key);
+            let err = error_of(table);
+            assert!(
+                err.contains(&format!("key `{key}`"))
+                    && err.contains(&format!("{stage} needs a [{key}] section")),
+                "{name} without [{key}]: {err}"
+            );
+        }
+        let mut table = recipe("mpo.toml");
+        table.remove("mpo");
+        let recipe = Recipe::from_table(table, Path::new("mpo.toml")).unwrap();
+        assert_eq!(
+            recipe.stage,
+            Stage::Mpo {
+                mpo: MpoSection::default()
+            }
+        );
+    }
+
+    #[test]
+    fn a_bad_format_or_rank_names_the_key() {
+        let mut table = qalft_recipe();
+        table["quant"]
+            .as_table_mut()
+            .unwrap()
+            .insert("format".into(), "int5-g64-asym".into());
+        let err = error_of(table);
+        assert!(
+            err.contains("quant.format") && err.contains("int5"),
+            "{err}"
+        );
+        let mut table = qalft_recipe();
+        table["lora"]
+            .as_table_mut()
+            .unwrap()
+            .insert("rank".into(), 0.into());
+        let err = error_of(table);
+        assert!(err.contains("lora") && err.contains("found 0"), "{err}");
+    }
+
+    #[test]
+    fn the_rl_stages_need_their_format_and_section() {
+        let mut table = recipe("grpo.toml");
+        table["data"]
+            .as_table_mut()
+            .unwrap()
+            .insert("format".into(), "chat".into());
+        let err = error_of(table);
+        assert!(
+            err.contains("data.format") && err.contains("Prompt"),
+            "{err}"
+        );
+        let mut table = recipe("grpo.toml");
+        table.remove("grpo");
+        assert!(error_of(table).contains("stage grpo needs a [grpo] section"));
+        let mut table = recipe("grpo.toml");
+        table["grpo"]
+            .as_table_mut()
+            .unwrap()
+            .insert("group_size".into(), 1.into());
+        assert!(error_of(table).contains("grpo.group_size"));
+        let mut table = recipe("sft.toml");
+        table["data"]
+            .as_table_mut()
+            .unwrap()
+            .insert("format".into(), "preference".into());
+        let err = error_of(table);
+        assert!(
+            err.contains("reads [Text, Chat], found Preference"),
+            "{err}"
+        );
+        let mut table = recipe("sft.toml");
+        table.insert("mpo".into(), toml::Value::Table(toml::Table::new()));
+        assert!(error_of(table).contains("[mpo] is read only by stage mpo"));
+        let mut table = recipe("grpo.toml");
+        table["grpo"]
+            .as_table_mut()
+            .unwrap()
+            .insert("reward".into(), "bleu".into());
+        let err = error_of(table);
+        assert!(
+            err.contains("grpo.reward") && err.contains("numeric_match"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,349 @@
+//! A recipe: one TOML file naming everything a training run needs.
+//!
+//! The file is flat: `stage = "qalft"` at the top beside the sections every stage reads, and
+//! the sections only some stages read (`[lora]`, `[quant]`, `[mpo]`, `[grpo]`) optional. A
+//! loaded [`Recipe`] is typed instead: its [`Stage`] carries exactly the sections that stage
+//! reads, so a missing or stray section is refused once, at load, naming its key
+//! (`recipe/file.rs` turns the one form into the other and back), and the code that trains a
+//! stage takes its sections from the stage without looking for them again.
+
+mod file;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use andes_data::dataset::{DataFormat, Windowing};
+use andes_model::lora::{LoraConfig, LoraTarget};
+use andes_model::precision::Precision;
+use andes_model::quantize::{BaseFormats, BaseQuantization, PtqMethod};
+use serde::{Deserialize, Serialize};
+
+use crate::objective::{GrpoSection, MpoSection};
+use crate::schedule::Schedule;
+
+/// The training objective, with the sections only it reads.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stage {
+    /// Next-token loss on every token of text documents.
+    Pretrain,
+    /// Next-token loss on the assistant turns of conversations.
+    Sft,
+    /// A LoRA adapter on the frozen float base, trained on the masked next-token loss of its
+    /// data: the float reference QALFT is measured against.
+    Lora {
+        /// The adapter (`[lora]`).
+        lora: LoraSection,
+    },
+    /// Quantization-aware LoRA fine-tuning: the base quantized per `[quant]` and frozen on its
+    /// fake-quant grid, the adapter (and optionally the grid's scales) trained against it.
+    Qalft {
+        /// The adapter (`[lora]`).
+        lora: LoraSection,
+        /// The base's quantization (`[quant]`).
+        quant: QuantSection,
+    },
+    /// Mixed Preference Optimization on preference pairs, against the starting checkpoint as a
+    /// frozen reference.
+    Mpo {
+        /// The term weights (`[mpo]`; InternVL's defaults when the file has none).
+        mpo: MpoSection,
+    },
+    /// Group Relative Policy Optimization on prompts with answers, against the starting
+    /// checkpoint as a frozen reference.
+    Grpo {
+        /// Sampling and reward (`[grpo]`).
+        grpo: GrpoSection,
+    },
+}
+
+/// A stage's name: the value of the recipe's `stage` key, and what messages and a bundle's
+/// provenance call the stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageName {
+    /// `pretrain`.
+    Pretrain,
+    /// `sft`.
+    Sft,
+    /// `lora`.
+    Lora,
+    /// `qalft`.
+    Qalft,
+    /// `mpo`.
+    Mpo,
+    /// `grpo`.
+    Grpo,
+}
+
+impl fmt::Display for StageName {
+    /// The name as a recipe writes it (`qalft`): serde's, so the two cannot differ.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.serialize(f)
+    }
+}
+
+/// What an adapter stage (`lora`, `qalft`) reads besides the shared sections: the adapter it
+/// trains and, for `qalft`, how its base is quantized.
+#[derive(Debug, Clone, Copy)]
+pub struct AdapterSections<'a> {
+    /// The adapter (`[lora]`).
+    pub lora: &'a LoraSection,
+    /// The base's quantization (`[quant]`); none for the float base of `lora`.
+    pub quant: Option<&'a QuantSection>,
+}
+
+impl AdapterSections<'_> {
+    /// Whether the quantization grid's scales train along with the adapter (and so are saved
+    /// with it).
+    pub fn learns_scales(&self) -> bool {
+        self.quant.is_some_and(|quant| quant.learn_scales)
+    }
+}
+
+impl Stage {
+    /// The stage's name.
+    pub fn name(&self) -> StageName {
+        match self {
+            Stage::Pretrain => StageName::Pretrain,
+            Stage::Sft => StageName::Sft,
+            Stage::Lora { .. } => StageName::Lora,
+            Stage::Qalft { .. } => StageName::Qalft,
+            Stage::Mpo { .. } => StageName::Mpo,
+            Stage::Grpo { .. } => StageName::Grpo,
+        }
+    }
+
+    /// The sections of an adapter stage; none for a stage that trains the model's own
+    /// weights (its checkpoints are whole models, not adapters).
+    pub fn adapter(&self) -> Option<AdapterSections<'_>> {
+        match self {
+            Stage::Lora { lora } => Some(AdapterSections { lora, quant: None }),
+            Stage::Qalft { lora, quant } => Some(AdapterSections {
+                lora,
+                quant: Some(quant),
+            }),
+            Stage::Pretrain | Stage::Sft | Stage::Mpo { .. } | Stage::Grpo { .. } => None,
+        }
+    }
+
+    /// Whether the stage scores whole replies against a reference (its loss is not a
+    /// next-token NLL, so it has no perplexity).
+    pub fn scores_replies(&self) -> bool {
+        matches!(self, Stage::Mpo { .. } | Stage::Grpo { .. })
+    }
+
+    /// The data formats the stage reads, for validation and its message.
+    pub fn formats(&self) -> &'static [DataFormat] {
+        match self {
+            Stage::Pretrain => &[DataFormat::Text, DataFormat::Chat, DataFormat::ImageCaption],
+            Stage::Sft | Stage::Lora { .. } | Stage::Qalft { .. } => {
+                &[DataFormat::Text, DataFormat::Chat]
+            }
+            Stage::Mpo { .. } => &[DataFormat::Preference],
+            Stage::Grpo { .. } => &[DataFormat::Prompt],
+        }
+    }
+}
+
+/// A whole recipe, checked: the stage with its sections, and the sections every stage reads.
+/// It serializes back to the file's layout, which is how a run directory keeps its resolved
+/// recipe for `--resume`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(into = "file::RecipeFile")]
+pub struct Recipe {
+    /// The objective (`stage`) and the sections only it reads.
+    pub stage: Stage,
+    /// Seed of the data order.
+    pub seed: u64,
+    /// Starting model.
+    pub model: ModelSection,
+    /// Data.
+    pub data: DataSection,
+    /// AdamW.
+    pub optimizer: OptimizerSection,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
+    /// The loop.
+    pub train: TrainSection,
+}
+
+impl Recipe {
+    /// Micro-batch windows per optimizer step.
+    pub fn windows_per_step(&self) -> usize {
+        self.train.batch_size * self.train.grad_accum
+    }
+}
+
+/// `[model]`: where the starting weights, config and tokenizer come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// Hugging Face model directory to start from.
+    pub checkpoint: PathBuf,
+}
+
+/// `[data]`: training and held-out files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// Record layout of both files.
+    pub format: DataFormat,
+    /// Training file.
+    pub train: PathBuf,
+    /// Held-out file for periodic evaluation.
+    pub eval: Option<PathBuf>,
+    /// Tokens per training window.
+    pub seq_len: usize,
+    /// Count and skip malformed records instead of stopping at the first.
+    #[serde(default)]
+    pub skip_bad_records: bool,
+}
+
+impl DataSection {
+    /// How both files become windows.
+    pub fn windowing(&self) -> Windowing {
+        Windowing {
+            format: self.format,
+            seq_len: self.seq_len,
+            skip_bad_records: self.skip_bad_records,
+        }
+    }
+}
+
+/// `[lora]`: the adapter a `lora` or `qalft` run trains (PEFT's settings and defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSection {
+    /// The adapter's name in the 1+N bundle (letters, digits, `_`, `-`).
+    pub name: String,
+    /// Rank r of the update.
+    pub rank: usize,
+    /// Scale numerator: the update is multiplied by `alpha / rank`.
+    pub alpha: f64,
+    /// Dropout on the adapter input while training.
+    #[serde(default)]
+    pub dropout: f64,
+    /// Projections to adapt (PEFT names); all seven when absent.
+    #[serde(default = "all_targets")]
+    pub targets: Vec<LoraTarget>,
+}
+
+fn all_targets() -> Vec<LoraTarget> {
+    LoraTarget::ALL.to_vec()
+}
+
+impl LoraSection {
+    /// The adapter configuration this section describes.
+    pub fn config(&self) -> LoraConfig {
+        LoraConfig {
+            rank: self.rank,
+            alpha: self.alpha,
+            dropout: self.dropout,
+            target_modules: self.targets.clone(),
+        }
+    }
+}
+
+/// `[quant]`: how a `qalft` run quantizes its base. The file gives exactly one of `format`
+/// and `plan`; it serializes back to those keys (also in a bundle's manifest).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(into = "file::QuantFile")]
+pub struct QuantSection {
+    /// Which format each linear takes: one for every linear (`format = "int2-g64-asym"`), or a
+    /// `bit_plan.json` (`plan`, from `andes quantize` or edited by hand).
+    pub formats: BaseFormats,
+    /// The post-training quantizer that sets the initial codes and scales (`init`).
+    pub init: PtqMethod,
+    /// Train the grid's scales (LSQ) along with the adapter.
+    pub learn_scales: bool,
+    /// Training windows (the first ones of the file) whose activations give GPTQ its Hessians.
+    pub calibration_windows: usize,
+}
+
+impl QuantSection {
+    /// The base quantization this section asks for.
+    pub fn base_quantization(&self) -> BaseQuantization {
+        BaseQuantization {
+            formats: self.formats.clone(),
+            method: self.init,
+            learn_scales: self.learn_scales,
+            calibration_windows: self.calibration_windows,
+        }
+    }
+}
+
+/// `[optimizer]`: AdamW.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerSection {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Decoupled weight decay (not applied to norms and biases).
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// First-moment decay.
+    #[serde(default = "default_beta1")]
+    pub beta1: f64,
+    /// Second-moment decay.
+    #[serde(default = "default_beta2")]
+    pub beta2: f64,
+    /// Denominator epsilon.
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// Clip the global gradient norm to this value (none when absent).
+    pub grad_clip: Option<f64>,
+}
+
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.95
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+
+/// `[train]`: the loop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Windows per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    #[serde(default = "one")]
+    pub grad_accum: usize,
+    /// Parameters whose Hugging Face name starts with one of these are not trained.
+    #[serde(default)]
+    pub freeze: Vec<String>,
+    /// Write a checkpoint every this many steps (and at the end).
+    pub checkpoint_every: usize,
+    /// Evaluate on the held-out file every this many steps (and at the end).
+    #[serde(default)]
+    pub eval_every: Option<usize>,
+    /// `cpu`, `cuda[:N]`, `wgpu[:N]`, `vulkan[:N]`, or a comma-separated list of devices of
+    /// one kind (`cuda:0,cuda:1`) for data-parallel training: the step's `grad_accum`
+    /// micro-batches are dealt among them.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// `f32`, `bf16-mixed` or `bf16` (default: `bf16-mixed` on cuda, `f32` elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
+}
+
+impl TrainSection {
+    /// The run's precision: as set, else the device's default.
+    pub fn precision(&self) -> Precision {
+        self.precision
+            .unwrap_or_else(|| Precision::default_for(&self.device))
+    }
+}
+
+fn one() -> usize {
+    1
+}
+fn default_device() -> String {
+    "cpu".into()
+}
