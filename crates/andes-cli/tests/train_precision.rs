@@ -1,6 +1,6 @@
 //! `andes train` at each `[train] precision`: bf16-mixed follows f32's loss curve within
 //! bf16's rounding while its master weights, and so its checkpoints, stay f32; pure bf16
-//! trains too.
+//! trains too; activation checkpointing changes the memory, not the losses.
 
 mod common;
 
@@ -10,7 +10,12 @@ use common::{losses, path, train_command};
 
 /// Trains the tiny pretrain recipe for 12 steps at `precision` into `run`.
 fn train_at(precision: &str, run: &Path) -> Vec<f64> {
-    let output = train_command(&[
+    train_with(&[&format!("train.precision=\"{precision}\"")], run)
+}
+
+/// Trains the tiny pretrain recipe for 12 steps with `overrides` into `run`.
+fn train_with(overrides: &[&str], run: &Path) -> Vec<f64> {
+    let mut command = train_command(&[
         "--config",
         "configs/recipes/tiny/pretrain.toml",
         "--out",
@@ -20,11 +25,11 @@ fn train_at(precision: &str, run: &Path) -> Vec<f64> {
         "train.steps=12",
         "--set",
         "train.checkpoint_every=12",
-        "--set",
-        &format!("train.precision=\"{precision}\""),
-    ])
-    .output()
-    .unwrap();
+    ]);
+    for assignment in overrides {
+        command.args(["--set", assignment]);
+    }
+    let output = command.output().unwrap();
     assert!(
         output.status.success(),
         "{}",
@@ -74,4 +79,17 @@ fn pure_bf16_trains() {
     let losses = train_at("bf16", dir.path());
     assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
     assert!(losses[11] < losses[0] - 0.5, "{losses:?}");
+}
+
+#[test]
+fn activation_checkpointing_keeps_the_losses() {
+    let dir = tempfile::tempdir().unwrap();
+    let kept = train_with(&[], &dir.path().join("kept"));
+    let recomputed = train_with(
+        &["train.activation_checkpointing=true"],
+        &dir.path().join("recomputed"),
+    );
+    for (step, (a, b)) in kept.iter().zip(&recomputed).enumerate() {
+        assert!((a - b).abs() <= 1e-5 * a, "step {step}: {a} vs {b}");
+    }
 }

@@ -20,6 +20,7 @@ use crate::checkpoint::TrainerState;
 use crate::error::TrainError;
 use crate::objective::{Objective, Shard, StepFigures, StepOutput};
 use crate::optim::{clip_factor, global_norm, scale_gradients};
+use crate::recipe::TrainSection;
 use andes_model::Model;
 use andes_model::precision::Autocast;
 
@@ -56,12 +57,12 @@ impl Replicas {
     pub fn new(
         model: Model,
         set: &DeviceSet,
-        autocast: Option<DType>,
+        train: &TrainSection,
         optimizer_for: impl Fn(&Model) -> Result<ModuleOptimizer, TrainError>,
     ) -> Result<Self, TrainError> {
         let mut models = vec![model];
         for device in &set.devices[1..] {
-            models.push(models[0].clone().fork(&device.clone().autodiff()));
+            models.push(models[0].clone().fork(&train.autodiff_device(device)));
         }
         let optimizers = models.iter().map(optimizer_for).collect::<Result<_, _>>()?;
         let streams = models.iter().map(|_| StreamId::allocate()).collect();
@@ -71,7 +72,7 @@ impl Replicas {
             devices: set.devices.clone(),
             collective: set.collective,
             streams,
-            autocast,
+            autocast: train.precision().autocast(),
         })
     }
 

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::error::TrainError;
 use crate::optim::adamw;
-use crate::recipe::OptimizerSection;
+use crate::recipe::{OptimizerSection, training_device};
 
 /// The shape of the timed steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,11 +72,7 @@ pub fn train_throughput(
     device: &Device,
     bench: TrainBench,
 ) -> Result<TrainReport, TrainError> {
-    let device = if bench.activation_checkpointing {
-        device.clone().autodiff().gradient_checkpointing()
-    } else {
-        device.clone().autodiff()
-    };
+    let device = training_device(device, bench.activation_checkpointing);
     let model = Qwen3ForCausalLM::new(config, &device)?;
     let mut model =
         andes_model::precision::cast_parameters(model, bench.precision.parameter_dtype());

@@ -109,7 +109,7 @@ impl<'a> Run<'a> {
         std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
         let devices = parse_devices(&recipe.train.device)?;
         let plain_device = devices.devices[0].clone();
-        let device = plain_device.clone().autodiff();
+        let device = recipe.train.autodiff_device(&plain_device);
         // Adapter initialisation draws from the device's generator.
         device.seed(recipe.seed);
         let (start_dir, state) = start_point(recipe, run_dir, resume)?;
@@ -132,7 +132,7 @@ impl<'a> Run<'a> {
                 show_progress,
             )?;
         }
-        let replicas = Replicas::new(model, &devices, precision.autocast(), |replica| {
+        let replicas = Replicas::new(model, &devices, &recipe.train, |replica| {
             optimizer_for(replica, recipe, resume_from)
         })?;
         write_atomically(&run_dir.join(RECIPE_FILE), recipe_toml.as_bytes())?;

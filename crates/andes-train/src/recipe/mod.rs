@@ -16,6 +16,7 @@ use andes_data::dataset::{DataFormat, Windowing};
 use andes_model::lora::{LoraConfig, LoraTarget};
 use andes_model::precision::Precision;
 use andes_model::quantize::{BaseFormats, BaseQuantization, PtqMethod};
+use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::objective::{GrpoSection, MpoSection};
@@ -331,6 +332,11 @@ pub struct TrainSection {
     /// `f32`, `bf16-mixed` or `bf16` (default: `bf16-mixed` on cuda, `f32` elsewhere).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub precision: Option<Precision>,
+    /// Recompute memory-bound activations in the backward pass instead of keeping them
+    /// (Burn's balanced gradient checkpointing): less memory for some more compute, for the
+    /// shapes that do not fit otherwise.
+    #[serde(default)]
+    pub activation_checkpointing: bool,
 }
 
 impl TrainSection {
@@ -338,6 +344,21 @@ impl TrainSection {
     pub fn precision(&self) -> Precision {
         self.precision
             .unwrap_or_else(|| Precision::default_for(&self.device))
+    }
+
+    /// The device a replica on `device` records its gradients on.
+    pub fn autodiff_device(&self, device: &Device) -> Device {
+        training_device(device, self.activation_checkpointing)
+    }
+}
+
+/// `device` with autodiff, and with activation checkpointing when asked.
+pub fn training_device(device: &Device, activation_checkpointing: bool) -> Device {
+    let device = device.clone().autodiff();
+    if activation_checkpointing {
+        device.gradient_checkpointing()
+    } else {
+        device
     }
 }
 
