@@ -4,7 +4,8 @@
 # shape with random weights, seq 1024 and 4 windows a step (the 0.6B shape by default), and
 # the tiny fixture's shape first to time the start. andes runs `andes bench train` for every
 # binary of BINS and precision of PRECISIONS, from the kernel cache as the run finds it (empty
-# on a fresh machine, unless ENV_TAR unpacks one), its warm-up step times included; then
+# on a fresh machine, unless ENV_TAR unpacks one), its warm-up step times included (TINY_FIRST=0
+# leaves out the tiny shape, CHECKPOINTED=0 the run with activation checkpointing); then
 # PyTorch (scripts/bench/train_peer.py) in TF32, bf16 autocast with SDPA, the same compiled,
 # and bf16 autocast with eager attention; and the loss curves of real `andes train` runs in
 # f32 and bf16-mixed (the tiny recipe, and the start of the 0.6B one). cubecl's compilation logger names each kernel as it
@@ -17,7 +18,7 @@
 # "cuda-untuned cuda": built with `cargo build --release -p andes-cli --features BIN` after
 # scripts/gpu/setup-offline-cuda-build.sh). Results land in the output folder (OUT, default
 # ./out) as results.tar.gz, with this run's kernel caches as environment.tar.gz (cut into parts of 15 MB,
-# environment.tar.gz.part-*, when larger; `cat` them back together).
+# environment.tar.gz.part-*, when larger; `cat` them back together; SAVE_ENV=0 keeps them).
 set -uo pipefail
 OUT=${OUT:-out}; mkdir -p "$OUT"
 R=/tmp/results; mkdir -p $R
@@ -40,6 +41,8 @@ run() { # run NAME COMMAND...: its JSON line to $R/NAME.json, the end of its std
   timeout "$STEP_LIMIT" "$@" > "$R/$name.json" 2> "$R/$name.err"
   echo "$name rc=$? $((SECONDS - start)) s: $(head -c 600 "$R/$name.json")"
   grep -m2 -E "panicked|rror" "$R/$name.err" | cut -c1-300
+  # Kept up to date, so a run stopped at its time limit still returns what it measured.
+  tar -czf "$OUT/results.tar.gz" -C $R .
 }
 for bin in $BINS; do
   printf '[compilation]\ncache = true\n\n[compilation.logger]\nlevel = "basic"\nfile = "%s"\n\n[autotune]\nlevel = "minimal"\n' \
@@ -48,13 +51,14 @@ for bin in $BINS; do
   tail -F -n +1 "/tmp/compile-$bin.log" 2>/dev/null | while read -r line; do echo "$SECONDS $line"; done > "$R/compile-$bin.log" &
   STAMPER=$!
   for precision in $PRECISIONS; do
-    run "andes-$bin-tiny-$precision" "/tmp/bin/andes-$bin" bench train --config $TINY --device cuda \
-      --precision "$precision" --seq-len 256 --batch 4 --warmup 2 --steps 5
+    [ "${TINY_FIRST:-1}" = 1 ] && run "andes-$bin-tiny-$precision" "/tmp/bin/andes-$bin" bench train \
+      --config $TINY --device cuda --precision "$precision" --seq-len 256 --batch 4 --warmup 2 --steps 5
     run "andes-$bin-model-$precision" "/tmp/bin/andes-$bin" bench train --config "$MODEL" --device cuda \
       --precision "$precision" --seq-len 1024 --batch 4 --warmup 2 --steps 6
   done
-  run "andes-$bin-model-bf16-mixed-checkpointed" "/tmp/bin/andes-$bin" bench train --config "$MODEL" --device cuda \
-    --precision bf16-mixed --activation-checkpointing --seq-len 1024 --batch 4 --warmup 2 --steps 6
+  [ "${CHECKPOINTED:-1}" = 1 ] && run "andes-$bin-model-bf16-mixed-checkpointed" "/tmp/bin/andes-$bin" bench train \
+    --config "$MODEL" --device cuda --precision bf16-mixed --activation-checkpointing --seq-len 1024 --batch 4 \
+    --warmup 2 --steps 6
   sleep 1; kill $STAMPER 2>/dev/null
   echo "$bin: $(grep -c . "$R/compile-$bin.log") kernels compiled, the last at $(tail -n1 "$R/compile-$bin.log" | cut -d' ' -f1) s"
 done
@@ -74,12 +78,16 @@ if [ "${CURVES:-1}" = 1 ]; then
     cp "/tmp/model-$precision/metrics.jsonl" "$R/curve-model-$precision.jsonl"
   done
 fi
+# PEER_SPECS: "PRECISION ATTENTION [--compile]" entries, comma-separated; torch.compile
+# gets COMPILE_LIMIT seconds (its first steps compile for minutes).
+PEER_SPECS=${PEER_SPECS:-"tf32 sdpa,bf16-mixed sdpa,bf16-mixed sdpa --compile,bf16-mixed eager"}
 if [ "$PEERS" = 1 ]; then
-  for spec in "tf32 sdpa" "bf16-mixed sdpa" "bf16-mixed sdpa --compile" "bf16-mixed eager"; do
+  IFS=, read -ra specs <<< "$PEER_SPECS"
+  for spec in "${specs[@]}"; do
     set -- $spec
     name="peer-$1-$2${3:+-compile}"
-    run "$name" python3 scripts/bench/train_peer.py --config "$MODEL" --device cuda --precision "$1" \
-      --attn "$2" ${3:-} --seq-len 1024 --batch 4
+    STEP_LIMIT=${3:+${COMPILE_LIMIT:-360}}${3:-$STEP_LIMIT} run "$name" python3 scripts/bench/train_peer.py \
+      --config "$MODEL" --device cuda --precision "$1" --attn "$2" ${3:-} --seq-len 1024 --batch 4
   done
 fi
 # BIG=1: the 1.7B and 4B shapes in bf16-mixed (andes with and without activation
@@ -97,7 +105,7 @@ if [ "${BIG:-0}" = 1 ]; then
   done
 fi
 tar -czf "$OUT/results.tar.gz" -C $R .
-if [ -d target/environment ]; then
+if [ "${SAVE_ENV:-1}" = 1 ] && [ -d target/environment ]; then
   tar -czf /tmp/environment.tar.gz -C target environment
   if [ "$(stat -c %s /tmp/environment.tar.gz)" -gt 15000000 ]; then
     split -b 15000000 /tmp/environment.tar.gz "$OUT/environment.tar.gz.part-"

@@ -6,10 +6,10 @@
 use std::time::Instant;
 
 use andes_model::loss::masked_next_token_nll;
-use andes_model::precision::{Autocast, Precision};
+use andes_model::precision::{Autocast, Precision, cast_parameters};
 use andes_model::qwen3::{Qwen3Config, Qwen3ForCausalLM};
 use andes_model::throughput::median;
-use burn::module::Module;
+use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use serde::Serialize;
@@ -65,6 +65,15 @@ pub struct TrainReport {
     pub final_loss: f64,
 }
 
+/// Marks every float parameter as trained.
+struct Trained;
+
+impl ModuleMapper for Trained {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        param.set_require_grad(true)
+    }
+}
+
 /// Trains a random model of `config` on `device` for `bench.warmup + bench.steps` steps of
 /// one fixed batch of token windows.
 pub fn train_throughput(
@@ -72,10 +81,11 @@ pub fn train_throughput(
     device: &Device,
     bench: TrainBench,
 ) -> Result<TrainReport, TrainError> {
+    // Drawn as transformers initialises Qwen3 (so the losses compare with the peer's) and cast
+    // to the precision's parameter dtype, every parameter trained.
     let device = training_device(device, bench.activation_checkpointing);
-    let model = Qwen3ForCausalLM::new(config, &device)?;
-    let mut model =
-        andes_model::precision::cast_parameters(model, bench.precision.parameter_dtype());
+    let model = Qwen3ForCausalLM::new(config, &device)?.init_like_transformers(config);
+    let mut model = cast_parameters(model, bench.precision.parameter_dtype()).map(&mut Trained);
     let section = OptimizerSection {
         lr: 1e-4,
         weight_decay: 0.1,
