@@ -14,19 +14,25 @@ use clap::Args;
 /// The name `--adapter` is attached under.
 const ADAPTER_NAME: &str = "cli";
 
-/// Where the model is and where it runs.
+/// Where the model is and where it runs: `--model`, `--device`, `--dtype`, the same for
+/// every command that loads a model.
 #[derive(Args, Debug)]
 pub struct ModelArgs {
     /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json), or a
     /// package from `andes quantize` (run dequantized).
     #[arg(long)]
     pub model: PathBuf,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+/// `--adapter`, for the commands that run a model with a task adapter.
+#[derive(Args, Debug)]
+pub struct AdapterArgs {
     /// A PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors) to
     /// apply on top of the model, e.g. one of a bundle's `adapters/NAME`.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
-    #[command(flatten)]
-    pub runtime: RuntimeArgs,
 }
 
 /// Device and precision.
@@ -60,12 +66,13 @@ pub struct LoadedModel {
 }
 
 impl ModelArgs {
-    /// Loads the model directory or package onto the chosen device.
-    pub fn load(&self) -> anyhow::Result<LoadedModel> {
+    /// Loads the model directory or package onto the chosen device, with `adapter` (a PEFT
+    /// directory) attached and active.
+    pub fn load(&self, adapter: &AdapterArgs) -> anyhow::Result<LoadedModel> {
         let (device, dtype) = self.runtime.resolve()?;
         let (config, mut model, manifest) = load_model(&self.model, &device, dtype)
             .with_context(|| format!("loading model {}", self.model.display()))?;
-        if let Some(dir) = &self.adapter {
+        if let Some(dir) = &adapter.adapter {
             let language_model = model.language_model_mut();
             import_peft_adapter(language_model, dir, ADAPTER_NAME)
                 .with_context(|| format!("loading adapter {}", dir.display()))?;

@@ -331,3 +331,39 @@ fn quantize_refuses_bad_budgets_calibration_and_targets_leaving_nothing() {
     assert!(!out.exists(), "nothing is left behind");
     assert!(!dir.path().join(".tmp-pkg").exists());
 }
+
+#[test]
+fn quantize_loads_the_model_in_the_dtype_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let eval = |package: &Path| -> f64 {
+        let text = repo("datasets/gcide/gcide-eval.txt");
+        let output = andes(&[
+            "eval",
+            "--model",
+            path(package),
+            "--documents",
+            path(&text),
+            "--window",
+            "64",
+            "--json",
+        ]);
+        json_stdout(output)["perplexity"].as_f64().unwrap()
+    };
+    let mut perplexities = Vec::new();
+    for dtype in ["f32", "bf16"] {
+        let package = dir.path().join(dtype);
+        let summary = json_stdout(quantize_tiny(
+            &package,
+            &["--target", "dimensity9500", "--bpw", "4", "--dtype", dtype],
+        ));
+        assert!(summary["bpw"].as_f64().unwrap() > 0.0);
+        perplexities.push(eval(&package));
+    }
+    // bf16 rounds the f32 fixture's weights before GPTQ sees them: a small change, not a
+    // different model.
+    let (f32_ppl, bf16_ppl) = (perplexities[0], perplexities[1]);
+    assert!(
+        (bf16_ppl / f32_ppl - 1.0).abs() < 0.05,
+        "f32 {f32_ppl} vs bf16 {bf16_ppl}"
+    );
+}

@@ -77,6 +77,8 @@ pub struct QuantizeParams {
     pub cache: PathBuf,
     /// Where calibration and sensitivity passes run.
     pub device: Device,
+    /// The dtype the model is loaded and run in (calibration statistics are kept in f32).
+    pub dtype: DType,
     /// Package directory to write (must not exist).
     pub out: PathBuf,
 }
@@ -99,7 +101,7 @@ pub fn quantize_model(params: &QuantizeParams) -> Result<PackageReport, PackageE
             message: format!("must be a positive number, got {bpw}"),
         });
     }
-    let (config, model) = Model::load(&params.model, &params.device, DType::F32)?;
+    let (config, model) = Model::load(&params.model, &params.device, params.dtype)?;
     let (mut model, vision) = match model {
         Model::Text(model) => (model, None),
         Model::VisionLanguage(andesvl) => {

@@ -214,7 +214,10 @@ impl fmt::Display for PackageReport {
             cost.prefill_tokens_per_s
         )?;
         writeln!(f, "  ({COST_FORMULAS})")?;
-        writeln!(f, "  plan (budget {:?} bpw):", self.budget_bpw)?;
+        match self.budget_bpw {
+            Some(budget) => writeln!(f, "  plan (budget {budget} bpw):")?,
+            None => writeln!(f, "  plan (applied from a plan file):")?,
+        }
         for share in &self.formats {
             writeln!(
                 f,

@@ -38,10 +38,12 @@ pub fn setup(
     show_progress: bool,
 ) -> Result<(), TrainError> {
     let Model::Text(text_model) = model else {
-        return Err(TrainError::io(
-            &recipe.model.checkpoint.join("config.json"),
-            "stages lora and qalft train adapters on text models; this is an AndesVL checkpoint",
-        ));
+        return Err(TrainError::WrongModel {
+            path: recipe.model.checkpoint.join("config.json"),
+            message: "stages lora and qalft train adapters on text models; this is an AndesVL \
+                      checkpoint"
+                .into(),
+        });
     };
     let batch_size = recipe.train.batch_size;
     let summary = prepare(text_model, sections, batch_size, calibration, resume_from)?;

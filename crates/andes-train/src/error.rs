@@ -23,6 +23,21 @@ pub enum TrainError {
         /// What failed.
         message: String,
     },
+    /// The starting checkpoint is a kind of model the stage or data cannot train (a text model
+    /// for image data, an AndesVL model for an adapter stage).
+    #[error("{path}: {message}")]
+    WrongModel {
+        /// The checkpoint's `config.json`.
+        path: PathBuf,
+        /// Which kind was found and which one the recipe needs.
+        message: String,
+    },
+    /// A data file holds no usable record.
+    #[error("{path}: no records to train on")]
+    NoRecords {
+        /// The data file.
+        path: PathBuf,
+    },
     /// A checkpoint is incomplete or corrupt.
     #[error("checkpoint {path}: {message}")]
     Checkpoint {

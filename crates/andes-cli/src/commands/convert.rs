@@ -7,13 +7,15 @@ use andes_model::checkpoint::{SaveDtype, side_files};
 use anyhow::Context;
 use clap::Args;
 
-use crate::model_args::ModelArgs;
+use crate::model_args::{AdapterArgs, ModelArgs};
 
 /// Arguments of `andes convert`.
 #[derive(Args, Debug)]
 pub struct ConvertArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    adapter: AdapterArgs,
     /// Output directory (created; files inside are replaced atomically).
     #[arg(long)]
     out: PathBuf,
@@ -24,7 +26,7 @@ pub struct ConvertArgs {
 
 /// Runs `andes convert`.
 pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
-    let loaded = args.model.load()?;
+    let loaded = args.model.load(&args.adapter)?;
     loaded
         .model
         .save(&loaded.config, &args.out, args.save_dtype)?;

@@ -11,7 +11,7 @@ use andes_model::quantize::{BaseFormats, BaseQuantization, PtqMethod};
 use andes_quant::QuantFormat;
 use clap::Args;
 
-use crate::model_args::ModelArgs;
+use crate::model_args::{AdapterArgs, ModelArgs};
 
 /// Arguments of `andes eval`.
 #[derive(Args, Debug)]
@@ -20,6 +20,8 @@ use crate::model_args::ModelArgs;
 pub struct EvalArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    adapter: AdapterArgs,
     /// Plain-text file, scored as one token sequence.
     #[arg(long)]
     text: Option<PathBuf>,
@@ -62,7 +64,7 @@ pub struct EvalArgs {
 
 /// Runs `andes eval`.
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    let mut loaded = args.model.load()?;
+    let mut loaded = args.model.load(&args.adapter)?;
     let tokenizer = TextTokenizer::from_model_dir(&args.model.model)?;
     let input = match (args.text, args.documents, args.chat) {
         (Some(path), _, _) => EvalInput::Text(path),

@@ -5,21 +5,20 @@ use std::time::Instant;
 
 use andes_data::TextTokenizer;
 use andes_data::chat::{END_OF_TURN, Role, render_for_generation};
-use andes_model::Model;
-use andes_model::andesvl::rows::image_prompt;
+use andes_model::completion::{Prompt, complete};
 use andes_model::device::replays_graphs;
-use andes_model::generate::{
-    Decoding, GenerationRequest, eos_token_ids, generate, generate_from_embeddings, token_tensor,
-};
+use andes_model::generate::{Decoding, GenerationRequest, eos_token_ids};
 use clap::Args;
 
-use crate::model_args::ModelArgs;
+use crate::model_args::{AdapterArgs, ModelArgs};
 
 /// Arguments of `andes generate`.
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    adapter: AdapterArgs,
     /// The prompt, tokenized as-is unless --chat wraps it in the ChatML template; `<image>`
     /// marks where each --image goes (all images go first when there is none).
     #[arg(long)]
@@ -74,48 +73,30 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         replay: replays_graphs(&args.model.runtime.device),
     };
     // The model first: a wrong directory is reported by its config.json.
-    let loaded = args.model.load()?;
+    let loaded = args.model.load(&args.adapter)?;
+    if !args.images.is_empty() && loaded.config.andesvl().is_none() {
+        anyhow::bail!(
+            "--image needs an AndesVL model directory (config.json with model_type \
+             \"andesvl\"); {} holds a text-only model",
+            dir.display()
+        );
+    }
     let tokenizer = TextTokenizer::from_model_dir(dir)?;
     request.stop_tokens = stop_tokens(&args, dir, loaded.config.text_config(), &tokenizer)?;
     let start = Instant::now();
-    let (prompt_tokens, ids) = match (&loaded.model, loaded.config.andesvl()) {
-        (Model::VisionLanguage(model), Some(config)) => {
-            let (prompt, images) = image_prompt(
-                &args.images,
-                dir,
-                &prompt,
-                &tokenizer,
-                config,
-                model,
-                &loaded.device,
-            )?;
-            let embeddings = model.embed(token_tensor(&prompt.ids, &loaded.device), &images)?;
-            let ids = generate_from_embeddings(
-                &model.language_model,
-                embeddings,
-                &request,
-                &loaded.device,
-            )?;
-            (prompt.ids.len(), ids)
-        }
-        (model, _) => {
-            if !args.images.is_empty() {
-                anyhow::bail!(
-                    "--image needs an AndesVL model directory (config.json with model_type \
-                     \"andesvl\"); {} holds a text-only model",
-                    dir.display()
-                );
-            }
-            let prompt_ids = tokenizer.encode(&prompt)?;
-            let ids = generate(
-                model.language_model(),
-                &prompt_ids,
-                &request,
-                &loaded.device,
-            )?;
-            (prompt_ids.len(), ids)
-        }
+    let prompt = Prompt {
+        text: prompt,
+        images: args.images.clone(),
     };
+    let completion = complete(
+        (&loaded.model, &loaded.config, dir),
+        &tokenizer,
+        &prompt,
+        &request,
+        &loaded.device,
+    )?;
+    let (prompt_tokens, ids) = (completion.prompt_tokens, completion.token_ids);
+    let prompt = prompt.text;
     let seconds = start.elapsed().as_secs_f64();
     let text = tokenizer.decode(&ids)?;
     if args.json {

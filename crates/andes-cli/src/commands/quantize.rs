@@ -3,20 +3,23 @@
 
 use std::path::PathBuf;
 
-use andes_model::device::parse_device;
 use andes_model::quantize::PtqMethod;
 use andes_model::sensitivity::SensitivityMeasure;
 use andes_package::{Calibration, PlanSource, QuantizeParams, quantize_model};
 use clap::Args;
 
+use crate::model_args::ModelArgs;
+
 /// Arguments of `andes quantize`.
 #[derive(Args, Debug)]
 #[command(group = clap::ArgGroup::new("budget").required(true).args(["bpw", "plan"]))]
 pub struct QuantizeArgs {
-    /// Float Hugging Face model directory: Qwen3, or AndesVL (its language model is quantized,
-    /// the vision tower and projector stay float).
-    #[arg(long)]
-    model: PathBuf,
+    /// The float model: a Hugging Face directory of a Qwen3, or of an AndesVL model (its
+    /// language model is quantized, the vision tower and projector stay float); where
+    /// calibration and the sensitivity passes run, and the dtype the model is loaded in
+    /// (f32; bf16 halves the memory of a bf16 checkpoint, whose values it keeps exactly).
+    #[command(flatten)]
+    model: ModelArgs,
     /// Target: dimensity9500, generic-cpu, snapdragon8elite, or a profile TOML file.
     #[arg(long)]
     target: String,
@@ -57,10 +60,6 @@ pub struct QuantizeArgs {
     /// Directory of the sensitivity cache (default: $ANDES_CACHE, else ~/.cache/andes).
     #[arg(long)]
     cache: Option<PathBuf>,
-    /// Device for calibration and the sensitivity passes: cpu, cuda[:N], wgpu[:N] (GPU
-    /// backends need their build feature).
-    #[arg(long, default_value = "cpu")]
-    device: String,
     /// Only the summary, as JSON (no table).
     #[arg(long)]
     json: bool,
@@ -76,6 +75,7 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
         (None, Some(path)) => PlanSource::File(path),
         (None, None) => unreachable!("clap requires --bpw or --plan"),
     };
+    let (device, dtype) = args.model.runtime.resolve()?;
     let params = QuantizeParams {
         target: args.target,
         plan,
@@ -91,8 +91,9 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
         method: args.init,
         context: args.context,
         cache: args.cache.unwrap_or_else(default_cache),
-        device: parse_device(&args.device)?,
-        model: args.model,
+        device,
+        dtype,
+        model: args.model.model,
         out: args.out,
     };
     let report = quantize_model(&params)?;

@@ -275,7 +275,12 @@ fn record_inputs<const D: usize>(tap: &InputTap, x: &Tensor<D>) {
     let Ok(hessian) = moments.as_mut() else {
         return;
     };
-    let rows = x.clone().reshape([tokens, in_features]);
+    // Statistics in f32 whatever the activations' dtype: a bf16 Gram product would round
+    // every entry to 8 bits.
+    let rows = x
+        .clone()
+        .cast(burn::tensor::DType::F32)
+        .reshape([tokens, in_features]);
     let gram = if hessian.is_full() {
         rows.clone().transpose().matmul(rows)
     } else {

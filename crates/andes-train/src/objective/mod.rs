@@ -166,7 +166,9 @@ fn load_splits<T>(
 ) -> Result<(Vec<T>, Option<Vec<T>>), TrainError> {
     let train = load(&recipe.data.train)?;
     if train.is_empty() {
-        return Err(TrainError::io(&recipe.data.train, "no records to train on"));
+        return Err(TrainError::NoRecords {
+            path: recipe.data.train.clone(),
+        });
     }
     let eval = recipe.data.eval.as_deref().map(load).transpose()?;
     Ok((train, eval))

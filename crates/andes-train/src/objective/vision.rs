@@ -61,11 +61,13 @@ impl VisionObjective {
         config: &ModelConfig,
     ) -> Result<Self, TrainError> {
         let ModelConfig::VisionLanguage(config) = config else {
-            return Err(TrainError::io(
-                &recipe.model.checkpoint.join("config.json"),
-                "data.format image_caption trains a vision-language model; this checkpoint \
-                 is a text model (expected model_type \"andesvl\", see `andes assemble`)",
-            ));
+            return Err(TrainError::WrongModel {
+                path: recipe.model.checkpoint.join("config.json"),
+                message: "data.format image_caption trains a vision-language model; this \
+                          checkpoint is a text model (expected model_type \"andesvl\", see \
+                          `andes assemble`)"
+                    .into(),
+            });
         };
         let load = |path: &Path| {
             load_visual_examples(
