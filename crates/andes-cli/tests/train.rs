@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{andes, json_stdout, losses, metrics, path, repo, train_command};
+use common::{andes, json_stdout, losses, metrics, path, repo, train_command, train_tiny};
 use std::path::Path;
 use std::process::Command;
 
@@ -17,22 +17,6 @@ const SHORT_RUN: [&str; 6] = [
     "--set",
     "train.eval_every=12",
 ];
-
-/// Trains the tiny recipe `name` into `run` with `key=value` overrides; panics with the
-/// run's stderr when it fails.
-fn train_tiny(name: &str, run: &Path, overrides: &[&str]) {
-    let config = path(&repo(&format!("configs/recipes/tiny/{name}.toml"))).to_string();
-    let mut command = train_command(&["--config", &config, "--out", path(run), "--quiet"]);
-    for assignment in overrides {
-        command.args(["--set", assignment]);
-    }
-    let output = command.output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 /// Starts `run` (a SHORT_RUN training into `run_dir`) and kills it with SIGKILL as soon as its
 /// first checkpoint exists, asserting that steps were left to resume.

@@ -6,35 +6,18 @@ mod common;
 
 use std::path::Path;
 
-use common::{losses, path, train_command};
+use common::{losses, train_tiny};
 
 /// Trains the tiny pretrain recipe for 12 steps at `precision` into `run`.
 fn train_at(precision: &str, run: &Path) -> Vec<f64> {
     train_with(&[&format!("train.precision=\"{precision}\"")], run)
 }
 
-/// Trains the tiny pretrain recipe for 12 steps with `overrides` into `run`.
+/// Trains the tiny pretrain recipe for 12 steps with `overrides` into `run`; its losses.
 fn train_with(overrides: &[&str], run: &Path) -> Vec<f64> {
-    let mut command = train_command(&[
-        "--config",
-        "configs/recipes/tiny/pretrain.toml",
-        "--out",
-        path(run),
-        "--quiet",
-        "--set",
-        "train.steps=12",
-        "--set",
-        "train.checkpoint_every=12",
-    ]);
-    for assignment in overrides {
-        command.args(["--set", assignment]);
-    }
-    let output = command.output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let mut all = vec!["train.steps=12", "train.checkpoint_every=12"];
+    all.extend(overrides);
+    train_tiny("pretrain", run, &all);
     losses(run).into_iter().map(|(_, loss)| loss).collect()
 }
 

@@ -74,3 +74,19 @@ pub fn train_command(extra: &[&str]) -> Command {
     command.current_dir(repo("")).arg("train").args(extra);
     command
 }
+
+/// Trains the tiny recipe `name` into `run` with `key=value` overrides; panics with the
+/// run's stderr when it fails.
+pub fn train_tiny(name: &str, run: &Path, overrides: &[&str]) {
+    let config = path(&repo(&format!("configs/recipes/tiny/{name}.toml"))).to_string();
+    let mut command = train_command(&["--config", &config, "--out", path(run), "--quiet"]);
+    for assignment in overrides {
+        command.args(["--set", assignment]);
+    }
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
