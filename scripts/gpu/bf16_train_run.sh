@@ -86,7 +86,8 @@ if [ "$PEERS" = 1 ]; then
   for spec in "${specs[@]}"; do
     set -- $spec
     name="peer-$1-$2${3:+-compile}"
-    STEP_LIMIT=${3:+${COMPILE_LIMIT:-360}}${3:-$STEP_LIMIT} run "$name" python3 scripts/bench/train_peer.py \
+    limit=$STEP_LIMIT; [ -n "${3:-}" ] && limit=${COMPILE_LIMIT:-360}
+    STEP_LIMIT=$limit run "$name" python3 scripts/bench/train_peer.py \
       --config "$MODEL" --device cuda --precision "$1" --attn "$2" ${3:-} --seq-len 1024 --batch 4
   done
 fi

@@ -68,7 +68,7 @@ PY
     step andes-h100-$dev-$dt.json $A bench forward --config $MODEL --device $dev --dtype $dt --prompt-len 512 --decode-tokens 128 --warmup 1 --repeats 3
     step andes-replay-$dev-$dt.json $A bench forward --config $MODEL --device $dev --dtype $dt --prompt-len 512 --decode-tokens 128 --warmup 1 --repeats 3 --replay
   done
-  [ "${TRAIN:-1}" = 1 ] && step andes-train-$dev.json $A bench train --config $MODEL --device $dev --dtype bf16 --seq-len 1024 --batch 4 --warmup 2 --steps 5
+  [ "${TRAIN:-1}" = 1 ] && step andes-train-$dev.json $A bench train --config $MODEL --device $dev --precision bf16 --seq-len 1024 --batch 4 --warmup 2 --steps 5
 done
 [ "${MATMUL:-1}" = 1 ] && step peer-matmul.json python3 scripts/bench/matmul_peer.py --sizes 8192 --dtypes float32,float32-tf32,bfloat16
 for dt in ${DTYPES:-bf16 f32}; do

@@ -1,6 +1,6 @@
 //! End-to-end runs of the `andes` binary on the bundled tiny checkpoints.
 //!
-//! `andes bench`: `bench forward --replay`.
+//! `andes bench`: `bench forward --replay`, `bench train`.
 
 mod common;
 
@@ -35,4 +35,36 @@ fn bench_forward_replay_reports_the_replayed_decoder_and_refuses_too_long_a_deco
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("max_position_embeddings"), "{stderr}");
+}
+
+#[test]
+fn bench_train_reports_its_precision_and_starts_at_the_uniform_loss() {
+    let config = fixture("qwen3-tiny-untied-mha-f32").join("config.json");
+    let report = json_stdout(andes(&[
+        "bench",
+        "train",
+        "--config",
+        path(&config),
+        "--precision",
+        "bf16-mixed",
+        "--seq-len",
+        "32",
+        "--batch",
+        "2",
+        "--warmup",
+        "0",
+        "--steps",
+        "1",
+    ]));
+    assert_eq!(report["precision"], "bf16-mixed");
+    assert_eq!(report["device"], "cpu");
+    assert!(report.get("dtype").is_none(), "{report}");
+    // transformers' initialisation (N(0, 0.02²)) starts a model near ln(vocab), as PyTorch's
+    // peer does; Burn's defaults start far above it.
+    let loss = report["final_loss"].as_f64().unwrap();
+    let uniform = 512f64.ln();
+    assert!(
+        (loss - uniform).abs() < 0.3,
+        "first loss {loss}, ln 512 = {uniform}"
+    );
 }

@@ -3,7 +3,7 @@
 //! conversations; of the model as given, or post-training quantized first (RTN or GPTQ), the
 //! way llama.cpp users measure a quantization with `llama-perplexity`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use andes_data::TextTokenizer;
 use andes_data::dataset::{DataFormat, WindowSet, Windowing, document_stream};
@@ -105,31 +105,22 @@ pub fn evaluate(
             });
             (summary, json)
         }
-        EvalInput::Text(path) | EvalInput::Documents(path) => {
-            let ids = match &params.input {
-                EvalInput::Documents(_) => document_stream(path, tokenizer)?,
-                _ => {
-                    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
-                        path: path.clone(),
-                        source,
-                    })?;
-                    tokenizer.encode(&text)?
-                }
-            };
-            let stride = params.stride.unwrap_or((window / 2).max(1));
-            let device: Device = model.devices()[0].clone();
-            let result = sliding_window_perplexity(model, &ids, window, stride, &device)?;
-            let summary = format!(
-                "{}: {} tokens, mean NLL {:.6} nats, perplexity {:.4} (window {}, stride {})",
-                path.display(),
-                result.tokens,
-                result.mean_nll,
-                result.perplexity,
-                result.window,
-                result.stride
-            );
-            let json = serde_json::to_value(&result).expect("the result serializes");
-            (summary, json)
+        EvalInput::Text(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            score_stream(
+                model,
+                path,
+                &tokenizer.encode(&text)?,
+                window,
+                params.stride,
+            )?
+        }
+        EvalInput::Documents(path) => {
+            let ids = document_stream(path, tokenizer)?;
+            score_stream(model, path, &ids, window, params.stride)?
         }
     };
     Ok(EvalReport {
@@ -137,6 +128,31 @@ pub fn evaluate(
         json,
         bpw_linears,
     })
+}
+
+/// Sliding-window perplexity of the token stream `ids` read from `path`: its summary line and
+/// JSON.
+fn score_stream(
+    model: &Qwen3ForCausalLM,
+    path: &Path,
+    ids: &[u32],
+    window: usize,
+    stride: Option<usize>,
+) -> Result<(String, serde_json::Value), ModelError> {
+    let stride = stride.unwrap_or((window / 2).max(1));
+    let device: Device = model.devices()[0].clone();
+    let result = sliding_window_perplexity(model, ids, window, stride, &device)?;
+    let summary = format!(
+        "{}: {} tokens, mean NLL {:.6} nats, perplexity {:.4} (window {}, stride {})",
+        path.display(),
+        result.tokens,
+        result.mean_nll,
+        result.perplexity,
+        result.window,
+        result.stride
+    );
+    let json = serde_json::to_value(&result).expect("the result serializes");
+    Ok((summary, json))
 }
 
 /// Quantizes `model` per `quantization` (GPTQ calibrated on windows of `window` tokens of

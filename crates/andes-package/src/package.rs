@@ -348,16 +348,11 @@ impl LoadedPackage {
     /// The model as any other loaded model: its configuration (AndesVL when the package
     /// carries a vision side) and the dequantized model.
     pub fn into_model(self) -> (ModelConfig, Model) {
-        match self.vision {
-            Some((andesvl, vision)) => (
-                ModelConfig::VisionLanguage(andesvl),
-                Model::from_parts(self.model, Some(vision)),
-            ),
-            None => (
-                ModelConfig::Text(self.config),
-                Model::from_parts(self.model, None),
-            ),
-        }
+        let (config, vision) = match self.vision {
+            Some((andesvl, vision)) => (ModelConfig::VisionLanguage(andesvl), Some(vision)),
+            None => (ModelConfig::Text(self.config), None),
+        };
+        (config, Model::from_parts(self.model, vision))
     }
 }
 

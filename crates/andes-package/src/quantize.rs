@@ -20,7 +20,9 @@ use andes_model::sensitivity::{
     LayerSensitivity, SensitivityMeasure, loss_sensitivities, sensitivities,
 };
 use andes_model::{Model, ModelConfig};
-use andes_quant::{BitPlan, Hessian, LayerChoices, TargetProfile, bits_per_weight, estimate};
+use andes_quant::{
+    BitPlan, Hessian, LayerChoices, TargetProfile, WeightShape, bits_per_weight, estimate,
+};
 use burn::module::Module;
 use burn::tensor::{DType, Device, Int, Tensor};
 use sha2::{Digest, Sha256};
@@ -125,7 +127,16 @@ pub fn quantize_model(params: &QuantizeParams) -> Result<PackageReport, PackageE
             BitPlan::for_budget(&choices, &target.name, *bpw)?
         }
     };
-    check_fits(params, &config, &model, vision.as_ref(), &target, &plan)?;
+    let shapes = linear_shapes(&model);
+    check_fits(
+        params,
+        &config,
+        &model,
+        &shapes,
+        vision.as_ref(),
+        &target,
+        &plan,
+    )?;
 
     let plan_label = match &params.plan {
         PlanSource::File(path) => path.display().to_string(),
@@ -257,15 +268,15 @@ fn check_fits(
     params: &QuantizeParams,
     config: &ModelConfig,
     model: &Qwen3ForCausalLM,
+    shapes: &[(String, WeightShape)],
     vision: Option<&andes_model::andesvl::VisionSide>,
     target: &TargetProfile,
     plan: &BitPlan,
 ) -> Result<(), PackageError> {
-    let shapes = linear_shapes(model);
     let planned_bits: u64 = plan
         .layers
         .iter()
-        .zip(&shapes)
+        .zip(shapes)
         .map(|(entry, (_, shape))| bits_per_weight(entry.format, *shape).total_bits())
         .sum();
     let linear_weights: u64 = shapes.iter().map(|(_, s)| s.numel() as u64).sum();

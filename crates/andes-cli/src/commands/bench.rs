@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use andes_model::device::parse_device;
 use andes_model::precision::Precision;
 use andes_model::qwen3::Qwen3Config;
 use andes_model::throughput::{Repeats, forward_throughput, matmul_throughput, vision_throughput};
@@ -60,8 +61,10 @@ struct TrainBenchArgs {
     /// A Qwen3 config.json giving the shape.
     #[arg(long)]
     config: PathBuf,
-    #[command(flatten)]
-    runtime: RuntimeArgs,
+    /// cpu, cuda[:N], wgpu[:N] or vulkan[:N] (GPU backends need their build feature); the
+    /// dtypes are --precision's.
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// f32, bf16-mixed (f32 master weights, bf16 products, as torch autocast) or bf16
     /// (default: bf16-mixed on cuda, f32 elsewhere).
     #[arg(long)]
@@ -126,7 +129,7 @@ struct ForwardArgs {
 /// Runs `andes bench`: one library call, its report printed as one JSON object with the
 /// device and dtype it ran on.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let (runtime, report) = match args.what {
+    let (device, dtype, mut report) = match args.what {
         BenchKind::Forward(args) => {
             let (device, dtype) = args.runtime.resolve()?;
             let config = Qwen3Config::from_file(&args.config)?;
@@ -143,7 +146,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 args.replay,
                 repeats,
             )?;
-            (args.runtime, serde_json::to_value(report)?)
+            (
+                args.runtime.device,
+                Some(args.runtime.dtype),
+                serde_json::to_value(report)?,
+            )
         }
         BenchKind::Matmul(args) => {
             let (device, dtype) = args.runtime.resolve()?;
@@ -152,10 +159,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 timed: args.repeats,
             };
             let report = matmul_throughput(args.size, &device, dtype, repeats)?;
-            (args.runtime, serde_json::to_value(report)?)
+            (
+                args.runtime.device,
+                Some(args.runtime.dtype),
+                serde_json::to_value(report)?,
+            )
         }
         BenchKind::Train(args) => {
-            let (device, _) = args.runtime.resolve()?;
+            let device = parse_device(&args.device)?;
             let config = Qwen3Config::from_file(&args.config)?;
             let bench = TrainBench {
                 seq_len: args.seq_len,
@@ -164,11 +175,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 steps: args.steps,
                 precision: args
                     .precision
-                    .unwrap_or_else(|| Precision::default_for(&args.runtime.device)),
+                    .unwrap_or_else(|| Precision::default_for(&args.device)),
                 activation_checkpointing: args.activation_checkpointing,
             };
             let report = train_throughput(&config, &device, bench)?;
-            (args.runtime, serde_json::to_value(report)?)
+            (args.device, None, serde_json::to_value(report)?)
         }
         BenchKind::Vision(args) => {
             let (device, dtype) = args.runtime.resolve()?;
@@ -179,15 +190,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             };
             let shape = [args.batch, args.height, args.width];
             let report = vision_throughput(&config, &device, dtype, shape, repeats)?;
-            (args.runtime, serde_json::to_value(report)?)
+            (
+                args.runtime.device,
+                Some(args.runtime.dtype),
+                serde_json::to_value(report)?,
+            )
         }
     };
-    let mut report = report;
     report["peer"] = "andes".into();
-    report["device"] = runtime.device.into();
-    // A training step's dtypes are its precision's; the others run in --dtype.
-    if report.get("precision").is_none() {
-        report["dtype"] = runtime.dtype.into();
+    report["device"] = device.into();
+    if let Some(dtype) = dtype {
+        report["dtype"] = dtype.into();
     }
     println!("{report}");
     Ok(())

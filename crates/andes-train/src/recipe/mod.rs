@@ -368,3 +368,33 @@ fn one() -> usize {
 fn default_device() -> String {
     "cpu".into()
 }
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Device, GradientCheckpointingStrategy};
+
+    use super::*;
+
+    #[test]
+    fn activation_checkpointing_reaches_the_replicas_device() {
+        let train = |value: bool| -> TrainSection {
+            toml::from_str(&format!(
+                "steps = 1\nbatch_size = 1\ncheckpoint_every = 1\nactivation_checkpointing = {value}"
+            ))
+            .unwrap()
+        };
+        let strategy = |value: bool| {
+            train(value)
+                .autodiff_device(&Device::flex())
+                .gradient_checkpointing_strategy()
+        };
+        assert_eq!(
+            strategy(true),
+            Some(GradientCheckpointingStrategy::Balanced)
+        );
+        assert_eq!(
+            strategy(false),
+            Some(GradientCheckpointingStrategy::Disabled)
+        );
+    }
+}
