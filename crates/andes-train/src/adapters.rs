@@ -6,14 +6,14 @@
 
 use std::path::{Path, PathBuf};
 
-use andes_model::Model;
-use andes_model::checkpoint::write_atomically;
+use andes_model::checkpoint::{file_sha256, write_atomically};
 use andes_model::lora::peft::{export_peft_adapter, import_peft_adapter};
 use andes_model::quantize::{
     PtqMethod, QuantizationSummary, load_scales, quantize_base_with, save_scales,
 };
 use andes_model::qwen3::Qwen3ForCausalLM;
-use burn::tensor::Device;
+use andes_model::{Model, ModelConfig};
+use burn::tensor::{DType, Device};
 
 use crate::error::TrainError;
 use crate::recipe::{AdapterSections, LoraSection, QuantSection, Recipe};
@@ -62,6 +62,37 @@ pub fn setup(
         );
     }
     Ok(())
+}
+
+/// The base an adapter stage trains against, in `dtype`: the recipe's `[model] package`
+/// dequantized exactly as `andes eval --model PKG` runs it (refused unless the package was
+/// made from the recipe's checkpoint, by the sha256 of its config.json), else the float
+/// checkpoint.
+pub fn load_base(
+    recipe: &Recipe,
+    device: &Device,
+    dtype: DType,
+) -> Result<(ModelConfig, Model), TrainError> {
+    let Some(package) = &recipe.model.package else {
+        return Ok(Model::load(&recipe.model.checkpoint, device, dtype)?);
+    };
+    let loaded = andes_package::load_package(package, device, dtype)?;
+    let config = recipe.model.checkpoint.join("config.json");
+    let expected = file_sha256(&config)?;
+    let made_from = loaded.manifest.source.get("config_sha256");
+    if made_from != Some(&expected) {
+        return Err(TrainError::WrongModel {
+            path: package.join(andes_package::MANIFEST_FILE),
+            message: format!(
+                "the package was made from a model whose config.json has sha256 {}, but the \
+                 recipe's checkpoint {} has {expected}; quantize the recipe's checkpoint, or \
+                 name the checkpoint the package came from",
+                made_from.map_or("(none recorded)", String::as_str),
+                recipe.model.checkpoint.display()
+            ),
+        });
+    }
+    Ok(loaded.into_model())
 }
 
 /// Readies `model` for an adapter stage: quantized (`qalft`, GPTQ calibrated on
@@ -149,11 +180,13 @@ pub fn load_adapter_run(run_dir: &Path, device: &Device) -> Result<AdapterRun, T
             ),
         });
     };
-    let (_, mut model) = andes_model::checkpoint::load_qwen3(
-        &recipe.model.checkpoint,
-        device,
-        burn::tensor::DType::F32,
-    )?;
+    let (_, model) = load_base(&recipe, device, DType::F32)?;
+    let Model::Text(mut model) = model else {
+        return Err(TrainError::WrongModel {
+            path: recipe.model.checkpoint.join("config.json"),
+            message: "adapter runs train text models; this is an AndesVL checkpoint".into(),
+        });
+    };
     // Only GPTQ needs the training data again, for the same calibration windows.
     let calibration = match sections.quant {
         Some(quant) if quant.init == PtqMethod::Gptq => {

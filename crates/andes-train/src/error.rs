@@ -49,6 +49,9 @@ pub enum TrainError {
     /// Loading or running the model failed.
     #[error(transparent)]
     Model(#[from] andes_model::ModelError),
+    /// Reading the package an adapter trains against failed.
+    #[error(transparent)]
+    Package(#[from] andes_package::PackageError),
     /// Attaching, loading or saving the LoRA adapter failed.
     #[error(transparent)]
     Lora(#[from] andes_model::lora::LoraError),

@@ -311,18 +311,18 @@ fn start_point(
 
 /// The model to train, on `device` with its parameters in `precision`'s dtype, frozen per
 /// `train.freeze`: the one in `start_dir`, except that an adapter stage always starts from
-/// the recipe's base (its checkpoints hold the adapter only).
+/// the recipe's base, float or package (its checkpoints hold the adapter only).
 fn load_model(
     recipe: &Recipe,
     start_dir: &Path,
     device: &Device,
     precision: Precision,
 ) -> Result<(ModelConfig, Model), TrainError> {
-    let model_dir = match recipe.stage.adapter() {
-        Some(_) => &recipe.model.checkpoint,
-        None => start_dir,
+    let dtype = precision.parameter_dtype();
+    let (config, model) = match recipe.stage.adapter() {
+        Some(_) => adapters::load_base(recipe, device, dtype)?,
+        None => Model::load(start_dir, device, dtype)?,
     };
-    let (config, model) = Model::load(model_dir, device, precision.parameter_dtype())?;
     let (model, _frozen) = freeze(model, &recipe.train.freeze);
     Ok((config, model))
 }

@@ -79,6 +79,7 @@ impl Recipe {
     fn absolutize_paths(&mut self) -> std::io::Result<()> {
         let mut paths = vec![&mut self.model.checkpoint, &mut self.data.train];
         paths.extend(self.data.eval.as_mut());
+        paths.extend(self.model.package.as_mut());
         if let Stage::Qalft { quant, .. } = &mut self.stage
             && let BaseFormats::Plan(plan) = &mut quant.formats
         {
@@ -111,6 +112,7 @@ impl RecipeFile {
         };
         let stage = sections.into_stage(self.stage, self.data.seq_len, path)?;
         check_stage_fits(&stage, &self.data, &self.train, path)?;
+        check_package_stage(&stage, &self.model, path)?;
         Ok(Recipe {
             stage,
             seed: self.seed,
@@ -620,4 +622,28 @@ mod tests {
             "{err}"
         );
     }
+}
+
+/// A package is the frozen base of the `lora` stage only: a stage that trains the whole model
+/// would leave the package's grid, and `qalft` quantizes its own base, which a package has
+/// already fixed.
+fn check_package_stage(stage: &Stage, model: &ModelSection, path: &Path) -> Result<(), TrainError> {
+    if model.package.is_none() || matches!(stage, Stage::Lora { .. }) {
+        return Ok(());
+    }
+    let why = match stage {
+        Stage::Qalft { .. } => {
+            "a package's base is already quantized, and qalft would quantize it again by its \
+             [quant] section; train adapters against a package with stage = \"lora\""
+        }
+        _ => {
+            "a package is the frozen base of adapters (stage = \"lora\"); this stage trains \
+              the whole model"
+        }
+    };
+    Err(refuse(
+        path,
+        "model.package",
+        format!("stage {}: {why}", stage.name()),
+    ))
 }

@@ -181,6 +181,12 @@ impl Recipe {
 pub struct ModelSection {
     /// Hugging Face model directory to start from.
     pub checkpoint: PathBuf,
+    /// A package of `andes quantize` made from `checkpoint`, for the `lora` stage: the adapter
+    /// trains against the package's codes and scales, dequantized exactly as `andes eval
+    /// --model PKG` runs them and frozen, so it learns the base the phone runs (1+N: one
+    /// quantized base, N adapters) rather than a re-quantization of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<PathBuf>,
 }
 
 /// `[data]`: training and held-out files.
