@@ -6,7 +6,7 @@ use andes_model::device::parse_device;
 use andes_model::lora::peft::import_peft_adapter;
 use andes_model::precision::parse_dtype;
 use andes_model::{Model, ModelConfig};
-use andes_package::load_model;
+use andes_package::{Bundle, PACKAGE_DIR, is_package_bundle, load_model};
 use anyhow::Context;
 use burn::tensor::{DType, Device};
 use clap::Args;
@@ -18,8 +18,8 @@ const ADAPTER_NAME: &str = "cli";
 /// every command that loads a model.
 #[derive(Args, Debug)]
 pub struct ModelArgs {
-    /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json), or a
-    /// package from `andes quantize` (run dequantized).
+    /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json), a package
+    /// from `andes quantize` (run dequantized), or a bundle from `andes export --package`.
     #[arg(long)]
     pub model: PathBuf,
     #[command(flatten)]
@@ -30,7 +30,7 @@ pub struct ModelArgs {
 #[derive(Args, Debug)]
 pub struct AdapterArgs {
     /// A PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors) to
-    /// apply on top of the model, e.g. one of a bundle's `adapters/NAME`.
+    /// apply on top of the model; with a bundle as `--model`, the name of one of its adapters.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
 }
@@ -63,6 +63,9 @@ pub struct LoadedModel {
     pub device: Device,
     /// Bits per weight over the quantized linears, when the model is a package.
     pub package_bpw: Option<f64>,
+    /// Where the tokenizer and generation config lie: the model directory, or a bundle's
+    /// package.
+    pub files_dir: PathBuf,
 }
 
 impl ModelArgs {
@@ -70,6 +73,21 @@ impl ModelArgs {
     /// directory) attached and active.
     pub fn load(&self, adapter: &AdapterArgs) -> anyhow::Result<LoadedModel> {
         let (device, dtype) = self.runtime.resolve()?;
+        if is_package_bundle(&self.model) {
+            let mut bundle = Bundle::load(&self.model, &device, dtype)
+                .with_context(|| format!("loading bundle {}", self.model.display()))?;
+            let name = adapter.adapter.as_ref().map(|name| name.to_string_lossy());
+            bundle.activate(name.as_deref())?;
+            let package_bpw = Some(bundle.package.weights.bpw_linears);
+            let (config, model) = bundle.into_model();
+            return Ok(LoadedModel {
+                config,
+                model,
+                device,
+                package_bpw,
+                files_dir: self.model.join(PACKAGE_DIR),
+            });
+        }
         let (config, mut model, manifest) = load_model(&self.model, &device, dtype)
             .with_context(|| format!("loading model {}", self.model.display()))?;
         if let Some(dir) = &adapter.adapter {
@@ -83,6 +101,7 @@ impl ModelArgs {
             model,
             device,
             package_bpw: manifest.map(|m| m.weights.bpw_linears),
+            files_dir: self.model.clone(),
         })
     }
 }

@@ -1,11 +1,17 @@
 //! End-to-end runs of the `andes` binary on the bundled tiny checkpoints.
 //!
 //! `andes export` (and `verify` of the bundle): QALFT adapters into a 1+N bundle, and the
-//! refusal of adapters on different quantized bases.
+//! refusal of adapters on different quantized bases; a package and the adapters trained
+//! against it into one bundle (`--package`), run by name and switched, and the refusal of
+//! adapters trained against another base.
 
 mod common;
 
-use common::{andes, json_stdout, losses, path, repo, train_command};
+use andes_package::{Bundle, package_sha256};
+use burn::tensor::{DType, Device};
+use common::{
+    andes, json_stdout, losses, package_of, path, repo, text_logits, train_command, train_lora,
+};
 use std::path::Path;
 
 /// Trains the tiny qalft recipe for `steps` into `run` with extra overrides; panics on failure.
@@ -151,4 +157,135 @@ fn a_bundle_of_adapters_on_different_quantized_bases_is_refused() {
         path(&dir.path().join("bundle")),
     ]));
     assert_eq!(out["adapters"], serde_json::json!(["define", "other"]));
+}
+
+/// `andes eval`'s mean NLL of the held-out conversations on `model` with `adapter`.
+fn eval_nll(model: &Path, adapter: &str) -> f64 {
+    let eval = json_stdout(andes(&[
+        "eval",
+        "--model",
+        path(model),
+        "--adapter",
+        adapter,
+        "--chat",
+        path(&repo("datasets/sft/gcide-define-eval.jsonl")),
+        "--window",
+        "64",
+        "--json",
+    ]));
+    eval["mean_nll"].as_f64().unwrap()
+}
+
+fn assert_success(output: std::process::Output) {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn a_package_bundle_runs_its_adapters_by_name_and_switches_between_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let package = package_of(
+        "qwen3-tiny-untied-mha-f32",
+        "1.8",
+        &dir.path().join("package"),
+    );
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    assert_success(train_lora(&a, &package, 4, &[]));
+    let other = ["--set", "lora.name=\"other\"", "--set", "optimizer.lr=1e-2"];
+    assert_success(train_lora(&b, &package, 4, &other));
+
+    let bundle = dir.path().join("bundle");
+    let out = json_stdout(andes(&[
+        "export",
+        "--package",
+        path(&package),
+        "--adapters",
+        path(&a),
+        path(&b),
+        "--out",
+        path(&bundle),
+    ]));
+    assert_eq!(out["adapters"], serde_json::json!(["define", "other"]));
+    assert_eq!(out["package_sha256"], package_sha256(&package).unwrap());
+    let verified = json_stdout(andes(&["verify", path(&bundle)]));
+    assert_eq!(verified["package_sha256"], out["package_sha256"]);
+
+    // The bundle's adapter by name scores as the package plus the run's own adapter does.
+    let run_adapter = a.join("checkpoints/step-000004");
+    assert_eq!(
+        eval_nll(&bundle, "define"),
+        eval_nll(&package, path(&run_adapter))
+    );
+
+    // One base, loaded once; switching A -> B -> A gives A's exact outputs back.
+    let device = Device::flex();
+    let mut loaded = Bundle::load(&bundle, &device, DType::F32).unwrap();
+    loaded.activate(Some("define")).unwrap();
+    let first = text_logits(loaded.model(), &device);
+    loaded.activate(Some("other")).unwrap();
+    assert_ne!(first, text_logits(loaded.model(), &device));
+    loaded.activate(Some("define")).unwrap();
+    assert_eq!(first, text_logits(loaded.model(), &device));
+    let unknown = loaded.activate(Some("missing")).unwrap_err().to_string();
+    assert!(
+        unknown.contains("no adapter `missing`") && unknown.contains("define, other"),
+        "{unknown}"
+    );
+
+    // A changed byte of the package inside the bundle is caught and named.
+    let plan = bundle.join("package/bit_plan.json");
+    let mut bytes = std::fs::read(&plan).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&plan, bytes).unwrap();
+    let output = andes(&["verify", path(&bundle)]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("bit_plan.json") && stderr.contains("differs"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_package_bundle_refuses_adapters_trained_against_another_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = "qwen3-tiny-untied-mha-f32";
+    let package = package_of(model, "1.8", &dir.path().join("package"));
+    let other = package_of(model, "3", &dir.path().join("other"));
+    let run = dir.path().join("run");
+    assert_success(train_lora(&run, &other, 2, &[]));
+    let bundle = dir.path().join("bundle");
+    let export = |run: &Path| {
+        andes(&[
+            "export",
+            "--package",
+            path(&package),
+            "--adapters",
+            path(run),
+            "--out",
+            path(&bundle),
+        ])
+    };
+    let output = export(&run);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for hash in [
+        package_sha256(&package).unwrap(),
+        package_sha256(&other).unwrap(),
+    ] {
+        assert!(stderr.contains(&hash), "{stderr}");
+    }
+    assert!(!bundle.exists(), "nothing is written");
+
+    // An adapter trained on the float model names that, too.
+    let float = dir.path().join("float");
+    common::train_tiny("lora", &float, &["train.steps=2"]);
+    let output = export(&float);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("trained on a float model"), "{stderr}");
+    assert!(!bundle.exists(), "nothing is written");
 }

@@ -9,72 +9,19 @@ mod common;
 
 use andes_model::Model;
 use andes_train::recipe::Recipe;
-use burn::tensor::{DType, Device, Int, Tensor, TensorData};
-use common::{andes, fixture, json_stdout, path, repo, train_command};
-use std::path::{Path, PathBuf};
-
-/// The tiny Qwen3 quantized for the Dimensity 9500 at 1.8 bpw into `out`.
-fn package_of(model: &str, out: &Path) -> PathBuf {
-    let calibration = repo("datasets/gcide/gcide-sample.txt");
-    let output = andes(&[
-        "quantize",
-        "--model",
-        path(&fixture(model)),
-        "--calib",
-        path(&calibration),
-        "--cache",
-        path(&out.with_extension("cache")),
-        "--target",
-        "dimensity9500",
-        "--bpw",
-        "1.8",
-        "--out",
-        path(out),
-    ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    out.to_owned()
-}
-
-/// `andes train` of the tiny lora recipe against `package` for `steps` steps; its output.
-fn train_lora(run: &Path, package: &Path, steps: usize, extra: &[&str]) -> std::process::Output {
-    let config = path(&repo("configs/recipes/tiny/lora.toml")).to_string();
-    let (package, steps) = (
-        format!("model.package=\"{}\"", path(package)),
-        format!("train.steps={steps}"),
-    );
-    train_command(&["--config", &config, "--out", path(run), "--quiet"])
-        .args([
-            "--set",
-            &package,
-            "--set",
-            &steps,
-            "--set",
-            "train.eval_every=4",
-        ])
-        .args(["--set", "train.checkpoint_every=4"])
-        .args(extra)
-        .output()
-        .unwrap()
-}
-
-fn logits(model: &Model, device: &Device) -> Vec<f32> {
-    let Model::Text(model) = model else {
-        panic!("a text model")
-    };
-    let ids: Vec<i64> = (0..16).map(|i| (i * 37 + 5) % 500).collect();
-    let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, 16]), device);
-    let out = model.forward(tokens, &mut model.new_cache()).unwrap();
-    out.into_data().to_vec().unwrap()
-}
+use burn::tensor::{DType, Device};
+use common::{
+    andes, fixture, json_stdout, package_of, path, repo, text_logits, train_command, train_lora,
+};
 
 #[test]
 fn a_lora_run_against_a_package_trains_the_packages_base() {
     let dir = tempfile::tempdir().unwrap();
-    let package = package_of("qwen3-tiny-untied-mha-f32", &dir.path().join("package"));
+    let package = package_of(
+        "qwen3-tiny-untied-mha-f32",
+        "1.8",
+        &dir.path().join("package"),
+    );
 
     // With no adapter, the base an adapter run trains is the package as `andes eval --model
     // PKG` runs it, bit for bit, and not the float checkpoint.
@@ -89,11 +36,11 @@ fn a_lora_run_against_a_package_trains_the_packages_base() {
     let (_, base) = andes_train::adapters::load_base(&recipe, &device, DType::F32).unwrap();
     let (_, shipped, _) = andes_package::load_model(&package, &device, DType::F32).unwrap();
     let (_, float) = Model::load(&model, &device, DType::F32).unwrap();
-    let trained_on = logits(&base, &device);
-    assert_eq!(trained_on, logits(&shipped, &device));
+    let trained_on = text_logits(&base, &device);
+    assert_eq!(trained_on, text_logits(&shipped, &device));
     let gap = trained_on
         .iter()
-        .zip(logits(&float, &device))
+        .zip(text_logits(&float, &device))
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f32::max);
     assert!(gap > 1e-2, "1.8 bpw should move the logits, moved {gap}");
@@ -131,7 +78,7 @@ fn a_lora_run_against_a_package_trains_the_packages_base() {
 #[test]
 fn a_package_of_another_model_or_for_another_stage_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let other = package_of("qwen3-tiny-tied-gqa-f32", &dir.path().join("other"));
+    let other = package_of("qwen3-tiny-tied-gqa-f32", "1.8", &dir.path().join("other"));
     let output = train_lora(&dir.path().join("run"), &other, 2, &[]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -12,6 +12,7 @@ mod error;
 mod files;
 mod heatmap;
 mod package;
+mod package_bundle;
 mod quantize;
 mod report;
 
@@ -25,6 +26,11 @@ pub use package::{
     FLOAT_FILE, LoadedPackage, PACKAGE_KIND, PACKAGE_VERSION, PLAN_FILE, PackageInput,
     PackageManifest, QUANTIZED_FILE, WeightSummary, is_package, load_model, load_package,
     write_package,
+};
+pub use package_bundle::{
+    BoundAdapter, Bundle, BundledAdapter, PACKAGE_BUNDLE_VERSION, PACKAGE_DIR,
+    PackageBundleManifest, TRAINED_AGAINST_FILE, TrainedAgainst, is_package_bundle, package_sha256,
+    verify_package_bundle, write_package_bundle,
 };
 pub use quantize::{Calibration, PlanSource, QuantizeParams, quantize_model};
 pub use report::{FormatShare, PackageReport, PlannedLinear, inspect_package};

@@ -13,6 +13,10 @@ use andes_model::quantize::{
 };
 use andes_model::qwen3::Qwen3ForCausalLM;
 use andes_model::{Model, ModelConfig};
+use andes_package::{
+    BundledAdapter, PackageBundleManifest, TRAINED_AGAINST_FILE, TrainedAgainst, package_sha256,
+    write_package_bundle,
+};
 use burn::tensor::{DType, Device};
 
 use crate::error::TrainError;
@@ -129,21 +133,95 @@ pub fn prepare(
     Ok(summary)
 }
 
+/// The package an adapter run trains against (the recipe's `[model] package`), hashed when
+/// the run starts, so its checkpoints name the base they were trained on.
+pub fn trained_against(recipe: &Recipe) -> Result<Option<TrainedAgainst>, TrainError> {
+    let Some(package) = &recipe.model.package else {
+        return Ok(None);
+    };
+    Ok(Some(TrainedAgainst {
+        package: package.display().to_string(),
+        package_sha256: package_sha256(package)?,
+    }))
+}
+
 /// Writes the trainable state of an adapter stage into checkpoint directory `dir`: the adapter
-/// in the PEFT layout (naming `base`, the float checkpoint it adapts) and, when they train,
-/// the grid's scales.
+/// in the PEFT layout (naming `base`, the float checkpoint it adapts), the package it was
+/// trained against when there is one ([`TRAINED_AGAINST_FILE`]) and, when they train, the
+/// grid's scales.
 pub fn save(
     model: &Qwen3ForCausalLM,
     sections: AdapterSections<'_>,
     base: &Path,
+    trained_against: Option<&TrainedAgainst>,
     dir: &Path,
 ) -> Result<(), TrainError> {
     let base = base.display().to_string();
     export_peft_adapter(model, &sections.lora.name, dir, &base)?;
+    if let Some(trained) = trained_against {
+        let json = serde_json::to_vec_pretty(trained).expect("serializes");
+        write_atomically(&dir.join(TRAINED_AGAINST_FILE), &json)?;
+    }
     if sections.learns_scales() {
         save_scales(model, &dir.join(SCALES_FILE))?;
     }
     Ok(())
+}
+
+/// The 1+N bundle of `package` and the adapters of runs `run_dirs` (each a `lora` run trained
+/// against that package, its latest checkpoint taken), written to `out`: the package's files
+/// and each adapter, bound to the package by its hash (`andes export --package`).
+pub fn bundle_runs(
+    package: &Path,
+    run_dirs: &[PathBuf],
+    out: &Path,
+) -> Result<PackageBundleManifest, TrainError> {
+    let mut runs = Vec::new();
+    for run_dir in run_dirs {
+        let checkpoint = crate::checkpoint::latest(run_dir)?;
+        let recipe = Recipe::load(&checkpoint.join(crate::checkpoint::RECIPE_FILE), &[])?;
+        let Some(sections) = recipe.stage.adapter() else {
+            return Err(TrainError::Recipe {
+                path: checkpoint.join(crate::checkpoint::RECIPE_FILE),
+                key: "stage".into(),
+                message: format!(
+                    "run {} trains the whole model (stage {}); a bundle takes adapter runs",
+                    run_dir.display(),
+                    recipe.stage.name()
+                ),
+            });
+        };
+        let trained_path = checkpoint.join(TRAINED_AGAINST_FILE);
+        let trained_against = match std::fs::read(&trained_path) {
+            Ok(bytes) => {
+                Some(serde_json::from_slice(&bytes).map_err(|e| TrainError::io(&trained_path, e))?)
+            }
+            Err(_) => None,
+        };
+        let provenance = serde_json::json!({
+            "run": run_dir.display().to_string(),
+            "checkpoint": checkpoint.display().to_string(),
+            "stage": recipe.stage.name(),
+            "data": recipe.data.train.display().to_string(),
+            "steps": recipe.train.steps,
+        });
+        runs.push((
+            sections.lora.name.clone(),
+            checkpoint,
+            trained_against,
+            provenance,
+        ));
+    }
+    let adapters: Vec<BundledAdapter> = runs
+        .iter()
+        .map(|(name, dir, trained_against, provenance)| BundledAdapter {
+            name,
+            dir,
+            trained_against: trained_against.clone(),
+            provenance: provenance.clone(),
+        })
+        .collect();
+    Ok(write_package_bundle(out, package, &adapters)?)
 }
 
 /// A finished (or interrupted) adapter run, rebuilt: its recipe, its latest checkpoint, and

@@ -49,9 +49,10 @@ pub enum TrainError {
     /// Loading or running the model failed.
     #[error(transparent)]
     Model(#[from] andes_model::ModelError),
-    /// Reading the package an adapter trains against failed.
+    /// Reading the package an adapter trains against failed (boxed: the package's errors are
+    /// large, and a step's result should stay small).
     #[error(transparent)]
-    Package(#[from] andes_package::PackageError),
+    Package(Box<andes_package::PackageError>),
     /// Attaching, loading or saving the LoRA adapter failed.
     #[error(transparent)]
     Lora(#[from] andes_model::lora::LoraError),
@@ -81,5 +82,11 @@ impl TrainError {
             path: path.to_owned(),
             message: error.to_string(),
         }
+    }
+}
+
+impl From<andes_package::PackageError> for TrainError {
+    fn from(error: andes_package::PackageError) -> Self {
+        Self::Package(Box::new(error))
     }
 }

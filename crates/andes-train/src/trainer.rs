@@ -12,6 +12,7 @@ use andes_model::checkpoint::write_atomically;
 use andes_model::device::parse_devices;
 use andes_model::precision::{Autocast, Precision};
 use andes_model::{Model, ModelConfig};
+use andes_package::TrainedAgainst;
 use burn::optim::ModuleOptimizer;
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -81,6 +82,8 @@ struct Run<'a> {
     run_dir: &'a Path,
     /// The adapter stage's sections; none when the model's own weights train.
     adapter: Option<AdapterSections<'a>>,
+    /// The package the adapter trains against, when the recipe names one.
+    trained_against: Option<TrainedAgainst>,
     config: ModelConfig,
     objective: Box<dyn Objective>,
     replicas: Replicas,
@@ -120,6 +123,7 @@ impl<'a> Run<'a> {
         let side_files = andes_model::checkpoint::side_files(&start_dir);
         let resume_from = resume.then_some(start_dir.as_path());
         let adapter = recipe.stage.adapter();
+        let trained_against = adapters::trained_against(recipe)?;
         if let Some(sections) = adapter {
             let calibration = objective.calibration_windows();
             adapters::setup(
@@ -143,6 +147,7 @@ impl<'a> Run<'a> {
             recipe_toml,
             run_dir,
             adapter,
+            trained_against,
             config,
             objective,
             replicas,
@@ -248,11 +253,13 @@ impl<'a> Run<'a> {
     fn checkpoint(&mut self) -> Result<(), TrainError> {
         let model = self.replicas.model();
         let base = &self.recipe.model.checkpoint;
+        let trained_against = self.trained_against.as_ref();
         let write_adapter;
         let files = match self.adapter {
             Some(sections) => {
-                write_adapter =
-                    move |dir: &Path| adapters::save(model.language_model(), sections, base, dir);
+                write_adapter = move |dir: &Path| {
+                    adapters::save(model.language_model(), sections, base, trained_against, dir)
+                };
                 ModelFiles::Adapter(&write_adapter)
             }
             None => ModelFiles::Full(model, &self.config),

@@ -65,7 +65,7 @@ pub struct EvalArgs {
 /// Runs `andes eval`.
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let mut loaded = args.model.load(&args.adapter)?;
-    let tokenizer = TextTokenizer::from_model_dir(&args.model.model)?;
+    let tokenizer = TextTokenizer::from_model_dir(&loaded.files_dir)?;
     let input = match (args.text, args.documents, args.chat) {
         (Some(path), _, _) => EvalInput::Text(path),
         (_, Some(path), _) => EvalInput::Documents(path),

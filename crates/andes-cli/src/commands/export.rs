@@ -1,11 +1,13 @@
-//! `andes export`: the 1+N bundle of one or more adapter runs (`lora` or `qalft`).
+//! `andes export`: the 1+N bundle of one or more adapter runs: with `--package`, the package
+//! and the adapters trained against it; without, the float base of `lora`/`qalft` runs and
+//! their quantized linears.
 
 use std::path::PathBuf;
 
 use andes_model::device::parse_device;
 use andes_model::qwen3::Qwen3Config;
 use andes_package::{BundleAdapter, BundleBase, write_bundle};
-use andes_train::adapters::load_adapter_run;
+use andes_train::adapters::{bundle_runs, load_adapter_run};
 use anyhow::Context;
 use clap::Args;
 
@@ -13,9 +15,13 @@ use clap::Args;
 #[derive(Args, Debug)]
 pub struct ExportArgs {
     /// Run directories of `andes train` with stage lora or qalft, one per adapter; all must
-    /// share one base (same checkpoint and quantization).
+    /// share one base (same checkpoint and quantization, or the same `--package`).
     #[arg(long, num_args = 1.., required = true)]
     adapters: Vec<PathBuf>,
+    /// The package (`andes quantize`) the adapters were trained against (`[model] package`):
+    /// the bundle carries it verbatim, and refuses an adapter trained against another base.
+    #[arg(long, conflicts_with = "dequantized_base")]
+    package: Option<PathBuf>,
     /// Bundle directory to create.
     #[arg(long)]
     out: PathBuf,
@@ -30,6 +36,19 @@ pub struct ExportArgs {
 
 /// Runs `andes export`.
 pub fn run(args: ExportArgs) -> anyhow::Result<()> {
+    if let Some(package) = &args.package {
+        let manifest = bundle_runs(package, &args.adapters, &args.out)?;
+        println!(
+            "{}",
+            serde_json::json!({
+                "bundle": args.out.display().to_string(),
+                "package_sha256": manifest.package_sha256,
+                "adapters": manifest.adapters.iter().map(|a| &a.name).collect::<Vec<_>>(),
+                "files": manifest.files.len(),
+            })
+        );
+        return Ok(());
+    }
     let device = parse_device(&args.device)?;
     let runs = args
         .adapters

@@ -60,7 +60,6 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     if !(args.top_p > 0.0 && args.top_p <= 1.0) {
         anyhow::bail!("--top-p must be in (0, 1], got {}", args.top_p);
     }
-    let dir = &args.model.model;
     let prompt = if args.chat {
         render_for_generation(&[(Role::User, &args.prompt)])
     } else {
@@ -74,11 +73,12 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     };
     // The model first: a wrong directory is reported by its config.json.
     let loaded = args.model.load(&args.adapter)?;
+    let dir = &loaded.files_dir;
     if !args.images.is_empty() && loaded.config.andesvl().is_none() {
         anyhow::bail!(
             "--image needs an AndesVL model directory (config.json with model_type \
              \"andesvl\"); {} holds a text-only model",
-            dir.display()
+            args.model.model.display()
         );
     }
     let tokenizer = TextTokenizer::from_model_dir(dir)?;

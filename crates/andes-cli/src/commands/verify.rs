@@ -4,7 +4,9 @@
 
 use std::path::PathBuf;
 
-use andes_package::{is_package, load_package, verify_bundle};
+use andes_package::{
+    is_package, is_package_bundle, load_package, verify_bundle, verify_package_bundle,
+};
 use burn::tensor::{DType, Device};
 use clap::Args;
 
@@ -26,6 +28,15 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<()> {
             "linears_verified": package.plan.layers.len(),
             "files_verified": package.manifest.files.len(),
             "bpw": package.manifest.weights.bpw_linears,
+        })
+    } else if is_package_bundle(&args.bundle) {
+        let manifest = verify_package_bundle(&args.bundle)?;
+        serde_json::json!({
+            "bundle": args.bundle.display().to_string(),
+            "format_version": manifest.format_version,
+            "package_sha256": manifest.package_sha256,
+            "adapters": manifest.adapters.iter().map(|a| &a.name).collect::<Vec<_>>(),
+            "files_verified": manifest.files.len(),
         })
     } else {
         let manifest = verify_bundle(&args.bundle)?;

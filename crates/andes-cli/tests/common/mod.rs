@@ -5,6 +5,8 @@
 // Each test binary uses only a subset of these helpers; the rest would be dead code there.
 #![allow(dead_code)]
 
+use andes_model::Model;
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -89,4 +91,69 @@ pub fn train_tiny(name: &str, run: &Path, overrides: &[&str]) {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// Fixture `model` quantized for the Dimensity 9500 at `bpw` bits per weight into `out`.
+pub fn package_of(model: &str, bpw: &str, out: &Path) -> PathBuf {
+    let calibration = repo("datasets/gcide/gcide-sample.txt");
+    let output = andes(&[
+        "quantize",
+        "--model",
+        path(&fixture(model)),
+        "--calib",
+        path(&calibration),
+        "--cache",
+        path(&out.with_extension("cache")),
+        "--target",
+        "dimensity9500",
+        "--bpw",
+        bpw,
+        "--out",
+        path(out),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    out.to_owned()
+}
+
+/// `andes train` of the tiny lora recipe against `package` for `steps` steps (held-out
+/// evaluation and a checkpoint every 4), with `extra` arguments; its output.
+pub fn train_lora(
+    run: &Path,
+    package: &Path,
+    steps: usize,
+    extra: &[&str],
+) -> std::process::Output {
+    let config = path(&repo("configs/recipes/tiny/lora.toml")).to_string();
+    let (package, steps) = (
+        format!("model.package=\"{}\"", path(package)),
+        format!("train.steps={steps}"),
+    );
+    train_command(&["--config", &config, "--out", path(run), "--quiet"])
+        .args([
+            "--set",
+            &package,
+            "--set",
+            &steps,
+            "--set",
+            "train.eval_every=4",
+        ])
+        .args(["--set", "train.checkpoint_every=4"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// The logits of a fixed 16-token prompt through text model `model`, flattened.
+pub fn text_logits(model: &Model, device: &Device) -> Vec<f32> {
+    let Model::Text(model) = model else {
+        panic!("a text model")
+    };
+    let ids: Vec<i64> = (0..16).map(|i| (i * 37 + 5) % 500).collect();
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, 16]), device);
+    let out = model.forward(tokens, &mut model.new_cache()).unwrap();
+    out.into_data().try_to_vec::<f32>().unwrap()
 }

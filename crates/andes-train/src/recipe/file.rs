@@ -426,6 +426,30 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<(), Strin
     Ok(())
 }
 
+/// A package is the frozen base of the `lora` stage only: a stage that trains the whole model
+/// would leave the package's grid, and `qalft` quantizes its own base, which a package has
+/// already fixed.
+fn check_package_stage(stage: &Stage, model: &ModelSection, path: &Path) -> Result<(), TrainError> {
+    if model.package.is_none() || matches!(stage, Stage::Lora { .. }) {
+        return Ok(());
+    }
+    let why = match stage {
+        Stage::Qalft { .. } => {
+            "a package's base is already quantized, and qalft would quantize it again by its \
+             [quant] section; train adapters against a package with stage = \"lora\""
+        }
+        _ => {
+            "a package is the frozen base of adapters (stage = \"lora\"); this stage trains \
+              the whole model"
+        }
+    };
+    Err(refuse(
+        path,
+        "model.package",
+        format!("stage {}: {why}", stage.name()),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -622,28 +646,4 @@ mod tests {
             "{err}"
         );
     }
-}
-
-/// A package is the frozen base of the `lora` stage only: a stage that trains the whole model
-/// would leave the package's grid, and `qalft` quantizes its own base, which a package has
-/// already fixed.
-fn check_package_stage(stage: &Stage, model: &ModelSection, path: &Path) -> Result<(), TrainError> {
-    if model.package.is_none() || matches!(stage, Stage::Lora { .. }) {
-        return Ok(());
-    }
-    let why = match stage {
-        Stage::Qalft { .. } => {
-            "a package's base is already quantized, and qalft would quantize it again by its \
-             [quant] section; train adapters against a package with stage = \"lora\""
-        }
-        _ => {
-            "a package is the frozen base of adapters (stage = \"lora\"); this stage trains \
-              the whole model"
-        }
-    };
-    Err(refuse(
-        path,
-        "model.package",
-        format!("stage {}: {why}", stage.name()),
-    ))
 }
