@@ -24,11 +24,7 @@ fn assemble_tiny_andesvl(out: &Path, seed: &str) {
         "--out",
         path(out),
     ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    common::assert_success(&output);
 }
 
 fn generate_with_images(model: &Path, images: &[&str], prompt: &str) -> Output {

@@ -23,11 +23,7 @@ fn train_qalft(run: &Path, steps: usize, extra: &[&str]) {
         .args(extra)
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    common::assert_success(&output);
 }
 
 #[test]
@@ -176,14 +172,6 @@ fn eval_nll(model: &Path, adapter: &str) -> f64 {
     eval["mean_nll"].as_f64().unwrap()
 }
 
-fn assert_success(output: std::process::Output) {
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 #[test]
 fn a_package_bundle_runs_its_adapters_by_name_and_switches_between_them() {
     let dir = tempfile::tempdir().unwrap();
@@ -193,9 +181,9 @@ fn a_package_bundle_runs_its_adapters_by_name_and_switches_between_them() {
         &dir.path().join("package"),
     );
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    assert_success(train_lora(&a, &package, 4, &[]));
+    common::assert_success(&train_lora(&a, &package, 4, &[]));
     let other = ["--set", "lora.name=\"other\"", "--set", "optimizer.lr=1e-2"];
-    assert_success(train_lora(&b, &package, 4, &other));
+    common::assert_success(&train_lora(&b, &package, 4, &other));
 
     let bundle = dir.path().join("bundle");
     let out = json_stdout(andes(&[
@@ -256,7 +244,7 @@ fn a_package_bundle_refuses_adapters_trained_against_another_base() {
     let package = package_of(model, "1.8", &dir.path().join("package"));
     let other = package_of(model, "3", &dir.path().join("other"));
     let run = dir.path().join("run");
-    assert_success(train_lora(&run, &other, 2, &[]));
+    common::assert_success(&train_lora(&run, &other, 2, &[]));
     let bundle = dir.path().join("bundle");
     let export = |run: &Path| {
         andes(&[

@@ -23,11 +23,7 @@ fn init_writes_a_seeded_random_checkpoint_that_loads() {
             "--out",
             path(out),
         ]);
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        common::assert_success(&output);
         std::fs::read(out.join("model.safetensors")).unwrap()
     };
     let (a, b, c) = (

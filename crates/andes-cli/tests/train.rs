@@ -158,11 +158,7 @@ fn grpo_and_image_sft_train_data_parallel_like_one_device() {
                 command.args(["--set", assignment]);
             }
             let output = command.args(["--devices", devices]).output().unwrap();
-            assert!(
-                output.status.success(),
-                "{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
+            common::assert_success(&output);
             metrics(&out)
         };
         let (single, parallel) = (run("1"), run("2"));

@@ -48,11 +48,7 @@ fn a_lora_run_against_a_package_trains_the_packages_base() {
     // The adapter scores the held-out conversations on the package exactly as training did.
     let run = dir.path().join("run");
     let output = train_lora(&run, &package, 8, &[]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    common::assert_success(&output);
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
     let run_eval_loss = last["eval_loss"].as_f64().unwrap();

@@ -70,6 +70,15 @@ pub fn losses(run_dir: &Path) -> Vec<(u64, f64)> {
         .collect()
 }
 
+/// Panics with the command's stderr unless it succeeded.
+pub fn assert_success(output: &Output) {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// Runs the tiny pretrain recipe from the repository root (recipes name repo-relative paths).
 pub fn train_command(extra: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_andes"));
@@ -86,11 +95,7 @@ pub fn train_tiny(name: &str, run: &Path, overrides: &[&str]) {
         command.args(["--set", assignment]);
     }
     let output = command.output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
 }
 
 /// Fixture `model` quantized for the Dimensity 9500 at `bpw` bits per weight into `out`.
@@ -111,11 +116,7 @@ pub fn package_of(model: &str, bpw: &str, out: &Path) -> PathBuf {
         "--out",
         path(out),
     ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     out.to_owned()
 }
 
