@@ -9,7 +9,7 @@ use crate::andes_runner::{Andes, Profile, build};
 use crate::workspace::{root, target_dir};
 
 /// The tiny recipes that regression training runs, in `configs/recipes/tiny/`.
-const REGRESS_RECIPES: [&str; 8] = [
+const REGRESS_RECIPES: [&str; 9] = [
     "pretrain",
     "align",
     "sft",
@@ -18,6 +18,7 @@ const REGRESS_RECIPES: [&str; 8] = [
     "grpo",
     "lora",
     "qalft",
+    "qat",
 ];
 /// Allowed relative rise of a final loss above its baseline.
 const LOSS_TOLERANCE: f64 = 0.02;

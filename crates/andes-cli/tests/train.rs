@@ -72,6 +72,13 @@ fn qalft_killed_and_resumed_reproduces_the_uninterrupted_losses() {
     assert_sigkill_resume_is_exact("configs/recipes/tiny/qalft.toml");
 }
 
+/// QAT resumes exactly: the grid the latent weights train through (scales and zero points) is
+/// put back from the checkpoint, not fitted again to the moved weights.
+#[test]
+fn qat_killed_and_resumed_reproduces_the_uninterrupted_losses() {
+    assert_sigkill_resume_is_exact("configs/recipes/tiny/qat.toml");
+}
+
 /// MPO (reward shift in the trainer state) and GRPO (completions sampled per step) resume
 /// exactly: the same pairs, the same δ, the same sampled completions.
 #[test]

@@ -23,6 +23,11 @@ use serde::{Deserialize, Serialize};
 
 use andes_data::dataset::WindowSet;
 
+mod grid;
+pub use grid::{
+    GRID_FILE, GRID_PLAN_FILE, grid_plan, has_grid, load_grid, load_scales, save_grid, save_scales,
+};
+
 use crate::batch::calibration_batches;
 use crate::checkpoint::stable_param_id;
 use crate::error::ModelError;
@@ -343,59 +348,6 @@ fn set_value(param: &mut Param<Tensor<2>>, value: Tensor<2>) {
         .clone()
         .map(|_| value.detach())
         .set_require_grad(require_grad);
-}
-
-/// Name of the tensor holding `layer`'s grid scales in a scales file.
-fn scale_tensor_name(layer: &str) -> String {
-    format!("{layer}.quantizer.scale")
-}
-
-/// Writes the scales of every quantized linear (`[out, groups]` f32, named
-/// `<linear>.quantizer.scale`) to a safetensors file, atomically: what a QALFT checkpoint
-/// needs beyond the adapter when the scales train.
-pub fn save_scales(model: &Qwen3ForCausalLM, path: &std::path::Path) -> Result<(), ModelError> {
-    let mut tensors = Vec::new();
-    for (layer, target, linear) in model.adapted_linears() {
-        if let Some(quantizer) = &linear.quantizer {
-            let data = quantizer.scale.val().into_data().convert::<f32>();
-            let shape = data.shape().as_slice().to_vec();
-            let bytes: Vec<u8> = data
-                .as_slice::<f32>()
-                .expect("f32 scales")
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect();
-            tensors.push((scale_tensor_name(&linear_name(layer, target)), shape, bytes));
-        }
-    }
-    let views = tensors
-        .iter()
-        .map(|(name, shape, bytes)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                .map(|view| (name.as_str(), view))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .and_then(|views| safetensors::serialize(views, None))
-        .map_err(|e| ModelError::Safetensors {
-            path: path.to_owned(),
-            message: format!("{e:?}"),
-        })?;
-    crate::checkpoint::write_atomically(path, &views)
-}
-
-/// Loads the scales [`save_scales`] wrote into the quantized linears of `model` (keeping each
-/// parameter's id and gradient setting); a missing or mis-shaped tensor is an error naming it.
-pub fn load_scales(model: &mut Qwen3ForCausalLM, path: &std::path::Path) -> Result<(), ModelError> {
-    let mut file = crate::checkpoint::SafetensorsShards::open_file(path)?;
-    try_for_each_linear(model, |name, linear| {
-        if let Some(quantizer) = linear.quantizer.as_mut() {
-            let expected = quantizer.scale.lazy_shape().to_vec();
-            let data = file.read_f32(&scale_tensor_name(&name), &expected)?;
-            let value = Tensor::from_data(data, &quantizer.scale.lazy_device());
-            set_value(&mut quantizer.scale, value);
-        }
-        Ok(())
-    })
 }
 
 /// Replaces every quantized linear's latent weight by its fake-quantized value and drops the

@@ -13,9 +13,9 @@ use std::path::Path;
 
 use andes_model::checkpoint::{SaveDtype, save_qwen3, write_atomically};
 use andes_model::lora::peft::export_peft_adapter;
-use andes_model::quantize::{bake_quantized_weights, quantized_linears};
+use andes_model::quantize::{bake_quantized_weights, grid_plan, quantized_linears};
 use andes_model::qwen3::{Qwen3Config, Qwen3ForCausalLM};
-use andes_quant::{BitPlan, BpwReport, PLAN_VERSION, PlanEntry, QuantizedTensor};
+use andes_quant::BpwReport;
 use serde::{Deserialize, Serialize};
 
 use crate::error::PackageError;
@@ -125,7 +125,7 @@ pub fn write_bundle(
         let bytes = quantized_file(&quantized, &dir.join("quantized_linears.safetensors"), None)?;
         write_atomically(
             &dir.join("bit_plan.json"),
-            plan_of(&quantized).to_json().as_bytes(),
+            grid_plan(base.model).to_json().as_bytes(),
         )?;
         let total: BpwReport = quantized.iter().map(|(_, q)| q.bits_per_weight()).sum();
         base_entry.bpw_linears = Some(total.bpw);
@@ -199,21 +199,4 @@ pub fn verify_bundle(dir: &Path) -> Result<Manifest, PackageError> {
     }
     verify_checksums(dir, &manifest.files)?;
     Ok(manifest)
-}
-
-/// The plan the quantized linears follow.
-fn plan_of(quantized: &[(String, QuantizedTensor)]) -> BitPlan {
-    BitPlan {
-        version: PLAN_VERSION,
-        target: None,
-        budget_bpw: None,
-        layers: quantized
-            .iter()
-            .map(|(name, q)| PlanEntry {
-                name: name.clone(),
-                format: q.format(),
-                sensitivity: None,
-            })
-            .collect(),
-    }
 }

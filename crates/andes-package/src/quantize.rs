@@ -12,8 +12,8 @@ use andes_data::dataset::{WindowSet, Windowing};
 use andes_model::andesvl::rows::image_text_embeddings;
 use andes_model::batch::calibration_batches;
 use andes_model::quantize::{
-    CalibrationInput, PtqMethod, calibrate, calibrate_diagonal, linear_shapes, quantize_base,
-    token_inputs,
+    CalibrationInput, GRID_PLAN_FILE, PtqMethod, calibrate, calibrate_diagonal, has_grid,
+    linear_shapes, load_grid, quantize_base, token_inputs,
 };
 use andes_model::qwen3::Qwen3ForCausalLM;
 use andes_model::sensitivity::{
@@ -103,6 +103,18 @@ pub fn quantize_model(params: &QuantizeParams) -> Result<PackageReport, PackageE
             message: format!("must be a positive number, got {bpw}"),
         });
     }
+    let trained_grid = has_grid(&params.model);
+    if trained_grid && let PlanSource::Budget(_) = params.plan {
+        return Err(PackageError::Params {
+            field: "plan".into(),
+            message: format!(
+                "{} was trained through its own quantization grid (stage qat): pack it with the \
+                 plan it trained on, --plan {}",
+                params.model.display(),
+                params.model.join(GRID_PLAN_FILE).display()
+            ),
+        });
+    }
     let (config, model) = Model::load(&params.model, &params.device, params.dtype)?;
     let (mut model, vision) = match model {
         Model::Text(model) => (model, None),
@@ -142,15 +154,21 @@ pub fn quantize_model(params: &QuantizeParams) -> Result<PackageReport, PackageE
         PlanSource::File(path) => path.display().to_string(),
         PlanSource::Budget(_) => "planner".into(),
     };
-    let hessians = calibrated.as_ref().map(|(_, hessians)| hessians);
-    quantize_base(
-        &mut model,
-        &plan,
-        &plan_label,
-        params.method,
-        hessians,
-        false,
-    )?;
+    if trained_grid {
+        // The codes are the grid's rounding of the trained weights: what training computed.
+        let trained = load_grid(&mut model, &params.model, false)?;
+        check_trained_formats(&plan, &trained, &plan_label)?;
+    } else {
+        let hessians = calibrated.as_ref().map(|(_, hessians)| hessians);
+        quantize_base(
+            &mut model,
+            &plan,
+            &plan_label,
+            params.method,
+            hessians,
+            false,
+        )?;
+    }
     let shapes = linear_shapes(&model);
     let bpw_of = |name: &str, format| {
         let shape = shapes.iter().find(|(n, _)| n == name).map(|(_, s)| *s);
@@ -191,7 +209,7 @@ fn calibrate_model(
     vision: Option<&andes_model::andesvl::VisionSide>,
 ) -> Result<Option<(Vec<Tensor<2, Int>>, BTreeMap<String, Hessian>)>, PackageError> {
     let planning = matches!(params.plan, PlanSource::Budget(_));
-    if !planning && params.method == PtqMethod::Rtn {
+    if !planning && (params.method == PtqMethod::Rtn || has_grid(&params.model)) {
         return Ok(None);
     }
     let calibration = params
@@ -306,6 +324,30 @@ fn check_fits(
 }
 
 /// How the package was made, for its manifest.
+/// A QAT checkpoint packs only with the formats it trained through: `plan` must give each
+/// linear the format of `trained`, the checkpoint's own plan.
+fn check_trained_formats(
+    plan: &BitPlan,
+    trained: &BitPlan,
+    plan_label: &str,
+) -> Result<(), PackageError> {
+    let names: Vec<String> = trained.layers.iter().map(|l| l.name.clone()).collect();
+    let given = plan.formats_for(&names, plan_label)?;
+    for layer in &trained.layers {
+        if given[&layer.name] != layer.format {
+            return Err(PackageError::Params {
+                field: "plan".into(),
+                message: format!(
+                    "{plan_label} gives `{}` {}, but the checkpoint trained it through {}; a QAT \
+                     checkpoint packs with the plan it trained on",
+                    layer.name, given[&layer.name], layer.format
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn quantization_record(params: &QuantizeParams) -> Result<serde_json::Value, PackageError> {
     let calibration = params.calibration.as_ref();
     let calibration_sha = calibration
@@ -313,7 +355,7 @@ fn quantization_record(params: &QuantizeParams) -> Result<serde_json::Value, Pac
         .transpose()?;
     let images = calibration.and_then(|c| c.images.as_ref());
     Ok(serde_json::json!({
-        "init": params.method,
+        "init": if has_grid(&params.model) { "qat-grid".to_string() } else { params.method.to_string() },
         "budget_bpw": match params.plan { PlanSource::Budget(bpw) => Some(bpw), _ => None },
         "plan": match &params.plan { PlanSource::File(path) => Some(path), _ => None },
         "calibration": calibration.map(|c| &c.text),

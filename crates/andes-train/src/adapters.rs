@@ -21,6 +21,7 @@ use burn::tensor::{DType, Device};
 
 use crate::error::TrainError;
 use crate::recipe::{AdapterSections, LoraSection, QuantSection, Recipe};
+use crate::trainer::StageSetup;
 use andes_data::dataset::WindowSet;
 
 /// Trained grid scales in an adapter checkpoint.
@@ -28,35 +29,41 @@ pub const SCALES_FILE: &str = "quant_scales.safetensors";
 /// The per-linear quantization report of a `qalft` run, in its run directory.
 pub const QUANTIZATION_FILE: &str = "quantization.json";
 
-/// The adapter stage's part of a run's setup: `model`, the recipe's float base, readied per
-/// [`prepare`] (`resume_from`: the checkpoint a resumed run continues from), and the quantized
-/// base's report written to `run_dir`'s [`QUANTIZATION_FILE`] (and, with `show_progress`,
-/// summed up on stderr). Refused for an AndesVL model: the adapter stages train text models.
-pub fn setup(
+/// The adapter stage's part of a run's setup: `model`, the recipe's base, readied per
+/// [`prepare`] (on resume, from the checkpoint the run continues from), and the quantized
+/// base's report written to the run's [`QUANTIZATION_FILE`]. Refused for an AndesVL model:
+/// the adapter stages train text models.
+pub(crate) fn setup(
     model: &mut Model,
-    recipe: &Recipe,
     sections: AdapterSections<'_>,
-    calibration: Option<&WindowSet>,
-    resume_from: Option<&Path>,
-    run_dir: &Path,
-    show_progress: bool,
+    run: &StageSetup<'_>,
 ) -> Result<(), TrainError> {
     let Model::Text(text_model) = model else {
-        return Err(TrainError::WrongModel {
-            path: recipe.model.checkpoint.join("config.json"),
-            message: "stages lora and qalft train adapters on text models; this is an AndesVL \
-                      checkpoint"
-                .into(),
-        });
+        return Err(TrainError::text_only(run.recipe));
     };
-    let batch_size = recipe.train.batch_size;
-    let summary = prepare(text_model, sections, batch_size, calibration, resume_from)?;
-    let Some(summary) = summary else {
-        return Ok(());
-    };
-    let json = serde_json::to_vec_pretty(&summary).expect("the summary serializes");
-    write_atomically(&run_dir.join(QUANTIZATION_FILE), &json)?;
-    if show_progress {
+    let batch_size = run.recipe.train.batch_size;
+    let summary = prepare(
+        text_model,
+        sections,
+        batch_size,
+        run.calibration,
+        run.resume_from,
+    )?;
+    match summary {
+        Some(summary) => report_quantization(&summary, run),
+        None => Ok(()),
+    }
+}
+
+/// Writes what quantizing the base gave to the run's [`QUANTIZATION_FILE`] and, when the run
+/// shows progress, sums it up on stderr.
+pub(crate) fn report_quantization(
+    summary: &QuantizationSummary,
+    run: &StageSetup<'_>,
+) -> Result<(), TrainError> {
+    let json = serde_json::to_vec_pretty(summary).expect("the summary serializes");
+    write_atomically(&run.run_dir.join(QUANTIZATION_FILE), &json)?;
+    if run.show_progress {
         eprintln!(
             "quantized base: {:.4} bpw over {} weights of {} linears (scales and zero points \
              counted; embeddings, norms and head stay float)",
@@ -260,10 +267,7 @@ pub fn load_adapter_run(run_dir: &Path, device: &Device) -> Result<AdapterRun, T
     };
     let (_, model) = load_base(&recipe, device, DType::F32)?;
     let Model::Text(mut model) = model else {
-        return Err(TrainError::WrongModel {
-            path: recipe.model.checkpoint.join("config.json"),
-            message: "adapter runs train text models; this is an AndesVL checkpoint".into(),
-        });
+        return Err(TrainError::text_only(&recipe));
     };
     // Only GPTQ needs the training data again, for the same calibration windows.
     let calibration = match sections.quant {

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use andes_model::checkpoint::{SaveDtype, sha256, write_atomically};
+use andes_model::quantize::save_grid;
 use burn::optim::ModuleOptimizer;
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +45,9 @@ pub struct TrainerState {
 pub enum ModelFiles<'a> {
     /// The whole model in the Hugging Face layout (stages that train the model's weights).
     Full(&'a Model, &'a ModelConfig),
+    /// The whole model's latent weights and the quantization grid they train through (stage
+    /// `qat`): what `andes quantize --plan CKPT/bit_plan.json` packs.
+    Quantized(&'a Model, &'a ModelConfig),
     /// Only what an adapter stage trains, written by this function into the directory.
     Adapter(&'a dyn Fn(&Path) -> Result<(), TrainError>),
 }
@@ -69,6 +73,10 @@ pub fn save(
     std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     match model {
         ModelFiles::Full(model, config) => model.save(config, &tmp, SaveDtype::F32)?,
+        ModelFiles::Quantized(model, config) => {
+            model.save(config, &tmp, SaveDtype::F32)?;
+            save_grid(model.language_model(), &tmp)?;
+        }
         ModelFiles::Adapter(write) => write(&tmp)?,
     }
     for file in side_files {

@@ -76,6 +76,17 @@ pub enum TrainError {
 }
 
 impl TrainError {
+    /// An AndesVL checkpoint (`recipe`'s) given to a stage that trains text models only.
+    pub fn text_only(recipe: &crate::recipe::Recipe) -> Self {
+        Self::WrongModel {
+            path: recipe.model.checkpoint.join("config.json"),
+            message: format!(
+                "stage {} trains text models; this is an AndesVL checkpoint",
+                recipe.stage.name()
+            ),
+        }
+    }
+
     /// An I/O error on `path`.
     pub fn io(path: &std::path::Path, error: impl std::fmt::Display) -> Self {
         Self::Io {

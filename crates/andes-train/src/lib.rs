@@ -17,6 +17,7 @@ pub mod objective;
 pub mod optim;
 pub mod parallel;
 pub mod plot;
+mod qat;
 pub mod recipe;
 pub mod reward;
 pub mod schedule;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use andes_data::TextTokenizer;
-use andes_data::dataset::DataPosition;
+use andes_data::dataset::{DataPosition, WindowSet};
 use andes_model::checkpoint::write_atomically;
 use andes_model::device::parse_devices;
 use andes_model::precision::{Autocast, Precision};
@@ -17,7 +17,6 @@ use burn::optim::ModuleOptimizer;
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::adapters;
 use crate::checkpoint::{self, ModelFiles, RECIPE_FILE, TrainerState};
 use crate::error::TrainError;
 use crate::metrics::{self, MetricsLog, StepMetrics};
@@ -25,7 +24,8 @@ use crate::objective::{self, Objective};
 use crate::optim::{adamw, freeze};
 use crate::parallel::Replicas;
 use crate::plot::draw_curves;
-use crate::recipe::{AdapterSections, Recipe};
+use crate::recipe::{AdapterSections, Recipe, Stage};
+use crate::{adapters, qat};
 
 /// A checkpoint's tokenizer.
 const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -72,6 +72,20 @@ pub fn train(
         last = Some(line);
     }
     run.finish(last)
+}
+
+/// What a stage's own part of setup reads (`qat`'s grid, an adapter stage's base and adapter).
+pub(crate) struct StageSetup<'r> {
+    /// The run's recipe.
+    pub recipe: &'r Recipe,
+    /// The run's training windows, which GPTQ calibrates on (token objectives only).
+    pub calibration: Option<&'r WindowSet>,
+    /// The checkpoint a resumed run continues from.
+    pub resume_from: Option<&'r Path>,
+    /// The run directory.
+    pub run_dir: &'r Path,
+    /// Whether the run reports on stderr.
+    pub show_progress: bool,
 }
 
 /// A run between setup and finish: what setup built, and the state the steps advance.
@@ -124,17 +138,18 @@ impl<'a> Run<'a> {
         let resume_from = resume.then_some(start_dir.as_path());
         let adapter = recipe.stage.adapter();
         let trained_against = adapters::trained_against(recipe)?;
+        let stage_setup = StageSetup {
+            recipe,
+            calibration: objective.calibration_windows(),
+            resume_from,
+            run_dir,
+            show_progress,
+        };
+        if let Stage::Qat { quant } = &recipe.stage {
+            qat::setup(&mut model, quant, &stage_setup)?;
+        }
         if let Some(sections) = adapter {
-            let calibration = objective.calibration_windows();
-            adapters::setup(
-                &mut model,
-                recipe,
-                sections,
-                calibration,
-                resume_from,
-                run_dir,
-                show_progress,
-            )?;
+            adapters::setup(&mut model, sections, &stage_setup)?;
         }
         let replicas = Replicas::new(model, &devices, &recipe.train, |replica| {
             optimizer_for(replica, recipe, resume_from)
@@ -261,6 +276,9 @@ impl<'a> Run<'a> {
                     adapters::save(model.language_model(), sections, base, trained_against, dir)
                 };
                 ModelFiles::Adapter(&write_adapter)
+            }
+            None if self.recipe.stage.quant().is_some() => {
+                ModelFiles::Quantized(model, &self.config)
             }
             None => ModelFiles::Full(model, &self.config),
         };

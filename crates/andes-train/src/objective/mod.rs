@@ -150,9 +150,11 @@ pub fn for_recipe(
         {
             Box::new(VisionObjective::new(recipe, tokenizer, config)?)
         }
-        Stage::Pretrain | Stage::Sft | Stage::Lora { .. } | Stage::Qalft { .. } => {
-            Box::new(TokenObjective::new(recipe, tokenizer)?)
-        }
+        Stage::Pretrain
+        | Stage::Sft
+        | Stage::Lora { .. }
+        | Stage::Qalft { .. }
+        | Stage::Qat { .. } => Box::new(TokenObjective::new(recipe, tokenizer)?),
         Stage::Mpo { mpo } => Box::new(MpoObjective::new(recipe, mpo, tokenizer, device)?),
         Stage::Grpo { grpo } => Box::new(GrpoObjective::new(recipe, grpo, tokenizer, device)?),
     })

@@ -80,7 +80,7 @@ impl Recipe {
         let mut paths = vec![&mut self.model.checkpoint, &mut self.data.train];
         paths.extend(self.data.eval.as_mut());
         paths.extend(self.model.package.as_mut());
-        if let Stage::Qalft { quant, .. } = &mut self.stage
+        if let Stage::Qalft { quant, .. } | Stage::Qat { quant } = &mut self.stage
             && let BaseFormats::Plan(plan) = &mut quant.formats
         {
             paths.push(plan);
@@ -214,6 +214,9 @@ impl StageSections {
                 lora: self.take_lora(name, path)?,
                 quant: needed(self.quant.take(), name, "quant", path)?.into_section(path)?,
             },
+            StageName::Qat => Stage::Qat {
+                quant: needed(self.quant.take(), name, "quant", path)?.into_section(path)?,
+            },
             StageName::Mpo => Stage::Mpo {
                 mpo: self.mpo.take().unwrap_or_default(),
             },
@@ -240,7 +243,7 @@ impl StageSections {
     fn refuse_unread(self, name: StageName, path: &Path) -> Result<(), TrainError> {
         let given = [
             ("lora", self.lora.is_some(), "stages lora and qalft"),
-            ("quant", self.quant.is_some(), "stage qalft"),
+            ("quant", self.quant.is_some(), "stages qalft and qat"),
             ("mpo", self.mpo.is_some(), "stage mpo"),
             ("grpo", self.grpo.is_some(), "stage grpo"),
         ];
@@ -265,6 +268,10 @@ impl From<Stage> for StageSections {
             },
             Stage::Qalft { lora, quant } => Self {
                 lora: Some(lora),
+                quant: Some(quant.into()),
+                ..Self::default()
+            },
+            Stage::Qat { quant } => Self {
                 quant: Some(quant.into()),
                 ..Self::default()
             },

@@ -43,6 +43,15 @@ pub enum Stage {
         /// The base's quantization (`[quant]`).
         quant: QuantSection,
     },
+    /// Quantization-aware training of the base, before packaging: every linear's full (latent)
+    /// weight trains through the fake-quant grid of `[quant]` (straight-through estimator),
+    /// its scales by LSQ when `learn_scales`. Checkpoints are whole models with their grid,
+    /// which `andes quantize --plan CKPT/bit_plan.json` packs to exactly the codes training
+    /// computed with; adapters then train against that package (`lora`, `[model] package`).
+    Qat {
+        /// The grid's formats, initialiser and scales (`[quant]`).
+        quant: QuantSection,
+    },
     /// Mixed Preference Optimization on preference pairs, against the starting checkpoint as a
     /// frozen reference.
     Mpo {
@@ -70,6 +79,8 @@ pub enum StageName {
     Lora,
     /// `qalft`.
     Qalft,
+    /// `qat`.
+    Qat,
     /// `mpo`.
     Mpo,
     /// `grpo`.
@@ -109,6 +120,7 @@ impl Stage {
             Stage::Sft => StageName::Sft,
             Stage::Lora { .. } => StageName::Lora,
             Stage::Qalft { .. } => StageName::Qalft,
+            Stage::Qat { .. } => StageName::Qat,
             Stage::Mpo { .. } => StageName::Mpo,
             Stage::Grpo { .. } => StageName::Grpo,
         }
@@ -123,7 +135,23 @@ impl Stage {
                 lora,
                 quant: Some(quant),
             }),
-            Stage::Pretrain | Stage::Sft | Stage::Mpo { .. } | Stage::Grpo { .. } => None,
+            Stage::Pretrain
+            | Stage::Sft
+            | Stage::Qat { .. }
+            | Stage::Mpo { .. }
+            | Stage::Grpo { .. } => None,
+        }
+    }
+
+    /// The base's quantization (`[quant]`) of the stages that quantize it, `qalft` and `qat`.
+    pub fn quant(&self) -> Option<&QuantSection> {
+        match self {
+            Stage::Qalft { quant, .. } | Stage::Qat { quant } => Some(quant),
+            Stage::Pretrain
+            | Stage::Sft
+            | Stage::Lora { .. }
+            | Stage::Mpo { .. }
+            | Stage::Grpo { .. } => None,
         }
     }
 
@@ -137,7 +165,7 @@ impl Stage {
     pub fn formats(&self) -> &'static [DataFormat] {
         match self {
             Stage::Pretrain => &[DataFormat::Text, DataFormat::Chat, DataFormat::ImageCaption],
-            Stage::Sft | Stage::Lora { .. } | Stage::Qalft { .. } => {
+            Stage::Sft | Stage::Lora { .. } | Stage::Qalft { .. } | Stage::Qat { .. } => {
                 &[DataFormat::Text, DataFormat::Chat]
             }
             Stage::Mpo { .. } => &[DataFormat::Preference],
