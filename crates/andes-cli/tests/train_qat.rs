@@ -2,7 +2,8 @@
 //!
 //! The `qat` stage: its loss falls as every weight trains through the 2-bit grid, its
 //! checkpoint packs with `andes quantize --plan CKPT/bit_plan.json` to exactly the weights
-//! training computed with, and a budget or another plan is refused for it.
+//! training computed with, and a budget or another plan is refused for it; distillation from
+//! the float model adds its KL term to the loss.
 
 mod common;
 
@@ -105,4 +106,28 @@ fn a_qat_checkpoint_packs_to_exactly_the_weights_training_computed_with() {
         "{stderr}"
     );
     assert!(!dir.path().join("other").exists(), "nothing is written");
+}
+
+#[test]
+fn qat_distilled_from_the_float_model_adds_the_kl_term() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = path(&repo("configs/recipes/tiny/qat.toml")).to_string();
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let output = train_command(&["--config", &config, "--out", path(&out), "--quiet"])
+            .args(["--set", "train.steps=2", "--set", "train.eval_every=2"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_success(&output);
+        common::losses(&out)
+    };
+    let plain = run("plain", &[]);
+    let distilled = run("distilled", &["--set", "distill.weight=0.5"]);
+    // Step 1 starts from the same GPTQ base: 0.5·NLL + 0.5·KL(float ‖ 2-bit), with KL > 0.
+    let (nll, mixed) = (plain[0].1, distilled[0].1);
+    assert!(
+        mixed.is_finite() && mixed < nll && mixed > 0.5 * nll,
+        "{nll} vs {mixed}"
+    );
 }

@@ -5,6 +5,8 @@
 //! Qwen3 vocabulary of 151,936 makes the logits of one [4, 1024] batch 2.5 GB in f32, more
 //! than one Vulkan buffer may hold (2 GiB), and no pass needs them all at once.
 
+use std::ops::Range;
+
 use crate::qwen3::Qwen3ForCausalLM;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Bool, Int, Tensor};
@@ -28,13 +30,19 @@ pub fn head_log_probs(
     hidden: Tensor<3>,
     targets: Tensor<2, Int>,
 ) -> Tensor<2> {
-    let vocab = model.vocab_size();
-    chunked_log_probs(
-        model,
-        hidden,
-        targets,
-        (MAX_LOGIT_BYTES / (4 * vocab)).max(1),
-    )
+    chunked_log_probs(model, hidden, targets, positions_per_chunk(model))
+}
+
+/// Positions whose f32 logits stay within [`MAX_LOGIT_BYTES`].
+fn positions_per_chunk(model: &Qwen3ForCausalLM) -> usize {
+    (MAX_LOGIT_BYTES / (4 * model.vocab_size())).max(1)
+}
+
+/// The ranges of `per_chunk` positions (the last one shorter) that cover `0..positions`.
+fn position_chunks(positions: usize, per_chunk: usize) -> impl Iterator<Item = Range<usize>> {
+    (0..positions)
+        .step_by(per_chunk)
+        .map(move |start| start..(start + per_chunk).min(positions))
 }
 
 fn chunked_log_probs(
@@ -50,16 +58,49 @@ fn chunked_log_probs(
     }
     let hidden: Tensor<2> = hidden.reshape([positions, width]);
     let targets: Tensor<1, Int> = targets.reshape([positions]);
-    let chunks: Vec<Tensor<1>> = (0..positions)
-        .step_by(positions_per_chunk)
-        .map(|start| {
-            let end = (start + positions_per_chunk).min(positions);
-            let logits = model.logits(hidden.clone().slice(start..end).unsqueeze());
-            let picked = targets.clone().slice(start..end).unsqueeze();
+    let chunks: Vec<Tensor<1>> = position_chunks(positions, positions_per_chunk)
+        .map(|chunk| {
+            let logits = model.logits(hidden.clone().slice(chunk.clone()).unsqueeze());
+            let picked = targets.clone().slice(chunk).unsqueeze();
             target_log_probs(logits, picked).squeeze_dim(0)
         })
         .collect();
     Tensor::cat(chunks, 0).reshape([batch, seq])
+}
+
+/// Summed KL(teacher ‖ student) of the next-token distributions at `temperature`, over the
+/// masked positions: `hidden` and `teacher_hidden` are the final hidden states `[batch, seq,
+/// hidden]` of `model` and `teacher` on the same inputs, `mask` `[batch, seq]`. Both heads run
+/// on the chunks of positions of [`head_log_probs`], so neither's logits take memory whole;
+/// the teacher side carries no gradient. Returns a one-element tensor, scaled like
+/// [`masked_next_token_nll`]'s sum.
+pub fn masked_distillation_kl(
+    model: &Qwen3ForCausalLM,
+    hidden: Tensor<3>,
+    teacher: &Qwen3ForCausalLM,
+    teacher_hidden: Tensor<3>,
+    mask: Tensor<2, Bool>,
+    temperature: f64,
+) -> Tensor<1> {
+    let [batch, seq, width] = hidden.dims();
+    let positions = batch * seq;
+    let hidden: Tensor<2> = hidden.reshape([positions, width]);
+    let teacher_hidden: Tensor<2> = teacher_hidden.detach().reshape([positions, width]);
+    let chunks: Vec<Tensor<1>> = position_chunks(positions, positions_per_chunk(model))
+        .map(|chunk| {
+            let rows = chunk.len();
+            let student = model.logits(hidden.clone().slice(chunk.clone()).unsqueeze());
+            let teacher = teacher
+                .logits(teacher_hidden.clone().slice(chunk).unsqueeze())
+                .detach();
+            let log_student = log_softmax(student.div_scalar(temperature), 2);
+            let log_teacher = log_softmax(teacher.div_scalar(temperature), 2);
+            let kl = log_teacher.clone().exp() * (log_teacher - log_student);
+            kl.sum_dim(2).reshape([rows])
+        })
+        .collect();
+    let kl: Tensor<2> = Tensor::cat(chunks, 0).reshape([batch, seq]);
+    kl.zeros_like().mask_where(mask, kl).sum()
 }
 
 /// Summed negative log-likelihood of the masked targets given the final hidden states
@@ -127,5 +168,81 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn distillation_kl_is_the_sum_of_kl_over_the_masked_positions() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let device = Device::flex();
+        let load = |name: &str| {
+            let path = dir.join("../../fixtures").join(name);
+            load_qwen3(&path, &device, DType::F32).unwrap().1
+        };
+        // Two models of one vocabulary and width: the untied and the tied tiny Qwen3.
+        let (student, teacher) = (
+            load("qwen3-tiny-untied-mha-f32"),
+            load("qwen3-tiny-tied-gqa-f32"),
+        );
+        let ids: Vec<i64> = (0..2 * 5).map(|i| (i * 41 % 500) as i64).collect();
+        let inputs: Tensor<2, Int> = Tensor::from_data(TensorData::new(ids, [2, 5]), &device);
+        let mask_values = vec![
+            true, false, true, true, false, true, true, true, false, true,
+        ];
+        let mask: Tensor<2, Bool> =
+            Tensor::from_data(TensorData::new(mask_values.clone(), [2, 5]), &device);
+        let hidden = |m: &Qwen3ForCausalLM| {
+            m.forward_hidden(inputs.clone(), &mut m.new_cache())
+                .unwrap()
+        };
+        let logits = |m: &Qwen3ForCausalLM| -> Vec<f64> {
+            let out: Vec<f32> = m.logits(hidden(m)).into_data().try_to_vec().unwrap();
+            out.into_iter().map(f64::from).collect()
+        };
+        let temperature = 2.0;
+        let kl = |t: &Qwen3ForCausalLM| {
+            let value = masked_distillation_kl(
+                &student,
+                hidden(&student),
+                t,
+                hidden(t),
+                mask.clone(),
+                temperature,
+            );
+            f64::from(value.into_scalar::<f32>())
+        };
+        // The formula, in f64 on the host: Σ_positions Σ_v p_t(v) (log p_t(v) − log p_s(v)).
+        let log_softmax = |row: &[f64]| {
+            let max = row.iter().cloned().fold(f64::MIN, f64::max);
+            let lse = max + row.iter().map(|z| (z - max).exp()).sum::<f64>().ln();
+            row.iter().map(|z| z - lse).collect::<Vec<f64>>()
+        };
+        let (zs, zt) = (logits(&student), logits(&teacher));
+        let vocab = student.vocab_size();
+        let mut expected = 0.0;
+        for (position, counted) in mask_values.iter().enumerate() {
+            if !counted {
+                continue;
+            }
+            let row = |z: &[f64]| {
+                let r: Vec<f64> = z[position * vocab..(position + 1) * vocab]
+                    .iter()
+                    .map(|v| v / temperature)
+                    .collect();
+                log_softmax(&r)
+            };
+            let (ls, lt) = (row(&zs), row(&zt));
+            expected += lt
+                .iter()
+                .zip(&ls)
+                .map(|(t, s)| t.exp() * (t - s))
+                .sum::<f64>();
+        }
+        let got = kl(&teacher);
+        assert!(expected > 0.01, "the two models differ: {expected}");
+        assert!(
+            (got - expected).abs() <= 1e-4 * expected,
+            "{got} vs {expected}"
+        );
+        assert!(kl(&student).abs() < 1e-6, "a model against itself");
     }
 }

@@ -145,7 +145,7 @@ impl<'a> Run<'a> {
             run_dir,
             show_progress,
         };
-        if let Stage::Qat { quant } = &recipe.stage {
+        if let Stage::Qat { quant, .. } = &recipe.stage {
             qat::setup(&mut model, quant, &stage_setup)?;
         }
         if let Some(sections) = adapter {

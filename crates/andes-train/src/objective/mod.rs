@@ -154,7 +154,7 @@ pub fn for_recipe(
         | Stage::Sft
         | Stage::Lora { .. }
         | Stage::Qalft { .. }
-        | Stage::Qat { .. } => Box::new(TokenObjective::new(recipe, tokenizer)?),
+        | Stage::Qat { .. } => Box::new(TokenObjective::new(recipe, tokenizer, device)?),
         Stage::Mpo { mpo } => Box::new(MpoObjective::new(recipe, mpo, tokenizer, device)?),
         Stage::Grpo { grpo } => Box::new(GrpoObjective::new(recipe, grpo, tokenizer, device)?),
     })

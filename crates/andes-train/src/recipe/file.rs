@@ -9,8 +9,8 @@ use andes_quant::QuantFormat;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    DataSection, LoraSection, ModelSection, OptimizerSection, QuantSection, Recipe, Stage,
-    StageName, TrainSection,
+    DataSection, DistillSection, LoraSection, ModelSection, OptimizerSection, QuantSection, Recipe,
+    Stage, StageName, TrainSection,
 };
 use crate::error::TrainError;
 use crate::objective::{GrpoSection, MpoSection};
@@ -34,6 +34,7 @@ pub(super) struct RecipeFile {
     quant: Option<QuantFile>,
     mpo: Option<MpoSection>,
     grpo: Option<GrpoSection>,
+    distill: Option<DistillSection>,
 }
 
 /// `[quant]` as written: `format` and `plan` side by side, exactly one of them given.
@@ -80,10 +81,15 @@ impl Recipe {
         let mut paths = vec![&mut self.model.checkpoint, &mut self.data.train];
         paths.extend(self.data.eval.as_mut());
         paths.extend(self.model.package.as_mut());
-        if let Stage::Qalft { quant, .. } | Stage::Qat { quant } = &mut self.stage
-            && let BaseFormats::Plan(plan) = &mut quant.formats
+        if let Stage::Qalft { quant, distill, .. } | Stage::Qat { quant, distill } = &mut self.stage
         {
-            paths.push(plan);
+            if let BaseFormats::Plan(plan) = &mut quant.formats {
+                paths.push(plan);
+            }
+            if let Some(distill) = distill {
+                paths.extend(distill.teacher.as_mut());
+                paths.extend(distill.teacher_adapter.as_mut());
+            }
         }
         for path in paths {
             *path = std::path::absolute(&*path)?;
@@ -109,6 +115,7 @@ impl RecipeFile {
             quant: self.quant,
             mpo: self.mpo,
             grpo: self.grpo,
+            distill: self.distill,
         };
         let stage = sections.into_stage(self.stage, self.data.seq_len, path)?;
         check_stage_fits(&stage, &self.data, &self.train, path)?;
@@ -181,6 +188,7 @@ impl From<Recipe> for RecipeFile {
             quant: sections.quant,
             mpo: sections.mpo,
             grpo: sections.grpo,
+            distill: sections.distill,
         }
     }
 }
@@ -193,6 +201,7 @@ struct StageSections {
     quant: Option<QuantFile>,
     mpo: Option<MpoSection>,
     grpo: Option<GrpoSection>,
+    distill: Option<DistillSection>,
 }
 
 impl StageSections {
@@ -213,9 +222,11 @@ impl StageSections {
             StageName::Qalft => Stage::Qalft {
                 lora: self.take_lora(name, path)?,
                 quant: needed(self.quant.take(), name, "quant", path)?.into_section(path)?,
+                distill: self.take_distill(path)?,
             },
             StageName::Qat => Stage::Qat {
                 quant: needed(self.quant.take(), name, "quant", path)?.into_section(path)?,
+                distill: self.take_distill(path)?,
             },
             StageName::Mpo => Stage::Mpo {
                 mpo: self.mpo.take().unwrap_or_default(),
@@ -239,11 +250,34 @@ impl StageSections {
         Ok(lora)
     }
 
+    /// The optional `[distill]`, its values checked.
+    fn take_distill(&mut self, path: &Path) -> Result<Option<DistillSection>, TrainError> {
+        let Some(distill) = self.distill.take() else {
+            return Ok(None);
+        };
+        if !(distill.temperature.is_finite() && distill.temperature > 0.0) {
+            return Err(refuse(
+                path,
+                "distill.temperature",
+                "expected a positive number",
+            ));
+        }
+        if !(0.0..=1.0).contains(&distill.weight) {
+            return Err(refuse(
+                path,
+                "distill.weight",
+                "expected a number in [0, 1]",
+            ));
+        }
+        Ok(Some(distill))
+    }
+
     /// Refuses the first section left over: one that stage `name` does not read.
     fn refuse_unread(self, name: StageName, path: &Path) -> Result<(), TrainError> {
         let given = [
             ("lora", self.lora.is_some(), "stages lora and qalft"),
             ("quant", self.quant.is_some(), "stages qalft and qat"),
+            ("distill", self.distill.is_some(), "stages qalft and qat"),
             ("mpo", self.mpo.is_some(), "stage mpo"),
             ("grpo", self.grpo.is_some(), "stage grpo"),
         ];
@@ -266,13 +300,19 @@ impl From<Stage> for StageSections {
                 lora: Some(lora),
                 ..Self::default()
             },
-            Stage::Qalft { lora, quant } => Self {
+            Stage::Qalft {
+                lora,
+                quant,
+                distill,
+            } => Self {
                 lora: Some(lora),
                 quant: Some(quant.into()),
+                distill,
                 ..Self::default()
             },
-            Stage::Qat { quant } => Self {
+            Stage::Qat { quant, distill } => Self {
                 quant: Some(quant.into()),
+                distill,
                 ..Self::default()
             },
             Stage::Mpo { mpo } => Self {
@@ -481,7 +521,7 @@ mod tests {
     #[test]
     fn the_tiny_qalft_recipe_reads() {
         let recipe = Recipe::from_table(qalft_recipe(), Path::new("qalft.toml")).unwrap();
-        let Stage::Qalft { lora, quant } = recipe.stage else {
+        let Stage::Qalft { lora, quant, .. } = recipe.stage else {
             panic!("read as {:?}", recipe.stage);
         };
         assert_eq!(quant.init, PtqMethod::Gptq);
@@ -540,7 +580,7 @@ mod tests {
     fn a_section_its_stage_does_not_read_is_refused_by_key() {
         let cases = [
             ("pretrain.toml", "grpo.toml", "grpo", "stage grpo"),
-            ("lora.toml", "qalft.toml", "quant", "stage qalft"),
+            ("lora.toml", "qalft.toml", "quant", "stages qalft and qat"),
             ("mpo.toml", "lora.toml", "lora", "stages lora and qalft"),
             ("grpo.toml", "mpo.toml", "mpo", "stage mpo"),
         ];
@@ -652,5 +692,33 @@ mod tests {
             err.contains("grpo.reward") && err.contains("numeric_match"),
             "{err}"
         );
+    }
+
+    /// `[distill]` is read by `qat` (and `qalft`), its values checked, and round-trips; any
+    /// other stage refuses it by key.
+    #[test]
+    fn distill_is_read_by_qat_checked_and_refused_elsewhere() {
+        let distill: toml::Table =
+            toml::from_str("teacher = \"fixtures/x\"\nweight = 0.25").unwrap();
+        let mut table = recipe("qat.toml");
+        table.insert("distill".into(), distill.clone().into());
+        let path = Path::new("qat.toml");
+        let parsed = Recipe::from_table(table.clone(), path).unwrap();
+        let section = parsed.stage.distill().unwrap();
+        assert_eq!((section.weight, section.temperature), (0.25, 1.0));
+        let saved = toml::to_string(&parsed).unwrap();
+        assert_eq!(
+            Recipe::from_table(toml::from_str(&saved).unwrap(), path).unwrap(),
+            parsed
+        );
+
+        table["distill"]
+            .as_table_mut()
+            .unwrap()
+            .insert("weight".into(), 1.5.into());
+        assert!(error_of(table).contains("key `distill.weight`"));
+        let mut lora = recipe("lora.toml");
+        lora.insert("distill".into(), distill.into());
+        assert!(error_of(lora).contains("[distill] is read only by stages qalft and qat"));
     }
 }

@@ -42,6 +42,8 @@ pub enum Stage {
         lora: LoraSection,
         /// The base's quantization (`[quant]`).
         quant: QuantSection,
+        /// Distillation from a float teacher (`[distill]`), when given.
+        distill: Option<DistillSection>,
     },
     /// Quantization-aware training of the base, before packaging: every linear's full (latent)
     /// weight trains through the fake-quant grid of `[quant]` (straight-through estimator),
@@ -51,6 +53,8 @@ pub enum Stage {
     Qat {
         /// The grid's formats, initialiser and scales (`[quant]`).
         quant: QuantSection,
+        /// Distillation from a float teacher (`[distill]`), when given.
+        distill: Option<DistillSection>,
     },
     /// Mixed Preference Optimization on preference pairs, against the starting checkpoint as a
     /// frozen reference.
@@ -131,7 +135,7 @@ impl Stage {
     pub fn adapter(&self) -> Option<AdapterSections<'_>> {
         match self {
             Stage::Lora { lora } => Some(AdapterSections { lora, quant: None }),
-            Stage::Qalft { lora, quant } => Some(AdapterSections {
+            Stage::Qalft { lora, quant, .. } => Some(AdapterSections {
                 lora,
                 quant: Some(quant),
             }),
@@ -146,7 +150,19 @@ impl Stage {
     /// The base's quantization (`[quant]`) of the stages that quantize it, `qalft` and `qat`.
     pub fn quant(&self) -> Option<&QuantSection> {
         match self {
-            Stage::Qalft { quant, .. } | Stage::Qat { quant } => Some(quant),
+            Stage::Qalft { quant, .. } | Stage::Qat { quant, .. } => Some(quant),
+            Stage::Pretrain
+            | Stage::Sft
+            | Stage::Lora { .. }
+            | Stage::Mpo { .. }
+            | Stage::Grpo { .. } => None,
+        }
+    }
+
+    /// Distillation from a float teacher (`[distill]` of `qat` and `qalft`), when given.
+    pub fn distill(&self) -> Option<&DistillSection> {
+        match self {
+            Stage::Qalft { distill, .. } | Stage::Qat { distill, .. } => distill.as_ref(),
             Stage::Pretrain
             | Stage::Sft
             | Stage::Lora { .. }
@@ -201,6 +217,36 @@ impl Recipe {
     pub fn windows_per_step(&self) -> usize {
         self.train.batch_size * self.train.grad_accum
     }
+}
+
+/// `[distill]`: knowledge distillation from a float teacher for the stages that train through a
+/// quantization grid (`qat`, `qalft`): the step's loss becomes `(1 − weight)·NLL +
+/// weight·T²·KL(teacher ‖ student)` at temperature `T`, over the positions the NLL counts
+/// (Hinton et al. 2015), the logits of both computed in the same chunks of positions as the
+/// loss so they never take memory whole.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistillSection {
+    /// The teacher's model directory; the recipe's checkpoint (the float model) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<PathBuf>,
+    /// A PEFT adapter on the teacher, e.g. the float-trained adapter of the same task (`qalft`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_adapter: Option<PathBuf>,
+    /// Softmax temperature of both distributions.
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+    /// Share of the KL term in the loss, in [0, 1].
+    #[serde(default = "default_distill_weight")]
+    pub weight: f64,
+}
+
+fn default_temperature() -> f64 {
+    1.0
+}
+
+fn default_distill_weight() -> f64 {
+    0.5
 }
 
 /// `[model]`: where the starting weights, config and tokenizer come from.
