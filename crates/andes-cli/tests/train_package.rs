@@ -3,7 +3,7 @@
 //! `andes train` of a LoRA adapter against a package (`[model] package`): the base it trains
 //! is the package's, bit for bit; the adapter scores with `andes eval --model PKG --adapter`
 //! as training scored it; and the refusals (a package of another model, a stage that is not
-//! `lora`).
+//! `lora`); an AndesVL adapter trained against an AndesVL package.
 
 mod common;
 
@@ -98,5 +98,46 @@ fn a_package_of_another_model_or_for_another_stage_is_refused() {
     assert!(
         stderr.contains("model.package") && stderr.contains("stage pretrain"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn an_andesvl_adapter_trained_against_its_package_scores_as_training_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let package = package_of("andesvl-tiny", "1.8", &dir.path().join("package"));
+    let run = dir.path().join("run");
+    let digits = |split: &str| {
+        path(&repo(&format!("datasets/images/digits/chat-{split}.jsonl"))).to_string()
+    };
+    let overrides = [
+        format!("model.checkpoint=\"{}\"", path(&fixture("andesvl-tiny"))),
+        format!("data.train=\"{}\"", digits("train")),
+        format!("data.eval=\"{}\"", digits("eval")),
+        "data.seq_len=48".to_string(),
+    ];
+    let sets: Vec<&str> = overrides
+        .iter()
+        .flat_map(|o| ["--set", o.as_str()])
+        .collect();
+    common::assert_success(&train_lora(&run, &package, 8, &sets));
+    let metrics = common::metrics(&run);
+    let run_eval_loss = metrics.last().unwrap()["eval_loss"].as_f64().unwrap();
+
+    // The package with the run's adapter, scored by the run's own held-out objective: the
+    // same loss, so the vision side stayed the package's and the adapter is all that trained.
+    let checkpoint = run.join("checkpoints/step-000008");
+    let recipe = Recipe::load(&checkpoint.join("recipe.toml"), &[]).unwrap();
+    let device = Device::flex();
+    let (config, mut model, _) = andes_package::load_model(&package, &device, DType::F32).unwrap();
+    let language_model = model.language_model_mut();
+    andes_model::lora::peft::import_peft_adapter(language_model, &checkpoint, "digits").unwrap();
+    language_model.set_active_adapter(Some("digits")).unwrap();
+    let tokenizer = andes_data::TextTokenizer::from_model_dir(&checkpoint).unwrap();
+    let objective =
+        andes_train::objective::for_recipe(&recipe, &tokenizer, &config, &device).unwrap();
+    let loss = objective.evaluate(&model).unwrap().unwrap().loss.unwrap();
+    assert!(
+        (loss - run_eval_loss).abs() < 1e-9 * run_eval_loss,
+        "package + adapter {loss} vs the run {run_eval_loss}"
     );
 }

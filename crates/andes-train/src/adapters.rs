@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use andes_model::andesvl::VISION_SIDE_PREFIXES;
 use andes_model::checkpoint::{file_sha256, write_atomically};
 use andes_model::lora::peft::{export_peft_adapter, import_peft_adapter};
 use andes_model::quantize::{
@@ -20,6 +21,7 @@ use andes_package::{
 use burn::tensor::{DType, Device};
 
 use crate::error::TrainError;
+use crate::optim::freeze;
 use crate::recipe::{AdapterSections, LoraSection, QuantSection, Recipe};
 use crate::trainer::StageSetup;
 use andes_data::dataset::WindowSet;
@@ -31,19 +33,20 @@ pub const QUANTIZATION_FILE: &str = "quantization.json";
 
 /// The adapter stage's part of a run's setup: `model`, the recipe's base, readied per
 /// [`prepare`] (on resume, from the checkpoint the run continues from), and the quantized
-/// base's report written to the run's [`QUANTIZATION_FILE`]. Refused for an AndesVL model:
-/// the adapter stages train text models.
+/// base's report written to the run's [`QUANTIZATION_FILE`]. An AndesVL model's adapter sits
+/// on its language model's linears and its vision side (tower and projector) is frozen, since
+/// an adapter checkpoint holds the adapter only.
 pub(crate) fn setup(
     model: &mut Model,
     sections: AdapterSections<'_>,
     run: &StageSetup<'_>,
 ) -> Result<(), TrainError> {
-    let Model::Text(text_model) = model else {
-        return Err(TrainError::text_only(run.recipe));
-    };
+    if let Model::VisionLanguage(_) = model {
+        *model = freeze(model.clone(), &VISION_SIDE_PREFIXES.map(String::from)).0;
+    }
     let batch_size = run.recipe.train.batch_size;
     let summary = prepare(
-        text_model,
+        model.language_model_mut(),
         sections,
         batch_size,
         run.calibration,

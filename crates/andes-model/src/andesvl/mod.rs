@@ -157,6 +157,10 @@ impl AndesVL {
     }
 }
 
+/// The checkpoint-name prefixes of an AndesVL model's vision side: the vision tower and the
+/// projector (the rest is `language_model.`).
+pub const VISION_SIDE_PREFIXES: [&str; 2] = ["vision_encoder.", "mlp."];
+
 /// The checkpoint name of a parameter path of [`AndesVL`].
 fn checkpoint_name(config: &AndesVLConfig, path_name: &str) -> String {
     if let Some(rest) = path_name.strip_prefix("vision_encoder.") {

@@ -143,7 +143,7 @@ pub fn for_recipe(
     device: &Device,
 ) -> Result<Box<dyn Objective>, TrainError> {
     Ok(match &recipe.stage {
-        Stage::Pretrain | Stage::Sft
+        Stage::Pretrain | Stage::Sft | Stage::Lora { .. } | Stage::Qalft { .. }
             if recipe.data.format == DataFormat::ImageCaption
                 || (recipe.data.format == DataFormat::Chat
                     && matches!(config, ModelConfig::VisionLanguage(_))) =>
