@@ -47,6 +47,10 @@ pub struct GenerateArgs {
     /// Render the prompt as one user turn of the Qwen3 chat template and stop at <|im_end|>.
     #[arg(long)]
     chat: bool,
+    /// With --chat: open the reply with an empty <think> block, Qwen3's switch for answering
+    /// without thinking (`enable_thinking=False`).
+    #[arg(long, requires = "chat")]
+    no_thinking: bool,
     /// Print one JSON object: token_ids (new tokens only), text, timings.
     #[arg(long)]
     json: bool,
@@ -61,7 +65,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         anyhow::bail!("--top-p must be in (0, 1], got {}", args.top_p);
     }
     let prompt = if args.chat {
-        render_for_generation(&[(Role::User, &args.prompt)])
+        render_for_generation(&[(Role::User, &args.prompt)], !args.no_thinking)
     } else {
         args.prompt.clone()
     };

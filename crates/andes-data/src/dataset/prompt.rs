@@ -61,7 +61,7 @@ pub(super) fn user_prompt(
     text: &str,
     limit: usize,
 ) -> Result<Result<Vec<u32>, String>, DataError> {
-    let ids = tokenizer.encode(&render_for_generation(&[(Role::User, text)]))?;
+    let ids = tokenizer.encode(&render_for_generation(&[(Role::User, text)], true))?;
     if ids.len() >= limit {
         return Ok(Err(format!(
             "the prompt takes {} tokens, leaving no room for a reply: at most {} fit \
