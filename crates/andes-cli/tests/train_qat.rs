@@ -3,7 +3,8 @@
 //! The `qat` stage: its loss falls as every weight trains through the 2-bit grid, its
 //! checkpoint packs with `andes quantize --plan CKPT/bit_plan.json` to exactly the weights
 //! training computed with, and a budget or another plan is refused for it; distillation from
-//! the float model adds its KL term to the loss.
+//! the float model adds its KL term to the loss; an AndesVL's language model trains through
+//! its grid on image conversations and packs the same way.
 
 mod common;
 
@@ -16,9 +17,7 @@ use std::path::Path;
 /// Every quantized linear's weight as the forward pass multiplies by it, `[in, out]`, in model
 /// order.
 fn linear_weights(model: &Model, fake_quantized: bool) -> Vec<Vec<f32>> {
-    let Model::Text(model) = model else {
-        panic!("a text model")
-    };
+    let model = model.language_model();
     let values = |t: Tensor<2>| t.into_data().try_to_vec::<f32>().unwrap();
     model
         .adapted_linears()
@@ -67,10 +66,7 @@ fn a_qat_checkpoint_packs_to_exactly_the_weights_training_computed_with() {
     // The training model: the checkpoint's latent weights through its saved grid.
     let device = Device::flex();
     let (_, mut trained) = Model::load(&checkpoint, &device, DType::F32).unwrap();
-    let Model::Text(text) = &mut trained else {
-        panic!("a text model")
-    };
-    load_grid(text, &checkpoint, false).unwrap();
+    load_grid(trained.language_model_mut(), &checkpoint, false).unwrap();
     let (_, shipped, _) = andes_package::load_model(&package, &device, DType::F32).unwrap();
     let (computed, packed) = (
         linear_weights(&trained, true),
@@ -130,4 +126,54 @@ fn qat_distilled_from_the_float_model_adds_the_kl_term() {
         mixed.is_finite() && mixed < nll && mixed > 0.5 * nll,
         "{nll} vs {mixed}"
     );
+}
+
+#[test]
+fn an_andesvl_qat_checkpoint_packs_its_language_model_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("qat");
+    let config = path(&repo("configs/recipes/tiny/qat.toml")).to_string();
+    let digits =
+        |split: &str| format!("data.{split}=\"datasets/images/digits/chat-{split}.jsonl\"");
+    let output = train_command(&["--config", &config, "--out", path(&run), "--quiet"])
+        .args([
+            "--set",
+            "model.checkpoint=\"fixtures/andesvl-tiny\"",
+            "--set",
+            "data.format=\"chat\"",
+        ])
+        .args([
+            "--set",
+            &digits("train"),
+            "--set",
+            &digits("eval"),
+            "--set",
+            "data.seq_len=48",
+        ])
+        .args([
+            "--set",
+            "quant.init=\"rtn\"",
+            "--set",
+            "train.steps=4",
+            "--set",
+            "train.eval_every=4",
+        ])
+        .output()
+        .unwrap();
+    assert_success(&output);
+    let checkpoint = run.join("checkpoints/step-000004");
+    let package = dir.path().join("package");
+    let plan = checkpoint.join("bit_plan.json");
+    assert_success(&quantize(&checkpoint, &["--plan", path(&plan)], &package));
+
+    let device = Device::flex();
+    let (_, mut trained) = Model::load(&checkpoint, &device, DType::F32).unwrap();
+    assert!(matches!(trained, Model::VisionLanguage(_)));
+    load_grid(trained.language_model_mut(), &checkpoint, false).unwrap();
+    let (_, shipped, _) = andes_package::load_model(&package, &device, DType::F32).unwrap();
+    assert!(
+        matches!(shipped, Model::VisionLanguage(_)),
+        "the package keeps the vision side"
+    );
+    assert!(linear_weights(&trained, true) == linear_weights(&shipped, false));
 }

@@ -12,18 +12,17 @@ use crate::error::TrainError;
 use crate::recipe::QuantSection;
 use crate::trainer::StageSetup;
 
-/// Installs the grid on `model`: from the saved grid of the checkpoint a resumed run continues
-/// from, or else quantized per `quant` (GPTQ calibrated on the run's training windows), its
-/// report written to the run directory. Refused for an AndesVL model (its language model's QAT
-/// is not built).
+/// Installs the grid on `model`'s language model (an AndesVL model's vision tower and projector
+/// stay float, as its package keeps them): from the saved grid of the checkpoint a resumed run
+/// continues from, or else quantized per `quant` (GPTQ calibrated on the run's training
+/// windows; image conversations give it none, so they take `init = "rtn"`), its report written
+/// to the run directory.
 pub(crate) fn setup(
     model: &mut Model,
     quant: &QuantSection,
     run: &StageSetup<'_>,
 ) -> Result<(), TrainError> {
-    let Model::Text(text_model) = model else {
-        return Err(TrainError::text_only(run.recipe));
-    };
+    let text_model = model.language_model_mut();
     match run.resume_from {
         Some(dir) => {
             load_grid(text_model, dir, quant.learn_scales)?;

@@ -143,11 +143,24 @@ pub fn for_recipe(
     device: &Device,
 ) -> Result<Box<dyn Objective>, TrainError> {
     Ok(match &recipe.stage {
-        Stage::Pretrain | Stage::Sft | Stage::Lora { .. } | Stage::Qalft { .. }
+        Stage::Pretrain
+        | Stage::Sft
+        | Stage::Lora { .. }
+        | Stage::Qalft { .. }
+        | Stage::Qat { .. }
             if recipe.data.format == DataFormat::ImageCaption
                 || (recipe.data.format == DataFormat::Chat
                     && matches!(config, ModelConfig::VisionLanguage(_))) =>
         {
+            if recipe.stage.distill().is_some() {
+                return Err(TrainError::Recipe {
+                    path: recipe.data.train.clone(),
+                    key: "distill".into(),
+                    message: "distillation is built for text data; image data trains without \
+                              [distill]"
+                        .into(),
+                });
+            }
             Box::new(VisionObjective::new(recipe, tokenizer, config)?)
         }
         Stage::Pretrain
