@@ -19,21 +19,97 @@ use crate::tokenizer::{DataError, TextTokenizer};
 pub struct Message {
     /// `system`, `user` or `assistant`.
     pub role: String,
-    /// The text of the turn.
+    /// The text of the turn, an `<image>` placeholder where it shows an image.
     pub content: String,
 }
 
 /// A JSONL record `{"messages": [...]}`, with `"images": [paths]` when its turns show
-/// images.
+/// images. A turn's `content` may also be a list of parts, as OpenAI-style and Qwen-VL data
+/// sets write it: `{"type": "text", "text": ...}` and `{"type": "image"}` (its file in
+/// `images`) or `{"type": "image", "image": path}`; it is read as the text with an `<image>`
+/// placeholder per image part, and the parts' paths as `images`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RecordFile")]
 pub struct Conversation {
     /// Turns in order.
     pub messages: Vec<Message>,
     /// Image files, in the order of the `<image>` placeholders of the turns (all in front of
     /// the first user turn when there is none), relative to the data file.
-    #[serde(default)]
     pub images: Vec<String>,
+}
+
+/// A conversation record as written, turn contents as text or parts.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordFile {
+    messages: Vec<MessageFile>,
+    #[serde(default)]
+    images: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageFile {
+    role: String,
+    content: Content,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum Part {
+    Text { text: String },
+    Image { image: Option<String> },
+}
+
+impl TryFrom<RecordFile> for Conversation {
+    type Error = String;
+
+    fn try_from(record: RecordFile) -> Result<Self, String> {
+        let mut part_images = Vec::new();
+        let messages = record
+            .messages
+            .into_iter()
+            .map(|message| {
+                let content = match message.content {
+                    Content::Text(text) => text,
+                    Content::Parts(parts) => parts
+                        .into_iter()
+                        .map(|part| match part {
+                            Part::Text { text } => text,
+                            Part::Image { image } => {
+                                part_images.extend(image);
+                                IMAGE_PLACEHOLDER.to_string()
+                            }
+                        })
+                        .collect(),
+                };
+                Message {
+                    role: message.role,
+                    content,
+                }
+            })
+            .collect();
+        if !part_images.is_empty() && !record.images.is_empty() {
+            return Err(
+                "image paths are given both in `images` and in the content parts; \
+                        give them in one place"
+                    .into(),
+            );
+        }
+        let images = if part_images.is_empty() {
+            record.images
+        } else {
+            part_images
+        };
+        Ok(Self { messages, images })
+    }
 }
 
 /// A conversation with images, tokenized: loss mask on assistant turns, and the span of
@@ -256,5 +332,42 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert!(err.contains("vision-language"), "{err}");
+    }
+
+    /// OpenAI/Qwen-VL content parts read as the same text with an `<image>` placeholder per
+    /// image, the parts' paths as the record's images; both sources at once are refused.
+    #[test]
+    fn content_parts_read_as_placeholders_and_images() {
+        let parts: Conversation = serde_json::from_value(serde_json::json!({
+            "messages": [
+                {"role": "user", "content": [
+                    {"type": "image", "image": "png/1.png"},
+                    {"type": "text", "text": "\nWhich digit?"},
+                ]},
+                {"role": "assistant", "content": [{"type": "text", "text": "Seven."}]},
+            ],
+        }))
+        .unwrap();
+        let mut text = chat("<image>\nWhich digit?", 1);
+        text.images = vec!["png/1.png".into()];
+        assert_eq!(parts, text);
+        let tokenizer = tokenizer();
+        let image = ImageTokens::plain(5);
+        let tokens = |c: &Conversation| {
+            tokenize_image_conversation(&tokenizer, c, &[4], &image)
+                .unwrap()
+                .unwrap()
+        };
+        assert_eq!(tokens(&parts), tokens(&text));
+
+        let both = serde_json::from_value::<Conversation>(serde_json::json!({
+            "messages": [{"role": "user", "content": [{"type": "image", "image": "a.png"}]}],
+            "images": ["b.png"],
+        }));
+        assert!(both.unwrap_err().to_string().contains("in one place"));
+        let unknown = serde_json::from_value::<Conversation>(serde_json::json!({
+            "messages": [{"role": "user", "content": [{"type": "audio", "audio": "a.wav"}]}],
+        }));
+        assert!(unknown.is_err());
     }
 }
