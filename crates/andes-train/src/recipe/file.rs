@@ -120,6 +120,14 @@ impl RecipeFile {
         let stage = sections.into_stage(self.stage, self.data.seq_len, path)?;
         check_stage_fits(&stage, &self.data, &self.train, path)?;
         check_package_stage(&stage, &self.model, path)?;
+        if stage.distill().is_some() && device_count(&self.train) > 1 {
+            return Err(refuse(
+                path,
+                "distill",
+                "the teacher runs on one device; data-parallel distillation is not built: \
+                 train.device names one device",
+            ));
+        }
         Ok(Recipe {
             stage,
             seed: self.seed,
@@ -712,10 +720,13 @@ mod tests {
             parsed
         );
 
-        table["distill"]
-            .as_table_mut()
-            .unwrap()
-            .insert("weight".into(), 1.5.into());
+        let mut parallel = table.clone();
+        let train = parallel["train"].as_table_mut().unwrap();
+        train.insert("device".into(), "cpu,cpu".into());
+        train.insert("grad_accum".into(), 2.into());
+        assert!(error_of(parallel).contains("one device"));
+        let settings = table["distill"].as_table_mut().unwrap();
+        settings.insert("weight".into(), 1.5.into());
         assert!(error_of(table).contains("key `distill.weight`"));
         let mut lora = recipe("lora.toml");
         lora.insert("distill".into(), distill.into());
