@@ -10,7 +10,8 @@ mod common;
 use andes_package::{Bundle, package_sha256};
 use burn::tensor::{DType, Device};
 use common::{
-    andes, json_stdout, losses, package_of, path, repo, text_logits, train_command, train_lora,
+    andes, eval_nll, json_stdout, losses, package_of, path, repo, text_logits, train_command,
+    train_lora,
 };
 use std::path::Path;
 
@@ -72,19 +73,8 @@ fn qalft_loss_falls_and_the_adapter_exports_into_a_verified_bundle() {
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
     let run_eval_loss = last["eval_loss"].as_f64().unwrap();
-    let bundle_eval = json_stdout(andes(&[
-        "eval",
-        "--model",
-        path(&bundle.join("base-dequantized")),
-        "--adapter",
-        path(&bundle.join("adapters/define")),
-        "--chat",
-        path(&repo("datasets/sft/gcide-define-eval.jsonl")),
-        "--window",
-        "64",
-        "--json",
-    ]));
-    let bundle_loss = bundle_eval["mean_nll"].as_f64().unwrap();
+    let adapter = bundle.join("adapters/define");
+    let bundle_loss = eval_nll(&bundle.join("base-dequantized"), path(&adapter));
     assert!(
         (bundle_loss - run_eval_loss).abs() < 1e-9 * run_eval_loss,
         "bundle {bundle_loss} vs run {run_eval_loss}"
@@ -155,23 +145,6 @@ fn a_bundle_of_adapters_on_different_quantized_bases_is_refused() {
     assert_eq!(out["adapters"], serde_json::json!(["define", "other"]));
 }
 
-/// `andes eval`'s mean NLL of the held-out conversations on `model` with `adapter`.
-fn eval_nll(model: &Path, adapter: &str) -> f64 {
-    let eval = json_stdout(andes(&[
-        "eval",
-        "--model",
-        path(model),
-        "--adapter",
-        adapter,
-        "--chat",
-        path(&repo("datasets/sft/gcide-define-eval.jsonl")),
-        "--window",
-        "64",
-        "--json",
-    ]));
-    eval["mean_nll"].as_f64().unwrap()
-}
-
 #[test]
 fn a_package_bundle_runs_its_adapters_by_name_and_switches_between_them() {
     let dir = tempfile::tempdir().unwrap();
@@ -200,6 +173,7 @@ fn a_package_bundle_runs_its_adapters_by_name_and_switches_between_them() {
     assert_eq!(out["package_sha256"], package_sha256(&package).unwrap());
     let verified = json_stdout(andes(&["verify", path(&bundle)]));
     assert_eq!(verified["package_sha256"], out["package_sha256"]);
+    assert_eq!(verified["adapter_files_verified"], 4);
 
     // The bundle's adapter by name scores as the package plus the run's own adapter does.
     let run_adapter = a.join("checkpoints/step-000004");

@@ -10,9 +10,7 @@ mod common;
 use andes_model::Model;
 use andes_train::recipe::Recipe;
 use burn::tensor::{DType, Device};
-use common::{
-    andes, fixture, json_stdout, package_of, path, repo, text_logits, train_command, train_lora,
-};
+use common::{eval_nll, fixture, package_of, path, repo, text_logits, train_command, train_lora};
 
 #[test]
 fn a_lora_run_against_a_package_trains_the_packages_base() {
@@ -52,19 +50,8 @@ fn a_lora_run_against_a_package_trains_the_packages_base() {
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
     let run_eval_loss = last["eval_loss"].as_f64().unwrap();
-    let eval = json_stdout(andes(&[
-        "eval",
-        "--model",
-        path(&package),
-        "--adapter",
-        path(&run.join("checkpoints/step-000008")),
-        "--chat",
-        path(&repo("datasets/sft/gcide-define-eval.jsonl")),
-        "--window",
-        "64",
-        "--json",
-    ]));
-    let package_loss = eval["mean_nll"].as_f64().unwrap();
+    let adapter = run.join("checkpoints/step-000008");
+    let package_loss = eval_nll(&package, path(&adapter));
     assert!(
         (package_loss - run_eval_loss).abs() < 1e-9 * run_eval_loss,
         "andes eval on the package {package_loss} vs the run {run_eval_loss}"

@@ -19,7 +19,9 @@ use andes_quant::BpwReport;
 use serde::{Deserialize, Serialize};
 
 use crate::error::PackageError;
-use crate::files::{MANIFEST_FILE, checksums, quantized_file, staging_dir, verify_checksums};
+use crate::files::{
+    MANIFEST_FILE, checksums, quantized_file, read_manifest, staging_dir, verify_checksums,
+};
 use andes_model::checkpoint::sha256;
 
 /// The bundle layout this crate writes and reads.
@@ -182,12 +184,8 @@ pub fn write_bundle(
 /// Reads a bundle's manifest and checks that its files are exactly those listed, with their
 /// sha256.
 pub fn verify_bundle(dir: &Path) -> Result<Manifest, PackageError> {
+    let manifest: Manifest = read_manifest(dir)?;
     let path = dir.join(MANIFEST_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| PackageError::io(&path, e))?;
-    let manifest: Manifest = serde_json::from_str(&text).map_err(|e| PackageError::Corrupt {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
     if manifest.format_version != BUNDLE_VERSION {
         return Err(PackageError::Corrupt {
             path,

@@ -17,6 +17,17 @@ use crate::error::PackageError;
 /// The manifest's file name, at a bundle's or package's root.
 pub const MANIFEST_FILE: &str = "manifest.json";
 
+/// The manifest of the bundle or package at `dir`, parsed as `T`; a missing file or another
+/// shape is an error naming it.
+pub fn read_manifest<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T, PackageError> {
+    let path = dir.join(MANIFEST_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| PackageError::io(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| PackageError::Corrupt {
+        path,
+        message: e.to_string(),
+    })
+}
+
 /// An empty staging directory beside `out` (`.tmp-NAME`), for a directory written whole and
 /// then renamed into place; refuses an existing `out`, clears a stale staging directory.
 pub fn staging_dir(out: &Path) -> Result<PathBuf, PackageError> {

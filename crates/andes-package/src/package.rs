@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 use crate::alignment::{align, check_alignment, is_padding};
 use crate::error::PackageError;
 use crate::files::{
-    MANIFEST_FILE, checksums, quantized_file, read_quantized_file, staging_dir, verify_checksums,
+    MANIFEST_FILE, checksums, quantized_file, read_manifest, read_quantized_file, staging_dir,
+    verify_checksums,
 };
 use andes_model::checkpoint::sha256;
 
@@ -223,6 +224,24 @@ pub fn is_package(dir: &Path) -> bool {
         .is_some_and(|v| v["kind"] == PACKAGE_KIND)
 }
 
+/// The manifest of package `dir`, its kind and version checked and every file against its
+/// sha256: the package's integrity, without rebuilding the model.
+pub(crate) fn verify_package_files(dir: &Path) -> Result<PackageManifest, PackageError> {
+    let manifest: PackageManifest = read_manifest(dir)?;
+    if manifest.kind != PACKAGE_KIND || !(1..=PACKAGE_VERSION).contains(&manifest.format_version) {
+        return Err(PackageError::Corrupt {
+            path: dir.join(MANIFEST_FILE),
+            message: format!(
+                "kind {:?} version {} is not {PACKAGE_KIND:?} version 1 to {PACKAGE_VERSION}, \
+                 what this andes reads",
+                manifest.kind, manifest.format_version
+            ),
+        });
+    }
+    verify_checksums(dir, &manifest.files)?;
+    Ok(manifest)
+}
+
 /// A package read back and checked.
 pub struct LoadedPackage {
     /// Its manifest.
@@ -247,26 +266,11 @@ pub fn load_package(
     device: &Device,
     dtype: DType,
 ) -> Result<LoadedPackage, PackageError> {
-    let manifest_path = dir.join(MANIFEST_FILE);
-    let text =
-        std::fs::read_to_string(&manifest_path).map_err(|e| PackageError::io(&manifest_path, e))?;
     let corrupt = |path: &Path, message: String| PackageError::Corrupt {
         path: path.to_owned(),
         message,
     };
-    let manifest: PackageManifest =
-        serde_json::from_str(&text).map_err(|e| corrupt(&manifest_path, e.to_string()))?;
-    if manifest.kind != PACKAGE_KIND || !(1..=PACKAGE_VERSION).contains(&manifest.format_version) {
-        return Err(corrupt(
-            &manifest_path,
-            format!(
-                "kind {:?} version {} is not {PACKAGE_KIND:?} version 1 to {PACKAGE_VERSION}, \
-                 what this andes reads",
-                manifest.kind, manifest.format_version
-            ),
-        ));
-    }
-    verify_checksums(dir, &manifest.files)?;
+    let manifest = verify_package_files(dir)?;
     if manifest.format_version >= 2 {
         let alignment = manifest.target.alignment() as usize;
         for name in [QUANTIZED_FILE, FLOAT_FILE, VISION_FILE] {

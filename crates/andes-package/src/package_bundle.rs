@@ -1,12 +1,13 @@
 //! The 1+N bundle of a package: the package `andes quantize` wrote, verbatim under
-//! `package/`, and N PEFT adapters under `adapters/NAME/`, each bound in the manifest to the
-//! sha256 of the package's manifest (which lists the sha256 of every package file, so it names
-//! the whole base). An adapter is taken in only when it was trained against that very package
+//! `package/`, and N PEFT adapters under `adapters/NAME/`, bound in the manifest to the sha256
+//! of the package's manifest (which lists the sha256 of every package file, so it names the
+//! whole base). An adapter is taken in only when it was trained against that very package
 //! (`[model] package` of the `lora` stage), so what the phone computes is what training saw.
 //! [`Bundle`] loads the base once and switches the active adapter between requests.
 //!
-//! Written in a staging directory and renamed into place; `manifest.json` holds the sha256 of
-//! every other file, the package's own files included.
+//! Written in a staging directory and renamed into place. `manifest.json` holds the sha256 of
+//! every adapter file; the package's files are checked against the package's own manifest,
+//! once, whether the bundle is verified or loaded.
 
 use std::path::Path;
 
@@ -18,13 +19,15 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use crate::error::PackageError;
-use crate::files::{MANIFEST_FILE, checksums, staging_dir, verify_checksums};
-use crate::package::{PackageManifest, is_package, load_package};
+use crate::files::{MANIFEST_FILE, checksums, read_manifest, staging_dir, verify_checksums};
+use crate::package::{PackageManifest, load_package, verify_package_files};
 
 /// The layout of a package bundle (a float-checkpoint bundle of QALFT runs is version 1).
 pub const PACKAGE_BUNDLE_VERSION: u32 = 2;
 /// Where the package lies inside the bundle.
 pub const PACKAGE_DIR: &str = "package";
+/// Where the adapters lie inside the bundle, a directory each, named as the adapter.
+const ADAPTERS_DIR: &str = "adapters";
 /// Written beside an adapter trained against a package: which package, by its hash.
 pub const TRAINED_AGAINST_FILE: &str = "base_package.json";
 
@@ -50,24 +53,20 @@ pub fn package_sha256(package: &Path) -> Result<String, PackageError> {
 pub struct PackageBundleManifest {
     /// [`PACKAGE_BUNDLE_VERSION`].
     pub format_version: u32,
-    /// [`package_sha256`] of `package/`.
+    /// [`package_sha256`] of `package/`: the package every adapter was trained against.
     pub package_sha256: String,
     /// The adapters, in the order given.
     pub adapters: Vec<BoundAdapter>,
-    /// sha256 of every other file, by path relative to the bundle root.
+    /// sha256 of every adapter file, by path under `adapters/`.
     pub files: BTreeMap<String, String>,
 }
 
-/// An adapter in the manifest, bound to the package it was trained against.
+/// An adapter in the manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BoundAdapter {
-    /// Its name (`--adapter NAME`).
+    /// Its name (`--adapter NAME`), which is its directory under `adapters/`.
     pub name: String,
-    /// Its PEFT directory, relative to the bundle root.
-    pub path: String,
-    /// The package it was trained against: always the bundle's.
-    pub package_sha256: String,
     /// Free-form provenance (run, stage, data, steps).
     pub provenance: serde_json::Value,
 }
@@ -92,8 +91,7 @@ pub fn write_package_bundle(
     package: &Path,
     adapters: &[BundledAdapter<'_>],
 ) -> Result<PackageBundleManifest, PackageError> {
-    // Loading verifies every file of the package against its manifest.
-    load_package(package, &Device::flex(), DType::F32)?;
+    let package_files = verify_package_files(package)?.files;
     let hash = package_sha256(package)?;
     let mut bound = Vec::new();
     for adapter in adapters {
@@ -126,27 +124,28 @@ pub fn write_package_bundle(
         }
         bound.push(BoundAdapter {
             name: adapter.name.to_string(),
-            path: format!("adapters/{}", adapter.name),
-            package_sha256: hash.clone(),
             provenance: adapter.provenance.clone(),
         });
     }
     let tmp = staging_dir(out)?;
-    let package_files = checksums(package)?;
     let names = package_files
         .keys()
         .map(String::as_str)
         .chain([MANIFEST_FILE]);
     copy_files(package, &tmp.join(PACKAGE_DIR), names)?;
-    for (adapter, entry) in adapters.iter().zip(&bound) {
+    for adapter in adapters {
         let names = [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE];
-        copy_files(adapter.dir, &tmp.join(&entry.path), names)?;
+        copy_files(
+            adapter.dir,
+            &tmp.join(ADAPTERS_DIR).join(adapter.name),
+            names,
+        )?;
     }
     let manifest = PackageBundleManifest {
         format_version: PACKAGE_BUNDLE_VERSION,
         package_sha256: hash,
         adapters: bound,
-        files: checksums(&tmp)?,
+        files: checksums(&tmp.join(ADAPTERS_DIR))?,
     };
     let json = serde_json::to_vec_pretty(&manifest).expect("the manifest serializes");
     write_atomically(&tmp.join(MANIFEST_FILE), &json)?;
@@ -172,48 +171,44 @@ fn copy_files<'n>(
 
 /// Whether `dir` is a package bundle (its manifest says [`PACKAGE_BUNDLE_VERSION`]).
 pub fn is_package_bundle(dir: &Path) -> bool {
-    read_manifest(dir).is_ok_and(|m| m.format_version == PACKAGE_BUNDLE_VERSION)
+    read_manifest::<PackageBundleManifest>(dir)
+        .is_ok_and(|m| m.format_version == PACKAGE_BUNDLE_VERSION)
 }
 
-fn read_manifest(dir: &Path) -> Result<PackageBundleManifest, PackageError> {
-    let path = dir.join(MANIFEST_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| PackageError::io(&path, e))?;
-    serde_json::from_str(&text).map_err(|e| PackageError::Corrupt {
-        path,
-        message: e.to_string(),
-    })
-}
-
-/// Checks a package bundle: every file against the manifest's sha256, the package against
-/// its own manifest, and every adapter bound to the package the bundle carries.
-pub fn verify_package_bundle(dir: &Path) -> Result<PackageBundleManifest, PackageError> {
-    let manifest = read_manifest(dir)?;
-    let manifest_path = dir.join(MANIFEST_FILE);
+/// The manifest of package bundle `dir`, its version checked, every adapter file against its
+/// sha256, and the package it carries against the hash the adapters are bound to (the
+/// package's own files are checked by the caller, once).
+fn read_bound_manifest(dir: &Path) -> Result<PackageBundleManifest, PackageError> {
+    let manifest: PackageBundleManifest = read_manifest(dir)?;
+    let corrupt = |message: String| PackageError::Corrupt {
+        path: dir.join(MANIFEST_FILE),
+        message,
+    };
     if manifest.format_version != PACKAGE_BUNDLE_VERSION {
-        return Err(PackageError::Corrupt {
-            path: manifest_path,
-            message: format!(
-                "format_version {} is not {PACKAGE_BUNDLE_VERSION}, a package bundle",
-                manifest.format_version
-            ),
-        });
+        return Err(corrupt(format!(
+            "format_version {} is not {PACKAGE_BUNDLE_VERSION}, a package bundle",
+            manifest.format_version
+        )));
     }
-    verify_checksums(dir, &manifest.files)?;
+    verify_checksums(&dir.join(ADAPTERS_DIR), &manifest.files)?;
     let package = dir.join(PACKAGE_DIR);
     let hash = package_sha256(&package)?;
-    for adapter in &manifest.adapters {
-        if adapter.package_sha256 != hash || manifest.package_sha256 != hash {
-            return Err(PackageError::Corrupt {
-                path: manifest_path,
-                message: format!(
-                    "adapter `{}` is bound to package {} but {} has sha256 {hash}",
-                    adapter.name,
-                    adapter.package_sha256,
-                    package.display()
-                ),
-            });
-        }
+    if manifest.package_sha256 != hash {
+        return Err(corrupt(format!(
+            "the adapters are bound to package {} but {} has sha256 {hash}",
+            manifest.package_sha256,
+            package.display()
+        )));
     }
+    Ok(manifest)
+}
+
+/// Checks a package bundle: every adapter file against the manifest's sha256, the package's
+/// files against the package's manifest, and that manifest against the hash the adapters are
+/// bound to.
+pub fn verify_package_bundle(dir: &Path) -> Result<PackageBundleManifest, PackageError> {
+    let manifest = read_bound_manifest(dir)?;
+    verify_package_files(&dir.join(PACKAGE_DIR))?;
     Ok(manifest)
 }
 
@@ -234,19 +229,14 @@ impl Bundle {
     /// Verifies and loads bundle `dir` on `device` in `dtype`: the package dequantized, each
     /// adapter attached, none active.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self, PackageError> {
-        let manifest = verify_package_bundle(dir)?;
-        if !is_package(&dir.join(PACKAGE_DIR)) {
-            return Err(PackageError::io(&dir.join(PACKAGE_DIR), "not a package"));
-        }
+        let manifest = read_bound_manifest(dir)?;
+        // Loading checks the package's files.
         let loaded = load_package(&dir.join(PACKAGE_DIR), device, dtype)?;
         let package = loaded.manifest.clone();
         let (config, mut model) = loaded.into_model();
         for adapter in &manifest.adapters {
-            import_peft_adapter(
-                model.language_model_mut(),
-                &dir.join(&adapter.path),
-                &adapter.name,
-            )?;
+            let path = dir.join(ADAPTERS_DIR).join(&adapter.name);
+            import_peft_adapter(model.language_model_mut(), &path, &adapter.name)?;
         }
         Ok(Self {
             manifest,

@@ -123,7 +123,7 @@ pub fn quantize_model(params: &QuantizeParams) -> Result<PackageReport, PackageE
             (language_model, Some(vision))
         }
     };
-    let calibrated = calibrate_model(params, &config, &model, vision.as_ref())?;
+    let calibrated = calibrate_model(params, trained_grid, &config, &model, vision.as_ref())?;
     let plan = match &params.plan {
         PlanSource::File(path) => {
             let plan = BitPlan::read(path)?;
@@ -184,7 +184,7 @@ pub fn quantize_model(params: &QuantizeParams) -> Result<PackageReport, PackageE
             vision: vision.as_ref().zip(andesvl),
             plan: &plan,
             target: &target,
-            quantization: quantization_record(params)?,
+            quantization: quantization_record(params, trained_grid)?,
             extra_files: vec![("bit_plan.svg".into(), heatmap.into_bytes())],
         },
     )?;
@@ -204,12 +204,13 @@ pub fn quantize_model(params: &QuantizeParams) -> Result<PackageReport, PackageE
 #[allow(clippy::type_complexity)]
 fn calibrate_model(
     params: &QuantizeParams,
+    trained_grid: bool,
     config: &ModelConfig,
     model: &Qwen3ForCausalLM,
     vision: Option<&andes_model::andesvl::VisionSide>,
 ) -> Result<Option<(Vec<Tensor<2, Int>>, BTreeMap<String, Hessian>)>, PackageError> {
     let planning = matches!(params.plan, PlanSource::Budget(_));
-    if !planning && (params.method == PtqMethod::Rtn || has_grid(&params.model)) {
+    if !planning && (params.method == PtqMethod::Rtn || trained_grid) {
         return Ok(None);
     }
     let calibration = params
@@ -348,14 +349,17 @@ fn check_trained_formats(
     Ok(())
 }
 
-fn quantization_record(params: &QuantizeParams) -> Result<serde_json::Value, PackageError> {
+fn quantization_record(
+    params: &QuantizeParams,
+    trained_grid: bool,
+) -> Result<serde_json::Value, PackageError> {
     let calibration = params.calibration.as_ref();
     let calibration_sha = calibration
         .map(|c| andes_model::checkpoint::file_sha256(&c.text))
         .transpose()?;
     let images = calibration.and_then(|c| c.images.as_ref());
     Ok(serde_json::json!({
-        "init": if has_grid(&params.model) { "qat-grid".to_string() } else { params.method.to_string() },
+        "init": if trained_grid { "qat-grid".to_string() } else { params.method.to_string() },
         "budget_bpw": match params.plan { PlanSource::Budget(bpw) => Some(bpw), _ => None },
         "plan": match &params.plan { PlanSource::File(path) => Some(path), _ => None },
         "calibration": calibration.map(|c| &c.text),

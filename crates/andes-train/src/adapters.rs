@@ -14,10 +14,7 @@ use andes_model::quantize::{
 };
 use andes_model::qwen3::Qwen3ForCausalLM;
 use andes_model::{Model, ModelConfig};
-use andes_package::{
-    BundledAdapter, PackageBundleManifest, TRAINED_AGAINST_FILE, TrainedAgainst, package_sha256,
-    write_package_bundle,
-};
+use andes_package::{TRAINED_AGAINST_FILE, TrainedAgainst, package_sha256};
 use burn::tensor::{DType, Device};
 
 use crate::error::TrainError;
@@ -178,62 +175,6 @@ pub fn save(
     Ok(())
 }
 
-/// The 1+N bundle of `package` and the adapters of runs `run_dirs` (each a `lora` run trained
-/// against that package, its latest checkpoint taken), written to `out`: the package's files
-/// and each adapter, bound to the package by its hash (`andes export --package`).
-pub fn bundle_runs(
-    package: &Path,
-    run_dirs: &[PathBuf],
-    out: &Path,
-) -> Result<PackageBundleManifest, TrainError> {
-    let mut runs = Vec::new();
-    for run_dir in run_dirs {
-        let checkpoint = crate::checkpoint::latest(run_dir)?;
-        let recipe = Recipe::load(&checkpoint.join(crate::checkpoint::RECIPE_FILE), &[])?;
-        let Some(sections) = recipe.stage.adapter() else {
-            return Err(TrainError::Recipe {
-                path: checkpoint.join(crate::checkpoint::RECIPE_FILE),
-                key: "stage".into(),
-                message: format!(
-                    "run {} trains the whole model (stage {}); a bundle takes adapter runs",
-                    run_dir.display(),
-                    recipe.stage.name()
-                ),
-            });
-        };
-        let trained_path = checkpoint.join(TRAINED_AGAINST_FILE);
-        let trained_against = match std::fs::read(&trained_path) {
-            Ok(bytes) => {
-                Some(serde_json::from_slice(&bytes).map_err(|e| TrainError::io(&trained_path, e))?)
-            }
-            Err(_) => None,
-        };
-        let provenance = serde_json::json!({
-            "run": run_dir.display().to_string(),
-            "checkpoint": checkpoint.display().to_string(),
-            "stage": recipe.stage.name(),
-            "data": recipe.data.train.display().to_string(),
-            "steps": recipe.train.steps,
-        });
-        runs.push((
-            sections.lora.name.clone(),
-            checkpoint,
-            trained_against,
-            provenance,
-        ));
-    }
-    let adapters: Vec<BundledAdapter> = runs
-        .iter()
-        .map(|(name, dir, trained_against, provenance)| BundledAdapter {
-            name,
-            dir,
-            trained_against: trained_against.clone(),
-            provenance: provenance.clone(),
-        })
-        .collect();
-    Ok(write_package_bundle(out, package, &adapters)?)
-}
-
 /// A finished (or interrupted) adapter run, rebuilt: its recipe, its latest checkpoint, and
 /// the model as training left it (base quantized per the recipe, adapter loaded and active).
 pub struct AdapterRun {
@@ -251,13 +192,14 @@ pub struct AdapterRun {
     pub quantization: Option<QuantizationSummary>,
 }
 
-/// Rebuilds the model of adapter run `run_dir` (a `lora` or `qalft` run of `andes train`) on
-/// `device`, from its latest verified checkpoint.
-pub fn load_adapter_run(run_dir: &Path, device: &Device) -> Result<AdapterRun, TrainError> {
+/// The latest verified checkpoint of adapter run `run_dir` (a `lora` or `qalft` run of `andes
+/// train`) and the run's recipe; refused, naming the key, for a run that trains the whole
+/// model.
+pub fn adapter_checkpoint(run_dir: &Path) -> Result<(PathBuf, Recipe), TrainError> {
     let checkpoint = crate::checkpoint::latest(run_dir)?;
     let recipe_path = checkpoint.join(crate::checkpoint::RECIPE_FILE);
     let recipe = Recipe::load(&recipe_path, &[])?;
-    let Some(sections) = recipe.stage.adapter() else {
+    if recipe.stage.adapter().is_none() {
         return Err(TrainError::Recipe {
             path: recipe_path,
             key: "stage".into(),
@@ -267,7 +209,15 @@ pub fn load_adapter_run(run_dir: &Path, device: &Device) -> Result<AdapterRun, T
                 recipe.stage.name()
             ),
         });
-    };
+    }
+    Ok((checkpoint, recipe))
+}
+
+/// Rebuilds the model of adapter run `run_dir` (a `lora` or `qalft` run of `andes train`) on
+/// `device`, from its latest verified checkpoint.
+pub fn load_adapter_run(run_dir: &Path, device: &Device) -> Result<AdapterRun, TrainError> {
+    let (checkpoint, recipe) = adapter_checkpoint(run_dir)?;
+    let sections = recipe.stage.adapter().expect("an adapter run");
     let (_, model) = load_base(&recipe, device, DType::F32)?;
     let Model::Text(mut model) = model else {
         return Err(TrainError::text_only(&recipe));

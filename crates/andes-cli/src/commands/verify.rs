@@ -36,7 +36,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<()> {
             "format_version": manifest.format_version,
             "package_sha256": manifest.package_sha256,
             "adapters": manifest.adapters.iter().map(|a| &a.name).collect::<Vec<_>>(),
-            "files_verified": manifest.files.len(),
+            "adapter_files_verified": manifest.files.len(),
         })
     } else {
         let manifest = verify_bundle(&args.bundle)?;

@@ -158,3 +158,20 @@ pub fn text_logits(model: &Model, device: &Device) -> Vec<f32> {
     let out = model.forward(tokens, &mut model.new_cache()).unwrap();
     out.into_data().try_to_vec::<f32>().unwrap()
 }
+
+/// `andes eval`'s mean NLL of the held-out conversations on `model` with `adapter`.
+pub fn eval_nll(model: &Path, adapter: &str) -> f64 {
+    let eval = json_stdout(andes(&[
+        "eval",
+        "--model",
+        path(model),
+        "--adapter",
+        adapter,
+        "--chat",
+        path(&repo("datasets/sft/gcide-define-eval.jsonl")),
+        "--window",
+        "64",
+        "--json",
+    ]));
+    eval["mean_nll"].as_f64().unwrap()
+}

@@ -145,14 +145,11 @@ impl Objective for TokenObjective {
             let batch = to_batch(windows, &device);
             shard_tokens += batch.target_tokens;
             let hidden = model.forward_hidden(batch.inputs.clone(), &mut model.new_cache())?;
-            let mask = batch.mask;
+            let nll =
+                masked_next_token_nll(model, hidden.clone(), batch.targets, batch.mask.clone());
             let loss = match &self.distill {
-                Some(teacher) => {
-                    let nll =
-                        masked_next_token_nll(model, hidden.clone(), batch.targets, mask.clone());
-                    teacher.loss(model, hidden, batch.inputs, mask, nll)?
-                }
-                None => masked_next_token_nll(model, hidden, batch.targets, mask),
+                Some(teacher) => teacher.loss(model, hidden, batch.inputs, batch.mask, nll)?,
+                None => nll,
             };
             nll_sum += accumulate_share(&mut accumulator, model, loss, step_tokens as f64);
         }
