@@ -277,7 +277,7 @@ impl<'a> Run<'a> {
                 };
                 ModelFiles::Adapter(&write_adapter)
             }
-            None if self.recipe.stage.quant().is_some() => {
+            None if matches!(self.recipe.stage, Stage::Qat { .. }) => {
                 ModelFiles::Quantized(model, &self.config)
             }
             None => ModelFiles::Full(model, &self.config),
