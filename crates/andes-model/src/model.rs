@@ -9,7 +9,7 @@ use burn::module::Module;
 use burn::tensor::{DType, Device};
 use serde_json::Value;
 
-use crate::andesvl::{ANDESVL, AndesVL, AndesVLConfig, VisionSide, load_andesvl, save_andesvl};
+use crate::andesvl::{AndesVL, AndesVLConfig, VisionSide, is_andesvl, load_andesvl, save_andesvl};
 use crate::checkpoint::{SaveDtype, load_qwen3, save_qwen3};
 use crate::error::ModelError;
 use crate::qwen3::{Qwen3Config, Qwen3ForCausalLM};
@@ -21,7 +21,7 @@ use crate::qwen3::{Qwen3Config, Qwen3ForCausalLM};
 pub enum ModelConfig {
     /// A Qwen3 language model (`model_type = "qwen3"`).
     Text(Qwen3Config),
-    /// An AndesVL model (`model_type = "andesvl"`).
+    /// An AndesVL model (`model_type = "andesvl"`, or a released checkpoint's).
     VisionLanguage(AndesVLConfig),
 }
 
@@ -32,7 +32,7 @@ impl ModelConfig {
         let is_andesvl = std::fs::read_to_string(path)
             .ok()
             .and_then(|text| serde_json::from_str::<Value>(&text).ok())
-            .is_some_and(|value| value["model_type"] == ANDESVL);
+            .is_some_and(|value| value["model_type"].as_str().is_some_and(is_andesvl));
         if is_andesvl {
             Ok(Self::VisionLanguage(AndesVLConfig::from_file(path)?))
         } else {

@@ -6,7 +6,10 @@
 mod config;
 pub mod rows;
 
-pub use config::{ANDESVL, AndesVLConfig};
+pub use config::{
+    ANDESVL, AndesVLConfig, AndesVLLayout, RELEASED_AIMV2, RELEASED_IMAGE_TOKEN, RELEASED_SIGLIP2,
+    is_andesvl,
+};
 
 use std::ops::Range;
 use std::path::Path;

@@ -7,7 +7,17 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::released::{AIMV2_NAVIT, Aimv2NavitConfig, SIGLIP2_NAVIT, Siglip2NavitConfig};
 use crate::error::ModelError;
+
+/// The tower family of a released AndesVL checkpoint, told by its top-level `model_type`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ReleasedTower {
+    /// `andesvl-aimv2-qwen3` (AndesVL-1B, 2B, 4B).
+    Aimv2,
+    /// `andesvl-siglip2-qwen3` (AndesVL-0.6B).
+    Siglip2,
+}
 
 /// `model_type` of a SigLIP2 vision tower.
 pub const SIGLIP2_VISION: &str = "siglip2_vision_model";
@@ -167,6 +177,10 @@ pub enum VisionConfig {
     Siglip2(Siglip2VisionConfig),
     /// `aimv2_vision_model`
     Aimv2(Aimv2VisionConfig),
+    /// The released AndesVL AIMv2 tower (`aimv2_navit_rope`).
+    Aimv2Navit(Aimv2NavitConfig),
+    /// The released AndesVL SigLIP2 tower (`siglip2_navit_rope`).
+    Siglip2Navit(Siglip2NavitConfig),
 }
 
 /// Normalisation layers of the tower.
@@ -193,14 +207,33 @@ pub enum MlpKind {
 /// How absolute positions enter the patch embeddings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum AbsolutePositions {
-    /// A learned `side × side` grid, resized to each image's patch grid by antialiased
-    /// bilinear interpolation (SigLIP2-NaFlex; the identity at the trained size).
+    /// A learned `side × side` grid, resized to each image's patch grid (the identity at the
+    /// trained size).
     LearnedGrid {
         /// Side of the learned grid in patches.
         side: usize,
+        /// How the grid is resized.
+        resize: GridResize,
+        /// Stored `[1, side², hidden]` (AndesVL's released AIMv2 tower) rather than as an
+        /// embedding table `[side², hidden]`.
+        batched: bool,
     },
     /// Fixed 2D sin-cos embeddings of the patch row and column (native-resolution AIMv2).
     SinCos2d,
+    /// None: positions come from the rotary embedding alone.
+    Absent,
+}
+
+/// How a learned position grid is resized to an image's patch grid.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum GridResize {
+    /// Antialiased bilinear interpolation (SigLIP2-NaFlex in transformers).
+    AntialiasedBilinear,
+    /// Bicubic interpolation (a = -0.75, half-pixel centres, edge taps clamped), as
+    /// PyTorch's `F.interpolate(mode="bicubic", align_corners=False)` and
+    /// `F.grid_sample(mode="bicubic", padding_mode="border")` compute it (AndesVL's released
+    /// towers).
+    Bicubic,
 }
 
 /// The shape of a vision tower, whatever its family: what the modules are built from.
@@ -222,17 +255,59 @@ pub struct VisionSpec {
     pub norm: (NormKind, f64),
     /// Feed-forward kind.
     pub mlp: MlpKind,
-    /// Whether attention projections carry biases.
+    /// Whether the query, key and value projections carry biases.
     pub attention_bias: bool,
+    /// Whether the attention output projection carries a bias.
+    pub output_bias: bool,
     /// Whether MLP projections carry biases.
     pub mlp_bias: bool,
-    /// Patch embedding as a convolution over the image (AIMv2) rather than a linear map of
-    /// channels-last patch vectors (SigLIP2); also normalised (RMSNorm) when a convolution.
-    pub conv_patch_embedding: bool,
+    /// How pixels become patch vectors.
+    pub patch_embedding: PatchEmbeddingKind,
     /// Absolute positions.
     pub positions: AbsolutePositions,
     /// Base of the optional 2D rotary embedding.
     pub rope_2d_theta: Option<f64>,
+    /// Queries, keys and values from one `[hidden, 3·hidden]` projection (AndesVL's released
+    /// AIMv2 tower) rather than three.
+    pub fused_qkv: bool,
+    /// Window attention in some layers (AndesVL's released AIMv2 tower); `None`: every layer
+    /// attends over the whole image.
+    pub windows: Option<WindowAttention>,
+}
+
+/// How pixels become patch vectors.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PatchEmbeddingKind {
+    /// A linear map of channels-last patch vectors `(row, col, channel)` (SigLIP2).
+    LinearChannelsLast,
+    /// A linear map of channels-first patch vectors `(channel, row, col)` (AndesVL's released
+    /// SigLIP2 tower, which flattens patches as its image processor lays them out).
+    LinearChannelsFirst,
+    /// A stride-`patch` convolution over the image followed by an RMSNorm (AIMv2).
+    ConvNormed,
+}
+
+/// Window attention as AndesVL's released AIMv2 tower computes it: the patch grid is cut
+/// into `merge × merge` blocks (the projector's merge units), the blocks into squares of
+/// `window × window` blocks from the top-left corner (the last row and column of squares
+/// may be smaller), and a patch attends only to patches of its square, except in
+/// `full_layers`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowAttention {
+    /// Side of a merge unit in patches (`hidden_stride`).
+    pub merge: usize,
+    /// Side of a window in merge units (`window_size / hidden_stride / patch_size`).
+    pub window: usize,
+    /// Layers that attend over the whole image (`fullatt_block_indexes`).
+    pub full_layers: Vec<usize>,
+}
+
+impl WindowAttention {
+    /// The window of the patch at `(row, col)`, as `(window row, window column)`.
+    pub fn window_of(&self, row: usize, col: usize) -> (usize, usize) {
+        let side = self.merge * self.window;
+        (row / side, col / side)
+    }
 }
 
 impl VisionConfig {
@@ -251,7 +326,7 @@ impl VisionConfig {
             })?;
         let model_type = value.get("model_type").and_then(|v| v.as_str());
         match model_type {
-            Some(crate::andesvl::ANDESVL) => {
+            Some(kind) if crate::andesvl::is_andesvl(kind) => {
                 Ok(crate::andesvl::AndesVLConfig::from_file(path)?.vision_config)
             }
             Some("siglip2" | "aimv2") => {
@@ -294,6 +369,22 @@ impl VisionConfig {
         Ok(config)
     }
 
+    /// Parses the `vision_config` section of a released AndesVL checkpoint, whose family
+    /// the enclosing model's `model_type` gives.
+    pub fn from_released(
+        value: serde_json::Value,
+        tower: ReleasedTower,
+        path: &Path,
+        prefix: &str,
+    ) -> Result<Self, ModelError> {
+        let config = match tower {
+            ReleasedTower::Aimv2 => Self::Aimv2Navit(parse(value, path, prefix)?),
+            ReleasedTower::Siglip2 => Self::Siglip2Navit(parse(value, path, prefix)?),
+        };
+        config.validate(path, prefix)?;
+        Ok(config)
+    }
+
     /// The family-independent shape.
     pub fn spec(&self) -> VisionSpec {
         match self {
@@ -309,12 +400,17 @@ impl VisionConfig {
                     tanh: c.hidden_act == "gelu_pytorch_tanh",
                 },
                 attention_bias: true,
+                output_bias: true,
                 mlp_bias: true,
-                conv_patch_embedding: false,
+                patch_embedding: PatchEmbeddingKind::LinearChannelsLast,
                 positions: AbsolutePositions::LearnedGrid {
                     side: (c.num_patches as f64).sqrt().round() as usize,
+                    resize: GridResize::AntialiasedBilinear,
+                    batched: false,
                 },
                 rope_2d_theta: c.rope_2d_theta,
+                fused_qkv: false,
+                windows: None,
             },
             Self::Aimv2(c) => VisionSpec {
                 hidden_size: c.hidden_size,
@@ -326,17 +422,24 @@ impl VisionConfig {
                 norm: (NormKind::Rms, c.rms_norm_eps),
                 mlp: MlpKind::SwiGlu,
                 attention_bias: c.qkv_bias,
+                output_bias: c.qkv_bias,
                 mlp_bias: c.mlp_bias,
-                conv_patch_embedding: true,
+                patch_embedding: PatchEmbeddingKind::ConvNormed,
                 positions: if c.is_native {
                     AbsolutePositions::SinCos2d
                 } else {
                     AbsolutePositions::LearnedGrid {
                         side: c.image_size / c.patch_size,
+                        resize: GridResize::AntialiasedBilinear,
+                        batched: false,
                     }
                 },
                 rope_2d_theta: c.rope_2d_theta,
+                fused_qkv: false,
+                windows: None,
             },
+            Self::Aimv2Navit(c) => c.spec(),
+            Self::Siglip2Navit(c) => c.spec(),
         }
     }
 
@@ -345,6 +448,8 @@ impl VisionConfig {
         match self {
             Self::Siglip2(_) => SIGLIP2_VISION,
             Self::Aimv2(_) => AIMV2_VISION,
+            Self::Aimv2Navit(_) => AIMV2_NAVIT,
+            Self::Siglip2Navit(_) => SIGLIP2_NAVIT,
         }
     }
 
@@ -353,6 +458,8 @@ impl VisionConfig {
         let mut value = match self {
             Self::Siglip2(c) => serde_json::to_value(c),
             Self::Aimv2(c) => serde_json::to_value(c),
+            Self::Aimv2Navit(c) => serde_json::to_value(c),
+            Self::Siglip2Navit(c) => serde_json::to_value(c),
         }
         .expect("the config serializes");
         value["model_type"] = self.model_type().into();
@@ -360,13 +467,12 @@ impl VisionConfig {
     }
 
     fn validate(&self, path: &Path, prefix: &str) -> Result<(), ModelError> {
-        let fail = |key: &str, message: String| {
-            Err(ModelError::Config {
-                path: path.to_owned(),
-                key: format!("{prefix}{key}"),
-                message,
-            })
+        let error = |key: &str, message: String| ModelError::Config {
+            path: path.to_owned(),
+            key: format!("{prefix}{key}"),
+            message,
         };
+        let fail = |key: &str, message: String| Err(error(key, message));
         let spec = self.spec();
         if spec.hidden_size == 0 || spec.heads == 0 || !spec.hidden_size.is_multiple_of(spec.heads)
         {
@@ -428,6 +534,8 @@ impl VisionConfig {
                     );
                 }
             }
+            Self::Aimv2Navit(c) => c.validate(&error)?,
+            Self::Siglip2Navit(c) => c.validate(&error)?,
         }
         Ok(())
     }
@@ -465,7 +573,14 @@ mod tests {
         .unwrap();
         let spec = config.spec();
         assert_eq!((spec.hidden_size, spec.heads, spec.patch_size), (32, 4, 16));
-        assert_eq!(spec.positions, AbsolutePositions::LearnedGrid { side: 16 });
+        assert_eq!(
+            spec.positions,
+            AbsolutePositions::LearnedGrid {
+                side: 16,
+                resize: GridResize::AntialiasedBilinear,
+                batched: false
+            }
+        );
         assert_eq!(spec.mlp, MlpKind::Gelu { tanh: true });
     }
 

@@ -5,7 +5,7 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, RmsNorm, RmsNor
 use burn::tensor::activation::{gelu, gelu_approximate};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Bool, Device, Tensor};
 
 use super::config::{MlpKind, NormKind, VisionSpec};
 use crate::rope::rotate_half;
@@ -47,15 +47,19 @@ impl VisionNorm {
     }
 }
 
-/// Multi-head self-attention over all patches of an image (no causal mask).
+/// Multi-head self-attention over the patches of an image (no causal mask), queries, keys
+/// and values from three projections or from one fused `qkv` (`[q | k | v]` along its
+/// output, AndesVL's released AIMv2 tower).
 #[derive(Module, Debug)]
 pub struct VisionAttention {
-    /// `[hidden, hidden]`
-    pub q_proj: Linear,
-    /// `[hidden, hidden]`
-    pub k_proj: Linear,
-    /// `[hidden, hidden]`
-    pub v_proj: Linear,
+    /// `[hidden, hidden]` (separate projections)
+    pub q_proj: Option<Linear>,
+    /// `[hidden, hidden]` (separate projections)
+    pub k_proj: Option<Linear>,
+    /// `[hidden, hidden]` (separate projections)
+    pub v_proj: Option<Linear>,
+    /// `[hidden, 3·hidden]` (fused projection)
+    pub qkv: Option<Linear>,
     /// `[hidden, hidden]`
     pub out_proj: Linear,
     heads: usize,
@@ -63,31 +67,59 @@ pub struct VisionAttention {
 
 impl VisionAttention {
     fn new(spec: &VisionSpec, device: &Device) -> Self {
-        let linear = || {
-            LinearConfig::new(spec.hidden_size, spec.hidden_size)
-                .with_bias(spec.attention_bias)
-                .init(device)
-        };
+        let hidden = spec.hidden_size;
+        let linear = |d_out, bias| LinearConfig::new(hidden, d_out).with_bias(bias).init(device);
+        let separate = || (!spec.fused_qkv).then(|| linear(hidden, spec.attention_bias));
         Self {
-            q_proj: linear(),
-            k_proj: linear(),
-            v_proj: linear(),
-            out_proj: linear(),
+            q_proj: separate(),
+            k_proj: separate(),
+            v_proj: separate(),
+            qkv: spec
+                .fused_qkv
+                .then(|| linear(3 * hidden, spec.attention_bias)),
+            out_proj: linear(hidden, spec.output_bias),
             heads: spec.heads,
         }
     }
 
-    /// `[batch, patches, hidden]` → same; `rope` holds 2D rotary cos/sin tables when enabled.
-    pub fn forward(&self, x: Tensor<3>, rope: Option<&(Tensor<2>, Tensor<2>)>) -> Tensor<3> {
+    fn project(&self, x: Tensor<3>) -> [Tensor<3>; 3] {
+        if let Some(qkv) = &self.qkv {
+            let [q, k, v]: [Tensor<3>; 3] = qkv
+                .forward(x)
+                .chunk(3, 2)
+                .try_into()
+                .expect("three equal chunks");
+            return [q, k, v];
+        }
+        let project = |linear: &Option<Linear>| {
+            linear
+                .as_ref()
+                .expect("separate projections when not fused")
+                .forward(x.clone())
+        };
+        [
+            project(&self.q_proj),
+            project(&self.k_proj),
+            project(&self.v_proj),
+        ]
+    }
+
+    /// `[batch, patches, hidden]` → same; `rope` holds 2D rotary cos/sin tables when enabled;
+    /// `mask` (`[1, 1, patches, patches]`, true = not attended) restricts attention to windows.
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: Option<&(Tensor<2>, Tensor<2>)>,
+        mask: Option<&Tensor<4, Bool>>,
+    ) -> Tensor<3> {
         let [batch, seq, hidden] = x.dims();
         let head_dim = hidden / self.heads;
         let split = |t: Tensor<3>| {
             t.reshape([batch, seq, self.heads, head_dim])
                 .swap_dims(1, 2)
         };
-        let mut q = split(self.q_proj.forward(x.clone()));
-        let mut k = split(self.k_proj.forward(x.clone()));
-        let v = split(self.v_proj.forward(x));
+        let [q, k, v] = self.project(x);
+        let (mut q, mut k, v) = (split(q), split(k), split(v));
         if let Some((cos, sin)) = rope {
             q = rotate_half(q, cos.clone(), sin.clone());
             k = rotate_half(k, cos.clone(), sin.clone());
@@ -97,7 +129,8 @@ impl VisionAttention {
             softcap: None,
             is_causal: false,
         };
-        let context = attention(q, k, v, None, None, options)
+        let mask = mask.map(|m| m.clone().expand([batch, self.heads, seq, seq]));
+        let context = attention(q, k, v, mask, None, options)
             .swap_dims(1, 2)
             .reshape([batch, seq, hidden]);
         self.out_proj.forward(context)
@@ -200,9 +233,14 @@ impl VisionLayer {
         }
     }
 
-    /// `[batch, patches, hidden]` → same.
-    pub fn forward(&self, x: Tensor<3>, rope: Option<&(Tensor<2>, Tensor<2>)>) -> Tensor<3> {
-        let x = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x), rope);
+    /// `[batch, patches, hidden]` → same; `mask` as [`VisionAttention::forward`] takes it.
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: Option<&(Tensor<2>, Tensor<2>)>,
+        mask: Option<&Tensor<4, Bool>>,
+    ) -> Tensor<3> {
+        let x = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x), rope, mask);
         x.clone() + self.mlp.forward(self.layer_norm2.forward(x))
     }
 }

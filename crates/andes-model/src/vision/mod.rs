@@ -8,19 +8,22 @@ mod config;
 mod embeddings;
 mod encoder;
 mod positions;
+mod released;
 
 pub use config::{
-    AIMV2_VISION, AbsolutePositions, Aimv2VisionConfig, MlpKind, NormKind, SIGLIP2_VISION,
-    Siglip2VisionConfig, VisionConfig, VisionSpec,
+    AIMV2_VISION, AbsolutePositions, Aimv2VisionConfig, GridResize, MlpKind, NormKind,
+    PatchEmbeddingKind, ReleasedTower, SIGLIP2_VISION, Siglip2VisionConfig, VisionConfig,
+    VisionSpec, WindowAttention,
 };
-pub use embeddings::{PatchEmbedding, VisionEmbeddings};
+pub use embeddings::{PatchEmbedding, PositionTable, VisionEmbeddings};
 pub use encoder::{GeluMlp, SwiGluMlp, VisionAttention, VisionLayer, VisionMlp, VisionNorm};
-pub use positions::{antialiased_bilinear_weights, rope_2d_tables, sincos_2d};
+pub use positions::{antialiased_bilinear_weights, bicubic_weights, rope_2d_tables, sincos_2d};
+pub use released::{AIMV2_NAVIT, Aimv2NavitConfig, SIGLIP2_NAVIT, Siglip2NavitConfig};
 
 use std::path::Path;
 
 use burn::module::Module;
-use burn::tensor::{DType, Device, Tensor};
+use burn::tensor::{Bool, DType, Device, Tensor, TensorData};
 
 use crate::checkpoint::{SafetensorsShards, load_parameters_named};
 use crate::error::ModelError;
@@ -45,6 +48,8 @@ pub struct VisionTransformer {
     patch_size: usize,
     heads: usize,
     rope_2d_theta: Option<f64>,
+    #[module(skip)]
+    windows: Option<WindowAttention>,
 }
 
 impl VisionTransformer {
@@ -62,6 +67,7 @@ impl VisionTransformer {
             patch_size: spec.patch_size,
             heads: spec.heads,
             rope_2d_theta: spec.rope_2d_theta,
+            windows: spec.windows.clone(),
         }
     }
 
@@ -91,11 +97,37 @@ impl VisionTransformer {
                 &x.device(),
             )
         });
-        for layer in &self.encoder.layers {
-            x = layer.forward(x, rope.as_ref());
+        let windows = self.windows.as_ref().map(|windows| {
+            let mask = window_mask(windows, height / p, width / p, &x.device());
+            (windows, mask)
+        });
+        for (index, layer) in self.encoder.layers.iter().enumerate() {
+            let mask = windows
+                .as_ref()
+                .filter(|(windows, _)| !windows.full_layers.contains(&index))
+                .map(|(_, mask)| mask);
+            x = layer.forward(x, rope.as_ref(), mask);
         }
         Ok(self.post_layernorm.forward(x))
     }
+}
+
+/// `[1, 1, patches, patches]`, true where patch `i` (row-major) may not attend to patch `j`:
+/// they lie in different windows.
+fn window_mask(
+    windows: &WindowAttention,
+    rows: usize,
+    cols: usize,
+    device: &Device,
+) -> Tensor<4, Bool> {
+    let window: Vec<(usize, usize)> = (0..rows * cols)
+        .map(|i| windows.window_of(i / cols, i % cols))
+        .collect();
+    let n = window.len();
+    let blocked: Vec<bool> = (0..n * n)
+        .map(|ij| window[ij / n] != window[ij % n])
+        .collect();
+    Tensor::from_data(TensorData::new(blocked, [1, 1, n, n]), device)
 }
 
 /// The checkpoint name of a tower parameter: SigLIP2's names are the field paths; AIMv2
@@ -103,6 +135,8 @@ impl VisionTransformer {
 pub fn checkpoint_name(config: &VisionConfig, path_name: &str) -> String {
     match config {
         VisionConfig::Siglip2(_) => path_name.to_string(),
+        VisionConfig::Aimv2Navit(_) => released::aimv2_navit_name(path_name),
+        VisionConfig::Siglip2Navit(_) => released::siglip2_navit_name(path_name),
         VisionConfig::Aimv2(_) => path_name
             .split('.')
             .map(|segment| match segment {

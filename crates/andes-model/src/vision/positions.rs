@@ -21,13 +21,57 @@ pub fn antialiased_bilinear_weights(in_len: usize, out_len: usize) -> Vec<f32> {
     weights
 }
 
+/// Row-major `[out_len, in_len]` weights of PyTorch's bicubic resize along one axis
+/// (`F.interpolate(mode="bicubic", align_corners=False)`, and `F.grid_sample(mode="bicubic",
+/// padding_mode="border")` at pixel centres): source `(o + 0.5)·in/out − 0.5`, Keys' cubic
+/// with a = −0.75 on the four nearest taps, a tap outside the grid read from the nearest
+/// edge (its weight added there).
+pub fn bicubic_weights(in_len: usize, out_len: usize) -> Vec<f32> {
+    const A: f32 = -0.75;
+    let near = |x: f32| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
+    let far = |x: f32| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
+    let scale = in_len as f32 / out_len as f32;
+    let mut weights = vec![0.0f32; out_len * in_len];
+    for (o, row) in weights.chunks_exact_mut(in_len).enumerate() {
+        let source = scale * (o as f32 + 0.5) - 0.5;
+        let floor = source.floor();
+        let t = source - floor;
+        let taps = [far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)];
+        for (k, w) in taps.into_iter().enumerate() {
+            let index = (floor as isize - 1 + k as isize).clamp(0, in_len as isize - 1);
+            row[index as usize] += w;
+        }
+    }
+    weights
+}
+
 /// Resizes a learned `[side, side, dim]` grid to `[rows·cols, dim]` (row-major patches) with
 /// antialiased bilinear interpolation along rows, then along columns.
 pub fn resize_grid(grid: Tensor<3>, rows: usize, cols: usize) -> Tensor<2> {
+    separable_resize(grid, rows, cols, antialiased_bilinear_weights)
+}
+
+/// [`resize_grid`] with PyTorch's bicubic weights ([`bicubic_weights`]).
+pub fn bicubic_resize_grid(grid: Tensor<3>, rows: usize, cols: usize) -> Tensor<2> {
+    separable_resize(grid, rows, cols, bicubic_weights)
+}
+
+fn separable_resize(
+    grid: Tensor<3>,
+    rows: usize,
+    cols: usize,
+    weights: fn(usize, usize) -> Vec<f32>,
+) -> Tensor<2> {
     let [side, side_w, dim] = grid.dims();
     let device = grid.device();
-    let row_weights = weight_tensor(side, rows, &device);
-    let col_weights = weight_tensor(side_w, cols, &device);
+    let weight_tensor = |in_len, out_len| {
+        Tensor::<2>::from_data(
+            TensorData::new(weights(in_len, out_len), [out_len, in_len]),
+            &device,
+        )
+    };
+    let row_weights = weight_tensor(side, rows);
+    let col_weights = weight_tensor(side_w, cols);
     // [rows, side] · [side, side_w·dim] → [rows, side_w, dim]
     let by_rows = row_weights
         .matmul(grid.reshape([side, side_w * dim]))
@@ -35,11 +79,6 @@ pub fn resize_grid(grid: Tensor<3>, rows: usize, cols: usize) -> Tensor<2> {
     // [rows, cols, side_w] · [rows, side_w, dim] → [rows, cols, dim]
     let col_weights: Tensor<3> = col_weights.unsqueeze::<3>().expand([rows, cols, side_w]);
     col_weights.matmul(by_rows).reshape([rows * cols, dim])
-}
-
-fn weight_tensor(in_len: usize, out_len: usize, device: &Device) -> Tensor<2> {
-    let weights = antialiased_bilinear_weights(in_len, out_len);
-    Tensor::from_data(TensorData::new(weights, [out_len, in_len]), device)
 }
 
 /// AIMv2's native-resolution position embeddings, `[rows·cols, dim]`: per patch the four
@@ -112,6 +151,22 @@ mod tests {
         }
         for (in_len, out_len) in [(16, 5), (16, 37), (3, 1)] {
             for row in antialiased_bilinear_weights(in_len, out_len).chunks(in_len) {
+                assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+            }
+        }
+    }
+
+    #[test]
+    fn bicubic_is_the_identity_at_the_same_size_and_rows_sum_to_one() {
+        let identity = bicubic_weights(5, 5);
+        for o in 0..5 {
+            for i in 0..5 {
+                let expected = if o == i { 1.0 } else { 0.0 };
+                assert!((identity[o * 5 + i] - expected).abs() < 1e-7, "{identity:?}");
+            }
+        }
+        for (in_len, out_len) in [(4, 7), (16, 5), (2, 9)] {
+            for row in bicubic_weights(in_len, out_len).chunks(in_len) {
                 assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
             }
         }
