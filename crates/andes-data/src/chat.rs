@@ -1,5 +1,7 @@
-//! Qwen3's chat template: ChatML turns (`<|im_start|>role\ncontent<|im_end|>\n`) with its
-//! thinking blocks, as the released `tokenizer_config.json` renders tool-less conversations.
+//! Chat templates: Qwen3's ChatML turns (`<|im_start|>role\ncontent<|im_end|>\n`) with its
+//! thinking blocks, as the released `tokenizer_config.json` renders tool-less conversations;
+//! and the prompt OPPO's released AndesVL checkpoints are driven with (plain ChatML turns, a
+//! `<think>` opened for their Thinking models).
 
 /// Who speaks a turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +140,28 @@ pub fn render_for_generation(turns: &[(Role, &str)], enable_thinking: bool) -> S
     render_qwen3(&messages, true, enable_thinking)
 }
 
+/// Renders `messages` as OPPO's released AndesVL models are prompted: every message one
+/// ChatML turn as written (no reasoning handling, `<image>` left where each image goes), then
+/// an opened assistant turn, followed by `<think>` for the Thinking models (`thinking`). This
+/// is `chat` of the released `modeling_andesvl.py` with one assistant header (that file
+/// writes the header twice, which its evaluation toolkit does not) and the toolkit's
+/// `extra_start = '<think>'` for thinking.
+pub fn render_andesvl(messages: &[ChatMessage], thinking: bool) -> String {
+    let mut prompt = String::new();
+    for message in messages {
+        prompt.push_str(&format!(
+            "<|im_start|>{}\n{}{END_OF_TURN}\n",
+            message.role.as_str(),
+            message.content
+        ));
+    }
+    prompt.push_str("<|im_start|>assistant\n");
+    if thinking {
+        prompt.push_str("<think>");
+    }
+    prompt
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,6 +172,54 @@ mod tests {
             render_for_generation(&[(Role::User, "Hi")], true),
             "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
+    }
+
+    /// Every case of `fixtures/andesvl-released/chat-template.json` (the reference script's
+    /// port of the released prompt, `make_andesvl_released_fixtures.py`): the same text and
+    /// ids, images written as `<image>` where the content list shows them.
+    #[test]
+    fn renders_like_the_released_andesvl_prompt() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/andesvl-released");
+        let cases: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(root.join("chat-template.json")).unwrap(),
+        )
+        .unwrap();
+        let tokenizer = crate::TextTokenizer::from_model_dir(&root.join("aimv2")).unwrap();
+        let cases = cases.as_array().unwrap();
+        assert_eq!(cases.len(), 6);
+        for case in cases {
+            let contents: Vec<(Role, String)> = case["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| {
+                    let role = match m["role"].as_str().unwrap() {
+                        "system" => Role::System,
+                        "user" => Role::User,
+                        _ => Role::Assistant,
+                    };
+                    let content = match &m["content"] {
+                        serde_json::Value::String(text) => text.clone(),
+                        parts => parts
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|p| p["text"].as_str().unwrap_or("<image>").to_string())
+                            .collect(),
+                    };
+                    (role, content)
+                })
+                .collect();
+            let messages: Vec<ChatMessage> = contents
+                .iter()
+                .map(|(role, content)| ChatMessage::new(*role, content))
+                .collect();
+            let text = render_andesvl(&messages, case["thinking"].as_bool().unwrap());
+            assert_eq!(text, case["text"].as_str().unwrap());
+            let expected: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+            assert_eq!(tokenizer.encode(&text).unwrap(), expected, "{text}");
+        }
     }
 
     /// Every case of `fixtures/chat/qwen3-template.json` (transformers' `apply_chat_template`

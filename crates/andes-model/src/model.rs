@@ -9,7 +9,7 @@ use burn::module::Module;
 use burn::tensor::{DType, Device};
 use serde_json::Value;
 
-use crate::andesvl::{AndesVL, AndesVLConfig, VisionSide, is_andesvl, load_andesvl, save_andesvl};
+use crate::andesvl::{ANDESVL, AndesVL, AndesVLConfig, VisionSide, load_andesvl, save_andesvl};
 use crate::checkpoint::{SaveDtype, load_qwen3, save_qwen3};
 use crate::error::ModelError;
 use crate::qwen3::{Qwen3Config, Qwen3ForCausalLM};
@@ -26,13 +26,18 @@ pub enum ModelConfig {
 }
 
 impl ModelConfig {
-    /// Reads `path` (a `config.json`): AndesVL when its `model_type` says so, Qwen3
-    /// otherwise (whose reader then names whatever is wrong with the file).
+    /// Reads `path` (a `config.json`): AndesVL when its `model_type` says so (any
+    /// `andesvl*`, so that a released variant not supported is named by the AndesVL reader),
+    /// Qwen3 otherwise (whose reader then names whatever is wrong with the file).
     pub fn from_file(path: &Path) -> Result<Self, ModelError> {
         let is_andesvl = std::fs::read_to_string(path)
             .ok()
             .and_then(|text| serde_json::from_str::<Value>(&text).ok())
-            .is_some_and(|value| value["model_type"].as_str().is_some_and(is_andesvl));
+            .is_some_and(|value| {
+                value["model_type"]
+                    .as_str()
+                    .is_some_and(|kind| kind.starts_with(ANDESVL))
+            });
         if is_andesvl {
             Ok(Self::VisionLanguage(AndesVLConfig::from_file(path)?))
         } else {

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use andes_data::TextTokenizer;
-use andes_data::chat::{END_OF_TURN, Role, render_for_generation};
+use andes_data::chat::{ChatMessage, END_OF_TURN, Role, render_andesvl, render_for_generation};
+use andes_model::andesvl::AndesVLLayout;
 use andes_model::completion::{Prompt, complete};
 use andes_model::device::replays_graphs;
 use andes_model::generate::{Decoding, GenerationRequest, eos_token_ids};
@@ -44,13 +45,18 @@ pub struct GenerateArgs {
     /// Seed of the sampler.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Render the prompt as one user turn of the Qwen3 chat template and stop at <|im_end|>.
+    /// Render the prompt as one user turn of the model's chat template (Qwen3's; a released
+    /// AndesVL checkpoint's own prompt for one) and stop at <|im_end|>.
     #[arg(long)]
     chat: bool,
     /// With --chat: open the reply with an empty <think> block, Qwen3's switch for answering
     /// without thinking (`enable_thinking=False`).
-    #[arg(long, requires = "chat")]
+    #[arg(long, requires = "chat", conflicts_with = "think")]
     no_thinking: bool,
+    /// With --chat on a released AndesVL checkpoint: open the reply with <think>, as its
+    /// Thinking models are prompted (its Instruct models answer directly, the default).
+    #[arg(long, requires = "chat")]
+    think: bool,
     /// Print one JSON object: token_ids (new tokens only), text, timings.
     #[arg(long)]
     json: bool,
@@ -64,11 +70,6 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     if !(args.top_p > 0.0 && args.top_p <= 1.0) {
         anyhow::bail!("--top-p must be in (0, 1], got {}", args.top_p);
     }
-    let prompt = if args.chat {
-        render_for_generation(&[(Role::User, &args.prompt)], !args.no_thinking)
-    } else {
-        args.prompt.clone()
-    };
     let mut request = GenerationRequest {
         max_new_tokens: args.max_new_tokens,
         decoding: decoding(&args),
@@ -85,6 +86,22 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             args.model.model.display()
         );
     }
+    let released = loaded
+        .config
+        .andesvl()
+        .is_some_and(|config| matches!(config.layout, AndesVLLayout::Released(_)));
+    if args.think && !released {
+        anyhow::bail!(
+            "--think opens a released AndesVL Thinking model's reply; {} is not a released \
+             AndesVL checkpoint (Qwen3 thinks unless --no-thinking)",
+            args.model.model.display()
+        );
+    }
+    let prompt = match (args.chat, released) {
+        (false, _) => args.prompt.clone(),
+        (true, false) => render_for_generation(&[(Role::User, &args.prompt)], !args.no_thinking),
+        (true, true) => render_andesvl(&[ChatMessage::new(Role::User, &args.prompt)], args.think),
+    };
     let tokenizer = TextTokenizer::from_model_dir(dir)?;
     request.stop_tokens = stop_tokens(&args, dir, loaded.config.text_config(), &tokenizer)?;
     let start = Instant::now();

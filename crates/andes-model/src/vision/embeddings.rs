@@ -86,7 +86,9 @@ impl VisionEmbeddings {
                 batched,
             } => {
                 let table = if batched {
-                    PositionTable::Batched(Initializer::Zeros.init([1, side * side, hidden], device))
+                    PositionTable::Batched(
+                        Initializer::Zeros.init([1, side * side, hidden], device),
+                    )
                 } else {
                     PositionTable::Embedding(EmbeddingConfig::new(side * side, hidden).init(device))
                 };

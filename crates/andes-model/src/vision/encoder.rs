@@ -68,7 +68,11 @@ pub struct VisionAttention {
 impl VisionAttention {
     fn new(spec: &VisionSpec, device: &Device) -> Self {
         let hidden = spec.hidden_size;
-        let linear = |d_out, bias| LinearConfig::new(hidden, d_out).with_bias(bias).init(device);
+        let linear = |d_out, bias| {
+            LinearConfig::new(hidden, d_out)
+                .with_bias(bias)
+                .init(device)
+        };
         let separate = || (!spec.fused_qkv).then(|| linear(hidden, spec.attention_bias));
         Self {
             q_proj: separate(),
@@ -240,7 +244,10 @@ impl VisionLayer {
         rope: Option<&(Tensor<2>, Tensor<2>)>,
         mask: Option<&Tensor<4, Bool>>,
     ) -> Tensor<3> {
-        let x = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x), rope, mask);
+        let x = x.clone()
+            + self
+                .self_attn
+                .forward(self.layer_norm1.forward(x), rope, mask);
         x.clone() + self.mlp.forward(self.layer_norm2.forward(x))
     }
 }

@@ -162,7 +162,10 @@ mod tests {
         for o in 0..5 {
             for i in 0..5 {
                 let expected = if o == i { 1.0 } else { 0.0 };
-                assert!((identity[o * 5 + i] - expected).abs() < 1e-7, "{identity:?}");
+                assert!(
+                    (identity[o * 5 + i] - expected).abs() < 1e-7,
+                    "{identity:?}"
+                );
             }
         }
         for (in_len, out_len) in [(4, 7), (16, 5), (2, 9)] {

@@ -202,11 +202,14 @@ const AIMV2_ROPE_THETA: f64 = 10000.0;
 impl Aimv2NavitConfig {
     /// The family-independent shape.
     pub fn spec(&self) -> VisionSpec {
-        let windows = self.fullatt_block_indexes.as_ref().map(|full| WindowAttention {
-            merge: self.hidden_stride,
-            window: self.window_size / self.hidden_stride / self.patch_size,
-            full_layers: full.clone(),
-        });
+        let windows = self
+            .fullatt_block_indexes
+            .as_ref()
+            .map(|full| WindowAttention {
+                merge: self.hidden_stride,
+                window: self.window_size / self.hidden_stride / self.patch_size,
+                full_layers: full.clone(),
+            });
         VisionSpec {
             hidden_size: self.hidden_size,
             intermediate_size: self.intermediate_size,
