@@ -5,8 +5,8 @@ use crate::andes_runner::{Andes, Profile, build, stdout_of};
 use crate::workspace::{python, root, run, target_dir};
 
 /// Regenerates the parity fixtures: Qwen3 checkpoints with transformers references (`check`:
-/// the Qwen3 script verifies them instead), and the GPTQ reference, the LoRA adapter and the
-/// vision towers, projector and preprocessing (needs
+/// the Qwen3 script verifies them instead), and the GPTQ reference, the LoRA adapter, the
+/// vision towers, projector and preprocessing, and the released AndesVL layout (needs
 /// `pip install -r scripts/fixtures/requirements.txt`). The GPTQ real-layer fixture is taken
 /// from the tiny pretrain run of `cargo xtask regress` when it exists. Last, the tiny AndesVL is
 /// assembled from the new fixtures.
@@ -31,6 +31,14 @@ pub(crate) fn regenerate(check: bool) -> anyhow::Result<()> {
         "--out",
         "fixtures/vision",
     ]))?;
+    run(
+        python("scripts/fixtures/make_andesvl_released_fixtures.py").args([
+            "--fixtures",
+            "fixtures",
+            "--out",
+            "fixtures/andesvl-released",
+        ]),
+    )?;
     assemble_tiny_andesvl()
 }
 
