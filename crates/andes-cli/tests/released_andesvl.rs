@@ -1,7 +1,8 @@
 //! A directory in the layout of OPPO's released AndesVL checkpoints (tiny random weights of
 //! both tower families, `fixtures/andesvl-released`) goes through the commands a user runs on
-//! a downloaded one: `info`, `generate --image --chat`, the tiny `sft-vision` recipe (whose
-//! checkpoint keeps the released layout and loads again), and `quantize`.
+//! a downloaded one: `info`, `eval`, `generate --image --chat`, the tiny `sft-vision` recipe (whose
+//! checkpoint keeps the released layout and loads again), a LoRA adapter generating beside the
+//! released base, and `quantize`.
 
 mod common;
 use common::{andes, assert_success, json_stdout, path, repo, train_tiny};
@@ -17,6 +18,22 @@ fn info_and_generate_read_both_released_tower_families() {
         let model = released(family);
         let info = json_stdout(andes(&["info", "--model", path(&model), "--json"]));
         assert_eq!(info["vision"]["model_type"], tower, "{family}");
+        let eval = json_stdout(andes(&[
+            "eval",
+            "--model",
+            path(&model),
+            "--text",
+            path(&repo("datasets/gcide/gcide-eval.txt")),
+            "--window",
+            "64",
+            "--stride",
+            "64",
+            "--json",
+        ]));
+        assert!(
+            eval["mean_nll"].as_f64().unwrap().is_finite(),
+            "{family}: {eval}"
+        );
         for think in [false, true] {
             let mut args = vec![
                 "generate",
@@ -112,6 +129,42 @@ fn sft_vision_trains_a_released_checkpoint_and_keeps_its_layout() {
     }
     let info = json_stdout(andes(&["info", "--model", path(&checkpoint), "--json"]));
     assert_eq!(info["vision"]["model_type"], "aimv2");
+}
+
+#[test]
+fn a_lora_adapter_trains_on_a_released_base_and_generates_from_an_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let model = released("siglip2");
+    train_tiny(
+        "lora",
+        &run,
+        &[
+            &format!("model.checkpoint=\"{}\"", path(&model)),
+            "train.steps=2",
+            "train.eval_every=2",
+            "train.checkpoint_every=2",
+        ],
+    );
+    let adapter = run.join("checkpoints/step-000002");
+    let image = repo("fixtures/vision/images/chelsea.png");
+    let out = json_stdout(andes(&[
+        "generate",
+        "--model",
+        path(&model),
+        "--adapter",
+        path(&adapter),
+        "--image",
+        path(&image),
+        "--prompt",
+        "<image>Define it.",
+        "--chat",
+        "--greedy",
+        "--max-new-tokens",
+        "2",
+        "--json",
+    ]));
+    assert_eq!(out["token_ids"].as_array().unwrap().len(), 2, "{out}");
 }
 
 #[test]
