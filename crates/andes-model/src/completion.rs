@@ -41,15 +41,8 @@ pub fn complete(
 ) -> Result<Completion, ModelError> {
     match (model, config.andesvl()) {
         (Model::VisionLanguage(model), Some(config)) => {
-            let (ids, images) = image_prompt(
-                &prompt.images,
-                dir,
-                &prompt.text,
-                tokenizer,
-                config,
-                model,
-                device,
-            )?;
+            let (ids, images) =
+                image_prompt(&prompt.images, dir, &prompt.text, tokenizer, config, device)?;
             let embeddings = model.embed(token_tensor(&ids.ids, device), &images)?;
             Ok(Completion {
                 prompt_tokens: ids.ids.len(),

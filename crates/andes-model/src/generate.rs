@@ -263,7 +263,7 @@ impl TokenSampler {
 }
 
 /// Index of the largest value, the first one on ties.
-fn argmax(values: &[f32]) -> u32 {
+pub fn argmax(values: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &v) in values.iter().enumerate() {
         if v > values[best] {
@@ -275,7 +275,7 @@ fn argmax(values: &[f32]) -> u32 {
 
 /// `(token, probability)` pairs, most likely first, that survive temperature, top-k and
 /// top-p, renormalised to sum to one.
-fn filtered_probabilities(
+pub fn filtered_probabilities(
     logits: &[f32],
     temperature: f32,
     top_k: Option<usize>,

@@ -85,13 +85,7 @@ impl RotaryEmbedding {
         scaling: &RopeScaling,
         device: &Device,
     ) -> Self {
-        let half = head_dim / 2;
-        let base = theta as f32;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| {
-                1.0 / base.powf((2 * i) as f32 / head_dim as f32) / scaling.frequency_divisor()
-            })
-            .collect();
+        let inv_freq = inverse_frequencies(head_dim, theta, scaling);
         let mut cos = Vec::with_capacity(max_positions * head_dim);
         let mut sin = Vec::with_capacity(max_positions * head_dim);
         for position in 0..max_positions {
@@ -130,6 +124,15 @@ impl RotaryEmbedding {
         };
         rotate_half(x, cos, sin)
     }
+}
+
+/// The `head_dim / 2` inverse frequencies `base^(-2i/d)` (divided by a linear scaling's
+/// factor), in f32 as transformers computes them; the angle of position `p` is `p · fᵢ`.
+pub fn inverse_frequencies(head_dim: usize, theta: f64, scaling: &RopeScaling) -> Vec<f32> {
+    let base = theta as f32;
+    (0..head_dim / 2)
+        .map(|i| 1.0 / base.powf((2 * i) as f32 / head_dim as f32) / scaling.frequency_divisor())
+        .collect()
 }
 
 /// `x·cos + rotate_half(x)·sin` for `x` `[batch, heads, seq, head_dim]` and tables

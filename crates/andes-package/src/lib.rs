@@ -24,13 +24,13 @@ pub use files::{MANIFEST_FILE, staging_dir};
 pub use heatmap::{format_bpw, plan_heatmap_svg};
 pub use package::{
     FLOAT_FILE, LoadedPackage, PACKAGE_KIND, PACKAGE_VERSION, PLAN_FILE, PackageInput,
-    PackageManifest, QUANTIZED_FILE, WeightSummary, is_package, load_model, load_package,
-    write_package,
+    PackageManifest, PackageParts, QUANTIZED_FILE, VISION_FILE, WeightSummary, is_package,
+    load_model, load_package, open_package, write_package,
 };
 pub use package_bundle::{
-    BoundAdapter, Bundle, BundledAdapter, PACKAGE_BUNDLE_VERSION, PACKAGE_DIR,
-    PackageBundleManifest, TRAINED_AGAINST_FILE, TrainedAgainst, is_package_bundle, package_sha256,
-    verify_package_bundle, write_package_bundle,
+    ADAPTERS_DIR, BoundAdapter, Bundle, BundledAdapter, PACKAGE_BUNDLE_VERSION, PACKAGE_DIR,
+    PackageBundleManifest, TRAINED_AGAINST_FILE, TrainedAgainst, is_package_bundle,
+    open_package_bundle, package_sha256, verify_package_bundle, write_package_bundle,
 };
 pub use quantize::{Calibration, PlanSource, QuantizeParams, quantize_model};
 pub use report::{FormatShare, PackageReport, PlannedLinear, inspect_package};

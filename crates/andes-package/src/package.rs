@@ -257,15 +257,25 @@ pub struct LoadedPackage {
     pub model: Qwen3ForCausalLM,
 }
 
-/// Reads `dir`: manifest version and kind, every checksum, the plan against the config's
-/// linears, each packed linear's parts against its format and shape, the float tensors
-/// against the config; then rebuilds the model on `device`. Any fault is an error naming the
-/// file and what differs.
-pub fn load_package(
-    dir: &Path,
-    device: &Device,
-    dtype: DType,
-) -> Result<LoadedPackage, PackageError> {
+/// A package's parts, every one checked but nothing rebuilt: what a runtime that reads the
+/// packed codes directly needs, and what [`load_package`] dequantizes.
+pub struct PackageParts {
+    /// Its manifest.
+    pub manifest: PackageManifest,
+    /// The model's configuration (AndesVL when the package carries a vision side).
+    pub config: ModelConfig,
+    /// The bit plan.
+    pub plan: BitPlan,
+    /// Every packed linear, in model order, checked against its format and shape.
+    pub quantized: Vec<(String, QuantizedTensor)>,
+    /// The bytes of the float tensors' safetensors file (embeddings, norms, an untied head).
+    pub float_bytes: Vec<u8>,
+}
+
+/// Reads and checks `dir`: manifest version and kind, every checksum, alignment, the plan
+/// against the config's linears, each packed linear's parts against its format and shape.
+/// Any fault is an error naming the file and what differs.
+pub fn open_package(dir: &Path) -> Result<PackageParts, PackageError> {
     let corrupt = |path: &Path, message: String| PackageError::Corrupt {
         path: path.to_owned(),
         message,
@@ -281,19 +291,50 @@ pub fn load_package(
             }
         }
     }
-    let (config, andesvl) = match ModelConfig::from_file(&dir.join("config.json"))? {
+    let config = ModelConfig::from_file(&dir.join("config.json"))?;
+    let plan_path = dir.join(PLAN_FILE);
+    let plan = BitPlan::read(&plan_path).map_err(|e| corrupt(&plan_path, e.to_string()))?;
+    let shapes = linear_shapes(&Qwen3ForCausalLM::new(
+        config.text_config(),
+        &Device::flex(),
+    )?);
+    let quantized = read_quantized_file(&dir.join(QUANTIZED_FILE), &shapes)?;
+    check_plan(&plan, &quantized, &plan_path)?;
+    let float_path = dir.join(FLOAT_FILE);
+    let float_bytes = std::fs::read(&float_path).map_err(|e| PackageError::io(&float_path, e))?;
+    Ok(PackageParts {
+        manifest,
+        config,
+        plan,
+        quantized,
+        float_bytes,
+    })
+}
+
+/// Reads `dir` as [`open_package`] does, then rebuilds the model on `device` with every
+/// linear dequantized, the float tensors checked against the config.
+pub fn load_package(
+    dir: &Path,
+    device: &Device,
+    dtype: DType,
+) -> Result<LoadedPackage, PackageError> {
+    let corrupt = |path: &Path, message: String| PackageError::Corrupt {
+        path: path.to_owned(),
+        message,
+    };
+    let PackageParts {
+        manifest,
+        config: model_config,
+        plan,
+        quantized,
+        float_bytes,
+    } = open_package(dir)?;
+    let (config, andesvl) = match model_config {
         ModelConfig::Text(config) => (config, None),
         ModelConfig::VisionLanguage(andesvl) => (andesvl.text_config.clone(), Some(andesvl)),
     };
-    let plan_path = dir.join(PLAN_FILE);
-    let plan = BitPlan::read(&plan_path).map_err(|e| corrupt(&plan_path, e.to_string()))?;
     let model = Qwen3ForCausalLM::new(&config, device)?;
-    let shapes = linear_shapes(&model);
-    let quantized = read_quantized_file(&dir.join(QUANTIZED_FILE), &shapes)?;
-    check_plan(&plan, &quantized, &plan_path)?;
-
     let float_path = dir.join(FLOAT_FILE);
-    let float_bytes = std::fs::read(&float_path).map_err(|e| PackageError::io(&float_path, e))?;
     let floats = SafeTensors::deserialize(&float_bytes)
         .map_err(|e| corrupt(&float_path, format!("not a safetensors file: {e:?}")))?;
     let dequantized: Vec<(String, Vec<usize>, Vec<u8>)> = quantized

@@ -20,14 +20,16 @@ use std::collections::BTreeMap;
 
 use crate::error::PackageError;
 use crate::files::{MANIFEST_FILE, checksums, read_manifest, staging_dir, verify_checksums};
-use crate::package::{PackageManifest, load_package, verify_package_files};
+use crate::package::{
+    PackageManifest, PackageParts, load_package, open_package, verify_package_files,
+};
 
 /// The layout of a package bundle (a float-checkpoint bundle of QALFT runs is version 1).
 pub const PACKAGE_BUNDLE_VERSION: u32 = 2;
 /// Where the package lies inside the bundle.
 pub const PACKAGE_DIR: &str = "package";
 /// Where the adapters lie inside the bundle, a directory each, named as the adapter.
-const ADAPTERS_DIR: &str = "adapters";
+pub const ADAPTERS_DIR: &str = "adapters";
 /// Written beside an adapter trained against a package: which package, by its hash.
 pub const TRAINED_AGAINST_FILE: &str = "base_package.json";
 
@@ -210,6 +212,17 @@ pub fn verify_package_bundle(dir: &Path) -> Result<PackageBundleManifest, Packag
     let manifest = read_bound_manifest(dir)?;
     verify_package_files(&dir.join(PACKAGE_DIR))?;
     Ok(manifest)
+}
+
+/// Checks bundle `dir` as [`verify_package_bundle`] does and opens its package
+/// ([`open_package`]), for a runtime reading the packed codes; adapter `NAME` lives in
+/// `dir/adapters/NAME` (PEFT layout).
+pub fn open_package_bundle(
+    dir: &Path,
+) -> Result<(PackageBundleManifest, PackageParts), PackageError> {
+    let manifest = read_bound_manifest(dir)?;
+    let parts = open_package(&dir.join(PACKAGE_DIR))?;
+    Ok((manifest, parts))
 }
 
 /// A loaded package bundle: the base once, every adapter attached under its name, one of

@@ -176,6 +176,16 @@ impl AndesVLConfig {
         })
     }
 
+    /// Number of visual tokens an image of `height × width` pixels becomes: its patches over
+    /// the projector's merge.
+    pub fn visual_tokens(&self, height: usize, width: usize) -> usize {
+        let (p, m) = (
+            self.vision_config.spec().patch_size,
+            self.projector.merge_size,
+        );
+        (height / p) * (width / p) / (m * m)
+    }
+
     /// The configuration as written to `config.json` (a released checkpoint's as it came).
     pub fn to_json(&self) -> Vec<u8> {
         if let AndesVLLayout::Released(original) = &self.layout {

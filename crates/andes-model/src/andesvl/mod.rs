@@ -61,6 +61,11 @@ pub struct VisionSide {
 }
 
 impl VisionSide {
+    /// Visual embeddings `[tokens, text_hidden]` of one preprocessed image `[channels, H, W]`.
+    pub fn encode_image(&self, pixels: Tensor<3>) -> Result<Tensor<2>, ModelError> {
+        encode_image(&self.vision_encoder, &self.mlp, pixels)
+    }
+
     /// A lazily-initialised vision side for `config`.
     pub fn new(config: &AndesVLConfig, device: &Device) -> Self {
         let vision_hidden = config.vision_config.spec().hidden_size;
@@ -112,11 +117,7 @@ impl AndesVL {
 
     /// Visual embeddings `[tokens, text_hidden]` of one preprocessed image `[channels, H, W]`.
     pub fn encode_image(&self, pixels: Tensor<3>) -> Result<Tensor<2>, ModelError> {
-        let [_, height, width] = pixels.dims();
-        let p = self.vision_encoder.patch_size();
-        let features = self.vision_encoder.forward(pixels.unsqueeze())?;
-        let embeddings = self.mlp.forward(features, height / p, width / p)?;
-        Ok(embeddings.squeeze_dim(0))
+        encode_image(&self.vision_encoder, &self.mlp, pixels)
     }
 
     /// Input embeddings `[batch, seq, hidden]`: token embeddings of `tokens`, each image's
@@ -158,6 +159,19 @@ impl AndesVL {
         let hidden = self.language_model.forward_embeddings(embeddings, cache)?;
         Ok(self.language_model.logits(hidden))
     }
+}
+
+/// The tower's features of `pixels` (`[channels, H, W]`) through the projector.
+fn encode_image(
+    tower: &VisionTransformer,
+    projector: &Projector,
+    pixels: Tensor<3>,
+) -> Result<Tensor<2>, ModelError> {
+    let [_, height, width] = pixels.dims();
+    let p = tower.patch_size();
+    let features = tower.forward(pixels.unsqueeze())?;
+    let embeddings = projector.forward(features, height / p, width / p)?;
+    Ok(embeddings.squeeze_dim(0))
 }
 
 /// The checkpoint-name prefixes of an AndesVL model's vision side: the vision tower and the

@@ -248,7 +248,6 @@ pub fn image_prompt(
     text: &str,
     tokenizer: &TextTokenizer,
     config: &AndesVLConfig,
-    model: &AndesVL,
     device: &Device,
 ) -> Result<(ImagePrompt, Vec<ImagePlacement>), ModelError> {
     let processed = if paths.is_empty() {
@@ -262,7 +261,7 @@ pub fn image_prompt(
     };
     let counts: Vec<usize> = processed
         .iter()
-        .map(|image| model.visual_tokens(image.height, image.width))
+        .map(|image| config.visual_tokens(image.height, image.width))
         .collect();
     let prompt = tokenize_with_images(tokenizer, text, &counts, &image_tokens(config))?;
     let placements = processed

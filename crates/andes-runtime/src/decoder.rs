@@ -1,0 +1,320 @@
+//! Qwen3's decoder over packed matrices: RMSNorm, grouped-query attention with per-head
+//! q/k norms and rotary positions, SwiGLU, all in f32 on the host, every projection a
+//! [`PackedMatrix`] product, LoRA adapters applied beside it unmerged.
+
+use std::collections::BTreeMap;
+
+use rayon::prelude::*;
+
+use crate::kv::{KvCache, LayerCache};
+use crate::packed::{PackedMatrix, dot};
+
+/// The sizes the decoder is built from (a Qwen3 `config.json`'s).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecoderShape {
+    /// Width of the residual stream.
+    pub hidden: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Width of a head.
+    pub head_dim: usize,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// RMSNorm epsilon.
+    pub eps: f32,
+    /// Positions the model was trained for.
+    pub max_positions: usize,
+}
+
+/// One decoder block: its norms and its seven projections in [`PROJECTIONS`] order.
+#[derive(Debug, Clone)]
+pub struct Block {
+    /// Before attention.
+    pub input_norm: Vec<f32>,
+    /// Per-head query norm.
+    pub q_norm: Vec<f32>,
+    /// Per-head key norm.
+    pub k_norm: Vec<f32>,
+    /// Before the MLP.
+    pub post_norm: Vec<f32>,
+    /// `q, k, v, o, gate, up, down`.
+    pub projections: [PackedMatrix; 7],
+}
+
+/// The projections of a block in the order [`Block::projections`] holds them (the order of
+/// `andes_model::lora::LoraTarget::ALL`).
+pub const PROJECTIONS: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
+/// A LoRA update `scale · B·A` on one projection, kept apart from the packed weight.
+#[derive(Debug, Clone)]
+pub struct LoraDelta {
+    /// `[rank, in]`.
+    pub a: PackedMatrix,
+    /// `[out, rank]`.
+    pub b: PackedMatrix,
+    /// `alpha / rank`.
+    pub scale: f32,
+}
+
+/// An adapter: per block, an update for each adapted projection.
+pub type Adapter = Vec<[Option<LoraDelta>; 7]>;
+
+/// Which positions of a forward pass need logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// The last one (a generation step).
+    Last,
+    /// Every one (verifying a speculative block, scoring text).
+    All,
+}
+
+/// The language model.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    /// Its sizes.
+    pub shape: DecoderShape,
+    /// Token embeddings `[vocab, hidden]` (also the head when tied).
+    pub embed: PackedMatrix,
+    /// An untied head `[vocab, hidden]`.
+    pub head: Option<PackedMatrix>,
+    /// The final norm.
+    pub norm: Vec<f32>,
+    /// The blocks.
+    pub blocks: Vec<Block>,
+    /// Rotary inverse frequencies, `head_dim / 2`.
+    pub inv_freq: Vec<f32>,
+    adapters: BTreeMap<String, Adapter>,
+    active: Option<String>,
+}
+
+impl Decoder {
+    /// A decoder of these parts, no adapter attached.
+    pub fn new(
+        shape: DecoderShape,
+        embed: PackedMatrix,
+        head: Option<PackedMatrix>,
+        norm: Vec<f32>,
+        blocks: Vec<Block>,
+        inv_freq: Vec<f32>,
+    ) -> Self {
+        Self {
+            shape,
+            embed,
+            head,
+            norm,
+            blocks,
+            inv_freq,
+            adapters: BTreeMap::new(),
+            active: None,
+        }
+    }
+
+    /// Attaches adapter `name` (inactive).
+    pub fn attach(&mut self, name: &str, adapter: Adapter) {
+        self.adapters.insert(name.to_string(), adapter);
+    }
+
+    /// The attached adapters' names.
+    pub fn adapter_names(&self) -> Vec<&str> {
+        self.adapters.keys().map(String::as_str).collect()
+    }
+
+    /// Makes adapter `name` active (none: the bare base); an unknown name is refused.
+    pub fn activate(&mut self, name: Option<&str>) -> Result<(), String> {
+        if let Some(name) = name
+            && !self.adapters.contains_key(name)
+        {
+            return Err(format!(
+                "no adapter `{name}`; attached: {}",
+                self.adapter_names().join(", ")
+            ));
+        }
+        self.active = name.map(str::to_string);
+        Ok(())
+    }
+
+    /// Bytes a decoding step reads: every projection, the head, the final norm.
+    pub fn weight_bytes(&self) -> usize {
+        let blocks: usize = self
+            .blocks
+            .iter()
+            .map(|b| b.projections.iter().map(PackedMatrix::bytes).sum::<usize>())
+            .sum();
+        blocks + self.head.as_ref().unwrap_or(&self.embed).bytes()
+    }
+
+    /// An empty cache for this model.
+    pub fn cache(&self, budget: Option<crate::kv::KvBudget>) -> KvCache {
+        KvCache::new(
+            self.blocks.len(),
+            self.shape.kv_heads * self.shape.head_dim,
+            budget,
+        )
+    }
+
+    /// Token embeddings `[ids.len(), hidden]`.
+    pub fn embed(&self, ids: &[u32]) -> Vec<f32> {
+        ids.iter()
+            .flat_map(|&id| self.embed.row(id as usize))
+            .collect()
+    }
+
+    /// Runs `inputs` (`[tokens, hidden]` embeddings) at the cache's next positions, appends
+    /// their keys and values (the caller applies the cache's budget, once it knows which
+    /// entries stay), and returns logits `[rows, vocab]` for the positions `logits` asks for.
+    pub fn forward(&self, inputs: Vec<f32>, cache: &mut KvCache, logits: Logits) -> Vec<f32> {
+        let hidden = self.shape.hidden;
+        let tokens = inputs.len() / hidden;
+        let positions: Vec<usize> = (cache.next_position..cache.next_position + tokens).collect();
+        let adapter = self.active.as_ref().map(|name| &self.adapters[name]);
+        let track = cache.budget.is_some();
+        let mut x = inputs;
+        for (index, block) in self.blocks.iter().enumerate() {
+            let deltas = adapter.map(|a| &a[index]);
+            let project = |which: usize, input: &[f32]| {
+                let mut y = block.projections[which].multiply(input);
+                if let Some(delta) = deltas.and_then(|d| d[which].as_ref()) {
+                    let update = delta.b.multiply(&delta.a.multiply(input));
+                    y.iter_mut()
+                        .zip(update)
+                        .for_each(|(y, u)| *y += delta.scale * u);
+                }
+                y
+            };
+            let h = rms_norm(&x, &block.input_norm, self.shape.eps);
+            let mut q = project(0, &h);
+            let mut k = project(1, &h);
+            let v = project(2, &h);
+            self.rotate(&mut q, &block.q_norm, &positions);
+            self.rotate(&mut k, &block.k_norm, &positions);
+            let layer = &mut cache.layers[index];
+            layer.keys.extend_from_slice(&k);
+            layer.values.extend_from_slice(&v);
+            layer.positions.extend_from_slice(&positions);
+            layer.scores.extend(std::iter::repeat_n(0.0, tokens));
+            let context = self.attend(&q, layer, &positions, track);
+            add(&mut x, &project(3, &context));
+            let h = rms_norm(&x, &block.post_norm, self.shape.eps);
+            let gate = project(4, &h);
+            let up = project(5, &h);
+            let inner: Vec<f32> = gate
+                .iter()
+                .zip(&up)
+                .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
+                .collect();
+            add(&mut x, &project(6, &inner));
+        }
+        cache.next_position += tokens;
+        let rows = match logits {
+            Logits::Last => &x[(tokens - 1) * hidden..],
+            Logits::All => &x[..],
+        };
+        let normed = rms_norm(rows, &self.norm, self.shape.eps);
+        self.head.as_ref().unwrap_or(&self.embed).multiply(&normed)
+    }
+
+    /// Per-head RMSNorm then rotary embedding of `x` (`[tokens, heads · head_dim]`).
+    fn rotate(&self, x: &mut [f32], norm: &[f32], positions: &[usize]) {
+        let d = self.shape.head_dim;
+        let half = d / 2;
+        let heads_per_token = x.len() / positions.len() / d;
+        for (i, head) in x.chunks_mut(d).enumerate() {
+            let normed = rms_norm(head, norm, self.shape.eps);
+            let position = positions[i / heads_per_token] as f32;
+            for j in 0..half {
+                let angle = position * self.inv_freq[j];
+                let (sin, cos) = angle.sin_cos();
+                let (a, b) = (normed[j], normed[j + half]);
+                head[j] = a * cos - b * sin;
+                head[j + half] = b * cos + a * sin;
+            }
+        }
+    }
+
+    /// Causal attention of `q` (`[tokens, heads · head_dim]`, at `positions`) over the
+    /// layer's entries at or before each query's position; with `track`, each entry's
+    /// accumulated attention grows by what it received.
+    fn attend(
+        &self,
+        q: &[f32],
+        layer: &mut LayerCache,
+        positions: &[usize],
+        track: bool,
+    ) -> Vec<f32> {
+        let (heads, d) = (self.shape.heads, self.shape.head_dim);
+        let group = heads / self.shape.kv_heads;
+        let width = self.shape.kv_heads * d;
+        let scale = 1.0 / (d as f32).sqrt();
+        let (keys, values, entry_positions) = (&layer.keys, &layer.values, &layer.positions);
+        // per (token, head): the context vector and the attention over visible entries
+        let results: Vec<(Vec<f32>, Vec<f32>)> = (0..positions.len() * heads)
+            .into_par_iter()
+            .map(|th| {
+                let (t, h) = (th / heads, th % heads);
+                let kv = h / group;
+                let query = &q[th * d..(th + 1) * d];
+                let visible = entry_positions.partition_point(|&p| p <= positions[t]);
+                let mut weights: Vec<f32> = (0..visible)
+                    .map(|e| {
+                        dot(query, &keys[e * width + kv * d..e * width + (kv + 1) * d]) * scale
+                    })
+                    .collect();
+                let max = weights.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let mut total = 0.0;
+                for w in weights.iter_mut() {
+                    *w = (*w - max).exp();
+                    total += *w;
+                }
+                let mut context = vec![0.0f32; d];
+                for (e, w) in weights.iter_mut().enumerate() {
+                    *w /= total;
+                    let value = &values[e * width + kv * d..e * width + (kv + 1) * d];
+                    context
+                        .iter_mut()
+                        .zip(value)
+                        .for_each(|(c, v)| *c += *w * v);
+                }
+                (context, weights)
+            })
+            .collect();
+        if track {
+            for (_, weights) in &results {
+                layer
+                    .scores
+                    .iter_mut()
+                    .zip(weights)
+                    .for_each(|(s, w)| *s += w);
+            }
+        }
+        results
+            .into_iter()
+            .flat_map(|(context, _)| context)
+            .collect()
+    }
+}
+
+/// RMSNorm of each `weight.len()`-wide row of `x`.
+fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
+    let n = weight.len();
+    x.chunks(n)
+        .flat_map(|row| {
+            let mean = row.iter().map(|v| v * v).sum::<f32>() / n as f32;
+            let inv = 1.0 / (mean + eps).sqrt();
+            row.iter().zip(weight).map(move |(v, w)| v * inv * w)
+        })
+        .collect()
+}
+
+fn add(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+}

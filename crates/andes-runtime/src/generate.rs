@@ -1,0 +1,307 @@
+//! Generation on the runtime: the prompt in one pass (in chunks under a KV budget), then one
+//! token per step, or a speculative block per step; timed, with the process's peak memory.
+
+use std::time::Instant;
+
+use andes_data::TextTokenizer;
+use andes_model::andesvl::rows::image_prompt;
+use andes_model::completion::Prompt;
+use andes_model::generate::{Decoding, argmax, filtered_probabilities};
+use burn::tensor::Device;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::decoder::{Decoder, Logits};
+use crate::error::RuntimeError;
+use crate::kv::{KvBudget, KvCache};
+use crate::load::Runtime;
+use crate::speculative::{Speculation, propose};
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    /// Most tokens to generate.
+    pub max_new_tokens: usize,
+    /// How each token is chosen.
+    pub decoding: Decoding,
+    /// Generation ends after any of these (included in the output).
+    pub stop_tokens: Vec<u32>,
+    /// Evict the KV cache down to this budget after every step.
+    pub kv_budget: Option<KvBudget>,
+    /// Draft tokens by prompt lookup and verify them in one pass.
+    pub speculation: Option<Speculation>,
+}
+
+/// What a generation gave and what it cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunReport {
+    /// Tokens of the prompt (visual tokens included).
+    pub prompt_tokens: usize,
+    /// The new tokens.
+    pub token_ids: Vec<u32>,
+    /// Seconds of the prompt pass (it also yields the first token).
+    pub prefill_seconds: f64,
+    /// Seconds of every later step.
+    pub decode_seconds: f64,
+    /// Draft tokens proposed and accepted (speculative decoding).
+    pub drafted: usize,
+    /// Of them, accepted.
+    pub accepted: usize,
+    /// KV entries held at the end, over all layers, and their bytes.
+    pub kv_entries: usize,
+    /// Bytes of the KV cache at the end.
+    pub kv_bytes: usize,
+    /// The process's peak resident memory (Linux `VmHWM`), when readable.
+    pub peak_memory_bytes: Option<u64>,
+}
+
+impl RunReport {
+    /// Prompt tokens per second.
+    pub fn prefill_tokens_per_s(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prefill_seconds.max(1e-9)
+    }
+
+    /// Tokens per second after the first (which the prompt pass produces).
+    pub fn decode_tokens_per_s(&self) -> f64 {
+        self.token_ids.len().saturating_sub(1) as f64 / self.decode_seconds.max(1e-9)
+    }
+
+    /// Of the drafted tokens, the share accepted.
+    pub fn acceptance(&self) -> f64 {
+        self.accepted as f64 / self.drafted.max(1) as f64
+    }
+}
+
+/// The prompt's token ids and input embeddings `[tokens, hidden]`: token embeddings with
+/// each image's visual embeddings spliced in where the prompt places it.
+pub fn prompt_inputs(
+    runtime: &Runtime,
+    tokenizer: &TextTokenizer,
+    prompt: &Prompt,
+) -> Result<(Vec<u32>, Vec<f32>), RuntimeError> {
+    let decoder = &runtime.decoder;
+    match (runtime.config.andesvl(), &runtime.vision) {
+        (Some(config), Some(vision)) => {
+            let device = Device::flex();
+            let (ids, placements) = image_prompt(
+                &prompt.images,
+                &runtime.files_dir,
+                &prompt.text,
+                tokenizer,
+                config,
+                &device,
+            )?;
+            let mut inputs = decoder.embed(&ids.ids);
+            let hidden = decoder.shape.hidden;
+            for placement in placements {
+                let visual = vision.encode_image(placement.pixels)?;
+                let values = visual
+                    .into_data()
+                    .try_into_vec::<f32>()
+                    .expect("f32 embeddings");
+                inputs[placement.span.start * hidden..placement.span.end * hidden]
+                    .copy_from_slice(&values);
+            }
+            Ok((ids.ids, inputs))
+        }
+        _ if !prompt.images.is_empty() => Err(RuntimeError::Request(format!(
+            "images need an AndesVL model; {} holds a text-only model",
+            runtime.files_dir.display()
+        ))),
+        _ => {
+            let ids = tokenizer.encode(&prompt.text)?;
+            let inputs = decoder.embed(&ids);
+            Ok((ids, inputs))
+        }
+    }
+}
+
+/// Generates after the prompt (`ids` and their `inputs` embeddings).
+pub fn generate(
+    decoder: &Decoder,
+    ids: &[u32],
+    inputs: Vec<f32>,
+    request: &RunRequest,
+) -> Result<RunReport, RuntimeError> {
+    let context = decoder.shape.max_positions;
+    if request.kv_budget.is_none() && ids.len() > context {
+        return Err(RuntimeError::Request(format!(
+            "the prompt has {} tokens but the model's context is {context} positions; \
+             --kv-budget evicts entries to go on",
+            ids.len()
+        )));
+    }
+    if ids.is_empty() {
+        return Err(RuntimeError::Request("the prompt has no tokens".into()));
+    }
+    let mut cache = decoder.cache(request.kv_budget);
+    let mut chooser = Chooser::new(&request.decoding);
+    let start = Instant::now();
+    let logits = prefill(decoder, inputs, &mut cache);
+    let mut tokens = vec![chooser.choose(&logits)];
+    let prefill_seconds = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let mut history: Vec<u32> = ids.iter().chain(&tokens).copied().collect();
+    let (mut drafted, mut accepted) = (0, 0);
+    let finished = |tokens: &[u32], cache: &KvCache| {
+        tokens.len() >= request.max_new_tokens
+            || tokens
+                .last()
+                .is_some_and(|t| request.stop_tokens.contains(t))
+            || (request.kv_budget.is_none() && cache.next_position >= context)
+    };
+    while !finished(&tokens, &cache) {
+        let pending = *tokens.last().expect("one token at least");
+        let room = request.max_new_tokens - tokens.len();
+        let draft = match &request.speculation {
+            Some(speculation) if room > 1 => propose(&history, speculation, room - 1),
+            _ => Vec::new(),
+        };
+        let block: Vec<u32> = std::iter::once(pending)
+            .chain(draft.iter().copied())
+            .collect();
+        let position = cache.next_position;
+        let rows = decoder.forward(decoder.embed(&block), &mut cache, Logits::All);
+        let vocab = decoder.shape.vocab;
+        let mut taken = Vec::with_capacity(block.len());
+        for (j, row) in rows.chunks(vocab).enumerate() {
+            match draft.get(j) {
+                Some(&guess) => match chooser.verify(row, guess) {
+                    Verdict::Accept => taken.push(guess),
+                    Verdict::Replace(token) => {
+                        taken.push(token);
+                        break;
+                    }
+                },
+                None => taken.push(chooser.choose(row)),
+            }
+        }
+        drafted += draft.len();
+        accepted += taken.len() - 1;
+        // keep the pending token and the accepted drafts; the last token taken is pending
+        cache.rewind(position + taken.len());
+        cache.evict();
+        for token in taken {
+            tokens.push(token);
+            history.push(token);
+            if finished(&tokens, &cache) {
+                break;
+            }
+        }
+    }
+    Ok(RunReport {
+        prompt_tokens: ids.len(),
+        token_ids: tokens,
+        prefill_seconds,
+        decode_seconds: start.elapsed().as_secs_f64(),
+        drafted,
+        accepted,
+        kv_entries: cache.entries(),
+        kv_bytes: cache.bytes(),
+        peak_memory_bytes: peak_memory_bytes(),
+    })
+}
+
+/// The prompt pass: whole, or under a budget in chunks so that the cache never holds much
+/// more than its budget; the logits of the last position.
+fn prefill(decoder: &Decoder, inputs: Vec<f32>, cache: &mut KvCache) -> Vec<f32> {
+    let hidden = decoder.shape.hidden;
+    let chunk = match cache.budget {
+        Some(budget) => budget.recent.max(1) * hidden,
+        None => inputs.len(),
+    };
+    let mut logits = Vec::new();
+    for piece in inputs.chunks(chunk) {
+        logits = decoder.forward(piece.to_vec(), cache, Logits::Last);
+        cache.evict();
+    }
+    logits
+}
+
+/// How a token is chosen, and how a drafted token is verified: greedy (accept when it is the
+/// argmax), or sampling with the standard rejection rule for a draft that proposes one token
+/// with certainty: accept with probability `p(guess)`, otherwise draw from `p` without the
+/// guess, renormalised; the output distribution is `p` either way.
+struct Chooser {
+    decoding: Decoding,
+    rng: StdRng,
+}
+
+enum Verdict {
+    Accept,
+    Replace(u32),
+}
+
+impl Chooser {
+    fn new(decoding: &Decoding) -> Self {
+        let seed = match decoding {
+            Decoding::Sample { seed, .. } => *seed,
+            Decoding::Greedy => 0,
+        };
+        Self {
+            decoding: decoding.clone(),
+            rng: StdRng::seed_from_u64(seed),
+        }
+    }
+
+    fn probabilities(&self, logits: &[f32]) -> Vec<(u32, f32)> {
+        match &self.decoding {
+            Decoding::Sample {
+                temperature,
+                top_k,
+                top_p,
+                ..
+            } => filtered_probabilities(logits, *temperature, *top_k, *top_p),
+            Decoding::Greedy => unreachable!("greedy needs no probabilities"),
+        }
+    }
+
+    fn draw(&mut self, probabilities: &[(u32, f32)]) -> u32 {
+        let total: f32 = probabilities.iter().map(|p| p.1).sum();
+        let draw = self.rng.random::<f32>() * total;
+        let mut cumulative = 0.0;
+        for &(id, p) in probabilities {
+            cumulative += p;
+            if draw < cumulative {
+                return id;
+            }
+        }
+        probabilities.last().map_or(0, |&(id, _)| id)
+    }
+
+    fn choose(&mut self, logits: &[f32]) -> u32 {
+        match self.decoding {
+            Decoding::Greedy => argmax(logits),
+            Decoding::Sample { .. } => {
+                let p = self.probabilities(logits);
+                self.draw(&p)
+            }
+        }
+    }
+
+    fn verify(&mut self, logits: &[f32], guess: u32) -> Verdict {
+        match self.decoding {
+            Decoding::Greedy => match argmax(logits) {
+                token if token == guess => Verdict::Accept,
+                token => Verdict::Replace(token),
+            },
+            Decoding::Sample { .. } => {
+                let mut p = self.probabilities(logits);
+                let chance = p.iter().find(|e| e.0 == guess).map_or(0.0, |e| e.1);
+                if self.rng.random::<f32>() < chance {
+                    return Verdict::Accept;
+                }
+                p.retain(|e| e.0 != guess);
+                Verdict::Replace(self.draw(&p))
+            }
+        }
+    }
+}
+
+/// The process's peak resident set (`VmHWM` of `/proc/self/status`), in bytes.
+pub fn peak_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

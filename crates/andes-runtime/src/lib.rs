@@ -1,0 +1,22 @@
+//! The andes reference runtime: runs a package (or a 1+N bundle, or a float checkpoint) on
+//! the CPU straight from its packed codes, so that what a package's bytes cost at decoding
+//! time is measured, with two of AndesVL's deployment levers: OKV-style KV-cache eviction
+//! ([`kv`]) and speculative decoding ([`speculative`]).
+//!
+//! Layout: [`packed`] holds the products over packed codes (the SIMD layout is described
+//! there), [`decoder`] Qwen3's blocks over them with LoRA updates beside, [`load`] what reads
+//! packages, bundles and checkpoints, [`generate`] the decoding loop and its measurements.
+
+pub mod decoder;
+pub mod error;
+pub mod generate;
+pub mod kv;
+pub mod load;
+pub mod packed;
+pub mod speculative;
+
+pub use error::RuntimeError;
+pub use generate::{RunReport, RunRequest, generate, prompt_inputs};
+pub use kv::KvBudget;
+pub use load::{Runtime, Source};
+pub use speculative::Speculation;
