@@ -266,7 +266,8 @@ impl Decoder {
                 let visible = entry_positions.partition_point(|&p| p <= positions[t]);
                 let mut weights: Vec<f32> = (0..visible)
                     .map(|e| {
-                        dot(query, &keys[e * width + kv * d..e * width + (kv + 1) * d]) * scale
+                        dot::<false>(query, &keys[e * width + kv * d..e * width + (kv + 1) * d])
+                            * scale
                     })
                     .collect();
                 let max = weights.iter().cloned().fold(f32::NEG_INFINITY, f32::max);

@@ -20,8 +20,9 @@ use andes_package::{
     ADAPTERS_DIR, PACKAGE_DIR, PackageParts, VISION_FILE, is_package, is_package_bundle,
     open_package, open_package_bundle,
 };
-use andes_quant::QuantizedTensor;
+use andes_quant::{FloatPrecision, QuantizedTensor};
 use burn::tensor::{DType, Device};
+use half::f16;
 
 use crate::decoder::{Adapter, Block, Decoder, DecoderShape, LoraDelta, PROJECTIONS};
 use crate::error::RuntimeError;
@@ -98,15 +99,19 @@ impl Runtime {
 
 fn from_package(parts: PackageParts, dir: &Path, source: Source) -> Result<Runtime, RuntimeError> {
     let PackageParts {
+        manifest,
         config,
         quantized,
         float_bytes,
         ..
     } = parts;
+    // The package stored its tables at this precision: f16 tables are kept in f16 (exactly
+    // what the package holds, half the bytes a step reads).
+    let half = manifest.target.unquantized.precision == FloatPrecision::F16;
     let float_path = dir.join(andes_package::FLOAT_FILE);
     let mut floats = SafetensorsShards::from_memory(&float_path, &float_bytes)?;
     let mut quantized = quantized.into_iter();
-    let decoder = build_decoder(config.text_config(), &mut floats, &mut |name, _| {
+    let decoder = build_decoder(config.text_config(), &mut floats, half, &mut |name, _| {
         let (found, tensor): (String, QuantizedTensor) = quantized
             .next()
             .expect("open_package checked one packed linear per projection");
@@ -157,6 +162,7 @@ fn from_checkpoint(dir: &Path) -> Result<Runtime, RuntimeError> {
     let decoder = build_decoder(
         config.text_config(),
         &mut Prefixed(&mut shards, prefix),
+        false,
         &mut |name, [rows, cols]| {
             let data = linears.read_f32(&format!("{prefix}{name}.weight"), &[rows, cols])?;
             Ok(PackedMatrix::from_f32(rows, cols, f32_values(data)))
@@ -206,10 +212,12 @@ fn f32_values(data: burn::tensor::TensorData) -> Vec<f32> {
 /// Gives each projection, called in model order with its name and `[out, in]` shape.
 type LinearSource<'a> = dyn FnMut(&str, [usize; 2]) -> Result<PackedMatrix, RuntimeError> + 'a;
 
-/// The decoder of `config`: float tensors from `floats`, each projection from `linear`.
+/// The decoder of `config`: float tensors from `floats` (the embedding and head tables kept in
+/// f16 when `half`), each projection from `linear`.
 fn build_decoder(
     config: &Qwen3Config,
     floats: &mut dyn FloatSource,
+    half: bool,
     linear: &mut LinearSource<'_>,
 ) -> Result<Decoder, RuntimeError> {
     let (hidden, d) = (config.hidden_size, config.head_dim);
@@ -246,19 +254,22 @@ fn build_decoder(
         });
     }
     let vocab = config.vocab_size;
-    let embed = PackedMatrix::from_f32(
-        vocab,
-        hidden,
-        floats.read("model.embed_tokens.weight", &[vocab, hidden])?,
-    );
+    let table = |values: Vec<f32>| {
+        if half {
+            PackedMatrix::from_f16(
+                vocab,
+                hidden,
+                values.into_iter().map(f16::from_f32).collect(),
+            )
+        } else {
+            PackedMatrix::from_f32(vocab, hidden, values)
+        }
+    };
+    let embed = table(floats.read("model.embed_tokens.weight", &[vocab, hidden])?);
     let head = if config.tie_word_embeddings && !floats.has("lm_head.weight") {
         None
     } else {
-        Some(PackedMatrix::from_f32(
-            vocab,
-            hidden,
-            floats.read("lm_head.weight", &[vocab, hidden])?,
-        ))
+        Some(table(floats.read("lm_head.weight", &[vocab, hidden])?))
     };
     let (theta, scaling) = config
         .rope()
