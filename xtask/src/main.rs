@@ -83,6 +83,16 @@ enum BenchCommand {
         #[arg(long, value_name = "N", default_value_t = 400)]
         pretrain_steps: u32,
     },
+    /// Decode tokens/s and peak memory of the CPU runtime (float, ~4 bpw, the dimensity9500
+    /// plan at 1.8 bpw) against llama.cpp and the bandwidth bound, on a Qwen3-0.6B shape.
+    Runtime {
+        /// Threads of both engines.
+        #[arg(long, value_name = "T", default_value_t = 2)]
+        threads: usize,
+        /// Tokens generated per run.
+        #[arg(long, value_name = "N", default_value_t = 64)]
+        new_tokens: usize,
+    },
     /// Held-out digit accuracy of the quantized tiny AndesVL, calibrated on text only or on
     /// text and images (CPU).
     VlmQuant {
@@ -105,6 +115,10 @@ fn main() -> anyhow::Result<()> {
             BenchCommand::Qalft(args) => bench::qalft::qalft(&args),
             BenchCommand::Quantize { pretrain_steps } => bench::quantize::quantize(pretrain_steps),
             BenchCommand::VlmQuant { steps } => bench::vlm_quant::vlm_quant(steps),
+            BenchCommand::Runtime {
+                threads,
+                new_tokens,
+            } => bench::runtime::runtime(threads, new_tokens),
         },
     }
 }
@@ -143,6 +157,8 @@ mod tests {
             "bench report target/bench",
             "bench vision",
             "bench vision --threads 2",
+            "bench runtime",
+            "bench runtime --threads 2 --new-tokens 8",
             "bench quantize",
             "bench quantize --pretrain-steps 400",
             "bench vlm-quant",

@@ -34,10 +34,11 @@ pub(crate) fn run(command: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `python3 SCRIPT` (repo-relative), run from the repository root: the scripts take repo-relative
-/// paths.
+/// `python3 SCRIPT` (repo-relative; `$PYTHON` instead of python3 when set, the interpreter
+/// where the peers are installed), run from the repository root: the scripts take
+/// repo-relative paths.
 pub(crate) fn python(script: &str) -> Command {
-    let mut command = Command::new("python3");
+    let mut command = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()));
     command.current_dir(root()).arg(script);
     command
 }

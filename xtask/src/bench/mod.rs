@@ -5,6 +5,7 @@ pub(crate) mod forward;
 pub(crate) mod qalft;
 pub(crate) mod quantize;
 pub(crate) mod report;
+pub(crate) mod runtime;
 pub(crate) mod vision;
 pub(crate) mod vlm_quant;
 

@@ -1,0 +1,215 @@
+//! `cargo xtask bench runtime`: decode speed and peak memory of the CPU runtime on a model the
+//! size of Qwen3-0.6B (random weights from `andes init`, seed 0) in float, at ~4 bpw
+//! (int4-g128 everywhere) and at the dimensity9500 plan of 1.8 bpw, against llama.cpp on the
+//! same checkpoint (GGUF f16, Q4_K_M, Q2_K, IQ2_XXS, IQ1_M; `scripts/bench/runtime_llamacpp.py`,
+//! run with `$PYTHON`, default python3, where llama-cpp-python is installed) with equal threads,
+//! and against the bandwidth bound: bytes a step reads over the read bandwidth measured here.
+//! Writes every raw row and a Markdown table under `target/bench/runtime/`.
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use super::fresh_bench;
+use crate::andes_runner::stdout_of;
+use crate::workspace::{python, root};
+
+const PROMPT: &str = "The meaning of the word is the meaning";
+const PROJECTIONS: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
+/// Builds, packages and measures everything of the module's docs with `threads` threads and
+/// `new_tokens` generated tokens a run.
+pub(crate) fn runtime(threads: usize, new_tokens: usize) -> anyhow::Result<()> {
+    let (out, andes) = fresh_bench("runtime")?;
+    let model = out.join("qwen3-0.6b");
+    stdout_of(
+        andes.command().args(["init", "--seed", "0"]).args([
+            "--config",
+            root()
+                .join("configs/models/qwen3-0.6b.json")
+                .to_str()
+                .unwrap(),
+            "--tokenizer",
+            root().join("fixtures/tokenizer").to_str().unwrap(),
+            "--out",
+            model.to_str().unwrap(),
+        ]),
+    )?;
+    let plan = out.join("plan-int4-g128-sym.json");
+    let layers: Vec<serde_json::Value> = (0..28)
+        .flat_map(|layer| {
+            PROJECTIONS.map(|p| {
+                serde_json::json!({"name": format!("model.layers.{layer}.{p}"), "format": "int4-g128-sym"})
+            })
+        })
+        .collect();
+    std::fs::write(
+        &plan,
+        serde_json::json!({"version": 1, "layers": layers}).to_string(),
+    )?;
+    let int4 = out.join("package-int4");
+    let d9500 = out.join("package-d9500-1.8");
+    let cache = out.join("cache");
+    stdout_of(
+        andes
+            .command()
+            .args(["quantize", "--init", "rtn", "--target", "generic-cpu"])
+            .args([
+                "--model",
+                model.to_str().unwrap(),
+                "--plan",
+                plan.to_str().unwrap(),
+                "--out",
+                int4.to_str().unwrap(),
+            ]),
+    )?;
+    andes.quantize(
+        &model,
+        "dimensity9500",
+        "1.8",
+        &cache,
+        &d9500,
+        &[
+            "--calib",
+            root()
+                .join("datasets/gcide/gcide-sample.txt")
+                .to_str()
+                .unwrap(),
+            "--calib-windows",
+            "8",
+            "--sensitivity",
+            "hessian",
+            "--init",
+            "rtn",
+        ],
+    )?;
+    let bandwidth = read_bandwidth(threads);
+    let mut rows = Vec::new();
+    for (label, path, extra) in [
+        ("andes float (f32)", &model, &["--runtime"][..]),
+        ("andes int4-g128 (4.1 bpw)", &int4, &[][..]),
+        ("andes dimensity9500 plan (1.8 bpw)", &d9500, &[][..]),
+    ] {
+        let stdout = stdout_of(
+            andes
+                .command()
+                .args(["generate", "--greedy", "--json", "--prompt", PROMPT])
+                .args(["--threads", &threads.to_string()])
+                .args(["--max-new-tokens", &new_tokens.to_string(), "--model"])
+                .arg(path)
+                .args(extra),
+        )?;
+        let mut row: serde_json::Value = serde_json::from_slice(&stdout)?;
+        row["label"] = label.into();
+        rows.push(row);
+    }
+    let peer = stdout_of(
+        python("scripts/bench/runtime_llamacpp.py")
+            .args(["--model", model.to_str().unwrap()])
+            .args(["--work", out.join("gguf").to_str().unwrap()])
+            .args(["--threads", &threads.to_string(), "--prompt", PROMPT])
+            .args(["--new-tokens", &new_tokens.to_string()]),
+    )?;
+    let peers: Vec<serde_json::Value> = String::from_utf8(peer)?
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let table = table(&rows, &peers, bandwidth, threads, new_tokens);
+    print!("{table}");
+    std::fs::write(out.join("table.md"), &table)?;
+    let raw: Vec<String> = rows.iter().chain(&peers).map(|r| r.to_string()).collect();
+    std::fs::write(out.join("rows.jsonl"), raw.join("\n") + "\n")?;
+    Ok(())
+}
+
+/// The Markdown table: every andes row and every llama.cpp type, with the bandwidth bound of
+/// the andes rows and each andes row's ratio to the llama.cpp type nearest in bits.
+fn table(
+    rows: &[serde_json::Value],
+    peers: &[serde_json::Value],
+    bandwidth: f64,
+    threads: usize,
+    new_tokens: usize,
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Decode of a Qwen3-0.6B-shape model (random weights), {threads} threads, greedy, \
+         {new_tokens} tokens; read bandwidth measured here: {:.1} GB/s.\n",
+        bandwidth / 1e9
+    );
+    let _ = writeln!(
+        out,
+        "| engine, weights | decode tok/s | prefill tok/s | peak memory MiB | bytes a step reads (MB) | bandwidth bound tok/s | share of the bound |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    for row in rows {
+        let bytes = row["weight_bytes"].as_f64().unwrap_or(0.0);
+        let decode = row["decode_tokens_per_s"].as_f64().unwrap_or(0.0);
+        let bound = bandwidth / bytes;
+        let _ = writeln!(
+            out,
+            "| {} | {decode:.2} | {:.2} | {:.0} | {:.0} | {bound:.1} | {:.0}% |",
+            row["label"].as_str().unwrap_or("?"),
+            row["prefill_tokens_per_s"].as_f64().unwrap_or(0.0),
+            row["peak_memory_mib"].as_f64().unwrap_or(0.0),
+            bytes / 1e6,
+            100.0 * decode / bound
+        );
+    }
+    for peer in peers {
+        let kind = peer["type"].as_str().unwrap_or("?");
+        match peer.get("error") {
+            Some(error) => {
+                let _ = writeln!(
+                    out,
+                    "| llama.cpp {kind} | not measured: {error} | | | | | |"
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "| llama.cpp {kind} | {:.2} | {:.2} | {:.0} | {:.0} (file) | | |",
+                    peer["decode_tokens_per_s"].as_f64().unwrap_or(0.0),
+                    peer["prefill_tokens_per_s"].as_f64().unwrap_or(0.0),
+                    peer["peak_memory_mib"].as_f64().unwrap_or(0.0),
+                    peer["file_bytes"].as_f64().unwrap_or(0.0) / 1e6
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Bytes per second `threads` threads read from a 1 GiB buffer (best of three passes): the
+/// memory bandwidth a decoding step can use here.
+fn read_bandwidth(threads: usize) -> f64 {
+    let words = (1usize << 30) / 8;
+    let buffer: Vec<u64> = (0..words as u64).collect();
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let total: u64 = std::thread::scope(|scope| {
+            buffer
+                .chunks(words.div_ceil(threads))
+                .map(|chunk| {
+                    scope.spawn(move || chunk.iter().fold(0u64, |a, &b| a.wrapping_add(b)))
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .fold(0u64, u64::wrapping_add)
+        });
+        std::hint::black_box(total);
+        best = best.max((words * 8) as f64 / start.elapsed().as_secs_f64());
+    }
+    best
+}
