@@ -83,6 +83,9 @@ enum BenchCommand {
         #[arg(long, value_name = "N", default_value_t = 400)]
         pretrain_steps: u32,
     },
+    /// Perplexity and KV memory of the tiny Qwen3 on held-out text under KV-cache eviction
+    /// (OKV-style and recent-window budgets) on the CPU runtime.
+    Okv,
     /// Decode tokens/s and peak memory of the CPU runtime (float, ~4 bpw, the dimensity9500
     /// plan at 1.8 bpw) against llama.cpp and the bandwidth bound, on a Qwen3-0.6B shape.
     Runtime {
@@ -115,6 +118,7 @@ fn main() -> anyhow::Result<()> {
             BenchCommand::Qalft(args) => bench::qalft::qalft(&args),
             BenchCommand::Quantize { pretrain_steps } => bench::quantize::quantize(pretrain_steps),
             BenchCommand::VlmQuant { steps } => bench::vlm_quant::vlm_quant(steps),
+            BenchCommand::Okv => bench::okv::okv(),
             BenchCommand::Runtime {
                 threads,
                 new_tokens,
@@ -158,6 +162,7 @@ mod tests {
             "bench vision",
             "bench vision --threads 2",
             "bench runtime",
+            "bench okv",
             "bench runtime --threads 2 --new-tokens 8",
             "bench quantize",
             "bench quantize --pretrain-steps 400",

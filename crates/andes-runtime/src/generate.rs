@@ -202,6 +202,40 @@ pub fn generate(
     })
 }
 
+/// The mean negative log-likelihood of `ids[1..]` read one token at a time, each predicted
+/// from the cache of the ones before it under `budget` (evicting after every step, as
+/// decoding does), and the most KV bytes the cache held: what eviction costs in quality and
+/// saves in memory on a long text.
+pub fn streaming_nll(
+    decoder: &Decoder,
+    ids: &[u32],
+    budget: Option<KvBudget>,
+) -> Result<(f64, usize), RuntimeError> {
+    if budget.is_none() && ids.len() > decoder.shape.max_positions {
+        return Err(RuntimeError::Request(format!(
+            "the text has {} tokens but the model's context is {} positions; \
+             --kv-budget evicts entries to go on",
+            ids.len(),
+            decoder.shape.max_positions
+        )));
+    }
+    let mut cache = decoder.cache(budget);
+    let (mut total, mut peak) = (0.0f64, 0usize);
+    for pair in ids.windows(2) {
+        let logits = decoder.forward(decoder.embed(&pair[..1]), &mut cache, Logits::Last);
+        peak = peak.max(cache.bytes());
+        cache.evict();
+        let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let log_sum = logits
+            .iter()
+            .map(|l| ((l - max) as f64).exp())
+            .sum::<f64>()
+            .ln();
+        total += log_sum - (logits[pair[1] as usize] - max) as f64;
+    }
+    Ok((total / (ids.len() - 1).max(1) as f64, peak))
+}
+
 /// The prompt pass: whole, or under a budget in chunks so that the cache never holds much
 /// more than its budget; the logits of the last position.
 fn prefill(decoder: &Decoder, inputs: Vec<f32>, cache: &mut KvCache) -> Vec<f32> {

@@ -17,6 +17,15 @@
 //! (pooled), and does not evict during decoding. Here scores keep accumulating during
 //! decoding and eviction runs after every step.
 
+/// Which entries go when a layer is over budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvPolicy {
+    /// The least attended, sinks and the recent window kept (the module's rule).
+    Attention,
+    /// The oldest: a recent window only (the baseline eviction is measured against).
+    Recent,
+}
+
 /// How many entries a layer keeps and which it never drops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvBudget {
@@ -26,6 +35,8 @@ pub struct KvBudget {
     pub sink: usize,
     /// The newest entries, always kept.
     pub recent: usize,
+    /// Which go.
+    pub policy: KvPolicy,
 }
 
 impl KvBudget {
@@ -35,6 +46,17 @@ impl KvBudget {
             entries,
             sink: 4.min(entries / 4),
             recent: entries / 4,
+            policy: KvPolicy::Attention,
+        }
+    }
+
+    /// A budget of `entries` that keeps the newest entries only.
+    pub fn recent_only(entries: usize) -> Self {
+        Self {
+            entries,
+            sink: 0,
+            recent: entries,
+            policy: KvPolicy::Recent,
         }
     }
 }
@@ -145,11 +167,16 @@ impl KvCache {
             let mut candidates: Vec<usize> = (0..n.saturating_sub(budget.recent))
                 .filter(|&i| layer.positions[i] >= budget.sink)
                 .collect();
-            candidates.sort_by(|&a, &b| {
-                layer.scores[a]
-                    .total_cmp(&layer.scores[b])
-                    .then(layer.positions[a].cmp(&layer.positions[b]))
-            });
+            if budget.policy == KvPolicy::Attention {
+                candidates.sort_by(|&a, &b| {
+                    layer.scores[a]
+                        .total_cmp(&layer.scores[b])
+                        .then(layer.positions[a].cmp(&layer.positions[b]))
+                });
+            } else {
+                // entries are in position order: the recent window's complement is the oldest
+                candidates = (0..n - budget.entries).collect();
+            }
             let mut keep = vec![true; n];
             for &i in candidates.iter().take(n - budget.entries) {
                 keep[i] = false;
@@ -169,6 +196,7 @@ mod tests {
             entries: 5,
             sink: 1,
             recent: 2,
+            policy: KvPolicy::Attention,
         };
         let mut cache = KvCache::new(1, 1, Some(budget));
         let layer = &mut cache.layers[0];

@@ -2,6 +2,7 @@
 //! against a transformers peer on the same machine where there is one.
 
 pub(crate) mod forward;
+pub(crate) mod okv;
 pub(crate) mod qalft;
 pub(crate) mod quantize;
 pub(crate) mod report;

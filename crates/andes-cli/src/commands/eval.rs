@@ -9,6 +9,7 @@ use andes_data::TextTokenizer;
 use andes_model::evaluate::{EvalInput, EvalParams, EvalQuantization, evaluate};
 use andes_model::quantize::{BaseFormats, BaseQuantization, PtqMethod};
 use andes_quant::QuantFormat;
+use andes_runtime::{KvBudget, Runtime, streaming_nll};
 use clap::Args;
 
 use crate::model_args::{AdapterArgs, ModelArgs};
@@ -60,10 +61,34 @@ pub struct EvalArgs {
     /// for --text and --documents or windows for --chat).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    streaming: StreamingArgs,
+}
+
+/// Streaming evaluation on the CPU runtime: what KV-cache eviction costs.
+#[derive(Args, Debug)]
+pub struct StreamingArgs {
+    /// Score --text on the runtime one token at a time with one growing cache (no windows),
+    /// as decoding reads it; reports the most KV bytes held.
+    #[arg(long, requires = "text", conflicts_with_all = ["quantization", "window", "stride"])]
+    runtime: bool,
+    /// With --runtime: keep at most this many KV entries per layer.
+    #[arg(long, requires = "runtime")]
+    kv_budget: Option<usize>,
+    /// With --kv-budget: `attention` (OKV-style: the least attended go, first tokens and the
+    /// newest quarter kept) or `recent` (a recent window only).
+    #[arg(long, default_value = "attention", requires = "kv_budget")]
+    kv_policy: String,
+    /// With --runtime: score only the first this many tokens.
+    #[arg(long, requires = "runtime")]
+    max_tokens: Option<usize>,
 }
 
 /// Runs `andes eval`.
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    if args.streaming.runtime {
+        return run_streaming(&args);
+    }
     let mut loaded = args.model.load(&args.adapter)?;
     let tokenizer = TextTokenizer::from_model_dir(&loaded.files_dir)?;
     let input = match (args.text, args.documents, args.chat) {
@@ -107,6 +132,55 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         if let Some(bpw) = bpw {
             println!("quantized linears: {bpw:.4} bpw (scales and zero points counted)");
         }
+    }
+    Ok(())
+}
+
+/// `--runtime`: the text's mean NLL read one token at a time on the runtime, under the budget.
+fn run_streaming(args: &EvalArgs) -> anyhow::Result<()> {
+    let streaming = &args.streaming;
+    let mut runtime = Runtime::load(&args.model.model)?;
+    runtime.use_adapter(args.adapter.adapter.as_deref())?;
+    let tokenizer = TextTokenizer::from_model_dir(&runtime.files_dir)?;
+    let path = args
+        .text
+        .as_ref()
+        .expect("clap requires --text with --runtime");
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut ids = tokenizer.encode(&text)?;
+    if let Some(most) = streaming.max_tokens {
+        ids.truncate(most);
+    }
+    let budget = match (streaming.kv_budget, streaming.kv_policy.as_str()) {
+        (None, _) => None,
+        (Some(n), "attention") => Some(KvBudget::new(n)),
+        (Some(n), "recent") => Some(KvBudget::recent_only(n)),
+        (_, other) => anyhow::bail!("--kv-policy: `{other}`, expected attention or recent"),
+    };
+    let (mean_nll, peak) = streaming_nll(&runtime.decoder, &ids, budget)?;
+    let config = runtime.config.text_config();
+    let full =
+        ids.len() * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 2 * 4;
+    let report = serde_json::json!({
+        "mean_nll": mean_nll,
+        "perplexity": mean_nll.exp(),
+        "tokens": ids.len(),
+        "kv_budget": streaming.kv_budget,
+        "kv_policy": streaming.kv_budget.map(|_| streaming.kv_policy.clone()),
+        "kv_bytes_peak": peak,
+        "kv_bytes_without_eviction": full,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!(
+            "perplexity {:.4} over {} tokens, KV cache at most {:.1} KiB ({:.1} KiB without eviction)",
+            mean_nll.exp(),
+            ids.len(),
+            peak as f64 / 1024.0,
+            full as f64 / 1024.0
+        );
     }
     Ok(())
 }
