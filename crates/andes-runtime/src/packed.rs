@@ -28,7 +28,9 @@ const ROWS_PER_TASK: usize = 32;
 #[derive(Debug, Clone)]
 enum Codes {
     Eight(Vec<[f32; 8]>),
-    Five(Vec<[f32; 5]>),
+    /// Ternary, with each byte's five codes also as the low bytes of a `u64` (the fused path
+    /// decodes a row to bytes, eight bytes a store).
+    Five(Vec<[f32; 5]>, Box<[u64; 256]>),
     Four(Vec<[f32; 4]>),
     Two(Vec<[f32; 2]>),
     One(Vec<[f32; 1]>),
@@ -67,7 +69,15 @@ impl PackedMatrix {
         let bits = format.bits();
         let codes = match bits {
             Bits::Int3 => Codes::Int3,
-            Bits::Ternary => Codes::Five(table(|byte, i| (byte / 3u32.pow(i as u32)) % 3)),
+            Bits::Ternary => {
+                let trit = |byte: u32, i: usize| (byte / 3u32.pow(i as u32)) % 3;
+                let bytes = Box::new(std::array::from_fn(|byte| {
+                    (0..5).fold(0u64, |word, i| {
+                        word | u64::from(trit(byte as u32, i)) << (8 * i)
+                    })
+                }));
+                Codes::Five(table(trit), bytes)
+            }
             Bits::Int1 => Codes::Eight(table(|byte, i| (byte >> i) & 1)),
             Bits::Int2 => Codes::Four(table(|byte, i| (byte >> (2 * i)) & 3)),
             Bits::Int4 => Codes::Two(table(|byte, i| (byte >> (4 * i)) & 15)),
@@ -167,15 +177,18 @@ impl PackedMatrix {
             .par_chunks_mut(ROWS_PER_TASK * count)
             .enumerate()
             .for_each(|(task, out)| {
-                let mut row = vec![0.0f32; self.cols.next_multiple_of(8) + 8];
+                let mut scratch = Scratch {
+                    row: vec![0.0f32; self.cols.next_multiple_of(8) + 8],
+                    codes: vec![0u8; self.cols + 8],
+                };
                 let first = task * ROWS_PER_TASK;
                 #[cfg(target_arch = "x86_64")]
                 if has_avx2_fma() {
                     // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-                    unsafe { self.rows_avx2(x, &sums, first, out, &mut row) };
+                    unsafe { self.rows_avx2(x, &sums, first, out, &mut scratch) };
                     return;
                 }
-                self.rows_products::<false>(x, &sums, first, out, &mut row);
+                self.rows_products::<false>(x, &sums, first, out, &mut scratch);
             });
         if count == 1 {
             return outputs;
@@ -198,13 +211,13 @@ impl PackedMatrix {
         sums: &[f32],
         first: usize,
         out: &mut [f32],
-        row: &mut [f32],
+        scratch: &mut Scratch,
     ) {
-        self.rows_products::<true>(x, sums, first, out, row);
+        self.rows_products::<true>(x, sums, first, out, scratch);
     }
 
     /// The products of rows `first..` (as many as `out` holds, `count` outputs each) with
-    /// every vector of `x`, each row decoded once into the scratch `row`.
+    /// every vector of `x`, each row decoded at most once into the scratch.
     #[inline(always)]
     fn rows_products<const FMA: bool>(
         &self,
@@ -212,8 +225,9 @@ impl PackedMatrix {
         sums: &[f32],
         first: usize,
         out: &mut [f32],
-        row: &mut [f32],
+        scratch: &mut Scratch,
     ) {
+        let row = &mut scratch.row;
         let cols = self.cols;
         let count = x.len() / cols;
         for (i, out) in out.chunks_mut(count).enumerate() {
@@ -252,13 +266,20 @@ impl PackedMatrix {
                     let (group, groups) = (*group, *groups);
                     let packed = &bytes[r * row_bytes..(r + 1) * row_bytes];
                     #[cfg(target_arch = "x86_64")]
-                    if let (true, Some(width)) = (FMA, codes.fused_width()) {
-                        // SAFETY: FMA is only set on the AVX2 path (`rows_avx2`).
-                        unsafe {
-                            fused::rows(
-                                width, packed, x, sums, group, scales, zeros, r, groups, out,
-                            )
+                    if let (true, Some(kind)) = (FMA, codes.fused()) {
+                        let source = if kind == fused::Kind::Bytes {
+                            codes.decode_bytes(packed, &mut scratch.codes);
+                            &scratch.codes[..]
+                        } else {
+                            packed
                         };
+                        let groups_of_row = fused::Groups {
+                            group,
+                            scales: &scales[r * groups..(r + 1) * groups],
+                            zeros: &zeros[r * groups..(r + 1) * groups],
+                        };
+                        // SAFETY: FMA is only set on the AVX2 path (`rows_avx2`).
+                        unsafe { fused::rows(kind, source, x, sums, &groups_of_row, out) };
                         continue;
                     }
                     codes.decode(packed, row);
@@ -283,6 +304,12 @@ impl PackedMatrix {
     }
 }
 
+/// Per-task scratch: a row decoded to f32, or to code bytes.
+struct Scratch {
+    row: Vec<f32>,
+    codes: Vec<u8>,
+}
+
 /// Whether the CPU converts f16 in hardware (checked once).
 #[cfg(target_arch = "x86_64")]
 fn has_f16c() -> bool {
@@ -300,14 +327,32 @@ fn has_avx2_fma() -> bool {
 }
 
 impl Codes {
-    /// The code width the fused AVX2 kernels take (int2 and int4), if any.
+    /// The fused AVX2 kernel for these codes, if there is one (every width but int3 and int8).
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    fn fused_width(&self) -> Option<u32> {
+    fn fused(&self) -> Option<fused::Kind> {
         match self {
-            Codes::Two(_) => Some(4),
-            Codes::Four(_) => Some(2),
+            Codes::Two(_) => Some(fused::Kind::Int4),
+            Codes::Four(_) => Some(fused::Kind::Int2),
+            Codes::Eight(_) => Some(fused::Kind::Int1),
+            Codes::Five(..) => Some(fused::Kind::Bytes),
             _ => None,
+        }
+    }
+
+    /// Ternary codes of one packed row as bytes into `out` (at least 5·bytes + 3 long): one
+    /// eight-byte store a byte, each overlapping the next.
+    #[inline(always)]
+    fn decode_bytes(&self, bytes: &[u8], out: &mut [u8]) {
+        if let Codes::Five(_, words) = self {
+            assert!(out.len() >= 5 * bytes.len() + 3, "room for the last store");
+            let dst = out.as_mut_ptr();
+            for (j, &byte) in bytes.iter().enumerate() {
+                // SAFETY: 5j + 8 ≤ 5·len + 3 ≤ out.len() (asserted above).
+                unsafe {
+                    (dst.add(5 * j) as *mut u64).write_unaligned(words[byte as usize].to_le())
+                };
+            }
         }
     }
 
@@ -316,7 +361,7 @@ impl Codes {
     fn decode(&self, bytes: &[u8], out: &mut [f32]) {
         match self {
             Codes::Eight(table) => decode_with(table, bytes, out),
-            Codes::Five(table) => decode_with(table, bytes, out),
+            Codes::Five(table, _) => decode_with(table, bytes, out),
             Codes::Four(table) => decode_with(table, bytes, out),
             Codes::Two(table) => decode_with(table, bytes, out),
             Codes::One(table) => decode_with(table, bytes, out),
@@ -351,58 +396,125 @@ fn table<const K: usize>(code: impl Fn(u32, usize) -> u32) -> Vec<[f32; K]> {
         .collect()
 }
 
-/// The int2 and int4 products on AVX2 without a decoded row: 32 codes at a time are split
-/// out of their bytes with shifts and masks, interleaved back into order, widened to f32 and
-/// multiplied into four accumulators; the codes never leave registers.
+/// The products on AVX2: int4 and int2 without a decoded row (32 codes at a time split out of
+/// their bytes with shifts and masks, interleaved back into order, widened to f32 and
+/// multiplied into two accumulators: the codes never leave registers); int1 bits as lane masks
+/// selecting the inputs to add; ternary from a row decoded to one byte a code, widened 16 at
+/// a time.
 #[cfg(target_arch = "x86_64")]
 mod fused {
     use std::arch::x86_64::*;
 
-    /// Row `r`'s products with every vector of `x` (see `PackedMatrix::rows_products`).
-    #[allow(clippy::too_many_arguments)]
+    /// Which kernel reads a row.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(super) enum Kind {
+        /// Two codes a byte.
+        Int4,
+        /// Four codes a byte.
+        Int2,
+        /// Eight codes a byte, as masks.
+        Int1,
+        /// One code a byte (ternary, decoded to bytes first).
+        Bytes,
+    }
+
+    /// One row's groups: their length, scales and zero points.
+    pub(super) struct Groups<'a> {
+        pub(super) group: usize,
+        pub(super) scales: &'a [f32],
+        pub(super) zeros: &'a [f32],
+    }
+
+    /// One row's products with every vector of `x` (see `PackedMatrix::rows_products`).
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn rows(
-        width: u32,
-        packed: &[u8],
+        kind: Kind,
+        source: &[u8],
         x: &[f32],
         sums: &[f32],
-        group: usize,
-        scales: &[f32],
-        zeros: &[f32],
-        r: usize,
-        groups: usize,
+        row: &Groups<'_>,
         out: &mut [f32],
     ) {
         let cols = x.len() / out.len();
-        let (scales, zeros) = (
-            &scales[r * groups..(r + 1) * groups],
-            &zeros[r * groups..(r + 1) * groups],
-        );
-        let per_byte = (8 / width) as usize;
+        let groups = row.scales.len();
+        let per_byte = match kind {
+            Kind::Int4 => 2,
+            Kind::Int2 => 4,
+            Kind::Int1 => 8,
+            Kind::Bytes => 1,
+        };
         for (m, y) in out.iter_mut().enumerate() {
             let input = &x[m * cols..(m + 1) * cols];
             let sums = &sums[m * groups..(m + 1) * groups];
             let mut total = 0.0f32;
             for g in 0..groups {
-                let start = g * group;
-                let end = (start + group).min(cols);
-                let bytes = &packed[start / per_byte..];
+                let start = g * row.group;
+                let end = (start + row.group).min(cols);
+                let bytes = &source[start / per_byte..];
+                let x = &input[start..end];
                 // SAFETY: AVX2 and FMA are enabled for this function.
                 let codes_x = unsafe {
-                    if width == 4 {
-                        int4_dot(bytes, &input[start..end])
-                    } else {
-                        int2_dot(bytes, &input[start..end])
+                    match kind {
+                        Kind::Int4 => int4_dot(bytes, x),
+                        Kind::Int2 => int2_dot(bytes, x),
+                        Kind::Int1 => int1_dot(bytes, x),
+                        Kind::Bytes => bytes_dot(bytes, x),
                     }
                 };
-                total += scales[g] * (codes_x - zeros[g] * sums[g]);
+                total += row.scales[g] * (codes_x - row.zeros[g] * sums[g]);
             }
             *y = total;
         }
     }
 
+    /// `Σ codeᵢ·xᵢ` for one code a byte.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn accumulate(codes: __m128i, x: &[f32], acc: &mut [__m256; 2]) {
+    unsafe fn bytes_dot(bytes: &[u8], x: &[f32]) -> f32 {
+        let n = x.len();
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            // SAFETY: 32 code bytes from i lie inside the decoded row.
+            unsafe {
+                let first = _mm_loadu_si128(bytes.as_ptr().add(i) as *const __m128i);
+                let second = _mm_loadu_si128(bytes.as_ptr().add(i + 16) as *const __m128i);
+                accumulate(first, &x[i..i + 16], &mut acc[..2]);
+                accumulate(second, &x[i + 16..i + 32], &mut acc[2..]);
+            }
+            i += 32;
+        }
+        let tail: f32 = (i..n).map(|j| f32::from(bytes[j]) * x[j]).sum();
+        // SAFETY: AVX2 is enabled.
+        unsafe { finish(acc, tail) }
+    }
+
+    /// `Σ codeᵢ·xᵢ` for int1 codes (eight a byte, lowest bit first): each byte's bits become
+    /// lane masks that select the inputs to add.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn int1_dot(bytes: &[u8], x: &[f32]) -> f32 {
+        let n = x.len();
+        let bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                let byte = _mm256_set1_epi32(i32::from(bytes[i / 8 + k]));
+                let mask = _mm256_cmpeq_epi32(_mm256_and_si256(byte, bits), bits);
+                // SAFETY: 8 inputs from i + 8k lie inside `x`.
+                let values = unsafe { _mm256_loadu_ps(x.as_ptr().add(i + 8 * k)) };
+                *acc = _mm256_add_ps(*acc, _mm256_and_ps(_mm256_castsi256_ps(mask), values));
+            }
+            i += 32;
+        }
+        let tail: f32 = (i..n)
+            .map(|j| f32::from((bytes[j / 8] >> (j % 8)) & 1) * x[j])
+            .sum();
+        // SAFETY: AVX2 is enabled.
+        unsafe { finish(acc, tail) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn accumulate(codes: __m128i, x: &[f32], acc: &mut [__m256]) {
         // SAFETY: `x` holds 16 values; AVX2 and FMA are enabled.
         unsafe {
             let low = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(codes));
@@ -413,8 +525,8 @@ mod fused {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn finish(acc: [__m256; 2], tail: f32) -> f32 {
-        let sum = _mm256_add_ps(acc[0], acc[1]);
+    unsafe fn finish(acc: [__m256; 4], tail: f32) -> f32 {
+        let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
         let half = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
         let pair = _mm_add_ps(half, _mm_movehl_ps(half, half));
         let one = _mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1));
@@ -425,17 +537,18 @@ mod fused {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn f16_dot(w: &[half::f16], x: &[f32]) -> f32 {
         let n = x.len();
-        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut acc = [_mm256_setzero_ps(); 4];
         let mut i = 0;
-        while i + 16 <= n {
-            // SAFETY: 16 weights and 16 inputs from i lie inside both slices.
-            unsafe {
-                let a = _mm256_cvtph_ps(_mm_loadu_si128(w.as_ptr().add(i) as *const __m128i));
-                let b = _mm256_cvtph_ps(_mm_loadu_si128(w.as_ptr().add(i + 8) as *const __m128i));
-                acc[0] = _mm256_fmadd_ps(a, _mm256_loadu_ps(x.as_ptr().add(i)), acc[0]);
-                acc[1] = _mm256_fmadd_ps(b, _mm256_loadu_ps(x.as_ptr().add(i + 8)), acc[1]);
+        while i + 32 <= n {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: 8 weights and 8 inputs from i + 8k lie inside both slices.
+                unsafe {
+                    let w8 = _mm_loadu_si128(w.as_ptr().add(i + 8 * k) as *const __m128i);
+                    let x8 = _mm256_loadu_ps(x.as_ptr().add(i + 8 * k));
+                    *acc = _mm256_fmadd_ps(_mm256_cvtph_ps(w8), x8, *acc);
+                }
             }
-            i += 16;
+            i += 32;
         }
         let tail: f32 = (i..n).map(|j| w[j].to_f32() * x[j]).sum();
         // SAFETY: AVX2 is enabled.
@@ -446,7 +559,7 @@ mod fused {
     #[target_feature(enable = "avx2,fma")]
     unsafe fn int4_dot(bytes: &[u8], x: &[f32]) -> f32 {
         let n = x.len();
-        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut acc = [_mm256_setzero_ps(); 4];
         let mask = _mm_set1_epi8(0x0F);
         let mut i = 0;
         while i + 32 <= n {
@@ -455,8 +568,8 @@ mod fused {
                 let b = _mm_loadu_si128(bytes.as_ptr().add(i / 2) as *const __m128i);
                 let lo = _mm_and_si128(b, mask);
                 let hi = _mm_and_si128(_mm_srli_epi16(b, 4), mask);
-                accumulate(_mm_unpacklo_epi8(lo, hi), &x[i..i + 16], &mut acc);
-                accumulate(_mm_unpackhi_epi8(lo, hi), &x[i + 16..i + 32], &mut acc);
+                accumulate(_mm_unpacklo_epi8(lo, hi), &x[i..i + 16], &mut acc[..2]);
+                accumulate(_mm_unpackhi_epi8(lo, hi), &x[i + 16..i + 32], &mut acc[2..]);
             }
             i += 32;
         }
@@ -471,7 +584,7 @@ mod fused {
     #[target_feature(enable = "avx2,fma")]
     unsafe fn int2_dot(bytes: &[u8], x: &[f32]) -> f32 {
         let n = x.len();
-        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut acc = [_mm256_setzero_ps(); 4];
         let mask = _mm_set1_epi8(0x03);
         let mut i = 0;
         while i + 32 <= n {
@@ -484,8 +597,12 @@ mod fused {
                 let p3 = _mm_and_si128(_mm_srli_epi16(b, 6), mask);
                 let q01 = _mm_unpacklo_epi8(p0, p1);
                 let q23 = _mm_unpacklo_epi8(p2, p3);
-                accumulate(_mm_unpacklo_epi16(q01, q23), &x[i..i + 16], &mut acc);
-                accumulate(_mm_unpackhi_epi16(q01, q23), &x[i + 16..i + 32], &mut acc);
+                accumulate(_mm_unpacklo_epi16(q01, q23), &x[i..i + 16], &mut acc[..2]);
+                accumulate(
+                    _mm_unpackhi_epi16(q01, q23),
+                    &x[i + 16..i + 32],
+                    &mut acc[2..],
+                );
             }
             i += 32;
         }
