@@ -447,7 +447,8 @@ mod fused {
             let input = &x[m * cols..(m + 1) * cols];
             let sums = &sums[m * groups..(m + 1) * groups];
             let mut total = 0.0f32;
-            for g in 0..groups {
+            let per_group = row.scales.iter().zip(row.zeros).zip(sums);
+            for (g, ((scale, zero), sum)) in per_group.enumerate() {
                 let start = g * row.group;
                 let end = (start + row.group).min(cols);
                 let bytes = &source[start / per_byte..];
@@ -461,7 +462,7 @@ mod fused {
                         Kind::Bytes => bytes_dot(bytes, x),
                     }
                 };
-                total += row.scales[g] * (codes_x - row.zeros[g] * sums[g]);
+                total += scale * (codes_x - zero * sum);
             }
             *y = total;
         }
