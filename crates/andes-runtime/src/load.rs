@@ -110,6 +110,7 @@ fn from_package(parts: PackageParts, dir: &Path, source: Source) -> Result<Runti
     let half = manifest.target.unquantized.precision == FloatPrecision::F16;
     let float_path = dir.join(andes_package::FLOAT_FILE);
     let mut floats = SafetensorsShards::from_memory(&float_path, &float_bytes)?;
+    drop(float_bytes);
     let mut quantized = quantized.into_iter();
     let decoder = build_decoder(config.text_config(), &mut floats, half, &mut |name, _| {
         let (found, tensor): (String, QuantizedTensor) = quantized
@@ -181,12 +182,17 @@ fn from_checkpoint(dir: &Path) -> Result<Runtime, RuntimeError> {
 /// Float tensors by Hugging Face name.
 trait FloatSource {
     fn read(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, RuntimeError>;
+    /// The tensor as stored when it is f16, `None` otherwise.
+    fn read_f16(&mut self, name: &str, shape: &[usize]) -> Result<Option<Vec<f16>>, RuntimeError>;
     fn has(&self, name: &str) -> bool;
 }
 
 impl FloatSource for SafetensorsShards {
     fn read(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, RuntimeError> {
         Ok(f32_values(self.read_f32(name, shape)?))
+    }
+    fn read_f16(&mut self, name: &str, shape: &[usize]) -> Result<Option<Vec<f16>>, RuntimeError> {
+        Ok(SafetensorsShards::read_f16(self, name, shape)?)
     }
     fn has(&self, name: &str) -> bool {
         self.contains(name)
@@ -198,7 +204,10 @@ struct Prefixed<'a>(&'a mut SafetensorsShards, &'a str);
 
 impl FloatSource for Prefixed<'_> {
     fn read(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, RuntimeError> {
-        self.0.read(&format!("{}{name}", self.1), shape)
+        FloatSource::read(self.0, &format!("{}{name}", self.1), shape)
+    }
+    fn read_f16(&mut self, name: &str, shape: &[usize]) -> Result<Option<Vec<f16>>, RuntimeError> {
+        FloatSource::read_f16(self.0, &format!("{}{name}", self.1), shape)
     }
     fn has(&self, name: &str) -> bool {
         self.0.has(&format!("{}{name}", self.1))
@@ -254,22 +263,11 @@ fn build_decoder(
         });
     }
     let vocab = config.vocab_size;
-    let table = |values: Vec<f32>| {
-        if half {
-            PackedMatrix::from_f16(
-                vocab,
-                hidden,
-                values.into_iter().map(f16::from_f32).collect(),
-            )
-        } else {
-            PackedMatrix::from_f32(vocab, hidden, values)
-        }
-    };
-    let embed = table(floats.read("model.embed_tokens.weight", &[vocab, hidden])?);
+    let embed = table(floats, "model.embed_tokens.weight", [vocab, hidden], half)?;
     let head = if config.tie_word_embeddings && !floats.has("lm_head.weight") {
         None
     } else {
-        Some(table(floats.read("lm_head.weight", &[vocab, hidden])?))
+        Some(table(floats, "lm_head.weight", [vocab, hidden], half)?)
     };
     let (theta, scaling) = config
         .rope()
@@ -289,6 +287,23 @@ fn build_decoder(
         floats.read("model.norm.weight", &[hidden])?,
         blocks,
         inverse_frequencies(d, theta, &scaling),
+    ))
+}
+
+/// A `[vocab, hidden]` table: kept as stored when `half` and stored in f16, else in f32.
+fn table(
+    floats: &mut dyn FloatSource,
+    name: &str,
+    [rows, cols]: [usize; 2],
+    half: bool,
+) -> Result<PackedMatrix, RuntimeError> {
+    if half && let Some(values) = floats.read_f16(name, &[rows, cols])? {
+        return Ok(PackedMatrix::from_f16(rows, cols, values));
+    }
+    Ok(PackedMatrix::from_f32(
+        rows,
+        cols,
+        floats.read(name, &[rows, cols])?,
     ))
 }
 

@@ -4,6 +4,8 @@
 //! same checkpoint (GGUF f16, Q4_K_M, Q2_K, IQ2_XXS, IQ1_M; `scripts/bench/runtime_llamacpp.py`,
 //! run with `$PYTHON`, default python3, where llama-cpp-python is installed) with equal threads,
 //! and against the bandwidth bound: bytes a step reads over the read bandwidth measured here.
+//! The int4 package also runs with prompt-lookup speculative decoding (its random weights
+//! repeat one token, so every draft is accepted: the speed-up when drafts are right).
 //! Writes every raw row and a Markdown table under `target/bench/runtime/`.
 
 use std::fmt::Write as _;
@@ -95,6 +97,11 @@ pub(crate) fn runtime(threads: usize, new_tokens: usize) -> anyhow::Result<()> {
     for (label, path, extra) in [
         ("andes float (f32)", &model, &["--runtime"][..]),
         ("andes int4-g128 (4.1 bpw)", &int4, &[][..]),
+        (
+            "andes int4-g128, prompt lookup drafting 8",
+            &int4,
+            &["--speculate", "8"][..],
+        ),
         ("andes dimensity9500 plan (1.8 bpw)", &d9500, &[][..]),
     ] {
         let stdout = stdout_of(

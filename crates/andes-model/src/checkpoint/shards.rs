@@ -234,6 +234,45 @@ impl SafetensorsShards {
         Ok(TensorData::new(values, info.shape.clone()))
     }
 
+    /// Reads tensor `name` as stored when it is f16 (no widening: a table a runtime keeps in
+    /// f16), checking it has shape `expected`; `None` when it is stored in another dtype.
+    pub fn read_f16(
+        &mut self,
+        name: &str,
+        expected: &[usize],
+    ) -> Result<Option<Vec<half::f16>>, ModelError> {
+        let Some(&index) = self.location.get(name) else {
+            return Err(ModelError::MissingTensor {
+                dir: self.dir.clone(),
+                tensor: name.to_string(),
+                expected: expected.to_vec(),
+            });
+        };
+        let shard = &self.shards[index];
+        let info = shard
+            .metadata
+            .info(name)
+            .expect("the location map only names tensors present in the shard");
+        if info.dtype != Dtype::F16 {
+            return Ok(None);
+        }
+        if info.shape != expected {
+            return Err(ModelError::ShapeMismatch {
+                path: shard.path.clone(),
+                tensor: name.to_string(),
+                found: info.shape.clone(),
+                expected: expected.to_vec(),
+            });
+        }
+        let (begin, end) = info.data_offsets;
+        let values = shard.bytes[shard.data_start + begin..shard.data_start + end]
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        self.consumed.insert(name.to_string());
+        Ok(Some(values))
+    }
+
     /// Marks `name` as deliberately ignored (e.g. `lm_head.weight` of a tied model).
     pub fn ignore(&mut self, name: &str) {
         self.consumed.insert(name.to_string());
