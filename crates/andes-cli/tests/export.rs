@@ -148,27 +148,7 @@ fn a_bundle_of_adapters_on_different_quantized_bases_is_refused() {
 #[test]
 fn a_package_bundle_runs_its_adapters_by_name_and_switches_between_them() {
     let dir = tempfile::tempdir().unwrap();
-    let package = package_of(
-        "qwen3-tiny-untied-mha-f32",
-        "1.8",
-        &dir.path().join("package"),
-    );
-    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    common::assert_success(&train_lora(&a, &package, 4, &[]));
-    let other = ["--set", "lora.name=\"other\"", "--set", "optimizer.lr=1e-2"];
-    common::assert_success(&train_lora(&b, &package, 4, &other));
-
-    let bundle = dir.path().join("bundle");
-    let out = json_stdout(andes(&[
-        "export",
-        "--package",
-        path(&package),
-        "--adapters",
-        path(&a),
-        path(&b),
-        "--out",
-        path(&bundle),
-    ]));
+    let (package, a, bundle, out) = common::two_adapter_bundle(dir.path());
     assert_eq!(out["adapters"], serde_json::json!(["define", "other"]));
     assert_eq!(out["package_sha256"], package_sha256(&package).unwrap());
     let verified = json_stdout(andes(&["verify", path(&bundle)]));

@@ -9,6 +9,7 @@ use common::{andes, assert_success, fixture, json_stdout, path};
 use std::path::Path;
 
 use andes_quant::QuantFormat;
+use andes_runtime::decoder::PROJECTIONS;
 
 const MODEL: &str = "qwen3-tiny-untied-mha-f32";
 const PROMPT: &str = "The meaning of the word the meaning of";
@@ -38,16 +39,7 @@ fn every_format_target(dir: &Path) -> std::path::PathBuf {
 fn package_in(format: &str, dir: &Path, target: &Path) -> std::path::PathBuf {
     let names: Vec<serde_json::Value> = (0..2)
         .flat_map(|layer| {
-            [
-                "self_attn.q_proj",
-                "self_attn.k_proj",
-                "self_attn.v_proj",
-                "self_attn.o_proj",
-                "mlp.gate_proj",
-                "mlp.up_proj",
-                "mlp.down_proj",
-            ]
-            .map(|m| serde_json::json!({"name": format!("model.layers.{layer}.{m}"), "format": format}))
+            PROJECTIONS.map(|m| serde_json::json!({"name": format!("model.layers.{layer}.{m}"), "format": format}))
         })
         .collect();
     let plan = dir.join(format!("{format}.json"));
@@ -236,22 +228,7 @@ fn files(dir: &Path) -> Vec<std::path::PathBuf> {
 fn bundles_switch_adapters_and_corrupt_packages_and_bundles_are_refused_by_file() {
     use andes_runtime::Runtime;
     let dir = tempfile::tempdir().unwrap();
-    let package = common::package_of(MODEL, "1.8", &dir.path().join("package"));
-    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    assert_success(&common::train_lora(&a, &package, 4, &[]));
-    let other = ["--set", "lora.name=\"other\"", "--set", "optimizer.lr=1e-2"];
-    assert_success(&common::train_lora(&b, &package, 4, &other));
-    let bundle = dir.path().join("bundle");
-    assert_success(&andes(&[
-        "export",
-        "--package",
-        path(&package),
-        "--adapters",
-        path(&a),
-        path(&b),
-        "--out",
-        path(&bundle),
-    ]));
+    let (package, _, bundle, _) = common::two_adapter_bundle(dir.path());
     let on_runtime = generate(&bundle, &["--adapter", "define"]);
     let reference = generate(&bundle, &["--adapter", "define", "--reference"]);
     assert_eq!(on_runtime["token_ids"], reference["token_ids"]);

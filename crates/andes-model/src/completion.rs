@@ -5,7 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use andes_data::TextTokenizer;
+use andes_data::chat::{ChatMessage, Role, render_andesvl, render_for_generation};
 use burn::tensor::Device;
+
+use crate::andesvl::AndesVLLayout;
 
 use crate::andesvl::rows::image_prompt;
 use crate::error::ModelError;
@@ -19,6 +22,45 @@ pub struct Prompt {
     pub text: String,
     /// The images, in the order of the marks.
     pub images: Vec<PathBuf>,
+}
+
+/// How a one-turn chat prompt opens the reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Thinking {
+    /// The model's default: Qwen3 thinks, a released AndesVL Instruct model answers.
+    Default,
+    /// Qwen3's empty `<think>` block (`enable_thinking=False`).
+    Off,
+    /// `<think>` opened, as a released AndesVL Thinking model is prompted.
+    Open,
+}
+
+/// `text` as one user turn of the model's chat template: Qwen3's, or a released AndesVL
+/// checkpoint's own prompt (where `Off` is its default: its Instruct models do not think).
+/// `Open` is refused on anything but a released checkpoint: Qwen3 thinks by default.
+pub fn chat_prompt(
+    config: &ModelConfig,
+    text: &str,
+    thinking: Thinking,
+) -> Result<String, ModelError> {
+    let released = config
+        .andesvl()
+        .is_some_and(|config| matches!(config.layout, AndesVLLayout::Released(_)));
+    match (released, thinking) {
+        (false, Thinking::Open) => Err(ModelError::InvalidInput(
+            "opening <think> is for a released AndesVL Thinking model; this is not a released \
+             AndesVL checkpoint (Qwen3 thinks unless told not to)"
+                .into(),
+        )),
+        (false, thinking) => Ok(render_for_generation(
+            &[(Role::User, text)],
+            thinking != Thinking::Off,
+        )),
+        (true, thinking) => Ok(render_andesvl(
+            &[ChatMessage::new(Role::User, text)],
+            thinking == Thinking::Open,
+        )),
+    }
 }
 
 /// What a completion gave.

@@ -70,6 +70,59 @@ impl RunReport {
     pub fn acceptance(&self) -> f64 {
         self.accepted as f64 / self.drafted.max(1) as f64
     }
+
+    /// The peak memory in MiB, when known.
+    pub fn peak_memory_mib(&self) -> Option<f64> {
+        self.peak_memory_bytes
+            .map(|b| b as f64 / (1u64 << 20) as f64)
+    }
+
+    /// `prefill … tok/s, decode … tok/s[, peak memory … MiB][, a of d drafted tokens accepted]`.
+    pub fn speed_line(&self) -> String {
+        let mut line = format!(
+            "prefill {:.1} tok/s, decode {:.1} tok/s",
+            self.prefill_tokens_per_s(),
+            self.decode_tokens_per_s()
+        );
+        if let Some(peak) = self.peak_memory_mib() {
+            line.push_str(&format!(", peak memory {peak:.0} MiB"));
+        }
+        if self.drafted > 0 {
+            line.push_str(&format!(
+                ", {} of {} drafted tokens accepted",
+                self.accepted, self.drafted
+            ));
+        }
+        line
+    }
+
+    /// The report's figures as JSON fields (new token ids, timings, rates, memory, drafts).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "token_ids": self.token_ids,
+            "prompt_tokens": self.prompt_tokens,
+            "prefill_seconds": self.prefill_seconds,
+            "decode_seconds": self.decode_seconds,
+            "prefill_tokens_per_s": self.prefill_tokens_per_s(),
+            "decode_tokens_per_s": self.decode_tokens_per_s(),
+            "peak_memory_mib": self.peak_memory_mib(),
+            "kv_entries": self.kv_entries,
+            "kv_bytes": self.kv_bytes,
+            "drafted": self.drafted,
+            "accepted": self.accepted,
+        })
+    }
+}
+
+/// Generates after `prompt` (text and images) on `runtime` with its active adapter.
+pub fn complete(
+    runtime: &Runtime,
+    tokenizer: &TextTokenizer,
+    prompt: &Prompt,
+    request: &RunRequest,
+) -> Result<RunReport, RuntimeError> {
+    let (ids, inputs) = prompt_inputs(runtime, tokenizer, prompt)?;
+    generate(&runtime.decoder, &ids, inputs, request)
 }
 
 /// The prompt's token ids and input embeddings `[tokens, hidden]`: token embeddings with
@@ -202,15 +255,27 @@ pub fn generate(
     })
 }
 
-/// The mean negative log-likelihood of `ids[1..]` read one token at a time, each predicted
-/// from the cache of the ones before it under `budget` (evicting after every step, as
-/// decoding does), and the most KV bytes the cache held: what eviction costs in quality and
+/// What reading a text under a KV budget cost and saved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamingReport {
+    /// Tokens read.
+    pub tokens: usize,
+    /// Mean negative log-likelihood of every token after the first.
+    pub mean_nll: f64,
+    /// The most KV bytes the cache held.
+    pub kv_bytes_peak: usize,
+    /// What the cache holds at the end without eviction.
+    pub kv_bytes_without_eviction: usize,
+}
+
+/// Reads `ids` one token at a time, each predicted from the cache of the ones before it under
+/// `budget` (evicting after every step, as decoding does): what eviction costs in quality and
 /// saves in memory on a long text.
 pub fn streaming_nll(
     decoder: &Decoder,
     ids: &[u32],
     budget: Option<KvBudget>,
-) -> Result<(f64, usize), RuntimeError> {
+) -> Result<StreamingReport, RuntimeError> {
     if budget.is_none() && ids.len() > decoder.shape.max_positions {
         return Err(RuntimeError::Request(format!(
             "the text has {} tokens but the model's context is {} positions; \
@@ -233,7 +298,12 @@ pub fn streaming_nll(
             .ln();
         total += log_sum - (logits[pair[1] as usize] - max) as f64;
     }
-    Ok((total / (ids.len() - 1).max(1) as f64, peak))
+    Ok(StreamingReport {
+        tokens: ids.len(),
+        mean_nll: total / (ids.len() - 1).max(1) as f64,
+        kv_bytes_peak: peak,
+        kv_bytes_without_eviction: decoder.cache(None).bytes_for(ids.len()),
+    })
 }
 
 /// The prompt pass: whole, or under a budget in chunks so that the cache never holds much

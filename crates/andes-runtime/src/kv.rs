@@ -17,15 +17,6 @@
 //! (pooled), and does not evict during decoding. Here scores keep accumulating during
 //! decoding and eviction runs after every step.
 
-/// Which entries go when a layer is over budget.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KvPolicy {
-    /// The least attended, sinks and the recent window kept (the module's rule).
-    Attention,
-    /// The oldest: a recent window only (the baseline eviction is measured against).
-    Recent,
-}
-
 /// How many entries a layer keeps and which it never drops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvBudget {
@@ -35,8 +26,6 @@ pub struct KvBudget {
     pub sink: usize,
     /// The newest entries, always kept.
     pub recent: usize,
-    /// Which go.
-    pub policy: KvPolicy,
 }
 
 impl KvBudget {
@@ -46,17 +35,16 @@ impl KvBudget {
             entries,
             sink: 4.min(entries / 4),
             recent: entries / 4,
-            policy: KvPolicy::Attention,
         }
     }
 
-    /// A budget of `entries` that keeps the newest entries only.
+    /// A budget of `entries` that keeps the newest entries only (every entry is in the
+    /// recent window, so scores never decide): the baseline eviction is measured against.
     pub fn recent_only(entries: usize) -> Self {
         Self {
             entries,
             sink: 0,
             recent: entries,
-            policy: KvPolicy::Recent,
         }
     }
 }
@@ -143,6 +131,11 @@ impl KvCache {
         self.entries() * self.width * 2 * 4
     }
 
+    /// Bytes every layer holding `tokens` entries would take.
+    pub fn bytes_for(&self, tokens: usize) -> usize {
+        self.layers.len() * tokens * self.width * 2 * 4
+    }
+
     /// Drops the newest entries so that the next token takes position `position` again (a
     /// speculative block's rejected tokens).
     pub fn rewind(&mut self, position: usize) {
@@ -167,16 +160,11 @@ impl KvCache {
             let mut candidates: Vec<usize> = (0..n.saturating_sub(budget.recent))
                 .filter(|&i| layer.positions[i] >= budget.sink)
                 .collect();
-            if budget.policy == KvPolicy::Attention {
-                candidates.sort_by(|&a, &b| {
-                    layer.scores[a]
-                        .total_cmp(&layer.scores[b])
-                        .then(layer.positions[a].cmp(&layer.positions[b]))
-                });
-            } else {
-                // entries are in position order: the recent window's complement is the oldest
-                candidates = (0..n - budget.entries).collect();
-            }
+            candidates.sort_by(|&a, &b| {
+                layer.scores[a]
+                    .total_cmp(&layer.scores[b])
+                    .then(layer.positions[a].cmp(&layer.positions[b]))
+            });
             let mut keep = vec![true; n];
             for &i in candidates.iter().take(n - budget.entries) {
                 keep[i] = false;
@@ -196,7 +184,6 @@ mod tests {
             entries: 5,
             sink: 1,
             recent: 2,
-            policy: KvPolicy::Attention,
         };
         let mut cache = KvCache::new(1, 1, Some(budget));
         let layer = &mut cache.layers[0];

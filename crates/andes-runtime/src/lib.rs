@@ -16,7 +16,7 @@ pub mod packed;
 pub mod speculative;
 
 pub use error::RuntimeError;
-pub use generate::{RunReport, RunRequest, generate, prompt_inputs, streaming_nll};
-pub use kv::{KvBudget, KvPolicy};
+pub use generate::{RunReport, RunRequest, complete, generate, prompt_inputs, streaming_nll};
+pub use kv::KvBudget;
 pub use load::{Runtime, Source};
 pub use speculative::Speculation;

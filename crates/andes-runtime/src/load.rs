@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use andes_model::ModelConfig;
 use andes_model::andesvl::{VisionSide, load_vision_side};
 use andes_model::checkpoint::SafetensorsShards;
 use andes_model::lora::Factor;
@@ -15,14 +16,12 @@ use andes_model::lora::LoraTarget;
 use andes_model::lora::peft::{ADAPTER_WEIGHTS_FILE, peft_tensor_name, read_peft_config};
 use andes_model::qwen3::Qwen3Config;
 use andes_model::rope::inverse_frequencies;
-use andes_model::{Model, ModelConfig};
 use andes_package::{
     ADAPTERS_DIR, PACKAGE_DIR, PackageParts, VISION_FILE, is_package, is_package_bundle,
     open_package, open_package_bundle,
 };
 use andes_quant::{FloatPrecision, QuantizedTensor};
 use burn::tensor::{DType, Device};
-use half::f16;
 
 use crate::decoder::{Adapter, Block, Decoder, DecoderShape, LoraDelta, PROJECTIONS};
 use crate::error::RuntimeError;
@@ -105,20 +104,16 @@ fn from_package(parts: PackageParts, dir: &Path, source: Source) -> Result<Runti
         float_bytes,
         ..
     } = parts;
-    // The package stored its tables at this precision: f16 tables are kept in f16 (exactly
-    // what the package holds, half the bytes a step reads).
-    let half = manifest.target.unquantized.precision == FloatPrecision::F16;
     let float_path = dir.join(andes_package::FLOAT_FILE);
-    let mut floats = SafetensorsShards::from_memory(&float_path, &float_bytes)?;
+    let floats = SafetensorsShards::from_memory(&float_path, &float_bytes)?;
     drop(float_bytes);
-    let mut quantized = quantized.into_iter();
-    let decoder = build_decoder(config.text_config(), &mut floats, half, &mut |name, _| {
-        let (found, tensor): (String, QuantizedTensor) = quantized
-            .next()
-            .expect("open_package checked one packed linear per projection");
-        debug_assert_eq!(found, name);
-        Ok(PackedMatrix::from_quantized(&tensor))
-    })?;
+    let mut weights = PackageWeights {
+        floats,
+        quantized: quantized.into_iter(),
+        // f16 tables are kept in f16: what the package holds, half the bytes a step reads
+        half: manifest.target.unquantized.precision == FloatPrecision::F16,
+    };
+    let decoder = build_decoder(config.text_config(), &mut weights)?;
     let vision = match config.andesvl() {
         Some(andesvl) => {
             let mut shards = SafetensorsShards::open_file(&dir.join(VISION_FILE))?;
@@ -143,14 +138,14 @@ fn from_package(parts: PackageParts, dir: &Path, source: Source) -> Result<Runti
 
 fn from_checkpoint(dir: &Path) -> Result<Runtime, RuntimeError> {
     let config = ModelConfig::from_file(&dir.join("config.json"))?;
+    let mut shards = SafetensorsShards::open(dir)?;
     let vision = match config.andesvl() {
-        Some(_) => {
-            let (_, model) = Model::load(dir, &Device::flex(), DType::F32)?;
-            let Model::VisionLanguage(model) = model else {
-                unreachable!("an AndesVL config loads an AndesVL model")
-            };
-            Some(model.into_parts().0)
-        }
+        Some(andesvl) => Some(load_vision_side(
+            andesvl,
+            &mut shards,
+            &Device::flex(),
+            DType::F32,
+        )?),
         None => None,
     };
     let prefix = if config.andesvl().is_some() {
@@ -158,16 +153,9 @@ fn from_checkpoint(dir: &Path) -> Result<Runtime, RuntimeError> {
     } else {
         ""
     };
-    let mut shards = SafetensorsShards::open(dir)?;
-    let mut linears = SafetensorsShards::open(dir)?;
     let decoder = build_decoder(
         config.text_config(),
-        &mut Prefixed(&mut shards, prefix),
-        false,
-        &mut |name, [rows, cols]| {
-            let data = linears.read_f32(&format!("{prefix}{name}.weight"), &[rows, cols])?;
-            Ok(PackedMatrix::from_f32(rows, cols, f32_values(data)))
-        },
+        &mut CheckpointWeights { shards, prefix },
     )?;
     Ok(Runtime {
         decoder,
@@ -179,38 +167,85 @@ fn from_checkpoint(dir: &Path) -> Result<Runtime, RuntimeError> {
     })
 }
 
-/// Float tensors by Hugging Face name.
-trait FloatSource {
-    fn read(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, RuntimeError>;
-    /// The tensor as stored when it is f16, `None` otherwise.
-    fn read_f16(&mut self, name: &str, shape: &[usize]) -> Result<Option<Vec<f16>>, RuntimeError>;
+/// The language model's tensors by Hugging Face name, wherever they are stored.
+trait Weights {
+    /// A norm's weight, in f32.
+    fn float(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, RuntimeError>;
+    /// An embedding or head table.
+    fn table(&mut self, name: &str, shape: [usize; 2]) -> Result<PackedMatrix, RuntimeError>;
+    /// Projection `name` (without `.weight`), `[out, in]`; called in model order.
+    fn linear(&mut self, name: &str, shape: [usize; 2]) -> Result<PackedMatrix, RuntimeError>;
+    /// Whether tensor `name` is there.
     fn has(&self, name: &str) -> bool;
 }
 
-impl FloatSource for SafetensorsShards {
-    fn read(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, RuntimeError> {
-        Ok(f32_values(self.read_f32(name, shape)?))
+/// A package: its float tensors, and its packed linears in model order.
+struct PackageWeights {
+    floats: SafetensorsShards,
+    quantized: std::vec::IntoIter<(String, QuantizedTensor)>,
+    half: bool,
+}
+
+impl Weights for PackageWeights {
+    fn float(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, RuntimeError> {
+        Ok(f32_values(self.floats.read_f32(name, shape)?))
     }
-    fn read_f16(&mut self, name: &str, shape: &[usize]) -> Result<Option<Vec<f16>>, RuntimeError> {
-        Ok(SafetensorsShards::read_f16(self, name, shape)?)
+    fn table(
+        &mut self,
+        name: &str,
+        [rows, cols]: [usize; 2],
+    ) -> Result<PackedMatrix, RuntimeError> {
+        if self.half
+            && let Some(values) = self.floats.read_f16(name, &[rows, cols])?
+        {
+            return Ok(PackedMatrix::from_f16(rows, cols, values));
+        }
+        Ok(PackedMatrix::from_f32(
+            rows,
+            cols,
+            self.float(name, &[rows, cols])?,
+        ))
+    }
+    fn linear(&mut self, name: &str, _: [usize; 2]) -> Result<PackedMatrix, RuntimeError> {
+        let (found, tensor) = self
+            .quantized
+            .next()
+            .expect("open_package checked one packed linear per projection");
+        debug_assert_eq!(found, name);
+        Ok(PackedMatrix::from_quantized(&tensor))
     }
     fn has(&self, name: &str) -> bool {
-        self.contains(name)
+        self.floats.contains(name)
     }
 }
 
-/// A checkpoint whose language model sits under a prefix (`language_model.` in AndesVL).
-struct Prefixed<'a>(&'a mut SafetensorsShards, &'a str);
+/// A float checkpoint, its language model under `prefix` (`language_model.` in AndesVL).
+struct CheckpointWeights {
+    shards: SafetensorsShards,
+    prefix: &'static str,
+}
 
-impl FloatSource for Prefixed<'_> {
-    fn read(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, RuntimeError> {
-        FloatSource::read(self.0, &format!("{}{name}", self.1), shape)
+impl Weights for CheckpointWeights {
+    fn float(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, RuntimeError> {
+        let name = format!("{}{name}", self.prefix);
+        Ok(f32_values(self.shards.read_f32(&name, shape)?))
     }
-    fn read_f16(&mut self, name: &str, shape: &[usize]) -> Result<Option<Vec<f16>>, RuntimeError> {
-        FloatSource::read_f16(self.0, &format!("{}{name}", self.1), shape)
+    fn table(
+        &mut self,
+        name: &str,
+        [rows, cols]: [usize; 2],
+    ) -> Result<PackedMatrix, RuntimeError> {
+        Ok(PackedMatrix::from_f32(
+            rows,
+            cols,
+            self.float(name, &[rows, cols])?,
+        ))
+    }
+    fn linear(&mut self, name: &str, shape: [usize; 2]) -> Result<PackedMatrix, RuntimeError> {
+        self.table(&format!("{name}.weight"), shape)
     }
     fn has(&self, name: &str) -> bool {
-        self.0.has(&format!("{}{name}", self.1))
+        self.shards.contains(&format!("{}{name}", self.prefix))
     }
 }
 
@@ -218,17 +253,8 @@ fn f32_values(data: burn::tensor::TensorData) -> Vec<f32> {
     data.try_into_vec::<f32>().expect("the reader yields f32")
 }
 
-/// Gives each projection, called in model order with its name and `[out, in]` shape.
-type LinearSource<'a> = dyn FnMut(&str, [usize; 2]) -> Result<PackedMatrix, RuntimeError> + 'a;
-
-/// The decoder of `config`: float tensors from `floats` (the embedding and head tables kept in
-/// f16 when `half`), each projection from `linear`.
-fn build_decoder(
-    config: &Qwen3Config,
-    floats: &mut dyn FloatSource,
-    half: bool,
-    linear: &mut LinearSource<'_>,
-) -> Result<Decoder, RuntimeError> {
+/// The decoder of `config` from `weights`.
+fn build_decoder(config: &Qwen3Config, weights: &mut dyn Weights) -> Result<Decoder, RuntimeError> {
     let (hidden, d) = (config.hidden_size, config.head_dim);
     let (q, kv, inner) = (
         config.num_attention_heads * d,
@@ -249,13 +275,13 @@ fn build_decoder(
         let layer = format!("model.layers.{i}");
         let mut projections = Vec::with_capacity(7);
         for (name, shape) in PROJECTIONS.iter().zip(shapes) {
-            projections.push(linear(&format!("{layer}.{name}"), shape)?);
+            projections.push(weights.linear(&format!("{layer}.{name}"), shape)?);
         }
         blocks.push(Block {
-            input_norm: floats.read(&format!("{layer}.input_layernorm.weight"), &[hidden])?,
-            q_norm: floats.read(&format!("{layer}.self_attn.q_norm.weight"), &[d])?,
-            k_norm: floats.read(&format!("{layer}.self_attn.k_norm.weight"), &[d])?,
-            post_norm: floats.read(
+            input_norm: weights.float(&format!("{layer}.input_layernorm.weight"), &[hidden])?,
+            q_norm: weights.float(&format!("{layer}.self_attn.q_norm.weight"), &[d])?,
+            k_norm: weights.float(&format!("{layer}.self_attn.k_norm.weight"), &[d])?,
+            post_norm: weights.float(
                 &format!("{layer}.post_attention_layernorm.weight"),
                 &[hidden],
             )?,
@@ -263,11 +289,11 @@ fn build_decoder(
         });
     }
     let vocab = config.vocab_size;
-    let embed = table(floats, "model.embed_tokens.weight", [vocab, hidden], half)?;
-    let head = if config.tie_word_embeddings && !floats.has("lm_head.weight") {
+    let embed = weights.table("model.embed_tokens.weight", [vocab, hidden])?;
+    let head = if config.tie_word_embeddings && !weights.has("lm_head.weight") {
         None
     } else {
-        Some(table(floats, "lm_head.weight", [vocab, hidden], half)?)
+        Some(weights.table("lm_head.weight", [vocab, hidden])?)
     };
     let (theta, scaling) = config
         .rope()
@@ -284,26 +310,9 @@ fn build_decoder(
         },
         embed,
         head,
-        floats.read("model.norm.weight", &[hidden])?,
+        weights.float("model.norm.weight", &[hidden])?,
         blocks,
         inverse_frequencies(d, theta, &scaling),
-    ))
-}
-
-/// A `[vocab, hidden]` table: kept as stored when `half` and stored in f16, else in f32.
-fn table(
-    floats: &mut dyn FloatSource,
-    name: &str,
-    [rows, cols]: [usize; 2],
-    half: bool,
-) -> Result<PackedMatrix, RuntimeError> {
-    if half && let Some(values) = floats.read_f16(name, &[rows, cols])? {
-        return Ok(PackedMatrix::from_f16(rows, cols, values));
-    }
-    Ok(PackedMatrix::from_f32(
-        rows,
-        cols,
-        floats.read(name, &[rows, cols])?,
     ))
 }
 

@@ -10,6 +10,7 @@ use andes_model::evaluate::{EvalInput, EvalParams, EvalQuantization, evaluate};
 use andes_model::quantize::{BaseFormats, BaseQuantization, PtqMethod};
 use andes_quant::QuantFormat;
 use andes_runtime::{KvBudget, Runtime, streaming_nll};
+use anyhow::Context;
 use clap::Args;
 
 use crate::model_args::{AdapterArgs, ModelArgs};
@@ -77,11 +78,21 @@ pub struct StreamingArgs {
     kv_budget: Option<usize>,
     /// With --kv-budget: `attention` (OKV-style: the least attended go, first tokens and the
     /// newest quarter kept) or `recent` (a recent window only).
-    #[arg(long, default_value = "attention", requires = "kv_budget")]
-    kv_policy: String,
+    #[arg(long, value_enum, default_value_t = KvPolicy::Attention, requires = "kv_budget")]
+    kv_policy: KvPolicy,
     /// With --runtime: score only the first this many tokens.
     #[arg(long, requires = "runtime")]
     max_tokens: Option<usize>,
+}
+
+/// Which KV entries `--kv-budget` evicts.
+#[derive(clap::ValueEnum, serde::Serialize, Debug, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+pub enum KvPolicy {
+    /// The least attended, first tokens and the newest quarter kept.
+    Attention,
+    /// The oldest: a recent window only.
+    Recent,
 }
 
 /// Runs `andes eval`.
@@ -146,40 +157,32 @@ fn run_streaming(args: &EvalArgs) -> anyhow::Result<()> {
         .text
         .as_ref()
         .expect("clap requires --text with --runtime");
-    let text =
-        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
     let mut ids = tokenizer.encode(&text)?;
-    if let Some(most) = streaming.max_tokens {
-        ids.truncate(most);
-    }
-    let budget = match (streaming.kv_budget, streaming.kv_policy.as_str()) {
-        (None, _) => None,
-        (Some(n), "attention") => Some(KvBudget::new(n)),
-        (Some(n), "recent") => Some(KvBudget::recent_only(n)),
-        (_, other) => anyhow::bail!("--kv-policy: `{other}`, expected attention or recent"),
-    };
-    let (mean_nll, peak) = streaming_nll(&runtime.decoder, &ids, budget)?;
-    let config = runtime.config.text_config();
-    let full =
-        ids.len() * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 2 * 4;
-    let report = serde_json::json!({
-        "mean_nll": mean_nll,
-        "perplexity": mean_nll.exp(),
-        "tokens": ids.len(),
-        "kv_budget": streaming.kv_budget,
-        "kv_policy": streaming.kv_budget.map(|_| streaming.kv_policy.clone()),
-        "kv_bytes_peak": peak,
-        "kv_bytes_without_eviction": full,
+    ids.truncate(streaming.max_tokens.unwrap_or(ids.len()));
+    let budget = streaming.kv_budget.map(|n| match streaming.kv_policy {
+        KvPolicy::Attention => KvBudget::new(n),
+        KvPolicy::Recent => KvBudget::recent_only(n),
     });
+    let report = streaming_nll(&runtime.decoder, &ids, budget)?;
     if args.json {
-        println!("{report}");
+        let out = serde_json::json!({
+            "mean_nll": report.mean_nll,
+            "perplexity": report.mean_nll.exp(),
+            "tokens": report.tokens,
+            "kv_budget": streaming.kv_budget,
+            "kv_policy": streaming.kv_budget.map(|_| streaming.kv_policy),
+            "kv_bytes_peak": report.kv_bytes_peak,
+            "kv_bytes_without_eviction": report.kv_bytes_without_eviction,
+        });
+        println!("{out}");
     } else {
         println!(
             "perplexity {:.4} over {} tokens, KV cache at most {:.1} KiB ({:.1} KiB without eviction)",
-            mean_nll.exp(),
-            ids.len(),
-            peak as f64 / 1024.0,
-            full as f64 / 1024.0
+            report.mean_nll.exp(),
+            report.tokens,
+            report.kv_bytes_peak as f64 / 1024.0,
+            report.kv_bytes_without_eviction as f64 / 1024.0
         );
     }
     Ok(())

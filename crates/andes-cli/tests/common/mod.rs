@@ -148,6 +148,29 @@ pub fn train_lora(
         .unwrap()
 }
 
+/// The tiny model's package at 1.8 bpw under `dir/package`, two LoRA runs trained against it
+/// for 4 steps (`dir/a`: "define"; `dir/b`: "other", at lr 1e-2), and their bundle under
+/// `dir/bundle`: the package, the first run, the bundle, and `andes export`'s JSON.
+pub fn two_adapter_bundle(dir: &Path) -> (PathBuf, PathBuf, PathBuf, serde_json::Value) {
+    let package = package_of("qwen3-tiny-untied-mha-f32", "1.8", &dir.join("package"));
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    assert_success(&train_lora(&a, &package, 4, &[]));
+    let other = ["--set", "lora.name=\"other\"", "--set", "optimizer.lr=1e-2"];
+    assert_success(&train_lora(&b, &package, 4, &other));
+    let bundle = dir.join("bundle");
+    let out = json_stdout(andes(&[
+        "export",
+        "--package",
+        path(&package),
+        "--adapters",
+        path(&a),
+        path(&b),
+        "--out",
+        path(&bundle),
+    ]));
+    (package, a, bundle, out)
+}
+
 /// The logits of a fixed 16-token prompt through text model `model`, flattened.
 pub fn text_logits(model: &Model, device: &Device) -> Vec<f32> {
     let Model::Text(model) = model else {

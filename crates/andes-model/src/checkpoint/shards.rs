@@ -186,6 +186,35 @@ impl SafetensorsShards {
 
     /// Reads tensor `name` as f32 (converting bf16/f16), checking it has shape `expected`.
     pub fn read_f32(&mut self, name: &str, expected: &[usize]) -> Result<TensorData, ModelError> {
+        let (shard, dtype, bytes) = self.locate(name, expected)?;
+        let values: Vec<f32> = match dtype {
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(ModelError::UnsupportedDtype {
+                    path: shard.path.clone(),
+                    tensor: name.to_string(),
+                    found: format!("{other:?}"),
+                });
+            }
+        };
+        self.consumed.insert(name.to_string());
+        Ok(TensorData::new(values, expected.to_vec()))
+    }
+
+    /// The shard holding tensor `name`, its dtype and its bytes, checked to have shape
+    /// `expected`; errors name the directory or file and the tensor.
+    fn locate(&self, name: &str, expected: &[usize]) -> Result<(&Shard, Dtype, &[u8]), ModelError> {
         let shard = self
             .location
             .get(name)
@@ -209,29 +238,7 @@ impl SafetensorsShards {
         }
         let (begin, end) = info.data_offsets;
         let bytes = &shard.bytes[shard.data_start + begin..shard.data_start + end];
-        let values: Vec<f32> = match info.dtype {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(ModelError::UnsupportedDtype {
-                    path: shard.path.clone(),
-                    tensor: name.to_string(),
-                    found: format!("{other:?}"),
-                });
-            }
-        };
-        self.consumed.insert(name.to_string());
-        Ok(TensorData::new(values, info.shape.clone()))
+        Ok((shard, info.dtype, bytes))
     }
 
     /// Reads tensor `name` as stored when it is f16 (no widening: a table a runtime keeps in
@@ -241,31 +248,11 @@ impl SafetensorsShards {
         name: &str,
         expected: &[usize],
     ) -> Result<Option<Vec<half::f16>>, ModelError> {
-        let Some(&index) = self.location.get(name) else {
-            return Err(ModelError::MissingTensor {
-                dir: self.dir.clone(),
-                tensor: name.to_string(),
-                expected: expected.to_vec(),
-            });
-        };
-        let shard = &self.shards[index];
-        let info = shard
-            .metadata
-            .info(name)
-            .expect("the location map only names tensors present in the shard");
-        if info.dtype != Dtype::F16 {
+        let (_, dtype, bytes) = self.locate(name, expected)?;
+        if dtype != Dtype::F16 {
             return Ok(None);
         }
-        if info.shape != expected {
-            return Err(ModelError::ShapeMismatch {
-                path: shard.path.clone(),
-                tensor: name.to_string(),
-                found: info.shape.clone(),
-                expected: expected.to_vec(),
-            });
-        }
-        let (begin, end) = info.data_offsets;
-        let values = shard.bytes[shard.data_start + begin..shard.data_start + end]
+        let values = bytes
             .chunks_exact(2)
             .map(|b| half::f16::from_le_bytes([b[0], b[1]]))
             .collect();

@@ -6,17 +6,17 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use andes_data::TextTokenizer;
-use andes_data::chat::{ChatMessage, END_OF_TURN, Role, render_andesvl, render_for_generation};
+use andes_data::chat::END_OF_TURN;
 use andes_model::ModelConfig;
-use andes_model::andesvl::AndesVLLayout;
-use andes_model::completion::{Prompt, complete};
+use andes_model::completion::{Prompt, Thinking, chat_prompt, complete};
 use andes_model::device::replays_graphs;
 use andes_model::generate::{Decoding, GenerationRequest, eos_token_ids};
-use andes_package::{is_package, is_package_bundle};
-use andes_runtime::{KvBudget, RunRequest, Runtime, Speculation, prompt_inputs};
+use anyhow::Context;
 use clap::Args;
 
 use crate::model_args::{AdapterArgs, ModelArgs};
+
+mod runtime;
 
 /// Arguments of `andes generate`.
 #[derive(Args, Debug)]
@@ -66,28 +66,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    engine: EngineArgs,
-}
-
-/// Which engine runs the model, and the runtime's levers.
-#[derive(Args, Debug)]
-pub struct EngineArgs {
-    /// Run a package or bundle dequantized on Burn instead of on the runtime.
-    #[arg(long, conflicts_with = "runtime")]
-    reference: bool,
-    /// Run a checkpoint on the runtime (its linears in f32) instead of on Burn.
-    #[arg(long)]
-    runtime: bool,
-    /// Runtime: keep at most this many KV entries per layer, evicting the least attended
-    /// (OKV-style; the first 4 positions and the newest quarter are always kept).
-    #[arg(long)]
-    kv_budget: Option<usize>,
-    /// Runtime: speculative decoding by prompt lookup, proposing up to this many tokens a step.
-    #[arg(long)]
-    speculate: Option<usize>,
-    /// Runtime: threads of the products (default: every core).
-    #[arg(long)]
-    threads: Option<usize>,
+    engine: runtime::EngineArgs,
 }
 
 /// Runs `andes generate`.
@@ -98,18 +77,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     if !(args.top_p > 0.0 && args.top_p <= 1.0) {
         anyhow::bail!("--top-p must be in (0, 1], got {}", args.top_p);
     }
-    let on_runtime = if args.engine.reference {
-        false
-    } else {
-        args.engine.runtime || is_package(&args.model.model) || is_package_bundle(&args.model.model)
-    };
-    if on_runtime {
-        return run_on_runtime(&args);
-    }
-    if args.engine.kv_budget.is_some() || args.engine.speculate.is_some() {
-        anyhow::bail!(
-            "--kv-budget and --speculate are levers of the runtime (not with --reference)"
-        );
+    if args.engine.chosen(&args.model.model)? {
+        return runtime::run(&args);
     }
     let mut request = GenerationRequest {
         max_new_tokens: args.max_new_tokens,
@@ -161,96 +130,18 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Generates on the CPU runtime and reports its speed.
-fn run_on_runtime(args: &GenerateArgs) -> anyhow::Result<()> {
-    if let Some(threads) = args.engine.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build_global()?;
-    }
-    let mut runtime = Runtime::load(&args.model.model)?;
-    runtime.use_adapter(args.adapter.adapter.as_deref())?;
-    let dir = runtime.files_dir.clone();
-    let text = render_prompt(args, &runtime.config)?;
-    let tokenizer = TextTokenizer::from_model_dir(&dir)?;
-    let request = RunRequest {
-        max_new_tokens: args.max_new_tokens,
-        decoding: decoding(args),
-        stop_tokens: stop_tokens(args, &dir, runtime.config.text_config(), &tokenizer)?,
-        kv_budget: args.engine.kv_budget.map(KvBudget::new),
-        speculation: args.engine.speculate.map(|draft| Speculation {
-            draft,
-            ..Speculation::default()
-        }),
-    };
-    let prompt = Prompt {
-        text,
-        images: args.images.clone(),
-    };
-    let (ids, inputs) = prompt_inputs(&runtime, &tokenizer, &prompt)?;
-    let report = andes_runtime::generate(&runtime.decoder, &ids, inputs, &request)?;
-    let text = tokenizer.decode(&report.token_ids)?;
-    let peak_mib = report
-        .peak_memory_bytes
-        .map(|b| b as f64 / (1 << 20) as f64);
-    if args.json {
-        let out = serde_json::json!({
-            "token_ids": report.token_ids,
-            "text": text,
-            "prompt_tokens": report.prompt_tokens,
-            "images": args.images,
-            "engine": "runtime",
-            "load_seconds": runtime.load_seconds,
-            "prefill_seconds": report.prefill_seconds,
-            "decode_seconds": report.decode_seconds,
-            "prefill_tokens_per_s": report.prefill_tokens_per_s(),
-            "decode_tokens_per_s": report.decode_tokens_per_s(),
-            "peak_memory_mib": peak_mib,
-            "kv_entries": report.kv_entries,
-            "kv_bytes": report.kv_bytes,
-            "drafted": report.drafted,
-            "accepted": report.accepted,
-            "weight_bytes": runtime.decoder.weight_bytes(),
-        });
-        println!("{out}");
-    } else {
-        println!("{}{text}", prompt.text);
-        let mut line = format!(
-            "prefill {:.1} tok/s, decode {:.1} tok/s",
-            report.prefill_tokens_per_s(),
-            report.decode_tokens_per_s()
-        );
-        if let Some(peak) = peak_mib {
-            line.push_str(&format!(", peak memory {peak:.0} MiB"));
-        }
-        if report.drafted > 0 {
-            line.push_str(&format!(
-                ", {} of {} drafted tokens accepted",
-                report.accepted, report.drafted
-            ));
-        }
-        eprintln!("{line}");
-    }
-    Ok(())
-}
-
 /// The prompt as the model takes it: as given, or one user turn of its chat template.
 fn render_prompt(args: &GenerateArgs, config: &ModelConfig) -> anyhow::Result<String> {
-    let released = config
-        .andesvl()
-        .is_some_and(|config| matches!(config.layout, AndesVLLayout::Released(_)));
-    if args.think && !released {
-        anyhow::bail!(
-            "--think opens a released AndesVL Thinking model's reply; {} is not a released \
-             AndesVL checkpoint (Qwen3 thinks unless --no-thinking)",
-            args.model.model.display()
-        );
+    if !args.chat {
+        return Ok(args.prompt.clone());
     }
-    Ok(match (args.chat, released) {
-        (false, _) => args.prompt.clone(),
-        (true, false) => render_for_generation(&[(Role::User, &args.prompt)], !args.no_thinking),
-        (true, true) => render_andesvl(&[ChatMessage::new(Role::User, &args.prompt)], args.think),
-    })
+    let (thinking, flags) = match (args.no_thinking, args.think) {
+        (true, _) => (Thinking::Off, "--chat --no-thinking"),
+        (_, true) => (Thinking::Open, "--chat --think"),
+        _ => (Thinking::Default, "--chat"),
+    };
+    chat_prompt(config, &args.prompt, thinking)
+        .with_context(|| format!("{flags} on {}", args.model.model.display()))
 }
 
 /// The config's end-of-sequence ids, and `<|im_end|>` with --chat.

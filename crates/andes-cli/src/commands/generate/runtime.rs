@@ -1,0 +1,91 @@
+//! `andes generate` on the CPU runtime: a package or bundle from its packed codes, or a
+//! checkpoint with `--runtime`; the speed line goes to stderr.
+
+use std::path::Path;
+
+use andes_data::TextTokenizer;
+use andes_model::completion::Prompt;
+use andes_package::{is_package, is_package_bundle};
+use andes_runtime::{KvBudget, RunRequest, Runtime, Speculation, complete};
+use clap::Args;
+
+use super::{GenerateArgs, decoding, render_prompt, stop_tokens};
+
+/// Which engine runs the model, and the runtime's levers.
+#[derive(Args, Debug)]
+pub struct EngineArgs {
+    /// Run a package or bundle dequantized on Burn instead of on the runtime.
+    #[arg(long, conflicts_with = "runtime")]
+    reference: bool,
+    /// Run a checkpoint on the runtime (its linears in f32) instead of on Burn.
+    #[arg(long)]
+    runtime: bool,
+    /// Runtime: keep at most this many KV entries per layer, evicting the least attended
+    /// (OKV-style; the first 4 positions and the newest quarter are always kept).
+    #[arg(long)]
+    kv_budget: Option<usize>,
+    /// Runtime: speculative decoding by prompt lookup, proposing up to this many tokens a step.
+    #[arg(long)]
+    speculate: Option<usize>,
+    /// Runtime: threads of the products (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+impl EngineArgs {
+    /// Whether the runtime runs `model`: a package or bundle unless `--reference`, a
+    /// checkpoint with `--runtime`. The runtime's levers are refused elsewhere.
+    pub fn chosen(&self, model: &Path) -> anyhow::Result<bool> {
+        let packaged = is_package(model) || is_package_bundle(model);
+        let chosen = !self.reference && (self.runtime || packaged);
+        if !chosen && (self.kv_budget.is_some() || self.speculate.is_some()) {
+            anyhow::bail!(
+                "--kv-budget and --speculate are levers of the runtime (not with --reference)"
+            );
+        }
+        Ok(chosen)
+    }
+}
+
+/// Generates on the runtime and prints the completion, then its speed line (or one JSON
+/// object with `--json`).
+pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
+    if let Some(threads) = args.engine.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()?;
+    }
+    let mut runtime = Runtime::load(&args.model.model)?;
+    runtime.use_adapter(args.adapter.adapter.as_deref())?;
+    let dir = runtime.files_dir.clone();
+    let tokenizer = TextTokenizer::from_model_dir(&dir)?;
+    let request = RunRequest {
+        max_new_tokens: args.max_new_tokens,
+        decoding: decoding(args),
+        stop_tokens: stop_tokens(args, &dir, runtime.config.text_config(), &tokenizer)?,
+        kv_budget: args.engine.kv_budget.map(KvBudget::new),
+        speculation: args.engine.speculate.map(|draft| Speculation {
+            draft,
+            ..Speculation::default()
+        }),
+    };
+    let prompt = Prompt {
+        text: render_prompt(args, &runtime.config)?,
+        images: args.images.clone(),
+    };
+    let report = complete(&runtime, &tokenizer, &prompt, &request)?;
+    let text = tokenizer.decode(&report.token_ids)?;
+    if args.json {
+        let mut out = report.to_json();
+        out["text"] = text.into();
+        out["images"] = serde_json::json!(args.images);
+        out["engine"] = "runtime".into();
+        out["load_seconds"] = runtime.load_seconds.into();
+        out["weight_bytes"] = runtime.decoder.weight_bytes().into();
+        println!("{out}");
+    } else {
+        println!("{}{text}", prompt.text);
+        eprintln!("{}", report.speed_line());
+    }
+    Ok(())
+}
