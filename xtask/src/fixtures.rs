@@ -6,7 +6,8 @@ use crate::workspace::{python, root, run, target_dir};
 
 /// Regenerates the parity fixtures: Qwen3 checkpoints with transformers references (`check`:
 /// the Qwen3 script verifies them instead), and the GPTQ reference, the LoRA adapter, the
-/// vision towers, projector and preprocessing, and the released AndesVL layout (needs
+/// vision towers, projector and preprocessing, the released AndesVL layout and the evaluation
+/// harness's task scores (needs
 /// `pip install -r scripts/fixtures/requirements.txt`). The GPTQ real-layer fixture is taken
 /// from the tiny pretrain run of `cargo xtask regress` when it exists. Last, the tiny AndesVL is
 /// assembled from the new fixtures.
@@ -39,6 +40,14 @@ pub(crate) fn regenerate(check: bool) -> anyhow::Result<()> {
             "fixtures/andesvl-released",
         ]),
     )?;
+    run(python("scripts/fixtures/make_task_fixture.py").args([
+        "--model",
+        "fixtures/qwen3-tiny-untied-mha-f32",
+        "--eval",
+        "datasets/gcide/gcide-eval.txt",
+        "--out",
+        "fixtures/tasks",
+    ]))?;
     assemble_tiny_andesvl()
 }
 

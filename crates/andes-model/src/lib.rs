@@ -28,6 +28,7 @@ pub mod rope;
 pub mod row_product;
 pub mod sensitivity;
 pub mod swiglu;
+pub mod task;
 pub mod throughput;
 pub mod vision;
 

@@ -1,23 +1,26 @@
 //! `andes eval`: perplexity of a text file (as it stands, or as the one-document-per-line
 //! stream `andes train` reads), or of the assistant turns of conversations; of
 //! the model as given, or post-training quantized (RTN or GPTQ) the way llama.cpp users
-//! measure a quantization with `llama-perplexity`.
+//! measure a quantization with `llama-perplexity`; or accuracy on a task file, as
+//! lm-evaluation-harness measures it.
 
 use std::path::PathBuf;
 
 use andes_data::TextTokenizer;
+use andes_data::dataset::load_task;
 use andes_model::evaluate::{EvalInput, EvalParams, EvalQuantization, evaluate};
 use andes_model::quantize::{BaseFormats, BaseQuantization, PtqMethod};
+use andes_model::task::{Score, TaskOptions, evaluate_task};
 use andes_quant::QuantFormat;
 use andes_runtime::{KvBudget, Runtime, streaming_nll};
 use anyhow::Context;
 use clap::Args;
 
-use crate::model_args::{AdapterArgs, ModelArgs};
+use crate::model_args::{AdapterArgs, LoadedModel, ModelArgs};
 
 /// Arguments of `andes eval`.
 #[derive(Args, Debug)]
-#[command(group = clap::ArgGroup::new("input").required(true).args(["text", "documents", "chat"]))]
+#[command(group = clap::ArgGroup::new("input").required(true).args(["text", "documents", "chat", "task"]))]
 #[command(group = clap::ArgGroup::new("quantization").args(["quant", "plan"]))]
 pub struct EvalArgs {
     #[command(flatten)]
@@ -36,6 +39,14 @@ pub struct EvalArgs {
     /// windows of --window tokens: the task metric of an SFT or LoRA model.
     #[arg(long)]
     chat: Option<PathBuf>,
+    /// Task JSONL of questions with known answers: multiple choice (`choices`, `answer`
+    /// index) scored by each option's log-likelihood, or generation (`answer` text or number)
+    /// scored on the greedy completion; `images` for an AndesVL model. Prints accuracy with
+    /// its standard error.
+    #[arg(long, conflicts_with = "quantization")]
+    task: Option<PathBuf>,
+    #[command(flatten)]
+    task_options: TaskArgs,
     /// Quantize every linear to this format first (e.g. int2-g64-asym).
     #[arg(long)]
     quant: Option<QuantFormat>,
@@ -59,11 +70,25 @@ pub struct EvalArgs {
     #[arg(long)]
     stride: Option<usize>,
     /// Print one JSON object (mean_nll, perplexity, bpw_linears, and tokens, window, stride
-    /// for --text and --documents or windows for --chat).
+    /// for --text and --documents or windows for --chat; for --task: questions, accuracy and
+    /// accuracy_norm with their stderr, and every answer).
     #[arg(long)]
     json: bool,
     #[command(flatten)]
     streaming: StreamingArgs,
+}
+
+/// How `--task` puts its questions.
+#[derive(Args, Debug)]
+pub struct TaskArgs {
+    /// Put each question as a user turn of the model's chat template (thinking off), options
+    /// and completions as the reply; otherwise the prompt as it stands, options after a
+    /// space, completions cut at their first newline.
+    #[arg(long, requires = "task")]
+    apply_chat_template: bool,
+    /// Longest completion of a generation question, in tokens.
+    #[arg(long, default_value_t = 32, requires = "task")]
+    max_new_tokens: usize,
 }
 
 /// Streaming evaluation on the CPU runtime: what KV-cache eviction costs.
@@ -102,11 +127,14 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     }
     let mut loaded = args.model.load(&args.adapter)?;
     let tokenizer = TextTokenizer::from_model_dir(&loaded.files_dir)?;
+    if let Some(path) = &args.task {
+        return run_task(&args, path, &loaded, &tokenizer);
+    }
     let input = match (args.text, args.documents, args.chat) {
         (Some(path), _, _) => EvalInput::Text(path),
         (_, Some(path), _) => EvalInput::Documents(path),
         (_, _, Some(path)) => EvalInput::Chat(path),
-        _ => unreachable!("clap requires --text, --documents or --chat"),
+        _ => unreachable!("clap requires --text, --documents, --chat or --task"),
     };
     let formats = match (args.quant, args.plan) {
         (Some(format), _) => Some(BaseFormats::Uniform(format)),
@@ -143,6 +171,54 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         if let Some(bpw) = bpw {
             println!("quantized linears: {bpw:.4} bpw (scales and zero points counted)");
         }
+    }
+    Ok(())
+}
+
+/// `--task`: the model's accuracy on the task file's questions.
+fn run_task(
+    args: &EvalArgs,
+    path: &std::path::Path,
+    loaded: &LoadedModel,
+    tokenizer: &TextTokenizer,
+) -> anyhow::Result<()> {
+    let records = load_task(path)?;
+    let options = TaskOptions {
+        chat: args.task_options.apply_chat_template,
+        max_new_tokens: args.task_options.max_new_tokens,
+    };
+    let report = evaluate_task(
+        (&loaded.model, &loaded.config, &loaded.files_dir),
+        tokenizer,
+        &records,
+        options,
+        &loaded.device,
+    )
+    .with_context(|| format!("scoring {}", path.display()))?;
+    if args.json {
+        let out = serde_json::json!({
+            "questions": records.len(),
+            "accuracy": report.accuracy,
+            "accuracy_norm": report.accuracy_norm,
+            "bpw_linears": loaded.package_bpw,
+            "answers": report.answers,
+        });
+        println!("{out}");
+    } else {
+        let show = |score: &Score| match score.stderr {
+            Some(stderr) => format!("{:.4} ± {stderr:.4}", score.mean),
+            None => format!("{:.4}", score.mean),
+        };
+        let norm = report
+            .accuracy_norm
+            .map(|score| format!(", per-character {}", show(&score)))
+            .unwrap_or_default();
+        println!(
+            "{}: {} questions, accuracy {}{norm}",
+            path.display(),
+            records.len(),
+            show(&report.accuracy)
+        );
     }
     Ok(())
 }

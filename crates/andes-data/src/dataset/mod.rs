@@ -6,6 +6,7 @@ mod packing;
 mod preference;
 mod prompt;
 mod records;
+mod task;
 mod text;
 mod windows;
 
@@ -18,6 +19,7 @@ pub use packing::{PackedWindows, TokenWindow};
 pub use preference::{PreferencePair, load_preferences};
 pub use prompt::{PromptExample, load_prompts};
 pub use records::{DataFormat, RecordError, load_sequences, read_records};
+pub use task::{TaskRecord, TaskTarget, load_task};
 pub use text::tokenize_document;
 pub use windows::{
     DataPosition, END_OF_TEXT, WindowSet, Windowing, document_stream, draw_indices, end_of_text,
