@@ -9,7 +9,7 @@ use crate::andes_runner::{Andes, Profile, build};
 use crate::workspace::{root, target_dir};
 
 /// The tiny recipes that regression training runs, in `configs/recipes/tiny/`.
-const REGRESS_RECIPES: [&str; 10] = [
+const REGRESS_RECIPES: [&str; 11] = [
     "pretrain",
     "align",
     "sft",
@@ -20,6 +20,7 @@ const REGRESS_RECIPES: [&str; 10] = [
     "qalft",
     "qat",
     "qalft-vision",
+    "mixture",
 ];
 /// Allowed relative rise of a final loss above its baseline.
 const LOSS_TOLERANCE: f64 = 0.02;

@@ -65,6 +65,30 @@ fn train_killed_with_sigkill_and_resumed_reproduces_the_uninterrupted_losses() {
     assert_sigkill_resume_is_exact("configs/recipes/tiny/pretrain.toml");
 }
 
+/// A mixture resumes exactly: each source's position and the draws so far are in the
+/// checkpoint. Every step's line names each source's loss, and evaluation each source's
+/// held-out loss.
+#[test]
+fn a_mixture_killed_and_resumed_reproduces_the_uninterrupted_losses() {
+    assert_sigkill_resume_is_exact("configs/recipes/tiny/mixture.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    train_tiny("mixture", &run, &["train.steps=4", "train.eval_every=4"]);
+    let lines = metrics(&run);
+    let sources = |line: &serde_json::Value, key: &str| -> Vec<String> {
+        line[key].as_object().unwrap().keys().cloned().collect()
+    };
+    assert!(
+        lines
+            .iter()
+            .all(|l| !sources(l, "source_losses").is_empty())
+    );
+    assert_eq!(
+        sources(&lines[3], "eval_source_losses"),
+        ["digits", "prose"]
+    );
+}
+
 /// QALFT resumes exactly too: the GPTQ base is rebuilt, the adapter, trained scales and
 /// optimizer state come back from the checkpoint.
 #[test]

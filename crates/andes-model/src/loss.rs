@@ -113,10 +113,22 @@ pub fn masked_next_token_nll(
     targets: Tensor<2, Int>,
     mask: Tensor<2, Bool>,
 ) -> Tensor<1> {
+    masked_target_log_probs(model, hidden, targets, mask)
+        .sum()
+        .neg()
+}
+
+/// Log-probability of each target `[batch, seq]`, zero where `mask` is unset: the terms of
+/// [`masked_next_token_nll`], for a caller that also sums them by row.
+pub fn masked_target_log_probs(
+    model: &Qwen3ForCausalLM,
+    hidden: Tensor<3>,
+    targets: Tensor<2, Int>,
+    mask: Tensor<2, Bool>,
+) -> Tensor<2> {
     let picked = head_log_probs(model, hidden, targets);
     let zeros = picked.zeros_like();
-    let counted = zeros.mask_where(mask, picked);
-    counted.sum().neg()
+    zeros.mask_where(mask, picked)
 }
 
 #[cfg(test)]

@@ -227,7 +227,8 @@ pub fn load_adapter_run(run_dir: &Path, device: &Device) -> Result<AdapterRun, T
         Some(quant) if quant.init == PtqMethod::Gptq => {
             let tokenizer =
                 andes_data::TextTokenizer::from_file(&checkpoint.join("tokenizer.json"))?;
-            Some(WindowSet::load(&recipe.data.train, &recipe.data.windowing(), &tokenizer)?.0)
+            let source = recipe.data.primary();
+            Some(WindowSet::load(&source.path, &recipe.data.windowing(source), &tokenizer)?.0)
         }
         _ => None,
     };

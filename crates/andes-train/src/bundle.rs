@@ -21,7 +21,12 @@ fn provenance(run_dir: &Path, checkpoint: &Path, recipe: &Recipe) -> serde_json:
         "run": run_dir.display().to_string(),
         "checkpoint": checkpoint.display().to_string(),
         "stage": recipe.stage.name(),
-        "data": recipe.data.train.display().to_string(),
+        "data": recipe
+            .data
+            .sources
+            .iter()
+            .map(|source| source.path.display().to_string())
+            .collect::<Vec<_>>(),
         "steps": recipe.train.steps,
     })
 }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
 use crate::objective::RunningMean;
-use andes_data::dataset::DataPosition;
+use andes_data::dataset::MixturePosition;
 use andes_model::{Model, ModelConfig};
 
 /// File naming the newest complete checkpoint directory.
@@ -32,8 +32,8 @@ pub const RECIPE_FILE: &str = "recipe.toml";
 pub struct TrainerState {
     /// Optimizer steps completed.
     pub step: usize,
-    /// Where the data stream stands.
-    pub data: DataPosition,
+    /// Where the data stream stands: each source's position and the examples drawn.
+    pub data: MixturePosition,
     /// Target tokens trained on so far.
     pub tokens_seen: u64,
     /// MPO's running reward shift δ (untouched by the other stages).

@@ -1,5 +1,6 @@
 //! `metrics.jsonl`: one JSON object per optimizer step, plus evaluation lines.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -29,12 +30,18 @@ pub struct StepMetrics {
     /// Fraction of the step's pairs whose chosen reply has the higher implicit reward (MPO).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preference_accuracy: Option<f64>,
+    /// Each source's loss on this step's examples from it, by source name (mixtures only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub source_losses: BTreeMap<String, f64>,
     /// Held-out loss, at evaluation steps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_loss: Option<f64>,
     /// `exp(eval_loss)`, for the next-token stages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_perplexity: Option<f64>,
+    /// Each source's held-out loss, by source name, at evaluation steps (mixtures only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub eval_source_losses: BTreeMap<String, f64>,
     /// Mean reward of greedy completions of the held-out prompts (GRPO).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_reward: Option<f64>,

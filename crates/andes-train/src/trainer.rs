@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use andes_data::TextTokenizer;
-use andes_data::dataset::{DataPosition, WindowSet};
+use andes_data::dataset::{MixturePosition, WindowSet};
 use andes_model::checkpoint::write_atomically;
 use andes_model::device::parse_devices;
 use andes_model::precision::{Autocast, Precision};
@@ -214,6 +214,14 @@ impl<'a> Run<'a> {
             tokens_per_s: output.tokens as f64 / seconds,
             reward: output.reward,
             preference_accuracy: output.preference_accuracy,
+            source_losses: recipe
+                .data
+                .sources
+                .iter()
+                .zip(&output.sources)
+                .filter(|(_, share)| share.tokens > 0)
+                .map(|(source, share)| (source.name.clone(), share.nll / share.tokens as f64))
+                .collect(),
             ..StepMetrics::default()
         };
         self.evaluate_if_due(&mut line)?;
@@ -252,6 +260,7 @@ impl<'a> Run<'a> {
                 .map(f64::exp);
             line.eval_reward = evaluation.reward;
             line.eval_preference_accuracy = evaluation.preference_accuracy;
+            line.eval_source_losses = evaluation.source_losses.into_iter().collect();
         }
         Ok(())
     }
@@ -327,7 +336,7 @@ fn start_point(
     }
     let state = TrainerState {
         step: 0,
-        data: DataPosition::default(),
+        data: MixturePosition::default(),
         tokens_seen: 0,
         reward_shift: Default::default(),
     };

@@ -22,7 +22,8 @@ pub use records::{DataFormat, RecordError, load_sequences, read_records};
 pub use task::{TaskRecord, TaskTarget, load_task};
 pub use text::tokenize_document;
 pub use windows::{
-    DataPosition, END_OF_TEXT, WindowSet, Windowing, document_stream, draw_indices, end_of_text,
+    DataPosition, END_OF_TEXT, MixturePosition, WindowSet, Windowing, document_stream,
+    draw_indices, draw_mixture, end_of_text,
 };
 
 /// Token ids of one document with, per token, whether it is a training target.

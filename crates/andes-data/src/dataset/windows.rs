@@ -134,9 +134,100 @@ pub fn draw_indices(
     drawn
 }
 
+/// Where a mixture of sources stands: how many examples it has drawn (which seeds the choice
+/// of source for the next one) and each source's own position. Saved in every checkpoint so a
+/// resumed run draws exactly the examples it would have drawn.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct MixturePosition {
+    /// Examples drawn so far, from all sources.
+    pub drawn: u64,
+    /// Each source's epoch and index, in the recipe's order.
+    pub sources: Vec<DataPosition>,
+}
+
+/// The next `count` examples of a mixture as `(source, index)` pairs: each example's source
+/// drawn by `weights` (relative, positive) from a generator seeded by `(seed, drawn)`, then
+/// the next index of that source's own seeded stream ([`draw_indices`] over its `lens`
+/// examples). A single source draws exactly what [`draw_indices`] draws with `seed`, so a
+/// one-file recipe reads its data as it always has.
+pub fn draw_mixture(
+    lens: &[usize],
+    weights: &[f64],
+    seed: u64,
+    position: &mut MixturePosition,
+    count: usize,
+) -> Vec<(usize, usize)> {
+    position.sources.resize(lens.len(), DataPosition::default());
+    let total: f64 = weights.iter().sum();
+    let sources: Vec<usize> = (0..count as u64)
+        .map(|k| {
+            if lens.len() == 1 {
+                return 0;
+            }
+            let draw = position.drawn + k;
+            let mut rng = StdRng::seed_from_u64(seed ^ draw.wrapping_mul(0xD1B5_4A32_D192_ED03));
+            let mut point = rand::Rng::random::<f64>(&mut rng) * total;
+            weights
+                .iter()
+                .position(|&w| {
+                    point -= w;
+                    point < 0.0
+                })
+                .unwrap_or(weights.len() - 1)
+        })
+        .collect();
+    position.drawn += count as u64;
+    let mut indices: Vec<std::vec::IntoIter<usize>> = (0..lens.len())
+        .map(|source| {
+            let wanted = sources.iter().filter(|&&s| s == source).count();
+            let source_seed = seed.wrapping_add(source as u64);
+            draw_indices(
+                lens[source],
+                source_seed,
+                &mut position.sources[source],
+                wanted,
+            )
+            .into_iter()
+        })
+        .collect();
+    sources
+        .into_iter()
+        .map(|source| (source, indices[source].next().expect("drawn per source")))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mixture_draws_by_weight_and_resumes_exactly() {
+        let (lens, weights) = ([50, 30, 20], [0.6, 0.3, 0.1]);
+        let mut whole = MixturePosition::default();
+        let uninterrupted = draw_mixture(&lens, &weights, 5, &mut whole, 3000);
+        for (source, weight) in weights.iter().enumerate() {
+            let share = uninterrupted.iter().filter(|(s, _)| *s == source).count() as f64 / 3000.0;
+            assert!((share - weight).abs() < 0.03, "source {source}: {share}");
+        }
+        let mut position = MixturePosition::default();
+        let mut resumed = draw_mixture(&lens, &weights, 5, &mut position, 1234);
+        let mut restored = position.clone();
+        resumed.extend(draw_mixture(&lens, &weights, 5, &mut restored, 1766));
+        assert_eq!(resumed, uninterrupted);
+        assert_eq!(restored, whole);
+    }
+
+    #[test]
+    fn one_source_draws_as_a_plain_stream() {
+        let mut position = MixturePosition::default();
+        let mixed: Vec<usize> = draw_mixture(&[7], &[2.0], 9, &mut position, 20)
+            .into_iter()
+            .map(|(_, i)| i)
+            .collect();
+        let mut plain = DataPosition::default();
+        assert_eq!(mixed, draw_indices(7, 9, &mut plain, 20));
+        assert_eq!(position.sources, vec![plain]);
+    }
 
     #[test]
     fn each_epoch_visits_every_example_once() {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use andes_data::TextTokenizer;
 use andes_data::dataset::{
     CaptionRecord, DataFormat, ImageChat, MaskedTokens, end_of_text, load_captions,
-    load_image_conversations, tokenize_image_conversation,
+    load_image_conversations, load_sequences, tokenize_image_conversation,
 };
 use andes_data::image_processor::{ImageProcessor, ProcessedImage};
 use andes_data::image_prompt::{ImagePrompt, ImageTokens, tokenize_with_images};
@@ -33,6 +33,9 @@ pub enum VisualExample {
     Caption(CaptionRecord),
     /// A conversation, possibly showing images.
     Chat(ImageChat),
+    /// A text document (every token a target, ended by end-of-text), for mixtures of text
+    /// and image data.
+    Document(MaskedTokens),
 }
 
 impl VisualExample {
@@ -41,6 +44,7 @@ impl VisualExample {
         match self {
             VisualExample::Caption(record) => std::slice::from_ref(&record.image),
             VisualExample::Chat(chat) => &chat.images,
+            VisualExample::Document(_) => &[],
         }
     }
 }
@@ -88,7 +92,8 @@ pub struct VisualRows {
     seq_len: usize,
 }
 
-/// The records of `path`: image captions, or conversations that may show images.
+/// The records of `path`: image captions, conversations that may show images, or text
+/// documents.
 pub fn load_visual_examples(
     path: &Path,
     format: DataFormat,
@@ -96,6 +101,14 @@ pub fn load_visual_examples(
     skip_bad_records: bool,
 ) -> Result<Vec<VisualExample>, ModelError> {
     Ok(match format {
+        DataFormat::Text => {
+            let end_of_text = end_of_text(path, tokenizer)?;
+            load_sequences(path, format, tokenizer, end_of_text, skip_bad_records)?
+                .0
+                .into_iter()
+                .map(VisualExample::Document)
+                .collect()
+        }
         DataFormat::ImageCaption => load_captions(path, skip_bad_records)?
             .0
             .into_iter()
@@ -204,6 +217,7 @@ impl VisualRows {
                 .map_err(|message| ModelError::row(&self.data_file, message))?;
                 (tokenized.tokens, tokenized.image_spans)
             }
+            VisualExample::Document(tokens) => (tokens.clone(), Vec::new()),
         };
         let limit = self.seq_len + 1;
         if let Some((span, image)) = spans

@@ -100,7 +100,7 @@ impl GrpoObjective {
                 .map(|(prompts, _skipped)| prompts)
                 .map_err(TrainError::from)
         };
-        let (train, eval) = load_splits(recipe, load)?;
+        let (train, eval) = load_splits(recipe.data.primary(), load)?;
         let (config, reference) = load_reference(recipe, device)?;
         let mut stop_tokens = eos_token_ids(&recipe.model.checkpoint, config.text_config())?;
         stop_tokens.extend(tokenizer.token_id(END_OF_TURN));
@@ -215,7 +215,7 @@ impl Objective for GrpoObjective {
         let model = model.language_model();
         let policy = model.valid();
         let group_size = self.section.group_size;
-        let prompts = self.batches.draw(&self.train, state);
+        let prompts = self.batches.draw_one(&self.train, state);
         // Slots are numbered over the whole step, so a completion's seed does not depend on
         // which shard samples it.
         let sequences = prompts.iter().map(Vec::len).sum::<usize>() * group_size;
@@ -256,7 +256,7 @@ impl Objective for GrpoObjective {
                 loss: loss_sum / sequences,
                 tokens: all.map(|r| r.completion.len()).sum(),
                 reward: Some(reward),
-                preference_accuracy: None,
+                ..StepFigures::default()
             },
         })
     }

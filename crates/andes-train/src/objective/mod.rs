@@ -25,8 +25,8 @@ pub use vision::VisionObjective;
 
 use crate::checkpoint::TrainerState;
 use crate::error::TrainError;
-use crate::recipe::{Recipe, Stage};
-use andes_data::dataset::{WindowSet, draw_indices};
+use crate::recipe::{DataSource, Recipe, Stage};
+use andes_data::dataset::{WindowSet, draw_mixture};
 use andes_model::{Model, ModelConfig};
 
 /// One shard's part of an optimizer step: its gradients and its share of the step's figures.
@@ -38,9 +38,42 @@ pub struct StepOutput {
     pub figures: StepFigures,
 }
 
+/// One data source's part of a step: the summed NLL and the counted targets of the step's
+/// examples drawn from it (mixtures only).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SourceShare {
+    /// Summed NLL of the source's targets.
+    pub nll: f64,
+    /// Targets counted.
+    pub tokens: usize,
+}
+
+impl SourceShare {
+    /// Adds `rows`' NLLs (`[rows]`, read back here) and `row_tokens` to the shares of the
+    /// sources `row_sources` names, row by row.
+    fn add_rows(
+        shares: &mut Vec<SourceShare>,
+        sources: usize,
+        row_sources: &[usize],
+        row_nll: Tensor<1>,
+        row_tokens: &[usize],
+    ) {
+        shares.resize(sources, SourceShare::default());
+        let values = row_nll
+            .into_data()
+            .convert::<f64>()
+            .try_into_vec::<f64>()
+            .expect("converted to f64");
+        for ((&source, nll), &tokens) in row_sources.iter().zip(values).zip(row_tokens) {
+            shares[source].nll += nll;
+            shares[source].tokens += tokens;
+        }
+    }
+}
+
 /// A step's figures, or one shard's share of them: each is a sum over examples divided by
 /// the whole step's count, so the shares of all shards add up to the step's figure.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct StepFigures {
     /// The step's loss.
     pub loss: f64,
@@ -51,6 +84,8 @@ pub struct StepFigures {
     /// Fraction of pairs whose chosen reply the model prefers over the rejected one, by the
     /// implicit reward (MPO).
     pub preference_accuracy: Option<f64>,
+    /// Each source's NLL and targets, when the run draws from a mixture (else empty).
+    pub sources: Vec<SourceShare>,
 }
 
 impl std::ops::Add for StepFigures {
@@ -66,6 +101,15 @@ impl std::ops::Add for StepFigures {
             tokens: self.tokens + other.tokens,
             reward: sum(self.reward, other.reward),
             preference_accuracy: sum(self.preference_accuracy, other.preference_accuracy),
+            sources: (0..self.sources.len().max(other.sources.len()))
+                .map(|i| {
+                    let (a, b) = (self.sources.get(i), other.sources.get(i));
+                    SourceShare {
+                        nll: a.map_or(0.0, |a| a.nll) + b.map_or(0.0, |b| b.nll),
+                        tokens: a.map_or(0, |a| a.tokens) + b.map_or(0, |b| b.tokens),
+                    }
+                })
+                .collect(),
         }
     }
 }
@@ -109,6 +153,37 @@ pub struct Evaluation {
     pub reward: Option<f64>,
     /// Preference accuracy on held-out pairs (MPO).
     pub preference_accuracy: Option<f64>,
+    /// Each source's held-out loss, by name, when the run mixes sources with held-out files.
+    pub source_losses: Vec<(String, f64)>,
+}
+
+impl Evaluation {
+    /// The held-out figures of a next-token objective from each source's `(name, mean NLL,
+    /// targets)`: the loss over all the held-out targets and, when there are several sources,
+    /// each one's; none without held-out data.
+    fn of_sources(losses: Vec<(String, f64, usize)>) -> Option<Self> {
+        let loss = match losses.as_slice() {
+            [] => return None,
+            [(_, loss, _)] => *loss,
+            several => {
+                let tokens: usize = several.iter().map(|(_, _, tokens)| tokens).sum();
+                let nll: f64 = several.iter().map(|(_, loss, t)| loss * *t as f64).sum();
+                nll / tokens.max(1) as f64
+            }
+        };
+        let source_losses = match losses.len() {
+            1 => Vec::new(),
+            _ => losses
+                .into_iter()
+                .map(|(name, loss, _)| (name, loss))
+                .collect(),
+        };
+        Some(Self {
+            loss: Some(loss),
+            source_losses,
+            ..Self::default()
+        })
+    }
 }
 
 /// One stage's loss over its data. Shared by the threads of a data-parallel run.
@@ -148,13 +223,13 @@ pub fn for_recipe(
         | Stage::Lora { .. }
         | Stage::Qalft { .. }
         | Stage::Qat { .. }
-            if recipe.data.format == DataFormat::ImageCaption
-                || (recipe.data.format == DataFormat::Chat
+            if recipe.data.reads(DataFormat::ImageCaption)
+                || (recipe.data.reads(DataFormat::Chat)
                     && matches!(config, ModelConfig::VisionLanguage(_))) =>
         {
             if recipe.stage.distill().is_some() {
                 return Err(TrainError::Recipe {
-                    path: recipe.data.train.clone(),
+                    path: recipe.data.primary().path.clone(),
                     key: "distill".into(),
                     message: "distillation is built for text data; image data trains without \
                               [distill]"
@@ -173,19 +248,19 @@ pub fn for_recipe(
     })
 }
 
-/// The recipe's training examples (refused when there are none) and held-out examples (when
+/// A source's training examples (refused when there are none) and held-out examples (when
 /// it names a file), each file read by `load`.
 fn load_splits<T>(
-    recipe: &Recipe,
+    source: &DataSource,
     load: impl Fn(&Path) -> Result<Vec<T>, TrainError>,
 ) -> Result<(Vec<T>, Option<Vec<T>>), TrainError> {
-    let train = load(&recipe.data.train)?;
+    let train = load(&source.path)?;
     if train.is_empty() {
         return Err(TrainError::NoRecords {
-            path: recipe.data.train.clone(),
+            path: source.path.clone(),
         });
     }
-    let eval = recipe.data.eval.as_deref().map(load).transpose()?;
+    let eval = source.eval.as_deref().map(load).transpose()?;
     Ok((train, eval))
 }
 
@@ -204,13 +279,14 @@ fn scalar(tensor: Tensor<1>) -> f64 {
     tensor.into_scalar::<f64>()
 }
 
-/// How a step draws its examples: `grad_accum` micro-batches of `batch_size` each, in the
-/// run's seeded order.
-#[derive(Debug, Clone, Copy)]
+/// How a step draws its examples: `grad_accum` micro-batches of `batch_size` each, from the
+/// recipe's sources by weight, each source in its own seeded order.
+#[derive(Debug, Clone)]
 struct StepBatches {
     seed: u64,
     batch_size: usize,
     grad_accum: usize,
+    weights: Vec<f64>,
 }
 
 impl StepBatches {
@@ -219,18 +295,49 @@ impl StepBatches {
             seed: recipe.seed,
             batch_size: recipe.train.batch_size,
             grad_accum: recipe.train.grad_accum,
+            weights: recipe.data.weights(),
         }
     }
 
-    /// The step's micro-batches, drawn from `state.data` onward (advancing it).
-    fn draw<'a, T>(&self, examples: &'a [T], state: &mut TrainerState) -> Vec<Vec<&'a T>> {
+    /// The step's micro-batches as `(source, index)` pairs into sources of `lens` examples,
+    /// drawn from `state.data` onward (advancing it).
+    fn draw(&self, lens: &[usize], state: &mut TrainerState) -> Vec<Vec<(usize, usize)>> {
         (0..self.grad_accum)
             .map(|_| {
-                draw_indices(examples.len(), self.seed, &mut state.data, self.batch_size)
+                draw_mixture(
+                    lens,
+                    &self.weights,
+                    self.seed,
+                    &mut state.data,
+                    self.batch_size,
+                )
+            })
+            .collect()
+    }
+
+    /// The step's micro-batches of `(source, example)` from every source's examples.
+    fn draw_from<'a, T>(
+        &self,
+        sources: &[&'a [T]],
+        state: &mut TrainerState,
+    ) -> Vec<Vec<(usize, &'a T)>> {
+        let lens: Vec<usize> = sources.iter().map(|examples| examples.len()).collect();
+        self.draw(&lens, state)
+            .into_iter()
+            .map(|batch| {
+                batch
                     .into_iter()
-                    .map(|i| &examples[i])
+                    .map(|(source, index)| (source, &sources[source][index]))
                     .collect()
             })
+            .collect()
+    }
+
+    /// The step's micro-batches of a stage that reads one file.
+    fn draw_one<'a, T>(&self, examples: &'a [T], state: &mut TrainerState) -> Vec<Vec<&'a T>> {
+        self.draw_from(&[examples], state)
+            .into_iter()
+            .map(|batch| batch.into_iter().map(|(_, example)| example).collect())
             .collect()
     }
 }

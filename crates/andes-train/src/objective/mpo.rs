@@ -171,7 +171,7 @@ impl MpoObjective {
             .map(|(pairs, _skipped)| pairs)
             .map_err(TrainError::from)
         };
-        let (train, eval) = load_splits(recipe, load)?;
+        let (train, eval) = load_splits(recipe.data.primary(), load)?;
         let (_, reference) = load_reference(recipe, device)?;
         Ok(Self {
             train,
@@ -266,7 +266,7 @@ impl Objective for MpoObjective {
         // δ is a running mean over the micro-batches in order: each depends on the last.
         assert_eq!(shard, Shard::WHOLE, "MPO steps are not sharded");
         let model = model.language_model();
-        let micro_batches = self.batches.draw(&self.train, state);
+        let micro_batches = self.batches.draw_one(&self.train, state);
         let pairs = micro_batches.iter().map(Vec::len).sum::<usize>();
         let chosen_tokens: usize = micro_batches.iter().flatten().map(|p| p.chosen.len()).sum();
         let reply_tokens: usize = micro_batches
@@ -287,8 +287,8 @@ impl Objective for MpoObjective {
             figures: StepFigures {
                 loss: totals.loss(&self.section, pairs, chosen_tokens),
                 tokens: reply_tokens,
-                reward: None,
                 preference_accuracy: Some(totals.preferred as f64 / pairs as f64),
+                ..StepFigures::default()
             },
         })
     }
@@ -311,8 +311,8 @@ impl Objective for MpoObjective {
         }
         Ok(Some(Evaluation {
             loss: Some(totals.loss(&self.section, eval.len(), chosen_tokens)),
-            reward: None,
             preference_accuracy: Some(totals.preferred as f64 / eval.len() as f64),
+            ..Evaluation::default()
         }))
     }
 }

@@ -8,23 +8,28 @@ use burn::module::Module;
 use burn::optim::GradientsAccumulator;
 use burn::tensor::Device;
 
-use super::{Evaluation, Objective, Shard, StepBatches, StepFigures, StepOutput, accumulate_share};
+use super::{
+    Evaluation, Objective, Shard, SourceShare, StepBatches, StepFigures, StepOutput,
+    accumulate_share,
+};
 use crate::checkpoint::TrainerState;
 use crate::error::TrainError;
 use crate::recipe::{DistillSection, Recipe};
-use andes_data::dataset::WindowSet;
+use andes_data::dataset::{TokenWindow, WindowSet};
 use andes_model::Model;
 use andes_model::batch::to_batch;
 use andes_model::lora::peft::import_peft_adapter;
-use andes_model::loss::{masked_distillation_kl, masked_next_token_nll};
+use andes_model::loss::{masked_distillation_kl, masked_target_log_probs};
 use andes_model::perplexity::mean_nll;
 use andes_model::qwen3::Qwen3ForCausalLM;
 use burn::tensor::{Bool, DType, Int, Tensor};
 
-/// Mean next-token NLL over a recipe's windows.
+/// Mean next-token NLL over a recipe's windows, drawn from its sources by weight.
 pub struct TokenObjective {
-    train: WindowSet,
-    eval: Option<WindowSet>,
+    /// Each source's training windows, in the recipe's order.
+    train: Vec<WindowSet>,
+    /// Each source's name and held-out windows, for the sources with a held-out file.
+    eval: Vec<(String, WindowSet)>,
     batches: StepBatches,
     distill: Option<Teacher>,
 }
@@ -101,12 +106,17 @@ impl TokenObjective {
         tokenizer: &TextTokenizer,
         device: &Device,
     ) -> Result<Self, TrainError> {
-        let (train, _skipped) =
-            WindowSet::load(&recipe.data.train, &recipe.data.windowing(), tokenizer)?;
-        let eval = match &recipe.data.eval {
-            Some(path) => Some(WindowSet::load(path, &recipe.data.windowing(), tokenizer)?.0),
-            None => None,
-        };
+        let data = &recipe.data;
+        let mut train = Vec::with_capacity(data.sources.len());
+        let mut eval = Vec::new();
+        for source in &data.sources {
+            let windowing = data.windowing(source);
+            train.push(WindowSet::load(&source.path, &windowing, tokenizer)?.0);
+            if let Some(path) = &source.eval {
+                let set = WindowSet::load(path, &windowing, tokenizer)?.0;
+                eval.push((source.name.clone(), set));
+            }
+        }
         let training_device = recipe.train.autodiff_device(device);
         let distill = recipe
             .stage
@@ -132,21 +142,44 @@ impl Objective for TokenObjective {
     ) -> Result<StepOutput, TrainError> {
         let model = model.language_model();
         let device: Device = model.devices()[0].clone();
-        let micro_batches = self.batches.draw(&self.train.packed.windows, state);
+        let windows: Vec<&[TokenWindow]> = self
+            .train
+            .iter()
+            .map(|set| set.packed.windows.as_slice())
+            .collect();
+        let micro_batches = self.batches.draw_from(&windows, state);
         let step_tokens: usize = micro_batches
             .iter()
             .flatten()
-            .map(|w| counted_targets(&w.loss_mask))
+            .map(|(_, w)| counted_targets(&w.loss_mask))
             .sum();
         let mut accumulator = GradientsAccumulator::new();
         let mut nll_sum = 0.0;
         let mut shard_tokens = 0;
-        for windows in shard.take(&micro_batches) {
-            let batch = to_batch(windows, &device);
+        let mut source_shares = Vec::new();
+        for drawn in shard.take(&micro_batches) {
+            let (row_sources, windows): (Vec<usize>, Vec<&TokenWindow>) =
+                drawn.iter().copied().unzip();
+            let batch = to_batch(&windows, &device);
             shard_tokens += batch.target_tokens;
             let hidden = model.forward_hidden(batch.inputs.clone(), &mut model.new_cache())?;
-            let nll =
-                masked_next_token_nll(model, hidden.clone(), batch.targets, batch.mask.clone());
+            let counted =
+                masked_target_log_probs(model, hidden.clone(), batch.targets, batch.mask.clone());
+            if self.train.len() > 1 {
+                let row_tokens: Vec<usize> = windows
+                    .iter()
+                    .map(|w| counted_targets(&w.loss_mask))
+                    .collect();
+                let row_nll = counted.clone().sum_dim(1).squeeze_dim::<1>(1).neg();
+                SourceShare::add_rows(
+                    &mut source_shares,
+                    self.train.len(),
+                    &row_sources,
+                    row_nll,
+                    &row_tokens,
+                );
+            }
+            let nll = counted.sum().neg();
             let loss = match &self.distill {
                 Some(teacher) => teacher.loss(model, hidden, batch.inputs, batch.mask, nll)?,
                 None => nll,
@@ -158,6 +191,7 @@ impl Objective for TokenObjective {
             figures: StepFigures {
                 loss: nll_sum / step_tokens.max(1) as f64,
                 tokens: shard_tokens,
+                sources: source_shares,
                 ..StepFigures::default()
             },
         })
@@ -165,16 +199,19 @@ impl Objective for TokenObjective {
 
     fn evaluate(&self, model: &Model) -> Result<Option<Evaluation>, TrainError> {
         let model = model.language_model();
-        let Some(set) = &self.eval else {
-            return Ok(None);
-        };
-        Ok(Some(Evaluation {
-            loss: Some(mean_nll(model, set, self.batches.batch_size)?),
-            ..Evaluation::default()
-        }))
+        let batch_size = self.batches.batch_size;
+        let losses = self
+            .eval
+            .iter()
+            .map(|(name, set)| {
+                let loss = mean_nll(model, set, batch_size)?;
+                Ok((name.clone(), loss, set.packed.target_tokens))
+            })
+            .collect::<Result<Vec<_>, TrainError>>()?;
+        Ok(Evaluation::of_sources(losses))
     }
 
     fn calibration_windows(&self) -> Option<&WindowSet> {
-        Some(&self.train)
+        self.train.first()
     }
 }

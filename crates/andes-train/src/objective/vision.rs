@@ -15,22 +15,26 @@ use burn::optim::GradientsAccumulator;
 use burn::tensor::{Device, Tensor};
 
 use super::{
-    Evaluation, Objective, ReplyRows, Shard, StepBatches, StepFigures, StepOutput,
+    Evaluation, Objective, ReplyRows, Shard, SourceShare, StepBatches, StepFigures, StepOutput,
     accumulate_share, load_splits, scalar,
 };
 use crate::checkpoint::TrainerState;
 use crate::error::TrainError;
 use crate::recipe::Recipe;
 
-/// Mean NLL of the scored tokens of an image-caption or conversation file.
+/// Mean NLL of the scored tokens of image-caption, conversation (and, in a mixture, text)
+/// sources, drawn by weight.
 pub struct VisionObjective {
-    train: Vec<VisualExample>,
-    eval: Option<Vec<VisualExample>>,
-    rows: VisualRows,
+    /// Each source's training records, in the recipe's order.
+    train: Vec<Vec<VisualExample>>,
+    /// Each source's name, held-out records and index, for the sources with a held-out file.
+    eval: Vec<(String, Vec<VisualExample>, usize)>,
+    /// Each source's row maker (its file labels errors).
+    rows: Vec<VisualRows>,
     batches: StepBatches,
 }
 
-/// Summed NLL of the scored tokens of `rows` (one-element tensor).
+/// Each row's summed NLL of its scored tokens, `[rows]`.
 fn rows_nll(model: &AndesVL, rows: Vec<VisualRow>) -> Result<Tensor<1>, TrainError> {
     let device: Device = model.devices()[0].clone();
     let (masked, placements): (Vec<_>, Vec<_>) = rows
@@ -48,7 +52,11 @@ fn rows_nll(model: &AndesVL, rows: Vec<VisualRow>) -> Result<Tensor<1>, TrainErr
     let hidden = model
         .language_model
         .forward_embeddings(embeddings, &mut cache)?;
-    Ok(batch.log_probs(&model.language_model, hidden).sum().neg())
+    Ok(batch
+        .log_probs(&model.language_model, hidden)
+        .sum_dim(1)
+        .squeeze_dim::<1>(1)
+        .neg())
 }
 
 impl VisionObjective {
@@ -69,23 +77,24 @@ impl VisionObjective {
                     .into(),
             });
         };
-        let load = |path: &Path| {
-            load_visual_examples(
-                path,
-                recipe.data.format,
+        let data = &recipe.data;
+        let (mut train, mut eval, mut rows) = (Vec::new(), Vec::new(), Vec::new());
+        for (index, source) in data.sources.iter().enumerate() {
+            let load = |path: &Path| {
+                load_visual_examples(path, source.format, tokenizer, data.skip_bad_records)
+                    .map_err(TrainError::from)
+            };
+            let (source_train, source_eval) = load_splits(source, load)?;
+            train.push(source_train);
+            eval.extend(source_eval.map(|records| (source.name.clone(), records, index)));
+            rows.push(VisualRows::new(
+                &recipe.model.checkpoint,
+                &source.path,
                 tokenizer,
-                recipe.data.skip_bad_records,
-            )
-            .map_err(TrainError::from)
-        };
-        let (train, eval) = load_splits(recipe, load)?;
-        let rows = VisualRows::new(
-            &recipe.model.checkpoint,
-            &recipe.data.train,
-            tokenizer,
-            config,
-            recipe.data.seq_len,
-        )?;
+                config,
+                data.seq_len,
+            )?);
+        }
         Ok(Self {
             train,
             eval,
@@ -118,22 +127,45 @@ impl Objective for VisionObjective {
         let model = vision_language(model);
         // Every shard builds every row on the host: the step's token count, the loss's
         // divisor, needs each image's size. Only its own rows go to the device.
+        let sources: Vec<&[VisualExample]> = self.train.iter().map(Vec::as_slice).collect();
         let micro_batches = self
             .batches
-            .draw(&self.train, state)
-            .iter()
-            .map(|examples| self.rows.rows(model, examples))
+            .draw_from(&sources, state)
+            .into_iter()
+            .map(|drawn| {
+                drawn
+                    .into_iter()
+                    .map(|(source, example)| Ok((source, self.rows[source].row(model, example)?)))
+                    .collect::<Result<Vec<_>, TrainError>>()
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let tokens: usize = micro_batches.iter().flatten().map(scored_tokens).sum();
+        let tokens: usize = micro_batches
+            .iter()
+            .flatten()
+            .map(|(_, row)| scored_tokens(row))
+            .sum();
         let mut accumulator = GradientsAccumulator::new();
         let mut nll_sum = 0.0;
         let mut shard_tokens = 0;
-        for (index, rows) in micro_batches.into_iter().enumerate() {
+        let mut source_shares = Vec::new();
+        for (index, drawn) in micro_batches.into_iter().enumerate() {
             if !shard.owns(index) {
                 continue;
             }
-            shard_tokens += rows.iter().map(scored_tokens).sum::<usize>();
-            let nll = rows_nll(model, rows)?;
+            let (row_sources, rows): (Vec<usize>, Vec<VisualRow>) = drawn.into_iter().unzip();
+            let row_tokens: Vec<usize> = rows.iter().map(scored_tokens).collect();
+            shard_tokens += row_tokens.iter().sum::<usize>();
+            let row_nll = rows_nll(model, rows)?;
+            if self.train.len() > 1 {
+                SourceShare::add_rows(
+                    &mut source_shares,
+                    self.train.len(),
+                    &row_sources,
+                    row_nll.clone(),
+                    &row_tokens,
+                );
+            }
+            let nll = row_nll.sum();
             nll_sum += accumulate_share(&mut accumulator, model, nll, tokens as f64);
         }
         Ok(StepOutput {
@@ -141,26 +173,25 @@ impl Objective for VisionObjective {
             figures: StepFigures {
                 loss: nll_sum / tokens.max(1) as f64,
                 tokens: shard_tokens,
+                sources: source_shares,
                 ..StepFigures::default()
             },
         })
     }
 
     fn evaluate(&self, model: &Model) -> Result<Option<Evaluation>, TrainError> {
-        let Some(eval) = &self.eval else {
-            return Ok(None);
-        };
         let model = vision_language(model).valid();
-        let (mut nll, mut tokens) = (0.0, 0usize);
-        let examples: Vec<&VisualExample> = eval.iter().collect();
-        for chunk in examples.chunks(self.batches.batch_size) {
-            let rows = self.rows.rows(&model, chunk)?;
-            tokens += rows.iter().map(scored_tokens).sum::<usize>();
-            nll += scalar(rows_nll(&model, rows)?);
+        let mut losses = Vec::with_capacity(self.eval.len());
+        for (name, eval, source) in &self.eval {
+            let (mut nll, mut tokens) = (0.0, 0usize);
+            let examples: Vec<&VisualExample> = eval.iter().collect();
+            for chunk in examples.chunks(self.batches.batch_size) {
+                let rows = self.rows[*source].rows(&model, chunk)?;
+                tokens += rows.iter().map(scored_tokens).sum::<usize>();
+                nll += scalar(rows_nll(&model, rows)?.sum());
+            }
+            losses.push((name.clone(), nll / tokens.max(1) as f64, tokens));
         }
-        Ok(Some(Evaluation {
-            loss: Some(nll / tokens.max(1) as f64),
-            ..Evaluation::default()
-        }))
+        Ok(Evaluation::of_sources(losses))
     }
 }

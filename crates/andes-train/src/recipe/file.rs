@@ -8,9 +8,11 @@ use andes_model::quantize::{BaseFormats, PtqMethod};
 use andes_quant::QuantFormat;
 use serde::{Deserialize, Serialize};
 
+use andes_data::dataset::DataFormat;
+
 use super::{
-    DataSection, DistillSection, LoraSection, ModelSection, OptimizerSection, QuantSection, Recipe,
-    Stage, StageName, TrainSection,
+    DataSection, DataSource, DistillSection, LoraSection, ModelSection, OptimizerSection,
+    QuantSection, Recipe, Stage, StageName, TrainSection,
 };
 use crate::error::TrainError;
 use crate::objective::{GrpoSection, MpoSection};
@@ -58,6 +60,112 @@ fn default_calibration_windows() -> usize {
     32
 }
 
+/// `[data]` as written: one source's `format`, `train` and `eval`, or `[[data.sources]]`.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DataFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    format: Option<DataFormat>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    train: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    eval: Option<PathBuf>,
+    seq_len: usize,
+    #[serde(default)]
+    skip_bad_records: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    sources: Vec<DataSource>,
+}
+
+impl TryFrom<DataFile> for DataSection {
+    type Error = String;
+
+    /// One source from `format`/`train`/`eval`, or the `sources` list, each source's weight
+    /// checked and its name defaulted to its file's stem (names unique).
+    fn try_from(file: DataFile) -> Result<Self, String> {
+        let single = file.format.is_some() || file.train.is_some() || file.eval.is_some();
+        let mut sources = match (single, file.sources.is_empty()) {
+            (true, false) => {
+                return Err("data: give either format, train and eval (one file) or                             [[data.sources]], not both"
+                    .into());
+            }
+            (true, true) => {
+                let (Some(format), Some(path)) = (file.format, file.train) else {
+                    return Err("data: format and train name the training file (or use                                 [[data.sources]])"
+                        .into());
+                };
+                vec![DataSource {
+                    name: String::new(),
+                    format,
+                    path,
+                    eval: file.eval,
+                    weight: 1.0,
+                }]
+            }
+            (false, true) => {
+                return Err("data: no training data; give format and train, or                             [[data.sources]] with path, format and weight"
+                    .into());
+            }
+            (false, false) => file.sources,
+        };
+        let mut names = std::collections::HashSet::new();
+        for (i, source) in sources.iter_mut().enumerate() {
+            if !(source.weight.is_finite() && source.weight > 0.0) {
+                return Err(format!(
+                    "data.sources[{i}].weight: found {}, expected a positive number (a                      source's share of the examples drawn, relative to the others')",
+                    source.weight
+                ));
+            }
+            if source.name.is_empty() {
+                source.name = stem(&source.path);
+            }
+            if !names.insert(source.name.clone()) {
+                return Err(format!(
+                    "data.sources[{i}].name: {:?} names two sources; give each its own name",
+                    source.name
+                ));
+            }
+        }
+        Ok(DataSection {
+            sources,
+            seq_len: file.seq_len,
+            skip_bad_records: file.skip_bad_records,
+        })
+    }
+}
+
+impl From<DataSection> for DataFile {
+    /// A single source of weight 1 named by its file is written as `format`, `train` and
+    /// `eval`, as the user wrote it; anything else as `sources`.
+    fn from(data: DataSection) -> Self {
+        let plain = match data.sources.as_slice() {
+            [source] if source.weight == 1.0 && source.name == stem(&source.path) => {
+                Some(source.clone())
+            }
+            _ => None,
+        };
+        Self {
+            format: plain.as_ref().map(|source| source.format),
+            train: plain.as_ref().map(|source| source.path.clone()),
+            eval: plain.as_ref().and_then(|source| source.eval.clone()),
+            seq_len: data.seq_len,
+            skip_bad_records: data.skip_bad_records,
+            sources: if plain.is_some() {
+                Vec::new()
+            } else {
+                data.sources
+            },
+        }
+    }
+}
+
+/// A source's default name: its training file's stem.
+fn stem(path: &Path) -> String {
+    path.file_stem()
+        .map(|stem| stem.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 impl Recipe {
     /// Reads `path`, applies `overrides` (`section.key=value`, the value in TOML syntax or a
     /// bare string), and validates.
@@ -78,8 +186,11 @@ impl Recipe {
     /// Makes every file path absolute (relative ones are relative to the working directory),
     /// so the resolved recipe saved with a run names the same files from anywhere.
     fn absolutize_paths(&mut self) -> std::io::Result<()> {
-        let mut paths = vec![&mut self.model.checkpoint, &mut self.data.train];
-        paths.extend(self.data.eval.as_mut());
+        let mut paths = vec![&mut self.model.checkpoint];
+        for source in &mut self.data.sources {
+            paths.push(&mut source.path);
+            paths.extend(source.eval.as_mut());
+        }
         paths.extend(self.model.package.as_mut());
         if let Stage::Qalft { quant, distill, .. } | Stage::Qat { quant, distill } = &mut self.stage
         {
@@ -422,14 +533,30 @@ fn check_stage_fits(
              the micro-batches in order",
         ));
     }
-    if !stage.formats().contains(&data.format) {
-        let message = format!(
-            "stage {} reads {:?}, found {:?}",
-            stage.name(),
-            stage.formats(),
-            data.format
-        );
-        return Err(refuse(path, "data.format", message));
+    for (i, source) in data.sources.iter().enumerate() {
+        if !stage.formats().contains(&source.format) {
+            let message = format!(
+                "stage {} reads {:?}, found {:?}",
+                stage.name(),
+                stage.formats(),
+                source.format
+            );
+            let key = match data.sources.len() {
+                1 => "data.format".to_string(),
+                _ => format!("data.sources[{i}].format"),
+            };
+            return Err(refuse(path, &key, message));
+        }
+    }
+    if data.sources.len() > 1 && !stage.mixes_sources() {
+        return Err(refuse(
+            path,
+            "data.sources",
+            format!(
+                "stage {} reads one file; mixtures are for the next-token stages",
+                stage.name()
+            ),
+        ));
     }
     Ok(())
 }
@@ -731,5 +858,74 @@ mod tests {
         let mut lora = recipe("lora.toml");
         lora.insert("distill".into(), distill.into());
         assert!(error_of(lora).contains("[distill] is read only by stages qalft and qat"));
+    }
+
+    #[test]
+    fn a_mixture_reads_with_names_and_weights_and_bad_sources_are_refused() {
+        let mixture = Recipe::from_table(recipe("mixture.toml"), Path::new("m.toml")).unwrap();
+        let names: Vec<&str> = mixture
+            .data
+            .sources
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(names, ["prose", "digits"]);
+        assert_eq!(mixture.data.weights(), [1.0, 2.0]);
+        let single = Recipe::from_table(recipe("sft.toml"), Path::new("s.toml")).unwrap();
+        assert_eq!(single.data.sources.len(), 1);
+        assert_eq!(single.data.primary().name, "gcide-define-train");
+        let saved = toml::to_string(&single).unwrap();
+        assert!(
+            saved.contains("train = ") && !saved.contains("sources"),
+            "{saved}"
+        );
+
+        let with_source = |edit: &dyn Fn(&mut toml::Table)| {
+            let mut table = recipe("mixture.toml");
+            let data = table["data"].as_table_mut().unwrap();
+            edit(
+                data["sources"].as_array_mut().unwrap()[1]
+                    .as_table_mut()
+                    .unwrap(),
+            );
+            error_of(table)
+        };
+        for weight in [0.0, -1.0] {
+            let error = with_source(&|source| {
+                source.insert("weight".into(), weight.into());
+            });
+            assert!(error.contains("data.sources[1].weight: found"), "{error}");
+        }
+        let error = with_source(&|source| {
+            source.insert("name".into(), "prose".into());
+        });
+        assert!(
+            error.contains("data.sources[1].name: \"prose\" names two"),
+            "{error}"
+        );
+        let error = with_source(&|source| {
+            source.insert("format".into(), "preference".into());
+        });
+        assert!(error.contains("data.sources[1].format"), "{error}");
+        let mut both = recipe("mixture.toml");
+        let data = both["data"].as_table_mut().unwrap();
+        data.insert("format".into(), "text".into());
+        data.insert("train".into(), "x.txt".into());
+        assert!(error_of(both).contains("not both"));
+        let mut grpo = recipe("grpo.toml");
+        let mut sources = toml::value::Array::new();
+        for name in ["a", "b"] {
+            let mut source = toml::Table::new();
+            source.insert("name".into(), name.into());
+            source.insert("path".into(), "p.jsonl".into());
+            source.insert("format".into(), "prompt".into());
+            sources.push(source.into());
+        }
+        let data = grpo["data"].as_table_mut().unwrap();
+        data.remove("format");
+        data.remove("train");
+        data.remove("eval");
+        data.insert("sources".into(), sources.into());
+        assert!(error_of(grpo).contains("stage grpo reads one file"));
     }
 }

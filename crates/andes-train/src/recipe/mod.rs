@@ -177,6 +177,12 @@ impl Stage {
         matches!(self, Stage::Mpo { .. } | Stage::Grpo { .. })
     }
 
+    /// Whether the stage draws from a mixture of sources (the next-token stages); the others
+    /// read one file.
+    pub fn mixes_sources(&self) -> bool {
+        !matches!(self, Stage::Mpo { .. } | Stage::Grpo { .. })
+    }
+
     /// The data formats the stage reads, for validation and its message.
     pub fn formats(&self) -> &'static [DataFormat] {
         match self {
@@ -263,31 +269,67 @@ pub struct ModelSection {
     pub package: Option<PathBuf>,
 }
 
-/// `[data]`: training and held-out files.
+/// `[data]`: what training reads, from one file or a weighted mixture of sources. The file
+/// writes either `format`, `train` and `eval` (one source) or `[[data.sources]]` tables.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "file::DataFile", into = "file::DataFile")]
 pub struct DataSection {
-    /// Record layout of both files.
-    pub format: DataFormat,
-    /// Training file.
-    pub train: PathBuf,
-    /// Held-out file for periodic evaluation.
-    pub eval: Option<PathBuf>,
+    /// The sources, in the file's order; at least one.
+    pub sources: Vec<DataSource>,
     /// Tokens per training window.
     pub seq_len: usize,
     /// Count and skip malformed records instead of stopping at the first.
-    #[serde(default)]
     pub skip_bad_records: bool,
 }
 
+/// One data source: a training file in one record layout, drawn with a weight relative to the
+/// other sources', and its held-out file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSource {
+    /// What metrics call the source (`source_losses`); the training file's stem by default.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Record layout of both files.
+    pub format: DataFormat,
+    /// Training file.
+    pub path: PathBuf,
+    /// Held-out file for periodic evaluation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<PathBuf>,
+    /// Relative share of the training examples drawn from this source (positive).
+    #[serde(default = "one_weight")]
+    pub weight: f64,
+}
+
+fn one_weight() -> f64 {
+    1.0
+}
+
 impl DataSection {
-    /// How both files become windows.
-    pub fn windowing(&self) -> Windowing {
+    /// The first source: the one file of a single-source recipe, and what a stage that reads
+    /// one file (calibration windows, MPO, GRPO) reads.
+    pub fn primary(&self) -> &DataSource {
+        &self.sources[0]
+    }
+
+    /// How `source`'s files become windows.
+    pub fn windowing(&self, source: &DataSource) -> Windowing {
         Windowing {
-            format: self.format,
+            format: source.format,
             seq_len: self.seq_len,
             skip_bad_records: self.skip_bad_records,
         }
+    }
+
+    /// Every source's weight, in order.
+    pub fn weights(&self) -> Vec<f64> {
+        self.sources.iter().map(|source| source.weight).collect()
+    }
+
+    /// Whether any source is in `format`.
+    pub fn reads(&self, format: DataFormat) -> bool {
+        self.sources.iter().any(|source| source.format == format)
     }
 }
 
