@@ -142,8 +142,9 @@ impl Rope {
     /// The frequencies of a forward pass whose last token sits at position `seq_len - 1`,
     /// computed in f32 (f64 where transformers computes in Python floats) in transformers'
     /// order of operations (`modeling_rope_utils.py`), so that they match it to within an ulp
-    /// (where `powf` implementations differ). Only `dynamic` depends on `seq_len`: past `max_position_embeddings` the base
-    /// grows to `base · (factor·L/L₀ − (factor − 1))^(d/(d−2))` with `L = seq_len`.
+    /// (where `powf` implementations differ). Only `dynamic` depends on `seq_len`: past
+    /// `L₀ = max_position_embeddings` the base grows to
+    /// `base · (factor·L/L₀ − (factor − 1))^(d/(d−2))` with `L = seq_len`.
     ///
     /// transformers keeps `dynamic`'s frequencies as state across calls (they follow the
     /// longest sequence seen, and reset when a call ends within `L₀`); here a pass from
