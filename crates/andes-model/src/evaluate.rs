@@ -72,11 +72,14 @@ pub fn evaluate(
     tokenizer: &TextTokenizer,
     params: &EvalParams,
 ) -> Result<EvalReport, ModelError> {
-    let limit = config.max_position_embeddings;
-    let window = params.window.unwrap_or(limit.min(1024));
+    let limit = model.model.rotary.context();
+    let window = params
+        .window
+        .unwrap_or(config.max_position_embeddings.min(1024));
     if window > limit {
         return Err(ModelError::InvalidInput(format!(
-            "window {window} exceeds the model's max_position_embeddings {limit}"
+            "window {window} exceeds the model's context of {limit} positions \
+             (max_position_embeddings, stretched by yarn or dynamic rope scaling)"
         )));
     }
     let bpw_linears = match &params.quantization {

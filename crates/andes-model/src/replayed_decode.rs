@@ -60,7 +60,8 @@ impl<'m> ReplayedDecoder<'m> {
         if capacity > limit {
             return Err(ModelError::InvalidInput(format!(
                 "a replayed decode of {steps} tokens after {prompt} needs {capacity} positions; \
-                 max_position_embeddings = {limit}"
+                 the rotary tables cover {limit} (max_position_embeddings, or yarn's stretched \
+                 context; dynamic scaling past max_position_embeddings is not replayed)"
             )));
         }
         let cache = cache.into_fixed(capacity)?;

@@ -176,12 +176,14 @@ fn unsupported_rope_scaling_is_refused() {
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(
         &path,
-        text.replace("\"rope_type\": \"default\"", "\"rope_type\": \"yarn\""),
+        text.replace("\"rope_type\": \"default\"", "\"rope_type\": \"llama3\""),
     )
     .unwrap();
     let error = load_error(dir.path());
     assert!(
-        error.contains("rope_parameters.rope_type") && error.contains("yarn"),
+        error.contains("rope_parameters.rope_type")
+            && error.contains("llama3")
+            && error.contains("yarn"),
         "{error}"
     );
 }

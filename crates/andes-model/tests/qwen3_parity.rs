@@ -13,12 +13,18 @@ use andes_model::generate::{Decoding, GenerationRequest, generate, token_tensor}
 use andes_model::qwen3::Qwen3ForCausalLM;
 use burn::tensor::{DType, Device, Tensor};
 
-const FIXTURES: [&str; 4] = [
+const FIXTURES: [&str; 6] = [
     "qwen3-tiny-tied-gqa-f32",
     "qwen3-tiny-untied-mha-f32",
     "qwen3-tiny-bf16-sharded",
     "qwen3-tiny-linear-rope-f32",
+    "qwen3-tiny-yarn-rope-f32",
+    "qwen3-tiny-dynamic-rope-f32",
 ];
+
+/// The fixture whose rotary frequencies depend on the sequence's length (dynamic NTK past
+/// `max_position_embeddings` = 16; its 17-token prompt is already past it).
+const DYNAMIC: &str = "qwen3-tiny-dynamic-rope-f32";
 
 /// `ANDES_FIXTURES` overrides the fixture folder, so a prebuilt test binary can run on
 /// another machine (the GPU box).
@@ -121,9 +127,12 @@ fn greedy_continuation_matches_transformers() {
     }
 }
 
+/// Not for dynamic scaling: each pass rotates at the frequencies of the length it reaches, so
+/// keys cached by shorter passes differ from a full recomputation's by design (transformers'
+/// too); the greedy test checks it against transformers' own KV-cached generation instead.
 #[test]
 fn kv_cached_decoding_equals_full_recomputation() {
-    for name in FIXTURES {
+    for name in FIXTURES.into_iter().filter(|&name| name != DYNAMIC) {
         let (device, model) = load(name);
         let ids = reference(name).prompt_ids;
         let full = host(

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use andes_model::rope::{Frequencies, Rope};
 use rayon::prelude::*;
 
 use crate::kv::{KvCache, LayerCache};
@@ -24,7 +25,8 @@ pub struct DecoderShape {
     pub vocab: usize,
     /// RMSNorm epsilon.
     pub eps: f32,
-    /// Positions the model was trained for.
+    /// Longest sequence the model runs (`max_position_embeddings`, stretched by a `yarn` or
+    /// `dynamic` rope scaling: `Rope::context`).
     pub max_positions: usize,
 }
 
@@ -91,8 +93,9 @@ pub struct Decoder {
     pub norm: Vec<f32>,
     /// The blocks.
     pub blocks: Vec<Block>,
-    /// Rotary inverse frequencies, `head_dim / 2`.
-    pub inv_freq: Vec<f32>,
+    /// The rotary embedding; each pass asks it for the frequencies of its length (only
+    /// `dynamic` scaling gives different ones).
+    pub rope: Rope,
     adapters: BTreeMap<String, Adapter>,
     active: Option<String>,
 }
@@ -105,7 +108,7 @@ impl Decoder {
         head: Option<PackedMatrix>,
         norm: Vec<f32>,
         blocks: Vec<Block>,
-        inv_freq: Vec<f32>,
+        rope: Rope,
     ) -> Self {
         Self {
             shape,
@@ -113,7 +116,7 @@ impl Decoder {
             head,
             norm,
             blocks,
-            inv_freq,
+            rope,
             adapters: BTreeMap::new(),
             active: None,
         }
@@ -176,6 +179,7 @@ impl Decoder {
         let hidden = self.shape.hidden;
         let tokens = inputs.len() / hidden;
         let positions: Vec<usize> = (cache.next_position..cache.next_position + tokens).collect();
+        let frequencies = self.rope.frequencies(cache.next_position + tokens);
         let adapter = self.active.as_ref().map(|name| &self.adapters[name]);
         let track = cache.budget.is_some();
         let mut x = inputs;
@@ -195,8 +199,8 @@ impl Decoder {
             let mut q = project(0, &h);
             let mut k = project(1, &h);
             let v = project(2, &h);
-            self.rotate(&mut q, &block.q_norm, &positions);
-            self.rotate(&mut k, &block.k_norm, &positions);
+            self.rotate(&mut q, &block.q_norm, &positions, &frequencies);
+            self.rotate(&mut k, &block.k_norm, &positions, &frequencies);
             let layer = &mut cache.layers[index];
             layer.keys.extend_from_slice(&k);
             layer.values.extend_from_slice(&v);
@@ -224,7 +228,7 @@ impl Decoder {
     }
 
     /// Per-head RMSNorm then rotary embedding of `x` (`[tokens, heads · head_dim]`).
-    fn rotate(&self, x: &mut [f32], norm: &[f32], positions: &[usize]) {
+    fn rotate(&self, x: &mut [f32], norm: &[f32], positions: &[usize], rope: &Frequencies) {
         let d = self.shape.head_dim;
         let half = d / 2;
         let heads_per_token = x.len() / positions.len() / d;
@@ -232,8 +236,9 @@ impl Decoder {
             let normed = rms_norm(head, norm, self.shape.eps);
             let position = positions[i / heads_per_token] as f32;
             for j in 0..half {
-                let angle = position * self.inv_freq[j];
+                let angle = position * rope.inv_freq[j];
                 let (sin, cos) = angle.sin_cos();
+                let (sin, cos) = (sin * rope.attention_factor, cos * rope.attention_factor);
                 let (a, b) = (normed[j], normed[j + half]);
                 head[j] = a * cos - b * sin;
                 head[j + half] = b * cos + a * sin;

@@ -15,7 +15,6 @@ use andes_model::lora::Factor;
 use andes_model::lora::LoraTarget;
 use andes_model::lora::peft::{ADAPTER_WEIGHTS_FILE, peft_tensor_name, read_peft_config};
 use andes_model::qwen3::Qwen3Config;
-use andes_model::rope::inverse_frequencies;
 use andes_package::{
     ADAPTERS_DIR, PACKAGE_DIR, PackageParts, VISION_FILE, is_package, is_package_bundle,
     open_package, open_package_bundle,
@@ -295,8 +294,8 @@ fn build_decoder(config: &Qwen3Config, weights: &mut dyn Weights) -> Result<Deco
     } else {
         Some(weights.table("lm_head.weight", [vocab, hidden])?)
     };
-    let (theta, scaling) = config
-        .rope()
+    let rope = config
+        .rotary()
         .map_err(|(key, message)| RuntimeError::Request(format!("{key}: {message}")))?;
     Ok(Decoder::new(
         DecoderShape {
@@ -306,13 +305,13 @@ fn build_decoder(config: &Qwen3Config, weights: &mut dyn Weights) -> Result<Deco
             head_dim: d,
             vocab,
             eps: config.rms_norm_eps as f32,
-            max_positions: config.max_position_embeddings,
+            max_positions: rope.context(),
         },
         embed,
         head,
         weights.float("model.norm.weight", &[hidden])?,
         blocks,
-        inverse_frequencies(d, theta, &scaling),
+        rope,
     ))
 }
 

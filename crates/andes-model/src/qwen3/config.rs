@@ -5,7 +5,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ModelError;
-use crate::rope::RopeScaling;
+use crate::rope::{Rope, RopeScaling};
 
 /// Hyper-parameters of a Qwen3 decoder, with the Hugging Face key names so that a
 /// checkpoint's `config.json` deserializes into it unchanged and saves back the same way.
@@ -30,7 +30,8 @@ pub struct Qwen3Config {
     pub num_key_value_heads: usize,
     /// Width of one attention head; Qwen3 sets it independently of `hidden_size / heads`.
     pub head_dim: usize,
-    /// Longest sequence the rotary tables are built for.
+    /// Context the model was trained for: the longest sequence andes runs, unless a `yarn`
+    /// or `dynamic` scaling stretches it ([`Rope::context`]).
     pub max_position_embeddings: usize,
     /// Epsilon inside every RMSNorm.
     pub rms_norm_eps: f64,
@@ -225,6 +226,18 @@ impl Qwen3Config {
                 scaling.validated("rope_scaling").map(|s| (theta, s))
             }
         }
+    }
+
+    /// The rotary embedding: base and scaling as [`Qwen3Config::rope`] reads them, with the
+    /// head width and `max_position_embeddings` the scalings compute from.
+    pub fn rotary(&self) -> Result<Rope, (String, String)> {
+        let (theta, scaling) = self.rope()?;
+        Ok(Rope {
+            head_dim: self.head_dim,
+            theta,
+            scaling,
+            max_position_embeddings: self.max_position_embeddings,
+        })
     }
 
     /// Query heads per key/value head.

@@ -47,7 +47,7 @@ impl Qwen3ForCausalLM {
     /// A lazily-initialised model: parameters are allocated (randomly) only when first used,
     /// so loading a checkpoint over it costs no random initialisation.
     pub fn new(config: &Qwen3Config, device: &Device) -> Result<Self, ModelError> {
-        let (theta, scaling) = config.rope().map_err(|(key, message)| {
+        let rope = config.rotary().map_err(|(key, message)| {
             ModelError::InvalidInput(format!("config key `{key}`: {message}"))
         })?;
         let norm = RmsNormConfig::new(config.hidden_size)
@@ -59,13 +59,7 @@ impl Qwen3ForCausalLM {
                 .map(|_| DecoderLayer::new(config, device))
                 .collect(),
             norm,
-            rotary: RotaryEmbedding::new(
-                config.head_dim,
-                config.max_position_embeddings,
-                theta,
-                &scaling,
-                device,
-            ),
+            rotary: RotaryEmbedding::new(rope, device),
         };
         let lm_head = (!config.tie_word_embeddings).then(|| {
             LinearConfig::new(config.hidden_size, config.vocab_size)
@@ -103,10 +97,11 @@ impl Qwen3ForCausalLM {
             Position::Start(start) => start + seq,
             Position::Device { .. } => cache.len(),
         };
-        let limit = self.model.rotary.max_positions();
+        let limit = self.model.rotary.context();
         if end > limit {
             return Err(ModelError::InvalidInput(format!(
-                "sequence of {end} positions exceeds max_position_embeddings = {limit}"
+                "sequence of {end} positions exceeds the model's context of {limit} \
+                 (max_position_embeddings, stretched by yarn or dynamic rope scaling)"
             )));
         }
         let mut x = embeddings;
