@@ -57,7 +57,12 @@ impl DebianPackage {
         }
         std::fs::write(&complete, b"")
             .with_context(|| format!("writing {}", complete.display()))?;
-        println!("unpacked {} {} into {}", self.name, self.version, unpacked.display());
+        println!(
+            "unpacked {} {} into {}",
+            self.name,
+            self.version,
+            unpacked.display()
+        );
         Ok(unpacked)
     }
 

@@ -60,12 +60,19 @@ pub(crate) fn emoji_set() -> anyhow::Result<ImageSet> {
     )
     .with_context(|| format!("parsing {}", font_path.display()))?;
     let list = UNICODE_DATA.unpacked()?.join(EMOJI_TEST_FILE);
-    let mut emoji: Vec<Emoji> = single_code_point_emoji(&list)?
+    let list_text =
+        std::fs::read_to_string(&list).with_context(|| format!("reading {}", list.display()))?;
+    let mut emoji: Vec<Emoji> = single_code_point_emoji(&list_text)
+        .with_context(|| format!("parsing {}", list.display()))?
         .into_iter()
         .filter(|e| font.glyph_id(e.character).0 != 0)
         .collect();
     if emoji.len() < TRAIN_IMAGES + EVAL_IMAGES {
-        bail!("{FOLDER}: {} emoji, {} wanted", emoji.len(), TRAIN_IMAGES + EVAL_IMAGES);
+        bail!(
+            "{FOLDER}: {} emoji, {} wanted",
+            emoji.len(),
+            TRAIN_IMAGES + EVAL_IMAGES
+        );
     }
     let mut rng = SeededRng::new(SEED);
     rng.shuffle(&mut emoji);
@@ -116,16 +123,14 @@ pub(crate) fn emoji_set() -> anyhow::Result<ImageSet> {
 /// The fully-qualified emoji of `emoji-test.txt` that are one code point (optionally followed
 /// by the emoji presentation selector U+FE0F), in file order. A line reads
 /// `1F600 ; fully-qualified # 😀 E1.0 grinning face`.
-fn single_code_point_emoji(path: &std::path::Path) -> anyhow::Result<Vec<Emoji>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+fn single_code_point_emoji(text: &str) -> anyhow::Result<Vec<Emoji>> {
     let mut emoji = Vec::new();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let Some((points, rest)) = line.split_once(';') else {
             continue;
         };
         let Some((status, comment)) = rest.split_once('#') else {
-            bail!("{}: no comment in {line:?}", path.display());
+            bail!("no comment in {line:?}");
         };
         let points: Vec<&str> = points.split_whitespace().collect();
         let single = match points.as_slice() {
@@ -138,7 +143,7 @@ fn single_code_point_emoji(path: &std::path::Path) -> anyhow::Result<Vec<Emoji>>
         let character = u32::from_str_radix(single, 16)
             .ok()
             .and_then(char::from_u32)
-            .with_context(|| format!("{}: bad code point in {line:?}", path.display()))?;
+            .with_context(|| format!("bad code point in {line:?}"))?;
         // After `#`: the emoji, its version (`E1.0`), then the name.
         let name = comment
             .split_whitespace()
@@ -146,7 +151,7 @@ fn single_code_point_emoji(path: &std::path::Path) -> anyhow::Result<Vec<Emoji>>
             .collect::<Vec<_>>()
             .join(" ");
         if name.is_empty() {
-            bail!("{}: no name in {line:?}", path.display());
+            bail!("no name in {line:?}");
         }
         emoji.push(Emoji { character, name });
     }
@@ -183,4 +188,28 @@ fn draw(font: &FontVec, character: char) -> anyhow::Result<RgbImage> {
         ((SIDE - h) / 2).into(),
     );
     Ok(image)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_fully_qualified_single_code_points_are_listed() {
+        let text = "# group: Smileys & Emotion\n\
+            1F600 ; fully-qualified # \u{1F600} E1.0 grinning face\n\
+            263A FE0F ; fully-qualified # \u{263A}\u{FE0F} E0.6 smiling face\n\
+            263A ; unqualified # \u{263A} E0.6 smiling face\n\
+            1F44B 1F3FB ; fully-qualified # \u{1F44B}\u{1F3FB} E1.0 waving hand: light skin tone\n\
+            1F3FB ; component # \u{1F3FB} E1.0 light skin tone\n";
+        let emoji = single_code_point_emoji(text).unwrap();
+        let listed: Vec<(char, &str)> = emoji
+            .iter()
+            .map(|e| (e.character, e.name.as_str()))
+            .collect();
+        assert_eq!(
+            listed,
+            [('\u{1F600}', "grinning face"), ('\u{263A}', "smiling face")]
+        );
+    }
 }

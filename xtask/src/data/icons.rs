@@ -114,9 +114,7 @@ pub(crate) fn icon_set() -> anyhow::Result<ImageSet> {
     let train = singles(&mut rng, &by_label, &train_labels, TRAIN_SINGLES)?
         .into_iter()
         .map(|(label, image)| single_example(label, image))
-        .chain(
-            (0..TRAIN_GRIDS).map(|_| grid_example(&mut rng, &by_label, &train_labels).0),
-        )
+        .chain((0..TRAIN_GRIDS).map(|_| grid_example(&mut rng, &by_label, &train_labels).0))
         .collect();
     let mut eval: Vec<HeldOut> = singles(&mut rng, &by_label, &eval_labels, EVAL_SINGLES)?
         .into_iter()
@@ -288,4 +286,26 @@ fn grid_example(
 /// and shadows stay visible.
 fn light_colour(rng: &mut SeededRng) -> Rgb<u8> {
     Rgb(std::array::from_fn(|_| rng.between(200, 255) as u8))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn icon_names_read_as_words() {
+        for (name, expected) in [
+            ("folder-documents", "folder documents"),
+            (
+                "x-office-spreadsheet-template",
+                "office spreadsheet template",
+            ),
+            ("audio-x-generic", "audio"),
+            ("drive-harddisk", "drive hard disk"),
+            ("emblem-readonly", "emblem read only"),
+            ("text-html", "text HTML"),
+        ] {
+            assert_eq!(label(name), expected);
+        }
+    }
 }

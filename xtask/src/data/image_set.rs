@@ -90,10 +90,7 @@ impl ImageSet {
                     "images": [name],
                 }));
             }
-            write_jsonl(
-                &format!("{}/captions-{split}.jsonl", self.folder),
-                captions,
-            )?;
+            write_jsonl(&format!("{}/captions-{split}.jsonl", self.folder), captions)?;
             write_jsonl(&format!("{}/chat-{split}.jsonl", self.folder), chats)?;
         }
         let first_held_out = self.train.len();
@@ -186,7 +183,11 @@ fn palette_and_indices(image: &RgbImage) -> (Vec<u8>, Vec<u8>) {
 }
 
 /// Checks that no label of `held_out` is among `train`'s, the promise of every set's README.
-pub(crate) fn check_disjoint(set: &str, train: &[String], held_out: &[String]) -> anyhow::Result<()> {
+pub(crate) fn check_disjoint(
+    set: &str,
+    train: &[String],
+    held_out: &[String],
+) -> anyhow::Result<()> {
     let train: std::collections::HashSet<&String> = train.iter().collect();
     if let Some(shared) = held_out.iter().find(|label| train.contains(label)) {
         bail!("{set}: {shared:?} is in both the train and the held-out split");
@@ -205,4 +206,29 @@ pub(crate) fn flatten(picture: &RgbaImage, background: Rgb<u8>) -> RgbImage {
                 as u8
         }))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_choice_holds_the_right_label_and_three_others() {
+        let pool: Vec<String> = ["folder", "printer", "clock", "trash", "folder", "mouse"]
+            .map(String::from)
+            .to_vec();
+        let mut rng = SeededRng::new(7);
+        for _ in 0..50 {
+            let Task::Choice { choices, answer } = multiple_choice(&mut rng, "folder", &pool)
+            else {
+                panic!("not a choice");
+            };
+            assert_eq!(choices.len(), 4);
+            assert_eq!(choices[answer], "folder");
+            let mut distinct = choices.clone();
+            distinct.sort();
+            distinct.dedup();
+            assert_eq!(distinct.len(), 4, "{choices:?}");
+        }
+    }
 }

@@ -135,10 +135,8 @@ pub(crate) fn ocr_set() -> anyhow::Result<ImageSet> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut rng = SeededRng::new(SEED);
     let train_candidates = phrases(GCIDE_TRAIN)?;
-    let train_lower: std::collections::HashSet<String> = train_candidates
-        .iter()
-        .map(|p| p.to_lowercase())
-        .collect();
+    let train_lower: std::collections::HashSet<String> =
+        train_candidates.iter().map(|p| p.to_lowercase()).collect();
     let eval_candidates: Vec<String> = phrases(GCIDE_EVAL)?
         .into_iter()
         .filter(|p| !train_lower.contains(&p.to_lowercase()))
@@ -182,10 +180,7 @@ fn sample(
     count: usize,
 ) -> anyhow::Result<Vec<String>> {
     if candidates.len() < count {
-        bail!(
-            "{FOLDER}: {} phrases, {count} wanted",
-            candidates.len()
-        );
+        bail!("{FOLDER}: {} phrases, {count} wanted", candidates.len());
     }
     rng.shuffle(&mut candidates);
     candidates.truncate(count);
@@ -223,7 +218,9 @@ fn is_phrase(text: &str) -> bool {
                 .all(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'\'')
     };
     let words = text.split(' ').count();
-    (3..=MAX_PHRASE_LEN).contains(&text.len()) && (1..=3).contains(&words) && text.split(' ').all(word)
+    (3..=MAX_PHRASE_LEN).contains(&text.len())
+        && (1..=3).contains(&words)
+        && text.split(' ').all(word)
 }
 
 /// `phrase` drawn in `font` at a random line height (lowered to fit), a random position and
@@ -413,4 +410,33 @@ fn relative_luminance(colour: Rgb<u8>) -> f32 {
         }
     };
     0.2126 * linear(colour[0]) + 0.7152 * linear(colour[1]) + 0.0722 * linear(colour[2])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phrases_are_short_runs_of_words() {
+        for good in ["Box", "a tyro", "to throw out", "well-being", "o'clock"] {
+            assert!(is_phrase(good), "{good}");
+        }
+        for bad in [
+            "A",
+            "as",
+            "one two three four",
+            "Acknowledgment money",
+            "C4",
+            "-ing",
+        ] {
+            assert!(!is_phrase(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn contrast_spans_the_wcag_range() {
+        let (black, white) = (Rgb([0, 0, 0]), Rgb([255, 255, 255]));
+        assert!((contrast_ratio(black, white) - 21.0).abs() < 1e-3);
+        assert!((contrast_ratio(white, white) - 1.0).abs() < 1e-6);
+    }
 }
