@@ -64,7 +64,7 @@ struct Face {
     name: &'static str,
 }
 
-/// Ten faces of six families: sans, serif and monospace; regular, bold and italic.
+/// Ten faces of eight families: sans, serif and monospace; regular, bold and italic.
 const FACES: [Face; 10] = [
     Face {
         package: &DEJAVU,
