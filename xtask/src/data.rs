@@ -1,5 +1,13 @@
 //! `cargo xtask data`: the training sets derived from the GCIDE dictionary slices and the
-//! digit captions (described in datasets/README.md), and where the slices are.
+//! digit captions, and the image sets made from Debian packages (all described in
+//! datasets/README.md), and where the slices are.
+
+mod debian;
+mod emoji;
+mod icons;
+mod image_set;
+mod ocr;
+mod seeded;
 
 use anyhow::Context;
 
@@ -24,8 +32,11 @@ struct Sense {
 /// Makes the training sets derived from the GCIDE dictionary slices, one pair of files
 /// (train from `gcide-sample.txt`, eval from `gcide-eval.txt`) per set:
 /// SFT conversations, preference pairs and GRPO prompts with answers, and the digit
-/// conversations of the vision-language recipes. They are files in the repository, so that a
-/// recipe trains on the same records whoever runs it; this remakes them after a slice changes.
+/// conversations of the vision-language recipes. Then the image sets of the vision-language
+/// recipes made from Debian packages (fetched into a cache when missing): OCR, icons and
+/// emoji. They are files in the repository, so that a recipe trains on the same records
+/// whoever runs it; this remakes them after a slice or a generator changes, byte for byte the
+/// same when nothing did.
 pub(crate) fn write_derived_sets() -> anyhow::Result<()> {
     for (source, split) in GCIDE_SPLITS {
         let senses = gcide_senses(source)?;
@@ -50,7 +61,9 @@ pub(crate) fn write_derived_sets() -> anyhow::Result<()> {
             digit_chat_records(split)?,
         )?;
     }
-    Ok(())
+    ocr::ocr_set()?.write()?;
+    icons::icon_set()?.write()?;
+    emoji::emoji_set()?.write()
 }
 
 /// Conversations that show an image (SFT of a vision-language model), one per captioned

@@ -37,7 +37,8 @@ enum Command {
         check: bool,
     },
     /// Write the SFT, preference, GRPO and digit-conversation sets from the GCIDE slices and the
-    /// digit captions (datasets/README.md).
+    /// digit captions, and the OCR, icon and emoji image sets from Debian packages
+    /// (datasets/README.md).
     Data,
     /// Train every tiny recipe on the CPU and compare its final figures with
     /// configs/recipes/tiny/baselines.json.
