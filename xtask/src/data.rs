@@ -11,6 +11,8 @@ mod seeded;
 
 use anyhow::Context;
 
+use self::image_set::{Task, multiple_choice};
+use self::seeded::SeededRng;
 use crate::workspace::root;
 
 /// The GCIDE slice models train on, and quantizers calibrate on: the train split.
@@ -61,9 +63,92 @@ pub(crate) fn write_derived_sets() -> anyhow::Result<()> {
             digit_chat_records(split)?,
         )?;
     }
+    let eval_senses = gcide_senses(GCIDE_EVAL)?;
+    write_jsonl(
+        "datasets/tasks/gcide-define.jsonl",
+        define_task(&eval_senses),
+    )?;
+    write_jsonl(
+        "datasets/tasks/gcide-letters.jsonl",
+        letters_task(&eval_senses),
+    )?;
+    write_jsonl("datasets/images/digits/task-eval.jsonl", digit_task()?)?;
     ocr::ocr_set()?.write()?;
     icons::icon_set()?.write()?;
     emoji::emoji_set()?.write()
+}
+
+/// Held-out multiple-choice questions for `andes eval --task` (`--apply-chat-template`):
+/// "Define X." with four definitions of the held-out slice to choose from (X's and three
+/// others', seeded), for the senses the SFT set keeps.
+fn define_task(senses: &[Sense]) -> Vec<serde_json::Value> {
+    let short: Vec<&Sense> = senses
+        .iter()
+        .filter(|s| s.definition.len() <= MAX_DEFINITION_LEN)
+        .collect();
+    let pool: Vec<String> = short.iter().map(|s| s.definition.clone()).collect();
+    let mut rng = SeededRng::new(fnv1a(b"gcide-define"));
+    short
+        .iter()
+        .map(|sense| {
+            let Task::Choice { choices, answer } =
+                multiple_choice(&mut rng, &sense.definition, &pool)
+            else {
+                unreachable!("multiple_choice makes choices")
+            };
+            serde_json::json!({
+                "prompt": format!("Define {}.", sense.headword),
+                "choices": choices,
+                "answer": answer,
+            })
+        })
+        .collect()
+}
+
+/// Held-out generation questions: the letters of each held-out headword, as GRPO's eval
+/// prompts, scored by numeric match.
+fn letters_task(senses: &[Sense]) -> Vec<serde_json::Value> {
+    letter_count_records(senses)
+        .into_iter()
+        .map(|mut record| {
+            let answer: u64 = record["answer"]
+                .as_str()
+                .unwrap_or("0")
+                .parse()
+                .unwrap_or(0);
+            record["answer"] = answer.into();
+            record
+        })
+        .collect()
+}
+
+/// Held-out image questions: each held-out digit with the ten digit names to choose from.
+fn digit_task() -> anyhow::Result<Vec<serde_json::Value>> {
+    const NAMES: [&str; 10] = [
+        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+    ];
+    digit_chat_records("eval")?
+        .into_iter()
+        .map(|record| {
+            let reply = record["messages"][1]["content"]
+                .as_str()
+                .unwrap_or_default();
+            let name = reply
+                .strip_prefix("The digit ")
+                .and_then(|rest| rest.strip_suffix('.'))
+                .context("a digit reply")?;
+            let answer = NAMES
+                .iter()
+                .position(|n| *n == name)
+                .with_context(|| format!("{name}: not a digit name"))?;
+            Ok(serde_json::json!({
+                "prompt": "<image>\nWhich digit is this?",
+                "choices": NAMES.map(|n| format!("The digit {n}.")),
+                "answer": answer,
+                "images": record["images"],
+            }))
+        })
+        .collect()
 }
 
 /// Conversations that show an image (SFT of a vision-language model), one per captioned

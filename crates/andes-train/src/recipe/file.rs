@@ -869,8 +869,8 @@ mod tests {
             .iter()
             .map(|s| s.name.as_str())
             .collect();
-        assert_eq!(names, ["prose", "digits"]);
-        assert_eq!(mixture.data.weights(), [1.0, 2.0]);
+        assert_eq!(names, ["prose", "ocr", "icons"]);
+        assert_eq!(mixture.data.weights(), [1.0, 2.0, 2.0]);
         let single = Recipe::from_table(recipe("sft.toml"), Path::new("s.toml")).unwrap();
         assert_eq!(single.data.sources.len(), 1);
         assert_eq!(single.data.primary().name, "gcide-define-train");
