@@ -22,10 +22,12 @@ use crate::model::{Model, ModelConfig};
 /// How the questions are put to the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TaskOptions {
-    /// Put each prompt as one user turn of the model's chat template (thinking off), the
-    /// options and completions being the assistant's reply; otherwise the prompt is read as
-    /// it stands, options follow it after a space, and a completion ends at its first
-    /// newline (lm-evaluation-harness's defaults).
+    /// Put each prompt as one user turn of the model's chat template with its generation
+    /// prompt as the template renders it by default (as lm-evaluation-harness's
+    /// `--apply_chat_template` does), the options and completions being the assistant's
+    /// reply, a completion's thinking block dropped; otherwise the prompt is read as it
+    /// stands, options follow it after a space, and a completion ends at its first newline
+    /// (lm-evaluation-harness's defaults).
     pub chat: bool,
     /// Upper bound on a generation question's completion.
     pub max_new_tokens: usize,
@@ -111,7 +113,7 @@ pub fn evaluate_task(
     let mut answers = Vec::with_capacity(records.len());
     for record in records {
         let context = match options.chat {
-            true => chat_prompt(config, &record.prompt, Thinking::Off)?,
+            true => chat_prompt(config, &record.prompt, Thinking::Default)?,
             false => record.prompt.clone(),
         };
         let answered = match &record.target {
@@ -153,7 +155,11 @@ pub fn evaluate_task(
                 ids.retain(|id| !stop_tokens.contains(id));
                 let text = tokenizer.decode(&ids)?;
                 let completion = match options.chat {
-                    true => text.trim().to_string(),
+                    true => text
+                        .rsplit_once("</think>")
+                        .map_or(text.as_str(), |(_, answer)| answer)
+                        .trim()
+                        .to_string(),
                     false => text.split('\n').next().unwrap_or("").trim().to_string(),
                 };
                 Answered::Generation {

@@ -81,9 +81,10 @@ pub struct EvalArgs {
 /// How `--task` puts its questions.
 #[derive(Args, Debug)]
 pub struct TaskArgs {
-    /// Put each question as a user turn of the model's chat template (thinking off), options
-    /// and completions as the reply; otherwise the prompt as it stands, options after a
-    /// space, completions cut at their first newline.
+    /// Put each question as a user turn of the model's chat template (its default generation
+    /// prompt, as lm-evaluation-harness's --apply_chat_template), options and completions as
+    /// the reply (a thinking block dropped); otherwise the prompt as it stands, options after
+    /// a space, completions cut at their first newline.
     #[arg(long, requires = "task")]
     apply_chat_template: bool,
     /// Longest completion of a generation question, in tokens.
