@@ -85,7 +85,7 @@ fn a_mixture_killed_and_resumed_reproduces_the_uninterrupted_losses() {
     );
     assert_eq!(
         sources(&lines[3], "eval_source_losses"),
-        ["digits", "prose"]
+        ["icons", "ocr", "prose"]
     );
 }
 

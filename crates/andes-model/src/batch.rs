@@ -4,6 +4,9 @@
 use andes_data::dataset::{TokenWindow, WindowSet};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
+use crate::error::ModelError;
+use crate::qwen3::Qwen3ForCausalLM;
+
 /// A batch on the device: inputs and targets `[batch, seq_len]`, mask of counted targets.
 pub struct Batch {
     /// Input ids.
@@ -14,6 +17,20 @@ pub struct Batch {
     pub mask: Tensor<2, Bool>,
     /// Number of counted targets.
     pub target_tokens: usize,
+    /// Each input token's record (row after row), when records are packed apart; empty for
+    /// stream windows.
+    pub segments: Vec<u32>,
+}
+
+impl Batch {
+    /// Final hidden states of the inputs: each record on its own when the windows were packed
+    /// apart ([`Qwen3ForCausalLM::forward_packed`]), one sequence a row otherwise.
+    pub fn hidden(&self, model: &Qwen3ForCausalLM) -> Result<Tensor<3>, ModelError> {
+        match self.segments.is_empty() {
+            true => model.forward_hidden(self.inputs.clone(), &mut model.new_cache()),
+            false => model.forward_packed(self.inputs.clone(), &self.segments),
+        }
+    }
 }
 
 /// Stacks windows (all of one length) into a device batch.
@@ -23,7 +40,9 @@ pub fn to_batch(windows: &[&TokenWindow], device: &Device) -> Batch {
     let mut inputs = Vec::with_capacity(rows * seq);
     let mut targets = Vec::with_capacity(rows * seq);
     let mut mask = Vec::with_capacity(rows * seq);
+    let mut segments = Vec::new();
     for window in windows {
+        segments.extend(window.segments.iter().take(seq));
         inputs.extend(window.ids[..seq].iter().map(|&id| id as i64));
         targets.extend(window.ids[1..].iter().map(|&id| id as i64));
         mask.extend_from_slice(&window.loss_mask[1..]);
@@ -34,6 +53,7 @@ pub fn to_batch(windows: &[&TokenWindow], device: &Device) -> Batch {
         targets: Tensor::from_data(TensorData::new(targets, [rows, seq]), device),
         mask: Tensor::from_data(TensorData::new(mask, [rows, seq]), device),
         target_tokens,
+        segments,
     }
 }
 

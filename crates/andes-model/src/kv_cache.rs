@@ -8,7 +8,7 @@
 //! captured once and replayed as one device graph (`crate::replayed_decode`), which is what
 //! llama.cpp and vLLM do with CUDA graphs.
 
-use burn::tensor::{Bool, IndexingUpdateOp, Int, Tensor};
+use burn::tensor::{Bool, Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::error::ModelError;
 
@@ -27,6 +27,14 @@ pub enum Position {
         /// Positions not written yet.
         future: Tensor<4, Bool>,
     },
+    /// Several records side by side in each row of a fresh sequence (padding-free packing):
+    /// each token's position within its record, and which keys each query may not see.
+    Packed {
+        /// `[batch, seq]`: positions restarting at 0 at each record.
+        positions: Tensor<2, Int>,
+        /// `[batch, 1, seq, seq]`: true where the key is another record's or in the future.
+        blocked: Tensor<4, Bool>,
+    },
 }
 
 impl Position {
@@ -39,6 +47,33 @@ impl Position {
                 let [batch, _, seq, capacity] = future.dims();
                 Some(future.clone().expand([batch, heads, seq, capacity]))
             }
+            Position::Packed { blocked, .. } => {
+                let [batch, _, seq, keys] = blocked.dims();
+                Some(blocked.clone().expand([batch, heads, seq, keys]))
+            }
+        }
+    }
+
+    /// The positions and attention blocks of rows whose tokens belong to the records
+    /// `segments` names (`rows × seq` record indices, row after row), for
+    /// [`Position::Packed`].
+    pub fn packed(segments: &[u32], rows: usize, device: &Device) -> Self {
+        let seq = segments.len() / rows;
+        let mut positions = Vec::with_capacity(segments.len());
+        let mut blocked = Vec::with_capacity(rows * seq * seq);
+        for row in segments.chunks(seq) {
+            let mut start = 0;
+            for (i, segment) in row.iter().enumerate() {
+                if i > 0 && row[i - 1] != *segment {
+                    start = i;
+                }
+                positions.push((i - start) as i64);
+                blocked.extend((0..seq).map(|j| j > i || row[j] != *segment));
+            }
+        }
+        Position::Packed {
+            positions: Tensor::from_data(TensorData::new(positions, [rows, seq]), device),
+            blocked: Tensor::from_data(TensorData::new(blocked, [rows, 1, seq, seq]), device),
         }
     }
 }
@@ -81,6 +116,11 @@ impl LayerKvCache {
                 k_all.select_assign(2, index.clone(), k, IndexingUpdateOp::Assign),
                 v_all.select_assign(2, index.clone(), v, IndexingUpdateOp::Assign),
             ),
+            (Some(_), Position::Packed { .. }) => {
+                unreachable!(
+                    "packed records start a fresh cache (Qwen3ForCausalLM::forward_packed)"
+                )
+            }
         };
         self.entries = Some((k.clone(), v.clone()));
         (k, v)

@@ -116,7 +116,7 @@ pub fn mean_nll(
     let mut tokens = 0usize;
     for chunk in windows.chunks(batch_size) {
         let batch = to_batch(chunk, &device);
-        let hidden = model.forward_hidden(batch.inputs, &mut model.new_cache())?;
+        let hidden = batch.hidden(&model)?;
         nll +=
             masked_next_token_nll(&model, hidden, batch.targets, batch.mask).into_scalar::<f64>();
         tokens += batch.target_tokens;

@@ -15,7 +15,7 @@ pub use conversation::{
     Conversation, ImageChat, ImageConversation, Message, load_image_conversations,
     tokenize_conversation, tokenize_image_conversation,
 };
-pub use packing::{PackedWindows, TokenWindow};
+pub use packing::{PackedWindows, Packing, TokenWindow};
 pub use preference::{PreferencePair, load_preferences};
 pub use prompt::{PromptExample, load_prompts};
 pub use records::{DataFormat, RecordError, load_sequences, read_records};

@@ -1,5 +1,7 @@
 //! Packing tokenized documents into fixed windows of `seq_len + 1` tokens (inputs and shifted
-//! targets), as GPT-style pretraining does: no padding, documents separated by end-of-text.
+//! targets): as GPT-style pretraining does (a stream cut into windows, documents separated by
+//! end-of-text and attending to each other), or whole records side by side, each attending
+//! only to itself with its positions restarting (TRL's padding-free packing for SFT).
 
 use super::MaskedTokens;
 
@@ -11,6 +13,24 @@ pub struct TokenWindow {
     pub ids: Vec<u32>,
     /// Whether each token is a target.
     pub loss_mask: Vec<bool>,
+    /// The record each token belongs to, when records are packed apart
+    /// ([`Packing::PaddingFree`]): a token attends only to earlier tokens of its record, and
+    /// its position counts from its record's start. Empty for a stream window.
+    pub segments: Vec<u32>,
+}
+
+/// How records become windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Packing {
+    /// One stream of every record, cut into consecutive windows: no padding, but a record
+    /// may be split across windows and sees the records before it.
+    #[default]
+    Stream,
+    /// Whole records (cut to a window when longer) side by side, a window's tail padded when
+    /// the next record does not fit; attention block-diagonal per record, positions restarting
+    /// at each (TRL's `padding_free` packing): each record's loss is what it is alone.
+    PaddingFree,
 }
 
 /// All windows of a dataset, in file order; the trainer draws them in a seeded order.
@@ -41,9 +61,65 @@ impl PackedWindows {
             windows.push(TokenWindow {
                 ids: ids[start..start + seq_len + 1].to_vec(),
                 loss_mask: mask[start..start + seq_len + 1].to_vec(),
+                segments: Vec::new(),
             });
             start += seq_len;
         }
+        Self::of(windows)
+    }
+
+    /// Places `documents` whole (each cut to `seq_len + 1` tokens) in windows of `seq_len + 1`
+    /// tokens, in order, starting a new window when the next one does not fit in the room
+    /// left; the tail of a window is padding (id 0, never a target, a segment of its own).
+    /// A record's first token is never a target: nothing of its record precedes it.
+    pub fn pack_apart(documents: &[MaskedTokens], seq_len: usize) -> Self {
+        let width = seq_len + 1;
+        let mut windows = Vec::new();
+        let mut current = TokenWindow {
+            ids: Vec::with_capacity(width),
+            loss_mask: Vec::with_capacity(width),
+            segments: Vec::with_capacity(width),
+        };
+        let close = |current: &mut TokenWindow, windows: &mut Vec<TokenWindow>| {
+            if current.ids.is_empty() {
+                return;
+            }
+            let padding = width - current.ids.len();
+            let segment = current.segments.last().map_or(0, |s| s + 1);
+            current.ids.extend(std::iter::repeat_n(0, padding));
+            current
+                .loss_mask
+                .extend(std::iter::repeat_n(false, padding));
+            current
+                .segments
+                .extend(std::iter::repeat_n(segment, padding));
+            windows.push(std::mem::replace(
+                current,
+                TokenWindow {
+                    ids: Vec::with_capacity(width),
+                    loss_mask: Vec::with_capacity(width),
+                    segments: Vec::with_capacity(width),
+                },
+            ));
+        };
+        for document in documents.iter().filter(|d| d.ids.len() > 1) {
+            let len = document.ids.len().min(width);
+            if current.ids.len() + len > width {
+                close(&mut current, &mut windows);
+            }
+            let segment = current.segments.last().map_or(0, |s| s + 1);
+            current.ids.extend_from_slice(&document.ids[..len]);
+            current.loss_mask.push(false);
+            current
+                .loss_mask
+                .extend_from_slice(&document.loss_mask[1..len]);
+            current.segments.extend(std::iter::repeat_n(segment, len));
+        }
+        close(&mut current, &mut windows);
+        Self::of(windows)
+    }
+
+    fn of(windows: Vec<TokenWindow>) -> Self {
         let target_tokens = windows
             .iter()
             .map(|w| w.loss_mask[1..].iter().filter(|&&m| m).count())
@@ -67,5 +143,26 @@ mod tests {
         let ids: Vec<Vec<u32>> = packed.windows.iter().map(|w| w.ids.clone()).collect();
         assert_eq!(ids, vec![vec![0, 1, 2, 3, 4], vec![4, 5, 6, 7, 8]]);
         assert_eq!(packed.target_tokens, 8);
+    }
+
+    #[test]
+    fn records_packed_apart_stay_whole_in_their_own_segments() {
+        let record = |ids: std::ops::Range<u32>| {
+            let mut doc = MaskedTokens::default();
+            doc.push(&ids.collect::<Vec<u32>>(), true);
+            doc
+        };
+        let packed = PackedWindows::pack_apart(&[record(1..4), record(4..7), record(7..17)], 7);
+        let windows = &packed.windows;
+        assert_eq!(windows.len(), 2);
+        assert_eq!(windows[0].ids, [1, 2, 3, 4, 5, 6, 0, 0]);
+        assert_eq!(windows[0].segments, [0, 0, 0, 1, 1, 1, 2, 2]);
+        assert_eq!(
+            windows[0].loss_mask,
+            [false, true, true, false, true, true, false, false]
+        );
+        // Longer than a window: cut to it.
+        assert_eq!(windows[1].ids, (7..15).collect::<Vec<u32>>());
+        assert_eq!(packed.target_tokens, 4 + 7);
     }
 }

@@ -8,7 +8,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use super::{DataFormat, PackedWindows, RecordError, load_sequences};
+use super::{DataFormat, PackedWindows, Packing, RecordError, load_sequences};
 use crate::TextTokenizer;
 
 /// Token that ends every document in the packed stream.
@@ -24,6 +24,8 @@ pub struct Windowing {
     pub seq_len: usize,
     /// Count and skip malformed records instead of stopping at the first.
     pub skip_bad_records: bool,
+    /// A stream cut into windows, or whole records apart.
+    pub packing: Packing,
 }
 
 impl Windowing {
@@ -34,6 +36,7 @@ impl Windowing {
             format: DataFormat::Text,
             seq_len,
             skip_bad_records: false,
+            packing: Packing::Stream,
         }
     }
 }
@@ -60,7 +63,10 @@ impl WindowSet {
             end_of_text,
             windowing.skip_bad_records,
         )?;
-        let packed = PackedWindows::pack(&sequences, windowing.seq_len);
+        let packed = match windowing.packing {
+            Packing::Stream => PackedWindows::pack(&sequences, windowing.seq_len),
+            Packing::PaddingFree => PackedWindows::pack_apart(&sequences, windowing.seq_len),
+        };
         if packed.windows.is_empty() {
             return Err(RecordError::TooLittleData {
                 path: path.to_owned(),

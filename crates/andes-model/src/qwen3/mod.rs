@@ -95,7 +95,7 @@ impl Qwen3ForCausalLM {
         let position = cache.position(seq)?;
         let end = match position {
             Position::Start(start) => start + seq,
-            Position::Device { .. } => cache.len(),
+            Position::Device { .. } | Position::Packed { .. } => cache.len(),
         };
         let limit = self.model.rotary.context();
         if end > limit {
@@ -104,13 +104,41 @@ impl Qwen3ForCausalLM {
                  (max_position_embeddings, stretched by yarn or dynamic rope scaling)"
             )));
         }
-        let mut x = embeddings;
-        for (layer, layer_cache) in self.model.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward(x, &self.model.rotary, &position, layer_cache);
-        }
+        let hidden = self.decode_layers(embeddings, &position, cache);
         drop(position);
         cache.advance();
-        Ok(self.model.norm.forward(x))
+        Ok(hidden)
+    }
+
+    /// Final hidden states `[batch, seq, hidden]` of rows that each hold several records side
+    /// by side (padding-free packing): `segments` (`batch × seq` record indices, row after
+    /// row) restricts every token's attention to earlier tokens of its own record and
+    /// restarts positions at each record, so each record computes what it would alone.
+    pub fn forward_packed(
+        &self,
+        tokens: Tensor<2, Int>,
+        segments: &[u32],
+    ) -> Result<Tensor<3>, ModelError> {
+        let [batch, seq] = tokens.dims();
+        let limit = self.model.rotary.max_positions();
+        if seq > limit {
+            return Err(ModelError::InvalidInput(format!(
+                "packed rows of {seq} tokens exceed the {limit} positions of the rotary tables"
+            )));
+        }
+        let device = tokens.device();
+        let position = Position::packed(segments, batch, &device);
+        let mut cache = self.new_cache();
+        Ok(self.decode_layers(self.embed(tokens), &position, &mut cache))
+    }
+
+    /// Every decoder layer, then the final norm, over `x` at `position`.
+    fn decode_layers(&self, x: Tensor<3>, position: &Position, cache: &mut KvCache) -> Tensor<3> {
+        let mut x = x;
+        for (layer, layer_cache) in self.model.layers.iter().zip(cache.layers.iter_mut()) {
+            x = layer.forward(x, &self.model.rotary, position, layer_cache);
+        }
+        self.model.norm.forward(x)
     }
 
     /// Entries of the vocabulary (rows of the token embedding).

@@ -17,12 +17,12 @@ use crate::error::TrainError;
 use crate::recipe::{DistillSection, Recipe};
 use andes_data::dataset::{TokenWindow, WindowSet};
 use andes_model::Model;
-use andes_model::batch::to_batch;
+use andes_model::batch::{Batch, to_batch};
 use andes_model::lora::peft::import_peft_adapter;
 use andes_model::loss::{masked_distillation_kl, masked_target_log_probs};
 use andes_model::perplexity::mean_nll;
 use andes_model::qwen3::Qwen3ForCausalLM;
-use burn::tensor::{Bool, DType, Int, Tensor};
+use burn::tensor::{DType, Tensor};
 
 /// Mean next-token NLL over a recipe's windows, drawn from its sources by weight.
 pub struct TokenObjective {
@@ -70,18 +70,16 @@ impl Teacher {
     }
 
     /// `(1 − weight)·nll + weight·T²·KL(teacher ‖ student)` over the masked positions of
-    /// `inputs`, the student's final hidden states `hidden`.
+    /// `batch`, the student's final hidden states `hidden`.
     fn loss(
         &self,
         model: &Qwen3ForCausalLM,
         hidden: Tensor<3>,
-        inputs: Tensor<2, Int>,
-        mask: Tensor<2, Bool>,
+        batch: &Batch,
         nll: Tensor<1>,
     ) -> Result<Tensor<1>, TrainError> {
-        let teacher_hidden = self
-            .model
-            .forward_hidden(inputs, &mut self.model.new_cache())?;
+        let mask = batch.mask.clone();
+        let teacher_hidden = batch.hidden(&self.model)?;
         let kl = masked_distillation_kl(
             model,
             hidden,
@@ -162,9 +160,13 @@ impl Objective for TokenObjective {
                 drawn.iter().copied().unzip();
             let batch = to_batch(&windows, &device);
             shard_tokens += batch.target_tokens;
-            let hidden = model.forward_hidden(batch.inputs.clone(), &mut model.new_cache())?;
-            let counted =
-                masked_target_log_probs(model, hidden.clone(), batch.targets, batch.mask.clone());
+            let hidden = batch.hidden(model)?;
+            let counted = masked_target_log_probs(
+                model,
+                hidden.clone(),
+                batch.targets.clone(),
+                batch.mask.clone(),
+            );
             if self.train.len() > 1 {
                 let row_tokens: Vec<usize> = windows
                     .iter()
@@ -181,7 +183,7 @@ impl Objective for TokenObjective {
             }
             let nll = counted.sum().neg();
             let loss = match &self.distill {
-                Some(teacher) => teacher.loss(model, hidden, batch.inputs, batch.mask, nll)?,
+                Some(teacher) => teacher.loss(model, hidden, &batch, nll)?,
                 None => nll,
             };
             nll_sum += accumulate_share(&mut accumulator, model, loss, step_tokens as f64);

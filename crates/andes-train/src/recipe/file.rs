@@ -8,7 +8,7 @@ use andes_model::quantize::{BaseFormats, PtqMethod};
 use andes_quant::QuantFormat;
 use serde::{Deserialize, Serialize};
 
-use andes_data::dataset::DataFormat;
+use andes_data::dataset::{DataFormat, Packing};
 
 use super::{
     DataSection, DataSource, DistillSection, LoraSection, ModelSection, OptimizerSection,
@@ -73,6 +73,8 @@ pub(super) struct DataFile {
     seq_len: usize,
     #[serde(default)]
     skip_bad_records: bool,
+    #[serde(default)]
+    packing: Packing,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     sources: Vec<DataSource>,
 }
@@ -130,6 +132,7 @@ impl TryFrom<DataFile> for DataSection {
             sources,
             seq_len: file.seq_len,
             skip_bad_records: file.skip_bad_records,
+            packing: file.packing,
         })
     }
 }
@@ -150,6 +153,7 @@ impl From<DataSection> for DataFile {
             eval: plain.as_ref().and_then(|source| source.eval.clone()),
             seq_len: data.seq_len,
             skip_bad_records: data.skip_bad_records,
+            packing: data.packing,
             sources: if plain.is_some() {
                 Vec::new()
             } else {

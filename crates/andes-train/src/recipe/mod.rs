@@ -12,7 +12,7 @@ mod file;
 use std::fmt;
 use std::path::PathBuf;
 
-use andes_data::dataset::{DataFormat, Windowing};
+use andes_data::dataset::{DataFormat, Packing, Windowing};
 use andes_model::lora::{LoraConfig, LoraTarget};
 use andes_model::precision::Precision;
 use andes_model::quantize::{BaseFormats, BaseQuantization, PtqMethod};
@@ -280,6 +280,11 @@ pub struct DataSection {
     pub seq_len: usize,
     /// Count and skip malformed records instead of stopping at the first.
     pub skip_bad_records: bool,
+    /// How text and conversation records become windows: `stream` (cut from one stream of
+    /// every record) or `padding_free` (whole records side by side, each attending to itself
+    /// only, positions restarting: TRL's padding-free packing). Image data and the pair and
+    /// prompt stages train a record a row either way.
+    pub packing: Packing,
 }
 
 /// One data source: a training file in one record layout, drawn with a weight relative to the
@@ -319,6 +324,7 @@ impl DataSection {
             format: source.format,
             seq_len: self.seq_len,
             skip_bad_records: self.skip_bad_records,
+            packing: self.packing,
         }
     }
 
