@@ -6,8 +6,8 @@ use crate::workspace::{python, root, run, target_dir};
 
 /// Regenerates the parity fixtures: Qwen3 checkpoints with transformers references (`check`:
 /// the Qwen3 script verifies them instead), and the GPTQ reference, the LoRA adapter, the
-/// vision towers, projector and preprocessing, the released AndesVL layout and the evaluation
-/// harness's task scores (needs
+/// vision towers, projector and preprocessing, the released AndesVL layout, the evaluation
+/// harness's task scores and Parquet files written by pyarrow (needs
 /// `pip install -r scripts/fixtures/requirements.txt`). The GPTQ real-layer fixture is taken
 /// from the tiny pretrain run of `cargo xtask regress` when it exists. Last, the tiny AndesVL is
 /// assembled from the new fixtures.
@@ -47,6 +47,12 @@ pub(crate) fn regenerate(check: bool) -> anyhow::Result<()> {
         "datasets/gcide/gcide-eval.txt",
         "--out",
         "fixtures/tasks",
+    ]))?;
+    run(python("scripts/fixtures/make_parquet_fixture.py").args([
+        "--data",
+        "datasets",
+        "--out",
+        "fixtures/parquet",
     ]))?;
     assemble_tiny_andesvl()
 }

@@ -38,20 +38,21 @@ fn kill_after_first_checkpoint(run: &mut Command, run_dir: &Path) {
     );
 }
 
-/// Runs `recipe` straight and, in a second directory, kills it with SIGKILL after its first
-/// checkpoint and resumes it: the losses must be identical.
-fn assert_sigkill_resume_is_exact(recipe: &str) {
+/// Runs `recipe` (with `extra` arguments) straight and, in a second directory, kills it with
+/// SIGKILL after its first checkpoint and resumes it: the losses must be identical.
+fn assert_sigkill_resume_is_exact(recipe: &str, extra: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let (straight, interrupted) = (dir.path().join("straight"), dir.path().join("interrupted"));
     let config = path(&repo(recipe)).to_string();
     let status = train_command(&["--config", &config, "--out", path(&straight), "--quiet"])
         .args(SHORT_RUN)
+        .args(extra)
         .status()
         .unwrap();
     assert!(status.success());
 
     let mut run = train_command(&["--config", &config, "--out", path(&interrupted), "--quiet"]);
-    kill_after_first_checkpoint(run.args(SHORT_RUN), &interrupted);
+    kill_after_first_checkpoint(run.args(SHORT_RUN).args(extra), &interrupted);
 
     let status = train_command(&["--resume", path(&interrupted), "--quiet"])
         .status()
@@ -62,7 +63,15 @@ fn assert_sigkill_resume_is_exact(recipe: &str) {
 
 #[test]
 fn train_killed_with_sigkill_and_resumed_reproduces_the_uninterrupted_losses() {
-    assert_sigkill_resume_is_exact("configs/recipes/tiny/pretrain.toml");
+    assert_sigkill_resume_is_exact("configs/recipes/tiny/pretrain.toml", &[]);
+}
+
+/// A file streamed through a shuffle buffer resumes exactly too: the buffer's records, the
+/// reads and draws and the tokens not yet windowed are in the checkpoint.
+#[test]
+fn a_streamed_run_killed_and_resumed_reproduces_the_uninterrupted_losses() {
+    let streamed = ["--set", "data.shuffle_buffer=50"];
+    assert_sigkill_resume_is_exact("configs/recipes/tiny/pretrain.toml", &streamed);
 }
 
 /// A mixture resumes exactly: each source's position and the draws so far are in the
@@ -70,7 +79,7 @@ fn train_killed_with_sigkill_and_resumed_reproduces_the_uninterrupted_losses() {
 /// held-out loss.
 #[test]
 fn a_mixture_killed_and_resumed_reproduces_the_uninterrupted_losses() {
-    assert_sigkill_resume_is_exact("configs/recipes/tiny/mixture.toml");
+    assert_sigkill_resume_is_exact("configs/recipes/tiny/mixture.toml", &[]);
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     train_tiny("mixture", &run, &["train.steps=4", "train.eval_every=4"]);
@@ -93,22 +102,22 @@ fn a_mixture_killed_and_resumed_reproduces_the_uninterrupted_losses() {
 /// optimizer state come back from the checkpoint.
 #[test]
 fn qalft_killed_and_resumed_reproduces_the_uninterrupted_losses() {
-    assert_sigkill_resume_is_exact("configs/recipes/tiny/qalft.toml");
+    assert_sigkill_resume_is_exact("configs/recipes/tiny/qalft.toml", &[]);
 }
 
 /// QAT resumes exactly: the grid the latent weights train through (scales and zero points) is
 /// put back from the checkpoint, not fitted again to the moved weights.
 #[test]
 fn qat_killed_and_resumed_reproduces_the_uninterrupted_losses() {
-    assert_sigkill_resume_is_exact("configs/recipes/tiny/qat.toml");
+    assert_sigkill_resume_is_exact("configs/recipes/tiny/qat.toml", &[]);
 }
 
 /// MPO (reward shift in the trainer state) and GRPO (completions sampled per step) resume
 /// exactly: the same pairs, the same δ, the same sampled completions.
 #[test]
 fn mpo_and_grpo_killed_and_resumed_reproduce_the_uninterrupted_losses() {
-    assert_sigkill_resume_is_exact("configs/recipes/tiny/mpo.toml");
-    assert_sigkill_resume_is_exact("configs/recipes/tiny/grpo.toml");
+    assert_sigkill_resume_is_exact("configs/recipes/tiny/mpo.toml", &[]);
+    assert_sigkill_resume_is_exact("configs/recipes/tiny/grpo.toml", &[]);
 }
 
 /// Data-parallel training over two CPU replicas deals each step's two micro-batches one to a

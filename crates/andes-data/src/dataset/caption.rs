@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::records::{RecordError, read_records};
+use super::records::{DataFormat, RecordError, read_records};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,27 +30,32 @@ pub fn load_captions(
     skip_bad_records: bool,
 ) -> Result<(Vec<CaptionRecord>, usize), RecordError> {
     let folder = path.parent().unwrap_or(Path::new("."));
-    read_records(path, skip_bad_records, |line| {
-        let record: CaptionLine = match serde_json::from_str(line) {
-            Ok(record) => record,
-            Err(e) => {
-                return Ok(Err(format!(
-                    "expected {{\"image\": path, \"caption\": string}}: {e}"
-                )));
+    read_records(
+        path,
+        DataFormat::ImageCaption.columns(),
+        skip_bad_records,
+        |line| {
+            let record: CaptionLine = match serde_json::from_str(line) {
+                Ok(record) => record,
+                Err(e) => {
+                    return Ok(Err(format!(
+                        "expected {{\"image\": path, \"caption\": string}}: {e}"
+                    )));
+                }
+            };
+            let image = match resolve_image(folder, &record.image) {
+                Ok(image) => image,
+                Err(message) => return Ok(Err(message)),
+            };
+            if record.caption.trim().is_empty() {
+                return Ok(Err("the caption is empty".into()));
             }
-        };
-        let image = match resolve_image(folder, &record.image) {
-            Ok(image) => image,
-            Err(message) => return Ok(Err(message)),
-        };
-        if record.caption.trim().is_empty() {
-            return Ok(Err("the caption is empty".into()));
-        }
-        Ok(Ok(CaptionRecord {
-            image,
-            caption: record.caption,
-        }))
-    })
+            Ok(Ok(CaptionRecord {
+                image,
+                caption: record.caption,
+            }))
+        },
+    )
 }
 
 /// `image` resolved against `folder`, or a message when no such file exists.

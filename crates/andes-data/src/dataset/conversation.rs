@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::MaskedTokens;
 use super::caption::resolve_image;
-use super::records::{RecordError, read_records};
+use super::records::{DataFormat, RecordError, read_records};
 use crate::chat::{END_OF_TURN, Role};
 use crate::image_prompt::{IMAGE_PLACEHOLDER, ImageTokens, tokenize_with_images};
 use crate::tokenizer::{DataError, TextTokenizer};
@@ -141,7 +141,7 @@ pub fn load_image_conversations(
 ) -> Result<(Vec<ImageChat>, usize), RecordError> {
     let folder = path.parent().unwrap_or(Path::new("."));
     let probe = ImageTokens::plain(0);
-    read_records(path, skip_bad_records, |line| {
+    read_records(path, DataFormat::Chat.columns(), skip_bad_records, |line| {
         let conversation: Conversation = match serde_json::from_str(line) {
             Ok(conversation) => conversation,
             Err(e) => return Ok(Err(format!("expected {CONVERSATION_SHAPE}: {e}"))),

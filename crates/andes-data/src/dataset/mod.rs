@@ -5,7 +5,9 @@ mod conversation;
 mod packing;
 mod preference;
 mod prompt;
+mod reader;
 mod records;
+mod stream;
 mod task;
 mod text;
 mod windows;
@@ -18,7 +20,9 @@ pub use conversation::{
 pub use packing::{PackedWindows, Packing, TokenWindow};
 pub use preference::{PreferencePair, load_preferences};
 pub use prompt::{PromptExample, load_prompts};
+pub use reader::{RawRecord, RecordReader, is_parquet};
 pub use records::{DataFormat, RecordError, load_sequences, read_records};
+pub use stream::{StreamPosition, StreamedWindows};
 pub use task::{TaskRecord, TaskTarget, load_task};
 pub use text::tokenize_document;
 pub use windows::{
@@ -27,7 +31,7 @@ pub use windows::{
 };
 
 /// Token ids of one document with, per token, whether it is a training target.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MaskedTokens {
     /// Token ids.
     pub ids: Vec<u32>,
@@ -41,6 +45,12 @@ impl MaskedTokens {
         self.ids.extend_from_slice(ids);
         self.loss_mask
             .extend(std::iter::repeat_n(trained, ids.len()));
+    }
+
+    /// Appends `other`'s tokens with their own mask values.
+    pub fn push_masked(&mut self, other: &MaskedTokens) {
+        self.ids.extend_from_slice(&other.ids);
+        self.loss_mask.extend_from_slice(&other.loss_mask);
     }
 }
 

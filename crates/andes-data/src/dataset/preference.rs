@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::prompt::{assistant_reply, user_prompt};
-use super::records::{RecordError, read_records};
+use super::records::{DataFormat, RecordError, read_records};
 use crate::tokenizer::TextTokenizer;
 
 /// A JSONL record `{"prompt", "chosen", "rejected"}`.
@@ -37,31 +37,36 @@ pub fn load_preferences(
     max_tokens: usize,
     skip_bad_records: bool,
 ) -> Result<(Vec<PreferencePair>, usize), RecordError> {
-    read_records(path, skip_bad_records, |line| {
-        let record: PreferenceRecord = match serde_json::from_str(line) {
-            Ok(record) => record,
-            Err(e) => {
-                return Ok(Err(format!(
-                    "expected {{\"prompt\": string, \"chosen\": string, \"rejected\": string}}: {e}"
-                )));
+    read_records(
+        path,
+        DataFormat::Preference.columns(),
+        skip_bad_records,
+        |line| {
+            let record: PreferenceRecord = match serde_json::from_str(line) {
+                Ok(record) => record,
+                Err(e) => {
+                    return Ok(Err(format!(
+                        "expected {{\"prompt\": string, \"chosen\": string, \"rejected\": string}}: {e}"
+                    )));
+                }
+            };
+            if record.chosen == record.rejected {
+                return Ok(Err("`chosen` and `rejected` are the same text".into()));
             }
-        };
-        if record.chosen == record.rejected {
-            return Ok(Err("`chosen` and `rejected` are the same text".into()));
-        }
-        let prompt = match user_prompt(tokenizer, &record.prompt, max_tokens)? {
-            Ok(prompt) => prompt,
-            Err(message) => return Ok(Err(message)),
-        };
-        let room = max_tokens - prompt.len();
-        let mut chosen = assistant_reply(tokenizer, &record.chosen)?;
-        let mut rejected = assistant_reply(tokenizer, &record.rejected)?;
-        chosen.truncate(room);
-        rejected.truncate(room);
-        Ok(Ok(PreferencePair {
-            prompt,
-            chosen,
-            rejected,
-        }))
-    })
+            let prompt = match user_prompt(tokenizer, &record.prompt, max_tokens)? {
+                Ok(prompt) => prompt,
+                Err(message) => return Ok(Err(message)),
+            };
+            let room = max_tokens - prompt.len();
+            let mut chosen = assistant_reply(tokenizer, &record.chosen)?;
+            let mut rejected = assistant_reply(tokenizer, &record.rejected)?;
+            chosen.truncate(room);
+            rejected.truncate(room);
+            Ok(Ok(PreferencePair {
+                prompt,
+                chosen,
+                rejected,
+            }))
+        },
+    )
 }

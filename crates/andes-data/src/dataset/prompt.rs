@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::records::{RecordError, read_records};
+use super::records::{DataFormat, RecordError, read_records};
 use crate::chat::{END_OF_TURN, Role, render_for_generation};
 use crate::tokenizer::{DataError, TextTokenizer};
 
@@ -34,24 +34,29 @@ pub fn load_prompts(
     max_prompt_tokens: usize,
     skip_bad_records: bool,
 ) -> Result<(Vec<PromptExample>, usize), RecordError> {
-    read_records(path, skip_bad_records, |line| {
-        let record: PromptRecord = match serde_json::from_str(line) {
-            Ok(record) => record,
-            Err(e) => {
-                return Ok(Err(format!(
-                    "expected {{\"prompt\": string, \"answer\": string}}: {e}"
-                )));
-            }
-        };
-        Ok(
-            user_prompt(tokenizer, &record.prompt, max_prompt_tokens)?.map(|prompt| {
-                PromptExample {
-                    prompt,
-                    answer: record.answer,
+    read_records(
+        path,
+        DataFormat::Prompt.columns(),
+        skip_bad_records,
+        |line| {
+            let record: PromptRecord = match serde_json::from_str(line) {
+                Ok(record) => record,
+                Err(e) => {
+                    return Ok(Err(format!(
+                        "expected {{\"prompt\": string, \"answer\": string}}: {e}"
+                    )));
                 }
-            }),
-        )
-    })
+            };
+            Ok(
+                user_prompt(tokenizer, &record.prompt, max_prompt_tokens)?.map(|prompt| {
+                    PromptExample {
+                        prompt,
+                        answer: record.answer,
+                    }
+                }),
+            )
+        },
+    )
 }
 
 /// `text` as a user turn followed by the opened assistant turn, or a message when it takes

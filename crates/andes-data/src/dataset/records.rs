@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::conversation::CONVERSATION_SHAPE;
+use super::reader::{RecordReader, is_parquet};
 use super::{Conversation, MaskedTokens, tokenize_conversation, tokenize_document};
 use crate::tokenizer::{DataError, TextTokenizer};
 
@@ -25,6 +26,18 @@ pub enum DataFormat {
 }
 
 impl DataFormat {
+    /// The keys of a record (a JSONL line's, a Parquet file's columns), the one every record
+    /// needs first.
+    pub fn columns(self) -> &'static [&'static str] {
+        match self {
+            DataFormat::Text => &["text"],
+            DataFormat::Chat => &["messages", "images"],
+            DataFormat::Preference => &["prompt", "chosen", "rejected"],
+            DataFormat::Prompt => &["prompt", "answer"],
+            DataFormat::ImageCaption => &["image", "caption"],
+        }
+    }
+
     /// Whether records are token sequences packed into training windows (text, chat), as
     /// opposed to pairs or prompts that a stage batches itself.
     pub fn is_packed(self) -> bool {
@@ -97,44 +110,52 @@ pub fn load_sequences(
             message: format!("format {format:?} is not a token-sequence format (text or chat)"),
         });
     }
-    let jsonl = path.extension().is_some_and(|e| e == "jsonl");
-    read_records(path, skip_bad_records, |line| {
-        parse_line(line, format, jsonl, tokenizer, end_of_text)
+    read_records(path, format.columns(), skip_bad_records, |line| {
+        parse_record(line, format, path, tokenizer, end_of_text)
     })
 }
 
-/// Every record of `path`, one per non-empty line, through `parse`, and how many bad records
-/// were skipped (only when `skip_bad_records`; otherwise the first bad record is the error,
-/// located by line). `parse`'s outer error (a tokenizer failure) always stops the read; its
-/// inner error says what is wrong with the record.
+/// Every record of `path` (a non-empty line, or a Parquet row as the JSON object of those of
+/// `columns` it has) through `parse`, and how many bad records were skipped (only when
+/// `skip_bad_records`; otherwise the first bad record is the error, located by line or row).
+/// `parse`'s outer error (a tokenizer failure) always stops the read; its inner error says
+/// what is wrong with the record.
 pub fn read_records<T>(
     path: &Path,
+    columns: &[&str],
     skip_bad_records: bool,
     mut parse: impl FnMut(&str) -> Result<Result<T, String>, DataError>,
 ) -> Result<(Vec<T>, usize), RecordError> {
-    let content = std::fs::read_to_string(path).map_err(|source| RecordError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
     let mut records = Vec::new();
     let mut skipped = 0;
-    for (index, line) in content.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        match parse(line)? {
-            Ok(record) => records.push(record),
+    for record in RecordReader::open(path, columns)? {
+        let record = record?;
+        match parse(&record.text)? {
+            Ok(parsed) => records.push(parsed),
             Err(_) if skip_bad_records => skipped += 1,
             Err(message) => {
                 return Err(RecordError::BadRecord {
                     path: path.to_owned(),
-                    line: index + 1,
+                    line: record.line,
                     message,
                 });
             }
         }
     }
     Ok((records, skipped))
+}
+
+/// One record's text (a line, or a Parquet row's JSON) of `path` as tokens of `format` (text
+/// or chat). Outer error: tokenizer failure (fatal); inner: the record is malformed.
+pub(super) fn parse_record(
+    text: &str,
+    format: DataFormat,
+    path: &Path,
+    tokenizer: &TextTokenizer,
+    end_of_text: u32,
+) -> Result<Result<MaskedTokens, String>, DataError> {
+    let jsonl = path.extension().is_some_and(|e| e == "jsonl") || is_parquet(path);
+    parse_line(text, format, jsonl, tokenizer, end_of_text)
 }
 
 /// Outer error: tokenizer failure (fatal); inner: the record is malformed.

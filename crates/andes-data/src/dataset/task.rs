@@ -56,6 +56,9 @@ struct TaskLine {
     images: Vec<String>,
 }
 
+/// The keys of a task record (a Parquet task file's columns).
+const TASK_COLUMNS: [&str; 5] = ["prompt", "choices", "answer", "match", "images"];
+
 /// What a task record looks like, for error messages.
 const TASK_SHAPE: &str = "{\"prompt\", \"choices\": [text, ...], \"answer\": index} or \
                           {\"prompt\", \"answer\": text, \"match\": \"exact\"|\"numeric\"}, \
@@ -65,7 +68,7 @@ const TASK_SHAPE: &str = "{\"prompt\", \"choices\": [text, ...], \"answer\": ind
 /// a bad record stops the read, named by its line.
 pub fn load_task(path: &Path) -> Result<Vec<TaskRecord>, RecordError> {
     let folder = path.parent().unwrap_or(Path::new("."));
-    let (records, _) = read_records(path, false, |line| {
+    let (records, _) = read_records(path, &TASK_COLUMNS, false, |line| {
         Ok(match serde_json::from_str::<TaskLine>(line) {
             Ok(line) => task_record(line, folder),
             Err(e) => Err(format!("expected {TASK_SHAPE}: {e}")),

@@ -147,22 +147,27 @@ pub fn draw_indices(
 pub struct MixturePosition {
     /// Examples drawn so far, from all sources.
     pub drawn: u64,
-    /// Each source's epoch and index, in the recipe's order.
+    /// Each loaded source's epoch and index, in the recipe's order.
     pub sources: Vec<DataPosition>,
+    /// Each streamed source's place in its file, in the recipe's order (default for the
+    /// loaded ones); empty when no source streams.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub streams: Vec<super::StreamPosition>,
 }
 
 /// The next `count` examples of a mixture as `(source, index)` pairs: each example's source
 /// drawn by `weights` (relative, positive) from a generator seeded by `(seed, drawn)`, then
 /// the next index of that source's own seeded stream ([`draw_indices`] over its `lens`
-/// examples). A single source draws exactly what [`draw_indices`] draws with `seed`, so a
-/// one-file recipe reads its data as it always has.
+/// examples; none for a streamed source, `lens` none, whose next window its stream gives).
+/// A single source draws exactly what [`draw_indices`] draws with `seed`, so a one-file
+/// recipe reads its data as it always has.
 pub fn draw_mixture(
-    lens: &[usize],
+    lens: &[Option<usize>],
     weights: &[f64],
     seed: u64,
     position: &mut MixturePosition,
     count: usize,
-) -> Vec<(usize, usize)> {
+) -> Vec<(usize, Option<usize>)> {
     position.sources.resize(lens.len(), DataPosition::default());
     let total: f64 = weights.iter().sum();
     let sources: Vec<usize> = (0..count as u64)
@@ -185,20 +190,17 @@ pub fn draw_mixture(
     position.drawn += count as u64;
     let mut indices: Vec<std::vec::IntoIter<usize>> = (0..lens.len())
         .map(|source| {
+            let Some(len) = lens[source] else {
+                return Vec::new().into_iter();
+            };
             let wanted = sources.iter().filter(|&&s| s == source).count();
             let source_seed = seed.wrapping_add(source as u64);
-            draw_indices(
-                lens[source],
-                source_seed,
-                &mut position.sources[source],
-                wanted,
-            )
-            .into_iter()
+            draw_indices(len, source_seed, &mut position.sources[source], wanted).into_iter()
         })
         .collect();
     sources
         .into_iter()
-        .map(|source| (source, indices[source].next().expect("drawn per source")))
+        .map(|source| (source, indices[source].next()))
         .collect()
 }
 
@@ -208,7 +210,7 @@ mod tests {
 
     #[test]
     fn a_mixture_draws_by_weight_and_resumes_exactly() {
-        let (lens, weights) = ([50, 30, 20], [0.6, 0.3, 0.1]);
+        let (lens, weights) = ([Some(50), Some(30), None], [0.6, 0.3, 0.1]);
         let mut whole = MixturePosition::default();
         let uninterrupted = draw_mixture(&lens, &weights, 5, &mut whole, 3000);
         for (source, weight) in weights.iter().enumerate() {
@@ -221,14 +223,17 @@ mod tests {
         resumed.extend(draw_mixture(&lens, &weights, 5, &mut restored, 1766));
         assert_eq!(resumed, uninterrupted);
         assert_eq!(restored, whole);
+        let streamed = uninterrupted.iter().filter(|(s, _)| *s == 2);
+        assert!(streamed.clone().all(|(_, index)| index.is_none()));
+        assert!(streamed.count() > 0);
     }
 
     #[test]
     fn one_source_draws_as_a_plain_stream() {
         let mut position = MixturePosition::default();
-        let mixed: Vec<usize> = draw_mixture(&[7], &[2.0], 9, &mut position, 20)
+        let mixed: Vec<usize> = draw_mixture(&[Some(7)], &[2.0], 9, &mut position, 20)
             .into_iter()
-            .map(|(_, i)| i)
+            .map(|(_, i)| i.unwrap())
             .collect();
         let mut plain = DataPosition::default();
         assert_eq!(mixed, draw_indices(7, 9, &mut plain, 20));

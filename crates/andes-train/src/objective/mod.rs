@@ -299,9 +299,14 @@ impl StepBatches {
         }
     }
 
-    /// The step's micro-batches as `(source, index)` pairs into sources of `lens` examples,
-    /// drawn from `state.data` onward (advancing it).
-    fn draw(&self, lens: &[usize], state: &mut TrainerState) -> Vec<Vec<(usize, usize)>> {
+    /// The step's micro-batches as `(source, index)` pairs into sources of `lens` examples
+    /// (none for a streamed source, whose next window its stream gives), drawn from
+    /// `state.data` onward (advancing it).
+    fn draw(
+        &self,
+        lens: &[Option<usize>],
+        state: &mut TrainerState,
+    ) -> Vec<Vec<(usize, Option<usize>)>> {
         (0..self.grad_accum)
             .map(|_| {
                 draw_mixture(
@@ -321,13 +326,21 @@ impl StepBatches {
         sources: &[&'a [T]],
         state: &mut TrainerState,
     ) -> Vec<Vec<(usize, &'a T)>> {
-        let lens: Vec<usize> = sources.iter().map(|examples| examples.len()).collect();
+        let lens: Vec<Option<usize>> = sources
+            .iter()
+            .map(|examples| Some(examples.len()))
+            .collect();
         self.draw(&lens, state)
             .into_iter()
             .map(|batch| {
                 batch
                     .into_iter()
-                    .map(|(source, index)| (source, &sources[source][index]))
+                    .map(|(source, index)| {
+                        (
+                            source,
+                            &sources[source][index.expect("every source is loaded")],
+                        )
+                    })
                     .collect()
             })
             .collect()

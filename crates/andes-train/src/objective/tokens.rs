@@ -15,7 +15,7 @@ use super::{
 use crate::checkpoint::TrainerState;
 use crate::error::TrainError;
 use crate::recipe::{DistillSection, Recipe};
-use andes_data::dataset::{TokenWindow, WindowSet};
+use andes_data::dataset::{StreamPosition, StreamedWindows, TokenWindow, WindowSet};
 use andes_model::Model;
 use andes_model::batch::{Batch, to_batch};
 use andes_model::lora::peft::import_peft_adapter;
@@ -23,15 +23,39 @@ use andes_model::loss::{masked_distillation_kl, masked_target_log_probs};
 use andes_model::perplexity::mean_nll;
 use andes_model::qwen3::Qwen3ForCausalLM;
 use burn::tensor::{DType, Tensor};
+use std::borrow::Cow;
+use std::sync::Mutex;
 
 /// Mean next-token NLL over a recipe's windows, drawn from its sources by weight.
 pub struct TokenObjective {
     /// Each source's training windows, in the recipe's order.
-    train: Vec<WindowSet>,
+    train: Vec<TrainWindows>,
     /// Each source's name and held-out windows, for the sources with a held-out file.
     eval: Vec<(String, WindowSet)>,
     batches: StepBatches,
     distill: Option<Teacher>,
+}
+
+/// One micro-batch's windows, each with the source it came from.
+type MicroBatch<'a> = Vec<(usize, Cow<'a, TokenWindow>)>;
+
+/// One source's training windows: read whole, or streamed through a shuffle buffer.
+enum TrainWindows {
+    /// Every window of the file, drawn in a seeded order.
+    Loaded(WindowSet),
+    /// The file's windows as its stream gives them (one device: the stream is read as the
+    /// step draws).
+    Streamed(Box<Mutex<StreamedWindows>>),
+}
+
+impl TrainWindows {
+    /// The number of windows drawn by index; none for a stream.
+    fn len(&self) -> Option<usize> {
+        match self {
+            TrainWindows::Loaded(set) => Some(set.packed.windows.len()),
+            TrainWindows::Streamed(_) => None,
+        }
+    }
 }
 
 /// The frozen float teacher of `[distill]`, on the device the model trains on.
@@ -109,7 +133,18 @@ impl TokenObjective {
         let mut eval = Vec::new();
         for source in &data.sources {
             let windowing = data.windowing(source);
-            train.push(WindowSet::load(&source.path, &windowing, tokenizer)?.0);
+            train.push(match source.shuffle_buffer {
+                None => {
+                    TrainWindows::Loaded(WindowSet::load(&source.path, &windowing, tokenizer)?.0)
+                }
+                Some(buffer) => TrainWindows::Streamed(Box::new(Mutex::new(StreamedWindows::new(
+                    &source.path,
+                    windowing,
+                    buffer,
+                    recipe.seed,
+                    tokenizer,
+                )?))),
+            });
             if let Some(path) = &source.eval {
                 let set = WindowSet::load(path, &windowing, tokenizer)?.0;
                 eval.push((source.name.clone(), set));
@@ -130,6 +165,47 @@ impl TokenObjective {
     }
 }
 
+impl TokenObjective {
+    /// The step's micro-batches of `(source, window)`: a loaded source's window by the drawn
+    /// index, a streamed source's next window from its place in `state.data.streams`.
+    fn draw<'a>(&'a self, state: &mut TrainerState) -> Result<Vec<MicroBatch<'a>>, TrainError> {
+        let lens: Vec<Option<usize>> = self.train.iter().map(TrainWindows::len).collect();
+        let drawn = self.batches.draw(&lens, state);
+        if lens.contains(&None) {
+            let sources = self.train.len();
+            state
+                .data
+                .streams
+                .resize(sources, StreamPosition::default());
+        }
+        drawn
+            .into_iter()
+            .map(|batch| {
+                batch
+                    .into_iter()
+                    .map(|(source, index)| {
+                        let window = match (&self.train[source], index) {
+                            (TrainWindows::Loaded(set), Some(index)) => {
+                                Cow::Borrowed(&set.packed.windows[index])
+                            }
+                            (TrainWindows::Streamed(stream), _) => Cow::Owned(
+                                stream
+                                    .lock()
+                                    .expect("the stream's lock is never poisoned")
+                                    .next_window(&mut state.data.streams[source])?,
+                            ),
+                            (TrainWindows::Loaded(_), None) => {
+                                unreachable!("a loaded source is drawn by index")
+                            }
+                        };
+                        Ok((source, window))
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
 impl Objective for TokenObjective {
     fn step(
         &self,
@@ -140,12 +216,7 @@ impl Objective for TokenObjective {
     ) -> Result<StepOutput, TrainError> {
         let model = model.language_model();
         let device: Device = model.devices()[0].clone();
-        let windows: Vec<&[TokenWindow]> = self
-            .train
-            .iter()
-            .map(|set| set.packed.windows.as_slice())
-            .collect();
-        let micro_batches = self.batches.draw_from(&windows, state);
+        let micro_batches = self.draw(state)?;
         let step_tokens: usize = micro_batches
             .iter()
             .flatten()
@@ -156,8 +227,10 @@ impl Objective for TokenObjective {
         let mut shard_tokens = 0;
         let mut source_shares = Vec::new();
         for drawn in shard.take(&micro_batches) {
-            let (row_sources, windows): (Vec<usize>, Vec<&TokenWindow>) =
-                drawn.iter().copied().unzip();
+            let (row_sources, windows): (Vec<usize>, Vec<&TokenWindow>) = drawn
+                .iter()
+                .map(|(source, window)| (*source, window.as_ref()))
+                .unzip();
             let batch = to_batch(&windows, &device);
             shard_tokens += batch.target_tokens;
             let hidden = batch.hidden(model)?;
@@ -214,6 +287,9 @@ impl Objective for TokenObjective {
     }
 
     fn calibration_windows(&self) -> Option<&WindowSet> {
-        self.train.first()
+        match self.train.first() {
+            Some(TrainWindows::Loaded(set)) => Some(set),
+            _ => None,
+        }
     }
 }

@@ -70,6 +70,8 @@ pub(super) struct DataFile {
     train: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     eval: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shuffle_buffer: Option<usize>,
     seq_len: usize,
     #[serde(default)]
     skip_bad_records: bool,
@@ -85,7 +87,10 @@ impl TryFrom<DataFile> for DataSection {
     /// One source from `format`/`train`/`eval`, or the `sources` list, each source's weight
     /// checked and its name defaulted to its file's stem (names unique).
     fn try_from(file: DataFile) -> Result<Self, String> {
-        let single = file.format.is_some() || file.train.is_some() || file.eval.is_some();
+        let single = file.format.is_some()
+            || file.train.is_some()
+            || file.eval.is_some()
+            || file.shuffle_buffer.is_some();
         let mut sources = match (single, file.sources.is_empty()) {
             (true, false) => {
                 return Err("data: give either format, train and eval (one file) or                             [[data.sources]], not both"
@@ -102,6 +107,7 @@ impl TryFrom<DataFile> for DataSection {
                     path,
                     eval: file.eval,
                     weight: 1.0,
+                    shuffle_buffer: file.shuffle_buffer,
                 }]
             }
             (false, true) => {
@@ -120,6 +126,24 @@ impl TryFrom<DataFile> for DataSection {
             }
             if source.name.is_empty() {
                 source.name = stem(&source.path);
+            }
+            if let Some(buffer) = source.shuffle_buffer {
+                let key = format!("data.sources[{i}].shuffle_buffer");
+                if buffer == 0 {
+                    return Err(format!("{key}: found 0, expected a number of records"));
+                }
+                if !source.format.is_packed() {
+                    return Err(format!(
+                        "{key}: streaming reads text and chat records; this source is {:?}",
+                        source.format
+                    ));
+                }
+                if file.packing != Packing::Stream {
+                    return Err(format!(
+                        "{key}: a streamed source is cut as one stream; data.packing = \
+                         \"padding_free\" needs the file whole"
+                    ));
+                }
             }
             if !names.insert(source.name.clone()) {
                 return Err(format!(
@@ -151,6 +175,7 @@ impl From<DataSection> for DataFile {
             format: plain.as_ref().map(|source| source.format),
             train: plain.as_ref().map(|source| source.path.clone()),
             eval: plain.as_ref().and_then(|source| source.eval.clone()),
+            shuffle_buffer: plain.as_ref().and_then(|source| source.shuffle_buffer),
             seq_len: data.seq_len,
             skip_bad_records: data.skip_bad_records,
             packing: data.packing,
@@ -552,6 +577,30 @@ fn check_stage_fits(
             return Err(refuse(path, &key, message));
         }
     }
+    if data
+        .sources
+        .iter()
+        .any(|source| source.shuffle_buffer.is_some())
+    {
+        if !matches!(stage, Stage::Pretrain | Stage::Sft | Stage::Lora { .. }) {
+            return Err(refuse(
+                path,
+                "data.shuffle_buffer",
+                format!(
+                    "stage {} reads its training file whole (calibration, pairs or prompts); \
+                     streaming is for pretrain, sft and lora",
+                    stage.name()
+                ),
+            ));
+        }
+        if device_count(train) > 1 {
+            return Err(refuse(
+                path,
+                "data.shuffle_buffer",
+                "a streamed source feeds one device; data-parallel streaming is not built",
+            ));
+        }
+    }
     if data.sources.len() > 1 && !stage.mixes_sources() {
         return Err(refuse(
             path,
@@ -911,6 +960,26 @@ mod tests {
             source.insert("format".into(), "preference".into());
         });
         assert!(error.contains("data.sources[1].format"), "{error}");
+        let error = with_source(&|source| {
+            source.insert("shuffle_buffer".into(), 0.into());
+        });
+        assert!(
+            error.contains("data.sources[1].shuffle_buffer: found 0"),
+            "{error}"
+        );
+        let mut streamed_qalft = qalft_recipe();
+        let data = streamed_qalft["data"].as_table_mut().unwrap();
+        data.insert("shuffle_buffer".into(), 100.into());
+        let error = error_of(streamed_qalft);
+        assert!(
+            error.contains("data.shuffle_buffer") && error.contains("stage qalft"),
+            "{error}"
+        );
+        let mut padded = recipe("sft.toml");
+        let data = padded["data"].as_table_mut().unwrap();
+        data.insert("shuffle_buffer".into(), 100.into());
+        data.insert("packing".into(), "padding_free".into());
+        assert!(error_of(padded).contains("needs the file whole"));
         let mut both = recipe("mixture.toml");
         let data = both["data"].as_table_mut().unwrap();
         data.insert("format".into(), "text".into());

@@ -305,6 +305,11 @@ pub struct DataSource {
     /// Relative share of the training examples drawn from this source (positive).
     #[serde(default = "one_weight")]
     pub weight: f64,
+    /// Stream the training file through a seeded shuffle buffer of this many records instead
+    /// of reading it whole: bounded memory for files of any size (text and chat records, the
+    /// stream packing, one device; the held-out file is still read whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shuffle_buffer: Option<usize>,
 }
 
 fn one_weight() -> f64 {
