@@ -121,8 +121,8 @@ fn mpo_and_grpo_killed_and_resumed_reproduce_the_uninterrupted_losses() {
 }
 
 /// Data-parallel training over two CPU replicas deals each step's two micro-batches one to a
-/// replica and sums their gradients: the losses are those of one device on the same step's
-/// examples. Killed after its first checkpoint, the two-replica run resumes on one device
+/// replica and sums their gradients (in buckets, large or small): the losses are those of one
+/// device on the same step's examples. Killed after its first checkpoint, the two-replica run resumes on one device
 /// and still ends on the single-device losses; one checkpoint per step is written either way.
 #[test]
 fn data_parallel_training_matches_one_device_and_resumes_on_another_count() {
@@ -148,6 +148,13 @@ fn data_parallel_training_matches_one_device_and_resumes_on_another_count() {
     };
     let single_losses = losses(&single);
     close(&losses(&parallel), &single_losses);
+    // Gradients summed in buckets of 10 KiB (dozens a step) instead of the one 25 MiB bucket
+    // the tiny model fills: the same losses.
+    let bucketed = dir.path().join("bucketed");
+    let mut small_buckets = run(&bucketed, "2");
+    small_buckets.args(["--set", "train.bucket_mb=0.01"]);
+    assert!(small_buckets.status().unwrap().success());
+    close(&losses(&bucketed), &single_losses);
     // The run records the devices it was given, and its checkpoints are written once.
     let recipe = std::fs::read_to_string(parallel.join("recipe.toml")).unwrap();
     assert!(recipe.contains(r#"device = "cpu,cpu""#), "{recipe}");

@@ -10,6 +10,7 @@
 //! Every stage but `mpo` trains data-parallel over several devices ([`parallel`]).
 
 pub mod adapters;
+pub mod buckets;
 pub mod bundle;
 pub mod checkpoint;
 pub mod error;

@@ -16,6 +16,7 @@ use burn::tensor::distributed::{ReduceOperation, all_reduce};
 use burn::tensor::{DType, Device, Tensor};
 use burn_std::stream::StreamId;
 
+use crate::buckets::{Bucket, from_buckets, into_buckets};
 use crate::checkpoint::TrainerState;
 use crate::error::TrainError;
 use crate::objective::{Objective, Shard, StepFigures, StepOutput};
@@ -41,6 +42,8 @@ pub struct Replicas {
     streams: Vec<StreamId>,
     /// The products' dtype under mixed precision, set on every replica's thread for its step.
     autocast: Option<DType>,
+    /// The size of a gradient bucket (`train.bucket_mb`).
+    bucket_bytes: usize,
 }
 
 /// What one optimizer step did.
@@ -73,6 +76,7 @@ impl Replicas {
             collective: set.collective,
             streams,
             autocast: train.precision().autocast(),
+            bucket_bytes: (train.bucket_mb * (1u64 << 20) as f64) as usize,
         })
     }
 
@@ -106,7 +110,11 @@ impl Replicas {
     ) -> Result<StepReport, TrainError> {
         let ranks = self.models.len();
         // One replica is the case of one shard and no exchange (`collective` is false).
-        let exchange = Exchange::new(ranks, self.collective.then_some(&self.devices[..]));
+        let exchange = Exchange::new(
+            ranks,
+            self.collective.then_some(&self.devices[..]),
+            self.bucket_bytes,
+        );
         let shards: Vec<_> = self.models.iter().map(|m| (m, state.clone())).collect();
         let autocast = self.autocast;
         let results = on_replica_streams(&self.streams, shards, |rank, (model, mut state)| {
@@ -161,38 +169,32 @@ impl Replicas {
         Ok(StepReport { figures, grad_norm })
     }
 
-    /// Backends without collectives: replaces every replica's gradient of each parameter by
-    /// the sum over replicas, gathered on the first device and copied back to each.
+    /// Backends without collectives: replaces every replica's gradients by the sum over
+    /// replicas, bucket by bucket ([`into_buckets`]): each bucket gathered on the first device,
+    /// summed, and copied back to each.
     fn sum_on_first_device(&self, grads: &mut [GradientsParams]) {
-        struct Sum<'a> {
-            grads: &'a mut [GradientsParams],
-            devices: &'a [Device],
-        }
-        impl ModuleVisitor for Sum<'_> {
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-                let parts: Vec<Option<Tensor<D>>> = self
-                    .grads
-                    .iter_mut()
-                    .map(|grads| grads.remove::<D>(param.id))
-                    .collect();
-                if parts.iter().all(Option::is_none) {
-                    return;
-                }
-                let total = parts
-                    .into_iter()
-                    .flatten()
-                    .map(|part| part.to_device(&self.devices[0]))
-                    .reduce(|a, b| a + b)
-                    .expect("some replica has this gradient");
-                for (grads, device) in self.grads.iter_mut().zip(self.devices) {
-                    grads.register(param.id, total.clone().to_device(device));
-                }
+        let model = &self.models[0];
+        let with_gradients: BTreeSet<ParamId> = grads
+            .iter()
+            .flat_map(|grads| parameters_with_gradients(model, grads))
+            .collect();
+        let mut buckets: Vec<Vec<Bucket>> = grads
+            .iter_mut()
+            .map(|grads| into_buckets(model, grads, &with_gradients, self.bucket_bytes))
+            .collect();
+        for index in 0..buckets[0].len() {
+            let total = buckets
+                .iter()
+                .map(|replica| replica[index].values.clone().to_device(&self.devices[0]))
+                .reduce(|a, b| a + b)
+                .expect("at least one replica");
+            for (replica, device) in buckets.iter_mut().zip(&self.devices) {
+                replica[index].values = total.clone().to_device(device);
             }
         }
-        self.models[0].visit(&mut Sum {
-            grads,
-            devices: &self.devices,
-        });
+        for (grads, replica) in grads.iter_mut().zip(buckets) {
+            from_buckets(model, grads, replica);
+        }
     }
 }
 
@@ -203,15 +205,18 @@ struct Exchange<'a> {
     /// The devices of the collective; `None` where the backend has none (the sum is then
     /// taken on the first device after the threads end).
     devices: Option<&'a [Device]>,
+    /// The size of a gradient bucket.
+    bucket_bytes: usize,
     /// The parameters any replica has a gradient for, and whether any replica failed.
     shared: Mutex<(BTreeSet<ParamId>, bool)>,
     barrier: Barrier,
 }
 
 impl<'a> Exchange<'a> {
-    fn new(ranks: usize, devices: Option<&'a [Device]>) -> Self {
+    fn new(ranks: usize, devices: Option<&'a [Device]>, bucket_bytes: usize) -> Self {
         Self {
             devices,
+            bucket_bytes,
             shared: Mutex::new((BTreeSet::new(), false)),
             barrier: Barrier::new(ranks),
         }
@@ -219,8 +224,9 @@ impl<'a> Exchange<'a> {
 
     /// Sums the gradients of `output` (this replica's step) with the other replicas'; a
     /// no-op without collectives. Every thread reduces the parameters that any replica has a
-    /// gradient for, in the model's order, contributing zeros where its shard left one
-    /// without (a vision tower on text-only rows), so every device joins every reduction. A
+    /// gradient for, in buckets of about `bucket_bytes` from the last parameter to the first
+    /// (one collective call a bucket), contributing zeros where its shard left one without (a
+    /// vision tower on text-only rows), so every device joins every reduction alike. A
     /// failed step still meets the others at the barrier; then none reduces, and the others
     /// return `Err(None)`: stopped by another replica's error.
     fn all_reduce(
@@ -250,29 +256,13 @@ impl<'a> Exchange<'a> {
         if failed {
             return Err(None);
         }
-        struct Reduce<'a> {
-            grads: &'a mut GradientsParams,
-            with_gradients: &'a BTreeSet<ParamId>,
-            devices: &'a [Device],
+        let mut buckets =
+            into_buckets(model, &mut output.grads, &with_gradients, self.bucket_bytes);
+        for bucket in &mut buckets {
+            let values = bucket.values.clone();
+            bucket.values = all_reduce(values, ReduceOperation::Sum, devices.to_vec()).resolve();
         }
-        impl ModuleVisitor for Reduce<'_> {
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-                if !self.with_gradients.contains(&param.id) {
-                    return;
-                }
-                let grad = self
-                    .grads
-                    .remove::<D>(param.id)
-                    .unwrap_or_else(|| param.val().inner().zeros_like());
-                let sum = all_reduce(grad, ReduceOperation::Sum, self.devices.to_vec());
-                self.grads.register(param.id, sum.resolve());
-            }
-        }
-        model.visit(&mut Reduce {
-            grads: &mut output.grads,
-            with_gradients: &with_gradients,
-            devices,
-        });
+        from_buckets(model, &mut output.grads, buckets);
         Ok(output)
     }
 }

@@ -76,6 +76,12 @@ impl DebianPackage {
             .join("copyright"))
     }
 
+    /// The set's notice for this package: `COPYING.<name>` in the set's folder, copied from
+    /// the package's copyright file.
+    pub(crate) fn notice(&self) -> anyhow::Result<(String, PathBuf)> {
+        Ok((format!("COPYING.{}", self.name), self.copyright()?))
+    }
+
     /// `apt-get download NAME=VERSION` run in `dir`.
     fn download_into(&self, dir: &Path) -> anyhow::Result<()> {
         let pinned = format!("{}={}", self.name, self.version);

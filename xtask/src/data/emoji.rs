@@ -107,16 +107,7 @@ pub(crate) fn emoji_set() -> anyhow::Result<ImageSet> {
         folder: FOLDER,
         train,
         eval,
-        notices: vec![
-            (
-                format!("COPYING.{}", NOTO_COLOR_EMOJI.name),
-                NOTO_COLOR_EMOJI.copyright()?,
-            ),
-            (
-                format!("COPYING.{}", UNICODE_DATA.name),
-                UNICODE_DATA.copyright()?,
-            ),
-        ],
+        notices: vec![NOTO_COLOR_EMOJI.notice()?, UNICODE_DATA.notice()?],
     })
 }
 

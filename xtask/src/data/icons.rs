@@ -138,12 +138,7 @@ pub(crate) fn icon_set() -> anyhow::Result<ImageSet> {
     }
     let notices = THEMES
         .iter()
-        .map(|theme| {
-            Ok((
-                format!("COPYING.{}", theme.package.name),
-                theme.package.copyright()?,
-            ))
-        })
+        .map(|theme| theme.package.notice())
         .collect::<anyhow::Result<_>>()?;
     Ok(ImageSet {
         folder: FOLDER,

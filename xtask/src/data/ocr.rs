@@ -163,7 +163,7 @@ pub(crate) fn ocr_set() -> anyhow::Result<ImageSet> {
         .collect();
     let notices = PACKAGES
         .iter()
-        .map(|package| Ok((format!("COPYING.{}", package.name), package.copyright()?)))
+        .map(|package| package.notice())
         .collect::<anyhow::Result<_>>()?;
     Ok(ImageSet {
         folder: FOLDER,

@@ -310,6 +310,9 @@ impl RecipeFile {
         if !(0.0..1.0).contains(&optimizer.beta1) || !(0.0..1.0).contains(&optimizer.beta2) {
             return fail("optimizer.beta1", "betas must lie in [0, 1)");
         }
+        if !(self.train.bucket_mb.is_finite() && self.train.bucket_mb > 0.0) {
+            return fail("train.bucket_mb", "expected a positive number of MiB");
+        }
         if optimizer.grad_clip.is_some_and(|c| c <= 0.0) {
             return fail("optimizer.grad_clip", "expected a positive number");
         }

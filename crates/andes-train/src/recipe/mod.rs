@@ -470,6 +470,14 @@ pub struct TrainSection {
     /// shapes that do not fit otherwise.
     #[serde(default)]
     pub activation_checkpointing: bool,
+    /// Data-parallel runs sum gradients in flat buckets of about this many MiB, last layer
+    /// first, one collective call a bucket (PyTorch DDP's `bucket_cap_mb`).
+    #[serde(default = "default_bucket_mb")]
+    pub bucket_mb: f64,
+}
+
+fn default_bucket_mb() -> f64 {
+    crate::buckets::DEFAULT_BUCKET_MB
 }
 
 impl TrainSection {
