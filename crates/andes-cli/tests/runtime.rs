@@ -115,6 +115,16 @@ fn speculation_and_a_budget_that_evicts_nothing_keep_greedy_output() {
     );
     let roomy = generate(&package, &["--kv-budget", "1000", "--speculate", "4"]);
     assert_eq!(plain["token_ids"], roomy["token_ids"]);
+    // A draft model: another int2 package of the same model proposes, the int4 one decides.
+    let draft = package_in("int2-g32-asym", dir.path(), &target);
+    let drafted = generate(&package, &["--draft", path(&draft), "--speculate", "3"]);
+    assert_eq!(plain["token_ids"], drafted["token_ids"]);
+    let proposed = drafted["drafted"].as_u64().unwrap();
+    assert!(proposed > 0, "{drafted}");
+    // The float checkpoint drafting for itself proposes what it then accepts.
+    let model = fixture(MODEL);
+    let own = generate(&model, &["--runtime", "--draft", path(&model)]);
+    assert_eq!(own["drafted"], own["accepted"], "{own}");
     // a budget of 16 entries per layer holds 2 layers × 16 at the end
     let tight = generate(&package, &["--kv-budget", "16"]);
     assert_eq!(tight["kv_entries"], 32, "{tight}");

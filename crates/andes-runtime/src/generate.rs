@@ -6,16 +6,14 @@ use std::time::Instant;
 use andes_data::TextTokenizer;
 use andes_model::andesvl::rows::image_prompt;
 use andes_model::completion::Prompt;
-use andes_model::generate::{Decoding, argmax, filtered_probabilities};
+use andes_model::generate::Decoding;
 use burn::tensor::Device;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
 use crate::decoder::{Decoder, Logits};
 use crate::error::RuntimeError;
 use crate::kv::{KvBudget, KvCache};
 use crate::load::Runtime;
-use crate::speculative::{Speculation, propose};
+use crate::speculative::{Chooser, DraftModel, Drafter, Proposal, Speculation, Verdict};
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -114,15 +112,24 @@ impl RunReport {
     }
 }
 
-/// Generates after `prompt` (text and images) on `runtime` with its active adapter.
+/// Generates after `prompt` (text and images) on `runtime` with its active adapter; with
+/// `draft`, that model proposes the speculative blocks (`request.speculation`'s `draft`
+/// tokens a step) instead of prompt lookup.
 pub fn complete(
     runtime: &Runtime,
+    draft: Option<&Decoder>,
     tokenizer: &TextTokenizer,
     prompt: &Prompt,
     request: &RunRequest,
 ) -> Result<RunReport, RuntimeError> {
     let (ids, inputs) = prompt_inputs(runtime, tokenizer, prompt)?;
-    generate(&runtime.decoder, &ids, inputs, request)
+    match draft {
+        Some(draft) => {
+            let block = request.speculation.unwrap_or_default().draft;
+            generate_with_draft(&runtime.decoder, draft, block, &ids, inputs, request)
+        }
+        None => generate(&runtime.decoder, &ids, inputs, request),
+    }
 }
 
 /// The prompt's token ids and input embeddings `[tokens, hidden]`: token embeddings with
@@ -169,9 +176,51 @@ pub fn prompt_inputs(
     }
 }
 
-/// Generates after the prompt (`ids` and their `inputs` embeddings).
+/// Generates after the prompt (`ids` and their `inputs` embeddings), drafting by prompt
+/// lookup when the request asks for speculation.
 pub fn generate(
     decoder: &Decoder,
+    ids: &[u32],
+    inputs: Vec<f32>,
+    request: &RunRequest,
+) -> Result<RunReport, RuntimeError> {
+    let drafter = match request.speculation {
+        Some(speculation) => Drafter::Lookup(speculation),
+        None => Drafter::None,
+    };
+    decode(decoder, drafter, ids, inputs, request)
+}
+
+/// Generates after the prompt with `draft` (a model of the same vocabulary) proposing up to
+/// `block` tokens a step, verified by `decoder` in one pass.
+pub fn generate_with_draft(
+    decoder: &Decoder,
+    draft: &Decoder,
+    block: usize,
+    ids: &[u32],
+    inputs: Vec<f32>,
+    request: &RunRequest,
+) -> Result<RunReport, RuntimeError> {
+    if draft.shape.vocab != decoder.shape.vocab {
+        return Err(RuntimeError::Request(format!(
+            "the draft model's vocabulary has {} entries and the model's {}: a draft must \
+             share the model's tokenizer",
+            draft.shape.vocab, decoder.shape.vocab
+        )));
+    }
+    decode(
+        decoder,
+        Drafter::Model(DraftModel::new(draft, block)),
+        ids,
+        inputs,
+        request,
+    )
+}
+
+/// The decoding loop: prefill, then a step at a time, each verifying `drafter`'s block.
+fn decode(
+    decoder: &Decoder,
+    mut drafter: Drafter,
     ids: &[u32],
     inputs: Vec<f32>,
     request: &RunRequest,
@@ -206,10 +255,11 @@ pub fn generate(
     while !finished(&tokens, &cache) {
         let pending = *tokens.last().expect("one token at least");
         let room = request.max_new_tokens - tokens.len();
-        let draft = match &request.speculation {
-            Some(speculation) if room > 1 => propose(&history, speculation, room - 1),
-            _ => Vec::new(),
+        let proposal = match room > 1 {
+            true => drafter.propose(&history, room - 1, &mut chooser),
+            false => Proposal::default(),
         };
+        let draft = &proposal.tokens;
         let block: Vec<u32> = std::iter::once(pending)
             .chain(draft.iter().copied())
             .collect();
@@ -219,18 +269,22 @@ pub fn generate(
         let mut taken = Vec::with_capacity(block.len());
         for (j, row) in rows.chunks(vocab).enumerate() {
             match draft.get(j) {
-                Some(&guess) => match chooser.verify(row, guess) {
-                    Verdict::Accept => taken.push(guess),
-                    Verdict::Replace(token) => {
-                        taken.push(token);
-                        break;
+                Some(&guess) => {
+                    let drawn_from = proposal.distributions.as_ref().map(|q| q[j].as_slice());
+                    match chooser.verify(row, guess, drawn_from) {
+                        Verdict::Accept => taken.push(guess),
+                        Verdict::Replace(token) => {
+                            taken.push(token);
+                            break;
+                        }
                     }
-                },
+                }
                 None => taken.push(chooser.choose(row)),
             }
         }
         drafted += draft.len();
         accepted += taken.len() - 1;
+        drafter.accepted(taken.len() - 1);
         // keep the pending token and the accepted drafts; the last token taken is pending
         cache.rewind(position + taken.len());
         cache.evict();
@@ -320,86 +374,6 @@ fn prefill(decoder: &Decoder, inputs: Vec<f32>, cache: &mut KvCache) -> Vec<f32>
         cache.evict();
     }
     logits
-}
-
-/// How a token is chosen, and how a drafted token is verified: greedy (accept when it is the
-/// argmax), or sampling with the standard rejection rule for a draft that proposes one token
-/// with certainty: accept with probability `p(guess)`, otherwise draw from `p` without the
-/// guess, renormalised; the output distribution is `p` either way.
-struct Chooser {
-    decoding: Decoding,
-    rng: StdRng,
-}
-
-enum Verdict {
-    Accept,
-    Replace(u32),
-}
-
-impl Chooser {
-    fn new(decoding: &Decoding) -> Self {
-        let seed = match decoding {
-            Decoding::Sample { seed, .. } => *seed,
-            Decoding::Greedy => 0,
-        };
-        Self {
-            decoding: decoding.clone(),
-            rng: StdRng::seed_from_u64(seed),
-        }
-    }
-
-    fn probabilities(&self, logits: &[f32]) -> Vec<(u32, f32)> {
-        match &self.decoding {
-            Decoding::Sample {
-                temperature,
-                top_k,
-                top_p,
-                ..
-            } => filtered_probabilities(logits, *temperature, *top_k, *top_p),
-            Decoding::Greedy => unreachable!("greedy needs no probabilities"),
-        }
-    }
-
-    fn draw(&mut self, probabilities: &[(u32, f32)]) -> u32 {
-        let total: f32 = probabilities.iter().map(|p| p.1).sum();
-        let draw = self.rng.random::<f32>() * total;
-        let mut cumulative = 0.0;
-        for &(id, p) in probabilities {
-            cumulative += p;
-            if draw < cumulative {
-                return id;
-            }
-        }
-        probabilities.last().map_or(0, |&(id, _)| id)
-    }
-
-    fn choose(&mut self, logits: &[f32]) -> u32 {
-        match self.decoding {
-            Decoding::Greedy => argmax(logits),
-            Decoding::Sample { .. } => {
-                let p = self.probabilities(logits);
-                self.draw(&p)
-            }
-        }
-    }
-
-    fn verify(&mut self, logits: &[f32], guess: u32) -> Verdict {
-        match self.decoding {
-            Decoding::Greedy => match argmax(logits) {
-                token if token == guess => Verdict::Accept,
-                token => Verdict::Replace(token),
-            },
-            Decoding::Sample { .. } => {
-                let mut p = self.probabilities(logits);
-                let chance = p.iter().find(|e| e.0 == guess).map_or(0.0, |e| e.1);
-                if self.rng.random::<f32>() < chance {
-                    return Verdict::Accept;
-                }
-                p.retain(|e| e.0 != guess);
-                Verdict::Replace(self.draw(&p))
-            }
-        }
-    }
 }
 
 /// The process's peak resident set (`VmHWM` of `/proc/self/status`), in bytes.

@@ -16,7 +16,9 @@ pub mod packed;
 pub mod speculative;
 
 pub use error::RuntimeError;
-pub use generate::{RunReport, RunRequest, complete, generate, prompt_inputs, streaming_nll};
+pub use generate::{
+    RunReport, RunRequest, complete, generate, generate_with_draft, prompt_inputs, streaming_nll,
+};
 pub use kv::KvBudget;
 pub use load::{Runtime, Source};
 pub use speculative::Speculation;

@@ -1,13 +1,23 @@
-//! Speculative decoding by prompt lookup (self-speculative: no draft model): the last `n`
-//! tokens are searched for earlier in the context, prompt and output alike, and the tokens
-//! that followed their latest earlier occurrence are proposed; the model verifies the whole
-//! block in one pass ([`crate::generate`]).
+//! Speculative decoding: a drafter proposes a block of tokens and the model verifies the whole
+//! block in one pass ([`crate::generate`]), exactly for greedy decoding and by the standard
+//! rejection rule for sampling, so that the output distribution is the model's own.
 //!
-//! Why this drafter: on a phone it costs no memory and no training (a draft model is a second
-//! package; an early-exit head must be trained), and the tasks AndesVL serves on device
-//! repeat their context a great deal (reading text out of an image, rewriting a message,
-//! answering about a screen): there the block is often accepted whole. Where the context
-//! does not repeat nothing is proposed and a step costs what it did.
+//! Two drafters. **Prompt lookup** (self-speculative, the default): the last `n` tokens are
+//! searched for earlier in the context, prompt and output alike, and the tokens that followed
+//! their latest earlier occurrence are proposed. On a phone it costs no memory and no training,
+//! and the tasks AndesVL serves on device repeat their context a great deal (reading text out
+//! of an image, rewriting a message, answering about a screen): there the block is often
+//! accepted whole; where the context does not repeat nothing is proposed and a step costs
+//! what it did. **A draft model** (`--draft PKG`): a smaller package with the same vocabulary
+//! decodes the block ahead with its own cache, as in Leviathan et al. (2023) and Chen et al.
+//! (2023); it proposes everywhere, at the cost of its weights' memory and its own steps.
+
+use andes_model::generate::{Decoding, argmax, filtered_probabilities};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::decoder::{Decoder, Logits};
+use crate::kv::KvCache;
 
 /// Prompt-lookup settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +50,236 @@ pub fn propose(history: &[u32], speculation: &Speculation, limit: usize) -> Vec<
         }
     }
     Vec::new()
+}
+
+/// Draft tokens with, for a draft model's, the distribution each was drawn from (none: the
+/// token is proposed with certainty, as prompt lookup proposes).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Proposal {
+    /// The drafted tokens, in order.
+    pub tokens: Vec<u32>,
+    /// The draft distribution of each token (sampled decoding with a draft model only).
+    pub distributions: Option<Vec<Vec<(u32, f32)>>>,
+}
+
+/// Where a generation's drafts come from.
+pub enum Drafter<'a> {
+    /// No speculation: one token a step.
+    None,
+    /// Prompt lookup.
+    Lookup(Speculation),
+    /// A draft model decoding ahead.
+    Model(DraftModel<'a>),
+}
+
+impl Drafter<'_> {
+    /// Up to `limit` tokens to verify after `history` (the prompt and every token so far, the
+    /// pending one last).
+    pub(crate) fn propose(
+        &mut self,
+        history: &[u32],
+        limit: usize,
+        chooser: &mut Chooser,
+    ) -> Proposal {
+        match self {
+            Drafter::None => Proposal::default(),
+            Drafter::Lookup(speculation) => Proposal {
+                tokens: propose(history, speculation, limit),
+                distributions: None,
+            },
+            Drafter::Model(model) => model.propose(history, limit, chooser),
+        }
+    }
+
+    /// `accepted` of the last proposal's tokens were kept.
+    pub(crate) fn accepted(&mut self, accepted: usize) {
+        if let Drafter::Model(model) = self {
+            model.accepted(accepted);
+        }
+    }
+}
+
+/// A draft model and its own KV cache, which holds the first `fed` tokens of the history.
+pub struct DraftModel<'a> {
+    decoder: &'a Decoder,
+    cache: KvCache,
+    /// Tokens of the history in the cache.
+    fed: usize,
+    /// Most tokens proposed a step.
+    block: usize,
+    /// The history's length when the last block was proposed, and that block's length.
+    last: (usize, usize),
+}
+
+impl<'a> DraftModel<'a> {
+    /// `decoder` proposing up to `block` tokens a step.
+    pub fn new(decoder: &'a Decoder, block: usize) -> Self {
+        Self {
+            decoder,
+            cache: decoder.cache(None),
+            fed: 0,
+            block,
+            last: (0, 0),
+        }
+    }
+
+    /// Feeds the history the cache lacks, then decodes up to `limit` tokens, each chosen as
+    /// the generation chooses (argmax, or drawn after the same warpers) and fed back but the
+    /// last.
+    fn propose(&mut self, history: &[u32], limit: usize, chooser: &mut Chooser) -> Proposal {
+        let room = self
+            .decoder
+            .shape
+            .max_positions
+            .saturating_sub(history.len());
+        let count = self.block.min(limit).min(room);
+        self.last = (history.len(), count);
+        if count == 0 {
+            return Proposal::default();
+        }
+        let inputs = self.decoder.embed(&history[self.fed..]);
+        let mut logits = self.decoder.forward(inputs, &mut self.cache, Logits::Last);
+        self.fed = history.len();
+        let sampled = !matches!(chooser.decoding, Decoding::Greedy);
+        let mut proposal = Proposal {
+            tokens: Vec::with_capacity(count),
+            distributions: sampled.then(Vec::new),
+        };
+        for i in 0..count {
+            let token = match &mut proposal.distributions {
+                None => argmax(&logits),
+                Some(distributions) => {
+                    let q = chooser.probabilities(&logits);
+                    let token = chooser.draw(&q);
+                    distributions.push(q);
+                    token
+                }
+            };
+            proposal.tokens.push(token);
+            if i + 1 < count {
+                let inputs = self.decoder.embed(&[token]);
+                logits = self.decoder.forward(inputs, &mut self.cache, Logits::Last);
+            }
+        }
+        proposal
+    }
+
+    /// Keeps in the cache the history and the accepted drafts it holds (the last draft was
+    /// never fed), dropping the rejected ones.
+    fn accepted(&mut self, accepted: usize) {
+        let (base, count) = self.last;
+        if count == 0 {
+            return;
+        }
+        let kept = base + accepted.min(count.saturating_sub(1));
+        self.cache.rewind(kept);
+        self.fed = kept.min(self.fed + count.saturating_sub(1));
+    }
+}
+
+/// How a token is chosen, and how a drafted token is verified: greedy (accept when it is the
+/// argmax), or sampling with the standard rejection rule: a token drafted with certainty
+/// (prompt lookup) is accepted with probability `p(x)`, otherwise one is drawn from `p`
+/// without it, renormalised; a token a draft model drew from `q` is accepted with
+/// probability `min(1, p(x)/q(x))`, otherwise one is drawn from `max(0, p − q)`,
+/// renormalised. The output distribution is `p` either way.
+pub(crate) struct Chooser {
+    decoding: Decoding,
+    rng: StdRng,
+}
+
+/// What verification made of a drafted token.
+pub(crate) enum Verdict {
+    /// The token stands.
+    Accept,
+    /// The token is replaced by this one, and the rest of the block is dropped.
+    Replace(u32),
+}
+
+impl Chooser {
+    pub(crate) fn new(decoding: &Decoding) -> Self {
+        let seed = match decoding {
+            Decoding::Sample { seed, .. } => *seed,
+            Decoding::Greedy => 0,
+        };
+        Self {
+            decoding: decoding.clone(),
+            rng: StdRng::seed_from_u64(seed),
+        }
+    }
+
+    fn probabilities(&self, logits: &[f32]) -> Vec<(u32, f32)> {
+        match &self.decoding {
+            Decoding::Sample {
+                temperature,
+                top_k,
+                top_p,
+                ..
+            } => filtered_probabilities(logits, *temperature, *top_k, *top_p),
+            Decoding::Greedy => unreachable!("greedy needs no probabilities"),
+        }
+    }
+
+    fn draw(&mut self, probabilities: &[(u32, f32)]) -> u32 {
+        let total: f32 = probabilities.iter().map(|p| p.1).sum();
+        let draw = self.rng.random::<f32>() * total;
+        let mut cumulative = 0.0;
+        for &(id, p) in probabilities {
+            cumulative += p;
+            if draw < cumulative {
+                return id;
+            }
+        }
+        probabilities.last().map_or(0, |&(id, _)| id)
+    }
+
+    /// The next token after `logits`.
+    pub(crate) fn choose(&mut self, logits: &[f32]) -> u32 {
+        match self.decoding {
+            Decoding::Greedy => argmax(logits),
+            Decoding::Sample { .. } => {
+                let p = self.probabilities(logits);
+                self.draw(&p)
+            }
+        }
+    }
+
+    /// Verifies `guess` against the model's `logits`; `drawn_from` is the draft distribution
+    /// it was drawn from, none when it was proposed with certainty.
+    pub(crate) fn verify(
+        &mut self,
+        logits: &[f32],
+        guess: u32,
+        drawn_from: Option<&[(u32, f32)]>,
+    ) -> Verdict {
+        if matches!(self.decoding, Decoding::Greedy) {
+            return match argmax(logits) {
+                token if token == guess => Verdict::Accept,
+                token => Verdict::Replace(token),
+            };
+        }
+        let p = self.probabilities(logits);
+        let of =
+            |dist: &[(u32, f32)], id: u32| dist.iter().find(|e| e.0 == id).map_or(0.0, |e| e.1);
+        let q_guess = drawn_from.map_or(1.0, |q| of(q, guess));
+        let chance = (of(&p, guess) / q_guess).min(1.0);
+        if self.rng.random::<f32>() < chance {
+            return Verdict::Accept;
+        }
+        let residual: Vec<(u32, f32)> = match drawn_from {
+            None => p.iter().copied().filter(|e| e.0 != guess).collect(),
+            Some(q) => p
+                .iter()
+                .map(|&(id, pid)| (id, (pid - of(q, id)).max(0.0)))
+                .filter(|e| e.1 > 0.0)
+                .collect(),
+        };
+        Verdict::Replace(if residual.is_empty() {
+            self.draw(&p)
+        } else {
+            self.draw(&residual)
+        })
+    }
 }
 
 #[cfg(test)]

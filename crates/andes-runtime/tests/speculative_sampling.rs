@@ -1,15 +1,17 @@
 //! Speculative decoding changes no distribution: on the tiny Qwen3 (float, on the runtime),
-//! sampling with top-k 4 after a prompt that holds every token the model may draw first (so
-//! that prompt lookup always finds it earlier and drafts what followed it), the first
-//! two tokens drawn over 3000 seeds (the second from a verified block) follow the model's
-//! exact joint distribution `p(x₁)·p(x₂ | x₁)`, computed by enumeration: a χ² test at the
-//! 0.1% level. Seeds are fixed, so the test is deterministic.
+//! sampling with top-k 4, the first two tokens drawn over 3000 seeds (the second from a
+//! verified block) follow the model's exact joint distribution `p(x₁)·p(x₂ | x₁)`, computed by
+//! enumeration: a χ² test at the 0.1% level. Drafted by prompt lookup (after a prompt that
+//! holds every token the model may draw first, so that lookup always finds it earlier and
+//! drafts what followed it), and by a draft model (the same checkpoint with its weights
+//! perturbed, so that its distributions are near the model's but not equal). Seeds are fixed,
+//! so the tests are deterministic.
 
 use std::path::Path;
 
 use andes_model::generate::{Decoding, filtered_probabilities};
 use andes_runtime::decoder::Logits;
-use andes_runtime::{RunRequest, Runtime, Speculation, generate};
+use andes_runtime::{RunReport, RunRequest, Runtime, Speculation, generate, generate_with_draft};
 
 const TOP_K: usize = 4;
 
@@ -22,9 +24,7 @@ fn probabilities(runtime: &Runtime, ids: &[u32]) -> Vec<(u32, f32)> {
 
 #[test]
 fn speculative_sampling_draws_from_the_models_own_distribution() {
-    let dir =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/qwen3-tiny-untied-mha-f32");
-    let runtime = Runtime::load(&dir).unwrap();
+    let runtime = Runtime::load(&fixture()).unwrap();
     // A prompt where each token the model may draw first was seen before, followed by the
     // token the model finds most likely after it, so that drafts are often accepted (and
     // sometimes not): 64 spread tokens, prefixed with such pairs until it holds for the
@@ -59,31 +59,120 @@ fn speculative_sampling_draws_from_the_models_own_distribution() {
             break;
         }
     }
+    let reports = (0..RUNS).map(|seed| {
+        let inputs = runtime.decoder.embed(&prompt);
+        let request = sampling(seed, Some(Speculation { draft: 2, ngram: 1 }));
+        generate(&runtime.decoder, &prompt, inputs, &request).unwrap()
+    });
+    assert_follows_the_joint_distribution(&runtime, &prompt, reports);
+}
+
+#[test]
+fn a_draft_models_blocks_leave_the_distribution_unchanged() {
+    let dir = fixture();
+    let runtime = Runtime::load(&dir).unwrap();
+    let perturbed = tempfile::tempdir().unwrap();
+    perturb_weights(&dir, perturbed.path());
+    let draft = Runtime::load(perturbed.path()).unwrap();
+    let prompt: Vec<u32> = (0..24).map(|i| (i * 37 + 11) % 509).collect();
+    let reports = (0..RUNS).map(|seed| {
+        let inputs = runtime.decoder.embed(&prompt);
+        let request = sampling(seed, None);
+        generate_with_draft(
+            &runtime.decoder,
+            &draft.decoder,
+            2,
+            &prompt,
+            inputs,
+            &request,
+        )
+        .unwrap()
+    });
+    assert_follows_the_joint_distribution(&runtime, &prompt, reports);
+}
+
+const RUNS: u64 = 3000;
+
+fn fixture() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/qwen3-tiny-untied-mha-f32")
+}
+
+/// Three tokens sampled at top-k 4 with `seed`.
+fn sampling(seed: u64, speculation: Option<Speculation>) -> RunRequest {
+    RunRequest {
+        max_new_tokens: 3,
+        decoding: Decoding::Sample {
+            temperature: 1.0,
+            top_k: Some(TOP_K),
+            top_p: None,
+            seed,
+        },
+        stop_tokens: Vec::new(),
+        kv_budget: None,
+        speculation,
+    }
+}
+
+/// `dir`'s checkpoint into `out` with every weight scaled by `1 + 0.2·sin(i)` (i its index):
+/// a draft whose distributions are near the model's.
+fn perturb_weights(dir: &Path, out: &Path) {
+    for file in [
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        std::fs::copy(dir.join(file), out.join(file)).unwrap();
+    }
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let perturbed: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let data: Vec<u8> = view
+                .data()
+                .chunks_exact(4)
+                .enumerate()
+                .flat_map(|(i, b)| {
+                    let x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                    (x * (1.0 + 0.2 * (i as f32).sin())).to_le_bytes()
+                })
+                .collect();
+            (name, data, view.shape().to_vec())
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = perturbed
+        .iter()
+        .map(|(name, data, shape)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                    .unwrap();
+            (name.clone(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &out.join("model.safetensors")).unwrap();
+}
+
+/// The first two tokens of `reports` against the model's joint distribution after `prompt`:
+/// the drafter proposed often, its drafts were accepted sometimes and not always, and the
+/// counts pass the χ² test.
+fn assert_follows_the_joint_distribution(
+    runtime: &Runtime,
+    prompt: &[u32],
+    reports: impl Iterator<Item = RunReport>,
+) {
+    let runs = RUNS;
     let mut expected = std::collections::BTreeMap::new();
-    for (first, p1) in probabilities(&runtime, &prompt) {
+    for (first, p1) in probabilities(runtime, prompt) {
         let ids: Vec<u32> = prompt.iter().copied().chain([first]).collect();
-        for (second, p2) in probabilities(&runtime, &ids) {
+        for (second, p2) in probabilities(runtime, &ids) {
             expected.insert((first, second), (p1 * p2) as f64);
         }
     }
-    let runs = 3000;
     let mut counts = std::collections::BTreeMap::new();
     let (mut drafted, mut accepted) = (0, 0);
-    for seed in 0..runs {
-        let request = RunRequest {
-            max_new_tokens: 3,
-            decoding: Decoding::Sample {
-                temperature: 1.0,
-                top_k: Some(TOP_K),
-                top_p: None,
-                seed,
-            },
-            stop_tokens: Vec::new(),
-            kv_budget: None,
-            speculation: Some(Speculation { draft: 2, ngram: 1 }),
-        };
-        let inputs = runtime.decoder.embed(&prompt);
-        let report = generate(&runtime.decoder, &prompt, inputs, &request).unwrap();
+    for report in reports {
         drafted += report.drafted;
         accepted += report.accepted;
         *counts

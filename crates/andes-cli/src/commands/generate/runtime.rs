@@ -7,9 +7,14 @@ use andes_data::TextTokenizer;
 use andes_model::completion::Prompt;
 use andes_package::{is_package, is_package_bundle};
 use andes_runtime::{KvBudget, RunRequest, Runtime, Speculation, complete};
+use anyhow::Context;
 use clap::Args;
 
 use super::{GenerateArgs, decoding, render_prompt, stop_tokens};
+
+/// Tokens a draft model proposes a step when `--speculate` does not say: a common choice for
+/// a draft a few times smaller than its model (Leviathan et al. find 3–7 best).
+const DRAFT_BLOCK: usize = 4;
 
 /// Which engine runs the model, and the runtime's levers.
 #[derive(Args, Debug)]
@@ -24,9 +29,14 @@ pub struct EngineArgs {
     /// (OKV-style; the first 4 positions and the newest quarter are always kept).
     #[arg(long)]
     kv_budget: Option<usize>,
-    /// Runtime: speculative decoding by prompt lookup, proposing up to this many tokens a step.
+    /// Runtime: speculative decoding, proposing up to this many tokens a step (by prompt
+    /// lookup, or by --draft's model).
     #[arg(long)]
     speculate: Option<usize>,
+    /// Runtime: a draft model for speculative decoding (a smaller package or checkpoint with
+    /// the model's vocabulary) proposing --speculate tokens a step (4 when not given).
+    #[arg(long)]
+    draft: Option<std::path::PathBuf>,
     /// Runtime: threads of the products (default: every core).
     #[arg(long)]
     threads: Option<usize>,
@@ -38,9 +48,11 @@ impl EngineArgs {
     pub fn chosen(&self, model: &Path) -> anyhow::Result<bool> {
         let packaged = is_package(model) || is_package_bundle(model);
         let chosen = !self.reference && (self.runtime || packaged);
-        if !chosen && (self.kv_budget.is_some() || self.speculate.is_some()) {
+        if !chosen && (self.kv_budget.is_some() || self.speculate.is_some() || self.draft.is_some())
+        {
             anyhow::bail!(
-                "--kv-budget and --speculate are levers of the runtime (not with --reference)"
+                "--kv-budget, --speculate and --draft are levers of the runtime (not with \
+                 --reference)"
             );
         }
         Ok(chosen)
@@ -64,16 +76,31 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
         decoding: decoding(args),
         stop_tokens: stop_tokens(args, &dir, runtime.config.text_config(), &tokenizer)?,
         kv_budget: args.engine.kv_budget.map(KvBudget::new),
-        speculation: args.engine.speculate.map(|draft| Speculation {
-            draft,
-            ..Speculation::default()
-        }),
+        speculation: match (args.engine.speculate, &args.engine.draft) {
+            (Some(draft), _) => Some(Speculation {
+                draft,
+                ..Speculation::default()
+            }),
+            (None, Some(_)) => Some(Speculation {
+                draft: DRAFT_BLOCK,
+                ..Speculation::default()
+            }),
+            (None, None) => None,
+        },
+    };
+    let draft = match &args.engine.draft {
+        Some(path) => Some(
+            Runtime::load(path)
+                .with_context(|| format!("loading the draft model {}", path.display()))?,
+        ),
+        None => None,
     };
     let prompt = Prompt {
         text: render_prompt(args, &runtime.config)?,
         images: args.images.clone(),
     };
-    let report = complete(&runtime, &tokenizer, &prompt, &request)?;
+    let draft_decoder = draft.as_ref().map(|draft| &draft.decoder);
+    let report = complete(&runtime, draft_decoder, &tokenizer, &prompt, &request)?;
     let text = tokenizer.decode(&report.token_ids)?;
     if args.json {
         let mut out = report.to_json();
