@@ -3,18 +3,18 @@
 #
 #   1. scripts/gpu/setup-offline-cuda-build.sh: LLVM from Debian where cubecl-llvm would
 #      download it (idempotent).
-#   2. burn-cubecl and burn-cubecl-fusion 0.22.1, copied from the cargo registry and patched with
+#   2. cubecl-cuda 0.11.3, burn-cubecl and burn-cubecl-fusion 0.22.1, copied from the cargo registry and patched with
 #      scripts/gpu/patches/*.patch into $PATCHED (default $CARGO_TARGET_DIR/patched-crates),
 #      then put in place of the registry's through a `[patch.crates-io]` cargo config given on
 #      the command line. The CPU build (CI) never sees them. What the patches change and why:
 #      docs/backends.md, "Patched Burn crates".
-#   3. cargo build --release -p andes-cli --features FEATURE (default cuda-untuned), Cargo.lock
+#   3. cargo build --release -p andes-cli --features FEATURE (default cublas: cuda-untuned with cuBLASLt), Cargo.lock
 #      restored afterwards (a patched build rewrites it), and the stripped binary xz-compressed
 #      to .carry/andes-FEATURE.xz, where scripts/gpu/*_run.sh look for it on the GPU machine.
 #
 # First build: about 50 minutes on 2 cores; after a change to andes only, under a minute.
 set -euo pipefail
-FEATURE=${1:-cuda-untuned}
+FEATURE=${1:-cublas}
 cd "$(dirname "$0")/../.."
 REPO=$PWD
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}

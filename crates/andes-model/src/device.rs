@@ -109,6 +109,18 @@ fn gpu_device(kind: &str, _: Option<usize>) -> Result<Device, ModelError> {
 
 #[cfg(feature = "cuda-untuned")]
 fn cuda_device(index: Option<usize>) -> Result<Device, ModelError> {
+    #[cfg(feature = "cublas")]
+    {
+        static CUBLAS: std::sync::Once = std::sync::Once::new();
+        CUBLAS.call_once(|| {
+            if !crate::cublas::install() {
+                eprintln!(
+                    "warning: libcublasLt not found (searched the loader's path for \
+                     libcublasLt.so); matrix products run on CubeCL's kernels"
+                );
+            }
+        });
+    }
     Ok(Device::cuda(index.unwrap_or(0)))
 }
 

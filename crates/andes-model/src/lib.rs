@@ -10,6 +10,7 @@ pub mod andesvl;
 pub mod batch;
 pub mod checkpoint;
 pub mod completion;
+pub mod cublas;
 pub mod device;
 pub mod error;
 pub mod evaluate;
