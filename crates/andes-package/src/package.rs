@@ -238,6 +238,10 @@ pub(crate) fn verify_package_files(dir: &Path) -> Result<PackageManifest, Packag
             ),
         });
     }
+    let manifest_path = dir.join(MANIFEST_FILE);
+    manifest
+        .target
+        .check(&format!("{} (target)", manifest_path.display()))?;
     verify_checksums(dir, &manifest.files)?;
     Ok(manifest)
 }
@@ -291,7 +295,26 @@ pub fn open_package(dir: &Path) -> Result<PackageParts, PackageError> {
             }
         }
     }
-    let config = ModelConfig::from_file(&dir.join("config.json"))?;
+    let config_path = dir.join("config.json");
+    let config = ModelConfig::from_file(&config_path)?;
+    // A model is built from the config before its weights are read: a config declaring more
+    // than the weight files could hold, at one bit a parameter, is refused before anything is
+    // allocated for it.
+    let weight_bytes = [QUANTIZED_FILE, FLOAT_FILE, VISION_FILE]
+        .iter()
+        .filter_map(|name| std::fs::metadata(dir.join(name)).ok())
+        .map(|metadata| metadata.len() as u128)
+        .sum::<u128>();
+    let declared = config.text_config().allocated_elements();
+    if declared > 8 * weight_bytes {
+        return Err(corrupt(
+            &config_path,
+            format!(
+                "declares a model of {declared} parameters and table entries, more than the \
+                 {weight_bytes} bytes of its weight files hold at one bit each"
+            ),
+        ));
+    }
     let plan_path = dir.join(PLAN_FILE);
     let plan = BitPlan::read(&plan_path).map_err(|e| corrupt(&plan_path, e.to_string()))?;
     let shapes = linear_shapes(&Qwen3ForCausalLM::new(

@@ -156,6 +156,19 @@ impl TargetProfile {
         let table: toml::Table = toml::from_str(text).map_err(|e| fail("", e.to_string()))?;
         let profile: Self = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|e| fail(&e.path().to_string(), e.inner().to_string()))?;
+        profile.check(origin)?;
+        Ok(profile)
+    }
+
+    /// Fails, naming `origin` and the key, unless every value is possible: what a profile
+    /// read from a file (or from a package's manifest, which no checksum covers) must pass.
+    pub fn check(&self, origin: &str) -> Result<(), QuantError> {
+        let fail = |key: &str, message: String| QuantError::TargetFile {
+            path: origin.to_string(),
+            key: key.into(),
+            message,
+        };
+        let profile = self;
         if profile.linear_formats.is_empty() {
             return Err(fail(
                 "linear_formats",
@@ -199,7 +212,7 @@ impl TargetProfile {
                 format!("{alignment}: expected a power of two"),
             ));
         }
-        Ok(profile)
+        Ok(())
     }
 
     /// The formats the planner may choose.

@@ -112,6 +112,28 @@ impl Qwen3Config {
         }
     }
 
+    /// Elements the parameters and the rotary tables of this model take, at least, counted
+    /// without overflow: what building it allocates, which a loader of untrusted files
+    /// compares with the bytes those files hold before building anything.
+    pub fn allocated_elements(&self) -> u128 {
+        let product = |factors: &[usize]| {
+            factors
+                .iter()
+                .fold(1u128, |acc, &f| acc.saturating_mul(f as u128))
+        };
+        let heads = 2 * self.num_attention_heads as u128 + 2 * self.num_key_value_heads as u128;
+        let attention = product(&[self.hidden_size, self.head_dim]).saturating_mul(heads);
+        let mlp = product(&[3, self.hidden_size, self.intermediate_size]);
+        let layers =
+            product(&[self.num_hidden_layers]).saturating_mul(attention.saturating_add(mlp));
+        let heads_of_vocabulary = if self.tie_word_embeddings { 1 } else { 2 };
+        let embeddings = product(&[heads_of_vocabulary, self.vocab_size, self.hidden_size]);
+        let tables = self.rotary().map_or(0, |rope| {
+            product(&[2, rope.fixed_positions(), self.head_dim])
+        });
+        layers.saturating_add(embeddings).saturating_add(tables)
+    }
+
     /// Reads and validates `config.json`; every error names the file and the key.
     pub fn from_file(path: &Path) -> Result<Self, ModelError> {
         let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
@@ -180,6 +202,12 @@ impl Qwen3Config {
             if value == 0 {
                 return fail(key, "found 0, expected a positive integer".into());
             }
+        }
+        if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps.is_finite()) {
+            return fail(
+                "rms_norm_eps",
+                format!("found {}, expected a positive number", self.rms_norm_eps),
+            );
         }
         if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return fail(
