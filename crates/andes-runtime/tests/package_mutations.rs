@@ -1,5 +1,5 @@
 //! The loader is the part of the runtime that reads untrusted bytes. Seeded mutations of a
-//! tiny package (byte flips, truncations, edits of the safetensors headers and of the
+//! tiny package and of a bundle of it with an adapter (byte flips, truncations, edits of the safetensors headers and of the
 //! manifest, some re-signed so that they pass the checksums and reach the parsers) must each
 //! be refused with an error naming the package, or load a package that decodes; never a
 //! panic, and never an allocation the package's size does not justify (a counting allocator
@@ -14,7 +14,10 @@ use andes_model::device::parse_device;
 use andes_model::generate::Decoding;
 use andes_model::quantize::PtqMethod;
 use andes_model::sensitivity::SensitivityMeasure;
-use andes_package::{Calibration, PlanSource, QuantizeParams, quantize_model};
+use andes_package::{
+    BundledAdapter, Calibration, PlanSource, QuantizeParams, TrainedAgainst, package_sha256,
+    quantize_model, write_package_bundle,
+};
 use andes_runtime::{RunRequest, Runtime, generate};
 use burn::tensor::DType;
 use rand::rngs::StdRng;
@@ -60,37 +63,71 @@ unsafe impl GlobalAlloc for Bounded {
 #[global_allocator]
 static ALLOCATOR: Bounded = Bounded;
 
-/// Mutations tried; each loads the mutated package once (a few milliseconds).
-const MUTATIONS: u64 = 4000;
+/// Mutations tried of each artifact; each loads the mutant once (a few milliseconds).
+const MUTATIONS: u64 = 3000;
 
 #[test]
 fn mutated_packages_are_refused_by_name_or_load_and_decode() {
     let work = tempfile::tempdir().unwrap();
-    let original = work.path().join("package");
-    make_package(&original);
+    let package = work.path().join("package");
+    make_package(&package);
+    assert_mutants_refused_or_unchanged(&package, None, work.path());
+}
+
+#[test]
+fn mutated_bundles_are_refused_by_name_or_load_and_decode() {
+    let work = tempfile::tempdir().unwrap();
+    let package = work.path().join("package");
+    make_package(&package);
+    let bundle = work.path().join("bundle");
+    let adapter = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/lora/peft-adapter");
+    let trained_against = TrainedAgainst {
+        package: package.display().to_string(),
+        package_sha256: package_sha256(&package).unwrap(),
+    };
+    write_package_bundle(
+        &bundle,
+        &package,
+        &[BundledAdapter {
+            name: "task",
+            dir: &adapter,
+            trained_against: Some(trained_against),
+            provenance: serde_json::Value::Null,
+        }],
+    )
+    .unwrap();
+    assert_mutants_refused_or_unchanged(&bundle, Some("task"), work.path());
+}
+
+/// Mutates copies of `original` (a package or a bundle) and loads each, with `adapter`
+/// active: refused naming the mutant, or loaded; an unsigned change that loads must decode
+/// as the original does; no panic.
+fn assert_mutants_refused_or_unchanged(original: &Path, adapter: Option<&str>, work: &Path) {
     let prompt = [11u32, 48, 85, 122];
-    let expected = greedy(&Runtime::load(&original).unwrap(), &prompt);
-    let files = package_files(&original);
+    let load = |dir: &Path| {
+        let mut runtime = Runtime::load(dir)?;
+        runtime.use_adapter(adapter.map(Path::new))?;
+        Ok::<_, andes_runtime::RuntimeError>(greedy(&runtime, &prompt))
+    };
+    let expected = load(original).unwrap();
+    let files = artifact_files(original, Path::new(""));
 
     let (mut refused, mut loaded, mut panics) = (0, 0, Vec::new());
     for seed in 0..MUTATIONS {
-        let dir = work.path().join(format!("mutant-{seed}"));
-        copy_dir(&original, &dir);
+        let dir = work.join(format!("mutant-{seed}"));
+        copy_dir(original, &dir);
         let mut rng = StdRng::seed_from_u64(seed);
         let mutation = mutate(&dir, &files, &mut rng);
         if std::env::var_os("ANDES_MUTATION_LOG").is_some() {
             eprintln!("{seed}: {mutation}");
         }
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            Runtime::load(&dir).map(|runtime| greedy(&runtime, &prompt))
-        }));
-        match outcome {
+        match catch_unwind(AssertUnwindSafe(|| load(&dir))) {
             Err(_) => panics.push(mutation),
             Ok(Err(error)) => {
                 let message = error.to_string();
                 assert!(
                     message.contains(&dir.display().to_string()),
-                    "{mutation}: the error does not name the package: {message}"
+                    "{mutation}: the error does not name the artifact: {message}"
                 );
                 refused += 1;
             }
@@ -108,8 +145,9 @@ fn mutated_packages_are_refused_by_name_or_load_and_decode() {
         std::fs::remove_dir_all(&dir).unwrap();
     }
     eprintln!(
-        "{MUTATIONS} mutations: {refused} refused, {loaded} loaded, {} panicked; largest \
+        "{}: {MUTATIONS} mutations, {refused} refused, {loaded} loaded, {} panicked; largest \
          allocation {} bytes",
+        original.display(),
         panics.len(),
         LARGEST_SEEN.load(Ordering::Relaxed)
     );
@@ -175,11 +213,17 @@ impl std::fmt::Display for Mutation {
     }
 }
 
-fn package_files(dir: &Path) -> Vec<String> {
-    let mut files: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+/// Every file under `dir`, by `/`-separated path relative to it (`prefix` for the recursion).
+fn artifact_files(dir: &Path, prefix: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir.join(prefix)).unwrap() {
+        let relative = prefix.join(entry.unwrap().file_name());
+        if dir.join(&relative).is_dir() {
+            files.extend(artifact_files(dir, &relative));
+        } else {
+            files.push(relative.to_string_lossy().replace('\\', "/"));
+        }
+    }
     files.sort();
     files
 }
@@ -188,7 +232,11 @@ fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
-        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
     }
 }
 
@@ -225,7 +273,7 @@ fn mutate(dir: &Path, files: &[String], rng: &mut StdRng) -> Mutation {
         }
     };
     std::fs::write(&path, &bytes).unwrap();
-    let re_signed = file != "manifest.json" && rng.random_bool(0.5);
+    let re_signed = !file.ends_with("manifest.json") && rng.random_bool(0.5);
     if re_signed {
         re_sign(dir, &file, &bytes);
     }
@@ -270,13 +318,22 @@ fn edit_number(bytes: &mut Vec<u8>, rng: &mut StdRng) -> String {
     format!("number {before} at {start} replaced by {replacement}")
 }
 
-/// Updates the manifest's sha256 of `file` to its new bytes.
+/// Updates the sha256 of `file` (a path under `dir`) in the manifest that covers it: a
+/// bundle's package files in `package/manifest.json`, its adapters' in the bundle's
+/// `manifest.json` (by path under `adapters/`), a package's in its own.
 fn re_sign(dir: &Path, file: &str, bytes: &[u8]) {
-    let manifest_path = dir.join("manifest.json");
+    let (manifest_path, key) = match (
+        file.strip_prefix("package/"),
+        file.strip_prefix("adapters/"),
+    ) {
+        (Some(inner), _) => (dir.join("package/manifest.json"), inner),
+        (_, Some(adapter)) => (dir.join("manifest.json"), adapter),
+        _ => (dir.join("manifest.json"), file),
+    };
     let mut manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
     let digest = format!("{:x}", Sha256::digest(bytes));
-    if let Some(entry) = manifest["files"].get_mut(file) {
+    if let Some(entry) = manifest["files"].get_mut(key) {
         *entry = serde_json::Value::String(digest);
     }
     std::fs::write(
