@@ -239,26 +239,42 @@ impl TokenSampler {
 
     /// The next token id for one position's logits.
     pub fn next(&mut self, logits: &[f32]) -> u32 {
+        match self.probabilities(logits) {
+            None => argmax(logits),
+            Some(probabilities) => self.draw(&probabilities),
+        }
+    }
+
+    /// The distribution a token is drawn from after `logits` (the rule's warpers applied), or
+    /// none under greedy decoding.
+    pub fn probabilities(&self, logits: &[f32]) -> Option<Vec<(u32, f32)>> {
         match &self.decoding {
-            Decoding::Greedy => argmax(logits),
+            Decoding::Greedy => None,
             Decoding::Sample {
                 temperature,
                 top_k,
                 top_p,
                 ..
-            } => {
-                let probs = filtered_probabilities(logits, *temperature, *top_k, *top_p);
-                let draw: f32 = self.rng.random();
-                let mut cumulative = 0.0;
-                for &(id, p) in &probs {
-                    cumulative += p;
-                    if draw < cumulative {
-                        return id;
-                    }
-                }
-                probs.last().map_or(0, |&(id, _)| id)
+            } => Some(filtered_probabilities(logits, *temperature, *top_k, *top_p)),
+        }
+    }
+
+    /// A token drawn from `probabilities` (summing to one).
+    pub fn draw(&mut self, probabilities: &[(u32, f32)]) -> u32 {
+        let draw = self.uniform();
+        let mut cumulative = 0.0;
+        for &(id, p) in probabilities {
+            cumulative += p;
+            if draw < cumulative {
+                return id;
             }
         }
+        probabilities.last().map_or(0, |&(id, _)| id)
+    }
+
+    /// A uniform draw in [0, 1) from the sampler's generator (an acceptance test).
+    pub fn uniform(&mut self) -> f32 {
+        self.rng.random()
     }
 }
 

@@ -6,14 +6,14 @@ use std::time::Instant;
 use andes_data::TextTokenizer;
 use andes_model::andesvl::rows::image_prompt;
 use andes_model::completion::Prompt;
-use andes_model::generate::Decoding;
+use andes_model::generate::{Decoding, TokenSampler};
 use burn::tensor::Device;
 
 use crate::decoder::{Decoder, Logits};
 use crate::error::RuntimeError;
 use crate::kv::{KvBudget, KvCache};
 use crate::load::Runtime;
-use crate::speculative::{Chooser, DraftModel, Drafter, Proposal, Speculation, Verdict};
+use crate::speculative::{DraftModel, Drafter, Proposal, Speculation, Verdict, verify};
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -237,10 +237,10 @@ fn decode(
         return Err(RuntimeError::Request("the prompt has no tokens".into()));
     }
     let mut cache = decoder.cache(request.kv_budget);
-    let mut chooser = Chooser::new(&request.decoding);
+    let mut sampler = TokenSampler::new(&request.decoding);
     let start = Instant::now();
     let logits = prefill(decoder, inputs, &mut cache);
-    let mut tokens = vec![chooser.choose(&logits)];
+    let mut tokens = vec![sampler.next(&logits)];
     let prefill_seconds = start.elapsed().as_secs_f64();
     let start = Instant::now();
     let mut history: Vec<u32> = ids.iter().chain(&tokens).copied().collect();
@@ -256,7 +256,7 @@ fn decode(
         let pending = *tokens.last().expect("one token at least");
         let room = request.max_new_tokens - tokens.len();
         let proposal = match room > 1 {
-            true => drafter.propose(&history, room - 1, &mut chooser),
+            true => drafter.propose(&history, room - 1, &mut sampler),
             false => Proposal::default(),
         };
         let draft = &proposal.tokens;
@@ -271,7 +271,7 @@ fn decode(
             match draft.get(j) {
                 Some(&guess) => {
                     let drawn_from = proposal.distributions.as_ref().map(|q| q[j].as_slice());
-                    match chooser.verify(row, guess, drawn_from) {
+                    match verify(&mut sampler, row, guess, drawn_from) {
                         Verdict::Accept => taken.push(guess),
                         Verdict::Replace(token) => {
                             taken.push(token);
@@ -279,7 +279,7 @@ fn decode(
                         }
                     }
                 }
-                None => taken.push(chooser.choose(row)),
+                None => taken.push(sampler.next(row)),
             }
         }
         drafted += draft.len();

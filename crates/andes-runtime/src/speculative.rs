@@ -12,9 +12,7 @@
 //! decodes the block ahead with its own cache, as in Leviathan et al. (2023) and Chen et al.
 //! (2023); it proposes everywhere, at the cost of its weights' memory and its own steps.
 
-use andes_model::generate::{Decoding, argmax, filtered_probabilities};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use andes_model::generate::{TokenSampler, argmax};
 
 use crate::decoder::{Decoder, Logits};
 use crate::kv::KvCache;
@@ -79,7 +77,7 @@ impl Drafter<'_> {
         &mut self,
         history: &[u32],
         limit: usize,
-        chooser: &mut Chooser,
+        sampler: &mut TokenSampler,
     ) -> Proposal {
         match self {
             Drafter::None => Proposal::default(),
@@ -87,7 +85,7 @@ impl Drafter<'_> {
                 tokens: propose(history, speculation, limit),
                 distributions: None,
             },
-            Drafter::Model(model) => model.propose(history, limit, chooser),
+            Drafter::Model(model) => model.propose(history, limit, sampler),
         }
     }
 
@@ -126,7 +124,7 @@ impl<'a> DraftModel<'a> {
     /// Feeds the history the cache lacks, then decodes up to `limit` tokens, each chosen as
     /// the generation chooses (argmax, or drawn after the same warpers) and fed back but the
     /// last.
-    fn propose(&mut self, history: &[u32], limit: usize, chooser: &mut Chooser) -> Proposal {
+    fn propose(&mut self, history: &[u32], limit: usize, sampler: &mut TokenSampler) -> Proposal {
         let room = self
             .decoder
             .shape
@@ -140,18 +138,16 @@ impl<'a> DraftModel<'a> {
         let inputs = self.decoder.embed(&history[self.fed..]);
         let mut logits = self.decoder.forward(inputs, &mut self.cache, Logits::Last);
         self.fed = history.len();
-        let sampled = !matches!(chooser.decoding, Decoding::Greedy);
         let mut proposal = Proposal {
             tokens: Vec::with_capacity(count),
-            distributions: sampled.then(Vec::new),
+            distributions: None,
         };
         for i in 0..count {
-            let token = match &mut proposal.distributions {
+            let token = match sampler.probabilities(&logits) {
                 None => argmax(&logits),
-                Some(distributions) => {
-                    let q = chooser.probabilities(&logits);
-                    let token = chooser.draw(&q);
-                    distributions.push(q);
+                Some(q) => {
+                    let token = sampler.draw(&q);
+                    proposal.distributions.get_or_insert_with(Vec::new).push(q);
                     token
                 }
             };
@@ -177,17 +173,6 @@ impl<'a> DraftModel<'a> {
     }
 }
 
-/// How a token is chosen, and how a drafted token is verified: greedy (accept when it is the
-/// argmax), or sampling with the standard rejection rule: a token drafted with certainty
-/// (prompt lookup) is accepted with probability `p(x)`, otherwise one is drawn from `p`
-/// without it, renormalised; a token a draft model drew from `q` is accepted with
-/// probability `min(1, p(x)/q(x))`, otherwise one is drawn from `max(0, p − q)`,
-/// renormalised. The output distribution is `p` either way.
-pub(crate) struct Chooser {
-    decoding: Decoding,
-    rng: StdRng,
-}
-
 /// What verification made of a drafted token.
 pub(crate) enum Verdict {
     /// The token stands.
@@ -196,90 +181,43 @@ pub(crate) enum Verdict {
     Replace(u32),
 }
 
-impl Chooser {
-    pub(crate) fn new(decoding: &Decoding) -> Self {
-        let seed = match decoding {
-            Decoding::Sample { seed, .. } => *seed,
-            Decoding::Greedy => 0,
+/// Verifies `guess` against the model's `logits`: greedy, accepted when it is the argmax;
+/// sampled, by the standard rejection rule. `drawn_from` is the draft distribution `q` it was
+/// drawn from, none when it was proposed with certainty (prompt lookup): it is accepted with
+/// probability `min(1, p(x)/q(x))` (`p(x)` with certainty), otherwise a token is drawn from
+/// `max(0, p − q)` (`p` without `x`), renormalised. The output distribution is `p` either way.
+pub(crate) fn verify(
+    sampler: &mut TokenSampler,
+    logits: &[f32],
+    guess: u32,
+    drawn_from: Option<&[(u32, f32)]>,
+) -> Verdict {
+    let Some(p) = sampler.probabilities(logits) else {
+        return match argmax(logits) {
+            token if token == guess => Verdict::Accept,
+            token => Verdict::Replace(token),
         };
-        Self {
-            decoding: decoding.clone(),
-            rng: StdRng::seed_from_u64(seed),
-        }
+    };
+    let of = |dist: &[(u32, f32)], id: u32| dist.iter().find(|e| e.0 == id).map_or(0.0, |e| e.1);
+    let q_guess = drawn_from.map_or(1.0, |q| of(q, guess));
+    let chance = (of(&p, guess) / q_guess).min(1.0);
+    if sampler.uniform() < chance {
+        return Verdict::Accept;
     }
-
-    fn probabilities(&self, logits: &[f32]) -> Vec<(u32, f32)> {
-        match &self.decoding {
-            Decoding::Sample {
-                temperature,
-                top_k,
-                top_p,
-                ..
-            } => filtered_probabilities(logits, *temperature, *top_k, *top_p),
-            Decoding::Greedy => unreachable!("greedy needs no probabilities"),
-        }
+    let mut residual: Vec<(u32, f32)> = match drawn_from {
+        None => p.iter().copied().filter(|e| e.0 != guess).collect(),
+        Some(q) => p
+            .iter()
+            .map(|&(id, pid)| (id, (pid - of(q, id)).max(0.0)))
+            .filter(|e| e.1 > 0.0)
+            .collect(),
+    };
+    let total: f32 = residual.iter().map(|e| e.1).sum();
+    if residual.is_empty() || total <= 0.0 {
+        return Verdict::Replace(sampler.draw(&p));
     }
-
-    fn draw(&mut self, probabilities: &[(u32, f32)]) -> u32 {
-        let total: f32 = probabilities.iter().map(|p| p.1).sum();
-        let draw = self.rng.random::<f32>() * total;
-        let mut cumulative = 0.0;
-        for &(id, p) in probabilities {
-            cumulative += p;
-            if draw < cumulative {
-                return id;
-            }
-        }
-        probabilities.last().map_or(0, |&(id, _)| id)
-    }
-
-    /// The next token after `logits`.
-    pub(crate) fn choose(&mut self, logits: &[f32]) -> u32 {
-        match self.decoding {
-            Decoding::Greedy => argmax(logits),
-            Decoding::Sample { .. } => {
-                let p = self.probabilities(logits);
-                self.draw(&p)
-            }
-        }
-    }
-
-    /// Verifies `guess` against the model's `logits`; `drawn_from` is the draft distribution
-    /// it was drawn from, none when it was proposed with certainty.
-    pub(crate) fn verify(
-        &mut self,
-        logits: &[f32],
-        guess: u32,
-        drawn_from: Option<&[(u32, f32)]>,
-    ) -> Verdict {
-        if matches!(self.decoding, Decoding::Greedy) {
-            return match argmax(logits) {
-                token if token == guess => Verdict::Accept,
-                token => Verdict::Replace(token),
-            };
-        }
-        let p = self.probabilities(logits);
-        let of =
-            |dist: &[(u32, f32)], id: u32| dist.iter().find(|e| e.0 == id).map_or(0.0, |e| e.1);
-        let q_guess = drawn_from.map_or(1.0, |q| of(q, guess));
-        let chance = (of(&p, guess) / q_guess).min(1.0);
-        if self.rng.random::<f32>() < chance {
-            return Verdict::Accept;
-        }
-        let residual: Vec<(u32, f32)> = match drawn_from {
-            None => p.iter().copied().filter(|e| e.0 != guess).collect(),
-            Some(q) => p
-                .iter()
-                .map(|&(id, pid)| (id, (pid - of(q, id)).max(0.0)))
-                .filter(|e| e.1 > 0.0)
-                .collect(),
-        };
-        Verdict::Replace(if residual.is_empty() {
-            self.draw(&p)
-        } else {
-            self.draw(&residual)
-        })
-    }
+    residual.iter_mut().for_each(|e| e.1 /= total);
+    Verdict::Replace(sampler.draw(&residual))
 }
 
 #[cfg(test)]
