@@ -21,7 +21,8 @@ use andes_model::sensitivity::{
 };
 use andes_model::{Model, ModelConfig};
 use andes_quant::{
-    BitPlan, Hessian, LayerChoices, TargetProfile, WeightShape, bits_per_weight, estimate,
+    BitPlan, Hessian, LayerChoices, TargetProfile, WeightBytes, WeightShape, bits_per_weight,
+    estimate,
 };
 use burn::module::Module;
 use burn::tensor::{DType, Device, Int, Tensor};
@@ -292,11 +293,9 @@ fn check_fits(
     target: &TargetProfile,
     plan: &BitPlan,
 ) -> Result<(), PackageError> {
-    let planned_bits: u64 = plan
-        .layers
-        .iter()
-        .zip(shapes)
-        .map(|(entry, (_, shape))| bits_per_weight(entry.format, *shape).total_bits())
+    let layers = || plan.layers.iter().zip(shapes).map(|(e, (_, s))| (e.format, *s));
+    let planned_bits: u64 = layers()
+        .map(|(format, shape)| bits_per_weight(format, shape).total_bits())
         .sum();
     let linear_weights: u64 = shapes.iter().map(|(_, s)| s.numel() as u64).sum();
     let vision_params = vision.map_or(0, |v| v.num_params() as u64);
@@ -304,7 +303,7 @@ fn check_fits(
     let float_bytes = float_params * target.unquantized.precision.bytes();
     let cost = estimate(
         target,
-        planned_bits / 8 + float_bytes,
+        WeightBytes::new(target, planned_bits / 8 + float_bytes, layers()),
         config.text_config().cost_shape(),
         params.context,
     );
@@ -313,13 +312,13 @@ fn check_fits(
     }
     let mib = |bytes: u64| bytes as f64 / (1u64 << 20) as f64;
     Err(PackageError::DoesNotFit(format!(
-        "the model does not fit {}: weights {:.1} MiB + KV cache at {} tokens {:.1} MiB = \
+        "the model does not fit {}: weights {:.1} MiB in memory + KV cache at {} tokens {:.1} MiB = \
          {:.1} MiB > {:.1} MiB the profile allows (memory_gib); lower the bpw or the context",
         target.name,
-        mib(cost.weight_bytes),
+        mib(cost.resident_weight_bytes),
         params.context,
         mib(cost.kv_cache_bytes),
-        mib(cost.weight_bytes + cost.kv_cache_bytes),
+        mib(cost.resident_weight_bytes + cost.kv_cache_bytes),
         mib(cost.memory_bytes)
     )))
 }

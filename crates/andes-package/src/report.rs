@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use andes_model::qwen3::Qwen3Config;
-use andes_quant::{BitPlan, COST_FORMULAS, CostEstimate, WeightShape, bits_per_weight, estimate};
+use andes_quant::{
+    BitPlan, COST_FORMULAS, CostEstimate, WeightBytes, WeightShape, bits_per_weight, estimate,
+};
 use burn::tensor::{DType, Device};
 use serde::Serialize;
 
@@ -75,7 +77,9 @@ impl PackageReport {
     ) -> Self {
         let w = &manifest.weights;
         let bytes = w.quantized_bytes + w.float_bytes + w.vision_bytes;
-        let cost = estimate(&manifest.target, bytes, config.cost_shape(), context);
+        let layers = plan.layers.iter().zip(shapes).map(|(e, (_, s))| (e.format, *s));
+        let weights = WeightBytes::new(&manifest.target, bytes, layers);
+        let cost = estimate(&manifest.target, weights, config.cost_shape(), context);
         let mut by_format: BTreeMap<String, (usize, u64, u64)> = BTreeMap::new();
         let mut linears = Vec::with_capacity(plan.layers.len());
         for (entry, (_, shape)) in plan.layers.iter().zip(shapes) {
@@ -202,10 +206,11 @@ impl fmt::Display for PackageReport {
         }
         writeln!(
             f,
-            "  estimate on {}: weights {:.1} MiB + KV cache at {} tokens {:.1} MiB of {:.0} MiB \
-             ({}); decode ≤ {:.1} tok/s; prefill ≤ {:.0} tok/s",
+            "  estimate on {}: weights {:.1} MiB ({:.1} MiB in memory) + KV cache at {} tokens \
+             {:.1} MiB of {:.0} MiB ({}); decode ≤ {:.1} tok/s; prefill ≤ {:.0} tok/s",
             self.manifest.target.name,
             mib(cost.weight_bytes),
+            mib(cost.resident_weight_bytes),
             cost.context,
             mib(cost.kv_cache_bytes),
             mib(cost.memory_bytes),

@@ -44,7 +44,7 @@ mod tensor;
 
 pub use allocate::{Allocation, Choice, LayerChoices, allocate};
 pub use bpw::{BpwReport, bits_per_weight};
-pub use cost::{COST_FORMULAS, CostEstimate, ModelShape, estimate};
+pub use cost::{COST_FORMULAS, CostEstimate, ModelShape, WeightBytes, estimate};
 pub use error::QuantError;
 pub use fake_quant::FakeQuantizer;
 pub use format::{Bits, Granularity, GroupSize, QuantFormat};

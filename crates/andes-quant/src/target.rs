@@ -29,6 +29,12 @@ pub struct AllowedFormat {
     pub format: QuantFormat,
     /// Native or unpacked.
     pub execution: Execution,
+    /// For an `unpack` format, the native format the loader turns it into: that is what then
+    /// sits in memory and is read for every decoded token, so the cost model counts its size.
+    /// Absent, the kernel unpacks as it reads (llama.cpp-style) and memory and bandwidth
+    /// follow the packed size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unpacks_to: Option<QuantFormat>,
     /// Where the claim comes from, or "estimate: ...".
     pub source: String,
 }
@@ -205,6 +211,28 @@ impl TargetProfile {
                 format!("{}: expected 8, 16 or 32", profile.activation_bits.value),
             ));
         }
+        for (i, allowed) in profile.linear_formats.iter().enumerate() {
+            let Some(to) = allowed.unpacks_to else {
+                continue;
+            };
+            let key = format!("linear_formats[{i}].unpacks_to");
+            if allowed.execution != Execution::Unpack {
+                return Err(fail(
+                    &key,
+                    format!("{}: only an `unpack` format is unpacked", allowed.format),
+                ));
+            }
+            let native = profile
+                .linear_formats
+                .iter()
+                .any(|f| f.format == to && f.execution == Execution::Native);
+            if !native {
+                return Err(fail(
+                    &key,
+                    format!("{to}: expected one of this profile's `native` formats"),
+                ));
+            }
+        }
         let alignment = profile.alignment_bytes.value;
         if alignment.fract() != 0.0 || !(alignment as u64).is_power_of_two() {
             return Err(fail(
@@ -218,6 +246,16 @@ impl TargetProfile {
     /// The formats the planner may choose.
     pub fn formats(&self) -> Vec<QuantFormat> {
         self.linear_formats.iter().map(|f| f.format).collect()
+    }
+
+    /// The format a linear stored as `format` occupies in the device's memory once loaded:
+    /// the one the profile unpacks it to, else itself.
+    pub fn resident_format(&self, format: QuantFormat) -> QuantFormat {
+        self.linear_formats
+            .iter()
+            .find(|f| f.format == format)
+            .and_then(|f| f.unpacks_to)
+            .unwrap_or(format)
     }
 
     /// Tensor alignment in bytes.
@@ -278,6 +316,17 @@ compute_tops = { value = 50, source = "estimate" }
         let profile = read(VALID).unwrap();
         assert_eq!(profile.formats().len(), 2);
         assert_eq!(profile.alignment(), 64);
+        let ternary: QuantFormat = "ternary-g128".parse().unwrap();
+        assert_eq!(profile.resident_format(ternary), ternary);
+        let unpacked = read(&VALID.replace(
+            "execution = \"unpack\",",
+            "execution = \"unpack\", unpacks_to = \"int4-channel-sym\",",
+        ))
+        .unwrap();
+        assert_eq!(
+            unpacked.resident_format(ternary),
+            "int4-channel-sym".parse().unwrap()
+        );
     }
 
     #[test]
@@ -303,6 +352,20 @@ compute_tops = { value = 50, source = "estimate" }
             (
                 VALID.replace("source = \"LPDDR5X\"", "source = \" \""),
                 "bandwidth_gb_s.source",
+            ),
+            (
+                VALID.replace(
+                    "execution = \"unpack\",",
+                    "execution = \"unpack\", unpacks_to = \"int8-channel-sym\",",
+                ),
+                "linear_formats[1].unpacks_to",
+            ),
+            (
+                VALID.replace(
+                    "execution = \"native\",",
+                    "execution = \"native\", unpacks_to = \"int4-channel-sym\",",
+                ),
+                "linear_formats[0].unpacks_to",
             ),
         ];
         for (text, key) in cases {
