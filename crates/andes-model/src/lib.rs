@@ -27,6 +27,7 @@ pub mod qwen3;
 pub mod replayed_decode;
 pub mod rope;
 pub mod row_product;
+pub mod sdpa;
 pub mod sensitivity;
 pub mod swiglu;
 pub mod task;

@@ -293,7 +293,12 @@ fn check_fits(
     target: &TargetProfile,
     plan: &BitPlan,
 ) -> Result<(), PackageError> {
-    let layers = || plan.layers.iter().zip(shapes).map(|(e, (_, s))| (e.format, *s));
+    let layers = || {
+        plan.layers
+            .iter()
+            .zip(shapes)
+            .map(|(e, (_, s))| (e.format, *s))
+    };
     let planned_bits: u64 = layers()
         .map(|(format, shape)| bits_per_weight(format, shape).total_bits())
         .sum();

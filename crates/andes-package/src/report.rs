@@ -77,7 +77,11 @@ impl PackageReport {
     ) -> Self {
         let w = &manifest.weights;
         let bytes = w.quantized_bytes + w.float_bytes + w.vision_bytes;
-        let layers = plan.layers.iter().zip(shapes).map(|(e, (_, s))| (e.format, *s));
+        let layers = plan
+            .layers
+            .iter()
+            .zip(shapes)
+            .map(|(e, (_, s))| (e.format, *s));
         let weights = WeightBytes::new(&manifest.target, bytes, layers);
         let cost = estimate(&manifest.target, weights, config.cost_shape(), context);
         let mut by_format: BTreeMap<String, (usize, u64, u64)> = BTreeMap::new();

@@ -43,15 +43,16 @@ impl WeightBytes {
         stored: u64,
         layers: impl IntoIterator<Item = (QuantFormat, WeightShape)>,
     ) -> Self {
-        let (packed_bits, unpacked_bits) = layers
-            .into_iter()
-            .fold((0u64, 0u64), |(packed, unpacked), (format, shape)| {
-                let resident = target.resident_format(format);
-                (
-                    packed + bits_per_weight(format, shape).total_bits(),
-                    unpacked + bits_per_weight(resident, shape).total_bits(),
-                )
-            });
+        let (packed_bits, unpacked_bits) =
+            layers
+                .into_iter()
+                .fold((0u64, 0u64), |(packed, unpacked), (format, shape)| {
+                    let resident = target.resident_format(format);
+                    (
+                        packed + bits_per_weight(format, shape).total_bits(),
+                        unpacked + bits_per_weight(resident, shape).total_bits(),
+                    )
+                });
         Self {
             stored,
             resident: (stored + unpacked_bits / 8).saturating_sub(packed_bits / 8),

@@ -2,7 +2,6 @@
 
 use burn::module::Module;
 use burn::nn::{LinearConfig, RmsNorm, RmsNormConfig};
-use burn::tensor::activation::softmax;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor};
@@ -12,6 +11,7 @@ use crate::kv_cache::{LayerKvCache, Position};
 use crate::lora::AdaptedLinear;
 use crate::precision::{autocast_dtype, operand};
 use crate::rope::RotaryEmbedding;
+use crate::sdpa::scaled_dot_product_attention;
 
 /// `softmax(q·kᵀ/√d)·v` over `num_attention_heads` query heads sharing
 /// `num_key_value_heads` key/value heads; q and k are RMS-normalised per head before RoPE.
@@ -103,7 +103,7 @@ impl Attention {
         let (k, v) = (repeat_kv(k, group), repeat_kv(v, group));
         let mask = position.mask(self.heads);
         let context = match autocast_dtype() {
-            Some(_) => mixed_attention(q, k, v, mask, options.is_causal),
+            Some(_) => mixed_attention(q, k, v, mask),
             None => attention(q, k, v, mask, None, options),
         };
         let context = context
@@ -113,47 +113,39 @@ impl Attention {
     }
 }
 
-/// `softmax(q·kᵀ/√d)·v` as transformers' eager attention computes it under autocast: both
-/// products on autocast operands, the scores masked and softmaxed in the caller's dtype (f32),
-/// the context handed back in it. `q` `[b, h, s_q, d]`, `k`/`v` `[b, h, s_k, d]`; `mask` marks
-/// the positions to leave out, and `causal` leaves out each query's future, aligned at the
-/// last query (a prompt's continuation sees the whole cache).
+/// `softmax(q·kᵀ/√d)·v` under autocast: both products on autocast operands, the softmax in
+/// f32, the context handed back in the caller's dtype, as one differentiable operation
+/// ([`scaled_dot_product_attention`]) that keeps only the probabilities for the backward
+/// pass. `q` `[b, h, s_q, d]`, `k`/`v` `[b, h, s_k, d]`; `mask` marks the positions to leave
+/// out, and each query's future is left out too, aligned at the last query (a prompt's
+/// continuation sees the whole cache; a single query sees everything).
 fn mixed_attention(
     q: Tensor<4>,
     k: Tensor<4>,
     v: Tensor<4>,
     mask: Option<Tensor<4, Bool>>,
-    causal: bool,
 ) -> Tensor<4> {
     let dtype = q.dtype();
     let [batch, heads, seq_q, head_dim] = q.dims();
     let seq_k = k.dims()[2];
-    let scores = operand(q)
-        .matmul(operand(k).swap_dims(2, 3))
-        .cast(dtype)
-        .mul_scalar(1.0 / (head_dim as f64).sqrt());
-    let scores = match mask {
-        Some(mask) => scores.mask_fill(mask, f32::NEG_INFINITY),
-        None => scores,
+    let device = q.device();
+    let offset = (seq_k - seq_q) as i64;
+    let rows = Tensor::<1, Int>::arange(offset..offset + seq_q as i64, &device)
+        .reshape([seq_q, 1])
+        .expand([seq_q, seq_k]);
+    let cols = Tensor::<1, Int>::arange(0..seq_k as i64, &device)
+        .reshape([1, seq_k])
+        .expand([seq_q, seq_k]);
+    let future = rows
+        .lower(cols)
+        .reshape([1, 1, seq_q, seq_k])
+        .expand([batch, heads, seq_q, seq_k]);
+    let mask = match mask {
+        Some(mask) => mask.bool_or(future),
+        None => future,
     };
-    let scores = if causal {
-        let device = scores.device();
-        let offset = (seq_k - seq_q) as i64;
-        let rows = Tensor::<1, Int>::arange(offset..offset + seq_q as i64, &device)
-            .reshape([seq_q, 1])
-            .expand([seq_q, seq_k]);
-        let cols = Tensor::<1, Int>::arange(0..seq_k as i64, &device)
-            .reshape([1, seq_k])
-            .expand([seq_q, seq_k]);
-        let future = rows
-            .lower(cols)
-            .reshape([1, 1, seq_q, seq_k])
-            .expand([batch, heads, seq_q, seq_k]);
-        scores.mask_fill(future, f32::NEG_INFINITY)
-    } else {
-        scores
-    };
-    operand(softmax(scores, 3)).matmul(operand(v)).cast(dtype)
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    scaled_dot_product_attention(operand(q), operand(k), operand(v), mask, scale).cast(dtype)
 }
 
 /// Repeats each key/value head `group` times (`[b, kv, t, d]` → `[b, kv·group, t, d]`), query

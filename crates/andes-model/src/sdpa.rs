@@ -1,0 +1,280 @@
+//! Attention's core, `softmax(q·kᵀ·scale, masked)·v`, as one differentiable operation.
+//!
+//! Burn differentiates attention through the operations it is made of, so training stores
+//! and re-reads every intermediate over the `[batch, heads, seq_q, seq_k]` scores (cast, scale,
+//! mask, the softmax's max, exp, sum and division) in f32: on the GPU that was ~52 ms of a
+//! 187-ms Qwen3-0.6B step and most of the memory above PyTorch's. This operation keeps only
+//! the probabilities `P`, in the operands' dtype, and differentiates as FlashAttention-2 does
+//! (Dao 2023, Algorithm 2) with the scores materialised:
+//!
+//! `dV = Pᵀ·dO`, `dP = dO·Vᵀ`, `dS = P ⊙ (dP − rowsum(dO ⊙ O))·scale`, `dQ = dS·K`,
+//! `dK = dSᵀ·Q`,
+//!
+//! using `Σⱼ Pᵢⱼ·dPᵢⱼ = dOᵢ·Oᵢ`, so the backward pass reads the scores' size three times (P,
+//! dP, dS) and the four products run on the operands' dtype (cuBLASLt on CUDA). The softmax
+//! itself is computed in f32 whatever the operands, as torch autocast and flash attention do.
+
+use std::sync::OnceLock;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::tensor::{BoolTensor, FloatTensor};
+use burn::backend::{Autodiff, Backend, Dispatch, Scalar, TensorMetadata, backend_extension};
+use burn::tensor::activation::softmax;
+use burn::tensor::{Bool, DType, FloatDType, Tensor};
+
+/// `softmax(q·kᵀ·scale, masked where mask)·v`. `q` `[b, h, s_q, d]`, `k` and `v`
+/// `[b, h, s_k, d]` in one dtype (bf16 under autocast), `mask` `[b, h, s_q, s_k]` true where a
+/// query may not look; returns `[b, h, s_q, d]` in the operands' dtype. A row with every
+/// position masked has no softmax (NaN), as in every attention. `ANDES_ATTENTION=composed`
+/// runs [`composed_attention`] instead, so a benchmark can time both in one build.
+pub fn scaled_dot_product_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Tensor<4, Bool>,
+    scale: f64,
+) -> Tensor<4> {
+    static COMPOSED: OnceLock<bool> = OnceLock::new();
+    if *COMPOSED.get_or_init(|| std::env::var("ANDES_ATTENTION").is_ok_and(|v| v == "composed")) {
+        return composed_attention(q, k, v, mask, scale);
+    }
+    Tensor::from_dispatch(<Dispatch as AttentionCore>::attention_core(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        mask.into_dispatch(),
+        scale,
+    ))
+}
+
+/// The same attention as a chain of Burn operations, each differentiated by itself: the
+/// reference the one-operation backward is tested against, and what attention was before it.
+pub fn composed_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Tensor<4, Bool>,
+    scale: f64,
+) -> Tensor<4> {
+    let dtype = q.dtype();
+    let scores = q
+        .matmul(k.swap_dims(2, 3))
+        .cast(DType::F32)
+        .mul_scalar(scale)
+        .mask_fill(mask, f32::NEG_INFINITY);
+    softmax(scores, 3).cast(dtype).matmul(v)
+}
+
+/// The operation on each backend: the composed forward pass where nothing is differentiated
+/// (Burn's fusion still fuses it on the GPU), and under autodiff the backward of the module
+/// documentation.
+#[backend_extension(
+    Flex,
+    Cube: cfg(any(feature = "wgpu", feature = "cuda-untuned")),
+    Autodiff
+)]
+pub trait AttentionCore: Backend {
+    /// See [`scaled_dot_product_attention`].
+    fn attention_core(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: BoolTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        forward::<Self>(q, k, v, mask, scale).output
+    }
+}
+
+impl AttentionCore for burn::backend::Flex {}
+
+#[cfg(any(feature = "wgpu", feature = "cuda-untuned"))]
+impl AttentionCore for burn::backend::Cube {}
+
+/// What the forward pass leaves for the backward one.
+struct Forward<B: Backend> {
+    /// `softmax(q·kᵀ·scale, masked)` in the operands' dtype.
+    probabilities: FloatTensor<B>,
+    /// `probabilities · v`.
+    output: FloatTensor<B>,
+}
+
+fn forward<B: Backend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    mask: BoolTensor<B>,
+    scale: f64,
+) -> Forward<B> {
+    let dtype = q.dtype();
+    let scores = B::float_matmul(q, B::float_transpose(k));
+    let scores = B::float_mul_scalar(f32_of::<B>(scores), Scalar::new(scale, &DType::F32));
+    let scores = B::float_mask_fill(scores, mask, Scalar::new(f32::NEG_INFINITY, &DType::F32));
+    let probabilities = B::float_cast(B::softmax(scores, 3), FloatDType::from(dtype));
+    let output = B::float_matmul(probabilities.clone(), v);
+    Forward {
+        probabilities,
+        output,
+    }
+}
+
+fn f32_of<B: Backend>(tensor: FloatTensor<B>) -> FloatTensor<B> {
+    B::float_cast(tensor, FloatDType::F32)
+}
+
+/// The backward step; its state is `(q, k, v, P, O, scale)` of the inner backend.
+#[derive(Debug)]
+struct AttentionCoreBackward;
+
+type State<B> = (
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    f64,
+);
+
+impl<B: Backend> Backward<B, 3> for AttentionCoreBackward {
+    type State = State<B>;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [q_node, k_node, v_node] = ops.parents;
+        let (q, k, v, probabilities, output, scale) = ops.state;
+        let dtype = FloatDType::from(output.dtype());
+        let grad_output = B::float_cast(grads.consume::<B>(&ops.node), dtype);
+        if let Some(node) = v_node {
+            let grad_v = B::float_matmul(
+                B::float_transpose(probabilities.clone()),
+                grad_output.clone(),
+            );
+            grads.register::<B>(node.id, grad_v);
+        }
+        if q_node.is_none() && k_node.is_none() {
+            return;
+        }
+        let grad_probabilities = B::float_matmul(grad_output.clone(), B::float_transpose(v));
+        let row_dot = B::float_sum_dim(
+            B::float_mul(f32_of::<B>(grad_output), f32_of::<B>(output)),
+            3,
+        );
+        let grad_scores = B::float_mul(
+            f32_of::<B>(probabilities),
+            B::float_sub(f32_of::<B>(grad_probabilities), row_dot),
+        );
+        let grad_scores = B::float_cast(
+            B::float_mul_scalar(grad_scores, Scalar::new(scale, &DType::F32)),
+            dtype,
+        );
+        if let Some(node) = q_node {
+            grads.register::<B>(node.id, B::float_matmul(grad_scores.clone(), k));
+        }
+        if let Some(node) = k_node {
+            let grad_k = B::float_matmul(B::float_transpose(grad_scores), q);
+            grads.register::<B>(node.id, grad_k);
+        }
+    }
+}
+
+impl<B: Backend + AttentionCore, C: CheckpointStrategy> AttentionCore for Autodiff<B, C> {
+    fn attention_core(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: BoolTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        let (q, q_node) = q.into_parts();
+        let (k, k_node) = k.into_parts();
+        let (v, v_node) = v.into_parts();
+        match AttentionCoreBackward
+            .prepare::<C>([q_node, k_node, v_node])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let parts = forward::<B>(q.clone(), k.clone(), v.clone(), mask, scale);
+                let state = (q, k, v, parts.probabilities, parts.output.clone(), scale);
+                prep.finish(state, parts.output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::attention_core(q, k, v, mask, scale)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Device, Int, TensorData};
+
+    use super::*;
+
+    fn causal(batch: usize, heads: usize, seq: usize, device: &Device) -> Tensor<4, Bool> {
+        let rows = Tensor::<1, Int>::arange(0..seq as i64, device)
+            .reshape([seq, 1])
+            .expand([seq, seq]);
+        let cols = Tensor::<1, Int>::arange(0..seq as i64, device)
+            .reshape([1, seq])
+            .expand([seq, seq]);
+        rows.lower(cols)
+            .reshape([1, 1, seq, seq])
+            .expand([batch, heads, seq, seq])
+    }
+
+    fn values(t: Tensor<4>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+    }
+
+    fn assert_close(a: &[f32], b: &[f32], what: &str) {
+        let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
+        let gap = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(gap <= 1e-5 * scale, "{what}: gap {gap} at scale {scale}");
+    }
+
+    #[test]
+    fn output_and_gradients_match_attention_differentiated_op_by_op() {
+        let device = Device::flex().autodiff();
+        let (batch, heads, seq, dim) = (2, 3, 7, 8);
+        // Deterministic values spread over about [-2, 2].
+        let filled = |seed: usize| {
+            let values: Vec<f32> = (0..batch * heads * seq * dim)
+                .map(|i| 2.0 * ((i * 7919 + seed * 104_729) as f32 * 0.618).sin())
+                .collect();
+            Tensor::<4>::from_data(TensorData::new(values, [batch, heads, seq, dim]), &device)
+        };
+        let (q, k, v) = (
+            filled(1).require_grad(),
+            filled(2).require_grad(),
+            filled(3).require_grad(),
+        );
+        let upstream = filled(4);
+        let scale = 1.0 / (dim as f64).sqrt();
+        let mask = causal(batch, heads, seq, &device);
+        let run =
+            |attend: fn(Tensor<4>, Tensor<4>, Tensor<4>, Tensor<4, Bool>, f64) -> Tensor<4>| {
+                let out = attend(q.clone(), k.clone(), v.clone(), mask.clone(), scale);
+                let grads = (out.clone() * upstream.clone()).sum().backward();
+                let grad = |t: &Tensor<4>| values(t.grad(&grads).unwrap());
+                (values(out), grad(&q), grad(&k), grad(&v))
+            };
+        let fused = run(scaled_dot_product_attention);
+        let reference = run(composed_attention);
+        assert_close(&fused.0, &reference.0, "output");
+        assert_close(&fused.1, &reference.1, "dq");
+        assert_close(&fused.2, &reference.2, "dk");
+        assert_close(&fused.3, &reference.3, "dv");
+        // Without autodiff the composed forward pass runs and gives the same output.
+        let plain = Device::flex();
+        let detached = |t: &Tensor<4>| Tensor::<4>::from_data(t.to_data(), &plain);
+        let output = scaled_dot_product_attention(
+            detached(&q),
+            detached(&k),
+            detached(&v),
+            causal(batch, heads, seq, &plain),
+            scale,
+        );
+        assert_close(&values(output), &reference.0, "output without autodiff");
+    }
+}
