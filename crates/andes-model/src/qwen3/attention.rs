@@ -2,14 +2,12 @@
 
 use burn::module::Module;
 use burn::nn::{LinearConfig, RmsNorm, RmsNormConfig};
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor};
 
 use super::Qwen3Config;
 use crate::kv_cache::{LayerKvCache, Position};
 use crate::lora::AdaptedLinear;
-use crate::precision::{autocast_dtype, operand};
+use crate::precision::operand;
 use crate::rope::RotaryEmbedding;
 use crate::sdpa::scaled_dot_product_attention;
 
@@ -95,36 +93,21 @@ impl Attention {
         let (k, v) = cache.append(k, v, position);
 
         let group = self.heads / self.kv_heads;
-        let options = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal: seq > 1,
-        };
         let (k, v) = (repeat_kv(k, group), repeat_kv(v, group));
-        let mask = position.mask(self.heads);
-        let context = match autocast_dtype() {
-            Some(_) => mixed_attention(q, k, v, mask),
-            None => attention(q, k, v, mask, None, options),
-        };
-        let context = context
+        let context = attend(q, k, v, position.mask(self.heads))
             .swap_dims(1, 2)
             .reshape([batch, seq, self.heads * self.head_dim]);
         self.o_proj.forward(context)
     }
 }
 
-/// `softmax(q·kᵀ/√d)·v` under autocast: both products on autocast operands, the softmax in
-/// f32, the context handed back in the caller's dtype, as one differentiable operation
-/// ([`scaled_dot_product_attention`]) that keeps only the probabilities for the backward
-/// pass. `q` `[b, h, s_q, d]`, `k`/`v` `[b, h, s_k, d]`; `mask` marks the positions to leave
+/// `softmax(q·kᵀ/√d)·v` as one differentiable operation ([`scaled_dot_product_attention`])
+/// that keeps only the probabilities for the backward pass: under autocast both products on
+/// autocast operands, the softmax always in f32, the context handed back in the caller's
+/// dtype. `q` `[b, h, s_q, d]`, `k`/`v` `[b, h, s_k, d]`; `mask` marks the positions to leave
 /// out, and each query's future is left out too, aligned at the last query (a prompt's
 /// continuation sees the whole cache; a single query sees everything).
-fn mixed_attention(
-    q: Tensor<4>,
-    k: Tensor<4>,
-    v: Tensor<4>,
-    mask: Option<Tensor<4, Bool>>,
-) -> Tensor<4> {
+fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: Option<Tensor<4, Bool>>) -> Tensor<4> {
     let dtype = q.dtype();
     let [batch, heads, seq_q, head_dim] = q.dims();
     let seq_k = k.dims()[2];
