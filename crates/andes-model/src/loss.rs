@@ -5,8 +5,9 @@
 //! Qwen3 vocabulary of 151,936 makes the logits of one [4, 1024] batch 2.5 GB in f32, more
 //! than one Vulkan buffer may hold (2 GiB), and no pass needs them all at once.
 
-use std::ops::Range;
-
+use crate::composed;
+use crate::head_log_probs::{head_target_log_probs, row_chunks};
+use crate::precision::operand;
 use crate::qwen3::Qwen3ForCausalLM;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Bool, Int, Tensor};
@@ -38,13 +39,9 @@ fn positions_per_chunk(model: &Qwen3ForCausalLM) -> usize {
     (MAX_LOGIT_BYTES / (4 * model.vocab_size())).max(1)
 }
 
-/// The ranges of `per_chunk` positions (the last one shorter) that cover `0..positions`.
-fn position_chunks(positions: usize, per_chunk: usize) -> impl Iterator<Item = Range<usize>> {
-    (0..positions)
-        .step_by(per_chunk)
-        .map(move |start| start..(start + per_chunk).min(positions))
-}
-
+/// The head and the log-softmax over chunks of `positions_per_chunk` positions, as one
+/// operation ([`head_target_log_probs`]) unless the head has a bias (Qwen3's has none) or
+/// `ANDES_HEAD=composed` asks for the composed form.
 fn chunked_log_probs(
     model: &Qwen3ForCausalLM,
     hidden: Tensor<3>,
@@ -53,19 +50,36 @@ fn chunked_log_probs(
 ) -> Tensor<2> {
     let [batch, seq, width] = hidden.dims();
     let positions = batch * seq;
-    if positions <= positions_per_chunk {
-        return target_log_probs(model.logits(hidden), targets);
-    }
     let hidden: Tensor<2> = hidden.reshape([positions, width]);
     let targets: Tensor<1, Int> = targets.reshape([positions]);
-    let chunks: Vec<Tensor<1>> = position_chunks(positions, positions_per_chunk)
+    let picked = match model.head() {
+        (weight, None) if !composed::requested("ANDES_HEAD") => head_target_log_probs(
+            operand(hidden),
+            operand(weight),
+            targets,
+            positions_per_chunk,
+        ),
+        _ => composed_log_probs(model, hidden, targets, positions_per_chunk),
+    };
+    picked.reshape([batch, seq])
+}
+
+/// The head, log-softmax and gather of each chunk differentiated operation by operation:
+/// for a head with a bias, and the reference the one-operation head is tested against.
+fn composed_log_probs(
+    model: &Qwen3ForCausalLM,
+    hidden: Tensor<2>,
+    targets: Tensor<1, Int>,
+    positions_per_chunk: usize,
+) -> Tensor<1> {
+    let chunks: Vec<Tensor<1>> = row_chunks(hidden.dims()[0], positions_per_chunk)
         .map(|chunk| {
             let logits = model.logits(hidden.clone().slice(chunk.clone()).unsqueeze());
             let picked = targets.clone().slice(chunk).unsqueeze();
             target_log_probs(logits, picked).squeeze_dim(0)
         })
         .collect();
-    Tensor::cat(chunks, 0).reshape([batch, seq])
+    Tensor::cat(chunks, 0)
 }
 
 /// Summed KL(teacher ‖ student) of the next-token distributions at `temperature`, over the
@@ -86,7 +100,7 @@ pub fn masked_distillation_kl(
     let positions = batch * seq;
     let hidden: Tensor<2> = hidden.reshape([positions, width]);
     let teacher_hidden: Tensor<2> = teacher_hidden.detach().reshape([positions, width]);
-    let chunks: Vec<Tensor<1>> = position_chunks(positions, positions_per_chunk(model))
+    let chunks: Vec<Tensor<1>> = row_chunks(positions, positions_per_chunk(model))
         .map(|chunk| {
             let rows = chunk.len();
             let student = model.logits(hidden.clone().slice(chunk.clone()).unsqueeze());
@@ -141,43 +155,56 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chunks_of_positions_give_the_whole_batchs_log_probs_and_gradients() {
-        let dir =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/qwen3-tiny-untied-mha-f32");
-        let device = Device::flex().autodiff();
-        let (_, model) = load_qwen3(&dir, &device, DType::F32).unwrap();
-        let ids: Vec<i64> = (0..2 * 9).map(|i| (i * 37 % 500) as i64).collect();
-        let inputs: Tensor<2, Int> =
-            Tensor::from_data(TensorData::new(ids.clone(), [2, 9]), &device);
-        let targets: Tensor<2, Int> = Tensor::from_data(
-            TensorData::new(
-                ids.iter().map(|i| (i + 1) % 500).collect::<Vec<_>>(),
-                [2, 9],
-            ),
-            &device,
-        );
-        let run = |per_chunk: usize| {
-            let hidden = model
-                .forward_hidden(inputs.clone(), &mut model.new_cache())
-                .unwrap();
-            let picked = chunked_log_probs(&model, hidden, targets.clone(), per_chunk);
-            let values: Vec<f32> = picked.clone().into_data().try_to_vec().unwrap();
-            let grads = picked.sum().backward();
-            let head = model.lm_head.as_ref().unwrap().weight.grad(&grads).unwrap();
-            (values, head.into_data().try_to_vec::<f32>().unwrap())
-        };
-        let (whole, whole_grad) = run(18);
-        for per_chunk in [1, 4, 7] {
-            let (chunked, chunked_grad) = run(per_chunk);
-            for (a, b) in whole
-                .iter()
-                .zip(&chunked)
-                .chain(whole_grad.iter().zip(&chunked_grad))
-            {
-                assert!(
-                    (a - b).abs() <= 1e-5 * a.abs().max(1.0),
-                    "{per_chunk}: {a} vs {b}"
-                );
+    fn the_one_operation_head_gives_the_composed_heads_log_probs_and_gradients() {
+        for fixture in ["qwen3-tiny-untied-mha-f32", "qwen3-tiny-tied-gqa-f32"] {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../fixtures")
+                .join(fixture);
+            let device = Device::flex().autodiff();
+            let (_, model) = load_qwen3(&dir, &device, DType::F32).unwrap();
+            let ids: Vec<i64> = (0..2 * 9).map(|i| (i * 37 % 500) as i64).collect();
+            let inputs: Tensor<2, Int> =
+                Tensor::from_data(TensorData::new(ids.clone(), [2, 9]), &device);
+            let next: Vec<i64> = ids.iter().map(|i| (i + 1) % 500).collect();
+            let targets: Tensor<2, Int> = Tensor::from_data(TensorData::new(next, [2, 9]), &device);
+            // Log-probs, then the gradients of their sum for the head and the last layer.
+            let run = |per_chunk: usize, composed: bool| {
+                let hidden = model
+                    .forward_hidden(inputs.clone(), &mut model.new_cache())
+                    .unwrap();
+                let picked = if composed {
+                    let width = hidden.dims()[2];
+                    let flat = hidden.reshape([18, width]);
+                    composed_log_probs(&model, flat, targets.clone().reshape([18]), per_chunk)
+                        .reshape([2, 9])
+                } else {
+                    chunked_log_probs(&model, hidden, targets.clone(), per_chunk)
+                };
+                let values: Vec<f32> = picked.clone().into_data().try_to_vec().unwrap();
+                let grads = picked.sum().backward();
+                let head = match &model.lm_head {
+                    Some(head) => head.weight.grad(&grads).unwrap(),
+                    None => model.model.embed_tokens.weight.grad(&grads).unwrap(),
+                };
+                let layer = &model.model.layers[1].mlp.down_proj.base_layer.weight;
+                let flat = |t: Tensor<2>| t.into_data().try_to_vec::<f32>().unwrap();
+                (values, flat(head), flat(layer.grad(&grads).unwrap()))
+            };
+            let reference = run(18, true);
+            for per_chunk in [1, 4, 7, 18] {
+                let got = run(per_chunk, false);
+                for (what, a, b) in [
+                    ("log-probs", &got.0, &reference.0),
+                    ("head gradient", &got.1, &reference.1),
+                    ("layer gradient", &got.2, &reference.2),
+                ] {
+                    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+                    let gap = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+                    assert!(
+                        scale > 0.0 && gap <= 1e-5 * scale,
+                        "{fixture}, {per_chunk} a chunk, {what}: gap {gap} at scale {scale}"
+                    );
+                }
             }
         }
     }

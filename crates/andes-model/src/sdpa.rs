@@ -14,8 +14,6 @@
 //! dP, dS) and the four products run on the operands' dtype (cuBLASLt on CUDA). The softmax
 //! itself is computed in f32 whatever the operands, as torch autocast and flash attention do.
 
-use std::sync::OnceLock;
-
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -24,6 +22,8 @@ use burn::backend::tensor::{BoolTensor, FloatTensor};
 use burn::backend::{Autodiff, Backend, Dispatch, Scalar, TensorMetadata, backend_extension};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, DType, FloatDType, Tensor};
+
+use crate::composed;
 
 /// `softmax(q·kᵀ·scale, masked where mask)·v`. `q` `[b, h, s_q, d]`, `k` and `v`
 /// `[b, h, s_k, d]` in one dtype (bf16 under autocast), `mask` `[b, h, s_q, s_k]` true where a
@@ -37,8 +37,7 @@ pub fn scaled_dot_product_attention(
     mask: Tensor<4, Bool>,
     scale: f64,
 ) -> Tensor<4> {
-    static COMPOSED: OnceLock<bool> = OnceLock::new();
-    if *COMPOSED.get_or_init(|| std::env::var("ANDES_ATTENTION").is_ok_and(|v| v == "composed")) {
+    if composed::requested("ANDES_ATTENTION") {
         return composed_attention(q, k, v, mask, scale);
     }
     Tensor::from_dispatch(<Dispatch as AttentionCore>::attention_core(

@@ -148,17 +148,15 @@ impl Qwen3ForCausalLM {
 
     /// Logits `[batch, seq, vocab]` from hidden states `[batch, seq, hidden]`.
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let (weight, bias) = self.head();
+        mixed_linear(hidden, weight, bias)
+    }
+
+    /// The LM head's weight `[hidden, vocab]` (the embedding's transpose when tied) and bias.
+    pub fn head(&self) -> (Tensor<2>, Option<Tensor<1>>) {
         match &self.lm_head {
-            Some(head) => mixed_linear(
-                hidden,
-                head.weight.val(),
-                head.bias.as_ref().map(|b| b.val()),
-            ),
-            None => mixed_linear(
-                hidden,
-                self.model.embed_tokens.weight.val().transpose(),
-                None,
-            ),
+            Some(head) => (head.weight.val(), head.bias.as_ref().map(|b| b.val())),
+            None => (self.model.embed_tokens.weight.val().transpose(), None),
         }
     }
 
