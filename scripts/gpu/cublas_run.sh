@@ -10,10 +10,9 @@
 #      train_peer.py) in TF32 and bf16 autocast with SDPA, and (COMPILE=1) compiled;
 #   3. (CURVES=1) the tiny recipe trained in f32 and bf16-mixed with cuBLASLt.
 # FIXTURES, VARIANTS, PRECISIONS and PEER_SPECS choose the rows; CUBECL_TRAIN=0 leaves out the
-# CubeCL timing rows (slow at the larger shapes); COMPOSED_AB=1 adds rows with the LM head's
-# loss, then also attention, differentiated operation by operation (ANDES_HEAD=composed,
-# ANDES_ATTENTION=composed: what ran before they became one operation each); MODEL picks the
-# shape timed.
+# CubeCL timing rows (slow at the larger shapes); FORMS_AB=1 adds a row with the LM head's loss
+# as one operation (ANDES_HEAD=one-operation) and one with attention composed of Burn's
+# operations (ANDES_ATTENTION=composed, what ran before); MODEL picks the shape timed.
 # libcublasLt is taken from the loader's path or, failing that, from PyTorch's CUDA wheels.
 # Results land in OUT (default ./out) as results.tar.gz, kept up to date as the run goes.
 set -uo pipefail
@@ -72,10 +71,9 @@ for precision in ${PRECISIONS:-bf16-mixed f32}; do
     --precision "$precision" --seq-len 1024 --batch 4 --warmup 0 --steps 1
   train_args=(bench train --config "$MODEL" --device cuda --precision "$precision" --seq-len 1024 --batch 4 --warmup 2 --steps 6)
   run "train-cublas-$precision" $A "${train_args[@]}"
-  if [ "${COMPOSED_AB:-0}" = 1 ]; then
-    run "train-cublas-composed-head-$precision" env ANDES_HEAD=composed $A "${train_args[@]}"
-    run "train-cublas-composed-both-$precision" env ANDES_HEAD=composed ANDES_ATTENTION=composed \
-      $A "${train_args[@]}"
+  if [ "${FORMS_AB:-0}" = 1 ]; then
+    run "train-cublas-one-operation-head-$precision" env ANDES_HEAD=one-operation $A "${train_args[@]}"
+    run "train-cublas-composed-attention-$precision" env ANDES_ATTENTION=composed $A "${train_args[@]}"
   fi
   [ "${CUBECL_TRAIN:-1}" = 1 ] && run "train-cubecl-$precision" env $CUBECL $A "${train_args[@]}"
 done

@@ -5,7 +5,7 @@
 //! Qwen3 vocabulary of 151,936 makes the logits of one [4, 1024] batch 2.5 GB in f32, more
 //! than one Vulkan buffer may hold (2 GiB), and no pass needs them all at once.
 
-use crate::composed;
+use crate::composed::{Form, form};
 use crate::head_log_probs::{head_target_log_probs, row_chunks};
 use crate::precision::operand;
 use crate::qwen3::Qwen3ForCausalLM;
@@ -39,9 +39,9 @@ fn positions_per_chunk(model: &Qwen3ForCausalLM) -> usize {
     (MAX_LOGIT_BYTES / (4 * model.vocab_size())).max(1)
 }
 
-/// The head and the log-softmax over chunks of `positions_per_chunk` positions, as one
-/// operation ([`head_target_log_probs`]) unless the head has a bias (Qwen3's has none) or
-/// `ANDES_HEAD=composed` asks for the composed form.
+/// The head and the log-softmax over chunks of `positions_per_chunk` positions, composed of
+/// Burn's operations, or as one operation ([`head_target_log_probs`]) where
+/// `ANDES_HEAD=one-operation` asks for it and the head has no bias (Qwen3's has none).
 fn chunked_log_probs(
     model: &Qwen3ForCausalLM,
     hidden: Tensor<3>,
@@ -53,19 +53,20 @@ fn chunked_log_probs(
     let hidden: Tensor<2> = hidden.reshape([positions, width]);
     let targets: Tensor<1, Int> = targets.reshape([positions]);
     let picked = match model.head() {
-        (weight, None) if !composed::requested("ANDES_HEAD") => head_target_log_probs(
-            operand(hidden),
-            operand(weight),
-            targets,
-            positions_per_chunk,
-        ),
+        (weight, None) if form("ANDES_HEAD", Form::Composed) == Form::OneOperation => {
+            head_target_log_probs(
+                operand(hidden),
+                operand(weight),
+                targets,
+                positions_per_chunk,
+            )
+        }
         _ => composed_log_probs(model, hidden, targets, positions_per_chunk),
     };
     picked.reshape([batch, seq])
 }
 
-/// The head, log-softmax and gather of each chunk differentiated operation by operation:
-/// for a head with a bias, and the reference the one-operation head is tested against.
+/// The head, log-softmax and gather of each chunk differentiated operation by operation.
 fn composed_log_probs(
     model: &Qwen3ForCausalLM,
     hidden: Tensor<2>,
@@ -172,13 +173,13 @@ mod tests {
                 let hidden = model
                     .forward_hidden(inputs.clone(), &mut model.new_cache())
                     .unwrap();
+                let width = hidden.dims()[2];
+                let (hidden, targets) =
+                    (hidden.reshape([18, width]), targets.clone().reshape([18]));
                 let picked = if composed {
-                    let width = hidden.dims()[2];
-                    let flat = hidden.reshape([18, width]);
-                    composed_log_probs(&model, flat, targets.clone().reshape([18]), per_chunk)
-                        .reshape([2, 9])
+                    composed_log_probs(&model, hidden, targets, per_chunk)
                 } else {
-                    chunked_log_probs(&model, hidden, targets.clone(), per_chunk)
+                    head_target_log_probs(hidden, model.head().0, targets, per_chunk)
                 };
                 let values: Vec<f32> = picked.clone().into_data().try_to_vec().unwrap();
                 let grads = picked.sum().backward();

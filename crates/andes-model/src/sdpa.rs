@@ -23,7 +23,7 @@ use burn::backend::{Autodiff, Backend, Dispatch, Scalar, TensorMetadata, backend
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, DType, FloatDType, Tensor};
 
-use crate::composed;
+use crate::composed::{Form, form};
 
 /// `softmax(q·kᵀ·scale, masked where mask)·v`. `q` `[b, h, s_q, d]`, `k` and `v`
 /// `[b, h, s_k, d]` in one dtype (bf16 under autocast), `mask` `[b, h, s_q, s_k]` true where a
@@ -37,7 +37,7 @@ pub fn scaled_dot_product_attention(
     mask: Tensor<4, Bool>,
     scale: f64,
 ) -> Tensor<4> {
-    if composed::requested("ANDES_ATTENTION") {
+    if form("ANDES_ATTENTION", Form::OneOperation) == Form::Composed {
         return composed_attention(q, k, v, mask, scale);
     }
     Tensor::from_dispatch(<Dispatch as AttentionCore>::attention_core(
