@@ -87,6 +87,9 @@ enum BenchCommand {
     /// Perplexity and KV memory of the tiny Qwen3 on held-out text under KV-cache eviction
     /// (OKV-style and recent-window budgets) on the CPU runtime.
     Okv,
+    /// Acceptance rate and speed-up of speculative decoding (prompt lookup, an int2 draft) on
+    /// the trained tiny Qwen3 packaged at int4, on the CPU runtime.
+    Speculative,
     /// Decode tokens/s and peak memory of the CPU runtime (float, ~4 bpw, the dimensity9500
     /// plan at 1.8 bpw) against llama.cpp and the bandwidth bound, on a Qwen3-0.6B shape.
     Runtime {
@@ -120,6 +123,7 @@ fn main() -> anyhow::Result<()> {
             BenchCommand::Quantize { pretrain_steps } => bench::quantize::quantize(pretrain_steps),
             BenchCommand::VlmQuant { steps } => bench::vlm_quant::vlm_quant(steps),
             BenchCommand::Okv => bench::okv::okv(),
+            BenchCommand::Speculative => bench::speculative::speculative(),
             BenchCommand::Runtime {
                 threads,
                 new_tokens,
@@ -164,6 +168,7 @@ mod tests {
             "bench vision --threads 2",
             "bench runtime",
             "bench okv",
+            "bench speculative",
             "bench runtime --threads 2 --new-tokens 8",
             "bench quantize",
             "bench quantize --pretrain-steps 400",

@@ -7,6 +7,7 @@ pub(crate) mod qalft;
 pub(crate) mod quantize;
 pub(crate) mod report;
 pub(crate) mod runtime;
+pub(crate) mod speculative;
 pub(crate) mod vision;
 pub(crate) mod vlm_quant;
 
@@ -36,6 +37,34 @@ fn train_tiny(andes: &Andes, out: &Path, recipe: &str, steps: u32) -> anyhow::Re
         &[&format!("train.steps={steps}")],
     )?;
     latest_checkpoint(&run_dir)
+}
+
+/// Writes to `plan` a bit plan giving every projection of the Qwen3 checkpoint `model` the
+/// format `format`, for `andes quantize --plan`.
+fn uniform_plan(model: &Path, format: &str, plan: &Path) -> anyhow::Result<()> {
+    const PROJECTIONS: [&str; 7] = [
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    ];
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model.join("config.json"))?)?;
+    let layers = config["num_hidden_layers"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("{}: no num_hidden_layers", model.display()))?;
+    let entries: Vec<serde_json::Value> = (0..layers)
+        .flat_map(|layer| {
+            PROJECTIONS.map(|p| {
+                serde_json::json!({"name": format!("model.layers.{layer}.{p}"), "format": format})
+            })
+        })
+        .collect();
+    let text = serde_json::json!({"version": 1, "layers": entries}).to_string();
+    Ok(std::fs::write(plan, text)?)
 }
 
 /// A throughput comparison on this machine's CPU of `andes bench KIND` with its transformers

@@ -11,20 +11,11 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use super::fresh_bench;
+use super::{fresh_bench, uniform_plan};
 use crate::andes_runner::stdout_of;
 use crate::workspace::{python, root};
 
 const PROMPT: &str = "The meaning of the word is the meaning";
-const PROJECTIONS: [&str; 7] = [
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-];
 
 /// Builds, packages and measures everything of the module's docs with `threads` threads and
 /// `new_tokens` generated tokens a run.
@@ -45,17 +36,7 @@ pub(crate) fn runtime(threads: usize, new_tokens: usize) -> anyhow::Result<()> {
         ]),
     )?;
     let plan = out.join("plan-int4-g128-sym.json");
-    let layers: Vec<serde_json::Value> = (0..28)
-        .flat_map(|layer| {
-            PROJECTIONS.map(|p| {
-                serde_json::json!({"name": format!("model.layers.{layer}.{p}"), "format": "int4-g128-sym"})
-            })
-        })
-        .collect();
-    std::fs::write(
-        &plan,
-        serde_json::json!({"version": 1, "layers": layers}).to_string(),
-    )?;
+    uniform_plan(&model, "int4-g128-sym", &plan)?;
     let int4 = out.join("package-int4");
     let d9500 = out.join("package-d9500-1.8");
     let cache = out.join("cache");
