@@ -35,15 +35,7 @@ mkdir -p "$CUDA_CACHE_PATH"
 mkdir -p /tmp/bin
 for bin in $BINS; do xz -dc ".carry/andes-$bin.xz" > "/tmp/bin/andes-$bin" && chmod +x "/tmp/bin/andes-$bin"; done
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$R/gpu.txt"
-run() { # run NAME COMMAND...: its JSON line to $R/NAME.json, the end of its stderr shown
-  local name=$1; shift
-  local start=$SECONDS
-  timeout "$STEP_LIMIT" "$@" > "$R/$name.json" 2> "$R/$name.err"
-  echo "$name rc=$? $((SECONDS - start)) s: $(head -c 600 "$R/$name.json")"
-  grep -m2 -E "panicked|rror" "$R/$name.err" | cut -c1-300
-  # Kept up to date, so a run stopped at its time limit still returns what it measured.
-  tar -czf "$OUT/results.tar.gz" -C $R .
-}
+. "$(dirname "$0")/run_step.sh"
 for bin in $BINS; do
   printf '[compilation]\ncache = true\n\n[compilation.logger]\nlevel = "basic"\nfile = "%s"\n\n[autotune]\nlevel = "minimal"\n' \
     "/tmp/compile-$bin.log" > cubecl.toml

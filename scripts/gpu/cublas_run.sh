@@ -32,14 +32,7 @@ mkdir -p "$CUDA_CACHE_PATH"
 printf '[compilation]\ncache = true\n' > cubecl.toml
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$R/gpu.txt"
 CUBECL="ANDES_MATMUL=cubecl ANDES_FUSED_MATMUL=ordered-double"
-run() { # run NAME COMMAND...: its stdout to $R/NAME.json, the end of its stderr shown
-  local name=$1; shift
-  local start=$SECONDS
-  timeout "$STEP_LIMIT" "$@" > "$R/$name.json" 2> "$R/$name.err"
-  echo "$name rc=$? $((SECONDS - start)) s: $(head -c 400 "$R/$name.json")"
-  grep -m2 -E "panicked|rror|warning" "$R/$name.err" | cut -c1-300
-  tar -czf "$OUT/results.tar.gz" -C $R .
-}
+. "$(dirname "$0")/run_step.sh"
 for fixture in ${FIXTURES:-qwen3-tiny-untied-mha-f32 qwen3-tiny-tied-gqa-f32 qwen3-tiny-bf16-sharded}; do
   F=fixtures/$fixture
   ref() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$F/reference.json" "$1"; }
