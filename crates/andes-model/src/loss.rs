@@ -191,9 +191,13 @@ mod tests {
                 let flat = |t: Tensor<2>| t.into_data().try_to_vec::<f32>().unwrap();
                 (values, flat(head), flat(layer.grad(&grads).unwrap()))
             };
+            // Both forms, in chunks of every size, against the composed head in one chunk.
             let reference = run(18, true);
-            for per_chunk in [1, 4, 7, 18] {
-                let got = run(per_chunk, false);
+            for (per_chunk, composed) in [1, 4, 7, 18]
+                .into_iter()
+                .flat_map(|n| [(n, false), (n, true)])
+            {
+                let got = run(per_chunk, composed);
                 for (what, a, b) in [
                     ("log-probs", &got.0, &reference.0),
                     ("head gradient", &got.1, &reference.1),
@@ -203,7 +207,8 @@ mod tests {
                     let gap = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
                     assert!(
                         scale > 0.0 && gap <= 1e-5 * scale,
-                        "{fixture}, {per_chunk} a chunk, {what}: gap {gap} at scale {scale}"
+                        "{fixture}, {per_chunk} a chunk, composed {composed}, {what}: gap {gap} \
+                         at scale {scale}"
                     );
                 }
             }
