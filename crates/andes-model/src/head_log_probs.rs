@@ -146,6 +146,7 @@ impl<B: Backend> Backward<B, 2> for HeadLogProbsBackward {
             Shape::new([positions, 1]),
         );
         let dtype = FloatDType::from(hidden.dtype());
+        let weight_t = B::float_transpose(weight.clone());
         let (mut grad_hidden, mut grad_weight) = (Vec::new(), None);
         for range in row_chunks(positions, per_chunk) {
             let logits = chunk_logits::<B>(&hidden, &weight, range.clone());
@@ -162,8 +163,7 @@ impl<B: Backend> Backward<B, 2> for HeadLogProbsBackward {
             );
             let grad_logits = B::float_cast(grad_logits, dtype);
             if hidden_node.is_some() {
-                let weight_t = B::float_transpose(weight.clone());
-                grad_hidden.push(B::float_matmul(grad_logits.clone(), weight_t));
+                grad_hidden.push(B::float_matmul(grad_logits.clone(), weight_t.clone()));
             }
             if weight_node.is_some() {
                 let hidden_t = B::float_transpose(rows::<B>(&hidden, range));

@@ -38,19 +38,25 @@ pub enum Position {
 }
 
 impl Position {
-    /// The attention mask for `heads` query heads: `None` for a growing cache (causal masking
-    /// covers it), the unwritten positions of a fixed one.
-    pub fn mask(&self, heads: usize) -> Option<Tensor<4, Bool>> {
+    /// Which keys each query of a forward pass of `seq` tokens may not see, `[batch or 1, 1,
+    /// seq, keys]`, made once a pass and shared by every layer: for a growing cache the keys
+    /// after each query's own position among the `start + seq` so far (a prompt's continuation
+    /// sees the whole cache), for a fixed one the positions not written yet, for packed rows
+    /// other records' keys and later ones.
+    pub fn attention_mask(&self, seq: usize, device: &Device) -> Tensor<4, Bool> {
         match self {
-            Position::Start(_) => None,
-            Position::Device { future, .. } => {
-                let [batch, _, seq, capacity] = future.dims();
-                Some(future.clone().expand([batch, heads, seq, capacity]))
+            Position::Start(start) => {
+                let keys = start + seq;
+                let rows = Tensor::<1, Int>::arange(*start as i64..keys as i64, device)
+                    .reshape([seq, 1])
+                    .expand([seq, keys]);
+                let cols = Tensor::<1, Int>::arange(0..keys as i64, device)
+                    .reshape([1, keys])
+                    .expand([seq, keys]);
+                rows.lower(cols).reshape([1, 1, seq, keys])
             }
-            Position::Packed { blocked, .. } => {
-                let [batch, _, seq, keys] = blocked.dims();
-                Some(blocked.clone().expand([batch, heads, seq, keys]))
-            }
+            Position::Device { future, .. } => future.clone(),
+            Position::Packed { blocked, .. } => blocked.clone(),
         }
     }
 

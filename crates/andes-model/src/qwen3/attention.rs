@@ -2,7 +2,7 @@
 
 use burn::module::Module;
 use burn::nn::{LinearConfig, RmsNorm, RmsNormConfig};
-use burn::tensor::{Bool, Device, Int, Tensor};
+use burn::tensor::{Bool, Device, Tensor};
 
 use super::Qwen3Config;
 use crate::kv_cache::{LayerKvCache, Position};
@@ -67,13 +67,15 @@ impl Attention {
         }
     }
 
-    /// `x`: `[batch, seq, hidden]`, its tokens at `position`; stores this step's keys and
-    /// values in `cache` and returns `[batch, seq, hidden]`.
+    /// `x`: `[batch, seq, hidden]`, its tokens at `position`, `mask` the keys no query may see
+    /// (`Position::attention_mask`); stores this step's keys and values in `cache` and returns
+    /// `[batch, seq, hidden]`.
     pub fn forward(
         &self,
         x: Tensor<3>,
         rope: &RotaryEmbedding,
         position: &Position,
+        mask: &Tensor<4, Bool>,
         cache: &mut LayerKvCache,
     ) -> Tensor<3> {
         let [batch, seq, _] = x.dims();
@@ -94,9 +96,11 @@ impl Attention {
 
         let group = self.heads / self.kv_heads;
         let (k, v) = (repeat_kv(k, group), repeat_kv(v, group));
-        let context = attend(q, k, v, position.mask(self.heads))
-            .swap_dims(1, 2)
-            .reshape([batch, seq, self.heads * self.head_dim]);
+        let context = attend(q, k, v, mask.clone()).swap_dims(1, 2).reshape([
+            batch,
+            seq,
+            self.heads * self.head_dim,
+        ]);
         self.o_proj.forward(context)
     }
 }
@@ -104,29 +108,13 @@ impl Attention {
 /// `softmax(q·kᵀ/√d)·v` as one differentiable operation ([`scaled_dot_product_attention`])
 /// that keeps only the probabilities for the backward pass: under autocast both products on
 /// autocast operands, the softmax always in f32, the context handed back in the caller's
-/// dtype. `q` `[b, h, s_q, d]`, `k`/`v` `[b, h, s_k, d]`; `mask` marks the positions to leave
-/// out, and each query's future is left out too, aligned at the last query (a prompt's
-/// continuation sees the whole cache; a single query sees everything).
-fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: Option<Tensor<4, Bool>>) -> Tensor<4> {
+/// dtype. `q` `[b, h, s_q, d]`, `k`/`v` `[b, h, s_k, d]`; `mask` (`[b or 1, 1, s_q, s_k]`)
+/// marks the keys each query may not see.
+fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: Tensor<4, Bool>) -> Tensor<4> {
     let dtype = q.dtype();
     let [batch, heads, seq_q, head_dim] = q.dims();
     let seq_k = k.dims()[2];
-    let device = q.device();
-    let offset = (seq_k - seq_q) as i64;
-    let rows = Tensor::<1, Int>::arange(offset..offset + seq_q as i64, &device)
-        .reshape([seq_q, 1])
-        .expand([seq_q, seq_k]);
-    let cols = Tensor::<1, Int>::arange(0..seq_k as i64, &device)
-        .reshape([1, seq_k])
-        .expand([seq_q, seq_k]);
-    let future = rows
-        .lower(cols)
-        .reshape([1, 1, seq_q, seq_k])
-        .expand([batch, heads, seq_q, seq_k]);
-    let mask = match mask {
-        Some(mask) => mask.bool_or(future),
-        None => future,
-    };
+    let mask = mask.expand([batch, heads, seq_q, seq_k]);
     let scale = 1.0 / (head_dim as f64).sqrt();
     scaled_dot_product_attention(operand(q), operand(k), operand(v), mask, scale).cast(dtype)
 }
@@ -160,7 +148,7 @@ mod tests {
         let ids: Vec<i64> = (0..12).map(|i| (i * 37 + 5) % 500).collect();
         let tokens = |range: std::ops::Range<usize>| {
             let part = ids[range.clone()].to_vec();
-            super::Tensor::<2, super::Int>::from_data(
+            super::Tensor::<2, burn::tensor::Int>::from_data(
                 TensorData::new(part, [1, range.len()]),
                 &device,
             )

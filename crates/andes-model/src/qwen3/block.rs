@@ -2,7 +2,7 @@
 
 use burn::module::Module;
 use burn::nn::{RmsNorm, RmsNormConfig};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Bool, Device, Tensor};
 
 use super::Qwen3Config;
 use super::attention::Attention;
@@ -39,19 +39,18 @@ impl DecoderLayer {
         }
     }
 
-    /// `[batch, seq, hidden]` → `[batch, seq, hidden]` for tokens at `position`, storing
-    /// their keys and values in `cache`.
+    /// `[batch, seq, hidden]` → `[batch, seq, hidden]` for tokens at `position` (`mask`: the
+    /// keys no query may see), storing their keys and values in `cache`.
     pub fn forward(
         &self,
         x: Tensor<3>,
         rope: &RotaryEmbedding,
         position: &Position,
+        mask: &Tensor<4, Bool>,
         cache: &mut LayerKvCache,
     ) -> Tensor<3> {
-        let x = x.clone()
-            + self
-                .self_attn
-                .forward(self.input_layernorm.forward(x), rope, position, cache);
+        let normed = self.input_layernorm.forward(x.clone());
+        let x = x + self.self_attn.forward(normed, rope, position, mask, cache);
         x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
     }
 }

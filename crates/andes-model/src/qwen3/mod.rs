@@ -134,9 +134,10 @@ impl Qwen3ForCausalLM {
 
     /// Every decoder layer, then the final norm, over `x` at `position`.
     fn decode_layers(&self, x: Tensor<3>, position: &Position, cache: &mut KvCache) -> Tensor<3> {
+        let mask = position.attention_mask(x.dims()[1], &x.device());
         let mut x = x;
         for (layer, layer_cache) in self.model.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward(x, &self.model.rotary, position, layer_cache);
+            x = layer.forward(x, &self.model.rotary, position, &mask, layer_cache);
         }
         self.model.norm.forward(x)
     }
