@@ -12,21 +12,20 @@
 # FIXTURES, VARIANTS, PRECISIONS and PEER_SPECS choose the rows; CUBECL_TRAIN=0 leaves out the
 # CubeCL timing rows (slow at the larger shapes); FORMS_AB=1 adds a row with the LM head's loss
 # as one operation (ANDES_HEAD=one-operation) and one with attention composed of Burn's
-# operations (ANDES_ATTENTION=composed, what ran before); MODEL picks the shape timed.
+# operations (ANDES_ATTENTION=composed, what ran before); MODEL and BATCH (default 4) pick the
+# shape timed; FORWARD=1 adds the bf16 forward (prefill, decode, replayed decode) of MODEL
+# beside transformers bf16 (scripts/bench/forward_peer.py).
 # libcublasLt is taken from the loader's path or, failing that, from PyTorch's CUDA wheels.
 # Results land in OUT (default ./out) as results.tar.gz, kept up to date as the run goes.
 set -uo pipefail
 OUT=${OUT:-out}; mkdir -p "$OUT"
-R=/tmp/results; mkdir -p $R
+R=${R:-/tmp/results}; mkdir -p $R
 STEP_LIMIT=${STEP_LIMIT:-240}
 MODEL=${MODEL:-configs/models/qwen3-0.6b.json}
+BATCH=${BATCH:-4}
 A=/tmp/andes-cublas
 xz -dc .carry/andes-cublas.xz > $A && chmod +x $A
-LT=$(ldconfig -p | awk '/libcublasLt\.so/ {print $NF; exit}')
-[ -n "$LT" ] || LT=$(find / -xdev -name 'libcublasLt.so*' 2>/dev/null | sort | head -1)
-mkdir -p /tmp/lib && ln -sf "$LT" /tmp/lib/libcublasLt.so
-export LD_LIBRARY_PATH=/tmp/lib:$(dirname "$LT")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-echo "libcublasLt: $LT" | tee "$R/library.txt"
+. "$(dirname "$0")/cublas_lib.sh"
 export CUDA_CACHE_PATH=$PWD/target/environment/cuda-jit CUDA_CACHE_MAXSIZE=4294967296
 mkdir -p "$CUDA_CACHE_PATH"
 printf '[compilation]\ncache = true\n' > cubecl.toml
@@ -61,8 +60,8 @@ for precision in ${PRECISIONS:-bf16-mixed f32}; do
   # One traced step first (ANDES_MATMUL=trace: where each distinct product ran, and why), which
   # also fills the kernel cache for the timed runs.
   run "trace-cublas-$precision" env ANDES_MATMUL=trace $A bench train --config "$MODEL" --device cuda \
-    --precision "$precision" --seq-len 1024 --batch 4 --warmup 0 --steps 1
-  train_args=(bench train --config "$MODEL" --device cuda --precision "$precision" --seq-len 1024 --batch 4 --warmup 2 --steps 6)
+    --precision "$precision" --seq-len 1024 --batch $BATCH --warmup 0 --steps 1
+  train_args=(bench train --config "$MODEL" --device cuda --precision "$precision" --seq-len 1024 --batch $BATCH --warmup 2 --steps 6)
   run "train-cublas-$precision" $A "${train_args[@]}"
   if [ "${FORMS_AB:-0}" = 1 ]; then
     run "train-cublas-one-operation-head-$precision" env ANDES_HEAD=one-operation $A "${train_args[@]}"
@@ -77,8 +76,14 @@ for spec in "${specs[@]}"; do
   set -- $spec
   limit=$STEP_LIMIT; [ -n "${3:-}" ] && limit=${COMPILE_LIMIT:-360}
   STEP_LIMIT=$limit run "peer-$1-$2${3:+-compile}" python3 scripts/bench/train_peer.py \
-    --config "$MODEL" --device cuda --precision "$1" --attn "$2" ${3:-} --seq-len 1024 --batch 4
+    --config "$MODEL" --device cuda --precision "$1" --attn "$2" ${3:-} --seq-len 1024 --batch $BATCH
 done
+if [ "${FORWARD:-0}" = 1 ]; then
+  forward_args=(--config "$MODEL" --device cuda --prompt-len 512 --decode-tokens 128 --warmup 1 --repeats 3)
+  run forward-andes-bf16 $A bench forward "${forward_args[@]}" --dtype bf16
+  run forward-andes-bf16-replay $A bench forward "${forward_args[@]}" --dtype bf16 --replay
+  run forward-peer-bf16-sdpa python3 scripts/bench/forward_peer.py "${forward_args[@]}" --dtype bfloat16 --attn sdpa
+fi
 if [ "${CURVES:-0}" = 1 ]; then
   for precision in f32 bf16-mixed; do
     run "curve-tiny-$precision" $A train --config configs/recipes/tiny/pretrain.toml --out "/tmp/tiny-$precision" \

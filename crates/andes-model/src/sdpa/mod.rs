@@ -14,7 +14,10 @@
 //! dP, dS) and the four products run on the operands' dtype (cuBLASLt on CUDA). The softmax
 //! itself is computed in f32 whatever the operands, as torch autocast and flash attention do.
 //! On an H200 this took 14% off the 0.6B bf16-mixed training step and 14.4 GB off its memory
-//! (BENCHMARKS.md, "Attention and the LM head as one operation each").
+//! (BENCHMARKS.md, "Attention and the LM head as one operation each"). The softmax and the
+//! scores' gradient are operations of their own ([`AttentionCore::attention_probabilities`],
+//! [`AttentionCore::attention_scores_grad`]), one kernel each on CubeCL backends ([`cube`]):
+//! composed of Burn's operations they ran unfused, 72 ms of a 210-ms step on an H100.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -26,6 +29,9 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, DType, FloatDType, Tensor};
 
 use crate::composed::{Form, form};
+
+#[cfg(any(feature = "wgpu", feature = "cuda-untuned"))]
+pub mod cube;
 
 /// `softmax(q·kᵀ·scale, masked where mask)·v`. `q` `[b, h, s_q, d]`, `k` and `v`
 /// `[b, h, s_k, d]` in one dtype (bf16 under autocast), `mask` `[b, h, s_q, s_k]` true where a
@@ -69,16 +75,19 @@ pub fn composed_attention(
     softmax(scores, 3).cast(dtype).matmul(v)
 }
 
-/// The operation on each backend: the composed forward pass where nothing is differentiated
-/// (Burn's fusion still fuses it on the GPU), and under autodiff the backward of the module
-/// documentation.
+/// The operation on each backend: the composed forward pass where nothing is differentiated,
+/// and under autodiff the backward of the module documentation. The softmax and its gradient
+/// are operations of their own so that a backend can run each as one kernel over the scores
+/// (CubeCL: [`cube`]); their default bodies compose Burn's operations.
 #[backend_extension(
     Flex,
     Cube: cfg(any(feature = "wgpu", feature = "cuda-untuned")),
+    Fusion: cfg(any(feature = "wgpu", feature = "cuda-untuned")),
     Autodiff
 )]
 pub trait AttentionCore: Backend {
     /// See [`scaled_dot_product_attention`].
+    #[fusion(default)]
     fn attention_core(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
@@ -88,12 +97,63 @@ pub trait AttentionCore: Backend {
     ) -> FloatTensor<Self> {
         forward::<Self>(q, k, v, mask, scale).output
     }
+
+    /// `P = softmax(scores·scale, masked where mask)` over the last dimension, computed in f32
+    /// and returned in the scores' dtype; `mask` broadcasts to the scores' shape.
+    #[fusion(dtype = scores, shape = scores)]
+    fn attention_probabilities(
+        scores: FloatTensor<Self>,
+        mask: BoolTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        composed_probabilities::<Self>(scores, mask, scale)
+    }
+
+    /// The scores' gradient `dS = P ⊙ (dP − row_dot)·scale` from the probabilities `P`, their
+    /// gradient `dP` (both in the operands' dtype) and `row_dot = rowsum(dO ⊙ O)` (f32, the
+    /// scores' shape with a last dimension of 1); computed in f32, returned in `P`'s dtype.
+    #[fusion(dtype = probabilities, shape = probabilities)]
+    fn attention_scores_grad(
+        probabilities: FloatTensor<Self>,
+        grad_probabilities: FloatTensor<Self>,
+        row_dot: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        composed_scores_grad::<Self>(probabilities, grad_probabilities, row_dot, scale)
+    }
+}
+
+/// [`AttentionCore::attention_probabilities`] composed of Burn's operations.
+fn composed_probabilities<B: Backend>(
+    scores: FloatTensor<B>,
+    mask: BoolTensor<B>,
+    scale: f64,
+) -> FloatTensor<B> {
+    let dtype = FloatDType::from(scores.dtype());
+    let scores = B::float_mul_scalar(f32_of::<B>(scores), Scalar::new(scale, &DType::F32));
+    let scores = B::float_mask_fill(scores, mask, Scalar::new(f32::NEG_INFINITY, &DType::F32));
+    B::float_cast(B::softmax(scores, 3), dtype)
+}
+
+/// [`AttentionCore::attention_scores_grad`] composed of Burn's operations.
+fn composed_scores_grad<B: Backend>(
+    probabilities: FloatTensor<B>,
+    grad_probabilities: FloatTensor<B>,
+    row_dot: FloatTensor<B>,
+    scale: f64,
+) -> FloatTensor<B> {
+    let dtype = FloatDType::from(probabilities.dtype());
+    let grad_scores = B::float_mul(
+        f32_of::<B>(probabilities),
+        B::float_sub(f32_of::<B>(grad_probabilities), row_dot),
+    );
+    B::float_cast(
+        B::float_mul_scalar(grad_scores, Scalar::new(scale, &DType::F32)),
+        dtype,
+    )
 }
 
 impl AttentionCore for burn::backend::Flex {}
-
-#[cfg(any(feature = "wgpu", feature = "cuda-untuned"))]
-impl AttentionCore for burn::backend::Cube {}
 
 /// What the forward pass leaves for the backward one.
 struct Forward<B: Backend> {
@@ -103,18 +163,15 @@ struct Forward<B: Backend> {
     output: FloatTensor<B>,
 }
 
-fn forward<B: Backend>(
+fn forward<B: AttentionCore>(
     q: FloatTensor<B>,
     k: FloatTensor<B>,
     v: FloatTensor<B>,
     mask: BoolTensor<B>,
     scale: f64,
 ) -> Forward<B> {
-    let dtype = q.dtype();
     let scores = B::float_matmul(q, B::float_transpose(k));
-    let scores = B::float_mul_scalar(f32_of::<B>(scores), Scalar::new(scale, &DType::F32));
-    let scores = B::float_mask_fill(scores, mask, Scalar::new(f32::NEG_INFINITY, &DType::F32));
-    let probabilities = B::float_cast(B::softmax(scores, 3), FloatDType::from(dtype));
+    let probabilities = B::attention_probabilities(scores, mask, scale);
     let output = B::float_matmul(probabilities.clone(), v);
     Forward {
         probabilities,
@@ -139,7 +196,7 @@ type State<B> = (
     f64,
 );
 
-impl<B: Backend> Backward<B, 3> for AttentionCoreBackward {
+impl<B: AttentionCore> Backward<B, 3> for AttentionCoreBackward {
     type State = State<B>;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
@@ -162,14 +219,8 @@ impl<B: Backend> Backward<B, 3> for AttentionCoreBackward {
             B::float_mul(f32_of::<B>(grad_output), f32_of::<B>(output)),
             3,
         );
-        let grad_scores = B::float_mul(
-            f32_of::<B>(probabilities),
-            B::float_sub(f32_of::<B>(grad_probabilities), row_dot),
-        );
-        let grad_scores = B::float_cast(
-            B::float_mul_scalar(grad_scores, Scalar::new(scale, &DType::F32)),
-            dtype,
-        );
+        let grad_scores =
+            B::attention_scores_grad(probabilities, grad_probabilities, row_dot, scale);
         if let Some(node) = q_node {
             grads.register::<B>(node.id, B::float_matmul(grad_scores.clone(), k));
         }
