@@ -154,6 +154,16 @@ fn row_launch(tensor: &CubeTensor) -> Option<(CubeCount, CubeDim)> {
     ))
 }
 
+/// The widest index type any of `tensors` needs (32-bit indices where every one fits).
+fn address_type(tensors: &[&CubeTensor]) -> AddressType {
+    tensors
+        .iter()
+        .map(|tensor| tensor.required_address_type())
+        .max()
+        .unwrap_or_default()
+}
+
+/// A new tensor of `tensor`'s shape, dtype and device (its own strides: CubeCL chooses them).
 fn empty_like(tensor: &CubeTensor) -> CubeTensor {
     empty_device_dtype(
         tensor.client.clone(),
@@ -182,9 +192,7 @@ impl AttentionCore for CubeBackend {
             dtype_to_storage_type(mask.dtype),
         ];
         let client = scores.client.clone();
-        let address = scores
-            .required_address_type()
-            .max(mask.required_address_type());
+        let address = address_type(&[&scores, &mask, &probabilities]);
         // SAFETY: every index the kernel forms lies in its tensor: rows past the last return
         // first, columns stay under the row's length, and each tensor is indexed through its
         // own shape and strides.
@@ -219,7 +227,7 @@ impl AttentionCore for CubeBackend {
         let grad_scores = empty_like(&probabilities);
         let dtype = dtype_to_storage_type(probabilities.dtype);
         let client = probabilities.client.clone();
-        let address = probabilities.required_address_type();
+        let address = address_type(&[&probabilities, &grad_probabilities, &row_dot, &grad_scores]);
         // SAFETY: as for the probabilities: rows past the last return first, columns stay
         // under the row's length, each tensor indexed through its own shape and strides.
         unsafe {
@@ -240,8 +248,9 @@ impl AttentionCore for CubeBackend {
     }
 }
 
-/// Run on a CUDA device (this file is compiled into GPU builds only): `scripts/gpu/
-/// attention_kernels_test.sh` builds the test binary here and runs it there.
+/// Run on a CUDA device (this file is compiled into GPU builds only): `TEST_CRATE=andes-model
+/// scripts/gpu/build-cuda.sh` builds the test binary, `scripts/gpu/kernel_tests.sh` runs it on
+/// the GPU machine.
 #[cfg(all(test, feature = "cuda-untuned"))]
 mod tests {
     use burn::backend::Dispatch;
