@@ -16,7 +16,7 @@
 //! On an H200 this took 14% off the 0.6B bf16-mixed training step and 14.4 GB off its memory
 //! (BENCHMARKS.md, "Attention and the LM head as one operation each"). The softmax and the
 //! scores' gradient are operations of their own ([`AttentionCore::attention_probabilities`],
-//! [`AttentionCore::attention_scores_grad`]), one kernel each on CubeCL backends ([`cube`]):
+//! [`AttentionCore::attention_scores_grad`]), one kernel each on CubeCL backends (`sdpa/cube.rs`, in GPU builds):
 //! composed of Burn's operations they ran unfused, 72 ms of a 210-ms step on an H100.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -78,7 +78,7 @@ pub fn composed_attention(
 /// The operation on each backend: the composed forward pass where nothing is differentiated,
 /// and under autodiff the backward of the module documentation. The softmax and its gradient
 /// are operations of their own so that a backend can run each as one kernel over the scores
-/// (CubeCL: [`cube`]); their default bodies compose Burn's operations.
+/// (CubeCL: `sdpa/cube.rs`, in GPU builds); their default bodies compose Burn's operations.
 #[backend_extension(
     Flex,
     Cube: cfg(any(feature = "wgpu", feature = "cuda-untuned")),
