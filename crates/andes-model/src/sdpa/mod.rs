@@ -16,8 +16,9 @@
 //! On an H200 this took 14% off the 0.6B bf16-mixed training step and 14.4 GB off its memory
 //! (BENCHMARKS.md, "Attention and the LM head as one operation each"). The softmax and the
 //! scores' gradient are operations of their own ([`AttentionCore::attention_probabilities`],
-//! [`AttentionCore::attention_scores_grad`]), one kernel each on CubeCL backends (`sdpa/cube.rs`, in GPU builds):
-//! composed of Burn's operations they ran unfused, 72 ms of a 210-ms step on an H100.
+//! [`AttentionCore::attention_scores_grad`]), one kernel each on CubeCL backends
+//! (`sdpa/cube.rs`, in GPU builds): composed of Burn's operations they ran unfused, 72 ms of a
+//! 210-ms step on an H100.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
