@@ -1,7 +1,8 @@
 //! End-to-end runs of the `andes` binary on the bundled tiny checkpoints.
 //!
 //! `andes quantize` (with `verify`, `inspect` and `eval` of its packages): the Dimensity 9500
-//! package at 1.8 bpw, AndesVL packages, image calibration, and the refusals.
+//! package at 1.8 bpw, generic-cpu's quantized tables, AndesVL packages, image calibration,
+//! and the refusals.
 
 mod common;
 
@@ -125,6 +126,93 @@ fn quantize_for_dimensity9500_at_1_8_bpw_verifies_and_rejects_tampering() {
     std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
     let output = andes(&["verify", path(&tampered)]);
     assert!(!output.status.success());
+}
+
+/// On generic-cpu the embedding and head tables are packed in int8 per channel beside the
+/// linears: out of the float file, counted in the manifest, evaluated within int8's rounding of
+/// the float-table package, and a table whose format the manifest does not name is refused.
+#[test]
+fn generic_cpu_packages_quantize_the_tables_and_verify_checks_their_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let package = dir.path().join("pkg");
+    let float_tables = dir.path().join("pkg-float-tables");
+    json_stdout(quantize_tiny(
+        &package,
+        &["--target", "generic-cpu", "--bpw", "4"],
+    ));
+    let profile = std::fs::read_to_string(repo("configs/targets/generic-cpu.toml")).unwrap();
+    let without_tables: String = profile
+        .lines()
+        .filter(|line| !line.starts_with("tables"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let float_profile = dir.path().join("generic-cpu-float-tables.toml");
+    std::fs::write(&float_profile, without_tables).unwrap();
+    let plan = package.join("bit_plan.json");
+    json_stdout(quantize_tiny(
+        &float_tables,
+        &["--target", path(&float_profile), "--plan", path(&plan)],
+    ));
+
+    let manifest = |dir: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap()
+    };
+    let (packed, float) = (manifest(&package), manifest(&float_tables));
+    // two [512, 64] tables, untied: one byte a code and an f16 scale a row
+    assert_eq!(packed["weights"]["table_parameters"], 2 * 512 * 64);
+    assert!(packed["weights"]["table_bytes"].as_u64().unwrap() >= 2 * 512 * (64 + 2));
+    assert_eq!(
+        float["weights"]["float_parameters"].as_u64().unwrap(),
+        packed["weights"]["float_parameters"].as_u64().unwrap() + 2 * 512 * 64
+    );
+    assert!(!float_tables.join("quantized_tables.safetensors").exists());
+    let floats = tensors(&package.join("float_tensors.safetensors"));
+    assert!(
+        !floats.contains_key("model.embed_tokens.weight") && !floats.contains_key("lm_head.weight")
+    );
+    let verified = json_stdout(andes(&["verify", path(&package)]));
+    assert_eq!(verified["linears_verified"], 14);
+
+    let nll = |model: &Path| {
+        let text = repo("datasets/gcide/gcide-eval.txt");
+        let args = [
+            "eval",
+            "--model",
+            path(model),
+            "--json",
+            "--text",
+            path(&text),
+        ];
+        json_stdout(andes(&args))["mean_nll"].as_f64().unwrap()
+    };
+    let (with_packed, with_float) = (nll(&package), nll(&float_tables));
+    assert!(with_packed != with_float, "the tables are rounded");
+    assert!(
+        (with_packed - with_float).abs() < 0.01 * with_float,
+        "{with_packed} vs {with_float}"
+    );
+
+    // The manifest is the one file no checksum covers: a table format it does not name is
+    // refused, naming the tables' file.
+    let mut edited = packed.clone();
+    edited["target"]["tables"]["format"] = "int4-channel-sym".into();
+    std::fs::write(package.join("manifest.json"), edited.to_string()).unwrap();
+    let output = andes(&["verify", path(&package)]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success()
+            && stderr.contains("quantized_tables.safetensors")
+            && stderr.contains("int4-channel-sym"),
+        "{stderr}"
+    );
+    edited["target"].as_object_mut().unwrap().remove("tables");
+    std::fs::write(package.join("manifest.json"), edited.to_string()).unwrap();
+    let output = andes(&["verify", path(&package)]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("keeps the tables float"),
+        "{stderr}"
+    );
 }
 
 /// The tensors of a safetensors file, by name, as (dtype, shape, bytes).

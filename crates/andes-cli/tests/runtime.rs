@@ -1,5 +1,5 @@
 //! The CPU runtime against the dequantized reference path (`andes generate --reference`):
-//! greedy output token for token in every packed format, with an adapter of a bundle, with
+//! greedy output token for token in every packed format (linears and tables), with an adapter of a bundle, with
 //! speculative decoding and with a KV budget that evicts nothing; what eviction keeps; and
 //! the requests it refuses.
 
@@ -14,8 +14,9 @@ use andes_runtime::decoder::PROJECTIONS;
 const MODEL: &str = "qwen3-tiny-untied-mha-f32";
 const PROMPT: &str = "The meaning of the word the meaning of";
 
-/// A target profile allowing every format, so a plan can use any of them.
-fn every_format_target(dir: &Path) -> std::path::PathBuf {
+/// A target profile allowing every format, so a plan can use any of them, with the embedding
+/// and head tables in `tables` (float when `None`).
+fn every_format_target(dir: &Path, tables: Option<&str>) -> std::path::PathBuf {
     let formats: Vec<String> = QuantFormat::all()
         .iter()
         .map(|f| format!("  {{ format = \"{f}\", execution = \"unpack\", source = \"test\" }},"))
@@ -27,10 +28,13 @@ fn every_format_target(dir: &Path) -> std::path::PathBuf {
          alignment_bytes = {{ value = 32, source = \"test\" }}\n\
          memory_gib = {{ value = 8, source = \"test\" }}\n\
          bandwidth_gb_s = {{ value = 50, source = \"test\" }}\n\
-         compute_tops = {{ value = 2, source = \"test\" }}\n",
-        formats.join("\n")
+         compute_tops = {{ value = 2, source = \"test\" }}\n{}",
+        formats.join("\n"),
+        tables.map_or(String::new(), |f| format!(
+            "tables = {{ format = \"{f}\", source = \"test\" }}\n"
+        ))
     );
-    let target = dir.join("every-format.toml");
+    let target = dir.join(format!("every-format-{}.toml", tables.unwrap_or("float")));
     std::fs::write(&target, text).unwrap();
     target
 }
@@ -86,10 +90,14 @@ fn generate(model: &Path, extra: &[&str]) -> serde_json::Value {
 #[test]
 fn every_format_decodes_greedy_token_for_token_like_the_dequantized_path() {
     let dir = tempfile::tempdir().unwrap();
-    let target = every_format_target(dir.path());
     for format in QuantFormat::all() {
         let format = format.to_string();
+        let target = every_format_target(dir.path(), Some(&format));
         let package = package_in(&format, dir.path(), &target);
+        assert!(
+            package.join(andes_package::TABLES_FILE).exists(),
+            "{format}"
+        );
         let runtime = generate(&package, &[]);
         let reference = generate(&package, &["--reference"]);
         assert_eq!(runtime["engine"], "runtime");
@@ -104,7 +112,7 @@ fn every_format_decodes_greedy_token_for_token_like_the_dequantized_path() {
 #[test]
 fn speculation_and_a_budget_that_evicts_nothing_keep_greedy_output() {
     let dir = tempfile::tempdir().unwrap();
-    let target = every_format_target(dir.path());
+    let target = every_format_target(dir.path(), None);
     let package = package_in("int4-g32-asym", dir.path(), &target);
     let plain = generate(&package, &[]);
     let speculative = generate(&package, &["--speculate", "4"]);
@@ -143,7 +151,7 @@ fn a_float_checkpoint_runs_on_the_runtime_like_burn() {
 #[test]
 fn the_runtime_refuses_what_it_cannot_serve_by_name() {
     let dir = tempfile::tempdir().unwrap();
-    let target = every_format_target(dir.path());
+    let target = every_format_target(dir.path(), None);
     let package = package_in("int8-channel-sym", dir.path(), &target);
     let long = "word ".repeat(600);
     let output = andes(&["generate", "--model", path(&package), "--prompt", &long]);

@@ -6,7 +6,8 @@
 //! [`quantized_linears`] gives those packed tensors. The latent weight the grid rounds is the
 //! float weight for RTN, and GPTQ's dequantized result for GPTQ (its codes are not the nearest
 //! levels of the float weight, so the latent weight must carry them).
-//! Embeddings, norms and the LM head stay in float, as in every weight-only PTQ method.
+//! Embeddings, norms and the LM head stay in float, as in every weight-only PTQ method; a
+//! package may round the embedding and head tables afterwards ([`quantized_tables`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -27,6 +28,8 @@ mod grid;
 pub use grid::{
     GRID_FILE, GRID_PLAN_FILE, grid_plan, has_grid, load_grid, load_scales, save_grid, save_scales,
 };
+mod tables;
+pub use tables::{EMBEDDING_TABLE, HEAD_TABLE, quantized_tables, table_shapes};
 
 use crate::batch::calibration_batches;
 use crate::checkpoint::stable_param_id;

@@ -24,8 +24,8 @@ pub use files::{MANIFEST_FILE, staging_dir};
 pub use heatmap::{format_bpw, plan_heatmap_svg};
 pub use package::{
     FLOAT_FILE, LoadedPackage, PACKAGE_KIND, PACKAGE_VERSION, PLAN_FILE, PackageInput,
-    PackageManifest, PackageParts, QUANTIZED_FILE, VISION_FILE, WeightSummary, is_package,
-    load_model, load_package, open_package, write_package,
+    PackageManifest, PackageParts, QUANTIZED_FILE, TABLES_FILE, VISION_FILE, WeightSummary,
+    is_package, load_model, load_package, open_package, write_package,
 };
 pub use package_bundle::{
     ADAPTERS_DIR, BoundAdapter, Bundle, BundledAdapter, PACKAGE_BUNDLE_VERSION, PACKAGE_DIR,

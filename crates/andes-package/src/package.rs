@@ -1,7 +1,8 @@
 //! The mobile weight package `andes quantize` writes (`docs/package-format.md`): a Qwen3 model
 //! (or an AndesVL model's language model, its vision tower and projector kept in float) with
-//! its linears packed per a bit plan fitted to a target profile, everything else in the
-//! profile's float precision, the tokenizer, and a manifest with the sha256 of every file.
+//! its linears packed per a bit plan fitted to a target profile, the embedding and head tables
+//! rounded to the profile's table format when it names one, everything else in the profile's
+//! float precision, the tokenizer, and a manifest with the sha256 of every file.
 //! Written in a temporary sibling directory and renamed into place. [`load_package`] checks
 //! checksums, shapes and plan consistency and rebuilds the dequantized model, which is what
 //! `andes verify`, `andes inspect` and `andes eval --model PKG` run on.
@@ -13,7 +14,7 @@ use andes_model::andesvl::{AndesVLConfig, VisionSide, load_vision_side, vision_s
 use andes_model::checkpoint::{
     SafetensorsShards, SaveDtype, load_parameters, parameters_safetensors, write_atomically,
 };
-use andes_model::quantize::{linear_shapes, quantized_linears};
+use andes_model::quantize::{linear_shapes, quantized_linears, quantized_tables, table_shapes};
 use andes_model::qwen3::{Qwen3Config, Qwen3ForCausalLM};
 use andes_model::{Model, ModelConfig};
 use andes_quant::{BitPlan, BpwReport, FloatPrecision, QuantizedTensor, TargetProfile, dequantize};
@@ -30,15 +31,20 @@ use crate::files::{
 };
 use andes_model::checkpoint::sha256;
 
-/// The package layout this crate writes: 2, every tensor aligned to the target's
-/// `alignment_bytes`. Version 1 (the same files, 8-byte aligned) is still read.
-pub const PACKAGE_VERSION: u32 = 2;
+/// The package layout this crate writes: 3, the tables quantized in [`TABLES_FILE`] when the
+/// target names a table format. Versions 2 (never quantized tables) and 1 (the same files,
+/// 8-byte aligned) are still read.
+pub const PACKAGE_VERSION: u32 = 3;
 /// `kind` of a package manifest (a bundle's manifest has none).
 pub const PACKAGE_KIND: &str = "andes-package";
 /// Packed linears (`NAME.qweight`, `NAME.scales`, `NAME.qzeros`).
 pub const QUANTIZED_FILE: &str = "quantized_linears.safetensors";
-/// Everything else: embeddings, norms, an untied head, in the profile's float precision.
+/// Everything else: norms, and the embedding and an untied head unless they are in
+/// [`TABLES_FILE`], in the profile's float precision.
 pub const FLOAT_FILE: &str = "float_tensors.safetensors";
+/// The embedding table and an untied head, packed as [`QUANTIZED_FILE`]'s linears are
+/// (`model.embed_tokens.qweight`, ...), when the target names a table format.
+pub const TABLES_FILE: &str = "quantized_tables.safetensors";
 /// The bit plan the linears follow.
 pub const PLAN_FILE: &str = "bit_plan.json";
 /// An AndesVL package's vision tower and projector, in the profile's float precision.
@@ -57,7 +63,7 @@ const MODEL_SIDE_FILES: [&str; 4] = [
 pub struct WeightSummary {
     /// Weights of the quantized linears.
     pub linear_weights: u64,
-    /// All other parameters (embeddings, norms, untied head).
+    /// All other parameters of the language model (norms, and the tables unless quantized).
     pub float_parameters: u64,
     /// Bytes of [`QUANTIZED_FILE`].
     pub quantized_bytes: u64,
@@ -65,9 +71,9 @@ pub struct WeightSummary {
     pub float_bytes: u64,
     /// Bits per weight over the quantized linears: codes, scales and zero points.
     pub bpw_linears: f64,
-    /// `8 · (quantized_bytes + float_bytes + vision_bytes) / (linear_weights +
-    /// float_parameters + vision_parameters)`: the whole weight payload, file headers
-    /// included, over every parameter.
+    /// `8 · stored bytes / (linear_weights + float_parameters + vision_parameters +
+    /// table_parameters)`: the whole weight payload, file headers included, over every
+    /// parameter.
     pub bpw_package: f64,
     /// Parameters of an AndesVL model's vision tower and projector (0 for a text model).
     #[serde(default)]
@@ -75,6 +81,19 @@ pub struct WeightSummary {
     /// Bytes of [`VISION_FILE`] (0 for a text model).
     #[serde(default)]
     pub vision_bytes: u64,
+    /// Entries of the quantized tables (0 where the target keeps them float).
+    #[serde(default)]
+    pub table_parameters: u64,
+    /// Bytes of [`TABLES_FILE`] (0 where there is none).
+    #[serde(default)]
+    pub table_bytes: u64,
+}
+
+impl WeightSummary {
+    /// Bytes of every weight file: what the package stores and a runtime reads in.
+    pub fn stored_bytes(&self) -> u64 {
+        self.quantized_bytes + self.float_bytes + self.vision_bytes + self.table_bytes
+    }
 }
 
 /// `manifest.json` of a package.
@@ -151,9 +170,20 @@ pub fn write_package(
     write_atomically(&tmp.join(PLAN_FILE), input.plan.to_json().as_bytes())?;
     let alignment = input.target.alignment() as usize;
     let quantized_bytes = quantized_file(&quantized, &tmp.join(QUANTIZED_FILE), Some(alignment))?;
+    let tables = match &input.target.tables {
+        Some(tables) => quantized_tables(input.model, tables.format)?,
+        None => Vec::new(),
+    };
+    let table_bytes = if tables.is_empty() {
+        0
+    } else {
+        quantized_file(&tables, &tmp.join(TABLES_FILE), Some(alignment))?
+    };
     let skip: Vec<String> = shapes
         .iter()
-        .map(|(name, _)| format!("{name}.weight"))
+        .map(|(name, _)| name)
+        .chain(tables.iter().map(|(name, _)| name))
+        .map(|name| format!("{name}.weight"))
         .collect();
     let skip: Vec<&str> = skip.iter().map(String::as_str).collect();
     let dtype = match input.target.unquantized.precision {
@@ -172,17 +202,21 @@ pub fn write_package(
         None => (0, 0),
     };
     let linears: BpwReport = quantized.iter().map(|(_, q)| q.bits_per_weight()).sum();
-    let weights = WeightSummary {
+    let table_parameters = tables.iter().map(|(_, q)| q.shape().numel() as u64).sum();
+    let mut weights = WeightSummary {
         linear_weights: linears.weights,
         float_parameters,
         quantized_bytes,
         float_bytes,
         bpw_linears: linears.bpw,
-        bpw_package: 8.0 * (quantized_bytes + float_bytes + vision_bytes) as f64
-            / (linears.weights + float_parameters + vision_parameters) as f64,
+        bpw_package: 0.0,
         vision_parameters,
         vision_bytes,
+        table_parameters,
+        table_bytes,
     };
+    weights.bpw_package = 8.0 * weights.stored_bytes() as f64
+        / (linears.weights + float_parameters + vision_parameters + table_parameters) as f64;
     let manifest = PackageManifest {
         format_version: PACKAGE_VERSION,
         kind: PACKAGE_KIND.into(),
@@ -272,6 +306,9 @@ pub struct PackageParts {
     pub plan: BitPlan,
     /// Every packed linear, in model order, checked against its format and shape.
     pub quantized: Vec<(String, QuantizedTensor)>,
+    /// The quantized embedding and untied head (`model.embed_tokens`, `lm_head`), empty where
+    /// the target keeps them float.
+    pub tables: Vec<(String, QuantizedTensor)>,
     /// The bytes of the float tensors' safetensors file (embeddings, norms, an untied head).
     pub float_bytes: Vec<u8>,
 }
@@ -287,7 +324,7 @@ pub fn open_package(dir: &Path) -> Result<PackageParts, PackageError> {
     let manifest = verify_package_files(dir)?;
     if manifest.format_version >= 2 {
         let alignment = manifest.target.alignment() as usize;
-        for name in [QUANTIZED_FILE, FLOAT_FILE, VISION_FILE] {
+        for name in [QUANTIZED_FILE, FLOAT_FILE, VISION_FILE, TABLES_FILE] {
             let path = dir.join(name);
             if path.exists() {
                 let bytes = std::fs::read(&path).map_err(|e| PackageError::io(&path, e))?;
@@ -300,7 +337,7 @@ pub fn open_package(dir: &Path) -> Result<PackageParts, PackageError> {
     // A model is built from the config before its weights are read: a config declaring more
     // than the weight files could hold, at one bit a parameter, is refused before anything is
     // allocated for it.
-    let weight_bytes = [QUANTIZED_FILE, FLOAT_FILE, VISION_FILE]
+    let weight_bytes = [QUANTIZED_FILE, FLOAT_FILE, VISION_FILE, TABLES_FILE]
         .iter()
         .filter_map(|name| std::fs::metadata(dir.join(name)).ok())
         .map(|metadata| metadata.len() as u128)
@@ -323,6 +360,7 @@ pub fn open_package(dir: &Path) -> Result<PackageParts, PackageError> {
     )?);
     let quantized = read_quantized_file(&dir.join(QUANTIZED_FILE), &shapes)?;
     check_plan(&plan, &quantized, &plan_path)?;
+    let tables = read_tables(dir, &manifest.target, config.text_config())?;
     let float_path = dir.join(FLOAT_FILE);
     let float_bytes = std::fs::read(&float_path).map_err(|e| PackageError::io(&float_path, e))?;
     Ok(PackageParts {
@@ -330,12 +368,44 @@ pub fn open_package(dir: &Path) -> Result<PackageParts, PackageError> {
         config,
         plan,
         quantized,
+        tables,
         float_bytes,
     })
 }
 
+/// The quantized tables of package `dir`, each in the format its target names: none where
+/// the target keeps them float (and then there must be no [`TABLES_FILE`]).
+fn read_tables(
+    dir: &Path,
+    target: &TargetProfile,
+    config: &Qwen3Config,
+) -> Result<Vec<(String, QuantizedTensor)>, PackageError> {
+    let path = dir.join(TABLES_FILE);
+    let Some(expected) = &target.tables else {
+        if path.exists() {
+            return Err(PackageError::Corrupt {
+                path,
+                message: "is there, but the manifest's target keeps the tables float".into(),
+            });
+        }
+        return Ok(Vec::new());
+    };
+    let tables = read_quantized_file(&path, &table_shapes(config))?;
+    if let Some((name, q)) = tables.iter().find(|(_, q)| q.format() != expected.format) {
+        return Err(PackageError::Corrupt {
+            path,
+            message: format!(
+                "`{name}` is packed as {} but the manifest's target says tables are {}",
+                q.format(),
+                expected.format
+            ),
+        });
+    }
+    Ok(tables)
+}
+
 /// Reads `dir` as [`open_package`] does, then rebuilds the model on `device` with every
-/// linear dequantized, the float tensors checked against the config.
+/// linear and table dequantized, the float tensors checked against the config.
 pub fn load_package(
     dir: &Path,
     device: &Device,
@@ -350,6 +420,7 @@ pub fn load_package(
         config: model_config,
         plan,
         quantized,
+        tables,
         float_bytes,
     } = open_package(dir)?;
     let (config, andesvl) = match model_config {
@@ -362,6 +433,7 @@ pub fn load_package(
         .map_err(|e| corrupt(&float_path, format!("not a safetensors file: {e:?}")))?;
     let dequantized: Vec<(String, Vec<usize>, Vec<u8>)> = quantized
         .iter()
+        .chain(&tables)
         .map(|(name, q)| {
             let shape = q.shape();
             let bytes = dequantize(q).iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -375,10 +447,7 @@ pub fn load_package(
     let mut views: Vec<(String, TensorView<'_>)> = floats.tensors();
     for (name, shape, bytes) in &dequantized {
         if floats.tensor(name).is_ok() {
-            return Err(corrupt(
-                &float_path,
-                format!("`{name}` is also a packed linear"),
-            ));
+            return Err(corrupt(&float_path, format!("`{name}` is also packed")));
         }
         let view = TensorView::new(Dtype::F32, shape.clone(), bytes)
             .map_err(|e| corrupt(&float_path, format!("{e:?}")))?;

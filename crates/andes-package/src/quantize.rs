@@ -13,7 +13,7 @@ use andes_model::andesvl::rows::image_text_embeddings;
 use andes_model::batch::calibration_batches;
 use andes_model::quantize::{
     CalibrationInput, GRID_PLAN_FILE, PtqMethod, calibrate, calibrate_diagonal, has_grid,
-    linear_shapes, load_grid, quantize_base, token_inputs,
+    linear_shapes, load_grid, quantize_base, table_shapes, token_inputs,
 };
 use andes_model::qwen3::Qwen3ForCausalLM;
 use andes_model::sensitivity::{
@@ -304,11 +304,24 @@ fn check_fits(
         .sum();
     let linear_weights: u64 = shapes.iter().map(|(_, s)| s.numel() as u64).sum();
     let vision_params = vision.map_or(0, |v| v.num_params() as u64);
-    let float_params = model.num_params() as u64 - linear_weights + vision_params;
+    let tables = match &target.tables {
+        Some(tables) => table_shapes(config.text_config())
+            .into_iter()
+            .map(|(_, shape)| bits_per_weight(tables.format, shape))
+            .collect(),
+        None => Vec::new(),
+    };
+    let table_params: u64 = tables.iter().map(|bits| bits.weights).sum();
+    let table_bits: u64 = tables.iter().map(|bits| bits.total_bits()).sum();
+    let float_params = model.num_params() as u64 - linear_weights - table_params + vision_params;
     let float_bytes = float_params * target.unquantized.precision.bytes();
     let cost = estimate(
         target,
-        WeightBytes::new(target, planned_bits / 8 + float_bytes, layers()),
+        WeightBytes::new(
+            target,
+            (planned_bits + table_bits) / 8 + float_bytes,
+            layers(),
+        ),
         config.text_config().cost_shape(),
         params.context,
     );

@@ -76,7 +76,7 @@ impl PackageReport {
         started: Instant,
     ) -> Self {
         let w = &manifest.weights;
-        let bytes = w.quantized_bytes + w.float_bytes + w.vision_bytes;
+        let bytes = w.stored_bytes();
         let layers = plan
             .layers
             .iter()
@@ -200,6 +200,15 @@ impl fmt::Display for PackageReport {
             w.float_parameters,
             mib(w.float_bytes)
         )?;
+        if let Some(tables) = &self.manifest.target.tables {
+            writeln!(
+                f,
+                "  embedding and head tables ({}): {} entries in {:.2} MiB",
+                tables.format,
+                w.table_parameters,
+                mib(w.table_bytes)
+            )?;
+        }
         if w.vision_parameters > 0 {
             writeln!(
                 f,

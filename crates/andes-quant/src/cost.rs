@@ -143,6 +143,7 @@ mod tests {
                 precision: crate::target::FloatPrecision::F16,
                 source: String::new(),
             },
+            tables: None,
             activation_bits: sourced(16.0),
             alignment_bytes: sourced(64.0),
             memory_gib: sourced(1.0),

@@ -55,5 +55,7 @@ pub use pack::{pack, packed_len, unpack};
 pub use plan::{BitPlan, PLAN_VERSION, PlanEntry};
 pub use reconstruction::reconstruction_error;
 pub use rtn::{quantize_on_grid, quantize_rtn};
-pub use target::{AllowedFormat, Execution, FloatPrecision, Sourced, TargetProfile, Unquantized};
+pub use target::{
+    AllowedFormat, Execution, FloatPrecision, Sourced, TableFormat, TargetProfile, Unquantized,
+};
 pub use tensor::{QuantizedTensor, WeightShape, dequantize};

@@ -80,6 +80,19 @@ pub struct Unquantized {
     pub source: String,
 }
 
+/// How the token-embedding table and the LM head (one table when tied) are stored when the
+/// target quantizes them: the largest tensors of a small model (Qwen3-0.6B's 151,936 × 1,024
+/// table is 311 MB in f16, more than its linears at 4 bits), read whole by every decoded token
+/// through the head.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableFormat {
+    /// An andes format string (`docs/quant-formats.md`), applied by round to nearest.
+    pub format: QuantFormat,
+    /// Where the choice comes from, or "estimate: ...".
+    pub source: String,
+}
+
 /// A device the package is fitted to.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -90,8 +103,13 @@ pub struct TargetProfile {
     pub description: String,
     /// Formats the planner may give the language model's linears.
     pub linear_formats: Vec<AllowedFormat>,
-    /// Everything not quantized (embeddings, norms, vision tower, projector).
+    /// Everything not quantized (norms, vision tower, projector, and the tables unless
+    /// `tables` is set).
     pub unquantized: Unquantized,
+    /// The token-embedding and LM-head tables quantized in this format; absent, they stay at
+    /// `unquantized.precision`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tables: Option<TableFormat>,
     /// Bits of the activations the accelerator computes with (KV cache stored at this width).
     pub activation_bits: Sourced,
     /// Tensors in the package start at multiples of this many bytes.
@@ -232,6 +250,14 @@ impl TargetProfile {
                     format!("{to}: expected one of this profile's `native` formats"),
                 ));
             }
+        }
+        if let Some(tables) = &profile.tables
+            && tables.source.trim().is_empty()
+        {
+            return Err(fail(
+                "tables.source",
+                "every value needs a source (or \"estimate: why\")".into(),
+            ));
         }
         let alignment = profile.alignment_bytes.value;
         if alignment.fract() != 0.0 || !(alignment as u64).is_power_of_two() {

@@ -5,6 +5,7 @@
 //! manifest version, checksums, alignment, plan, every packed part's length and padding);
 //! an AndesVL model's vision side loads as the float model it is.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -100,6 +101,7 @@ fn from_package(parts: PackageParts, dir: &Path, source: Source) -> Result<Runti
         manifest,
         config,
         quantized,
+        tables,
         float_bytes,
         ..
     } = parts;
@@ -109,6 +111,7 @@ fn from_package(parts: PackageParts, dir: &Path, source: Source) -> Result<Runti
     let mut weights = PackageWeights {
         floats,
         quantized: quantized.into_iter(),
+        tables: tables.into_iter().collect(),
         // f16 tables are kept in f16: what the package holds, half the bytes a step reads
         half: manifest.target.unquantized.precision == FloatPrecision::F16,
     };
@@ -178,10 +181,12 @@ trait Weights {
     fn has(&self, name: &str) -> bool;
 }
 
-/// A package: its float tensors, and its packed linears in model order.
+/// A package: its float tensors, its packed linears in model order, and its quantized tables
+/// by name (none where the target keeps them float).
 struct PackageWeights {
     floats: SafetensorsShards,
     quantized: std::vec::IntoIter<(String, QuantizedTensor)>,
+    tables: BTreeMap<String, QuantizedTensor>,
     half: bool,
 }
 
@@ -194,6 +199,13 @@ impl Weights for PackageWeights {
         name: &str,
         [rows, cols]: [usize; 2],
     ) -> Result<PackedMatrix, RuntimeError> {
+        if let Some(table) = name
+            .strip_suffix(".weight")
+            .and_then(|n| self.tables.get(n))
+        {
+            // open_package checked its shape against the config
+            return Ok(PackedMatrix::from_quantized(table));
+        }
         if self.half
             && let Some(values) = self.floats.read_f16(name, &[rows, cols])?
         {
@@ -215,6 +227,9 @@ impl Weights for PackageWeights {
     }
     fn has(&self, name: &str) -> bool {
         self.floats.contains(name)
+            || name
+                .strip_suffix(".weight")
+                .is_some_and(|n| self.tables.contains_key(n))
     }
 }
 

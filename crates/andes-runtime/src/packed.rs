@@ -120,13 +120,31 @@ impl PackedMatrix {
         }
     }
 
-    /// Row `r` of an unquantized matrix, in f32 (an embedding lookup).
+    /// Row `r` in f32 (an embedding lookup); a packed row dequantized as
+    /// `andes_quant::dequantize` does, `scale · (code − zero)`.
     pub fn row(&self, r: usize) -> Vec<f32> {
         let span = r * self.cols..(r + 1) * self.cols;
         match &self.weights {
             Weights::Float(values) => values[span].to_vec(),
             Weights::Half(values) => values[span].to_f32_vec(),
-            Weights::Packed { .. } => unreachable!("embedding tables are not packed"),
+            Weights::Packed {
+                codes,
+                bytes,
+                row_bytes,
+                group,
+                groups,
+                scales,
+                zeros,
+            } => {
+                let mut row = vec![0.0f32; self.cols.next_multiple_of(8) + 8];
+                codes.decode(&bytes[r * row_bytes..(r + 1) * row_bytes], &mut row);
+                row.truncate(self.cols);
+                let grid = (r * groups..(r + 1) * groups).map(|g| (scales[g], zeros[g]));
+                for (values, (scale, zero)) in row.chunks_mut(*group).zip(grid) {
+                    values.iter_mut().for_each(|v| *v = scale * (*v - zero));
+                }
+                row
+            }
         }
     }
 
@@ -267,7 +285,7 @@ impl PackedMatrix {
                     let packed = &bytes[r * row_bytes..(r + 1) * row_bytes];
                     #[cfg(target_arch = "x86_64")]
                     if let (true, Some(kind)) = (FMA, codes.fused()) {
-                        let source = if kind == fused::Kind::Bytes {
+                        let source = if kind == fused::Kind::Ternary {
                             codes.decode_bytes(packed, &mut scratch.codes);
                             &scratch.codes[..]
                         } else {
@@ -327,7 +345,7 @@ fn has_avx2_fma() -> bool {
 }
 
 impl Codes {
-    /// The fused AVX2 kernel for these codes, if there is one (every width but int3 and int8).
+    /// The fused AVX2 kernel for these codes, if there is one (every width but int3).
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     fn fused(&self) -> Option<fused::Kind> {
@@ -335,8 +353,9 @@ impl Codes {
             Codes::Two(_) => Some(fused::Kind::Int4),
             Codes::Four(_) => Some(fused::Kind::Int2),
             Codes::Eight(_) => Some(fused::Kind::Int1),
-            Codes::Five(..) => Some(fused::Kind::Bytes),
-            _ => None,
+            Codes::Five(..) => Some(fused::Kind::Ternary),
+            Codes::One(_) => Some(fused::Kind::Int8),
+            Codes::Int3 => None,
         }
     }
 
@@ -399,8 +418,8 @@ fn table<const K: usize>(code: impl Fn(u32, usize) -> u32) -> Vec<[f32; K]> {
 /// The products on AVX2: int4 and int2 without a decoded row (32 codes at a time split out of
 /// their bytes with shifts and masks, interleaved back into order, widened to f32 and
 /// multiplied into two accumulators: the codes never leave registers); int1 bits as lane masks
-/// selecting the inputs to add; ternary from a row decoded to one byte a code, widened 16 at
-/// a time.
+/// selecting the inputs to add; int8 as stored and ternary from a row decoded to one byte a
+/// code, widened 16 at a time.
 #[cfg(target_arch = "x86_64")]
 mod fused {
     use std::arch::x86_64::*;
@@ -414,8 +433,10 @@ mod fused {
         Int2,
         /// Eight codes a byte, as masks.
         Int1,
-        /// One code a byte (ternary, decoded to bytes first).
-        Bytes,
+        /// One code a byte, read as stored.
+        Int8,
+        /// Ternary, decoded to one code a byte first.
+        Ternary,
     }
 
     /// One row's groups: their length, scales and zero points.
@@ -441,7 +462,7 @@ mod fused {
             Kind::Int4 => 2,
             Kind::Int2 => 4,
             Kind::Int1 => 8,
-            Kind::Bytes => 1,
+            Kind::Int8 | Kind::Ternary => 1,
         };
         for (m, y) in out.iter_mut().enumerate() {
             let input = &x[m * cols..(m + 1) * cols];
@@ -459,7 +480,7 @@ mod fused {
                         Kind::Int4 => int4_dot(bytes, x),
                         Kind::Int2 => int2_dot(bytes, x),
                         Kind::Int1 => int1_dot(bytes, x),
-                        Kind::Bytes => bytes_dot(bytes, x),
+                        Kind::Int8 | Kind::Ternary => bytes_dot(bytes, x),
                     }
                 };
                 total += scale * (codes_x - zero * sum);
