@@ -81,14 +81,14 @@ mod tests {
             let shapes = table_shapes(&config);
             assert_eq!(tables.len(), shapes.len());
             let (weight, _) = model.head();
-            let head = weight.transpose().into_data().to_vec::<f32>().unwrap();
+            let head = weight.transpose().into_data().try_to_vec::<f32>().unwrap();
             let embedding = model
                 .model
                 .embed_tokens
                 .weight
                 .val()
                 .into_data()
-                .to_vec::<f32>()
+                .try_to_vec::<f32>()
                 .unwrap();
             for ((name, q), (expected_name, shape)) in tables.iter().zip(&shapes) {
                 assert_eq!((name, q.shape()), (expected_name, *shape));
