@@ -5,10 +5,14 @@
 //! run with `$PYTHON`, default python3, where llama-cpp-python is installed) with equal threads,
 //! and against the bandwidth bound: bytes a step reads over the read bandwidth measured here.
 //! The int4 package also runs with prompt-lookup speculative decoding (its random weights
-//! repeat one token, so every draft is accepted: the speed-up when drafts are right).
+//! repeat one token, so every draft is accepted: the speed-up when drafts are right). Each
+//! package is also made with the other table format (generic-cpu quantizes the embedding and
+//! head tables to int8, dimensity9500 keeps them f16), the same linears, to show what the
+//! tables cost a step.
 //! Writes every raw row and a Markdown table under `target/bench/runtime/`.
 
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::{fresh_bench, uniform_plan};
@@ -40,19 +44,17 @@ pub(crate) fn runtime(threads: usize, new_tokens: usize) -> anyhow::Result<()> {
     let int4 = out.join("package-int4");
     let d9500 = out.join("package-d9500-1.8");
     let cache = out.join("cache");
-    stdout_of(
-        andes
-            .command()
-            .args(["quantize", "--init", "rtn", "--target", "generic-cpu"])
-            .args([
-                "--model",
-                model.to_str().unwrap(),
-                "--plan",
-                plan.to_str().unwrap(),
-                "--out",
-                int4.to_str().unwrap(),
-            ]),
-    )?;
+    let with_plan = |target: &str, plan: &Path, package: &Path| {
+        stdout_of(
+            andes
+                .command()
+                .args(["quantize", "--init", "rtn", "--target", target])
+                .args(["--model", model.to_str().unwrap()])
+                .args(["--plan", plan.to_str().unwrap()])
+                .args(["--out", package.to_str().unwrap()]),
+        )
+    };
+    with_plan("generic-cpu", &plan, &int4)?;
     andes.quantize(
         &model,
         "dimensity9500",
@@ -73,17 +75,41 @@ pub(crate) fn runtime(threads: usize, new_tokens: usize) -> anyhow::Result<()> {
             "rtn",
         ],
     )?;
+    let int4_f16_tables = out.join("package-int4-f16-tables");
+    let cpu_f16_tables = profile_with_tables(&out, "generic-cpu", None)?;
+    with_plan(cpu_f16_tables.to_str().unwrap(), &plan, &int4_f16_tables)?;
+    let d9500_int8_tables = out.join("package-d9500-1.8-int8-tables");
+    let d9500_int8 = profile_with_tables(&out, "dimensity9500", Some("int8-channel-sym"))?;
+    with_plan(
+        d9500_int8.to_str().unwrap(),
+        &d9500.join("bit_plan.json"),
+        &d9500_int8_tables,
+    )?;
     let bandwidth = read_bandwidth(threads);
     let mut rows = Vec::new();
     for (label, path, extra) in [
         ("andes float (f32)", &model, &["--runtime"][..]),
-        ("andes int4-g128 (4.1 bpw)", &int4, &[][..]),
+        ("andes int4-g128 (4.1 bpw), int8 tables", &int4, &[][..]),
+        (
+            "andes int4-g128 (4.1 bpw), f16 tables",
+            &int4_f16_tables,
+            &[][..],
+        ),
         (
             "andes int4-g128, prompt lookup drafting 8",
             &int4,
             &["--speculate", "8"][..],
         ),
-        ("andes dimensity9500 plan (1.8 bpw)", &d9500, &[][..]),
+        (
+            "andes dimensity9500 plan (1.8 bpw), f16 tables",
+            &d9500,
+            &[][..],
+        ),
+        (
+            "andes dimensity9500 plan (1.8 bpw), int8 tables",
+            &d9500_int8_tables,
+            &[][..],
+        ),
     ] {
         let stdout = stdout_of(
             andes
@@ -116,6 +142,23 @@ pub(crate) fn runtime(threads: usize, new_tokens: usize) -> anyhow::Result<()> {
     let raw: Vec<String> = rows.iter().chain(&peers).map(|r| r.to_string()).collect();
     std::fs::write(out.join("rows.jsonl"), raw.join("\n") + "\n")?;
     Ok(())
+}
+
+/// Built-in profile `name` as a file under `out`, its `tables` line replaced by one naming
+/// `tables` (none: the tables stay at the profile's float precision).
+fn profile_with_tables(out: &Path, name: &str, tables: Option<&str>) -> anyhow::Result<PathBuf> {
+    let profile = std::fs::read_to_string(root().join(format!("configs/targets/{name}.toml")))?;
+    let mut text: String = profile
+        .lines()
+        .filter(|line| !line.starts_with("tables"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    if let Some(format) = tables {
+        text += &format!("tables = {{ format = \"{format}\", source = \"benchmark variant\" }}\n");
+    }
+    let path = out.join(format!("{name}-tables-{}.toml", tables.unwrap_or("float")));
+    std::fs::write(&path, text)?;
+    Ok(path)
 }
 
 /// The Markdown table: every andes row and every llama.cpp type, with the bandwidth bound of
