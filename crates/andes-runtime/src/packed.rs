@@ -458,7 +458,25 @@ mod fused {
     ) {
         let cols = x.len() / out.len();
         let groups = row.scales.len();
-        let wide = has_avx512();
+        let whole_units = row.group.is_multiple_of(32) && cols.is_multiple_of(32);
+        if has_avx512() && whole_units && matches!(kind, Kind::Int4 | Kind::Int8 | Kind::Ternary) {
+            for (m, y) in out.iter_mut().enumerate() {
+                let input = &x[m * cols..(m + 1) * cols];
+                let sums = &sums[m * groups..(m + 1) * groups];
+                // SAFETY: AVX-512 checked; groups and the row are whole units of 32 codes.
+                let codes_x = unsafe {
+                    match kind {
+                        Kind::Int4 => wide::int4_row(source, input, row.group, row.scales),
+                        _ => wide::bytes_row(source, input, row.group, row.scales),
+                    }
+                };
+                let zeros_x: f32 = (row.scales.iter().zip(row.zeros).zip(sums))
+                    .map(|((scale, zero), sum)| scale * zero * sum)
+                    .sum();
+                *y = codes_x - zeros_x;
+            }
+            return;
+        }
         let per_byte = match kind {
             Kind::Int4 => 2,
             Kind::Int2 => 4,
@@ -477,13 +495,11 @@ mod fused {
                 let x = &input[start..end];
                 // SAFETY: AVX2 and FMA are enabled for this function.
                 let codes_x = unsafe {
-                    match (kind, wide) {
-                        (Kind::Int4, true) => wide::int4_dot(bytes, x),
-                        (Kind::Int4, false) => int4_dot(bytes, x),
-                        (Kind::Int2, _) => int2_dot(bytes, x),
-                        (Kind::Int1, _) => int1_dot(bytes, x),
-                        (Kind::Int8 | Kind::Ternary, true) => wide::bytes_dot(bytes, x),
-                        (Kind::Int8 | Kind::Ternary, false) => bytes_dot(bytes, x),
+                    match kind {
+                        Kind::Int4 => int4_dot(bytes, x),
+                        Kind::Int2 => int2_dot(bytes, x),
+                        Kind::Int1 => int1_dot(bytes, x),
+                        Kind::Int8 | Kind::Ternary => bytes_dot(bytes, x),
                     }
                 };
                 total += scale * (codes_x - zero * sum);
@@ -654,8 +670,9 @@ mod fused {
 
     /// The int4, one-code-a-byte and f16 products on AVX-512: sixteen lanes a multiply-add
     /// and one widening a sixteen codes, half the instructions of the AVX2 forms, which are
-    /// bound by their widening shuffles; each takes 64 codes a step and leaves the rest of a
-    /// group to its AVX2 form.
+    /// bound by their widening shuffles. The packed forms take a whole row (groups of whole
+    /// units of 32 codes) and keep each group's sum in registers, where the AVX2 forms sum
+    /// each group horizontally and return it.
     pub(super) mod wide {
         use std::arch::x86_64::*;
 
@@ -675,53 +692,74 @@ mod fused {
             _mm512_reduce_add_ps(pairs)
         }
 
-        /// [`super::int4_dot`] 64 codes a step.
-        #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
-        pub(in super::super) unsafe fn int4_dot(bytes: &[u8], x: &[f32]) -> f32 {
-            let n = x.len();
-            let mut acc = [_mm512_setzero_ps(); 4];
+        /// `Σ_g scale_g · Σ_{i∈g} codeᵢ·xᵢ` over a row of int4 codes in groups of `group`
+        /// (a multiple of 32, as the row is): 32 codes a step into two of four accumulators,
+        /// each group's sum scaled into the row's in registers, one horizontal sum a row.
+        #[target_feature(enable = "avx512f,avx512bw")]
+        pub(in super::super) unsafe fn int4_row(
+            bytes: &[u8],
+            x: &[f32],
+            group: usize,
+            scales: &[f32],
+        ) -> f32 {
             let mask = _mm_set1_epi8(0x0F);
-            let mut i = 0;
-            while i + 64 <= n {
-                for half in 0..2 {
-                    let start = i + 32 * half;
-                    // SAFETY: 16 bytes hold codes start..start+32, inside the row; 32 inputs
-                    // from `start` lie inside `x`.
+            let mut row = _mm512_setzero_ps();
+            for (g, &scale) in scales.iter().enumerate() {
+                let mut acc = [_mm512_setzero_ps(); 4];
+                let end = ((g + 1) * group).min(x.len());
+                for (unit, i) in (g * group..end).step_by(32).enumerate() {
+                    let k = 2 * (unit & 1);
+                    // SAFETY: 16 bytes hold codes i..i+32 and 32 inputs from i lie inside `x`
+                    // (the row is whole units of 32).
                     unsafe {
-                        let b = _mm_loadu_si128(bytes.as_ptr().add(start / 2) as *const __m128i);
+                        let b = _mm_loadu_si128(bytes.as_ptr().add(i / 2) as *const __m128i);
                         let lo = _mm_and_si128(b, mask);
                         let hi = _mm_and_si128(_mm_srli_epi16(b, 4), mask);
-                        let x = x.as_ptr().add(start);
-                        acc[2 * half] = accumulate(_mm_unpacklo_epi8(lo, hi), x, acc[2 * half]);
-                        acc[2 * half + 1] =
-                            accumulate(_mm_unpackhi_epi8(lo, hi), x.add(16), acc[2 * half + 1]);
+                        let x = x.as_ptr().add(i);
+                        acc[k] = accumulate(_mm_unpacklo_epi8(lo, hi), x, acc[k]);
+                        acc[k + 1] = accumulate(_mm_unpackhi_epi8(lo, hi), x.add(16), acc[k + 1]);
                     }
                 }
-                i += 64;
+                // SAFETY: AVX-512 is enabled.
+                row = unsafe { scale_into(acc, scale, row) };
             }
-            // SAFETY: AVX2 and FMA are enabled; the rest starts on a byte (i is even).
-            unsafe { sum(acc) + super::int4_dot(&bytes[i / 2..], &x[i..]) }
+            _mm512_reduce_add_ps(row)
         }
 
-        /// [`super::bytes_dot`] 64 codes a step.
-        #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
-        pub(in super::super) unsafe fn bytes_dot(bytes: &[u8], x: &[f32]) -> f32 {
-            let n = x.len();
-            let mut acc = [_mm512_setzero_ps(); 4];
-            let mut i = 0;
-            while i + 64 <= n {
-                for (k, acc) in acc.iter_mut().enumerate() {
-                    // SAFETY: 16 codes and 16 inputs from i + 16k lie inside both slices.
+        /// [`int4_row`] for one code a byte.
+        #[target_feature(enable = "avx512f,avx512bw")]
+        pub(in super::super) unsafe fn bytes_row(
+            bytes: &[u8],
+            x: &[f32],
+            group: usize,
+            scales: &[f32],
+        ) -> f32 {
+            let mut row = _mm512_setzero_ps();
+            for (g, &scale) in scales.iter().enumerate() {
+                let mut acc = [_mm512_setzero_ps(); 4];
+                let end = ((g + 1) * group).min(x.len());
+                for (unit, i) in (g * group..end).step_by(32).enumerate() {
+                    let k = 2 * (unit & 1);
+                    // SAFETY: 32 codes and 32 inputs from i lie inside both slices.
                     unsafe {
-                        let codes =
-                            _mm_loadu_si128(bytes.as_ptr().add(i + 16 * k) as *const __m128i);
-                        *acc = accumulate(codes, x.as_ptr().add(i + 16 * k), *acc);
+                        let first = _mm_loadu_si128(bytes.as_ptr().add(i) as *const __m128i);
+                        let second = _mm_loadu_si128(bytes.as_ptr().add(i + 16) as *const __m128i);
+                        let x = x.as_ptr().add(i);
+                        acc[k] = accumulate(first, x, acc[k]);
+                        acc[k + 1] = accumulate(second, x.add(16), acc[k + 1]);
                     }
                 }
-                i += 64;
+                // SAFETY: AVX-512 is enabled.
+                row = unsafe { scale_into(acc, scale, row) };
             }
-            // SAFETY: AVX2 and FMA are enabled.
-            unsafe { sum(acc) + super::bytes_dot(&bytes[i..], &x[i..]) }
+            _mm512_reduce_add_ps(row)
+        }
+
+        /// `row + scale · Σ acc`.
+        #[target_feature(enable = "avx512f")]
+        unsafe fn scale_into(acc: [__m512; 4], scale: f32, row: __m512) -> __m512 {
+            let group = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+            _mm512_fmadd_ps(_mm512_set1_ps(scale), group, row)
         }
 
         /// [`super::f16_dot`] 64 weights a step.
@@ -783,11 +821,17 @@ mod tests {
             .collect()
     }
 
-    /// Every format, per channel and per group, with a last group shorter than the others:
-    /// the packed product equals the product with the dequantized weights.
+    /// Every format, per channel and per group, with a last group shorter than the others
+    /// (200 inputs) and in whole units of 32 (256, the whole-row kernels): the packed product
+    /// equals the product with the dequantized weights.
     #[test]
     fn every_format_multiplies_like_its_dequantized_weights() {
-        let (rows, cols) = (37, 200);
+        for cols in [200, 256] {
+            multiplies_like_its_dequantized_weights(37, cols);
+        }
+    }
+
+    fn multiplies_like_its_dequantized_weights(rows: usize, cols: usize) {
         let w = weights(rows, cols);
         let x: Vec<f32> = (0..3 * cols)
             .map(|i| ((i % 17) as f32 - 8.0) / 9.0)
