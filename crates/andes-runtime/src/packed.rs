@@ -703,27 +703,20 @@ mod fused {
             scales: &[f32],
         ) -> f32 {
             let mask = _mm_set1_epi8(0x0F);
-            let mut row = _mm512_setzero_ps();
-            for (g, &scale) in scales.iter().enumerate() {
-                let mut acc = [_mm512_setzero_ps(); 4];
-                let end = ((g + 1) * group).min(x.len());
-                for (unit, i) in (g * group..end).step_by(32).enumerate() {
-                    let k = 2 * (unit & 1);
-                    // SAFETY: 16 bytes hold codes i..i+32 and 32 inputs from i lie inside `x`
-                    // (the row is whole units of 32).
-                    unsafe {
-                        let b = _mm_loadu_si128(bytes.as_ptr().add(i / 2) as *const __m128i);
-                        let lo = _mm_and_si128(b, mask);
-                        let hi = _mm_and_si128(_mm_srli_epi16(b, 4), mask);
-                        let x = x.as_ptr().add(i);
-                        acc[k] = accumulate(_mm_unpacklo_epi8(lo, hi), x, acc[k]);
-                        acc[k + 1] = accumulate(_mm_unpackhi_epi8(lo, hi), x.add(16), acc[k + 1]);
-                    }
-                }
-                // SAFETY: AVX-512 is enabled.
-                row = unsafe { scale_into(acc, scale, row) };
-            }
-            _mm512_reduce_add_ps(row)
+            // SAFETY (both): 16 bytes hold codes i..i+32 and 32 inputs from i lie inside `x`
+            // for every unit start i of the row (whole units of 32).
+            let unit = |i: usize, (a, b): (__m512, __m512)| unsafe {
+                let packed = _mm_loadu_si128(bytes.as_ptr().add(i / 2) as *const __m128i);
+                let lo = _mm_and_si128(packed, mask);
+                let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
+                let x = x.as_ptr().add(i);
+                (
+                    accumulate(_mm_unpacklo_epi8(lo, hi), x, a),
+                    accumulate(_mm_unpackhi_epi8(lo, hi), x.add(16), b),
+                )
+            };
+            // SAFETY: AVX-512 is enabled.
+            unsafe { scaled_units(x.len(), group, scales, unit) }
         }
 
         /// [`int4_row`] for one code a byte.
@@ -734,32 +727,50 @@ mod fused {
             group: usize,
             scales: &[f32],
         ) -> f32 {
-            let mut row = _mm512_setzero_ps();
-            for (g, &scale) in scales.iter().enumerate() {
-                let mut acc = [_mm512_setzero_ps(); 4];
-                let end = ((g + 1) * group).min(x.len());
-                for (unit, i) in (g * group..end).step_by(32).enumerate() {
-                    let k = 2 * (unit & 1);
-                    // SAFETY: 32 codes and 32 inputs from i lie inside both slices.
-                    unsafe {
-                        let first = _mm_loadu_si128(bytes.as_ptr().add(i) as *const __m128i);
-                        let second = _mm_loadu_si128(bytes.as_ptr().add(i + 16) as *const __m128i);
-                        let x = x.as_ptr().add(i);
-                        acc[k] = accumulate(first, x, acc[k]);
-                        acc[k + 1] = accumulate(second, x.add(16), acc[k + 1]);
-                    }
-                }
-                // SAFETY: AVX-512 is enabled.
-                row = unsafe { scale_into(acc, scale, row) };
-            }
-            _mm512_reduce_add_ps(row)
+            // SAFETY (both): 32 codes and 32 inputs from i lie inside both slices for every
+            // unit start i of the row.
+            let unit = |i: usize, (a, b): (__m512, __m512)| unsafe {
+                let first = _mm_loadu_si128(bytes.as_ptr().add(i) as *const __m128i);
+                let second = _mm_loadu_si128(bytes.as_ptr().add(i + 16) as *const __m128i);
+                let x = x.as_ptr().add(i);
+                (accumulate(first, x, a), accumulate(second, x.add(16), b))
+            };
+            // SAFETY: AVX-512 is enabled.
+            unsafe { scaled_units(x.len(), group, scales, unit) }
         }
 
-        /// `row + scale · Σ acc`.
-        #[target_feature(enable = "avx512f")]
-        unsafe fn scale_into(acc: [__m512; 4], scale: f32, row: __m512) -> __m512 {
-            let group = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
-            _mm512_fmadd_ps(_mm512_set1_ps(scale), group, row)
+        /// `Σ_g scale_g · (the sum of group g's units)`: `unit(i, acc)` adds the 32 codes from
+        /// `i` into a pair of accumulators. Two pairs alternate (named, so they stay in
+        /// registers), a group's four are summed and scaled into the row's, and the row is
+        /// summed horizontally once.
+        #[inline(always)]
+        unsafe fn scaled_units(
+            len: usize,
+            group: usize,
+            scales: &[f32],
+            unit: impl Fn(usize, (__m512, __m512)) -> (__m512, __m512),
+        ) -> f32 {
+            // SAFETY: only called from functions with AVX-512 F enabled.
+            unsafe {
+                let zero = _mm512_setzero_ps();
+                let mut row = zero;
+                for (g, &scale) in scales.iter().enumerate() {
+                    let (mut even, mut odd) = ((zero, zero), (zero, zero));
+                    let (mut i, end) = (g * group, ((g + 1) * group).min(len));
+                    while i + 64 <= end {
+                        even = unit(i, even);
+                        odd = unit(i + 32, odd);
+                        i += 64;
+                    }
+                    if i < end {
+                        even = unit(i, even);
+                    }
+                    let sum =
+                        _mm512_add_ps(_mm512_add_ps(even.0, even.1), _mm512_add_ps(odd.0, odd.1));
+                    row = _mm512_fmadd_ps(_mm512_set1_ps(scale), sum, row);
+                }
+                _mm512_reduce_add_ps(row)
+            }
         }
 
         /// [`super::f16_dot`] 64 weights a step.
