@@ -99,6 +99,10 @@ enum BenchCommand {
         /// Tokens generated per run.
         #[arg(long, value_name = "N", default_value_t = 64)]
         new_tokens: usize,
+        /// Runs of every row, interleaved round by round (a shared machine's load moves
+        /// between runs); the table gives each row's median-speed run.
+        #[arg(long, value_name = "R", default_value_t = 3)]
+        rounds: usize,
     },
     /// Held-out digit accuracy of the quantized tiny AndesVL, calibrated on text only or on
     /// text and images (CPU).
@@ -127,7 +131,8 @@ fn main() -> anyhow::Result<()> {
             BenchCommand::Runtime {
                 threads,
                 new_tokens,
-            } => bench::runtime::runtime(threads, new_tokens),
+                rounds,
+            } => bench::runtime::runtime(threads, new_tokens, rounds),
         },
     }
 }
@@ -169,7 +174,7 @@ mod tests {
             "bench runtime",
             "bench okv",
             "bench speculative",
-            "bench runtime --threads 2 --new-tokens 8",
+            "bench runtime --threads 2 --new-tokens 8 --rounds 1",
             "bench quantize",
             "bench quantize --pretrain-steps 400",
             "bench vlm-quant",

@@ -22,8 +22,8 @@ use crate::workspace::{python, root};
 const PROMPT: &str = "The meaning of the word is the meaning";
 
 /// Builds, packages and measures everything of the module's docs with `threads` threads and
-/// `new_tokens` generated tokens a run.
-pub(crate) fn runtime(threads: usize, new_tokens: usize) -> anyhow::Result<()> {
+/// `new_tokens` generated tokens a run, every row `rounds` times, round by round.
+pub(crate) fn runtime(threads: usize, new_tokens: usize, rounds: usize) -> anyhow::Result<()> {
     let (out, andes) = fresh_bench("runtime")?;
     let model = out.join("qwen3-0.6b");
     stdout_of(
@@ -86,8 +86,7 @@ pub(crate) fn runtime(threads: usize, new_tokens: usize) -> anyhow::Result<()> {
         &d9500_int8_tables,
     )?;
     let bandwidth = read_bandwidth(threads);
-    let mut rows = Vec::new();
-    for (label, path, extra) in [
+    let andes_rows = [
         ("andes float (f32)", &model, &["--runtime"][..]),
         ("andes int4-g128 (4.1 bpw), int8 tables", &int4, &[][..]),
         (
@@ -110,33 +109,50 @@ pub(crate) fn runtime(threads: usize, new_tokens: usize) -> anyhow::Result<()> {
             &d9500_int8_tables,
             &[][..],
         ),
-    ] {
-        let stdout = stdout_of(
-            andes
-                .command()
-                .args(["generate", "--greedy", "--json", "--prompt", PROMPT])
-                .args(["--threads", &threads.to_string()])
-                .args(["--max-new-tokens", &new_tokens.to_string(), "--model"])
-                .arg(path)
-                .args(extra),
+    ];
+    let (mut rows, mut peers) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        for (label, path, extra) in andes_rows {
+            let stdout = stdout_of(
+                andes
+                    .command()
+                    .args(["generate", "--greedy", "--json", "--prompt", PROMPT])
+                    .args(["--threads", &threads.to_string()])
+                    .args(["--max-new-tokens", &new_tokens.to_string(), "--model"])
+                    .arg(path)
+                    .args(extra),
+            )?;
+            let mut row: serde_json::Value = serde_json::from_slice(&stdout)?;
+            row["label"] = label.into();
+            row["round"] = round.into();
+            rows.push(row);
+        }
+        // the first round converts and quantizes the GGUFs, later ones reuse them
+        let peer = stdout_of(
+            python("scripts/bench/runtime_llamacpp.py")
+                .args(["--model", model.to_str().unwrap()])
+                .args(["--work", out.join("gguf").to_str().unwrap()])
+                .args(["--threads", &threads.to_string(), "--prompt", PROMPT])
+                .args(["--new-tokens", &new_tokens.to_string()]),
         )?;
-        let mut row: serde_json::Value = serde_json::from_slice(&stdout)?;
-        row["label"] = label.into();
-        rows.push(row);
+        for line in String::from_utf8(peer)?
+            .lines()
+            .filter(|l| l.starts_with('{'))
+        {
+            let mut row: serde_json::Value = serde_json::from_str(line)?;
+            row["label"] = format!("llama.cpp {}", row["type"].as_str().unwrap_or("?")).into();
+            row["round"] = round.into();
+            peers.push(row);
+        }
     }
-    let peer = stdout_of(
-        python("scripts/bench/runtime_llamacpp.py")
-            .args(["--model", model.to_str().unwrap()])
-            .args(["--work", out.join("gguf").to_str().unwrap()])
-            .args(["--threads", &threads.to_string(), "--prompt", PROMPT])
-            .args(["--new-tokens", &new_tokens.to_string()]),
-    )?;
-    let peers: Vec<serde_json::Value> = String::from_utf8(peer)?
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()?;
-    let table = table(&rows, &peers, bandwidth, threads, new_tokens);
+    let table = table(
+        &median_runs(&rows),
+        &median_runs(&peers),
+        bandwidth,
+        threads,
+        new_tokens,
+        rounds,
+    );
     print!("{table}");
     std::fs::write(out.join("table.md"), &table)?;
     let raw: Vec<String> = rows.iter().chain(&peers).map(|r| r.to_string()).collect();
@@ -161,6 +177,28 @@ fn profile_with_tables(out: &Path, name: &str, tables: Option<&str>) -> anyhow::
     Ok(path)
 }
 
+/// Each label's run of median decode speed (the lower middle of an even count), in first-seen
+/// label order: one whole run, so its columns come from the same process.
+fn median_runs(runs: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    let mut labels: Vec<&str> = Vec::new();
+    for run in runs {
+        let label = run["label"].as_str().unwrap_or("?");
+        if !labels.contains(&label) {
+            labels.push(label);
+        }
+    }
+    let speed = |run: &serde_json::Value| run["decode_tokens_per_s"].as_f64().unwrap_or(0.0);
+    labels
+        .into_iter()
+        .map(|label| {
+            let mut same: Vec<&serde_json::Value> =
+                runs.iter().filter(|r| r["label"] == label).collect();
+            same.sort_by(|a, b| speed(a).total_cmp(&speed(b)));
+            same[(same.len() - 1) / 2].clone()
+        })
+        .collect()
+}
+
 /// The Markdown table: every andes row and every llama.cpp type, with the bandwidth bound of
 /// the andes rows and each andes row's ratio to the llama.cpp type nearest in bits.
 fn table(
@@ -169,12 +207,14 @@ fn table(
     bandwidth: f64,
     threads: usize,
     new_tokens: usize,
+    rounds: usize,
 ) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
         "Decode of a Qwen3-0.6B-shape model (random weights), {threads} threads, greedy, \
-         {new_tokens} tokens; read bandwidth measured here: {:.1} GB/s.\n",
+         {new_tokens} tokens; each row the median-speed run of {rounds}, rounds interleaved; \
+         read bandwidth measured here: {:.1} GB/s.\n",
         bandwidth / 1e9
     );
     let _ = writeln!(
