@@ -4,6 +4,14 @@ converted to GGUF (f16), quantized to llama.cpp's types, and decoded greedily wi
 prompt ids and thread count; one JSON line per type on stdout.
 
     pip install llama-cpp-python gguf safetensors numpy tokenizers   # builds llama.cpp
+
+On a CPU whose flags list AMX but whose virtual machine faults on it (llama.cpp's Q4_K path
+dies with SIGILL), build it with every other extension of the CPU instead:
+
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+      -DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON \
+      -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
+      pip install --no-cache-dir llama-cpp-python==0.3.36
     python3 scripts/bench/runtime_llamacpp.py --model DIR --work DIR --threads 2 \
         --types f16,Q4_K_M,Q2_K,IQ2_XXS,IQ1_M --prompt "..." --new-tokens 64
 
