@@ -459,7 +459,7 @@ mod fused {
         let cols = x.len() / out.len();
         let groups = row.scales.len();
         let whole_units = row.group.is_multiple_of(32) && cols.is_multiple_of(32);
-        if has_avx512() && whole_units && matches!(kind, Kind::Int4 | Kind::Int8 | Kind::Ternary) {
+        if has_avx512() && whole_units && kind != Kind::Int2 {
             for (m, y) in out.iter_mut().enumerate() {
                 let input = &x[m * cols..(m + 1) * cols];
                 let sums = &sums[m * groups..(m + 1) * groups];
@@ -467,6 +467,7 @@ mod fused {
                 let codes_x = unsafe {
                     match kind {
                         Kind::Int4 => wide::int4_row(source, input, row.group, row.scales),
+                        Kind::Int1 => wide::int1_row(source, input, row.group, row.scales),
                         _ => wide::bytes_row(source, input, row.group, row.scales),
                     }
                 };
@@ -668,9 +669,9 @@ mod fused {
         unsafe { finish(acc, tail) }
     }
 
-    /// The int4, one-code-a-byte and f16 products on AVX-512: sixteen lanes a multiply-add
-    /// and one widening a sixteen codes, half the instructions of the AVX2 forms, which are
-    /// bound by their widening shuffles. The packed forms take a whole row (groups of whole
+    /// The int4, int1, one-code-a-byte and f16 products on AVX-512: sixteen lanes a
+    /// multiply-add and one widening a sixteen codes (int1: one masked add), half the
+    /// instructions of the AVX2 forms, which are bound by their widening shuffles. The packed forms take a whole row (groups of whole
     /// units of 32 codes) and keep each group's sum in registers, where the AVX2 forms sum
     /// each group horizontally and return it.
     pub(super) mod wide {
@@ -734,6 +735,29 @@ mod fused {
                 let second = _mm_loadu_si128(bytes.as_ptr().add(i + 16) as *const __m128i);
                 let x = x.as_ptr().add(i);
                 (accumulate(first, x, a), accumulate(second, x.add(16), b))
+            };
+            // SAFETY: AVX-512 is enabled.
+            unsafe { scaled_units(x.len(), group, scales, unit) }
+        }
+
+        /// [`int4_row`] for int1 codes: each 16 bits are a lane mask selecting the inputs to add.
+        #[target_feature(enable = "avx512f,avx512bw")]
+        pub(in super::super) unsafe fn int1_row(
+            bytes: &[u8],
+            x: &[f32],
+            group: usize,
+            scales: &[f32],
+        ) -> f32 {
+            // SAFETY (both): 4 bytes hold codes i..i+32 (lowest bit first, so bit k of the
+            // little-endian word is code i+k) and 32 inputs from i lie inside `x` for every
+            // unit start i of the row.
+            let unit = |i: usize, (a, b): (__m512, __m512)| unsafe {
+                let bits = u32::from_le((bytes.as_ptr().add(i / 8) as *const u32).read_unaligned());
+                let x = x.as_ptr().add(i);
+                (
+                    _mm512_mask_add_ps(a, bits as __mmask16, a, _mm512_loadu_ps(x)),
+                    _mm512_mask_add_ps(b, (bits >> 16) as __mmask16, b, _mm512_loadu_ps(x.add(16))),
+                )
             };
             // SAFETY: AVX-512 is enabled.
             unsafe { scaled_units(x.len(), group, scales, unit) }
