@@ -321,14 +321,18 @@ pub fn quantized_linears(
 
 /// The latent base weight as `[out, in]` row-major f32 (the Hugging Face layout).
 pub(crate) fn weight_rows(linear: &AdaptedLinear) -> (Vec<f32>, WeightShape) {
-    let weight = linear.base_layer.weight.val().transpose();
-    let [out_features, in_features] = weight.dims();
-    let values = weight
+    matrix_rows(linear.base_layer.weight.val().transpose())
+}
+
+/// A matrix as row-major f32 values and its `[rows, cols]` shape.
+pub(crate) fn matrix_rows(matrix: Tensor<2>) -> (Vec<f32>, WeightShape) {
+    let [rows, cols] = matrix.dims();
+    let values = matrix
         .into_data()
         .convert::<f32>()
         .try_into_vec::<f32>()
-        .expect("f32 weights");
-    (values, WeightShape::new(out_features, in_features))
+        .expect("f32 values");
+    (values, WeightShape::new(rows, cols))
 }
 
 /// Replaces the latent base weight with `rows` (`[out, in]` row-major).

@@ -48,17 +48,44 @@ pub struct PackedMatrix {
 
 #[derive(Debug, Clone)]
 enum Weights {
-    Packed {
-        codes: Codes,
-        bytes: Vec<u8>,
-        row_bytes: usize,
-        group: usize,
-        groups: usize,
-        scales: Vec<f32>,
-        zeros: Vec<f32>,
-    },
+    Packed(Packed),
     Float(Vec<f32>),
     Half(Vec<f16>),
+}
+
+/// Packed codes with their groups' scales and zero points, widened to f32.
+#[derive(Debug, Clone)]
+struct Packed {
+    codes: Codes,
+    bytes: Vec<u8>,
+    row_bytes: usize,
+    group: usize,
+    groups: usize,
+    scales: Vec<f32>,
+    zeros: Vec<f32>,
+}
+
+impl Packed {
+    /// Row `r`'s packed bytes and its groups.
+    fn row(&self, r: usize) -> (&[u8], Groups<'_>) {
+        let grid = r * self.groups..(r + 1) * self.groups;
+        let groups = Groups {
+            group: self.group,
+            scales: &self.scales[grid.clone()],
+            zeros: &self.zeros[grid],
+        };
+        (
+            &self.bytes[r * self.row_bytes..(r + 1) * self.row_bytes],
+            groups,
+        )
+    }
+}
+
+/// One row's groups: their length, scales and zero points.
+struct Groups<'a> {
+    group: usize,
+    scales: &'a [f32],
+    zeros: &'a [f32],
 }
 
 impl PackedMatrix {
@@ -87,7 +114,7 @@ impl PackedMatrix {
         PackedMatrix {
             rows: shape.out_features,
             cols: shape.in_features,
-            weights: Weights::Packed {
+            weights: Weights::Packed(Packed {
                 codes,
                 row_bytes: tensor.packed().len() / shape.out_features,
                 bytes: tensor.packed().to_vec(),
@@ -95,7 +122,7 @@ impl PackedMatrix {
                 groups,
                 scales: tensor.scales().iter().map(|s| f32::from(*s)).collect(),
                 zeros: tensor.zero_points(),
-            },
+            }),
         }
     }
 
@@ -127,20 +154,13 @@ impl PackedMatrix {
         match &self.weights {
             Weights::Float(values) => values[span].to_vec(),
             Weights::Half(values) => values[span].to_f32_vec(),
-            Weights::Packed {
-                codes,
-                bytes,
-                row_bytes,
-                group,
-                groups,
-                scales,
-                zeros,
-            } => {
+            Weights::Packed(packed) => {
+                let (bytes, groups) = packed.row(r);
                 let mut row = vec![0.0f32; self.cols.next_multiple_of(8) + 8];
-                codes.decode(&bytes[r * row_bytes..(r + 1) * row_bytes], &mut row);
+                packed.codes.decode(bytes, &mut row);
                 row.truncate(self.cols);
-                let grid = (r * groups..(r + 1) * groups).map(|g| (scales[g], zeros[g]));
-                for (values, (scale, zero)) in row.chunks_mut(*group).zip(grid) {
+                let grid = groups.scales.iter().zip(groups.zeros);
+                for (values, (scale, zero)) in row.chunks_mut(groups.group).zip(grid) {
                     values.iter_mut().for_each(|v| *v = scale * (*v - zero));
                 }
                 row
@@ -161,12 +181,9 @@ impl PackedMatrix {
     /// Bytes a product reads: the packed codes, scales and zero points as stored here.
     pub fn bytes(&self) -> usize {
         match &self.weights {
-            Weights::Packed {
-                bytes,
-                scales,
-                zeros,
-                ..
-            } => bytes.len() + 4 * (scales.len() + zeros.len()),
+            Weights::Packed(packed) => {
+                packed.bytes.len() + 4 * (packed.scales.len() + packed.zeros.len())
+            }
             Weights::Float(values) => 4 * values.len(),
             Weights::Half(values) => 2 * values.len(),
         }
@@ -185,9 +202,9 @@ impl PackedMatrix {
         // outputs[r·count + m]: row-major by output row, so each task owns whole rows
         let mut outputs = vec![0.0f32; self.rows * count];
         let sums: Vec<f32> = match &self.weights {
-            Weights::Packed { group, .. } => x
+            Weights::Packed(packed) => x
                 .chunks(self.cols)
-                .flat_map(|v| v.chunks(*group).map(|g| g.iter().sum::<f32>()))
+                .flat_map(|v| v.chunks(packed.group).map(|g| g.iter().sum::<f32>()))
                 .collect(),
             _ => Vec::new(),
         };
@@ -272,47 +289,31 @@ impl PackedMatrix {
                         *y = dot::<FMA>(&row[..cols], &x[m * cols..(m + 1) * cols]);
                     }
                 }
-                Weights::Packed {
-                    codes,
-                    bytes,
-                    row_bytes,
-                    group,
-                    groups,
-                    scales,
-                    zeros,
-                } => {
-                    let (group, groups) = (*group, *groups);
-                    let packed = &bytes[r * row_bytes..(r + 1) * row_bytes];
+                Weights::Packed(packed) => {
+                    let (bytes, groups) = packed.row(r);
                     #[cfg(target_arch = "x86_64")]
-                    if let (true, Some(kind)) = (FMA, codes.fused()) {
+                    if let (true, Some(kind)) = (FMA, packed.codes.fused()) {
                         let source = if kind == fused::Kind::Ternary {
-                            codes.decode_bytes(packed, &mut scratch.codes);
+                            packed.codes.decode_bytes(bytes, &mut scratch.codes);
                             &scratch.codes[..]
                         } else {
-                            packed
-                        };
-                        let groups_of_row = fused::Groups {
-                            group,
-                            scales: &scales[r * groups..(r + 1) * groups],
-                            zeros: &zeros[r * groups..(r + 1) * groups],
+                            bytes
                         };
                         // SAFETY: FMA is only set on the AVX2 path (`rows_avx2`).
-                        unsafe { fused::rows(kind, source, x, sums, &groups_of_row, out) };
+                        unsafe { fused::rows(kind, source, x, sums, &groups, out) };
                         continue;
                     }
-                    codes.decode(packed, row);
-                    let (scales, zeros) = (
-                        &scales[r * groups..(r + 1) * groups],
-                        &zeros[r * groups..(r + 1) * groups],
-                    );
+                    packed.codes.decode(bytes, row);
+                    let (group, count) = (groups.group, groups.scales.len());
                     for (m, y) in out.iter_mut().enumerate() {
                         let input = &x[m * cols..(m + 1) * cols];
-                        let sums = &sums[m * groups..(m + 1) * groups];
+                        let sums = &sums[m * count..(m + 1) * count];
+                        let per_group = groups.scales.iter().zip(groups.zeros).zip(sums);
                         let mut total = 0.0f32;
-                        for g in 0..groups {
+                        for (g, ((scale, zero), sum)) in per_group.enumerate() {
                             let span = g * group..((g + 1) * group).min(cols);
                             let codes_x = dot::<FMA>(&row[span.clone()], &input[span]);
-                            total += scales[g] * (codes_x - zeros[g] * sums[g]);
+                            total += scale * (codes_x - zero * sum);
                         }
                         *y = total;
                     }
@@ -424,6 +425,8 @@ fn table<const K: usize>(code: impl Fn(u32, usize) -> u32) -> Vec<[f32; K]> {
 mod fused {
     use std::arch::x86_64::*;
 
+    use super::Groups;
+
     /// Which kernel reads a row.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub(super) enum Kind {
@@ -437,13 +440,6 @@ mod fused {
         Int8,
         /// Ternary, decoded to one code a byte first.
         Ternary,
-    }
-
-    /// One row's groups: their length, scales and zero points.
-    pub(super) struct Groups<'a> {
-        pub(super) group: usize,
-        pub(super) scales: &'a [f32],
-        pub(super) zeros: &'a [f32],
     }
 
     /// One row's products with every vector of `x` (see `PackedMatrix::rows_products`).

@@ -5,6 +5,7 @@
 use andes_quant::{QuantFormat, QuantizedTensor, WeightShape, quantize_rtn};
 use burn::tensor::Tensor;
 
+use super::matrix_rows;
 use crate::error::ModelError;
 use crate::qwen3::{Qwen3Config, Qwen3ForCausalLM};
 
@@ -45,13 +46,8 @@ fn quantize_table(
     table: Tensor<2>,
     format: QuantFormat,
 ) -> Result<(String, QuantizedTensor), ModelError> {
-    let [rows, cols] = table.dims();
-    let values = table
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .expect("f32 values");
-    quantize_rtn(&values, WeightShape::new(rows, cols), format)
+    let (values, shape) = matrix_rows(table);
+    quantize_rtn(&values, shape, format)
         .map(|q| (name.to_string(), q))
         .map_err(|source| ModelError::Quantization {
             layer: name.to_string(),
