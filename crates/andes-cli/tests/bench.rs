@@ -68,3 +68,60 @@ fn bench_train_reports_its_precision_and_starts_at_the_uniform_loss() {
         "first loss {loss}, ln 512 = {uniform}"
     );
 }
+
+/// `bench train --replay` trains as the eager bench does: burn's capture runs the step four
+/// times on the CPU (three warm-ups and the recording, rerun here), so the replayed steps'
+/// losses are the eager run's fifth and later, with the in-place AdamW in place of Burn's.
+#[test]
+fn bench_train_replay_continues_the_eager_runs_losses() {
+    let config = fixture("qwen3-tiny-untied-mha-f32").join("config.json");
+    let bench = |steps: &str, replay: bool| {
+        let mut args = vec![
+            "bench",
+            "train",
+            "--config",
+            path(&config),
+            "--precision",
+            "f32",
+            "--seq-len",
+            "16",
+            "--batch",
+            "2",
+            "--warmup",
+            "0",
+            "--steps",
+            steps,
+        ];
+        if replay {
+            args.push("--replay");
+        }
+        json_stdout(andes(&args))
+    };
+    let losses = |report: &serde_json::Value| -> Vec<f64> {
+        report["losses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|loss| loss.as_f64().unwrap())
+            .collect()
+    };
+    let eager = bench("7", false);
+    let replayed = bench("3", true);
+    assert_eq!(replayed["replay"]["on_device"], false, "{replayed}");
+    assert!(replayed["host_ms"].is_null(), "{replayed}");
+    assert!(
+        eager["host_ms"]["forward"].as_f64().unwrap() > 0.0,
+        "{eager}"
+    );
+    let (eager, replayed) = (losses(&eager), losses(&replayed));
+    assert!(
+        eager[6] < eager[0] - 0.05,
+        "the eager run did not learn: {eager:?}"
+    );
+    for (step, (replayed, eager)) in replayed.iter().zip(&eager[4..]).enumerate() {
+        assert!(
+            (replayed - eager).abs() < 1e-4 * eager.abs(),
+            "replayed step {step}: {replayed} vs eager {eager}"
+        );
+    }
+}

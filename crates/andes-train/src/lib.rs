@@ -14,6 +14,7 @@ pub mod buckets;
 pub mod bundle;
 pub mod checkpoint;
 pub mod error;
+pub mod in_place_adamw;
 pub mod metrics;
 pub mod objective;
 pub mod optim;

@@ -3,6 +3,7 @@
 //! forward, next-token loss, backward and the AdamW update of every parameter, at a given
 //! precision.
 
+use std::cell::RefCell;
 use std::time::Instant;
 
 use andes_model::loss::masked_next_token_nll;
@@ -11,10 +12,11 @@ use andes_model::qwen3::{Qwen3Config, Qwen3ForCausalLM};
 use andes_model::throughput::median;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData, capture};
 use serde::Serialize;
 
 use crate::error::TrainError;
+use crate::in_place_adamw::InPlaceAdamW;
 use crate::optim::adamw;
 use crate::recipe::{OptimizerSection, training_device};
 
@@ -34,6 +36,10 @@ pub struct TrainBench {
     /// Recompute memory-bound activations in the backward pass instead of keeping them
     /// (Burn's balanced gradient checkpointing): less memory, some more compute.
     pub activation_checkpointing: bool,
+    /// Capture one step (forward, backward and [`InPlaceAdamW`]'s update) as a device graph
+    /// and replay it, so the host launches one graph a step instead of every kernel;
+    /// otherwise each step runs eagerly with Burn's AdamW, as `andes train` does.
+    pub replay: bool,
 }
 
 /// What the timed steps gave.
@@ -53,6 +59,12 @@ pub struct TrainReport {
     pub warmup_step_s: Vec<f64>,
     /// Median time of a timed step.
     pub step_ms_median: f64,
+    /// Where an eager step's wall time goes on the host (medians): a step whose recording
+    /// phases add up to about its time, with little left to wait for, is bound by the host's
+    /// launching of work, not by the device. `None` for replayed steps.
+    pub host_ms: Option<StepPhases>,
+    /// How the step was captured, where it replays as a device graph.
+    pub replay: Option<Replay>,
     /// Tokens trained per second.
     pub train_tokens_per_s: f64,
     /// Model FLOPs per second: `6·N·T` for the weights plus attention's `12·L·T²·d` per step
@@ -63,6 +75,34 @@ pub struct TrainReport {
     pub memory_reserved_bytes: Option<u64>,
     /// The last step's loss (every precision should give about the same).
     pub final_loss: f64,
+    /// Every step's loss, warm-up steps first: a replayed run must learn as the eager one
+    /// does from the same seeded start.
+    pub losses: Vec<f64>,
+}
+
+/// A step captured once and replayed ([`TrainBench::replay`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct Replay {
+    /// Seconds to capture: burn runs the step three times to warm its kernels and allocator,
+    /// then records it (those steps train, so the timed losses start three steps later).
+    pub capture_s: f64,
+    /// Whether the backend recorded a device graph; without one every replay runs the step
+    /// again.
+    pub on_device: bool,
+}
+
+/// Milliseconds of a step's phases on the host. The device runs each phase's kernels as the
+/// host enqueues them, so only `wait` is time the host spends idle.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StepPhases {
+    /// Recording the forward pass and the loss.
+    pub forward: f64,
+    /// Running the backward pass (enqueuing its kernels).
+    pub backward: f64,
+    /// The optimizer's update of every parameter.
+    pub optimizer: f64,
+    /// Waiting for the device to finish what was enqueued.
+    pub wait: f64,
 }
 
 /// Marks every float parameter as trained.
@@ -83,9 +123,13 @@ pub fn train_throughput(
 ) -> Result<TrainReport, TrainError> {
     // Drawn as transformers initialises Qwen3 (so the losses compare with the peer's) and cast
     // to the precision's parameter dtype, every parameter trained.
+    // Seeded, so that every run starts from the same weights (an eager and a replayed run
+    // compare loss for loss).
+    let graph_device = device.clone();
     let device = training_device(device, bench.activation_checkpointing);
+    device.seed(0);
     let model = Qwen3ForCausalLM::new(config, &device)?.init_like_transformers(config);
-    let mut model = cast_parameters(model, bench.precision.parameter_dtype()).map(&mut Trained);
+    let model = cast_parameters(model, bench.precision.parameter_dtype()).map(&mut Trained);
     let section = OptimizerSection {
         lr: 1e-4,
         weight_decay: 0.1,
@@ -94,7 +138,6 @@ pub fn train_throughput(
         eps: 1e-8,
         grad_clip: None,
     };
-    let mut optimizer = adamw(&model, &section);
     let (rows, seq) = (bench.batch, bench.seq_len);
     let ids: Vec<i64> = (0..rows * (seq + 1))
         .map(|i| ((i * 7919 + 13) % config.vocab_size) as i64)
@@ -112,32 +155,112 @@ pub fn train_throughput(
         TensorData::new(vec![true; rows * seq], [rows, seq]),
         &device,
     );
-    let (mut warmup_step_s, mut seconds, mut final_loss) = (Vec::new(), Vec::new(), 0.0);
-    for step in 0..bench.warmup + bench.steps {
-        let start = Instant::now();
-        let loss = {
-            let _autocast = Autocast::new(bench.precision.autocast());
-            let hidden = model.forward_hidden(inputs.clone(), &mut model.new_cache())?;
-            masked_next_token_nll(&model, hidden, targets.clone(), mask.clone())
-                .div_scalar((rows * seq) as f64)
-        };
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optimizer.step(1e-4, model, grads);
-        // Waits for every queued kernel of the step, the optimizer updates included.
+    let loss_of = |model: &Qwen3ForCausalLM| -> Result<Tensor<1>, TrainError> {
+        let _autocast = Autocast::new(bench.precision.autocast());
+        let hidden = model.forward_hidden(inputs.clone(), &mut model.new_cache())?;
+        Ok(
+            masked_next_token_nll(model, hidden, targets.clone(), mask.clone())
+                .div_scalar((rows * seq) as f64),
+        )
+    };
+    let sync = |device: &Device| {
         device
             .sync()
-            .map_err(|e| TrainError::Device(format!("{e:?}")))?;
-        let elapsed = start.elapsed().as_secs_f64();
-        if step < bench.warmup {
-            warmup_step_s.push(elapsed);
-        } else {
-            seconds.push(elapsed);
+            .map_err(|e| TrainError::Device(format!("{e:?}")))
+    };
+    let mut timing = Timing::default();
+    let (model, replay) = if bench.replay {
+        let mut optimizer = InPlaceAdamW::new(&model, &section, &device);
+        let state = RefCell::new((Some(model), None::<TrainError>));
+        let mut train_step = |model: Qwen3ForCausalLM| -> Result<_, TrainError> {
+            let loss = loss_of(&model)?;
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            Ok((loss.detach(), optimizer.step(model, grads)?))
+        };
+        // A failed step keeps its error and leaves no model, so later runs do nothing.
+        let step = || {
+            let mut state = state.borrow_mut();
+            let Some(model) = state.0.take() else {
+                return Tensor::<1>::zeros([1], &device);
+            };
+            match train_step(model) {
+                Ok((loss, model)) => {
+                    state.0 = Some(model);
+                    loss
+                }
+                Err(error) => {
+                    state.1 = Some(error);
+                    Tensor::zeros([1], &device)
+                }
+            }
+        };
+        let start = Instant::now();
+        // Captured on the device itself: the autodiff device wrapping it records no graphs
+        // (burn 0.22's autodiff backend does not forward the capture), while every kernel of
+        // the step, backward included, runs on the stream of the device underneath.
+        let mut graph = capture(&graph_device, step);
+        sync(&device)?;
+        let capture_s = start.elapsed().as_secs_f64();
+        let on_device = graph.is_hardware();
+        for step in 0..bench.warmup + bench.steps {
+            let start = Instant::now();
+            // SAFETY: the step reads and writes the model's parameters, the optimizer's state
+            // and the fixed batch, all alive until the graph is dropped below and touched by
+            // nothing else meanwhile; each replay is waited for before the next.
+            let loss = unsafe { graph.replay() }.clone();
+            let loss = loss.into_scalar::<f64>();
+            timing.record(
+                step < bench.warmup,
+                start.elapsed().as_secs_f64(),
+                None,
+                loss,
+            );
         }
-        if step + 1 == bench.warmup + bench.steps {
-            final_loss = loss.into_scalar::<f64>();
+        drop(graph);
+        let (model, error) = state.into_inner();
+        let model = match (model, error) {
+            (Some(model), None) => model,
+            (_, error) => {
+                return Err(error.unwrap_or_else(|| {
+                    TrainError::Device("the captured step lost the model".into())
+                }));
+            }
+        };
+        (
+            model,
+            Some(Replay {
+                capture_s,
+                on_device,
+            }),
+        )
+    } else {
+        let mut optimizer = adamw(&model, &section);
+        let mut model = model;
+        for step in 0..bench.warmup + bench.steps {
+            let start = Instant::now();
+            let mut marks = [start; 4];
+            let loss = loss_of(&model)?;
+            marks[1] = Instant::now();
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            marks[2] = Instant::now();
+            model = optimizer.step(section.lr, model, grads);
+            marks[3] = Instant::now();
+            // Waits for every queued kernel of the step, the optimizer updates included.
+            sync(&device)?;
+            let end = Instant::now();
+            let ends = [marks[1], marks[2], marks[3], end];
+            let phases = std::array::from_fn(|i| (ends[i] - marks[i]).as_secs_f64() * 1e3);
+            let loss = loss.into_scalar::<f64>();
+            timing.record(
+                step < bench.warmup,
+                (end - start).as_secs_f64(),
+                Some(phases),
+                loss,
+            );
         }
-    }
-    let time = median(&mut seconds);
+        (model, None)
+    };
+    let time = median(&mut timing.seconds);
     let tokens = (rows * seq) as f64;
     let params = model.num_params();
     let attention = 12.0
@@ -150,11 +273,52 @@ pub fn train_throughput(
         seq_len: seq,
         batch: rows,
         params,
-        warmup_step_s,
         step_ms_median: time * 1e3,
+        host_ms: timing.phases(),
+        replay,
+        warmup_step_s: timing.warmup_step_s,
         train_tokens_per_s: tokens / time,
         model_tflops_per_s: (6.0 * params as f64 * tokens + attention) / time / 1e12,
         memory_reserved_bytes: device.memory_pool_usage().map(|u| u.bytes_reserved),
-        final_loss,
+        final_loss: timing.losses.last().copied().unwrap_or(f64::NAN),
+        losses: timing.losses,
     })
+}
+
+/// The steps' times and losses as they come.
+#[derive(Default)]
+struct Timing {
+    warmup_step_s: Vec<f64>,
+    seconds: Vec<f64>,
+    /// Each timed step's [`StepPhases`], in their order, where the step ran eagerly.
+    phases: Vec<[f64; 4]>,
+    losses: Vec<f64>,
+}
+
+impl Timing {
+    fn record(&mut self, warmup: bool, seconds: f64, phases: Option<[f64; 4]>, loss: f64) {
+        self.losses.push(loss);
+        if warmup {
+            self.warmup_step_s.push(seconds);
+            return;
+        }
+        self.seconds.push(seconds);
+        self.phases.extend(phases);
+    }
+
+    /// The median of each phase, where the steps ran eagerly.
+    fn phases(&self) -> Option<StepPhases> {
+        if self.phases.is_empty() {
+            return None;
+        }
+        let [forward, backward, optimizer, wait] = std::array::from_fn(|i| {
+            median(&mut self.phases.iter().map(|p| p[i]).collect::<Vec<_>>())
+        });
+        Some(StepPhases {
+            forward,
+            backward,
+            optimizer,
+            wait,
+        })
+    }
 }

@@ -26,6 +26,10 @@ pub(super) struct TrainBenchArgs {
     /// Recompute memory-bound activations in the backward pass instead of keeping them.
     #[arg(long)]
     activation_checkpointing: bool,
+    /// Capture one step as a device graph (a CUDA graph on cuda) and replay it, with an
+    /// AdamW that updates every buffer in place; the host then launches one graph a step.
+    #[arg(long)]
+    replay: bool,
     /// Tokens per sequence.
     #[arg(long, default_value_t = 1024)]
     seq_len: usize,
@@ -52,6 +56,7 @@ pub(super) fn run(args: TrainBenchArgs) -> anyhow::Result<Ran> {
             .precision
             .unwrap_or_else(|| Precision::default_for(&args.device)),
         activation_checkpointing: args.activation_checkpointing,
+        replay: args.replay,
     };
     Ok(Ran {
         report: serde_json::to_value(train_throughput(&config, &device, bench)?)?,

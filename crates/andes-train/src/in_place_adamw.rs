@@ -1,0 +1,315 @@
+//! AdamW whose parameters, moments, step count and learning rate each stay in one device
+//! buffer from step to step, so that a training step captured as a device graph
+//! ([`burn::tensor::capture`], one CUDA graph on the cuda backend) replays its update.
+//!
+//! A captured graph replays its kernels against the buffers they touched while it was
+//! recorded. Burn's AdamW hands each parameter and moment back as a new tensor, and takes the
+//! step count (for the bias corrections) and the learning rate as host numbers, which a graph
+//! would freeze at their recorded values. Here each new parameter and moment is written back
+//! into its own buffer (`slice_assign` on a tensor held once writes in place), and the step
+//! count and learning rate are one-element device tensors that every replay reads. The update
+//! is torch's `AdamW` (Loshchilov & Hutter 2019, decoupled decay):
+//!
+//! `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`,
+//! `p ← p·(1 − lr·λ) − lr·(m / (1−β₁ᵗ)) / (√(v / (1−β₂ᵗ)) + ε)`,
+//!
+//! with `λ = 0` for norm scales and biases, as [`crate::optim::adamw`] groups them.
+
+use std::collections::{HashMap, HashSet};
+
+use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, DispatchTensor, Tensor};
+
+use crate::error::TrainError;
+use crate::optim::parameters_where;
+use crate::recipe::OptimizerSection;
+
+/// AdamW updating every trained parameter in its own buffer (see the module documentation).
+pub struct InPlaceAdamW {
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    weight_decay: f64,
+    /// Parameters updated without weight decay (norm scales and biases).
+    no_decay: HashSet<ParamId>,
+    /// Each parameter's first and second moments, in the parameter's shape.
+    moments: HashMap<ParamId, [DispatchTensor; 2]>,
+    /// `[1]`: updates done, counted on the device.
+    step: Tensor<1>,
+    /// `[1]`: the learning rate the next update uses.
+    learning_rate: Tensor<1>,
+}
+
+impl InPlaceAdamW {
+    /// AdamW of `section`'s betas, epsilon and weight decay for the parameters of `module`,
+    /// its state on `device`.
+    pub fn new<M: Module>(module: &M, section: &OptimizerSection, device: &Device) -> Self {
+        Self {
+            beta1: section.beta1,
+            beta2: section.beta2,
+            eps: section.eps,
+            weight_decay: section.weight_decay,
+            no_decay: parameters_where(module, |path| path.is_norm_scale() || path.is_bias())
+                .into_iter()
+                .collect(),
+            moments: HashMap::new(),
+            step: Tensor::zeros([1], device),
+            learning_rate: Tensor::from_floats([section.lr as f32], device),
+        }
+    }
+
+    /// Sets the learning rate of the next updates, written into its device buffer (so a
+    /// replayed graph reads it). Call it outside a capture: it uploads the value.
+    pub fn set_learning_rate(&mut self, learning_rate: f64) {
+        let value = Tensor::from_floats([learning_rate as f32], &self.learning_rate.device());
+        assign(&mut self.learning_rate, value, "the learning rate")
+            .expect("the optimizer alone holds its learning rate");
+    }
+
+    /// One update of every parameter of `module` that `grads` holds a gradient for, each
+    /// written into its own buffer. Fails, naming the tensor, where a parameter or moment is
+    /// shared (a clone kept elsewhere), since its update would then land in a new buffer that
+    /// a replayed graph never reads.
+    pub fn step<M: Module>(
+        &mut self,
+        module: M,
+        mut grads: GradientsParams,
+    ) -> Result<M, TrainError> {
+        let next = self.step.clone().add_scalar(1.0);
+        assign(&mut self.step, next, "the step count")?;
+        // 1 − βᵗ = 1 − exp(t·ln β), on the device.
+        let correction = |beta: f64| {
+            self.step
+                .clone()
+                .mul_scalar(beta.ln())
+                .exp()
+                .neg()
+                .add_scalar(1.0)
+        };
+        let mut update = Update {
+            optimizer: Factors {
+                beta1: self.beta1,
+                beta2: self.beta2,
+                eps: self.eps,
+                weight_decay: self.weight_decay,
+                correction1: correction(self.beta1),
+                correction2: correction(self.beta2),
+                learning_rate: self.learning_rate.clone(),
+            },
+            no_decay: &self.no_decay,
+            moments: &mut self.moments,
+            grads: &mut grads,
+            error: None,
+        };
+        let module = module.map(&mut update);
+        match update.error {
+            Some(error) => Err(error),
+            None => Ok(module),
+        }
+    }
+}
+
+/// The step's scalars: the hyperparameters, and the device-side bias corrections and
+/// learning rate (`[1]` each).
+struct Factors {
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    weight_decay: f64,
+    correction1: Tensor<1>,
+    correction2: Tensor<1>,
+    learning_rate: Tensor<1>,
+}
+
+/// The module mapper that updates each parameter with a gradient.
+struct Update<'a> {
+    optimizer: Factors,
+    no_decay: &'a HashSet<ParamId>,
+    moments: &'a mut HashMap<ParamId, [DispatchTensor; 2]>,
+    grads: &'a mut GradientsParams,
+    /// The first parameter or moment that could not be written in place.
+    error: Option<TrainError>,
+}
+
+impl ModuleMapper for Update<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (id, tensor, mapper) = param.consume();
+        let Some(grad) = self.grads.remove::<D>(id) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let require_grad = tensor.is_require_grad();
+        let checkpointing = tensor.gradient_checkpointing_strategy();
+        let mut value = tensor.inner();
+        let [mut first, mut second] = match self.moments.remove(&id) {
+            Some([first, second]) => [
+                Tensor::<D>::from_dispatch(first),
+                Tensor::from_dispatch(second),
+            ],
+            None => [value.zeros_like(), value.zeros_like()],
+        };
+        let f = &self.optimizer;
+        let lanes = |t: &Tensor<1>| t.clone().unsqueeze::<D>();
+        let new_first = first.clone().mul_scalar(f.beta1) + grad.clone().mul_scalar(1.0 - f.beta1);
+        let new_second =
+            second.clone().mul_scalar(f.beta2) + grad.square().mul_scalar(1.0 - f.beta2);
+        let step = (new_first.clone() / lanes(&f.correction1))
+            / ((new_second.clone() / lanes(&f.correction2)).sqrt() + f.eps)
+            * lanes(&f.learning_rate);
+        let decay = if self.no_decay.contains(&id) {
+            0.0
+        } else {
+            f.weight_decay
+        };
+        let decayed = if decay == 0.0 {
+            value.clone()
+        } else {
+            value.clone() * lanes(&f.learning_rate).mul_scalar(-decay).add_scalar(1.0)
+        };
+        let new_value = decayed - step;
+        let written = assign(&mut first, new_first, "a first moment")
+            .and_then(|()| assign(&mut second, new_second, "a second moment"))
+            .and_then(|()| assign(&mut value, new_value, "a parameter"));
+        if let Err(error) = written {
+            self.error.get_or_insert(error);
+        }
+        self.moments
+            .insert(id, [first.into_dispatch(), second.into_dispatch()]);
+        let mut value = Tensor::from_inner(value);
+        if let Some(strategy) = checkpointing {
+            value = value.with_gradient_checkpointing_strategy(strategy);
+        }
+        if require_grad {
+            value = value.require_grad();
+        }
+        Param::from_mapped_value(id, value, mapper)
+    }
+}
+
+/// Writes `value` into `target`'s own buffer. Fails, naming `what`, where another handle to
+/// that buffer exists: the write would then go to a copy.
+fn assign<const D: usize>(
+    target: &mut Tensor<D>,
+    value: Tensor<D>,
+    what: &str,
+) -> Result<(), TrainError> {
+    if !target.can_mut() {
+        return Err(TrainError::Device(format!(
+            "{what} of shape {:?} is held twice, so its update cannot be written in place",
+            target.dims()
+        )));
+    }
+    let whole = target.dims().map(|size| 0..size);
+    target.inplace(|target| target.slice_assign(whole, value));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use andes_model::checkpoint::load_qwen3;
+    use andes_model::loss::masked_next_token_nll;
+    use andes_model::qwen3::Qwen3ForCausalLM;
+    use burn::module::ModuleVisitor;
+    use burn::tensor::{Bool, DType, Int, TensorData};
+
+    use super::*;
+    use crate::optim::adamw;
+
+    fn model(device: &Device) -> Qwen3ForCausalLM {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/qwen3-tiny-untied-mha-f32");
+        load_qwen3(&dir, device, DType::F32).unwrap().1
+    }
+
+    fn grads(model: &Qwen3ForCausalLM, device: &Device) -> GradientsParams {
+        let ids: Vec<i64> = (0..24).map(|i| (i * 37 + 5) % 500).collect();
+        let tokens =
+            Tensor::<2, Int>::from_data(TensorData::new(ids[..12].to_vec(), [1, 12]), device);
+        let targets =
+            Tensor::<2, Int>::from_data(TensorData::new(ids[12..].to_vec(), [1, 12]), device);
+        let mask = Tensor::<2, Bool>::from_data(TensorData::new(vec![true; 12], [1, 12]), device);
+        let hidden = model
+            .forward_hidden(tokens, &mut model.new_cache())
+            .unwrap();
+        let loss = masked_next_token_nll(model, hidden, targets, mask);
+        GradientsParams::from_grads(loss.backward(), model)
+    }
+
+    /// Every float parameter's values, in visiting order.
+    fn values(model: &Qwen3ForCausalLM) -> Vec<Vec<f32>> {
+        struct Values(Vec<Vec<f32>>);
+        impl ModuleVisitor for Values {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                self.0.push(
+                    param
+                        .val()
+                        .into_data()
+                        .convert::<f32>()
+                        .try_to_vec()
+                        .unwrap(),
+                );
+            }
+        }
+        let mut values = Values(Vec::new());
+        model.visit(&mut values);
+        values.0
+    }
+
+    fn section() -> OptimizerSection {
+        OptimizerSection {
+            lr: 1e-3,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            grad_clip: None,
+        }
+    }
+
+    /// Three updates land where Burn's AdamW (an implementation independent of this one) puts
+    /// them, decay groups included, and move every parameter by about the learning rate.
+    #[test]
+    fn updates_match_burns_adamw_step_for_step() {
+        let device = Device::flex().autodiff();
+        let start = values(&model(&device));
+        let (mut theirs, mut ours) = (model(&device), model(&device));
+        let mut reference = adamw(&theirs, &section());
+        let mut in_place = InPlaceAdamW::new(&ours, &section(), &device);
+        for step in 0..3 {
+            let grads_theirs = grads(&theirs, &device);
+            theirs = reference.step(1e-3, theirs, grads_theirs);
+            let grads_ours = grads(&ours, &device);
+            ours = in_place.step(ours, grads_ours).unwrap();
+            for (i, (a, b)) in values(&theirs).iter().zip(values(&ours)).enumerate() {
+                for (x, y) in a.iter().zip(&b) {
+                    assert!(
+                        (x - y).abs() < 2e-6,
+                        "step {step}, parameter {i}: {x} vs {y}"
+                    );
+                }
+            }
+        }
+        for (i, (before, after)) in start.iter().zip(values(&ours)).enumerate() {
+            let moved = before
+                .iter()
+                .zip(&after)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max);
+            // Adam moves each weight by at most about lr a step.
+            assert!(moved > 1e-4 && moved < 4e-3, "parameter {i} moved {moved}");
+        }
+    }
+
+    /// A parameter held elsewhere too cannot be updated in place, and the error says so.
+    #[test]
+    fn a_parameter_held_twice_is_refused() {
+        let device = Device::flex().autodiff();
+        let model = model(&device);
+        let kept = model.clone();
+        let grads = grads(&model, &device);
+        let mut in_place = InPlaceAdamW::new(&model, &section(), &device);
+        let error = in_place.step(model, grads).err().unwrap();
+        assert!(error.to_string().contains("held twice"), "{error}");
+        drop(kept);
+    }
+}
