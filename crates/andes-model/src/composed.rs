@@ -1,8 +1,10 @@
 //! Which form runs for an operation that andes can run either as one differentiable operation
 //! or composed of Burn's operations, so that one build can time both: attention's core is one
-//! operation unless `ANDES_ATTENTION=composed`; the LM head with its log-softmax is composed
-//! unless `ANDES_HEAD=one-operation` (which keeps no logits for the backward pass, 5.6 GB less
-//! on the 0.6B bf16-mixed step, but took longer on the GPU: BENCHMARKS.md).
+//! operation unless `ANDES_ATTENTION=composed`; the LM head with its log-softmax is one
+//! operation (no logits kept for the backward pass) unless `ANDES_HEAD=composed` or the head
+//! has a bias. On a step replayed as one graph, where kernels alone set the pace, the
+//! one-operation head took the 0.6B bf16-mixed step from 168.5 to 145.2 ms and 36.8 to 30.0 GB
+//! on an H100 (BENCHMARKS.md, "A step replayed as one graph").
 
 /// The two forms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,6 +7,12 @@
 //! a position and recomputes a chunk's logits in the backward pass (one more product), where
 //! `∂ log p(t) / ∂z = onehot(t) − softmax(z)` gives the logits' gradient in one pass, as the
 //! fused losses of Liger-Kernel and Cut Cross-Entropy (Wijmans et al. 2024) do.
+//!
+//! The weight comes with a row per token (`[vocab, width]`, the token embedding's layout), so
+//! that a tied head's gradient is computed in the embedding's own layout and adds to the
+//! embedding's gradient element for element; differentiated through a transposed view, it
+//! came back transposed, and that one addition over 155 M elements took 5.4 ms of the 0.6B
+//! step's 133 ms of kernels on an H200 (BENCHMARKS.md, "A step replayed as one graph").
 
 use std::ops::Range;
 
@@ -18,9 +24,9 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Autodiff, Backend, Dispatch, TensorMetadata, backend_extension};
 use burn::tensor::{FloatDType, IndexingUpdateOp, Int, Shape, Slice, Tensor};
 
-/// `log softmax(hidden·weight)[targets]`: `hidden` `[positions, width]` and `weight` `[width,
-/// vocab]` in one dtype (bf16 under autocast), `targets` `[positions]`; returns `[positions]`
-/// in f32, computing `positions_per_chunk` positions' logits at a time.
+/// `log softmax(hidden·weightᵀ)[targets]`: `hidden` `[positions, width]` and `weight` `[vocab,
+/// width]` (a row per token) in one dtype (bf16 under autocast), `targets` `[positions]`;
+/// returns `[positions]` in f32, computing `positions_per_chunk` positions' logits at a time.
 pub fn head_target_log_probs(
     hidden: Tensor<2>,
     weight: Tensor<2>,
@@ -86,7 +92,7 @@ fn chunk_logits<B: Backend>(
     weight: &FloatTensor<B>,
     range: Range<usize>,
 ) -> FloatTensor<B> {
-    let logits = B::float_matmul(rows::<B>(hidden, range), weight.clone());
+    let logits = B::float_matmul(rows::<B>(hidden, range), B::float_transpose(weight.clone()));
     B::float_cast(logits, FloatDType::F32)
 }
 
@@ -146,7 +152,6 @@ impl<B: Backend> Backward<B, 2> for HeadLogProbsBackward {
             Shape::new([positions, 1]),
         );
         let dtype = FloatDType::from(hidden.dtype());
-        let weight_t = B::float_transpose(weight.clone());
         let (mut grad_hidden, mut grad_weight) = (Vec::new(), None);
         for range in row_chunks(positions, per_chunk) {
             let logits = chunk_logits::<B>(&hidden, &weight, range.clone());
@@ -163,11 +168,13 @@ impl<B: Backend> Backward<B, 2> for HeadLogProbsBackward {
             );
             let grad_logits = B::float_cast(grad_logits, dtype);
             if hidden_node.is_some() {
-                grad_hidden.push(B::float_matmul(grad_logits.clone(), weight_t.clone()));
+                grad_hidden.push(B::float_matmul(grad_logits.clone(), weight.clone()));
             }
             if weight_node.is_some() {
-                let hidden_t = B::float_transpose(rows::<B>(&hidden, range));
-                let part = B::float_cast(B::float_matmul(hidden_t, grad_logits), FloatDType::F32);
+                // `[vocab, width]`, the weight's own layout.
+                let part =
+                    B::float_matmul(B::float_transpose(grad_logits), rows::<B>(&hidden, range));
+                let part = B::float_cast(part, FloatDType::F32);
                 grad_weight = Some(match grad_weight {
                     Some(sum) => B::float_add(sum, part),
                     None => part,

@@ -39,9 +39,9 @@ fn positions_per_chunk(model: &Qwen3ForCausalLM) -> usize {
     (MAX_LOGIT_BYTES / (4 * model.vocab_size())).max(1)
 }
 
-/// The head and the log-softmax over chunks of `positions_per_chunk` positions, composed of
-/// Burn's operations, or as one operation ([`head_target_log_probs`]) where
-/// `ANDES_HEAD=one-operation` asks for it and the head has no bias (Qwen3's has none).
+/// The head and the log-softmax over chunks of `positions_per_chunk` positions: one operation
+/// ([`head_target_log_probs`]) where the head has no bias (Qwen3's has none), else, or where
+/// `ANDES_HEAD=composed` asks, composed of Burn's operations.
 fn chunked_log_probs(
     model: &Qwen3ForCausalLM,
     hidden: Tensor<3>,
@@ -53,10 +53,10 @@ fn chunked_log_probs(
     let hidden: Tensor<2> = hidden.reshape([positions, width]);
     let targets: Tensor<1, Int> = targets.reshape([positions]);
     let picked = match model.head() {
-        (weight, None) if form("ANDES_HEAD", Form::Composed) == Form::OneOperation => {
+        (_, None) if form("ANDES_HEAD", Form::OneOperation) == Form::OneOperation => {
             head_target_log_probs(
                 operand(hidden),
-                operand(weight),
+                operand(model.head_rows()),
                 targets,
                 positions_per_chunk,
             )
@@ -179,7 +179,7 @@ mod tests {
                 let picked = if composed {
                     composed_log_probs(&model, hidden, targets, per_chunk)
                 } else {
-                    head_target_log_probs(hidden, model.head().0, targets, per_chunk)
+                    head_target_log_probs(hidden, model.head_rows(), targets, per_chunk)
                 };
                 let values: Vec<f32> = picked.clone().into_data().try_to_vec().unwrap();
                 let grads = picked.sum().backward();

@@ -161,6 +161,16 @@ impl Qwen3ForCausalLM {
         }
     }
 
+    /// The LM head's weight with a row per token, `[vocab, hidden]`: the embedding matrix
+    /// itself when tied (so a gradient computed in this layout adds to the embedding's as it
+    /// is), else the head's weight transposed.
+    pub fn head_rows(&self) -> Tensor<2> {
+        match &self.lm_head {
+            Some(head) => head.weight.val().transpose(),
+            None => self.model.embed_tokens.weight.val(),
+        }
+    }
+
     /// Logits `[batch, seq, vocab]` for every position of `tokens`.
     pub fn forward(
         &self,
