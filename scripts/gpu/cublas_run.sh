@@ -11,7 +11,7 @@
 #   3. (CURVES=1) the tiny recipe trained in f32 and bf16-mixed with cuBLASLt.
 # FIXTURES, VARIANTS, PRECISIONS and PEER_SPECS choose the rows; CUBECL_TRAIN=0 leaves out the
 # CubeCL timing rows (slow at the larger shapes); FORMS_AB=1 adds a row with the LM head's loss
-# as one operation (ANDES_HEAD=one-operation) and one with attention composed of Burn's
+# composed of Burn's operations (ANDES_HEAD=composed) and one with attention composed of Burn's
 # operations (ANDES_ATTENTION=composed, what ran before); MODEL and BATCH (default 4) pick the
 # shape timed; FORWARD=1 adds the bf16 forward (prefill, decode, replayed decode) of MODEL
 # beside transformers bf16 (scripts/bench/forward_peer.py).
@@ -64,7 +64,7 @@ for precision in ${PRECISIONS:-bf16-mixed f32}; do
   train_args=(bench train --config "$MODEL" --device cuda --precision "$precision" --seq-len 1024 --batch $BATCH --warmup 2 --steps 6)
   run "train-cublas-$precision" $A "${train_args[@]}"
   if [ "${FORMS_AB:-0}" = 1 ]; then
-    run "train-cublas-one-operation-head-$precision" env ANDES_HEAD=one-operation $A "${train_args[@]}"
+    run "train-cublas-composed-head-$precision" env ANDES_HEAD=composed $A "${train_args[@]}"
     run "train-cublas-composed-attention-$precision" env ANDES_ATTENTION=composed $A "${train_args[@]}"
   fi
   [ "${CUBECL_TRAIN:-1}" = 1 ] && run "train-cubecl-$precision" env $CUBECL $A "${train_args[@]}"

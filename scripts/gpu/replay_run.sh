@@ -16,13 +16,18 @@ printf '[compilation]\ncache = true\n' > cubecl.toml
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 lscpu | grep "Model name" | tee -a "$OUT/gpu.txt"
 shape=(--config "$MODEL" --device cuda --seq-len 1024 --batch "$BATCH")
+# HEADS: the LM head's forms to run (ANDES_HEAD), each eager and replayed.
 for precision in ${PRECISIONS:-bf16-mixed f32}; do
-  for mode in eager replay; do
-    flag=(); [ $mode = replay ] && flag=(--replay)
-    timeout "${STEP_LIMIT:-150}" $A bench train "${shape[@]}" --precision "$precision" --warmup 2 --steps 6 "${flag[@]}" \
-      > "/tmp/$mode-$precision.json" 2> "/tmp/$mode-$precision.err"
-    echo "andes $mode $precision rc=$?: $(cat "/tmp/$mode-$precision.json")"; grep -m3 -E "panicked|rror" "/tmp/$mode-$precision.err" | cut -c1-400
-    cat "/tmp/$mode-$precision.json" >> "$OUT/andes.jsonl"; echo >> "$OUT/andes.jsonl"
+  for head in ${HEADS:-default}; do
+    for mode in eager replay; do
+      flag=(); [ $mode = replay ] && flag=(--replay)
+      name=$mode-$precision-$head
+      vars=(); [ "$head" != default ] && vars=(ANDES_HEAD=$head)
+      env "${vars[@]}" timeout "${STEP_LIMIT:-150}" $A bench train "${shape[@]}" --precision "$precision" --warmup 2 --steps 6 "${flag[@]}" \
+        > "/tmp/$name.json" 2> "/tmp/$name.err"
+      echo "andes $name rc=$?: $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("step ms", round(d["step_ms_median"], 1), "replay", d["replay"], "reserved GB", round(d["memory_reserved_bytes"] / 1e9, 1), "host ms", d["host_ms"], "losses", [round(x, 4) for x in d["losses"]])' "/tmp/$name.json" 2>&1)"; grep -m3 -E "panicked|rror" "/tmp/$name.err" | cut -c1-400
+      { echo "{\"head\": \"$head\", \"mode\": \"$mode\", \"report\": $(cat "/tmp/$name.json")}"; } >> "$OUT/andes.jsonl"
+    done
   done
 done
 PEER_SPECS=${PEER_SPECS:-"bf16-mixed sdpa,tf32 sdpa"}

@@ -25,7 +25,10 @@ mkdir -p "$CUDA_CACHE_PATH"
 printf '[compilation]\ncache = true\n' > cubecl.toml
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 shape=(--seq-len 1024 --batch 4)
+# REPLAY=1 profiles the step replayed as one CUDA graph (`bench train --replay`): the two-step
+# run minus the one-step run is then one replay, the capture's steps cancelling.
 andes=($A bench train --config "$MODEL" --device cuda --precision "$PRECISION" "${shape[@]}")
+[ "${REPLAY:-0}" = 1 ] && andes+=(--replay)
 peer=(python3 scripts/bench/train_peer.py --config "$MODEL" --device cuda --precision "$PRECISION" --attn sdpa "${shape[@]}")
 timed() { # timed NAME LIMIT COMMAND...
   local name=$1 limit=$2; shift 2; local start=$SECONDS
