@@ -139,6 +139,31 @@ fn speculation_and_a_budget_that_evicts_nothing_keep_greedy_output() {
     assert!(plain["kv_entries"].as_u64().unwrap() > 32);
 }
 
+/// `--int8-activations` runs the integer products where a matrix allows them (on the tiny
+/// model only the down projections' 128 inputs make a whole block) and decodes as the f32
+/// products do here; it is a lever of the runtime, refused with `--reference`.
+#[test]
+fn int8_activations_decode_like_the_f32_products_and_belong_to_the_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = every_format_target(dir.path(), Some("int8-channel-sym"));
+    let package = package_in("int4-g128-sym", dir.path(), &target);
+    let plain = generate(&package, &[]);
+    let integer = generate(&package, &["--int8-activations"]);
+    assert_eq!(plain["token_ids"], integer["token_ids"]);
+    let refused = andes(&[
+        "generate",
+        "--model",
+        path(&package),
+        "--prompt",
+        "hello",
+        "--reference",
+        "--int8-activations",
+    ]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--int8-activations"), "{stderr}");
+}
+
 #[test]
 fn a_float_checkpoint_runs_on_the_runtime_like_burn() {
     let model = fixture(MODEL);

@@ -146,6 +146,19 @@ impl Decoder {
         Ok(())
     }
 
+    /// Multiplies every projection and the head in integers against inputs rounded to int8
+    /// where they allow it ([`PackedMatrix::set_int8_activations`]): faster, not the f32
+    /// products.
+    pub fn set_int8_activations(&mut self, on: bool) {
+        let blocks = self
+            .blocks
+            .iter_mut()
+            .flat_map(|b| b.projections.iter_mut());
+        for matrix in blocks.chain([&mut self.embed]).chain(self.head.as_mut()) {
+            matrix.set_int8_activations(on);
+        }
+    }
+
     /// Bytes a decoding step reads: every projection, the head, the final norm.
     pub fn weight_bytes(&self) -> usize {
         let blocks: usize = self

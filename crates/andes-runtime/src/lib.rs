@@ -10,6 +10,7 @@
 pub mod decoder;
 pub mod error;
 pub mod generate;
+pub mod int8_inputs;
 pub mod kv;
 pub mod load;
 pub mod packed;

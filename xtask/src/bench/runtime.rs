@@ -90,6 +90,11 @@ pub(crate) fn runtime(threads: usize, new_tokens: usize, rounds: usize) -> anyho
         ("andes float (f32)", &model, &["--runtime"][..]),
         ("andes int4-g128 (4.1 bpw), int8 tables", &int4, &[][..]),
         (
+            "andes int4-g128, int8 tables, int8 activations",
+            &int4,
+            &["--int8-activations"][..],
+        ),
+        (
             "andes int4-g128 (4.1 bpw), f16 tables",
             &int4_f16_tables,
             &[][..],
@@ -108,6 +113,11 @@ pub(crate) fn runtime(threads: usize, new_tokens: usize, rounds: usize) -> anyho
             "andes dimensity9500 plan (1.8 bpw), int8 tables",
             &d9500_int8_tables,
             &[][..],
+        ),
+        (
+            "andes dimensity9500 plan, int8 tables, int8 activations",
+            &d9500_int8_tables,
+            &["--int8-activations"][..],
         ),
     ];
     let (mut rows, mut peers) = (Vec::new(), Vec::new());
