@@ -517,8 +517,10 @@ mod fused {
                 // SAFETY: the caller found VNNI and whole blocks (`int8_order`).
                 let codes_x = unsafe {
                     match kind {
-                        Kind::Int4 => wide::int4_row_int8(source, &int8[m], row.group, row.scales),
-                        _ => wide::bytes_row_int8(source, &int8[m], row.group, row.scales),
+                        Kind::Int4 => {
+                            wide::int8_row::<true>(source, &int8[m], row.group, row.scales)
+                        }
+                        _ => wide::int8_row::<false>(source, &int8[m], row.group, row.scales),
                     }
                 };
                 *y = codes_x - zeros_x(m);
@@ -868,89 +870,80 @@ mod fused {
             }
         }
 
-        /// The integer product (`crate::int8_inputs`) of a row of int4 codes with inputs
-        /// rounded in nibble order: a block's 64 bytes split into their low and high nibbles,
-        /// each multiplied with the block's even or odd inputs by one `vpdpbusd`.
+        /// The integer product (`crate::int8_inputs`) of a row of codes with inputs rounded to
+        /// int8: `NIBBLES` for int4 rows (a block's 64 bytes split into their low and high
+        /// nibbles, multiplied with the block's even and odd inputs, the nibble order of
+        /// `Int8Inputs`), else one code a byte. Each block is two `vpdpbusd` (64 byte
+        /// products summed into sixteen 32-bit lanes each); its integer sums are widened and
+        /// scaled by the group's and the block's scales into one of two alternating
+        /// accumulators, and the row is summed horizontally once. Plain inlined functions: a
+        /// first version passing each block as a closure to a shared loop ran 1.6× slower
+        /// than the f32 kernel instead of 2.2× faster (not investigated further).
         #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-        pub(in super::super) unsafe fn int4_row_int8(
+        pub(in super::super) unsafe fn int8_row<const NIBBLES: bool>(
             bytes: &[u8],
             inputs: &Int8Inputs,
             group: usize,
             scales: &[f32],
         ) -> f32 {
-            let mask = _mm512_set1_epi8(0x0F);
-            // SAFETY (both): block b's 64 bytes and 128 rounded inputs lie inside the row and
-            // the inputs (whole blocks).
-            let block = |b: usize| unsafe {
-                let packed = _mm512_loadu_si512(bytes.as_ptr().add(b * BLOCK / 2) as *const _);
-                let q = inputs.codes.as_ptr().add(b * BLOCK);
-                let lo = _mm512_and_si512(packed, mask);
-                let hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), mask);
-                let sum = _mm512_dpbusd_epi32(
-                    _mm512_setzero_si512(),
-                    lo,
-                    _mm512_loadu_si512(q as *const _),
-                );
-                _mm512_dpbusd_epi32(sum, hi, _mm512_loadu_si512(q.add(BLOCK / 2) as *const _))
-            };
-            // SAFETY: AVX-512 is enabled.
-            unsafe { scaled_blocks(inputs, group, scales, block) }
-        }
-
-        /// [`int4_row_int8`] for one code a byte, the inputs in their natural order.
-        #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-        pub(in super::super) unsafe fn bytes_row_int8(
-            bytes: &[u8],
-            inputs: &Int8Inputs,
-            group: usize,
-            scales: &[f32],
-        ) -> f32 {
-            // SAFETY (both): block b's 128 codes and rounded inputs lie inside both.
-            let block = |b: usize| unsafe {
-                let codes = bytes.as_ptr().add(b * BLOCK);
-                let q = inputs.codes.as_ptr().add(b * BLOCK);
-                let load = |p: *const u8| _mm512_loadu_si512(p as *const _);
-                let sum =
-                    _mm512_dpbusd_epi32(_mm512_setzero_si512(), load(codes), load(q as *const u8));
-                _mm512_dpbusd_epi32(
-                    sum,
-                    load(codes.add(BLOCK / 2)),
-                    load(q.add(BLOCK / 2) as *const u8),
-                )
-            };
-            // SAFETY: AVX-512 is enabled.
-            unsafe { scaled_blocks(inputs, group, scales, block) }
-        }
-
-        /// `Σ_b scale_{g(b)}·d_b·(block b's sixteen integer lanes)`: each block's integer sums
-        /// widened and scaled into one of two alternating accumulators, one horizontal sum a
-        /// row.
-        #[inline(always)]
-        unsafe fn scaled_blocks(
-            inputs: &Int8Inputs,
-            group: usize,
-            scales: &[f32],
-            block: impl Fn(usize) -> __m512i,
-        ) -> f32 {
-            // SAFETY: only called from functions with AVX-512 F enabled.
-            unsafe {
-                let per_group = group / BLOCK;
-                let blocks = inputs.scales.len();
-                let add = |b: usize, acc: __m512| {
-                    let factor = _mm512_set1_ps(scales[b / per_group] * inputs.scales[b]);
-                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(block(b)), factor, acc)
+            let per_group = group / BLOCK;
+            let blocks = inputs.scales.len();
+            let (mut even, mut odd) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+            let mut b = 0;
+            // SAFETY (all): block b's codes and rounded inputs lie inside the row and the
+            // inputs for every b < blocks (whole blocks); AVX-512 F, BW and VNNI are enabled.
+            while b + 2 <= blocks {
+                even = unsafe {
+                    scaled_block::<NIBBLES>(bytes, inputs, b, scales[b / per_group], even)
                 };
-                let (mut even, mut odd) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-                let mut b = 0;
-                while b + 2 <= blocks {
-                    even = add(b, even);
-                    odd = add(b + 1, odd);
-                    b += 2;
-                }
-                if b < blocks {
-                    even = add(b, even);
-                }
-                _mm512_reduce_add_ps(_mm512_add_ps(even, odd))
+                let next = b + 1;
+                odd = unsafe {
+                    scaled_block::<NIBBLES>(bytes, inputs, next, scales[next / per_group], odd)
+                };
+                b += 2;
+            }
+            if b < blocks {
+                even = unsafe {
+                    scaled_block::<NIBBLES>(bytes, inputs, b, scales[b / per_group], even)
+                };
+            }
+            _mm512_reduce_add_ps(_mm512_add_ps(even, odd))
+        }
+
+        /// `acc + scale·d_b·(block b's integer sums)`, inlined into [`int8_row`].
+        #[inline(always)]
+        unsafe fn scaled_block<const NIBBLES: bool>(
+            bytes: &[u8],
+            inputs: &Int8Inputs,
+            b: usize,
+            scale: f32,
+            acc: __m512,
+        ) -> __m512 {
+            // SAFETY: only called from `int8_row`, which has the features and the bounds.
+            unsafe {
+                let (first, second) = if NIBBLES {
+                    let mask = _mm512_set1_epi8(0x0F);
+                    let packed = _mm512_loadu_si512(bytes.as_ptr().add(b * BLOCK / 2) as *const _);
+                    (
+                        _mm512_and_si512(packed, mask),
+                        _mm512_and_si512(_mm512_srli_epi16(packed, 4), mask),
+                    )
+                } else {
+                    let codes = bytes.as_ptr().add(b * BLOCK);
+                    (
+                        _mm512_loadu_si512(codes as *const _),
+                        _mm512_loadu_si512(codes.add(BLOCK / 2) as *const _),
+                    )
+                };
+                let q = inputs.codes.as_ptr().add(b * BLOCK);
+                let (even_q, odd_q) = (
+                    _mm512_loadu_si512(q as *const _),
+                    _mm512_loadu_si512(q.add(BLOCK / 2) as *const _),
+                );
+                let sum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), first, even_q);
+                let sum = _mm512_dpbusd_epi32(sum, second, odd_q);
+                let factor = _mm512_set1_ps(scale * inputs.scales[b]);
+                _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), factor, acc)
             }
         }
 
