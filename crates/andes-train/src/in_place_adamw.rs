@@ -300,6 +300,32 @@ mod tests {
         }
     }
 
+    /// A learning rate set between steps is the one the next update reads from the device:
+    /// Adam's first step moves each weight by about the learning rate, so doubling it doubles
+    /// the largest move.
+    #[test]
+    fn a_new_learning_rate_reaches_the_next_update() {
+        let device = Device::flex().autodiff();
+        let largest_move = |learning_rate: Option<f64>| {
+            let model = model(&device);
+            let start = values(&model);
+            let mut in_place = InPlaceAdamW::new(&model, &section(), &device);
+            if let Some(learning_rate) = learning_rate {
+                in_place.set_learning_rate(learning_rate);
+            }
+            let grads = grads(&model, &device);
+            let moved = values(&in_place.step(model, grads).unwrap());
+            start
+                .iter()
+                .flatten()
+                .zip(moved.iter().flatten())
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max)
+        };
+        let (base, doubled) = (largest_move(None), largest_move(Some(2e-3)));
+        assert!((doubled / base - 2.0).abs() < 0.05, "{base} then {doubled}");
+    }
+
     /// A parameter held elsewhere too cannot be updated in place, and the error says so.
     #[test]
     fn a_parameter_held_twice_is_refused() {

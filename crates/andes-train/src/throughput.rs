@@ -163,101 +163,19 @@ pub fn train_throughput(
                 .div_scalar((rows * seq) as f64),
         )
     };
-    let sync = |device: &Device| {
-        device
-            .sync()
-            .map_err(|e| TrainError::Device(format!("{e:?}")))
-    };
     let mut timing = Timing::default();
     let (model, replay) = if bench.replay {
-        let mut optimizer = InPlaceAdamW::new(&model, &section, &device);
-        let state = RefCell::new((Some(model), None::<TrainError>));
-        let mut train_step = |model: Qwen3ForCausalLM| -> Result<_, TrainError> {
-            let loss = loss_of(&model)?;
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            Ok((loss.detach(), optimizer.step(model, grads)?))
-        };
-        // A failed step keeps its error and leaves no model, so later runs do nothing.
-        let step = || {
-            let mut state = state.borrow_mut();
-            let Some(model) = state.0.take() else {
-                return Tensor::<1>::zeros([1], &device);
-            };
-            match train_step(model) {
-                Ok((loss, model)) => {
-                    state.0 = Some(model);
-                    loss
-                }
-                Err(error) => {
-                    state.1 = Some(error);
-                    Tensor::zeros([1], &device)
-                }
-            }
-        };
-        let start = Instant::now();
-        // Captured on the device itself: the autodiff device wrapping it records no graphs
-        // (burn 0.22's autodiff backend does not forward the capture), while every kernel of
-        // the step, backward included, runs on the stream of the device underneath.
-        let mut graph = capture(&graph_device, step);
-        sync(&device)?;
-        let capture_s = start.elapsed().as_secs_f64();
-        let on_device = graph.is_hardware();
-        for step in 0..bench.warmup + bench.steps {
-            let start = Instant::now();
-            // SAFETY: the step reads and writes the model's parameters, the optimizer's state
-            // and the fixed batch, all alive until the graph is dropped below and touched by
-            // nothing else meanwhile; each replay is waited for before the next.
-            let loss = unsafe { graph.replay() }.clone();
-            let loss = loss.into_scalar::<f64>();
-            timing.record(
-                step < bench.warmup,
-                start.elapsed().as_secs_f64(),
-                None,
-                loss,
-            );
-        }
-        drop(graph);
-        let (model, error) = state.into_inner();
-        let model = match (model, error) {
-            (Some(model), None) => model,
-            (_, error) => {
-                return Err(error.unwrap_or_else(|| {
-                    TrainError::Device("the captured step lost the model".into())
-                }));
-            }
-        };
-        (
+        let (model, replay) = replayed_steps(
             model,
-            Some(Replay {
-                capture_s,
-                on_device,
-            }),
-        )
+            &section,
+            &loss_of,
+            (&device, &graph_device),
+            &bench,
+            &mut timing,
+        )?;
+        (model, Some(replay))
     } else {
-        let mut optimizer = adamw(&model, &section);
-        let mut model = model;
-        for step in 0..bench.warmup + bench.steps {
-            let start = Instant::now();
-            let mut marks = [start; 4];
-            let loss = loss_of(&model)?;
-            marks[1] = Instant::now();
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            marks[2] = Instant::now();
-            model = optimizer.step(section.lr, model, grads);
-            marks[3] = Instant::now();
-            // Waits for every queued kernel of the step, the optimizer updates included.
-            sync(&device)?;
-            let end = Instant::now();
-            let ends = [marks[1], marks[2], marks[3], end];
-            let phases = std::array::from_fn(|i| (ends[i] - marks[i]).as_secs_f64() * 1e3);
-            let loss = loss.into_scalar::<f64>();
-            timing.record(
-                step < bench.warmup,
-                (end - start).as_secs_f64(),
-                Some(phases),
-                loss,
-            );
-        }
+        let model = eager_steps(model, &section, &loss_of, &device, &bench, &mut timing)?;
         (model, None)
     };
     let time = median(&mut timing.seconds);
@@ -283,6 +201,122 @@ pub fn train_throughput(
         final_loss: timing.losses.last().copied().unwrap_or(f64::NAN),
         losses: timing.losses,
     })
+}
+
+/// Waits for every kernel queued on `device`.
+fn sync(device: &Device) -> Result<(), TrainError> {
+    device
+        .sync()
+        .map_err(|e| TrainError::Device(format!("{e:?}")))
+}
+
+/// `bench.warmup + bench.steps` eager steps with Burn's AdamW, as `andes train` takes them,
+/// each timed by phase into `timing`.
+fn eager_steps(
+    mut model: Qwen3ForCausalLM,
+    section: &OptimizerSection,
+    loss_of: &impl Fn(&Qwen3ForCausalLM) -> Result<Tensor<1>, TrainError>,
+    device: &Device,
+    bench: &TrainBench,
+    timing: &mut Timing,
+) -> Result<Qwen3ForCausalLM, TrainError> {
+    let mut optimizer = adamw(&model, section);
+    for step in 0..bench.warmup + bench.steps {
+        let start = Instant::now();
+        let mut marks = [start; 4];
+        let loss = loss_of(&model)?;
+        marks[1] = Instant::now();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        marks[2] = Instant::now();
+        model = optimizer.step(section.lr, model, grads);
+        marks[3] = Instant::now();
+        // Waits for every queued kernel of the step, the optimizer updates included.
+        sync(device)?;
+        let end = Instant::now();
+        let ends = [marks[1], marks[2], marks[3], end];
+        let phases = std::array::from_fn(|i| (ends[i] - marks[i]).as_secs_f64() * 1e3);
+        let loss = loss.into_scalar::<f64>();
+        timing.record(
+            step < bench.warmup,
+            (end - start).as_secs_f64(),
+            Some(phases),
+            loss,
+        );
+    }
+    Ok(model)
+}
+
+/// One step (forward, backward, [`InPlaceAdamW`]) captured on `devices.1`, the device beneath
+/// the autodiff device `devices.0`, then replayed `bench.warmup + bench.steps` times into
+/// `timing`.
+fn replayed_steps(
+    model: Qwen3ForCausalLM,
+    section: &OptimizerSection,
+    loss_of: &impl Fn(&Qwen3ForCausalLM) -> Result<Tensor<1>, TrainError>,
+    (device, graph_device): (&Device, &Device),
+    bench: &TrainBench,
+    timing: &mut Timing,
+) -> Result<(Qwen3ForCausalLM, Replay), TrainError> {
+    let mut optimizer = InPlaceAdamW::new(&model, section, device);
+    let state = RefCell::new((Some(model), None::<TrainError>));
+    let mut train_step = |model: Qwen3ForCausalLM| -> Result<_, TrainError> {
+        let loss = loss_of(&model)?;
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        Ok((loss.detach(), optimizer.step(model, grads)?))
+    };
+    // A failed step keeps its error and leaves no model, so later runs do nothing.
+    let step = || {
+        let mut state = state.borrow_mut();
+        let Some(model) = state.0.take() else {
+            return Tensor::<1>::zeros([1], device);
+        };
+        match train_step(model) {
+            Ok((loss, model)) => {
+                state.0 = Some(model);
+                loss
+            }
+            Err(error) => {
+                state.1 = Some(error);
+                Tensor::zeros([1], device)
+            }
+        }
+    };
+    let start = Instant::now();
+    // Captured on the device itself: the autodiff device wrapping it records no graphs (burn
+    // 0.22's autodiff backend does not forward the capture), while every kernel of the step,
+    // backward included, runs on the stream of the device underneath.
+    let mut graph = capture(graph_device, step);
+    sync(device)?;
+    let capture_s = start.elapsed().as_secs_f64();
+    let on_device = graph.is_hardware();
+    for step in 0..bench.warmup + bench.steps {
+        let start = Instant::now();
+        // SAFETY: the step reads and writes the model's parameters, the optimizer's state and
+        // the fixed batch, all alive until the graph is dropped below and touched by nothing
+        // else meanwhile; each replay is waited for before the next.
+        let loss = unsafe { graph.replay() }.clone();
+        let loss = loss.into_scalar::<f64>();
+        timing.record(
+            step < bench.warmup,
+            start.elapsed().as_secs_f64(),
+            None,
+            loss,
+        );
+    }
+    drop(graph);
+    match state.into_inner() {
+        (Some(model), None) => Ok((
+            model,
+            Replay {
+                capture_s,
+                on_device,
+            },
+        )),
+        (_, error) => {
+            Err(error
+                .unwrap_or_else(|| TrainError::Device("the captured step lost the model".into())))
+        }
+    }
 }
 
 /// The steps' times and losses as they come.
