@@ -196,12 +196,7 @@ impl PackedMatrix {
             _ => return None,
         };
         let whole = packed.group.is_multiple_of(BLOCK) && self.cols.is_multiple_of(BLOCK);
-        #[cfg(target_arch = "x86_64")]
-        if self.int8_activations && whole && fused::has_avx512_vnni() {
-            return Some(order);
-        }
-        let _ = (order, whole);
-        None
+        (self.int8_activations && whole && has_int8_kernels()).then_some(order)
     }
 
     /// Output features.
@@ -384,6 +379,14 @@ fn has_f16c() -> bool {
 }
 
 /// Whether the CPU runs AVX2 and FMA (checked once).
+/// Whether the integer kernels run on this CPU (x86-64 with AVX-512 VNNI).
+fn has_int8_kernels() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return fused::has_avx512_vnni();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 #[cfg(target_arch = "x86_64")]
 fn has_avx2_fma() -> bool {
     static FEATURES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -1112,8 +1115,7 @@ mod tests {
                 }
             }
         }
-        #[cfg(target_arch = "x86_64")]
-        if fused::has_avx512_vnni() {
+        if has_int8_kernels() {
             // int4 at groups of 128 and per channel (sym and asym), and int8 per channel.
             assert!(
                 integer_formats >= 3,
