@@ -69,15 +69,7 @@ for precision in ${PRECISIONS:-bf16-mixed f32}; do
   fi
   [ "${CUBECL_TRAIN:-1}" = 1 ] && run "train-cubecl-$precision" env $CUBECL $A "${train_args[@]}"
 done
-PEER_SPECS=${PEER_SPECS:-"tf32 sdpa,bf16-mixed sdpa"}
-[ "${COMPILE:-0}" = 1 ] && PEER_SPECS="$PEER_SPECS,bf16-mixed sdpa --compile"
-IFS=, read -ra specs <<< "$PEER_SPECS"
-for spec in "${specs[@]}"; do
-  set -- $spec
-  limit=$STEP_LIMIT; [ -n "${3:-}" ] && limit=${COMPILE_LIMIT:-360}
-  STEP_LIMIT=$limit run "peer-$1-$2${3:+-compile}" python3 scripts/bench/train_peer.py \
-    --config "$MODEL" --device cuda --precision "$1" --attn "$2" ${3:-} --seq-len 1024 --batch $BATCH
-done
+train_peers
 if [ "${FORWARD:-0}" = 1 ]; then
   forward_args=(--config "$MODEL" --device cuda --prompt-len 512 --decode-tokens 128 --warmup 1 --repeats 3)
   run forward-andes-bf16 $A bench forward "${forward_args[@]}" --dtype bf16
