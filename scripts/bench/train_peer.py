@@ -10,10 +10,11 @@ AdamW over every parameter), at the same precision:
   bf16        bf16 parameters throughout
 
 --compile wraps the step's forward and loss in torch.compile (what users run for speed);
---attn picks transformers' attention (sdpa or eager). AdamW is fused on cuda.
+--attn picks transformers' attention (sdpa or eager); --checkpointing recomputes each decoder
+layer in the backward pass (transformers' gradient_checkpointing_enable). AdamW is fused on cuda.
 
 usage: train_peer.py --config CONFIG.json --device cuda --precision bf16-mixed --attn sdpa \
-       --seq-len 1024 --batch 4 [--compile]
+       --seq-len 1024 --batch 4 [--compile] [--checkpointing]
 """
 import argparse
 import json
@@ -36,6 +37,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--checkpointing", action="store_true")
     p.add_argument("--out")
     a = p.parse_args()
     torch.manual_seed(0)
@@ -46,6 +48,8 @@ def main() -> None:
     config._attn_implementation = a.attn
     param_dtype = torch.bfloat16 if a.precision == "bf16" else torch.float32
     model = Qwen3ForCausalLM(config).to(param_dtype).to(a.device)
+    if a.checkpointing:
+        model.gradient_checkpointing_enable()
     model.train()
     opt = torch.optim.AdamW(
         model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, fused=cuda
@@ -81,7 +85,8 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters())
     flops = 6 * params * tokens + 12 * config.num_hidden_layers * config.num_attention_heads * config.head_dim * seq * tokens
     report = {
-        "peer": f"transformers-{a.attn}{'+compile' if a.compile else ''}+torch.AdamW(fused)",
+        "peer": f"transformers-{a.attn}{'+compile' if a.compile else ''}"
+        f"{'+checkpointing' if a.checkpointing else ''}+torch.AdamW(fused)",
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "device": a.device,

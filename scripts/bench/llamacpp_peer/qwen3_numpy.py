@@ -84,7 +84,7 @@ class Qwen3:
             up = linear(p + "mlp.up_proj.weight", x)
             h = h + linear(p + "mlp.down_proj.weight", gate / (1 + np.exp(-gate)) * up)
         h = rms_norm(h, w["model.norm.weight"], eps)
-        return h @ w["lm_head.weight"].T
+        return h @ w.get("lm_head.weight", w["model.embed_tokens.weight"]).T  # tied: the embedding
 
     def token_nll(self, ids):
         """NLL of tokens 1.. of ids given the tokens before each."""
