@@ -20,7 +20,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
-use crate::int8_inputs::{BLOCK, Int8Inputs, Order};
+use crate::int8_inputs::{Int8Inputs, Layout};
 
 /// Rows given to one task: enough work to amortize scheduling, small enough to balance.
 const ROWS_PER_TASK: usize = 32;
@@ -176,27 +176,31 @@ impl PackedMatrix {
         }
     }
 
-    /// Multiplies in integer arithmetic against inputs rounded to int8 in blocks of
-    /// [`BLOCK`] (`crate::int8_inputs`, llama.cpp's scheme) where this CPU and these weights
-    /// allow it: int4 and int8 codes whose groups are whole blocks, on AVX-512 VNNI. Faster,
-    /// but not the f32 products: a greedy decode may differ where two tokens nearly tie.
+    /// Multiplies in integer arithmetic against inputs rounded to int8 in blocks of 128 or 64
+    /// (`crate::int8_inputs`, llama.cpp's scheme) where this CPU and these weights allow it:
+    /// codes of one to eight bits and ternary, whose groups are whole blocks, on AVX-512
+    /// VNNI. Faster, but not the f32 products: a greedy decode may differ where two tokens
+    /// nearly tie.
     pub fn set_int8_activations(&mut self, on: bool) {
         self.int8_activations = on;
     }
 
-    /// The order of the rounded inputs the integer kernel of these weights takes, where
-    /// [`PackedMatrix::set_int8_activations`] asked for one and one runs here.
-    fn int8_order(&self) -> Option<Order> {
+    /// The layout of the rounded inputs the integer kernel of these weights takes, where
+    /// [`PackedMatrix::set_int8_activations`] asked for one and one runs here: codes of one
+    /// to eight bits (ternary as its decoded bytes) whose groups are whole blocks of 64.
+    fn int8_layout(&self) -> Option<Layout> {
         let Weights::Packed(packed) = &self.weights else {
             return None;
         };
-        let order = match packed.codes {
-            Codes::Two(_) => Order::Nibbles,
-            Codes::One(_) => Order::Natural,
-            _ => return None,
+        let codes_per_byte = match packed.codes {
+            Codes::One(_) | Codes::Five(..) => 1,
+            Codes::Two(_) => 2,
+            Codes::Four(_) => 4,
+            Codes::Eight(_) => 8,
+            Codes::Int3 => return None,
         };
-        let whole = packed.group.is_multiple_of(BLOCK) && self.cols.is_multiple_of(BLOCK);
-        (self.int8_activations && whole && has_int8_kernels()).then_some(order)
+        let layout = Layout::for_rows(codes_per_byte, packed.group, self.cols)?;
+        (self.int8_activations && has_int8_kernels()).then_some(layout)
     }
 
     /// Output features.
@@ -239,10 +243,10 @@ impl PackedMatrix {
                 .collect(),
             _ => Vec::new(),
         };
-        let int8: Vec<Int8Inputs> = match self.int8_order() {
-            Some(order) => x
+        let int8: Vec<Int8Inputs> = match self.int8_layout() {
+            Some(layout) => x
                 .chunks(self.cols)
-                .map(|v| Int8Inputs::new(v, order))
+                .map(|v| Int8Inputs::new(v, layout))
                 .collect(),
             None => Vec::new(),
         };
@@ -341,7 +345,7 @@ impl PackedMatrix {
                             bytes
                         };
                         // SAFETY: FMA is only set on the AVX2 path (`rows_avx2`); `int8` is
-                        // only filled where `int8_order` found its kernel runs here.
+                        // only filled where `int8_layout` found its kernel runs here.
                         unsafe { fused::rows(kind, source, x, sums, int8, &groups, out) };
                         continue;
                     }
@@ -494,8 +498,8 @@ mod fused {
     }
 
     /// One row's products with every vector of `x` (see `PackedMatrix::rows_products`), or
-    /// of `int8` where it holds them rounded: then the CPU has AVX-512 VNNI, the codes are
-    /// int4 or int8 and the groups whole blocks (`PackedMatrix::int8_order`).
+    /// of `int8` where it holds them rounded: then the CPU has AVX-512 VNNI and the groups
+    /// are whole blocks of the codes' layout (`PackedMatrix::int8_layout`).
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn rows(
         kind: Kind,
@@ -517,15 +521,8 @@ mod fused {
         };
         if !int8.is_empty() {
             for (m, y) in out.iter_mut().enumerate() {
-                // SAFETY: the caller found VNNI and whole blocks (`int8_order`).
-                let codes_x = unsafe {
-                    match kind {
-                        Kind::Int4 => {
-                            wide::int8_row::<true>(source, &int8[m], row.group, row.scales)
-                        }
-                        _ => wide::int8_row::<false>(source, &int8[m], row.group, row.scales),
-                    }
-                };
+                // SAFETY: the caller found VNNI and whole blocks (`int8_layout`).
+                let codes_x = unsafe { wide::int8_product(source, &int8[m], row) };
                 *y = codes_x - zeros_x(m);
             }
             return;
@@ -751,7 +748,8 @@ mod fused {
     pub(super) mod wide {
         use std::arch::x86_64::*;
 
-        use crate::int8_inputs::{BLOCK, Int8Inputs};
+        use super::super::Groups;
+        use crate::int8_inputs::Int8Inputs;
 
         /// `acc + codes·x` for sixteen codes (bytes) and sixteen inputs.
         #[target_feature(enable = "avx512f,avx512bw")]
@@ -873,78 +871,122 @@ mod fused {
             }
         }
 
-        /// The integer product (`crate::int8_inputs`) of a row of codes with inputs rounded to
-        /// int8: `NIBBLES` for int4 rows (a block's 64 bytes split into their low and high
-        /// nibbles, multiplied with the block's even and odd inputs, the nibble order of
-        /// `Int8Inputs`), else one code a byte. Each block is two `vpdpbusd` (64 byte
-        /// products summed into sixteen 32-bit lanes each); its integer sums are widened and
-        /// scaled by the group's and the block's scales into one of two alternating
-        /// accumulators, and the row is summed horizontally once. Plain inlined functions: a
-        /// first version passing each block as a closure to a shared loop ran 1.6× slower
-        /// than the f32 kernel instead of 2.2× faster (not investigated further).
+        /// The integer product (`crate::int8_inputs`) of a row of codes with `inputs`, the
+        /// kernel of their layout.
         #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-        pub(in super::super) unsafe fn int8_row<const NIBBLES: bool>(
+        pub(in super::super) unsafe fn int8_product(
+            codes: &[u8],
+            inputs: &Int8Inputs,
+            row: &Groups<'_>,
+        ) -> f32 {
+            let (group, scales) = (row.group, row.scales);
+            let layout = inputs.layout;
+            // SAFETY (all): the caller's promise; each kernel takes its own layout.
+            unsafe {
+                match (8 / layout.codes_per_byte, layout.block) {
+                    (8, 128) => int8_row::<8, 128>(codes, inputs, group, scales),
+                    (8, _) => int8_row::<8, 64>(codes, inputs, group, scales),
+                    (4, 128) => int8_row::<4, 128>(codes, inputs, group, scales),
+                    (4, _) => int8_row::<4, 64>(codes, inputs, group, scales),
+                    (2, 128) => int8_row::<2, 128>(codes, inputs, group, scales),
+                    (2, _) => int8_row::<2, 64>(codes, inputs, group, scales),
+                    (1, 128) => int8_row::<1, 128>(codes, inputs, group, scales),
+                    _ => int8_row::<1, 64>(codes, inputs, group, scales),
+                }
+            }
+        }
+
+        /// The integer product of a row of `BITS`-bit codes with inputs rounded in blocks of
+        /// `B` (`Layout`): each 64 inputs of a block (one register) meet their planes of
+        /// codes, made from the block's bytes repeated across the register (one for each
+        /// plane the 64 inputs span), each copy shifted to its plane and masked to one code a
+        /// byte, in one `vpdpbusd` (64 byte products summed into sixteen 32-bit lanes); a
+        /// block's integer sums are widened and scaled by the group's and the block's scales
+        /// into one of two alternating accumulators, and the row is summed horizontally once.
+        /// Plain inlined functions: a first version passing each block as a closure to a
+        /// shared loop ran 1.6× slower than the f32 kernel instead of 2.2× faster (not
+        /// investigated further).
+        #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+        unsafe fn int8_row<const BITS: usize, const B: usize>(
             bytes: &[u8],
             inputs: &Int8Inputs,
             group: usize,
             scales: &[f32],
         ) -> f32 {
-            let per_group = group / BLOCK;
+            let per_group = group / B;
             let blocks = inputs.scales.len();
+            let shifts = const { [plane_shifts(BITS, B, 0), plane_shifts(BITS, B, 1)] };
+            // SAFETY: 32 lanes of 16 bits are one register.
+            let shifts = shifts.map(|s| unsafe { _mm512_loadu_si512(s.as_ptr() as *const _) });
             let (mut even, mut odd) = (_mm512_setzero_ps(), _mm512_setzero_ps());
             let mut b = 0;
             // SAFETY (all): block b's codes and rounded inputs lie inside the row and the
             // inputs for every b < blocks (whole blocks); AVX-512 F, BW and VNNI are enabled.
             while b + 2 <= blocks {
                 even = unsafe {
-                    scaled_block::<NIBBLES>(bytes, inputs, b, scales[b / per_group], even)
+                    scaled_block::<BITS, B>(bytes, inputs, b, scales[b / per_group], &shifts, even)
                 };
                 let next = b + 1;
                 odd = unsafe {
-                    scaled_block::<NIBBLES>(bytes, inputs, next, scales[next / per_group], odd)
+                    let scale = scales[next / per_group];
+                    scaled_block::<BITS, B>(bytes, inputs, next, scale, &shifts, odd)
                 };
                 b += 2;
             }
             if b < blocks {
                 even = unsafe {
-                    scaled_block::<NIBBLES>(bytes, inputs, b, scales[b / per_group], even)
+                    scaled_block::<BITS, B>(bytes, inputs, b, scales[b / per_group], &shifts, even)
                 };
             }
             _mm512_reduce_add_ps(_mm512_add_ps(even, odd))
         }
 
+        /// The right shift of each 16-bit lane that brings its copy of a block's bytes to the
+        /// planes that inputs `64·half..` of a block of `block` span (`Layout`): the copies
+        /// follow each other, each the block's `block·bits/8` bytes long.
+        const fn plane_shifts(bits: usize, block: usize, half: usize) -> [i16; 32] {
+            let planes_per_half = (8 / bits) / (block / 64);
+            let lanes_per_copy = block * bits / 16;
+            let mut shifts = [0i16; 32];
+            let mut lane = 0;
+            while bits < 8 && lane < 32 {
+                shifts[lane] = (bits * (half * planes_per_half + lane / lanes_per_copy)) as i16;
+                lane += 1;
+            }
+            shifts
+        }
+
         /// `acc + scale·d_b·(block b's integer sums)`, inlined into [`int8_row`].
         #[inline(always)]
-        unsafe fn scaled_block<const NIBBLES: bool>(
+        unsafe fn scaled_block<const BITS: usize, const B: usize>(
             bytes: &[u8],
             inputs: &Int8Inputs,
             b: usize,
             scale: f32,
+            shifts: &[__m512i; 2],
             acc: __m512,
         ) -> __m512 {
             // SAFETY: only called from `int8_row`, which has the features and the bounds.
             unsafe {
-                let (first, second) = if NIBBLES {
-                    let mask = _mm512_set1_epi8(0x0F);
-                    let packed = _mm512_loadu_si512(bytes.as_ptr().add(b * BLOCK / 2) as *const _);
-                    (
-                        _mm512_and_si512(packed, mask),
-                        _mm512_and_si512(_mm512_srli_epi16(packed, 4), mask),
-                    )
-                } else {
-                    let codes = bytes.as_ptr().add(b * BLOCK);
-                    (
-                        _mm512_loadu_si512(codes as *const _),
-                        _mm512_loadu_si512(codes.add(BLOCK / 2) as *const _),
-                    )
-                };
-                let q = inputs.codes.as_ptr().add(b * BLOCK);
-                let (even_q, odd_q) = (
-                    _mm512_loadu_si512(q as *const _),
-                    _mm512_loadu_si512(q.add(BLOCK / 2) as *const _),
-                );
-                let sum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), first, even_q);
-                let sum = _mm512_dpbusd_epi32(sum, second, odd_q);
+                let codes = bytes.as_ptr().add(b * B * BITS / 8);
+                let q = inputs.codes.as_ptr().add(b * B);
+                let mut sum = _mm512_setzero_si512();
+                for (half, &shift) in shifts.iter().enumerate().take(B / 64) {
+                    let planes = if BITS == 8 {
+                        _mm512_loadu_si512(codes.add(64 * half) as *const _)
+                    } else {
+                        let copies = match B * BITS / 8 {
+                            64 => _mm512_loadu_si512(codes as *const _),
+                            32 => _mm512_broadcast_i64x4(_mm256_loadu_si256(codes as *const _)),
+                            16 => _mm512_broadcast_i32x4(_mm_loadu_si128(codes as *const _)),
+                            _ => _mm512_set1_epi64((codes as *const i64).read_unaligned()),
+                        };
+                        let mask = _mm512_set1_epi8(((1u32 << BITS) - 1) as i8);
+                        _mm512_and_si512(_mm512_srlv_epi16(copies, shift), mask)
+                    };
+                    let inputs = _mm512_loadu_si512(q.add(64 * half) as *const _);
+                    sum = _mm512_dpbusd_epi32(sum, planes, inputs);
+                }
                 let factor = _mm512_set1_ps(scale * inputs.scales[b]);
                 _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), factor, acc)
             }
@@ -1046,13 +1088,13 @@ mod tests {
         }
     }
 
-    /// With int8 activations, every int4 and int8 format whose groups are whole blocks
-    /// multiplies as the integer products are defined (`Int8Inputs::reference_product`, exact
+    /// With int8 activations, every format of one to eight bits and ternary whose groups are
+    /// whole blocks of 64 or 128 multiplies as the integer products are defined (`Int8Inputs::reference_product`, exact
     /// integer sums), and lands within the rounding's bound of the f32 product; the other
     /// formats, and every format on a CPU without VNNI, keep the f32 products.
     #[test]
     fn int8_activations_give_the_integer_products_within_the_roundings_bound() {
-        let (rows, cols) = (37, 2 * BLOCK);
+        let (rows, cols) = (37, 256);
         let w = weights(rows, cols);
         let x: Vec<f32> = (0..3 * cols)
             .map(|i| ((i * 31 % 23) as f32 - 11.0) / (3.0 + (i % 7) as f32))
@@ -1065,7 +1107,7 @@ mod tests {
             let mut packed = plain.clone();
             packed.set_int8_activations(true);
             let y = packed.multiply(&x);
-            let Some(order) = packed.int8_order() else {
+            let Some(layout) = packed.int8_layout() else {
                 assert_eq!(y, plain.multiply(&x), "{format}: the f32 products");
                 continue;
             };
@@ -1075,7 +1117,7 @@ mod tests {
             };
             for m in 0..3 {
                 let input = &x[m * cols..(m + 1) * cols];
-                let inputs = Int8Inputs::new(input, order);
+                let inputs = Int8Inputs::new(input, layout);
                 for r in 0..rows {
                     let (bytes, groups) = p.row(r);
                     let mut decoded = vec![0.0f32; cols + 8];
@@ -1089,8 +1131,7 @@ mod tests {
                         })
                         .sum();
                     let defined =
-                        inputs.reference_product(&codes, order, groups.group, groups.scales)
-                            - zeros_x;
+                        inputs.reference_product(&codes, groups.group, groups.scales) - zeros_x;
                     let found = f64::from(y[m * rows + r]);
                     assert!(
                         (found - defined).abs() <= 1e-4 * (1.0 + defined.abs()),
@@ -1101,7 +1142,7 @@ mod tests {
                         .sum();
                     let bound: f64 = (0..cols)
                         .map(|i| {
-                            let step = inputs.scales[i / BLOCK];
+                            let step = inputs.scales[i / layout.block];
                             f64::from(
                                 (groups.scales[group_of(i)] * f32::from(codes[i])).abs() * step
                                     / 2.0,
@@ -1116,10 +1157,16 @@ mod tests {
             }
         }
         if has_int8_kernels() {
-            // int4 at groups of 128 and per channel (sym and asym), and int8 per channel.
-            assert!(
-                integer_formats >= 3,
-                "{integer_formats} formats ran the integer kernels"
+            // Every width but int3, per channel and in groups of 64 and 128 (not 32).
+            let expected = QuantFormat::all()
+                .into_iter()
+                .filter(|f| f.bits() != Bits::Int3)
+                .filter(|f| f.granularity().group_len(cols).is_multiple_of(64))
+                .count();
+            assert!(expected >= 12, "{expected} formats in groups of 64 or more");
+            assert_eq!(
+                integer_formats, expected,
+                "formats that ran the integer kernels"
             );
         }
     }

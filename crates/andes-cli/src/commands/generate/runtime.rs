@@ -40,9 +40,10 @@ pub struct EngineArgs {
     /// Runtime: threads of the products (default: every core).
     #[arg(long)]
     threads: Option<usize>,
-    /// Runtime: multiply int4 and int8 weights in integers against inputs rounded to int8 in
-    /// blocks of 128 (llama.cpp's scheme; on CPUs with AVX-512 VNNI): faster, but not the f32
-    /// products, so a greedy decode may differ where two tokens nearly tie.
+    /// Runtime: multiply packed weights (int8 to int1, ternary) in integers against inputs
+    /// rounded to int8 in blocks of 128 or 64 (llama.cpp's scheme; on CPUs with AVX-512
+    /// VNNI): faster, but not the f32 products, so a greedy decode may differ where two
+    /// tokens nearly tie.
     #[arg(long)]
     int8_activations: bool,
 }
