@@ -71,6 +71,28 @@ struct Packed {
 }
 
 impl Packed {
+    /// The same codes (at most 3), `rows` rows of `cols`, packed four a byte as int2 packs
+    /// them; scales and zero points unchanged.
+    fn at_two_bits(&self, rows: usize, cols: usize) -> Packed {
+        let row_bytes = cols.div_ceil(4);
+        let mut bytes = vec![0u8; rows * row_bytes];
+        let mut decoded = vec![0.0f32; cols + 8];
+        for (r, packed) in bytes.chunks_mut(row_bytes).enumerate() {
+            self.codes.decode(self.row(r).0, &mut decoded);
+            for (i, &code) in decoded[..cols].iter().enumerate() {
+                packed[i / 4] |= (code as u8) << (2 * (i % 4));
+            }
+        }
+        Packed {
+            codes: Codes::two_bits(),
+            bytes,
+            row_bytes,
+            scales: self.scales.clone(),
+            zeros: self.zeros.clone(),
+            ..*self
+        }
+    }
+
     /// Row `r`'s packed bytes and its groups.
     fn row(&self, r: usize) -> (&[u8], Groups<'_>) {
         let grid = r * self.groups..(r + 1) * self.groups;
@@ -111,7 +133,7 @@ impl PackedMatrix {
                 Codes::Five(table(trit), bytes)
             }
             Bits::Int1 => Codes::Eight(table(|byte, i| (byte >> i) & 1)),
-            Bits::Int2 => Codes::Four(table(|byte, i| (byte >> (2 * i)) & 3)),
+            Bits::Int2 => Codes::two_bits(),
             Bits::Int4 => Codes::Two(table(|byte, i| (byte >> (4 * i)) & 15)),
             Bits::Int8 => Codes::One(table(|byte, _| byte)),
         };
@@ -181,8 +203,20 @@ impl PackedMatrix {
     /// codes of one to eight bits and ternary, whose groups are whole blocks, on AVX-512
     /// VNNI. Faster, but not the f32 products: a greedy decode may differ where two tokens
     /// nearly tie.
+    ///
+    /// Ternary codes (five a byte, in base 3) have no integer kernel of their own: where the
+    /// integer kernels run (groups of whole blocks), their rows are repacked here at two bits
+    /// a code, int2's layout,
+    /// so a step reads a quarter more of their bytes but decodes none of them (decoding them
+    /// to bytes took 16% of a 1.8-bpw decode step, by `perf`).
     pub fn set_int8_activations(&mut self, on: bool) {
         self.int8_activations = on;
+        if let (true, Weights::Packed(packed)) = (on && has_int8_kernels(), &mut self.weights)
+            && matches!(packed.codes, Codes::Five(..))
+            && Layout::for_rows(4, packed.group, self.cols).is_some()
+        {
+            *packed = packed.at_two_bits(self.rows, self.cols);
+        }
     }
 
     /// The layout of the rounded inputs the integer kernel of these weights takes, where
@@ -193,11 +227,11 @@ impl PackedMatrix {
             return None;
         };
         let codes_per_byte = match packed.codes {
-            Codes::One(_) | Codes::Five(..) => 1,
+            Codes::One(_) => 1,
             Codes::Two(_) => 2,
             Codes::Four(_) => 4,
             Codes::Eight(_) => 8,
-            Codes::Int3 => return None,
+            Codes::Five(..) | Codes::Int3 => return None,
         };
         let layout = Layout::for_rows(codes_per_byte, packed.group, self.cols)?;
         (self.int8_activations && has_int8_kernels()).then_some(layout)
@@ -400,6 +434,11 @@ fn has_avx2_fma() -> bool {
 }
 
 impl Codes {
+    /// int2's codes: four a byte, lowest bits first.
+    fn two_bits() -> Codes {
+        Codes::Four(table(|byte, i| (byte >> (2 * i)) & 3))
+    }
+
     /// The fused AVX2 kernel for these codes, if there is one (every width but int3).
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
@@ -520,10 +559,18 @@ mod fused {
                 .sum()
         };
         if !int8.is_empty() {
-            for (m, y) in out.iter_mut().enumerate() {
+            // Prompt vectors four at a time: each block's codes are split into planes once
+            // for the four.
+            let mut m = 0;
+            while m < out.len() {
+                let take = if out.len() - m >= 4 { 4 } else { 1 };
+                let ys = &mut out[m..m + take];
                 // SAFETY: the caller found VNNI and whole blocks (`int8_layout`).
-                let codes_x = unsafe { wide::int8_product(source, &int8[m], row) };
-                *y = codes_x - zeros_x(m);
+                unsafe { wide::int8_products(source, &int8[m..m + take], row, ys) };
+                for (k, y) in ys.iter_mut().enumerate() {
+                    *y -= zeros_x(m + k);
+                }
+                m += take;
             }
             return;
         }
@@ -871,74 +918,105 @@ mod fused {
             }
         }
 
-        /// The integer product (`crate::int8_inputs`) of a row of codes with `inputs`, the
-        /// kernel of their layout.
+        /// The integer products (`crate::int8_inputs`) of a row of codes with each of
+        /// `inputs` (one or four vectors of one layout) into `out`, by the kernel of their
+        /// layout.
         #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-        pub(in super::super) unsafe fn int8_product(
+        pub(in super::super) unsafe fn int8_products(
             codes: &[u8],
-            inputs: &Int8Inputs,
+            inputs: &[Int8Inputs],
             row: &Groups<'_>,
-        ) -> f32 {
+            out: &mut [f32],
+        ) {
+            // SAFETY (both): the caller's promise.
+            match inputs.len() {
+                4 => out.copy_from_slice(&unsafe { by_layout::<4>(codes, inputs, row) }),
+                _ => out.copy_from_slice(&unsafe { by_layout::<1>(codes, inputs, row) }),
+            }
+        }
+
+        /// [`int8_rows`] for the layout of `inputs`.
+        #[inline(always)]
+        unsafe fn by_layout<const M: usize>(
+            codes: &[u8],
+            inputs: &[Int8Inputs],
+            row: &Groups<'_>,
+        ) -> [f32; M] {
             let (group, scales) = (row.group, row.scales);
-            let layout = inputs.layout;
-            // SAFETY (all): the caller's promise; each kernel takes its own layout.
+            let layout = inputs[0].layout;
+            // SAFETY: only called from `int8_products`, which has the features; each kernel
+            // takes its own layout.
             unsafe {
                 match (8 / layout.codes_per_byte, layout.block) {
-                    (8, 128) => int8_row::<8, 128>(codes, inputs, group, scales),
-                    (8, _) => int8_row::<8, 64>(codes, inputs, group, scales),
-                    (4, 128) => int8_row::<4, 128>(codes, inputs, group, scales),
-                    (4, _) => int8_row::<4, 64>(codes, inputs, group, scales),
-                    (2, 128) => int8_row::<2, 128>(codes, inputs, group, scales),
-                    (2, _) => int8_row::<2, 64>(codes, inputs, group, scales),
-                    (1, 128) => int8_row::<1, 128>(codes, inputs, group, scales),
-                    _ => int8_row::<1, 64>(codes, inputs, group, scales),
+                    (8, 128) => int8_rows::<8, 128, M>(codes, inputs, group, scales),
+                    (8, _) => int8_rows::<8, 64, M>(codes, inputs, group, scales),
+                    (4, 128) => int8_rows::<4, 128, M>(codes, inputs, group, scales),
+                    (4, _) => int8_rows::<4, 64, M>(codes, inputs, group, scales),
+                    (2, 128) => int8_rows::<2, 128, M>(codes, inputs, group, scales),
+                    (2, _) => int8_rows::<2, 64, M>(codes, inputs, group, scales),
+                    (1, 128) => int8_rows::<1, 128, M>(codes, inputs, group, scales),
+                    _ => int8_rows::<1, 64, M>(codes, inputs, group, scales),
                 }
             }
         }
 
-        /// The integer product of a row of `BITS`-bit codes with inputs rounded in blocks of
-        /// `B` (`Layout`): each 64 inputs of a block (one register) meet their planes of
-        /// codes, made from the block's bytes repeated across the register (one for each
-        /// plane the 64 inputs span), each copy shifted to its plane and masked to one code a
-        /// byte, in one `vpdpbusd` (64 byte products summed into sixteen 32-bit lanes); a
+        /// The integer products of a row of `BITS`-bit codes with `M` vectors of inputs
+        /// rounded in blocks of `B` (`Layout`): each 64 inputs of a block (one register) meet
+        /// their planes of codes, made from the block's bytes repeated across the register
+        /// (one copy for each plane the 64 inputs span), each copy shifted to its plane and
+        /// masked to one code a byte, in one `vpdpbusd` a vector (64 byte products summed
+        /// into sixteen 32-bit lanes); the planes are made once for the `M` vectors. A
         /// block's integer sums are widened and scaled by the group's and the block's scales
-        /// into one of two alternating accumulators, and the row is summed horizontally once.
-        /// Plain inlined functions: a first version passing each block as a closure to a
-        /// shared loop ran 1.6× slower than the f32 kernel instead of 2.2× faster (not
-        /// investigated further).
+        /// into one of two alternating accumulators a vector, and each vector's product is
+        /// summed horizontally once. Plain inlined functions: a first version passing each
+        /// block as a closure to a shared loop ran 1.6× slower than the f32 kernel instead of
+        /// 2.2× faster (not investigated further).
         #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-        unsafe fn int8_row<const BITS: usize, const B: usize>(
+        unsafe fn int8_rows<const BITS: usize, const B: usize, const M: usize>(
             bytes: &[u8],
-            inputs: &Int8Inputs,
+            inputs: &[Int8Inputs],
             group: usize,
             scales: &[f32],
-        ) -> f32 {
+        ) -> [f32; M] {
+            let inputs: &[Int8Inputs; M] = inputs.try_into().expect("M vectors");
             let per_group = group / B;
-            let blocks = inputs.scales.len();
+            let blocks = inputs[0].scales.len();
             let shifts = const { [plane_shifts(BITS, B, 0), plane_shifts(BITS, B, 1)] };
             // SAFETY: 32 lanes of 16 bits are one register.
             let shifts = shifts.map(|s| unsafe { _mm512_loadu_si512(s.as_ptr() as *const _) });
-            let (mut even, mut odd) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+            let (mut even, mut odd) = ([_mm512_setzero_ps(); M], [_mm512_setzero_ps(); M]);
             let mut b = 0;
             // SAFETY (all): block b's codes and rounded inputs lie inside the row and the
             // inputs for every b < blocks (whole blocks); AVX-512 F, BW and VNNI are enabled.
             while b + 2 <= blocks {
-                even = unsafe {
-                    scaled_block::<BITS, B>(bytes, inputs, b, scales[b / per_group], &shifts, even)
-                };
-                let next = b + 1;
-                odd = unsafe {
+                unsafe {
+                    scaled_block::<BITS, B, M>(
+                        bytes,
+                        inputs,
+                        b,
+                        scales[b / per_group],
+                        &shifts,
+                        &mut even,
+                    );
+                    let next = b + 1;
                     let scale = scales[next / per_group];
-                    scaled_block::<BITS, B>(bytes, inputs, next, scale, &shifts, odd)
-                };
+                    scaled_block::<BITS, B, M>(bytes, inputs, next, scale, &shifts, &mut odd);
+                }
                 b += 2;
             }
             if b < blocks {
-                even = unsafe {
-                    scaled_block::<BITS, B>(bytes, inputs, b, scales[b / per_group], &shifts, even)
+                unsafe {
+                    scaled_block::<BITS, B, M>(
+                        bytes,
+                        inputs,
+                        b,
+                        scales[b / per_group],
+                        &shifts,
+                        &mut even,
+                    )
                 };
             }
-            _mm512_reduce_add_ps(_mm512_add_ps(even, odd))
+            std::array::from_fn(|m| _mm512_reduce_add_ps(_mm512_add_ps(even[m], odd[m])))
         }
 
         /// The right shift of each 16-bit lane that brings its copy of a block's bytes to the
@@ -956,21 +1034,21 @@ mod fused {
             shifts
         }
 
-        /// `acc + scale·d_b·(block b's integer sums)`, inlined into [`int8_row`].
+        /// `acc[m] + scale·d_b·(block b's integer sums with vector m)` for each of the `M`
+        /// vectors, inlined into [`int8_rows`].
         #[inline(always)]
-        unsafe fn scaled_block<const BITS: usize, const B: usize>(
+        unsafe fn scaled_block<const BITS: usize, const B: usize, const M: usize>(
             bytes: &[u8],
-            inputs: &Int8Inputs,
+            inputs: &[Int8Inputs; M],
             b: usize,
             scale: f32,
             shifts: &[__m512i; 2],
-            acc: __m512,
-        ) -> __m512 {
-            // SAFETY: only called from `int8_row`, which has the features and the bounds.
+            acc: &mut [__m512; M],
+        ) {
+            // SAFETY: only called from `int8_rows`, which has the features and the bounds.
             unsafe {
                 let codes = bytes.as_ptr().add(b * B * BITS / 8);
-                let q = inputs.codes.as_ptr().add(b * B);
-                let mut sum = _mm512_setzero_si512();
+                let mut sums = [_mm512_setzero_si512(); M];
                 for (half, &shift) in shifts.iter().enumerate().take(B / 64) {
                     let planes = if BITS == 8 {
                         _mm512_loadu_si512(codes.add(64 * half) as *const _)
@@ -984,11 +1062,15 @@ mod fused {
                         let mask = _mm512_set1_epi8(((1u32 << BITS) - 1) as i8);
                         _mm512_and_si512(_mm512_srlv_epi16(copies, shift), mask)
                     };
-                    let inputs = _mm512_loadu_si512(q.add(64 * half) as *const _);
-                    sum = _mm512_dpbusd_epi32(sum, planes, inputs);
+                    for (sum, inputs) in sums.iter_mut().zip(inputs) {
+                        let q = inputs.codes.as_ptr().add(b * B + 64 * half);
+                        *sum = _mm512_dpbusd_epi32(*sum, planes, _mm512_loadu_si512(q as *const _));
+                    }
                 }
-                let factor = _mm512_set1_ps(scale * inputs.scales[b]);
-                _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), factor, acc)
+                for ((acc, sum), inputs) in acc.iter_mut().zip(sums).zip(inputs) {
+                    let factor = _mm512_set1_ps(scale * inputs.scales[b]);
+                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), factor, *acc);
+                }
             }
         }
 
@@ -1089,14 +1171,15 @@ mod tests {
     }
 
     /// With int8 activations, every format of one to eight bits and ternary whose groups are
-    /// whole blocks of 64 or 128 multiplies as the integer products are defined (`Int8Inputs::reference_product`, exact
-    /// integer sums), and lands within the rounding's bound of the f32 product; the other
+    /// whole blocks of 64 or 128 multiplies as the integer products are defined
+    /// (`Int8Inputs::reference_product`, exact integer sums), and lands within the rounding's
+    /// bound of the f32 product, five vectors at once (four together, then one); the other
     /// formats, and every format on a CPU without VNNI, keep the f32 products.
     #[test]
     fn int8_activations_give_the_integer_products_within_the_roundings_bound() {
         let (rows, cols) = (37, 256);
         let w = weights(rows, cols);
-        let x: Vec<f32> = (0..3 * cols)
+        let x: Vec<f32> = (0..5 * cols)
             .map(|i| ((i * 31 % 23) as f32 - 11.0) / (3.0 + (i % 7) as f32))
             .collect();
         let mut integer_formats = 0;
@@ -1115,7 +1198,7 @@ mod tests {
             let Weights::Packed(p) = &packed.weights else {
                 unreachable!("int8 products are for packed codes")
             };
-            for m in 0..3 {
+            for m in 0..5 {
                 let input = &x[m * cols..(m + 1) * cols];
                 let inputs = Int8Inputs::new(input, layout);
                 for r in 0..rows {
