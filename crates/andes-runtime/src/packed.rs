@@ -416,15 +416,16 @@ fn has_f16c() -> bool {
     *FEATURE.get_or_init(|| std::arch::is_x86_feature_detected!("f16c"))
 }
 
-/// Whether the CPU runs AVX2 and FMA (checked once).
-/// Whether the integer kernels run on this CPU (x86-64 with AVX-512 VNNI).
-fn has_int8_kernels() -> bool {
+/// Whether the integer kernels of `--int8-activations` run on this CPU (x86-64 with AVX-512
+/// VNNI); elsewhere the products stay f32.
+pub fn has_int8_kernels() -> bool {
     #[cfg(target_arch = "x86_64")]
     return fused::has_avx512_vnni();
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
 
+/// Whether the CPU runs AVX2 and FMA (checked once).
 #[cfg(target_arch = "x86_64")]
 fn has_avx2_fma() -> bool {
     static FEATURES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();

@@ -25,6 +25,11 @@ pub struct StreamingArgs {
     /// With --runtime: score only the first this many tokens.
     #[arg(long, requires = "runtime")]
     max_tokens: Option<usize>,
+    /// With --runtime: multiply in integers against inputs rounded to int8, as `andes
+    /// generate --int8-activations` does (llama.cpp's scheme): what the rounding costs in
+    /// perplexity.
+    #[arg(long, requires = "runtime")]
+    int8_activations: bool,
 }
 
 /// Which KV entries `--kv-budget` evicts.
@@ -42,6 +47,9 @@ pub(super) fn run_streaming(args: &EvalArgs) -> anyhow::Result<()> {
     let streaming = &args.streaming;
     let mut runtime = Runtime::load(&args.model.model)?;
     runtime.use_adapter(args.adapter.adapter.as_deref())?;
+    runtime
+        .decoder
+        .set_int8_activations(streaming.int8_activations);
     let tokenizer = TextTokenizer::from_model_dir(&runtime.files_dir)?;
     let path = args
         .text
@@ -64,6 +72,7 @@ pub(super) fn run_streaming(args: &EvalArgs) -> anyhow::Result<()> {
             "kv_policy": streaming.kv_budget.map(|_| streaming.kv_policy),
             "kv_bytes_peak": report.kv_bytes_peak,
             "kv_bytes_without_eviction": report.kv_bytes_without_eviction,
+            "int8_activations": streaming.int8_activations,
         });
         println!("{out}");
     } else {
