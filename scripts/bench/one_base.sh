@@ -22,7 +22,7 @@
 # usage: scripts/bench/one_base.sh [ANDES_BINARY] [OUT_DIR] [BUDGETS...]
 # env: RECIPES (configs/recipes/tiny), INIT_CONFIG, DEVICE (cpu; quantize and eval),
 #      WINDOW (eval and calibration window; the binary's default when unset), JOBS (1: budgets
-#      at once), LLAMACPP, PYTHON (python3)
+#      at once), LLAMACPP, LLAMACPP_TYPES (TYPE:[imatrix] ...), PYTHON (python3)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 A=$(realpath "${1:-target/release/andes}")
@@ -115,7 +115,7 @@ peer=scripts/bench/llamacpp_peer
 echo
 echo "| llama.cpp type on P's linears | bpw | prose ppl |"
 echo "|---|---|---|"
-for spec in q4_K: q3_K: q2_K:imatrix iq2_xxs:imatrix iq1_m:imatrix; do
+for spec in ${LLAMACPP_TYPES:-q4_K: q3_K: q2_K:imatrix iq2_xxs:imatrix iq1_m:imatrix}; do
   type=${spec%%:*} dir=$OUT/llamacpp-${spec/:/-}
   args=(--tool "$LLAMACPP" --type "$type" --model "$P" --out "$dir")
   [[ $spec == *:imatrix ]] && args+=(--imatrix "$OUT/imatrix.safetensors")

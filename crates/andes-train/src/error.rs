@@ -65,6 +65,17 @@ pub enum TrainError {
     /// The device failed while running the step.
     #[error("device error: {0}")]
     Device(String),
+    /// A run's first step came back with a loss of exactly 0 (and no gradient): no
+    /// next-token loss of a model that has not trained is 0, but kernels that failed to get
+    /// device memory write nothing, and Burn reports the failure only when a buffer they
+    /// left unwritten is read back (seen on a GPU at 8k tokens a window: 40 steps of loss 0,
+    /// then a checkpoint that could not be read).
+    #[error(
+        "step 1 computed nothing: its loss is exactly 0, as when the device runs out of memory \
+         mid-step (kernels that cannot allocate write nothing); a smaller train.batch_size, a \
+         shorter data.seq_len or train.activation_checkpointing needs less"
+    )]
+    ComputedNothing,
     /// The loss became NaN or infinite.
     #[error("step {step}: the loss is {loss}; lower optimizer.lr or check the data")]
     Diverged {

@@ -178,6 +178,10 @@ pub fn train_throughput(
         let model = eager_steps(model, &section, &loss_of, &device, &bench, &mut timing)?;
         (model, None)
     };
+    // A random model's next-token loss is never exactly 0: the steps ran out of memory.
+    if timing.losses.first() == Some(&0.0) {
+        return Err(TrainError::ComputedNothing);
+    }
     let time = median(&mut timing.seconds);
     let tokens = (rows * seq) as f64;
     let params = model.num_params();

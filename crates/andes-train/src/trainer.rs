@@ -196,6 +196,12 @@ impl<'a> Run<'a> {
             recipe.optimizer.grad_clip,
         )?;
         let output = report.figures;
+        // A next-token loss (every stage but the reply-scoring ones, whose GRPO loss is 0
+        // when a group's rewards tie) is never exactly 0 before any training.
+        let next_token_start = step == 0 && !recipe.stage.scores_replies();
+        if next_token_start && output.loss == 0.0 && report.grad_norm == 0.0 {
+            return Err(TrainError::ComputedNothing);
+        }
         if !output.loss.is_finite() {
             return Err(TrainError::Diverged {
                 step: step + 1,
