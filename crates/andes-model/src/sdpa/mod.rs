@@ -19,9 +19,16 @@
 //! [`AttentionCore::attention_scores_grad`]), one kernel each on CubeCL backends
 //! (`sdpa/cube.rs`, in GPU builds): composed of Burn's operations they ran unfused, 72 ms of
 //! the 209.5 ms of kernels in a step on an H100.
+//!
+//! Under activation checkpointing the probabilities are not kept but recomputed from `q`, `k`
+//! and the mask in the backward pass, one layer at a time, as FlashAttention recomputes them:
+//! they are a layer's largest activation (2.1 GB for 16 heads at 8,192 tokens in bf16), and
+//! kept for the 28 layers of Qwen3-0.6B they did not fit an 80-GB GPU.
+
+use std::any::TypeId;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::checkpoint::strategy::{CheckpointStrategy, NoCheckpointing};
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::{BoolTensor, FloatTensor};
@@ -171,13 +178,23 @@ fn forward<B: AttentionCore>(
     mask: BoolTensor<B>,
     scale: f64,
 ) -> Forward<B> {
-    let scores = B::float_matmul(q, B::float_transpose(k));
-    let probabilities = B::attention_probabilities(scores, mask, scale);
+    let probabilities = probabilities_of::<B>(q, k, mask, scale);
     let output = B::float_matmul(probabilities.clone(), v);
     Forward {
         probabilities,
         output,
     }
+}
+
+/// `softmax(q·kᵀ·scale, masked)` in the operands' dtype.
+fn probabilities_of<B: AttentionCore>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    mask: BoolTensor<B>,
+    scale: f64,
+) -> FloatTensor<B> {
+    let scores = B::float_matmul(q, B::float_transpose(k));
+    B::attention_probabilities(scores, mask, scale)
 }
 
 fn f32_of<B: Backend>(tensor: FloatTensor<B>) -> FloatTensor<B> {
@@ -188,11 +205,19 @@ fn f32_of<B: Backend>(tensor: FloatTensor<B>) -> FloatTensor<B> {
 #[derive(Debug)]
 struct AttentionCoreBackward;
 
+/// How the backward pass gets `P`: kept from the forward pass, or recomputed from `q`, `k` and
+/// this mask (under activation checkpointing).
+#[derive(Debug, Clone)]
+enum Probabilities<B: Backend> {
+    Kept(FloatTensor<B>),
+    Recomputed(BoolTensor<B>),
+}
+
 type State<B> = (
     FloatTensor<B>,
     FloatTensor<B>,
     FloatTensor<B>,
-    FloatTensor<B>,
+    Probabilities<B>,
     FloatTensor<B>,
     f64,
 );
@@ -203,6 +228,12 @@ impl<B: AttentionCore> Backward<B, 3> for AttentionCoreBackward {
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [q_node, k_node, v_node] = ops.parents;
         let (q, k, v, probabilities, output, scale) = ops.state;
+        let probabilities = match probabilities {
+            Probabilities::Kept(probabilities) => probabilities,
+            Probabilities::Recomputed(mask) => {
+                probabilities_of::<B>(q.clone(), k.clone(), mask, scale)
+            }
+        };
         let dtype = FloatDType::from(output.dtype());
         let grad_output = B::float_cast(grads.consume::<B>(&ops.node), dtype);
         if let Some(node) = v_node {
@@ -249,8 +280,13 @@ impl<B: Backend + AttentionCore, C: CheckpointStrategy> AttentionCore for Autodi
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let parts = forward::<B>(q.clone(), k.clone(), v.clone(), mask, scale);
-                let state = (q, k, v, parts.probabilities, parts.output.clone(), scale);
+                let parts = forward::<B>(q.clone(), k.clone(), v.clone(), mask.clone(), scale);
+                let checkpointing = TypeId::of::<C>() != TypeId::of::<NoCheckpointing>();
+                let probabilities = match checkpointing {
+                    true => Probabilities::Recomputed(mask),
+                    false => Probabilities::Kept(parts.probabilities),
+                };
+                let state = (q, k, v, probabilities, parts.output.clone(), scale);
                 prep.finish(state, parts.output)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::attention_core(q, k, v, mask, scale)),
@@ -280,9 +316,16 @@ mod tests {
         assert!(gap <= 1e-5 * scale, "{what}: gap {gap} at scale {scale}");
     }
 
+    /// With the probabilities kept, and recomputed under activation checkpointing.
     #[test]
     fn output_and_gradients_match_attention_differentiated_op_by_op() {
-        let device = Device::flex().autodiff();
+        let autodiff = Device::flex().autodiff();
+        for device in [autodiff.clone(), autodiff.gradient_checkpointing()] {
+            matches_attention_differentiated_op_by_op(device);
+        }
+    }
+
+    fn matches_attention_differentiated_op_by_op(device: Device) {
         let (batch, heads, seq, dim) = (2, 3, 7, 8);
         // Deterministic values spread over about [-2, 2].
         let filled = |seed: usize| {
