@@ -6,3 +6,15 @@ LT=$(ldconfig -p | awk '/libcublasLt\.so/ {print $NF; exit}')
 mkdir -p /tmp/lib && ln -sf "$LT" /tmp/lib/libcublasLt.so
 export LD_LIBRARY_PATH=/tmp/lib:$(dirname "$LT")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 echo "libcublasLt: $LT" | tee ${R:+"$R/library.txt"}
+
+# `prepare_run FILE [TOML]`: the cuBLASLt build unpacked at $A (/tmp/andes-cublas) from
+# .carry/andes-cublas.xz once a machine, the driver's JIT cache in /tmp/cuda-jit, cubecl.toml
+# with the kernel cache on (TOML appended), and the GPU and CPU printed and kept in FILE.
+prepare_run() {
+  A=/tmp/andes-cublas
+  [ -x $A ] || { xz -dc .carry/andes-cublas.xz > $A && chmod +x $A; }
+  export CUDA_CACHE_PATH=/tmp/cuda-jit
+  printf '[compilation]\ncache = true\n%s' "${2:-}" > cubecl.toml
+  { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    lscpu | grep "Model name"; } | tee "$1"
+}

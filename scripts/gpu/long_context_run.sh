@@ -14,15 +14,10 @@ OUT=${OUT:-out}; mkdir -p "$OUT"
 R=${R:-/tmp/results}; mkdir -p $R
 STEP_LIMIT=${STEP_LIMIT:-150}
 MODEL=configs/models/qwen3-0.6b.json
-A=/tmp/andes-cublas
-[ -x $A ] || { xz -dc .carry/andes-cublas.xz > $A && chmod +x $A; }
 L=datasets/gcide/gcide-large.txt
 [ -f $L ] || xz -dc .carry/gcide-large.txt.xz > $L
 . "$(dirname "$0")/cublas_lib.sh"
-export CUDA_CACHE_PATH=/tmp/cuda-jit
-printf '[compilation]\ncache = true\n' > cubecl.toml
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; lscpu | grep "Model name"; } \
-  | tee "$R/gpu.txt"
+prepare_run "$R/gpu.txt"
 . "$(dirname "$0")/run_step.sh"
 summary() { python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); print(sys.argv[2], "step ms", round(d["step_ms_median"], 1), "tok/s", round(d["train_tokens_per_s"]), "reserved GB", round((d["memory_reserved_bytes"] or 0) / 1e9, 1))' "$R/$1.json" "$1" 2>&1 | tail -1; }
 for checkpointing in on off; do

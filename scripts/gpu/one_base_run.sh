@@ -13,15 +13,10 @@
 set -uo pipefail
 OUT=${OUT:-out}; mkdir -p "$OUT"
 W=${W:-runs/one-base-medium}; mkdir -p "$W"
-A=/tmp/andes-cublas
-[ -x $A ] || { xz -dc .carry/andes-cublas.xz > $A && chmod +x $A; }
 L=datasets/gcide/gcide-large.txt
 [ -f $L ] || xz -dc .carry/gcide-large.txt.xz > $L
 R=$W . "$(dirname "$0")/cublas_lib.sh"
-export CUDA_CACHE_PATH=/tmp/cuda-jit
-printf '[compilation]\ncache = true\n\n[autotune]\nlevel = "minimal"\n' > cubecl.toml
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; lscpu | grep "Model name"; } \
-  | tee "$W/gpu.txt"
+prepare_run "$W/gpu.txt" $'\n[autotune]\nlevel = "minimal"\n'
 start=$SECONDS
 RECIPES=configs/recipes/gpu/qalft-medium INIT_CONFIG=configs/models/qwen3-gcide-medium.json \
   DEVICE=cuda WINDOW=256 JOBS=${JOBS:-2} LLAMACPP=.carry/ggml_roundtrip \

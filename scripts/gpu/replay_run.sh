@@ -13,13 +13,8 @@ R=${R:-/tmp/results}; mkdir -p $R
 STEP_LIMIT=${STEP_LIMIT:-150}
 MODEL=${MODEL:-configs/models/qwen3-0.6b.json}
 BATCH=${BATCH:-4}
-A=/tmp/andes-cublas
-xz -dc .carry/andes-cublas.xz > $A && chmod +x $A
 . "$(dirname "$0")/cublas_lib.sh"
-export CUDA_CACHE_PATH=/tmp/cuda-jit
-printf '[compilation]\ncache = true\n' > cubecl.toml
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; lscpu | grep "Model name"; } \
-  | tee "$R/gpu.txt"
+prepare_run "$R/gpu.txt"
 . "$(dirname "$0")/run_step.sh"
 for precision in ${PRECISIONS:-bf16-mixed f32}; do
   for head in ${HEADS:-default}; do

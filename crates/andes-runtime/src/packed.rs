@@ -990,32 +990,16 @@ mod fused {
             // SAFETY (all): block b's codes and rounded inputs lie inside the row and the
             // inputs for every b < blocks (whole blocks); AVX-512 F, BW and VNNI are enabled.
             while b + 2 <= blocks {
+                let (scale, next_scale) = (scales[b / per_group], scales[(b + 1) / per_group]);
                 unsafe {
-                    scaled_block::<BITS, B, M>(
-                        bytes,
-                        inputs,
-                        b,
-                        scales[b / per_group],
-                        &shifts,
-                        &mut even,
-                    );
-                    let next = b + 1;
-                    let scale = scales[next / per_group];
-                    scaled_block::<BITS, B, M>(bytes, inputs, next, scale, &shifts, &mut odd);
+                    scaled_block::<BITS, B, M>(bytes, inputs, b, scale, &shifts, &mut even);
+                    scaled_block::<BITS, B, M>(bytes, inputs, b + 1, next_scale, &shifts, &mut odd);
                 }
                 b += 2;
             }
             if b < blocks {
-                unsafe {
-                    scaled_block::<BITS, B, M>(
-                        bytes,
-                        inputs,
-                        b,
-                        scales[b / per_group],
-                        &shifts,
-                        &mut even,
-                    )
-                };
+                let scale = scales[b / per_group];
+                unsafe { scaled_block::<BITS, B, M>(bytes, inputs, b, scale, &shifts, &mut even) };
             }
             std::array::from_fn(|m| _mm512_reduce_add_ps(_mm512_add_ps(even[m], odd[m])))
         }
