@@ -71,16 +71,16 @@ struct Packed {
 }
 
 impl Packed {
-    /// The same codes (at most 3), `rows` rows of `cols`, packed four a byte as int2 packs
-    /// them; scales and zero points unchanged.
+    /// Ternary codes, `rows` rows of `cols`, packed four a byte as int2 packs them; scales
+    /// and zero points unchanged.
     fn at_two_bits(&self, rows: usize, cols: usize) -> Packed {
         let row_bytes = cols.div_ceil(4);
         let mut bytes = vec![0u8; rows * row_bytes];
-        let mut decoded = vec![0.0f32; cols + 8];
+        let mut decoded = vec![0u8; 5 * self.row_bytes + 3];
         for (r, packed) in bytes.chunks_mut(row_bytes).enumerate() {
-            self.codes.decode(self.row(r).0, &mut decoded);
+            self.codes.decode_bytes(self.row(r).0, &mut decoded);
             for (i, &code) in decoded[..cols].iter().enumerate() {
-                packed[i / 4] |= (code as u8) << (2 * (i % 4));
+                packed[i / 4] |= code << (2 * (i % 4));
             }
         }
         Packed {
@@ -206,9 +206,8 @@ impl PackedMatrix {
     ///
     /// Ternary codes (five a byte, in base 3) have no integer kernel of their own: where the
     /// integer kernels run (groups of whole blocks), their rows are repacked here at two bits
-    /// a code, int2's layout,
-    /// so a step reads a quarter more of their bytes but decodes none of them (decoding them
-    /// to bytes took 16% of a 1.8-bpw decode step, by `perf`).
+    /// a code, int2's layout, so a step reads a quarter more of their bytes but decodes none
+    /// of them (`perf` put 16% of a 1.8-bpw decode step in the function that decoded them).
     pub fn set_int8_activations(&mut self, on: bool) {
         self.int8_activations = on;
         if let (true, Weights::Packed(packed)) = (on && has_int8_kernels(), &mut self.weights)

@@ -281,10 +281,10 @@ impl<B: Backend + AttentionCore, C: CheckpointStrategy> AttentionCore for Autodi
         {
             OpsKind::Tracked(prep) => {
                 let parts = forward::<B>(q.clone(), k.clone(), v.clone(), mask.clone(), scale);
-                let checkpointing = TypeId::of::<C>() != TypeId::of::<NoCheckpointing>();
-                let probabilities = match checkpointing {
-                    true => Probabilities::Recomputed(mask),
-                    false => Probabilities::Kept(parts.probabilities),
+                let probabilities = if TypeId::of::<C>() == TypeId::of::<NoCheckpointing>() {
+                    Probabilities::Kept(parts.probabilities)
+                } else {
+                    Probabilities::Recomputed(mask)
                 };
                 let state = (q, k, v, probabilities, parts.output.clone(), scale);
                 prep.finish(state, parts.output)
