@@ -33,28 +33,63 @@ impl Batch {
     }
 }
 
+/// Windows stacked on the host, `[rows, seq_len]` each, ready to upload as a [`Batch`] or to
+/// write into the fixed buffers of a replayed training step.
+#[derive(Clone)]
+pub struct HostBatch {
+    /// Input ids.
+    pub inputs: TensorData,
+    /// Target ids (inputs shifted by one).
+    pub targets: TensorData,
+    /// `true` where the target is counted in the loss.
+    pub mask: TensorData,
+    /// Number of counted targets.
+    pub target_tokens: usize,
+    /// Each input token's record (row after row), when records are packed apart; empty for
+    /// stream windows.
+    pub segments: Vec<u32>,
+}
+
+impl HostBatch {
+    /// Stacks windows (all of one length).
+    pub fn stack(windows: &[&TokenWindow]) -> Self {
+        let rows = windows.len();
+        let seq = windows[0].ids.len() - 1;
+        let mut inputs = Vec::with_capacity(rows * seq);
+        let mut targets = Vec::with_capacity(rows * seq);
+        let mut mask = Vec::with_capacity(rows * seq);
+        let mut segments = Vec::new();
+        for window in windows {
+            segments.extend(window.segments.iter().take(seq));
+            inputs.extend(window.ids[..seq].iter().map(|&id| id as i64));
+            targets.extend(window.ids[1..].iter().map(|&id| id as i64));
+            mask.extend_from_slice(&window.loss_mask[1..]);
+        }
+        let target_tokens = mask.iter().filter(|&&m| m).count();
+        Self {
+            inputs: TensorData::new(inputs, [rows, seq]),
+            targets: TensorData::new(targets, [rows, seq]),
+            mask: TensorData::new(mask, [rows, seq]),
+            target_tokens,
+            segments,
+        }
+    }
+
+    /// The batch on `device`.
+    pub fn upload(self, device: &Device) -> Batch {
+        Batch {
+            inputs: Tensor::from_data(self.inputs, device),
+            targets: Tensor::from_data(self.targets, device),
+            mask: Tensor::from_data(self.mask, device),
+            target_tokens: self.target_tokens,
+            segments: self.segments,
+        }
+    }
+}
+
 /// Stacks windows (all of one length) into a device batch.
 pub fn to_batch(windows: &[&TokenWindow], device: &Device) -> Batch {
-    let rows = windows.len();
-    let seq = windows[0].ids.len() - 1;
-    let mut inputs = Vec::with_capacity(rows * seq);
-    let mut targets = Vec::with_capacity(rows * seq);
-    let mut mask = Vec::with_capacity(rows * seq);
-    let mut segments = Vec::new();
-    for window in windows {
-        segments.extend(window.segments.iter().take(seq));
-        inputs.extend(window.ids[..seq].iter().map(|&id| id as i64));
-        targets.extend(window.ids[1..].iter().map(|&id| id as i64));
-        mask.extend_from_slice(&window.loss_mask[1..]);
-    }
-    let target_tokens = mask.iter().filter(|&&m| m).count();
-    Batch {
-        inputs: Tensor::from_data(TensorData::new(inputs, [rows, seq]), device),
-        targets: Tensor::from_data(TensorData::new(targets, [rows, seq]), device),
-        mask: Tensor::from_data(TensorData::new(mask, [rows, seq]), device),
-        target_tokens,
-        segments,
-    }
+    HostBatch::stack(windows).upload(device)
 }
 
 /// The input ids `[rows, seq_len]` of the first `windows` windows of `set`, `batch_size` rows

@@ -76,6 +76,11 @@ pub enum TrainError {
          shorter data.seq_len or train.activation_checkpointing needs less"
     )]
     ComputedNothing,
+    /// `train.replay = true`, but the run's objective has no step of fixed shapes to capture.
+    #[error(
+        "train.replay = true, but this run cannot replay its step: {0}; set train.replay = false"
+    )]
+    NotReplayable(String),
     /// The loss became NaN or infinite.
     #[error("step {step}: the loss is {loss}; lower optimizer.lr or check the data")]
     Diverged {

@@ -14,12 +14,17 @@
 //! `p ← p·(1 − lr·λ) − lr·(m / (1−β₁ᵗ)) / (√(v / (1−β₂ᵗ)) + ε)`,
 //!
 //! with `λ = 0` for norm scales and biases, as [`crate::optim::adamw`] groups them.
+//!
+//! Its state is saved in the layout of Burn's AdamW record (`{id}.momentum.moment_1`, …), so
+//! an eager run (Burn's AdamW) and a replayed one resume from each other's checkpoints.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 
-use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
-use burn::tensor::{Device, DispatchTensor, Tensor};
+use burn::tensor::kind::Basic;
+use burn::tensor::{Device, DispatchTensor, Tensor, TensorData};
 
 use crate::error::TrainError;
 use crate::optim::parameters_where;
@@ -63,8 +68,86 @@ impl InPlaceAdamW {
     /// replayed graph reads it). Call it outside a capture: it uploads the value.
     pub fn set_learning_rate(&mut self, learning_rate: f64) {
         let value = Tensor::from_floats([learning_rate as f32], &self.learning_rate.device());
-        assign(&mut self.learning_rate, value, "the learning rate")
+        write_in_place(&mut self.learning_rate, value, "the learning rate")
             .expect("the optimizer alone holds its learning rate");
+    }
+
+    /// The state read back to the host: each parameter's moments, and the updates done.
+    pub fn host_state<M: Module>(&self, module: &M) -> HostState {
+        struct Read<'a> {
+            moments: &'a HashMap<ParamId, [DispatchTensor; 2]>,
+            read: HashMap<ParamId, [TensorData; 2]>,
+        }
+        impl ModuleVisitor for Read<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                if let Some(pair) = self.moments.get(&param.id) {
+                    let data = pair
+                        .clone()
+                        .map(|m| Tensor::<D>::from_dispatch(m).into_data());
+                    self.read.insert(param.id, data);
+                }
+            }
+        }
+        let mut read = Read {
+            moments: &self.moments,
+            read: HashMap::new(),
+        };
+        module.visit(&mut read);
+        HostState {
+            moments: read.read,
+            updates: self.step.clone().into_scalar::<f64>().round() as usize,
+        }
+    }
+
+    /// Writes `state` into the optimizer's own buffers (a moment `state` lacks becomes zeros),
+    /// so that a captured graph, which keeps reading those buffers, continues from it. A
+    /// parameter of `module` without moments yet gets new buffers holding `state`'s.
+    pub fn restore<M: Module>(&mut self, module: &M, state: &HostState) -> Result<(), TrainError> {
+        struct Write<'a> {
+            moments: &'a mut HashMap<ParamId, [DispatchTensor; 2]>,
+            state: &'a HostState,
+            error: Option<TrainError>,
+        }
+        impl ModuleVisitor for Write<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                let saved = self.state.moments.get(&param.id);
+                let Some(pair) = self.moments.remove(&param.id) else {
+                    if let Some(saved) = saved {
+                        let device = param.val().device();
+                        let pair = saved
+                            .clone()
+                            .map(|data| Tensor::<D>::from_data(data, &device).into_dispatch());
+                        self.moments.insert(param.id, pair);
+                    }
+                    return;
+                };
+                let [mut first, mut second] = pair.map(Tensor::<D>::from_dispatch);
+                let value = |current: &Tensor<D>, index: usize| match saved {
+                    Some(saved) => Tensor::<D>::from_data(saved[index].clone(), &current.device())
+                        .cast(current.dtype()),
+                    None => current.zeros_like(),
+                };
+                let (new_first, new_second) = (value(&first, 0), value(&second, 1));
+                let written = write_in_place(&mut first, new_first, "a first moment")
+                    .and_then(|()| write_in_place(&mut second, new_second, "a second moment"));
+                if let Err(error) = written {
+                    self.error.get_or_insert(error);
+                }
+                self.moments
+                    .insert(param.id, [first.into_dispatch(), second.into_dispatch()]);
+            }
+        }
+        let mut write = Write {
+            moments: &mut self.moments,
+            state,
+            error: None,
+        };
+        module.visit(&mut write);
+        if let Some(error) = write.error {
+            return Err(error);
+        }
+        let updates = Tensor::from_floats([state.updates as f32], &self.step.device());
+        write_in_place(&mut self.step, updates, "the step count")
     }
 
     /// One update of every parameter of `module` that `grads` holds a gradient for, each
@@ -77,7 +160,7 @@ impl InPlaceAdamW {
         mut grads: GradientsParams,
     ) -> Result<M, TrainError> {
         let next = self.step.clone().add_scalar(1.0);
-        assign(&mut self.step, next, "the step count")?;
+        write_in_place(&mut self.step, next, "the step count")?;
         // 1 − βᵗ = 1 − exp(t·ln β), on the device.
         let correction = |beta: f64| {
             self.step
@@ -167,9 +250,9 @@ impl ModuleMapper for Update<'_> {
             value.clone() * lanes(&f.learning_rate).mul_scalar(-decay).add_scalar(1.0)
         };
         let new_value = decayed - step;
-        let written = assign(&mut first, new_first, "a first moment")
-            .and_then(|()| assign(&mut second, new_second, "a second moment"))
-            .and_then(|()| assign(&mut value, new_value, "a parameter"));
+        let written = write_in_place(&mut first, new_first, "a first moment")
+            .and_then(|()| write_in_place(&mut second, new_second, "a second moment"))
+            .and_then(|()| write_in_place(&mut value, new_value, "a parameter"));
         if let Err(error) = written {
             self.error.get_or_insert(error);
         }
@@ -188,9 +271,9 @@ impl ModuleMapper for Update<'_> {
 
 /// Writes `value` into `target`'s own buffer. Fails, naming `what`, where another handle to
 /// that buffer exists: the write would then go to a copy.
-fn assign<const D: usize>(
-    target: &mut Tensor<D>,
-    value: Tensor<D>,
+pub(crate) fn write_in_place<const D: usize, K: Basic>(
+    target: &mut Tensor<D, K>,
+    value: Tensor<D, K>,
     what: &str,
 ) -> Result<(), TrainError> {
     if !target.can_mut() {
@@ -202,6 +285,116 @@ fn assign<const D: usize>(
     let whole = target.dims().map(|size| 0..size);
     target.inplace(|target| target.slice_assign(whole, value));
     Ok(())
+}
+
+/// [`InPlaceAdamW`]'s state on the host: what a checkpoint holds.
+#[derive(Debug, Clone, Default)]
+pub struct HostState {
+    /// Each parameter's first and second moments.
+    moments: HashMap<ParamId, [TensorData; 2]>,
+    /// Updates done (every parameter takes each one).
+    updates: usize,
+}
+
+/// Record names of Burn's AdamW state (`AdamWState { momentum: AdaptiveMomentumState }`),
+/// under each parameter's id.
+const MOMENT_LEAVES: [&str; 2] = ["momentum.moment_1", "momentum.moment_2"];
+const TIME_LEAF: &str = "momentum.time";
+const RANK_LEAF: &str = "__rank";
+
+impl HostState {
+    /// Writes the state to `path` as Burn writes its AdamW record (a burnpack of
+    /// `{id}.momentum.moment_1`, `{id}.momentum.moment_2`, `{id}.momentum.time` and
+    /// `{id}.__rank`), which `ModuleOptimizer::load` reads back.
+    pub fn save(&self, path: &Path) -> Result<(), TrainError> {
+        let mut tensors = Vec::new();
+        let mut scalars = Vec::new();
+        for (id, pair) in &self.moments {
+            let id = id.val();
+            for (leaf, data) in MOMENT_LEAVES.iter().zip(pair) {
+                let rank = data.shape().len();
+                let (bytes, shape, dtype) = data.clone().into_parts();
+                tensors.push(burn_pack::Tensor::new(
+                    format!("{id}.{leaf}"),
+                    dtype,
+                    shape,
+                    Some(id),
+                    bytes,
+                ));
+                scalars.push((format!("{id}.{RANK_LEAF}"), burn_pack::Scalar::from(rank)));
+            }
+            scalars.push((
+                format!("{id}.{TIME_LEAF}"),
+                burn_pack::Scalar::from(self.updates),
+            ));
+        }
+        let writer = scalars
+            .iter()
+            .fold(burn_pack::Writer::new(tensors), |writer, (key, value)| {
+                writer.with_scalar(key, *value)
+            });
+        writer
+            .write_to_file(path)
+            .map_err(|e| TrainError::io(path, format!("{e:?}")))
+    }
+
+    /// Reads a state [`HostState::save`] or Burn's AdamW wrote. Fails, naming the file, where
+    /// a parameter's record lacks a moment or its update count.
+    pub fn load(path: &Path) -> Result<Self, TrainError> {
+        let broken = |message: String| TrainError::Checkpoint {
+            path: path.to_owned(),
+            message,
+        };
+        let reader = burn_pack::Reader::from_file(path)
+            .map_err(|e| TrainError::io(path, format!("{e:?}")))?;
+        let mut updates = None;
+        for (key, value) in reader.scalars() {
+            if key.ends_with(TIME_LEAF) {
+                let time = usize::try_from(*value)
+                    .map_err(|_| broken(format!("`{key}` is not an update count")))?;
+                updates = Some(updates.unwrap_or(0).max(time));
+            }
+        }
+        let mut halves: HashMap<ParamId, [Option<TensorData>; 2]> = HashMap::new();
+        let tensors = reader
+            .into_tensors()
+            .map_err(|e| TrainError::io(path, format!("{e:?}")))?;
+        for tensor in tensors {
+            let (name, dtype, shape, id, bytes) = tensor
+                .into_parts()
+                .map_err(|e| TrainError::io(path, format!("{e:?}")))?;
+            let (Some(id), Some(index)) = (
+                id,
+                MOMENT_LEAVES.iter().position(|leaf| name.ends_with(leaf)),
+            ) else {
+                return Err(broken(format!(
+                    "tensor `{name}` is not an AdamW moment of a parameter"
+                )));
+            };
+            halves.entry(ParamId::from(id)).or_default()[index] =
+                Some(TensorData::from_bytes(bytes, shape, dtype));
+        }
+        let moments = halves
+            .into_iter()
+            .map(|(id, [first, second])| match (first, second) {
+                (Some(first), Some(second)) => Ok((id, [first, second])),
+                _ => Err(broken(format!(
+                    "parameter {} has one AdamW moment of two",
+                    id.val()
+                ))),
+            })
+            .collect::<Result<HashMap<_, _>, _>>()?;
+        let updates = match (updates, moments.is_empty()) {
+            (Some(updates), _) => updates,
+            (None, true) => 0,
+            (None, false) => {
+                return Err(broken(format!(
+                    "no `{{id}}.{TIME_LEAF}` beside the moments"
+                )));
+            }
+        };
+        Ok(Self { moments, updates })
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ pub mod parallel;
 pub mod plot;
 mod qat;
 pub mod recipe;
+pub mod replayed_step;
 pub mod reward;
 pub mod schedule;
 pub mod throughput;

@@ -95,11 +95,9 @@ pub fn freeze<M: Module>(module: M, prefixes: &[String]) -> (M, usize) {
     (module, mapper.frozen)
 }
 
-/// Global L2 norm of all gradients of `module`'s parameters: each parameter's sum of squares
-/// on the device, all of them read back at once and added in f64 (as the norm was when the
-/// tiny recipes' baselines were recorded: two of them amplify a last-bit change of the clip
-/// factor into a different run).
-pub fn global_norm<M: Module>(module: &M, grads: &GradientsParams) -> f64 {
+/// Each gradient's sum of squares, `[parameters with a gradient]` on the device, in f32
+/// even for bf16 gradients (their squares underflow in bf16); `None` without gradients.
+pub fn squared_gradient_sums<M: Module>(module: &M, grads: &GradientsParams) -> Option<Tensor<1>> {
     struct SquaredNorm<'a> {
         grads: &'a GradientsParams,
         sums: Vec<Tensor<1>>,
@@ -107,7 +105,6 @@ pub fn global_norm<M: Module>(module: &M, grads: &GradientsParams) -> f64 {
     impl ModuleVisitor for SquaredNorm<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             if let Some(grad) = self.grads.get::<D>(param.id) {
-                // f32 sums even of bf16 gradients: their squares underflow in bf16.
                 self.sums.push(grad.cast(DType::F32).square().sum());
             }
         }
@@ -117,11 +114,17 @@ pub fn global_norm<M: Module>(module: &M, grads: &GradientsParams) -> f64 {
         sums: Vec::new(),
     };
     module.visit(&mut norm);
-    if norm.sums.is_empty() {
+    (!norm.sums.is_empty()).then(|| Tensor::cat(norm.sums, 0))
+}
+
+/// Global L2 norm of all gradients of `module`'s parameters: every parameter's sum of squares
+/// read back at once and added in f64 (as the norm was when the tiny recipes' baselines were
+/// recorded: two of them amplify a last-bit change of the clip factor into a different run).
+pub fn global_norm<M: Module>(module: &M, grads: &GradientsParams) -> f64 {
+    let Some(sums) = squared_gradient_sums(module, grads) else {
         return 0.0;
-    }
-    // One read-back of every parameter's sum of squares; the sum over parameters in f64.
-    let sums = Tensor::cat(norm.sums, 0)
+    };
+    let sums = sums
         .into_data()
         .convert::<f32>()
         .try_to_vec::<f32>()
@@ -137,16 +140,24 @@ pub fn clip_factor(norm: f64, max_norm: Option<f64>) -> Option<f64> {
         .map(|max_norm| max_norm / (norm + 1e-6))
 }
 
-/// Multiplies every gradient of `module`'s parameters by `factor`.
-pub fn scale_gradients<M: Module>(module: &M, grads: &mut GradientsParams, factor: f64) {
+/// Multiplies every gradient of `module`'s parameters by `factor` (`[1]`, on any device, in
+/// any float dtype): a number from the host, or one computed on the device, as a step
+/// replayed without reading back computes its clipping factor.
+pub fn scale_gradients<M: Module>(module: &M, grads: &mut GradientsParams, factor: &Tensor<1>) {
     struct Scale<'a> {
         grads: &'a mut GradientsParams,
-        factor: f64,
+        factor: &'a Tensor<1>,
     }
     impl ModuleVisitor for Scale<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             if let Some(grad) = self.grads.remove::<D>(param.id) {
-                self.grads.register(param.id, grad.mul_scalar(self.factor));
+                let factor = self
+                    .factor
+                    .clone()
+                    .to_device(&grad.device())
+                    .cast(grad.dtype())
+                    .reshape([1; D]);
+                self.grads.register(param.id, grad * factor);
             }
         }
     }

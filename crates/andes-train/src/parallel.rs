@@ -156,12 +156,14 @@ impl Replicas {
             .zip(&mut self.optimizers)
             .zip(grads)
             .collect();
+        let devices = &self.devices;
         self.models = on_replica_streams(
             &self.streams,
             updates,
-            |_, ((model, optimizer), mut grads)| {
+            |rank, ((model, optimizer), mut grads)| {
                 if let Some(factor) = clip {
-                    scale_gradients(&model, &mut grads, factor);
+                    let factor = Tensor::from_floats([factor as f32], &devices[rank]);
+                    scale_gradients(&model, &mut grads, &factor);
                 }
                 optimizer.step(lr, model, grads)
             },

@@ -4,12 +4,13 @@
 //! stages need is [`adapters::setup`]'s, called from setup.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use andes_data::TextTokenizer;
 use andes_data::dataset::{MixturePosition, WindowSet};
 use andes_model::checkpoint::write_atomically;
-use andes_model::device::parse_devices;
+use andes_model::device::{parse_devices, replays_graphs};
 use andes_model::precision::{Autocast, Precision};
 use andes_model::{Model, ModelConfig};
 use andes_package::TrainedAgainst;
@@ -17,14 +18,15 @@ use burn::optim::ModuleOptimizer;
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::checkpoint::{self, ModelFiles, RECIPE_FILE, TrainerState};
+use crate::checkpoint::{self, ModelFiles, OptimizerFiles, RECIPE_FILE, TrainerState};
 use crate::error::TrainError;
 use crate::metrics::{self, MetricsLog, StepMetrics};
-use crate::objective::{self, Objective};
+use crate::objective::{self, Objective, Replayable};
 use crate::optim::{adamw, freeze};
 use crate::parallel::Replicas;
 use crate::plot::draw_curves;
 use crate::recipe::{AdapterSections, Recipe, Stage};
+use crate::replayed_step::ReplayedStep;
 use crate::{adapters, qat};
 
 /// A checkpoint's tokenizer.
@@ -49,6 +51,9 @@ pub struct TrainOutcome {
     pub final_eval_reward: Option<f64>,
     /// The last checkpoint written.
     pub checkpoint: PathBuf,
+    /// How the steps ran: `eager`, `graph` (replayed as one captured device graph) or `rerun`
+    /// (replayed on a backend without graphs, which runs the captured step again).
+    pub step_mode: &'static str,
 }
 
 /// Trains per `recipe` into `run_dir` (`checkpoints/`, `metrics.jsonl`, `recipe.toml`,
@@ -99,8 +104,8 @@ struct Run<'a> {
     /// The package the adapter trains against, when the recipe names one.
     trained_against: Option<TrainedAgainst>,
     config: ModelConfig,
-    objective: Box<dyn Objective>,
-    replicas: Replicas,
+    objective: Arc<dyn Objective>,
+    steps: Steps,
     precision: Precision,
     state: TrainerState,
     /// Copied into every checkpoint, so that it loads on its own.
@@ -114,7 +119,8 @@ struct Run<'a> {
 impl<'a> Run<'a> {
     /// Setup: the run directory; the starting point (the recipe's checkpoint, or the run's
     /// latest on resume); tokenizer; model in the recipe's precision, frozen where asked;
-    /// objective with its data; the adapter stage's part; a replica and optimizer per device;
+    /// objective with its data; the adapter stage's part; the step, replayed as one captured
+    /// graph where the run can, else a replica and optimizer per device;
     /// the resolved recipe and the metrics log.
     fn setup(
         recipe: &'a Recipe,
@@ -151,9 +157,19 @@ impl<'a> Run<'a> {
         if let Some(sections) = adapter {
             adapters::setup(&mut model, sections, &stage_setup)?;
         }
-        let replicas = Replicas::new(model, &devices, &recipe.train, |replica| {
-            optimizer_for(replica, recipe, resume_from)
-        })?;
+        let steps = match replayed(recipe, &objective)? {
+            Some(replayable) => Steps::Replayed(ReplayedStep::new(
+                model,
+                replayable,
+                &recipe.optimizer,
+                (&device, &plain_device),
+                precision.autocast(),
+                resume_from.map(checkpoint::optimizer_path).as_deref(),
+            )?),
+            None => Steps::Eager(Replicas::new(model, &devices, &recipe.train, |replica| {
+                optimizer_for(replica, recipe, resume_from)
+            })?),
+        };
         write_atomically(&run_dir.join(RECIPE_FILE), recipe_toml.as_bytes())?;
         let metrics_log = MetricsLog::open(run_dir, state.step)?;
         let progress = progress_bar(recipe.train.steps, state.step, show_progress);
@@ -165,7 +181,7 @@ impl<'a> Run<'a> {
             trained_against,
             config,
             objective,
-            replicas,
+            steps,
             precision,
             state,
             side_files,
@@ -175,7 +191,7 @@ impl<'a> Run<'a> {
         })
     }
 
-    /// One optimizer step: its seed and learning rate, the replicas' update, the step's
+    /// One optimizer step: its seed and learning rate, the update, the step's
     /// metrics line (with held-out figures when evaluation is due), logged and shown.
     fn step(&mut self) -> Result<StepMetrics, TrainError> {
         let started = Instant::now();
@@ -184,17 +200,22 @@ impl<'a> Run<'a> {
         // Dropout and sampling draw from generators seeded per step, so a resumed run draws
         // the same masks and completions.
         let seed = step_seed(recipe.seed, step);
-        self.replicas.seed(seed);
         let lr = recipe
             .schedule
             .lr(step, recipe.train.steps, recipe.optimizer.lr);
-        let report = self.replicas.step(
-            self.objective.as_ref(),
-            &mut self.state,
-            seed,
-            lr,
-            recipe.optimizer.grad_clip,
-        )?;
+        let report = match &mut self.steps {
+            Steps::Eager(replicas) => {
+                replicas.seed(seed);
+                replicas.step(
+                    self.objective.as_ref(),
+                    &mut self.state,
+                    seed,
+                    lr,
+                    recipe.optimizer.grad_clip,
+                )?
+            }
+            Steps::Replayed(replayed) => replayed.step(&mut self.state, lr)?,
+        };
         let output = report.figures;
         // A next-token loss (every stage but the reply-scoring ones, whose GRPO loss is 0
         // when a group's rewards tie) is never exactly 0 before any training.
@@ -256,7 +277,8 @@ impl<'a> Run<'a> {
         }
         let evaluation = {
             let _autocast = Autocast::new(self.precision.autocast());
-            self.objective.evaluate(self.replicas.model())?
+            self.steps
+                .with_model(|model| self.objective.evaluate(model))?
         };
         if let Some(evaluation) = evaluation {
             line.eval_loss = evaluation.loss;
@@ -281,30 +303,36 @@ impl<'a> Run<'a> {
     /// Checkpoint: the model (an adapter stage's adapter alone), the optimizer, the trainer
     /// state, the resolved recipe and the side files, under `checkpoints/`.
     fn checkpoint(&mut self) -> Result<(), TrainError> {
-        let model = self.replicas.model();
+        let optimizer = match &self.steps {
+            Steps::Eager(replicas) => OptimizerFiles::Burn(replicas.optimizer()),
+            Steps::Replayed(replayed) => OptimizerFiles::InPlace(replayed.optimizer_state()),
+        };
         let base = &self.recipe.model.checkpoint;
         let trained_against = self.trained_against.as_ref();
-        let write_adapter;
-        let files = match self.adapter {
-            Some(sections) => {
-                write_adapter = move |dir: &Path| {
-                    adapters::save(model.language_model(), sections, base, trained_against, dir)
-                };
-                ModelFiles::Adapter(&write_adapter)
-            }
-            None if matches!(self.recipe.stage, Stage::Qat { .. }) => {
-                ModelFiles::Quantized(model, &self.config)
-            }
-            None => ModelFiles::Full(model, &self.config),
-        };
-        self.checkpoint_dir = checkpoint::save(
-            self.run_dir,
-            files,
-            self.replicas.optimizer(),
-            &self.state,
-            self.recipe_toml,
-            &self.side_files,
-        )?;
+        let dir = self.steps.with_model(|model| {
+            let write_adapter;
+            let files = match self.adapter {
+                Some(sections) => {
+                    write_adapter = move |dir: &Path| {
+                        adapters::save(model.language_model(), sections, base, trained_against, dir)
+                    };
+                    ModelFiles::Adapter(&write_adapter)
+                }
+                None if matches!(self.recipe.stage, Stage::Qat { .. }) => {
+                    ModelFiles::Quantized(model, &self.config)
+                }
+                None => ModelFiles::Full(model, &self.config),
+            };
+            checkpoint::save(
+                self.run_dir,
+                files,
+                optimizer,
+                &self.state,
+                self.recipe_toml,
+                &self.side_files,
+            )
+        })?;
+        self.checkpoint_dir = dir;
         Ok(())
     }
 
@@ -324,7 +352,50 @@ impl<'a> Run<'a> {
             final_reward: mean_recent_reward(&history),
             final_eval_reward: field(|l| l.eval_reward),
             checkpoint: self.checkpoint_dir,
+            step_mode: match &self.steps {
+                Steps::Eager(_) => "eager",
+                Steps::Replayed(replayed) if replayed.on_device() => "graph",
+                Steps::Replayed(_) => "rerun",
+            },
         })
+    }
+}
+
+/// How a run takes its steps.
+enum Steps {
+    /// Eagerly, a replica and optimizer per device.
+    Eager(Replicas),
+    /// Captured once as a device graph and replayed (one device).
+    Replayed(ReplayedStep),
+}
+
+impl Steps {
+    /// `work` on the run's model.
+    fn with_model<R>(&self, work: impl FnOnce(&Model) -> R) -> R {
+        match self {
+            Steps::Eager(replicas) => work(replicas.model()),
+            Steps::Replayed(replayed) => work(&replayed.model()),
+        }
+    }
+}
+
+/// The objective as a [`Replayable`] one when the run replays its step: as `train.replay`
+/// says, or, unset, on cuda where the recipe and the objective allow. Refused where the recipe
+/// insists and the objective cannot.
+fn replayed(
+    recipe: &Recipe,
+    objective: &Arc<dyn Objective>,
+) -> Result<Option<Arc<dyn Replayable>>, TrainError> {
+    let wanted = recipe.train.replay.unwrap_or_else(|| {
+        replays_graphs(&recipe.train.device) && recipe.replay_refusal().is_none()
+    });
+    if !wanted {
+        return Ok(None);
+    }
+    match objective.clone().replayable() {
+        Ok(replayable) => Ok(Some(replayable)),
+        Err(why) if recipe.train.replay == Some(true) => Err(TrainError::NotReplayable(why)),
+        Err(_) => Ok(None),
     }
 }
 

@@ -70,6 +70,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             "final_reward": outcome.final_reward,
             "final_eval_reward": outcome.final_eval_reward,
             "checkpoint": outcome.checkpoint,
+            "step_mode": outcome.step_mode,
         })
     );
     Ok(())

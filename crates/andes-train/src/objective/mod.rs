@@ -10,6 +10,7 @@ mod vision;
 
 use andes_data::TextTokenizer;
 use std::path::Path;
+use std::sync::Arc;
 
 use andes_data::dataset::DataFormat;
 use andes_model::qwen3::Qwen3ForCausalLM;
@@ -27,6 +28,7 @@ use crate::checkpoint::TrainerState;
 use crate::error::TrainError;
 use crate::recipe::{DataSource, Recipe, Stage};
 use andes_data::dataset::{WindowSet, draw_mixture};
+use andes_model::batch::{Batch, HostBatch};
 use andes_model::{Model, ModelConfig};
 
 /// One shard's part of an optimizer step: its gradients and its share of the step's figures.
@@ -51,7 +53,7 @@ pub struct SourceShare {
 impl SourceShare {
     /// Adds `rows`' NLLs (`[rows]`, read back here) and `row_tokens` to the shares of the
     /// sources `row_sources` names, row by row.
-    fn add_rows(
+    pub(crate) fn add_rows(
         shares: &mut Vec<SourceShare>,
         sources: usize,
         row_sources: &[usize],
@@ -206,6 +208,46 @@ pub trait Objective: Sync {
     fn calibration_windows(&self) -> Option<&WindowSet> {
         None
     }
+
+    /// This objective as a [`Replayable`] one, whose step a replayed trainer captures once as
+    /// a device graph; `Err` says why it is not one.
+    fn replayable(self: Arc<Self>) -> Result<Arc<dyn Replayable>, String> {
+        Err(
+            "only the next-token objective on text has a step of fixed shapes to replay; \
+             image batches and scored replies change shape from step to step"
+                .into(),
+        )
+    }
+}
+
+/// An objective whose step is one fixed computation over `grad_accum` micro-batches of one
+/// shape, with nothing read back to the host midway: what a step captured once as a device
+/// graph and replayed ([`crate::replayed_step::ReplayedStep`]) computes.
+pub trait Replayable: Sync {
+    /// Draws the step's micro-batches from `state.data` onward (advancing it past them),
+    /// stacked on the host.
+    fn draw_batches(&self, state: &mut TrainerState) -> Result<Vec<DrawnBatch>, TrainError>;
+
+    /// One micro-batch's summed loss (`[1]`) and each row's summed NLL (`[rows]`) for `model`.
+    fn batch_loss(
+        &self,
+        model: &Model,
+        batch: &Batch,
+    ) -> Result<(Tensor<1>, Tensor<1>), TrainError>;
+
+    /// The run's data sources, whose shares of the step's figures are reported.
+    fn sources(&self) -> usize;
+}
+
+/// One micro-batch drawn for a replayed step: its windows stacked on the host, and each
+/// row's source and counted targets (for the sources' shares of the step's figures).
+pub struct DrawnBatch {
+    /// The windows, stacked.
+    pub batch: HostBatch,
+    /// Each row's source.
+    pub row_sources: Vec<usize>,
+    /// Each row's counted targets.
+    pub row_tokens: Vec<usize>,
 }
 
 /// The objective of `recipe`'s stage and data format, its data read and tokenized, for a
@@ -216,7 +258,7 @@ pub fn for_recipe(
     tokenizer: &TextTokenizer,
     config: &ModelConfig,
     device: &Device,
-) -> Result<Box<dyn Objective>, TrainError> {
+) -> Result<Arc<dyn Objective>, TrainError> {
     Ok(match &recipe.stage {
         Stage::Pretrain
         | Stage::Sft
@@ -236,15 +278,15 @@ pub fn for_recipe(
                         .into(),
                 });
             }
-            Box::new(VisionObjective::new(recipe, tokenizer, config)?)
+            Arc::new(VisionObjective::new(recipe, tokenizer, config)?)
         }
         Stage::Pretrain
         | Stage::Sft
         | Stage::Lora { .. }
         | Stage::Qalft { .. }
-        | Stage::Qat { .. } => Box::new(TokenObjective::new(recipe, tokenizer, device)?),
-        Stage::Mpo { mpo } => Box::new(MpoObjective::new(recipe, mpo, tokenizer, device)?),
-        Stage::Grpo { grpo } => Box::new(GrpoObjective::new(recipe, grpo, tokenizer, device)?),
+        | Stage::Qat { .. } => Arc::new(TokenObjective::new(recipe, tokenizer, device)?),
+        Stage::Mpo { mpo } => Arc::new(MpoObjective::new(recipe, mpo, tokenizer, device)?),
+        Stage::Grpo { grpo } => Arc::new(GrpoObjective::new(recipe, grpo, tokenizer, device)?),
     })
 }
 

@@ -9,22 +9,22 @@ use burn::optim::GradientsAccumulator;
 use burn::tensor::Device;
 
 use super::{
-    Evaluation, Objective, Shard, SourceShare, StepBatches, StepFigures, StepOutput,
-    accumulate_share,
+    DrawnBatch, Evaluation, Objective, Replayable, Shard, SourceShare, StepBatches, StepFigures,
+    StepOutput, accumulate_share,
 };
 use crate::checkpoint::TrainerState;
 use crate::error::TrainError;
 use crate::recipe::{DistillSection, Recipe};
-use andes_data::dataset::{StreamPosition, StreamedWindows, TokenWindow, WindowSet};
+use andes_data::dataset::{Packing, StreamPosition, StreamedWindows, TokenWindow, WindowSet};
 use andes_model::Model;
-use andes_model::batch::{Batch, to_batch};
+use andes_model::batch::{Batch, HostBatch, to_batch};
 use andes_model::lora::peft::import_peft_adapter;
 use andes_model::loss::{masked_distillation_kl, masked_target_log_probs};
 use andes_model::perplexity::mean_nll;
 use andes_model::qwen3::Qwen3ForCausalLM;
 use burn::tensor::{DType, Tensor};
 use std::borrow::Cow;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Mean next-token NLL over a recipe's windows, drawn from its sources by weight.
 pub struct TokenObjective {
@@ -34,6 +34,8 @@ pub struct TokenObjective {
     eval: Vec<(String, WindowSet)>,
     batches: StepBatches,
     distill: Option<Teacher>,
+    /// Whether records are packed apart (attention masked per record, from host-side segments).
+    packed_apart: bool,
 }
 
 /// One micro-batch's windows, each with the source it came from.
@@ -161,6 +163,7 @@ impl TokenObjective {
             eval,
             batches: StepBatches::of(recipe),
             distill,
+            packed_apart: data.packing == Packing::PaddingFree,
         })
     }
 }
@@ -214,6 +217,7 @@ impl Objective for TokenObjective {
         _step_seed: u64,
         shard: Shard,
     ) -> Result<StepOutput, TrainError> {
+        let full_model = model;
         let model = model.language_model();
         let device: Device = model.devices()[0].clone();
         let micro_batches = self.draw(state)?;
@@ -233,32 +237,16 @@ impl Objective for TokenObjective {
                 .unzip();
             let batch = to_batch(&windows, &device);
             shard_tokens += batch.target_tokens;
-            let hidden = batch.hidden(model)?;
-            let counted = masked_target_log_probs(
-                model,
-                hidden.clone(),
-                batch.targets.clone(),
-                batch.mask.clone(),
-            );
+            let (loss, row_nll) = self.batch_loss(full_model, &batch)?;
             if self.train.len() > 1 {
-                let row_tokens: Vec<usize> = windows
-                    .iter()
-                    .map(|w| counted_targets(&w.loss_mask))
-                    .collect();
-                let row_nll = counted.clone().sum_dim(1).squeeze_dim::<1>(1).neg();
                 SourceShare::add_rows(
                     &mut source_shares,
                     self.train.len(),
                     &row_sources,
                     row_nll,
-                    &row_tokens,
+                    &row_tokens(&windows),
                 );
             }
-            let nll = counted.sum().neg();
-            let loss = match &self.distill {
-                Some(teacher) => teacher.loss(model, hidden, &batch, nll)?,
-                None => nll,
-            };
             nll_sum += accumulate_share(&mut accumulator, model, loss, step_tokens as f64);
         }
         Ok(StepOutput {
@@ -292,4 +280,71 @@ impl Objective for TokenObjective {
             _ => None,
         }
     }
+
+    fn replayable(self: Arc<Self>) -> Result<Arc<dyn Replayable>, String> {
+        if self.packed_apart {
+            return Err(
+                "windows packed apart (`packing = \"padding_free\"`) mask attention by \
+                        record segments the host builds each step"
+                    .into(),
+            );
+        }
+        Ok(self)
+    }
+}
+
+impl Replayable for TokenObjective {
+    fn draw_batches(&self, state: &mut TrainerState) -> Result<Vec<DrawnBatch>, TrainError> {
+        Ok(self
+            .draw(state)?
+            .iter()
+            .map(|drawn| {
+                let (row_sources, windows): (Vec<usize>, Vec<&TokenWindow>) = drawn
+                    .iter()
+                    .map(|(source, window)| (*source, window.as_ref()))
+                    .unzip();
+                DrawnBatch {
+                    batch: HostBatch::stack(&windows),
+                    row_tokens: row_tokens(&windows),
+                    row_sources,
+                }
+            })
+            .collect())
+    }
+
+    /// The next-token NLL summed over the batch's counted targets, with the distillation
+    /// term where the recipe asks; each row's NLL besides.
+    fn batch_loss(
+        &self,
+        model: &Model,
+        batch: &Batch,
+    ) -> Result<(Tensor<1>, Tensor<1>), TrainError> {
+        let model = model.language_model();
+        let hidden = batch.hidden(model)?;
+        let counted = masked_target_log_probs(
+            model,
+            hidden.clone(),
+            batch.targets.clone(),
+            batch.mask.clone(),
+        );
+        let row_nll = counted.clone().sum_dim(1).squeeze_dim::<1>(1).neg();
+        let nll = counted.sum().neg();
+        let loss = match &self.distill {
+            Some(teacher) => teacher.loss(model, hidden, batch, nll)?,
+            None => nll,
+        };
+        Ok((loss, row_nll))
+    }
+
+    fn sources(&self) -> usize {
+        self.train.len()
+    }
+}
+
+/// Each window's counted targets.
+fn row_tokens(windows: &[&TokenWindow]) -> Vec<usize> {
+    windows
+        .iter()
+        .map(|w| counted_targets(&w.loss_mask))
+        .collect()
 }

@@ -268,7 +268,7 @@ impl RecipeFile {
                  train.device names one device",
             ));
         }
-        Ok(Recipe {
+        let recipe = Recipe {
             stage,
             seed: self.seed,
             model: self.model,
@@ -276,7 +276,12 @@ impl RecipeFile {
             optimizer: self.optimizer,
             schedule: self.schedule,
             train: self.train,
-        })
+        };
+        if let (Some(true), Some(refusal)) = (recipe.train.replay, recipe.replay_refusal()) {
+            let message = format!("this run cannot replay its step: {refusal}");
+            return Err(refuse(path, "train.replay", &message));
+        }
+        Ok(recipe)
     }
 
     /// Checks the values of the sections every stage reads.
@@ -618,7 +623,7 @@ fn check_stage_fits(
 }
 
 /// Devices named in `train.device`.
-fn device_count(train: &TrainSection) -> usize {
+pub(super) fn device_count(train: &TrainSection) -> usize {
     train.device.split(',').count()
 }
 

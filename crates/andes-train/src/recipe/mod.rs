@@ -223,6 +223,23 @@ impl Recipe {
     pub fn windows_per_step(&self) -> usize {
         self.train.batch_size * self.train.grad_accum
     }
+
+    /// Why this recipe's step cannot be captured once and replayed (`train.replay`), as far as
+    /// the recipe tells; `None` when it can (the objective has the last word: image data
+    /// does not replay).
+    pub fn replay_refusal(&self) -> Option<&'static str> {
+        if self.stage.scores_replies() {
+            Some("the stages that score replies sample and read rewards back mid-step")
+        } else if file::device_count(&self.train) > 1 {
+            Some("data-parallel runs exchange gradients between devices mid-step")
+        } else if self.stage.adapter().is_some_and(|a| a.lora.dropout > 0.0) {
+            Some("LoRA dropout draws a new mask every step; a replayed graph would reuse the first")
+        } else if self.data.packing == Packing::PaddingFree {
+            Some("windows packed apart mask attention by record segments the host builds each step")
+        } else {
+            None
+        }
+    }
 }
 
 /// `[distill]`: knowledge distillation from a float teacher for the stages that train through a
@@ -474,6 +491,13 @@ pub struct TrainSection {
     /// first, one collective call a bucket (PyTorch DDP's `bucket_cap_mb`).
     #[serde(default = "default_bucket_mb")]
     pub bucket_mb: f64,
+    /// Capture the optimizer step once as a device graph and replay it every step, so the host
+    /// launches one graph a step instead of every kernel (`crate::replayed_step`). `true`
+    /// insists (a run that cannot replay is refused, saying why; off cuda the step reruns
+    /// operation by operation, as a check), `false` steps eagerly; unset, cuda runs that can
+    /// replay do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<bool>,
 }
 
 fn default_bucket_mb() -> f64 {
