@@ -158,14 +158,14 @@ impl<'a> Run<'a> {
             adapters::setup(&mut model, sections, &stage_setup)?;
         }
         let steps = match replayed(recipe, &objective)? {
-            Some(replayable) => Steps::Replayed(ReplayedStep::new(
+            Some(replayable) => Steps::Replayed(Box::new(ReplayedStep::new(
                 model,
                 replayable,
                 &recipe.optimizer,
                 (&device, &plain_device),
                 precision.autocast(),
                 resume_from.map(checkpoint::optimizer_path).as_deref(),
-            )?),
+            )?)),
             None => Steps::Eager(Replicas::new(model, &devices, &recipe.train, |replica| {
                 optimizer_for(replica, recipe, resume_from)
             })?),
@@ -366,7 +366,7 @@ enum Steps {
     /// Eagerly, a replica and optimizer per device.
     Eager(Replicas),
     /// Captured once as a device graph and replayed (one device).
-    Replayed(ReplayedStep),
+    Replayed(Box<ReplayedStep>),
 }
 
 impl Steps {
