@@ -241,6 +241,12 @@ fn a_replayed_run_trains_as_the_eager_one_and_they_resume_from_each_other() {
     let refusals = [
         ("mixture", &[][..], "image"),
         ("pretrain", &["--devices", "2"][..], "data-parallel"),
+        ("lora", &["--set", "lora.dropout=0.1"][..], "dropout"),
+        (
+            "sft",
+            &["--set", "data.packing=\"padding_free\""][..],
+            "packed apart",
+        ),
     ];
     for (recipe, extra, why) in refusals {
         let out = dir.path().join(format!("refused-{recipe}"));

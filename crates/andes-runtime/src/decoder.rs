@@ -198,20 +198,25 @@ impl Decoder {
         let mut x = inputs;
         for (index, block) in self.blocks.iter().enumerate() {
             let deltas = adapter.map(|a| &a[index]);
-            let project = |which: usize, input: &[f32]| {
-                let mut y = block.projections[which].multiply(input);
-                if let Some(delta) = deltas.and_then(|d| d[which].as_ref()) {
-                    let update = delta.b.multiply(&delta.a.multiply(input));
-                    y.iter_mut()
-                        .zip(update)
-                        .for_each(|(y, u)| *y += delta.scale * u);
+            // The projections `which` of one input, multiplied together (one pass over the
+            // threads), each with the active adapter's update.
+            let project = |which: &[usize], input: &[f32]| -> Vec<Vec<f32>> {
+                let matrices: Vec<&PackedMatrix> =
+                    which.iter().map(|&w| &block.projections[w]).collect();
+                let mut outputs = PackedMatrix::multiply_each(&matrices, input);
+                for (&w, y) in which.iter().zip(&mut outputs) {
+                    if let Some(delta) = deltas.and_then(|d| d[w].as_ref()) {
+                        let update = delta.b.multiply(&delta.a.multiply(input));
+                        y.iter_mut()
+                            .zip(update)
+                            .for_each(|(y, u)| *y += delta.scale * u);
+                    }
                 }
-                y
+                outputs
             };
             let h = rms_norm(&x, &block.input_norm, self.shape.eps);
-            let mut q = project(0, &h);
-            let mut k = project(1, &h);
-            let v = project(2, &h);
+            let [mut q, mut k, v] =
+                <[Vec<f32>; 3]>::try_from(project(&[0, 1, 2], &h)).expect("three projections");
             self.rotate(&mut q, &block.q_norm, &positions, &frequencies);
             self.rotate(&mut k, &block.k_norm, &positions, &frequencies);
             let layer = &mut cache.layers[index];
@@ -220,16 +225,16 @@ impl Decoder {
             layer.positions.extend_from_slice(&positions);
             layer.scores.extend(std::iter::repeat_n(0.0, tokens));
             let context = self.attend(&q, layer, &positions, track);
-            add(&mut x, &project(3, &context));
+            add(&mut x, &project(&[3], &context)[0]);
             let h = rms_norm(&x, &block.post_norm, self.shape.eps);
-            let gate = project(4, &h);
-            let up = project(5, &h);
+            let [gate, up] =
+                <[Vec<f32>; 2]>::try_from(project(&[4, 5], &h)).expect("two projections");
             let inner: Vec<f32> = gate
                 .iter()
                 .zip(&up)
                 .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
                 .collect();
-            add(&mut x, &project(6, &inner));
+            add(&mut x, &project(&[6], &inner)[0]);
         }
         cache.next_position += tokens;
         let rows = match logits {

@@ -260,56 +260,102 @@ impl PackedMatrix {
     /// `y = W·x` for each of the `x.len() / cols` vectors of `x` (row-major), appended as
     /// rows of `rows` to the returned vector.
     pub fn multiply(&self, x: &[f32]) -> Vec<f32> {
-        let count = x.len() / self.cols;
-        assert_eq!(
-            count * self.cols,
-            x.len(),
-            "inputs of {} features",
-            self.cols
+        let mut outputs = Self::multiply_each(&[self], x);
+        outputs.pop().expect("one matrix, one output")
+    }
+
+    /// [`PackedMatrix::multiply`] of every matrix of `matrices` (all of one input width) with
+    /// the same `x`, in one pass over the threads: the rows of all are dealt out together,
+    /// so the threads wake once for q, k and v (or gate and up) instead of once a matrix,
+    /// and the inputs' group sums and int8 rounding are made once for the matrices that
+    /// share their group and rounding layout.
+    pub fn multiply_each(matrices: &[&PackedMatrix], x: &[f32]) -> Vec<Vec<f32>> {
+        let cols = matrices[0].cols;
+        let count = x.len() / cols;
+        assert_eq!(count * cols, x.len(), "inputs of {cols} features");
+        assert!(
+            matrices.iter().all(|m| m.cols == cols),
+            "matrices of one input width"
         );
-        // outputs[r·count + m]: row-major by output row, so each task owns whole rows
-        let mut outputs = vec![0.0f32; self.rows * count];
-        let sums: Vec<f32> = match &self.weights {
-            Weights::Packed(packed) => x
-                .chunks(self.cols)
-                .flat_map(|v| v.chunks(packed.group).map(|g| g.iter().sum::<f32>()))
-                .collect(),
-            _ => Vec::new(),
-        };
-        let int8: Vec<Int8Inputs> = match self.int8_layout() {
-            Some(layout) => x
-                .chunks(self.cols)
-                .map(|v| Int8Inputs::new(v, layout))
-                .collect(),
-            None => Vec::new(),
-        };
-        outputs
-            .par_chunks_mut(ROWS_PER_TASK * count)
-            .enumerate()
-            .for_each(|(task, out)| {
-                let mut scratch = Scratch {
-                    row: vec![0.0f32; self.cols.next_multiple_of(8) + 8],
-                    codes: vec![0u8; self.cols + 8],
-                };
-                let first = task * ROWS_PER_TASK;
-                #[cfg(target_arch = "x86_64")]
-                if has_avx2_fma() {
-                    // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-                    unsafe { self.rows_avx2(x, &sums, &int8, first, out, &mut scratch) };
-                    return;
+        // The prepared inputs (group sums, rounded vectors) each matrix reads, made once for
+        // each distinct (group, layout).
+        let mut prepared: Vec<(Option<usize>, Option<Layout>, Vec<f32>, Vec<Int8Inputs>)> =
+            Vec::new();
+        let mut inputs_of = Vec::with_capacity(matrices.len());
+        for matrix in matrices {
+            let group = match &matrix.weights {
+                Weights::Packed(packed) => Some(packed.group),
+                _ => None,
+            };
+            let layout = matrix.int8_layout();
+            let index = match prepared.iter().position(|p| (p.0, p.1) == (group, layout)) {
+                Some(index) => index,
+                None => {
+                    let sums: Vec<f32> = match group {
+                        Some(group) => x
+                            .chunks(cols)
+                            .flat_map(|v| v.chunks(group).map(|g| g.iter().sum::<f32>()))
+                            .collect(),
+                        None => Vec::new(),
+                    };
+                    let int8: Vec<Int8Inputs> = match layout {
+                        Some(layout) => {
+                            x.chunks(cols).map(|v| Int8Inputs::new(v, layout)).collect()
+                        }
+                        None => Vec::new(),
+                    };
+                    prepared.push((group, layout, sums, int8));
+                    prepared.len() - 1
                 }
-                self.rows_products::<false>(x, &sums, &int8, first, out, &mut scratch);
-            });
+            };
+            inputs_of.push(index);
+        }
+        // outputs[r·count + m] of each matrix: row-major by output row, so each task owns
+        // whole rows.
+        let mut outputs: Vec<Vec<f32>> = matrices
+            .iter()
+            .map(|m| vec![0.0f32; m.rows * count])
+            .collect();
+        let tasks: Vec<(usize, usize, &mut [f32])> = outputs
+            .iter_mut()
+            .enumerate()
+            .flat_map(|(which, out)| {
+                out.chunks_mut(ROWS_PER_TASK * count)
+                    .enumerate()
+                    .map(move |(task, out)| (which, task * ROWS_PER_TASK, out))
+            })
+            .collect();
+        tasks.into_par_iter().for_each(|(which, first, out)| {
+            let matrix = matrices[which];
+            let (_, _, sums, int8) = &prepared[inputs_of[which]];
+            let mut scratch = Scratch {
+                row: vec![0.0f32; cols.next_multiple_of(8) + 8],
+                codes: vec![0u8; cols + 8],
+            };
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2_fma() {
+                // SAFETY: the CPU has AVX2 and FMA (checked at run time).
+                unsafe { matrix.rows_avx2(x, sums, int8, first, out, &mut scratch) };
+                return;
+            }
+            matrix.rows_products::<false>(x, sums, int8, first, out, &mut scratch);
+        });
         if count == 1 {
             return outputs;
         }
-        let mut by_vector = vec![0.0f32; outputs.len()];
-        for (r, row) in outputs.chunks(count).enumerate() {
-            for (m, &y) in row.iter().enumerate() {
-                by_vector[m * self.rows + r] = y;
-            }
-        }
-        by_vector
+        matrices
+            .iter()
+            .zip(outputs)
+            .map(|(matrix, outputs)| {
+                let mut by_vector = vec![0.0f32; outputs.len()];
+                for (r, row) in outputs.chunks(count).enumerate() {
+                    for (m, &y) in row.iter().enumerate() {
+                        by_vector[m * matrix.rows + r] = y;
+                    }
+                }
+                by_vector
+            })
+            .collect()
     }
 
     /// [`PackedMatrix::rows_products`] compiled for AVX2 with fused multiply-adds.
@@ -1151,6 +1197,38 @@ mod tests {
                 }
             }
             assert_eq!(&one[..], &y[rows..2 * rows], "{format}: one vector alone");
+        }
+    }
+
+    /// Matrices multiplied together in one pass (different formats and group sizes, some with
+    /// int8 activations, float and half tables among them, so inputs are prepared both shared
+    /// and apart) give each matrix's own product, bit for bit, one vector or three.
+    #[test]
+    fn matrices_multiplied_together_give_their_own_products() {
+        let (rows, cols) = (45, 256);
+        let w = weights(rows, cols);
+        let mut matrices: Vec<PackedMatrix> = QuantFormat::all()
+            .into_iter()
+            .map(|format| {
+                let q = quantize_rtn(&w, WeightShape::new(rows, cols), format).unwrap();
+                PackedMatrix::from_quantized(&q)
+            })
+            .collect();
+        for matrix in matrices.iter_mut().step_by(2) {
+            matrix.set_int8_activations(true);
+        }
+        matrices.push(PackedMatrix::from_f32(rows, cols, w.clone()));
+        let halves = w.iter().map(|&v| f16::from_f32(v)).collect();
+        matrices.push(PackedMatrix::from_f16(rows, cols, halves));
+        let refs: Vec<&PackedMatrix> = matrices.iter().collect();
+        for count in [1, 3] {
+            let x: Vec<f32> = (0..count * cols)
+                .map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0)
+                .collect();
+            let together = PackedMatrix::multiply_each(&refs, &x);
+            for (i, (matrix, y)) in matrices.iter().zip(&together).enumerate() {
+                assert_eq!(y, &matrix.multiply(&x), "matrix {i}, {count} vectors");
+            }
         }
     }
 

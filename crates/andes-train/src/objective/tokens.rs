@@ -15,7 +15,7 @@ use super::{
 use crate::checkpoint::TrainerState;
 use crate::error::TrainError;
 use crate::recipe::{DistillSection, Recipe};
-use andes_data::dataset::{Packing, StreamPosition, StreamedWindows, TokenWindow, WindowSet};
+use andes_data::dataset::{StreamPosition, StreamedWindows, TokenWindow, WindowSet};
 use andes_model::Model;
 use andes_model::batch::{Batch, HostBatch, to_batch};
 use andes_model::lora::peft::import_peft_adapter;
@@ -34,8 +34,6 @@ pub struct TokenObjective {
     eval: Vec<(String, WindowSet)>,
     batches: StepBatches,
     distill: Option<Teacher>,
-    /// Whether records are packed apart (attention masked per record, from host-side segments).
-    packed_apart: bool,
 }
 
 /// One micro-batch's windows, each with the source it came from.
@@ -163,7 +161,6 @@ impl TokenObjective {
             eval,
             batches: StepBatches::of(recipe),
             distill,
-            packed_apart: data.packing == Packing::PaddingFree,
         })
     }
 }
@@ -281,14 +278,9 @@ impl Objective for TokenObjective {
         }
     }
 
+    /// Windows packed apart, whose attention masks the host builds each step, are refused
+    /// by the recipe (`Recipe::replay_refusal`) before this is asked.
     fn replayable(self: Arc<Self>) -> Result<Arc<dyn Replayable>, String> {
-        if self.packed_apart {
-            return Err(
-                "windows packed apart (`packing = \"padding_free\"`) mask attention by \
-                        record segments the host builds each step"
-                    .into(),
-            );
-        }
         Ok(self)
     }
 }
