@@ -277,10 +277,8 @@ impl PackedMatrix {
             matrices.iter().all(|m| m.cols == cols),
             "matrices of one input width"
         );
-        // The prepared inputs (group sums, rounded vectors) each matrix reads, made once for
-        // each distinct (group, layout).
-        let mut prepared: Vec<(Option<usize>, Option<Layout>, Vec<f32>, Vec<Int8Inputs>)> =
-            Vec::new();
+        // The prepared inputs each matrix reads, made once for each distinct (group, layout).
+        let mut prepared: Vec<PreparedInputs> = Vec::new();
         let mut inputs_of = Vec::with_capacity(matrices.len());
         for matrix in matrices {
             let group = match &matrix.weights {
@@ -288,23 +286,13 @@ impl PackedMatrix {
                 _ => None,
             };
             let layout = matrix.int8_layout();
-            let index = match prepared.iter().position(|p| (p.0, p.1) == (group, layout)) {
+            let index = match prepared
+                .iter()
+                .position(|p| (p.group, p.layout) == (group, layout))
+            {
                 Some(index) => index,
                 None => {
-                    let sums: Vec<f32> = match group {
-                        Some(group) => x
-                            .chunks(cols)
-                            .flat_map(|v| v.chunks(group).map(|g| g.iter().sum::<f32>()))
-                            .collect(),
-                        None => Vec::new(),
-                    };
-                    let int8: Vec<Int8Inputs> = match layout {
-                        Some(layout) => {
-                            x.chunks(cols).map(|v| Int8Inputs::new(v, layout)).collect()
-                        }
-                        None => Vec::new(),
-                    };
-                    prepared.push((group, layout, sums, int8));
+                    prepared.push(PreparedInputs::of(x, cols, group, layout));
                     prepared.len() - 1
                 }
             };
@@ -327,7 +315,7 @@ impl PackedMatrix {
             .collect();
         tasks.into_par_iter().for_each(|(which, first, out)| {
             let matrix = matrices[which];
-            let (_, _, sums, int8) = &prepared[inputs_of[which]];
+            let PreparedInputs { sums, int8, .. } = &prepared[inputs_of[which]];
             let mut scratch = Scratch {
                 row: vec![0.0f32; cols.next_multiple_of(8) + 8],
                 codes: vec![0u8; cols + 8],
@@ -444,6 +432,42 @@ impl PackedMatrix {
                     }
                 }
             }
+        }
+    }
+}
+
+/// What the products of packed rows read besides the inputs themselves, made once for every
+/// matrix of one group size and rounding layout.
+struct PreparedInputs {
+    /// The group size the sums cover; none for float and half tables.
+    group: Option<usize>,
+    /// The layout the inputs are rounded to int8 in; none for f32 products.
+    layout: Option<Layout>,
+    /// Each vector's sums over each group (for the zero points' term).
+    sums: Vec<f32>,
+    /// Each vector rounded to int8.
+    int8: Vec<Int8Inputs>,
+}
+
+impl PreparedInputs {
+    /// The sums and roundings of the vectors of `x` (`cols` features each).
+    fn of(x: &[f32], cols: usize, group: Option<usize>, layout: Option<Layout>) -> Self {
+        let sums = match group {
+            Some(group) => x
+                .chunks(cols)
+                .flat_map(|v| v.chunks(group).map(|g| g.iter().sum::<f32>()))
+                .collect(),
+            None => Vec::new(),
+        };
+        let int8 = match layout {
+            Some(layout) => x.chunks(cols).map(|v| Int8Inputs::new(v, layout)).collect(),
+            None => Vec::new(),
+        };
+        Self {
+            group,
+            layout,
+            sums,
+            int8,
         }
     }
 }
