@@ -53,8 +53,25 @@ pub struct HostBatch {
 impl HostBatch {
     /// Stacks windows (all of one length).
     pub fn stack(windows: &[&TokenWindow]) -> Self {
-        let rows = windows.len();
+        Self::stack_columns(windows, windows[0].ids.len() - 1)
+    }
+
+    /// Stacks the windows' columns up to the batch's last counted target, as padding to the
+    /// longest record does: a position sees only those before it, so the columns after the
+    /// last counted target change no counted target's loss. A batch of padded records
+    /// ([`andes_data::dataset::Packing::Padded`]) then costs its longest record, not the
+    /// window.
+    pub fn stack_to_last_target(windows: &[&TokenWindow]) -> Self {
         let seq = windows[0].ids.len() - 1;
+        let last_target = (0..seq)
+            .rev()
+            .find(|&t| windows.iter().any(|w| w.loss_mask[t + 1]));
+        Self::stack_columns(windows, last_target.map_or(1, |t| t + 1))
+    }
+
+    /// The first `seq` input positions of each window, with their targets.
+    fn stack_columns(windows: &[&TokenWindow], seq: usize) -> Self {
+        let rows = windows.len();
         let mut inputs = Vec::with_capacity(rows * seq);
         let mut targets = Vec::with_capacity(rows * seq);
         let mut mask = Vec::with_capacity(rows * seq);
@@ -62,8 +79,8 @@ impl HostBatch {
         for window in windows {
             segments.extend(window.segments.iter().take(seq));
             inputs.extend(window.ids[..seq].iter().map(|&id| id as i64));
-            targets.extend(window.ids[1..].iter().map(|&id| id as i64));
-            mask.extend_from_slice(&window.loss_mask[1..]);
+            targets.extend(window.ids[1..=seq].iter().map(|&id| id as i64));
+            mask.extend_from_slice(&window.loss_mask[1..=seq]);
         }
         let target_tokens = mask.iter().filter(|&&m| m).count();
         Self {
@@ -87,9 +104,10 @@ impl HostBatch {
     }
 }
 
-/// Stacks windows (all of one length) into a device batch.
+/// Stacks windows (all of one length) into a device batch, cut after its last counted target
+/// ([`HostBatch::stack_to_last_target`]).
 pub fn to_batch(windows: &[&TokenWindow], device: &Device) -> Batch {
-    HostBatch::stack(windows).upload(device)
+    HostBatch::stack_to_last_target(windows).upload(device)
 }
 
 /// The input ids `[rows, seq_len]` of the first `windows` windows of `set`, `batch_size` rows
@@ -102,6 +120,42 @@ pub fn calibration_batches(
 ) -> Vec<Tensor<2, Int>> {
     set.first(windows)
         .chunks(batch_size)
-        .map(|chunk| to_batch(chunk, device).inputs)
+        .map(|chunk| HostBatch::stack(chunk).upload(device).inputs)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch is cut after the last position any row counts (here the second row's fourth
+    /// target), its inputs and targets cut alike; with no counted target at all, one column.
+    #[test]
+    fn a_batch_is_cut_after_its_last_counted_target() {
+        let window = |targets: usize| TokenWindow {
+            ids: (10..19).collect(),
+            loss_mask: (0..9).map(|i| (1..=targets).contains(&i)).collect(),
+            segments: Vec::new(),
+        };
+        let (short, long) = (window(2), window(4));
+        let batch = HostBatch::stack_to_last_target(&[&short, &long]);
+        assert_eq!(batch.inputs.shape().to_vec(), [2, 4]);
+        assert_eq!(
+            batch.targets.to_vec::<i64>().unwrap(),
+            [11, 12, 13, 14, 11, 12, 13, 14]
+        );
+        assert_eq!(batch.target_tokens, 6);
+        assert_eq!(
+            HostBatch::stack(&[&short, &long]).inputs.shape().to_vec(),
+            [2, 8]
+        );
+        let none = window(0);
+        assert_eq!(
+            HostBatch::stack_to_last_target(&[&none])
+                .inputs
+                .shape()
+                .to_vec(),
+            [1, 1]
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! Padding-free packing: conversations packed side by side in one window, each attending only
-//! to itself with its positions restarting, score exactly what each scores alone; cut from one
-//! stream instead, they see each other and do not.
+//! to itself with its positions restarting, score exactly what each scores alone, and so do
+//! padded batches of one conversation a row cut after their last target; cut from one stream
+//! instead, they see each other and do not.
 
 use std::path::Path;
 
@@ -44,6 +45,13 @@ fn packed_conversations_score_what_each_scores_alone() {
         .chunks(2)
         .map(|batch| summed_nll(&model, batch, &device))
         .sum();
+    // One conversation a row, padded, in batches of four cut after their last target.
+    let padded = PackedWindows::pack_padded(&conversations, 400);
+    let one_a_row: f64 = padded
+        .windows
+        .chunks(4)
+        .map(|batch| summed_nll(&model, batch, &device))
+        .sum();
     let alone: f64 = conversations
         .iter()
         .map(|c| {
@@ -61,6 +69,11 @@ fn packed_conversations_score_what_each_scores_alone() {
         (together - alone).abs() <= 1e-6 * alone,
         "packed {together} against one by one {alone}"
     );
+    assert!(
+        (one_a_row - alone).abs() <= 1e-6 * alone,
+        "padded {one_a_row} against one by one {alone}"
+    );
+    assert_eq!(padded.target_tokens, packed.target_tokens);
     assert_eq!(
         packed.target_tokens,
         conversations

@@ -1,7 +1,8 @@
 //! Packing tokenized documents into fixed windows of `seq_len + 1` tokens (inputs and shifted
 //! targets): as GPT-style pretraining does (a stream cut into windows, documents separated by
-//! end-of-text and attending to each other), or whole records side by side, each attending
-//! only to itself with its positions restarting (TRL's padding-free packing for SFT).
+//! end-of-text and attending to each other), whole records side by side, each attending
+//! only to itself with its positions restarting (TRL's padding-free packing for SFT), or one
+//! record a window with its tail padded (the padded batches of SFT without packing).
 
 use super::MaskedTokens;
 
@@ -31,6 +32,11 @@ pub enum Packing {
     /// the next record does not fit; attention block-diagonal per record, positions restarting
     /// at each (TRL's `padding_free` packing): each record's loss is what it is alone.
     PaddingFree,
+    /// One record a window (cut to the window when longer), its tail padding: a padded
+    /// batch, one conversation a row, as transformers collates SFT data without packing. A
+    /// batch's columns past its last counted target are cut off before it runs, so a batch
+    /// costs its longest record (padding to the longest), not the window.
+    Padded,
 }
 
 /// All windows of a dataset, in file order; the trainer draws them in a seeded order.
@@ -119,6 +125,30 @@ impl PackedWindows {
         Self::of(windows)
     }
 
+    /// Places each of `documents` (cut to `seq_len + 1` tokens) in a window of its own, its
+    /// tail padding (id 0, never a target). A record's first token is never a target.
+    pub fn pack_padded(documents: &[MaskedTokens], seq_len: usize) -> Self {
+        let width = seq_len + 1;
+        let windows = documents
+            .iter()
+            .filter(|d| d.ids.len() > 1)
+            .map(|document| {
+                let len = document.ids.len().min(width);
+                let mut ids = document.ids[..len].to_vec();
+                ids.resize(width, 0);
+                let mut loss_mask = vec![false];
+                loss_mask.extend_from_slice(&document.loss_mask[1..len]);
+                loss_mask.resize(width, false);
+                TokenWindow {
+                    ids,
+                    loss_mask,
+                    segments: Vec::new(),
+                }
+            })
+            .collect();
+        Self::of(windows)
+    }
+
     fn of(windows: Vec<TokenWindow>) -> Self {
         let target_tokens = windows
             .iter()
@@ -164,5 +194,24 @@ mod tests {
         // Longer than a window: cut to it.
         assert_eq!(windows[1].ids, (7..15).collect::<Vec<u32>>());
         assert_eq!(packed.target_tokens, 4 + 7);
+    }
+
+    #[test]
+    fn padded_records_take_a_window_each() {
+        let record = |ids: std::ops::Range<u32>| {
+            let mut doc = MaskedTokens::default();
+            doc.push(&ids.collect::<Vec<u32>>(), true);
+            doc
+        };
+        let packed = PackedWindows::pack_padded(&[record(1..4), record(7..17)], 7);
+        let windows = &packed.windows;
+        assert_eq!(windows[0].ids, [1, 2, 3, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            windows[0].loss_mask,
+            [false, true, true, false, false, false, false, false]
+        );
+        assert!(windows[0].segments.is_empty());
+        assert_eq!(windows[1].ids, (7..15).collect::<Vec<u32>>());
+        assert_eq!(packed.target_tokens, 2 + 7);
     }
 }

@@ -66,6 +66,7 @@ impl WindowSet {
         let packed = match windowing.packing {
             Packing::Stream => PackedWindows::pack(&sequences, windowing.seq_len),
             Packing::PaddingFree => PackedWindows::pack_apart(&sequences, windowing.seq_len),
+            Packing::Padded => PackedWindows::pack_padded(&sequences, windowing.seq_len),
         };
         if packed.windows.is_empty() {
             return Err(RecordError::TooLittleData {

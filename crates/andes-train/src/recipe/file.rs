@@ -140,8 +140,8 @@ impl TryFrom<DataFile> for DataSection {
                 }
                 if file.packing != Packing::Stream {
                     return Err(format!(
-                        "{key}: a streamed source is cut as one stream; data.packing = \
-                         \"padding_free\" needs the file whole"
+                        "{key}: a streamed source is cut as one stream; data.packing \
+                         \"padding_free\" and \"padded\" need the file whole"
                     ));
                 }
             }
