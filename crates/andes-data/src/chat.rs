@@ -26,6 +26,8 @@ impl Role {
 
 /// Token that closes every turn; generation of an assistant turn stops on it.
 pub const END_OF_TURN: &str = "<|im_end|>";
+/// Opens every turn of the template.
+pub const START_OF_TURN: &str = "<|im_start|>";
 
 /// One message as Qwen3's chat template reads it: a role, its content, and for an assistant
 /// turn optionally its reasoning apart (`reasoning_content`, as OpenAI-style data sets and

@@ -41,6 +41,18 @@ pub enum DataError {
         /// What was found and what was expected.
         message: String,
     },
+    /// The tokenizer lacks a token of the chat template as a token of its own.
+    #[error(
+        "{path}: the tokenizer has no `{token}` token; chat records are rendered in Qwen3's \
+         ChatML template (`<|im_start|>role\\ncontent<|im_end|>`), which needs it as one token \
+         (a Qwen3 or AndesVL tokenizer.json has it)"
+    )]
+    MissingChatToken {
+        /// The tokenizer file.
+        path: PathBuf,
+        /// The missing token.
+        token: String,
+    },
     /// Encoding or decoding failed.
     #[error("tokenizer {path}: {message}")]
     Codec {
@@ -94,6 +106,21 @@ impl TextTokenizer {
             path: self.path.clone(),
             message: e.to_string(),
         })
+    }
+
+    /// Fails, naming the tokenizer file, unless the vocabulary holds ChatML's `<|im_start|>`
+    /// and `<|im_end|>` as tokens of their own: without them the template's markers would be
+    /// cut into ordinary text pieces and a chat model trained on pieces it never sees.
+    pub fn check_chat_tokens(&self) -> Result<(), DataError> {
+        for token in [crate::chat::START_OF_TURN, crate::chat::END_OF_TURN] {
+            if self.token_id(token).is_none() {
+                return Err(DataError::MissingChatToken {
+                    path: self.path.clone(),
+                    token: token.into(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Id of a token string such as `<|im_end|>`, if the vocabulary has it.

@@ -141,7 +141,7 @@ mod tests {
         let batch = HostBatch::stack_to_last_target(&[&short, &long]);
         assert_eq!(batch.inputs.shape().to_vec(), [2, 4]);
         assert_eq!(
-            batch.targets.to_vec::<i64>().unwrap(),
+            batch.targets.try_to_vec::<i64>().unwrap(),
             [11, 12, 13, 14, 11, 12, 13, 14]
         );
         assert_eq!(batch.target_tokens, 6);

@@ -209,6 +209,7 @@ pub fn tokenize_image_conversation(
     visual_tokens: &[usize],
     image: &ImageTokens,
 ) -> Result<Result<ImageConversation, String>, DataError> {
+    tokenizer.check_chat_tokens()?;
     if !conversation.messages.iter().any(|m| m.role == "assistant") {
         return Ok(Err(
             "the conversation has no assistant turn to learn from".into()
@@ -284,6 +285,33 @@ mod tests {
             "images": vec!["x.png"; images],
         }))
         .unwrap()
+    }
+
+    /// A tokenizer whose vocabulary lacks `<|im_start|>` (here the fixture's with that added
+    /// token removed) is refused, naming the file and the token, where the template would
+    /// otherwise be cut into ordinary text pieces.
+    #[test]
+    fn a_tokenizer_without_the_template_tokens_is_refused_by_name() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tokenizer");
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fixture.join("tokenizer.json")).unwrap())
+                .unwrap();
+        json["added_tokens"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|token| token["content"] != "<|im_start|>");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tokenizer.json"), json.to_string()).unwrap();
+        let without = TextTokenizer::from_model_dir(dir.path()).unwrap();
+        let error = tokenize_conversation(&without, &chat("Which?", 0))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            error.contains("tokenizer.json") && error.contains("`<|im_start|>`"),
+            "{error}"
+        );
+        assert!(tokenize_conversation(&tokenizer(), &chat("Which?", 0)).is_ok());
     }
 
     #[test]

@@ -66,6 +66,7 @@ pub(super) fn user_prompt(
     text: &str,
     limit: usize,
 ) -> Result<Result<Vec<u32>, String>, DataError> {
+    tokenizer.check_chat_tokens()?;
     let ids = tokenizer.encode(&render_for_generation(&[(Role::User, text)], true))?;
     if ids.len() >= limit {
         return Ok(Err(format!(
