@@ -304,8 +304,7 @@ mod tests {
         std::fs::write(dir.path().join("tokenizer.json"), json.to_string()).unwrap();
         let without = TextTokenizer::from_model_dir(dir.path()).unwrap();
         let error = tokenize_conversation(&without, &chat("Which?", 0))
-            .err()
-            .expect("refused")
+            .expect_err("refused")
             .to_string();
         assert!(
             error.contains("tokenizer.json") && error.contains("`<|im_start|>`"),
