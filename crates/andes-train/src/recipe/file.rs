@@ -987,7 +987,7 @@ mod tests {
         let data = padded["data"].as_table_mut().unwrap();
         data.insert("shuffle_buffer".into(), 100.into());
         data.insert("packing".into(), "padding_free".into());
-        assert!(error_of(padded).contains("needs the file whole"));
+        assert!(error_of(padded).contains("need the file whole"));
         let mut both = recipe("mixture.toml");
         let data = both["data"].as_table_mut().unwrap();
         data.insert("format".into(), "text".into());
