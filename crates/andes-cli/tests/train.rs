@@ -211,7 +211,7 @@ fn a_replayed_run_trains_as_the_eager_one_and_they_resume_from_each_other() {
         );
         // Learned scales stay fixed here: the replayed update rounds differently in the last
         // bit, and a last-bit change of a trained int2 scale flips weights' rounding, which
-        // the run then amplifies (to 4e-5 of the loss within eight steps).
+        // the run then amplifies (to 2.6e-4 of the loss within eight steps).
         let steps: &[&str] = match recipe {
             "qalft" => &[
                 "--set",

@@ -35,7 +35,6 @@ impl Batch {
 
 /// Windows stacked on the host, `[rows, seq_len]` each, ready to upload as a [`Batch`] or to
 /// write into the fixed buffers of a replayed training step.
-#[derive(Clone)]
 pub struct HostBatch {
     /// Input ids.
     pub inputs: TensorData,

@@ -305,15 +305,17 @@ const RANK_LEAF: &str = "__rank";
 impl HostState {
     /// Writes the state to `path` as Burn writes its AdamW record (a burnpack of
     /// `{id}.momentum.moment_1`, `{id}.momentum.moment_2`, `{id}.momentum.time` and
-    /// `{id}.__rank`), which `ModuleOptimizer::load` reads back.
-    pub fn save(&self, path: &Path) -> Result<(), TrainError> {
+    /// `{id}.__rank`), which `ModuleOptimizer::load` reads back. Consumes the state: the
+    /// moments' bytes go to the file without another copy.
+    pub fn save(self, path: &Path) -> Result<(), TrainError> {
         let mut tensors = Vec::new();
         let mut scalars = Vec::new();
-        for (id, pair) in &self.moments {
+        for (id, pair) in self.moments {
             let id = id.val();
+            let rank = pair[0].shape().len();
+            scalars.push((format!("{id}.{RANK_LEAF}"), burn_pack::Scalar::from(rank)));
             for (leaf, data) in MOMENT_LEAVES.iter().zip(pair) {
-                let rank = data.shape().len();
-                let (bytes, shape, dtype) = data.clone().into_parts();
+                let (bytes, shape, dtype) = data.into_parts();
                 tensors.push(burn_pack::Tensor::new(
                     format!("{id}.{leaf}"),
                     dtype,
@@ -321,7 +323,6 @@ impl HostState {
                     Some(id),
                     bytes,
                 ));
-                scalars.push((format!("{id}.{RANK_LEAF}"), burn_pack::Scalar::from(rank)));
             }
             scalars.push((
                 format!("{id}.{TIME_LEAF}"),

@@ -21,7 +21,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use andes_model::Model;
-use andes_model::batch::Batch;
+use andes_model::batch::{Batch, HostBatch};
 use andes_model::precision::Autocast;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{DType, Device, Graph, Tensor, capture};
@@ -29,7 +29,7 @@ use burn::tensor::{DType, Device, Graph, Tensor, capture};
 use crate::checkpoint::TrainerState;
 use crate::error::TrainError;
 use crate::in_place_adamw::{HostState, InPlaceAdamW, write_in_place};
-use crate::objective::{DrawnBatch, Replayable, SourceShare, StepFigures};
+use crate::objective::{Replayable, SourceShare, StepFigures};
 use crate::optim::{scale_gradients, squared_gradient_sums};
 use crate::parallel::StepReport;
 use crate::recipe::OptimizerSection;
@@ -51,7 +51,7 @@ pub struct ReplayedStep {
     /// Clip the global gradient norm to this (`optimizer.grad_clip`).
     max_norm: Option<f64>,
     /// The optimizer state the first replay starts from, put back after the capture.
-    start: Option<HostState>,
+    start: HostState,
 }
 
 /// What the captured step reads and writes besides the graph's own scratch: the same
@@ -92,7 +92,10 @@ impl ReplayedStep {
         autocast: Option<DType>,
         resume_from: Option<&Path>,
     ) -> Result<Self, TrainError> {
-        let start = resume_from.map(HostState::load).transpose()?;
+        let start = resume_from
+            .map(HostState::load)
+            .transpose()?
+            .unwrap_or_default();
         let optimizer = InPlaceAdamW::new(&model, section, device);
         Ok(Self {
             objective,
@@ -108,7 +111,7 @@ impl ReplayedStep {
             graph_device: graph_device.clone(),
             autocast,
             max_norm: section.grad_clip,
-            start: Some(start.unwrap_or_default()),
+            start,
         })
     }
 
@@ -137,7 +140,14 @@ impl ReplayedStep {
     pub fn step(&mut self, state: &mut TrainerState, lr: f64) -> Result<StepReport, TrainError> {
         let drawn = self.objective.draw_batches(state)?;
         let step_tokens: usize = drawn.iter().map(|d| d.batch.target_tokens).sum();
-        self.write_inputs(&drawn, step_tokens)?;
+        let (mut row_sources, mut row_tokens) = (Vec::new(), Vec::new());
+        let mut batches = Vec::with_capacity(drawn.len());
+        for drawn in drawn {
+            row_sources.extend(drawn.row_sources);
+            row_tokens.extend(drawn.row_tokens);
+            batches.push(drawn.batch);
+        }
+        self.write_inputs(batches, step_tokens)?;
         if self.graph.is_none() {
             self.capture()?;
         }
@@ -155,9 +165,6 @@ impl ReplayedStep {
         let loss_sum: f64 = losses.try_to_vec::<f64>().expect("f64 losses").iter().sum();
         let mut sources = Vec::new();
         if self.objective.sources() > 1 {
-            let row_sources: Vec<usize> =
-                drawn.iter().flat_map(|d| d.row_sources.clone()).collect();
-            let row_tokens: Vec<usize> = drawn.iter().flat_map(|d| d.row_tokens.clone()).collect();
             SourceShare::add_rows(
                 &mut sources,
                 self.objective.sources(),
@@ -179,19 +186,23 @@ impl ReplayedStep {
 
     /// Writes the step's windows and target share into the fixed buffers (made at the first
     /// step, from its windows).
-    fn write_inputs(&mut self, drawn: &[DrawnBatch], step_tokens: usize) -> Result<(), TrainError> {
+    fn write_inputs(
+        &mut self,
+        batches: Vec<HostBatch>,
+        step_tokens: usize,
+    ) -> Result<(), TrainError> {
         let mut shared = self.shared.borrow_mut();
         let share = Tensor::from_floats([1.0 / step_tokens.max(1) as f32], &self.device);
         write_in_place(&mut shared.target_share, share, "the target share")?;
         if shared.batches.is_empty() {
-            shared.batches = drawn
-                .iter()
-                .map(|d| d.batch.clone().upload(&self.device))
+            shared.batches = batches
+                .into_iter()
+                .map(|batch| batch.upload(&self.device))
                 .collect();
             return Ok(());
         }
-        for (fixed, drawn) in shared.batches.iter_mut().zip(drawn) {
-            let new = drawn.batch.clone().upload(&self.device);
+        for (fixed, batch) in shared.batches.iter_mut().zip(batches) {
+            let new = batch.upload(&self.device);
             write_in_place(&mut fixed.inputs, new.inputs, "the step's input ids")?;
             write_in_place(&mut fixed.targets, new.targets, "the step's targets")?;
             write_in_place(&mut fixed.mask, new.mask, "the step's loss mask")?;
@@ -229,8 +240,7 @@ impl ReplayedStep {
             model, optimizer, ..
         } = &mut *shared;
         let model = model.as_ref().expect("the capture's steps succeeded");
-        let start = self.start.take().expect("captured once");
-        optimizer.restore(model, &start)
+        optimizer.restore(model, &std::mem::take(&mut self.start))
     }
 }
 

@@ -165,6 +165,13 @@ impl PackedWindows {
 mod tests {
     use super::*;
 
+    /// A record of `ids`, every token a target.
+    fn record(ids: std::ops::Range<u32>) -> MaskedTokens {
+        let mut doc = MaskedTokens::default();
+        doc.push(&ids.collect::<Vec<u32>>(), true);
+        doc
+    }
+
     #[test]
     fn windows_overlap_by_one_token_and_drop_the_tail() {
         let mut doc = MaskedTokens::default();
@@ -177,11 +184,6 @@ mod tests {
 
     #[test]
     fn records_packed_apart_stay_whole_in_their_own_segments() {
-        let record = |ids: std::ops::Range<u32>| {
-            let mut doc = MaskedTokens::default();
-            doc.push(&ids.collect::<Vec<u32>>(), true);
-            doc
-        };
         let packed = PackedWindows::pack_apart(&[record(1..4), record(4..7), record(7..17)], 7);
         let windows = &packed.windows;
         assert_eq!(windows.len(), 2);
@@ -198,11 +200,6 @@ mod tests {
 
     #[test]
     fn padded_records_take_a_window_each() {
-        let record = |ids: std::ops::Range<u32>| {
-            let mut doc = MaskedTokens::default();
-            doc.push(&ids.collect::<Vec<u32>>(), true);
-            doc
-        };
         let packed = PackedWindows::pack_padded(&[record(1..4), record(7..17)], 7);
         let windows = &packed.windows;
         assert_eq!(windows[0].ids, [1, 2, 3, 0, 0, 0, 0, 0]);

@@ -228,10 +228,7 @@ impl Objective for TokenObjective {
         let mut shard_tokens = 0;
         let mut source_shares = Vec::new();
         for drawn in shard.take(&micro_batches) {
-            let (row_sources, windows): (Vec<usize>, Vec<&TokenWindow>) = drawn
-                .iter()
-                .map(|(source, window)| (*source, window.as_ref()))
-                .unzip();
+            let (row_sources, windows) = rows_of(drawn);
             let batch = to_batch(&windows, &device);
             shard_tokens += batch.target_tokens;
             let (loss, row_nll) = self.batch_loss(full_model, &batch)?;
@@ -291,10 +288,7 @@ impl Replayable for TokenObjective {
             .draw(state)?
             .iter()
             .map(|drawn| {
-                let (row_sources, windows): (Vec<usize>, Vec<&TokenWindow>) = drawn
-                    .iter()
-                    .map(|(source, window)| (*source, window.as_ref()))
-                    .unzip();
+                let (row_sources, windows) = rows_of(drawn);
                 DrawnBatch {
                     batch: HostBatch::stack(&windows),
                     row_tokens: row_tokens(&windows),
@@ -331,6 +325,14 @@ impl Replayable for TokenObjective {
     fn sources(&self) -> usize {
         self.train.len()
     }
+}
+
+/// Each row's source, and its window.
+fn rows_of<'a>(drawn: &'a MicroBatch<'_>) -> (Vec<usize>, Vec<&'a TokenWindow>) {
+    drawn
+        .iter()
+        .map(|(source, window)| (*source, window.as_ref()))
+        .unzip()
 }
 
 /// Each window's counted targets.
