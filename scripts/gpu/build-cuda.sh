@@ -11,7 +11,8 @@
 #   3. cargo build --release -p andes-cli --features FEATURE (default cublas: cuda-untuned with cuBLASLt), Cargo.lock
 #      restored afterwards (a patched build rewrites it), and the stripped binary xz-compressed
 #      to .carry/andes-FEATURE.xz, where scripts/gpu/*_run.sh look for it on the GPU machine.
-#   4. TEST_CRATE=NAME also builds that crate's library tests (release, same features) and
+#   4. TEST_CRATE=NAME also builds that crate's library tests (release, the features
+#      TEST_FEATURES, default FEATURE) and
 #      compresses the test binary to .carry/NAME-tests-FEATURE.xz: the tests that need a GPU
 #      (cfg feature cuda-untuned) run on the GPU machine from it.
 #
@@ -52,7 +53,7 @@ strip -o "$PATCHED/andes-$FEATURE" "$CARGO_TARGET_DIR/release/andes"
 xz -T2 -6 -c "$PATCHED/andes-$FEATURE" > ".carry/andes-$FEATURE.xz"
 ls -l ".carry/andes-$FEATURE.xz"
 if [ -n "${TEST_CRATE:-}" ]; then
-  tests=$(cargo --config "$CONFIG" test --release -p "$TEST_CRATE" --features "$FEATURE" --lib --no-run \
+  tests=$(cargo --config "$CONFIG" test --release -p "$TEST_CRATE" --features "${TEST_FEATURES:-$FEATURE}" --lib --no-run \
     --message-format=json | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
   strip -o "$PATCHED/$TEST_CRATE-tests-$FEATURE" "$tests"
   xz -T2 -6 -c "$PATCHED/$TEST_CRATE-tests-$FEATURE" > ".carry/$TEST_CRATE-tests-$FEATURE.xz"

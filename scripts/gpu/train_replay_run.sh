@@ -3,7 +3,9 @@
 # and PyTorch's step of the same shape, on one GPU, in one call: the recipe
 # configs/recipes/gpu/pretrain-0.6b.toml (a Qwen3-0.6B-shaped model from `andes init`, GCIDE
 # prose, 4 windows of 1024 tokens a step, bf16-mixed) for STEPS steps in each of MODES
-# (`default`: the recipe as it is, which replays on cuda; `false`: --set train.replay=false),
+# (`default`: the recipe as it is, which replays on cuda; `false`: --set train.replay=false;
+# `env:VAR=VALUE[,VAR=VALUE]`: replayed, under those environment variables, e.g.
+# `env:ANDES_ADAMW=composed` for AdamW's update composed of Burn's operations),
 # each run's GPU memory sampled by nvidia-smi twice a second, then run_step.sh's
 # `train_peers` (PEER_SPECS, default PyTorch bf16 autocast + SDPA; COMPILE=1 adds the compiled
 # step). Each run's stdout, stderr, metrics.jsonl and memory samples land in OUT (default
@@ -22,11 +24,16 @@ prepare_run "$R/gpu.txt"
 . "$(dirname "$0")/run_step.sh"
 $A init --config $MODEL --tokenizer fixtures/tokenizer --out /tmp/q06 > /dev/null
 for mode in ${MODES:-default false}; do
-  name=andes-train-replay-$mode
-  flag=(); [ "$mode" != default ] && flag=(--set "train.replay=$mode")
+  name=andes-train-replay-$(tr -c 'A-Za-z0-9.\n-' - <<< "$mode")
+  flag=(); environment=()
+  case $mode in
+    default) ;;
+    env:*) IFS=, read -ra environment <<< "${mode#env:}" ;;
+    *) flag=(--set "train.replay=$mode") ;;
+  esac
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 > "$R/$name-memory.csv" &
   smi=$!
-  run "$name" $A train --config configs/recipes/gpu/pretrain-0.6b.toml --out "/tmp/$name" --quiet \
+  run "$name" env "${environment[@]}" $A train --config configs/recipes/gpu/pretrain-0.6b.toml --out "/tmp/$name" --quiet \
     --set model.checkpoint=/tmp/q06 --set "train.steps=$STEPS" --set train.eval_every=1000 "${flag[@]}"
   kill $smi
   cp "/tmp/$name/metrics.jsonl" "$R/$name-metrics.jsonl"
@@ -38,5 +45,11 @@ print(sys.argv[3], "steps", len(rows), "first step s", round(rows[0]["tokens"] /
       "median tok/s (steps 3+)", round(statistics.median(r["tokens_per_s"] for r in rows[2:])),
       "loss", [round(r["loss"], 4) for r in rows[:4]], "...", round(rows[-1]["loss"], 4),
       "peak MiB", max(memory, default=0))' "$R/$name-metrics.jsonl" "$R/$name-memory.csv" "$name" 2>&1 | tail -1
+done
+# BENCH="NAME=VAR=VALUE ..." adds `andes bench train --replay` of the same shape, once a name,
+# under that environment variable (`default=` for none).
+for bench in ${BENCH:-}; do
+  run "bench-replay-${bench%%=*}" env ${bench#*=} $A bench train --config $MODEL --device cuda \
+    --precision bf16-mixed --seq-len 1024 --batch $BATCH --replay --warmup 3 --steps 10
 done
 PEER_SPECS=${PEER_SPECS:-"bf16-mixed sdpa"} train_peers

@@ -10,7 +10,7 @@ pub mod andesvl;
 pub mod batch;
 pub mod checkpoint;
 pub mod completion;
-mod composed;
+pub mod composed;
 pub mod cublas;
 pub mod device;
 pub mod error;

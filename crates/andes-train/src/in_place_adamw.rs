@@ -6,8 +6,9 @@
 //! recorded. Burn's AdamW hands each parameter and moment back as a new tensor, and takes the
 //! step count (for the bias corrections) and the learning rate as host numbers, which a graph
 //! would freeze at their recorded values. Here each new parameter and moment is written back
-//! into its own buffer (`slice_assign` on a tensor held once writes in place), and the step
-//! count and learning rate are one-element device tensors that every replay reads. The update
+//! into its own buffer ([`crate::adamw_update`]: one kernel on CubeCL backends, elsewhere
+//! `slice_assign` on a tensor held once, which writes in place), and the step count and
+//! learning rate are one-element device tensors that every replay reads. The update
 //! is torch's `AdamW` (Loshchilov & Hutter 2019, decoupled decay):
 //!
 //! `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`,
@@ -21,11 +22,14 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
+use andes_model::composed::{Form, form};
+use burn::backend::Dispatch;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::kind::Basic;
-use burn::tensor::{Device, DispatchTensor, Tensor, TensorData};
+use burn::tensor::{DType, Device, DispatchTensor, Tensor, TensorData};
 
+use crate::adamw_update::{AdamWUpdate, Hyperparameters, composed_update};
 use crate::error::TrainError;
 use crate::optim::parameters_where;
 use crate::recipe::OptimizerSection;
@@ -176,9 +180,16 @@ impl InPlaceAdamW {
                 beta2: self.beta2,
                 eps: self.eps,
                 weight_decay: self.weight_decay,
-                correction1: correction(self.beta1),
-                correction2: correction(self.beta2),
-                learning_rate: self.learning_rate.clone(),
+                factors: Tensor::cat(
+                    vec![
+                        self.learning_rate.clone(),
+                        correction(self.beta1),
+                        correction(self.beta2),
+                    ],
+                    0,
+                )
+                .cast(DType::F32)
+                .inner(),
             },
             no_decay: &self.no_decay,
             moments: &mut self.moments,
@@ -193,16 +204,14 @@ impl InPlaceAdamW {
     }
 }
 
-/// The step's scalars: the hyperparameters, and the device-side bias corrections and
-/// learning rate (`[1]` each).
+/// The step's scalars: the hyperparameters, and on the device (`[3]`, f32) the learning rate
+/// and the bias corrections `1 − β₁ᵗ`, `1 − β₂ᵗ`.
 struct Factors {
     beta1: f64,
     beta2: f64,
     eps: f64,
     weight_decay: f64,
-    correction1: Tensor<1>,
-    correction2: Tensor<1>,
-    learning_rate: Tensor<1>,
+    factors: Tensor<1>,
 }
 
 /// The module mapper that updates each parameter with a gradient.
@@ -223,8 +232,8 @@ impl ModuleMapper for Update<'_> {
         };
         let require_grad = tensor.is_require_grad();
         let checkpointing = tensor.gradient_checkpointing_strategy();
-        let mut value = tensor.inner();
-        let [mut first, mut second] = match self.moments.remove(&id) {
+        let value = tensor.inner();
+        let [first, second] = match self.moments.remove(&id) {
             Some([first, second]) => [
                 Tensor::<D>::from_dispatch(first),
                 Tensor::from_dispatch(second),
@@ -232,33 +241,50 @@ impl ModuleMapper for Update<'_> {
             None => [value.zeros_like(), value.zeros_like()],
         };
         let f = &self.optimizer;
-        let lanes = |t: &Tensor<1>| t.clone().unsqueeze::<D>();
-        let new_first = first.clone().mul_scalar(f.beta1) + grad.clone().mul_scalar(1.0 - f.beta1);
-        let new_second =
-            second.clone().mul_scalar(f.beta2) + grad.square().mul_scalar(1.0 - f.beta2);
-        let step = (new_first.clone() / lanes(&f.correction1))
-            / ((new_second.clone() / lanes(&f.correction2)).sqrt() + f.eps)
-            * lanes(&f.learning_rate);
-        let decay = if self.no_decay.contains(&id) {
+        let weight_decay = if self.no_decay.contains(&id) {
             0.0
         } else {
             f.weight_decay
         };
-        let decayed = if decay == 0.0 {
-            value.clone()
-        } else {
-            value.clone() * lanes(&f.learning_rate).mul_scalar(-decay).add_scalar(1.0)
-        };
-        let new_value = decayed - step;
-        let written = write_in_place(&mut first, new_first, "a first moment")
-            .and_then(|()| write_in_place(&mut second, new_second, "a second moment"))
-            .and_then(|()| write_in_place(&mut value, new_value, "a parameter"));
-        if let Err(error) = written {
-            self.error.get_or_insert(error);
+        let held_once = [
+            (value.can_mut(), "a parameter"),
+            (first.can_mut(), "a first moment"),
+            (second.can_mut(), "a second moment"),
+        ];
+        if let Some((_, what)) = held_once.iter().find(|(once, _)| !once) {
+            self.error.get_or_insert(held_twice(what, &value.dims()));
         }
-        self.moments
-            .insert(id, [first.into_dispatch(), second.into_dispatch()]);
-        let mut value = Tensor::from_inner(value);
+        let (value, grad, first, second, factors) = (
+            value.into_dispatch(),
+            grad.into_dispatch(),
+            first.into_dispatch(),
+            second.into_dispatch(),
+            f.factors.clone().into_dispatch(),
+        );
+        let (new_value, new_first, new_second) = match form("ANDES_ADAMW", Form::OneOperation) {
+            Form::OneOperation => <Dispatch as AdamWUpdate>::adamw_update(
+                value,
+                grad,
+                first,
+                second,
+                factors,
+                f.beta1,
+                f.beta2,
+                f.eps,
+                weight_decay,
+            ),
+            Form::Composed => {
+                let hyper = Hyperparameters {
+                    beta1: f.beta1,
+                    beta2: f.beta2,
+                    eps: f.eps,
+                    weight_decay,
+                };
+                composed_update::<Dispatch>(value, grad, first, second, factors, hyper)
+            }
+        };
+        self.moments.insert(id, [new_first, new_second]);
+        let mut value = Tensor::from_inner(Tensor::<D>::from_dispatch(new_value));
         if let Some(strategy) = checkpointing {
             value = value.with_gradient_checkpointing_strategy(strategy);
         }
@@ -277,14 +303,19 @@ pub(crate) fn write_in_place<const D: usize, K: Basic>(
     what: &str,
 ) -> Result<(), TrainError> {
     if !target.can_mut() {
-        return Err(TrainError::Device(format!(
-            "{what} of shape {:?} is held twice, so its update cannot be written in place",
-            target.dims()
-        )));
+        return Err(held_twice(what, &target.dims()));
     }
     let whole = target.dims().map(|size| 0..size);
     target.inplace(|target| target.slice_assign(whole, value));
     Ok(())
+}
+
+/// The error of a buffer that cannot be written in place: `what`, of `shape`, has another
+/// handle, so its update would go to a copy that a replayed graph never reads.
+fn held_twice(what: &str, shape: &[usize]) -> TrainError {
+    TrainError::Device(format!(
+        "{what} of shape {shape:?} is held twice, so its update cannot be written in place"
+    ))
 }
 
 /// [`InPlaceAdamW`]'s state on the host: what a checkpoint holds.

@@ -9,6 +9,7 @@
 //!
 //! Every stage but `mpo` trains data-parallel over several devices ([`parallel`]).
 
+pub mod adamw_update;
 pub mod adapters;
 pub mod buckets;
 pub mod bundle;
