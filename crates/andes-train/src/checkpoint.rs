@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 
 use andes_model::checkpoint::{SaveDtype, sha256, write_atomically};
 use andes_model::quantize::save_grid;
-use burn::optim::ModuleOptimizer;
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
@@ -53,22 +52,13 @@ pub enum ModelFiles<'a> {
     Adapter(&'a dyn Fn(&Path) -> Result<(), TrainError>),
 }
 
-/// The optimizer state a checkpoint holds: Burn's AdamW of an eager run, or the replayed
-/// step's [`HostState`], written in the same record layout.
-pub enum OptimizerFiles<'a> {
-    /// An eagerly stepping run's optimizer.
-    Burn(&'a ModuleOptimizer),
-    /// A replayed run's optimizer state, read back from the device.
-    InPlace(HostState),
-}
-
 /// Writes checkpoint `state.step` under `run_dir/checkpoints/`, with copies of
 /// `side_files` (the tokenizer, an AndesVL model's image preprocessing) so the checkpoint
 /// loads on its own.
 pub fn save(
     run_dir: &Path,
     model: ModelFiles<'_>,
-    optimizer: OptimizerFiles<'_>,
+    optimizer: HostState,
     state: &TrainerState,
     recipe_toml: &str,
     side_files: &[PathBuf],
@@ -95,12 +85,7 @@ pub fn save(
         write_atomically(&tmp.join(name), &bytes)?;
     }
     let optimizer_path = tmp.join(OPTIMIZER_FILE);
-    match optimizer {
-        OptimizerFiles::Burn(optimizer) => optimizer
-            .save(&optimizer_path)
-            .map_err(|e| TrainError::io(&optimizer_path, format!("{e:?}")))?,
-        OptimizerFiles::InPlace(state) => state.save(&optimizer_path)?,
-    }
+    optimizer.save(&optimizer_path)?;
     let state_json = serde_json::to_vec_pretty(state).expect("the state serializes");
     write_atomically(&tmp.join(STATE_FILE), &state_json)?;
     write_atomically(&tmp.join(RECIPE_FILE), recipe_toml.as_bytes())?;
@@ -134,17 +119,6 @@ pub fn read_state(dir: &Path) -> Result<TrainerState, TrainError> {
 /// The optimizer state file of checkpoint `dir`.
 pub fn optimizer_path(dir: &Path) -> PathBuf {
     dir.join(OPTIMIZER_FILE)
-}
-
-/// Loads the optimizer state of checkpoint `dir` into `optimizer`.
-pub fn load_optimizer(
-    dir: &Path,
-    optimizer: ModuleOptimizer,
-) -> Result<ModuleOptimizer, TrainError> {
-    let path = optimizer_path(dir);
-    optimizer
-        .load(&path)
-        .map_err(|e| TrainError::io(&path, format!("{e:?}")))
 }
 
 fn checksum_lines(dir: &Path) -> Result<String, TrainError> {

@@ -14,10 +14,13 @@
 //! `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`,
 //! `p ← p·(1 − lr·λ) − lr·(m / (1−β₁ᵗ)) / (√(v / (1−β₂ᵗ)) + ε)`,
 //!
-//! with `λ = 0` for norm scales and biases, as [`crate::optim::adamw`] groups them.
+//! with `λ = 0` for norm scales and biases (the usual exclusion in GPT training).
 //!
-//! Its state is saved in the layout of Burn's AdamW record (`{id}.momentum.moment_1`, …), so
-//! an eager run (Burn's AdamW) and a replayed one resume from each other's checkpoints.
+//! Every run steps with it, eager or replayed, on one device or on several (one per replica):
+//! on the GPU the update is one kernel a parameter and writes in place, where Burn's AdamW
+//! allocates every new parameter and moment. Its state is saved in the layout of Burn's AdamW
+//! record (`{id}.momentum.moment_1`, …), so checkpoints written by Burn's AdamW (earlier runs)
+//! resume too.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -48,6 +51,9 @@ pub struct InPlaceAdamW {
     step: Tensor<1>,
     /// `[1]`: the learning rate the next update uses.
     learning_rate: Tensor<1>,
+    /// Whether a parameter or moment held elsewhere is updated into a new buffer (eager
+    /// steps) rather than refused (a replayed graph, which would never read the new buffer).
+    copies_shared: bool,
 }
 
 impl InPlaceAdamW {
@@ -65,7 +71,17 @@ impl InPlaceAdamW {
             moments: HashMap::new(),
             step: Tensor::zeros([1], device),
             learning_rate: Tensor::from_floats([section.lr as f32], device),
+            copies_shared: false,
         }
+    }
+
+    /// The same optimizer for eager steps, which read every tensor afresh: a parameter held
+    /// elsewhere too (a frozen reference model sharing the trained one's weights, as the
+    /// reply-scoring stages start) keeps its value there, its update going to a new buffer,
+    /// instead of being refused.
+    pub fn copying_shared(mut self) -> Self {
+        self.copies_shared = true;
+        self
     }
 
     /// Sets the learning rate of the next updates, written into its device buffer (so a
@@ -117,10 +133,13 @@ impl InPlaceAdamW {
                 let saved = self.state.moments.get(&param.id);
                 let Some(pair) = self.moments.remove(&param.id) else {
                     if let Some(saved) = saved {
+                        // Moments live beside the parameter, outside autodiff.
                         let device = param.val().device();
-                        let pair = saved
-                            .clone()
-                            .map(|data| Tensor::<D>::from_data(data, &device).into_dispatch());
+                        let pair = saved.clone().map(|data| {
+                            Tensor::<D>::from_data(data, &device)
+                                .inner()
+                                .into_dispatch()
+                        });
                         self.moments.insert(param.id, pair);
                     }
                     return;
@@ -194,6 +213,7 @@ impl InPlaceAdamW {
             no_decay: &self.no_decay,
             moments: &mut self.moments,
             grads: &mut grads,
+            copies_shared: self.copies_shared,
             error: None,
         };
         let module = module.map(&mut update);
@@ -220,6 +240,8 @@ struct Update<'a> {
     no_decay: &'a HashSet<ParamId>,
     moments: &'a mut HashMap<ParamId, [DispatchTensor; 2]>,
     grads: &'a mut GradientsParams,
+    /// See [`InPlaceAdamW::copying_shared`].
+    copies_shared: bool,
     /// The first parameter or moment that could not be written in place.
     error: Option<TrainError>,
 }
@@ -251,7 +273,9 @@ impl ModuleMapper for Update<'_> {
             (first.can_mut(), "a first moment"),
             (second.can_mut(), "a second moment"),
         ];
-        if let Some((_, what)) = held_once.iter().find(|(once, _)| !once) {
+        if let Some((_, what)) = held_once.iter().find(|(once, _)| !once)
+            && !self.copies_shared
+        {
             self.error.get_or_insert(held_twice(what, &value.dims()));
         }
         let (value, grad, first, second, factors) = (
@@ -438,7 +462,27 @@ mod tests {
     use burn::tensor::{Bool, DType, Int, TensorData};
 
     use super::*;
-    use crate::optim::adamw;
+    use crate::optim::parameters_where;
+    use burn::module::ParamGroup;
+    use burn::optim::{AdamWConfig, ModuleOptimizer};
+
+    /// Burn's AdamW with the same groups (weight decay 0 for norm scales and biases): the
+    /// reference the updates are checked against.
+    fn adamw<M: Module>(module: &M, section: &OptimizerSection) -> ModuleOptimizer {
+        let config = |weight_decay: f64| {
+            AdamWConfig::new()
+                .with_beta_1(section.beta1 as f32)
+                .with_beta_2(section.beta2 as f32)
+                .with_epsilon(section.eps as f32)
+                .with_weight_decay(weight_decay as f32)
+        };
+        let no_decay = parameters_where(module, |path| path.is_norm_scale() || path.is_bias());
+        config(section.weight_decay).init().with_group(
+            ParamGroup::from_ids(no_decay),
+            config(0.0).build(),
+            None,
+        )
+    }
 
     fn model(device: &Device) -> Qwen3ForCausalLM {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -562,5 +606,26 @@ mod tests {
         let error = in_place.step(model, grads).err().unwrap();
         assert!(error.to_string().contains("held twice"), "{error}");
         drop(kept);
+    }
+
+    /// For eager steps, a model that shares its weights (a reference model cloned from it)
+    /// keeps them, and the trained one takes the same update it takes alone.
+    #[test]
+    fn copying_shared_parameters_leaves_their_other_holder_unchanged() {
+        let device = Device::flex().autodiff();
+        let alone = model(&device);
+        let grads_alone = grads(&alone, &device);
+        let mut optimizer = InPlaceAdamW::new(&alone, &section(), &device);
+        let expected = values(&optimizer.step(alone, grads_alone).unwrap());
+
+        let shared = model(&device);
+        let reference = shared.clone();
+        let before = values(&reference);
+        let grads_shared = grads(&shared, &device);
+        let mut optimizer = InPlaceAdamW::new(&shared, &section(), &device).copying_shared();
+        let updated = values(&optimizer.step(shared, grads_shared).unwrap());
+        assert_eq!(values(&reference), before, "the reference model moved");
+        assert_eq!(updated, expected);
+        assert_ne!(updated, before);
     }
 }

@@ -2,29 +2,9 @@
 //! excluded, the update driven by a global-norm-clipped gradient.
 
 use andes_model::checkpoint::ParamPath;
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamGroup, ParamId};
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
 use burn::tensor::{DType, Tensor};
-
-use crate::recipe::OptimizerSection;
-
-/// AdamW (Burn's) with a second group, weight decay 0, for norm scales and biases, the
-/// usual exclusion in GPT training.
-pub fn adamw<M: Module>(module: &M, section: &OptimizerSection) -> ModuleOptimizer {
-    let config = |weight_decay: f64| {
-        AdamWConfig::new()
-            .with_beta_1(section.beta1 as f32)
-            .with_beta_2(section.beta2 as f32)
-            .with_epsilon(section.eps as f32)
-            .with_weight_decay(weight_decay as f32)
-    };
-    let no_decay = parameters_where(module, |path| path.is_norm_scale() || path.is_bias());
-    config(section.weight_decay).init().with_group(
-        ParamGroup::from_ids(no_decay),
-        config(0.0).build(),
-        None,
-    )
-}
 
 /// Ids of the parameters whose path satisfies `predicate`.
 pub fn parameters_where<M: Module>(

@@ -11,7 +11,7 @@ use std::thread;
 
 use andes_model::device::DeviceSet;
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
-use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::optim::GradientsParams;
 use burn::tensor::distributed::{ReduceOperation, all_reduce};
 use burn::tensor::{DType, Device, Tensor};
 use burn_std::stream::StreamId;
@@ -19,6 +19,7 @@ use burn_std::stream::StreamId;
 use crate::buckets::{Bucket, from_buckets, into_buckets};
 use crate::checkpoint::TrainerState;
 use crate::error::TrainError;
+use crate::in_place_adamw::{HostState, InPlaceAdamW};
 use crate::objective::{Objective, Shard, StepFigures, StepOutput};
 use crate::optim::{clip_factor, global_norm, scale_gradients};
 use crate::recipe::TrainSection;
@@ -29,7 +30,7 @@ use andes_model::precision::Autocast;
 /// (evaluated and checkpointed).
 pub struct Replicas {
     models: Vec<Model>,
-    optimizers: Vec<ModuleOptimizer>,
+    optimizers: Vec<InPlaceAdamW>,
     /// The plain (non-autodiff) devices, where gradients live.
     devices: Vec<Device>,
     /// Whether gradients are summed with Burn's collective all-reduce.
@@ -56,18 +57,23 @@ pub struct StepReport {
 
 impl Replicas {
     /// Copies `model` (on the first device of `set`) onto every other device, parameter ids
-    /// kept, and gives each replica an optimizer from `optimizer_for`.
+    /// kept, and gives each replica an optimizer from `optimizer_for` (called with the
+    /// replica and its autodiff device).
     pub fn new(
         model: Model,
         set: &DeviceSet,
         train: &TrainSection,
-        optimizer_for: impl Fn(&Model) -> Result<ModuleOptimizer, TrainError>,
+        optimizer_for: impl Fn(&Model, &Device) -> Result<InPlaceAdamW, TrainError>,
     ) -> Result<Self, TrainError> {
         let mut models = vec![model];
         for device in &set.devices[1..] {
             models.push(models[0].clone().fork(&train.autodiff_device(device)));
         }
-        let optimizers = models.iter().map(optimizer_for).collect::<Result<_, _>>()?;
+        let optimizers = models
+            .iter()
+            .zip(&set.devices)
+            .map(|(model, device)| optimizer_for(model, &train.autodiff_device(device)))
+            .collect::<Result<_, _>>()?;
         let streams = models.iter().map(|_| StreamId::allocate()).collect();
         Ok(Self {
             models,
@@ -85,9 +91,9 @@ impl Replicas {
         &self.models[0]
     }
 
-    /// The first replica's optimizer (all hold the same state).
-    pub fn optimizer(&self) -> &ModuleOptimizer {
-        &self.optimizers[0]
+    /// The optimizer's state, as a checkpoint holds it (every replica's is the same).
+    pub fn optimizer_state(&self) -> HostState {
+        self.optimizers[0].host_state(&self.models[0])
     }
 
     /// Seeds every device's generator.
@@ -165,9 +171,12 @@ impl Replicas {
                     let factor = Tensor::from_floats([factor as f32], &devices[rank]);
                     scale_gradients(&model, &mut grads, &factor);
                 }
-                optimizer.step(lr, model, grads)
+                optimizer.set_learning_rate(lr);
+                optimizer.step(model, grads)
             },
-        );
+        )
+        .into_iter()
+        .collect::<Result<_, _>>()?;
         Ok(StepReport { figures, grad_norm })
     }
 

@@ -17,7 +17,6 @@ use serde::Serialize;
 
 use crate::error::TrainError;
 use crate::in_place_adamw::InPlaceAdamW;
-use crate::optim::adamw;
 use crate::recipe::{OptimizerSection, training_device};
 
 /// The shape of the timed steps.
@@ -38,7 +37,7 @@ pub struct TrainBench {
     pub activation_checkpointing: bool,
     /// Capture one step (forward, backward and [`InPlaceAdamW`]'s update) as a device graph
     /// and replay it, so the host launches one graph a step instead of every kernel;
-    /// otherwise each step runs eagerly with Burn's AdamW, as `andes train` does.
+    /// otherwise each step runs eagerly, as `andes train` does where it cannot replay.
     pub replay: bool,
 }
 
@@ -214,8 +213,8 @@ fn sync(device: &Device) -> Result<(), TrainError> {
         .map_err(|e| TrainError::Device(format!("{e:?}")))
 }
 
-/// `bench.warmup + bench.steps` eager steps with Burn's AdamW, as `andes train` takes them,
-/// each timed by phase into `timing`.
+/// `bench.warmup + bench.steps` eager steps with [`InPlaceAdamW`], as `andes train` takes
+/// them, each timed by phase into `timing`.
 fn eager_steps(
     mut model: Qwen3ForCausalLM,
     section: &OptimizerSection,
@@ -224,7 +223,7 @@ fn eager_steps(
     bench: &TrainBench,
     timing: &mut Timing,
 ) -> Result<Qwen3ForCausalLM, TrainError> {
-    let mut optimizer = adamw(&model, section);
+    let mut optimizer = InPlaceAdamW::new(&model, section, device).copying_shared();
     for step in 0..bench.warmup + bench.steps {
         let start = Instant::now();
         let mut marks = [start; 4];
@@ -232,7 +231,7 @@ fn eager_steps(
         marks[1] = Instant::now();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         marks[2] = Instant::now();
-        model = optimizer.step(section.lr, model, grads);
+        model = optimizer.step(model, grads)?;
         marks[3] = Instant::now();
         // Waits for every queued kernel of the step, the optimizer updates included.
         sync(device)?;

@@ -14,15 +14,15 @@ use andes_model::device::{parse_devices, replays_graphs};
 use andes_model::precision::{Autocast, Precision};
 use andes_model::{Model, ModelConfig};
 use andes_package::TrainedAgainst;
-use burn::optim::ModuleOptimizer;
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::checkpoint::{self, ModelFiles, OptimizerFiles, RECIPE_FILE, TrainerState};
+use crate::checkpoint::{self, ModelFiles, RECIPE_FILE, TrainerState};
 use crate::error::TrainError;
+use crate::in_place_adamw::{HostState, InPlaceAdamW};
 use crate::metrics::{self, MetricsLog, StepMetrics};
 use crate::objective::{self, Objective, Replayable};
-use crate::optim::{adamw, freeze};
+use crate::optim::freeze;
 use crate::parallel::Replicas;
 use crate::plot::draw_curves;
 use crate::recipe::{AdapterSections, Recipe, Stage};
@@ -166,9 +166,12 @@ impl<'a> Run<'a> {
                 precision.autocast(),
                 resume_from.map(checkpoint::optimizer_path).as_deref(),
             )?)),
-            None => Steps::Eager(Replicas::new(model, &devices, &recipe.train, |replica| {
-                optimizer_for(replica, recipe, resume_from)
-            })?),
+            None => Steps::Eager(Replicas::new(
+                model,
+                &devices,
+                &recipe.train,
+                |replica, device| optimizer_for(replica, device, recipe, resume_from),
+            )?),
         };
         write_atomically(&run_dir.join(RECIPE_FILE), recipe_toml.as_bytes())?;
         let metrics_log = MetricsLog::open(run_dir, state.step)?;
@@ -304,8 +307,8 @@ impl<'a> Run<'a> {
     /// state, the resolved recipe and the side files, under `checkpoints/`.
     fn checkpoint(&mut self) -> Result<(), TrainError> {
         let optimizer = match &self.steps {
-            Steps::Eager(replicas) => OptimizerFiles::Burn(replicas.optimizer()),
-            Steps::Replayed(replayed) => OptimizerFiles::InPlace(replayed.optimizer_state()),
+            Steps::Eager(replicas) => replicas.optimizer_state(),
+            Steps::Replayed(replayed) => replayed.optimizer_state(),
         };
         let base = &self.recipe.model.checkpoint;
         let trained_against = self.trained_against.as_ref();
@@ -438,17 +441,19 @@ fn load_model(
     Ok((config, model))
 }
 
-/// AdamW for `replica`, its moments those of checkpoint `resume_from` when resuming.
+/// AdamW for `replica` on `device`, its moments those of checkpoint `resume_from` when
+/// resuming.
 fn optimizer_for(
     replica: &Model,
+    device: &Device,
     recipe: &Recipe,
     resume_from: Option<&Path>,
-) -> Result<ModuleOptimizer, TrainError> {
-    let optimizer = adamw(replica, &recipe.optimizer);
-    match resume_from {
-        Some(dir) => checkpoint::load_optimizer(dir, optimizer),
-        None => Ok(optimizer),
+) -> Result<InPlaceAdamW, TrainError> {
+    let mut optimizer = InPlaceAdamW::new(replica, &recipe.optimizer, device).copying_shared();
+    if let Some(dir) = resume_from {
+        optimizer.restore(replica, &HostState::load(&checkpoint::optimizer_path(dir))?)?;
     }
+    Ok(optimizer)
 }
 
 /// Mean of the per-step rewards of the last [`REWARD_WINDOW`] steps that have one.
