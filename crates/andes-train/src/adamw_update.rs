@@ -55,12 +55,7 @@ pub trait AdamWUpdate: Backend {
         eps: f64,
         weight_decay: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let hyper = Hyperparameters {
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-        };
+        let hyper = Hyperparameters::of(beta1, beta2, eps, weight_decay);
         composed_update::<Self>(param, grad, first, second, factors, hyper)
     }
 }
@@ -127,9 +122,19 @@ pub(crate) fn composed_update<B: Backend>(
     )
 }
 
-/// The scalars a kernel launch takes, in f32.
-#[cfg(feature = "cube")]
 impl Hyperparameters {
+    /// The four scalars [`AdamWUpdate::adamw_update`] takes, as one value.
+    fn of(beta1: f64, beta2: f64, eps: f64, weight_decay: f64) -> Self {
+        Self {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        }
+    }
+
+    /// The scalars a kernel launch takes, in f32.
+    #[cfg(feature = "cube")]
     fn f32s(self) -> [f32; 4] {
         [self.beta1, self.beta2, self.eps, self.weight_decay].map(|x| x as f32)
     }

@@ -39,10 +39,8 @@ use crate::recipe::OptimizerSection;
 
 /// AdamW updating every trained parameter in its own buffer (see the module documentation).
 pub struct InPlaceAdamW {
-    beta1: f64,
-    beta2: f64,
-    eps: f64,
-    weight_decay: f64,
+    /// Betas, epsilon, and the weight decay of the parameters that decay.
+    hyper: Hyperparameters,
     /// Parameters updated without weight decay (norm scales and biases).
     no_decay: HashSet<ParamId>,
     /// Each parameter's first and second moments, in the parameter's shape.
@@ -61,10 +59,12 @@ impl InPlaceAdamW {
     /// its state on `device`.
     pub fn new<M: Module>(module: &M, section: &OptimizerSection, device: &Device) -> Self {
         Self {
-            beta1: section.beta1,
-            beta2: section.beta2,
-            eps: section.eps,
-            weight_decay: section.weight_decay,
+            hyper: Hyperparameters {
+                beta1: section.beta1,
+                beta2: section.beta2,
+                eps: section.eps,
+                weight_decay: section.weight_decay,
+            },
             no_decay: parameters_where(module, |path| path.is_norm_scale() || path.is_bias())
                 .into_iter()
                 .collect(),
@@ -194,22 +194,17 @@ impl InPlaceAdamW {
                 .add_scalar(1.0)
         };
         let mut update = Update {
-            optimizer: Factors {
-                beta1: self.beta1,
-                beta2: self.beta2,
-                eps: self.eps,
-                weight_decay: self.weight_decay,
-                factors: Tensor::cat(
-                    vec![
-                        self.learning_rate.clone(),
-                        correction(self.beta1),
-                        correction(self.beta2),
-                    ],
-                    0,
-                )
-                .cast(DType::F32)
-                .inner(),
-            },
+            hyper: self.hyper,
+            factors: Tensor::cat(
+                vec![
+                    self.learning_rate.clone(),
+                    correction(self.hyper.beta1),
+                    correction(self.hyper.beta2),
+                ],
+                0,
+            )
+            .cast(DType::F32)
+            .inner(),
             no_decay: &self.no_decay,
             moments: &mut self.moments,
             grads: &mut grads,
@@ -224,19 +219,12 @@ impl InPlaceAdamW {
     }
 }
 
-/// The step's scalars: the hyperparameters, and on the device (`[3]`, f32) the learning rate
-/// and the bias corrections `1 − β₁ᵗ`, `1 − β₂ᵗ`.
-struct Factors {
-    beta1: f64,
-    beta2: f64,
-    eps: f64,
-    weight_decay: f64,
-    factors: Tensor<1>,
-}
-
 /// The module mapper that updates each parameter with a gradient.
 struct Update<'a> {
-    optimizer: Factors,
+    hyper: Hyperparameters,
+    /// `[3]`, f32, on the device: the learning rate and the bias corrections `1 − β₁ᵗ`,
+    /// `1 − β₂ᵗ` of this step.
+    factors: Tensor<1>,
     no_decay: &'a HashSet<ParamId>,
     moments: &'a mut HashMap<ParamId, [DispatchTensor; 2]>,
     grads: &'a mut GradientsParams,
@@ -262,28 +250,29 @@ impl ModuleMapper for Update<'_> {
             ],
             None => [value.zeros_like(), value.zeros_like()],
         };
-        let f = &self.optimizer;
-        let weight_decay = if self.no_decay.contains(&id) {
-            0.0
-        } else {
-            f.weight_decay
+        let hyper = Hyperparameters {
+            weight_decay: match self.no_decay.contains(&id) {
+                true => 0.0,
+                false => self.hyper.weight_decay,
+            },
+            ..self.hyper
         };
-        let held_once = [
-            (value.can_mut(), "a parameter"),
-            (first.can_mut(), "a first moment"),
-            (second.can_mut(), "a second moment"),
-        ];
-        if let Some((_, what)) = held_once.iter().find(|(once, _)| !once)
-            && !self.copies_shared
-        {
-            self.error.get_or_insert(held_twice(what, &value.dims()));
+        if !self.copies_shared {
+            let held_once = [
+                (value.can_mut(), "a parameter"),
+                (first.can_mut(), "a first moment"),
+                (second.can_mut(), "a second moment"),
+            ];
+            if let Some((_, what)) = held_once.iter().find(|(once, _)| !once) {
+                self.error.get_or_insert(held_twice(what, &value.dims()));
+            }
         }
         let (value, grad, first, second, factors) = (
             value.into_dispatch(),
             grad.into_dispatch(),
             first.into_dispatch(),
             second.into_dispatch(),
-            f.factors.clone().into_dispatch(),
+            self.factors.clone().into_dispatch(),
         );
         let (new_value, new_first, new_second) = match form("ANDES_ADAMW", Form::OneOperation) {
             Form::OneOperation => <Dispatch as AdamWUpdate>::adamw_update(
@@ -292,18 +281,12 @@ impl ModuleMapper for Update<'_> {
                 first,
                 second,
                 factors,
-                f.beta1,
-                f.beta2,
-                f.eps,
-                weight_decay,
+                hyper.beta1,
+                hyper.beta2,
+                hyper.eps,
+                hyper.weight_decay,
             ),
             Form::Composed => {
-                let hyper = Hyperparameters {
-                    beta1: f.beta1,
-                    beta2: f.beta2,
-                    eps: f.eps,
-                    weight_decay,
-                };
                 composed_update::<Dispatch>(value, grad, first, second, factors, hyper)
             }
         };

@@ -166,12 +166,18 @@ impl<'a> Run<'a> {
                 precision.autocast(),
                 resume_from.map(checkpoint::optimizer_path).as_deref(),
             )?)),
-            None => Steps::Eager(Replicas::new(
-                model,
-                &devices,
-                &recipe.train,
-                |replica, device| optimizer_for(replica, device, recipe, resume_from),
-            )?),
+            None => {
+                // Read once, however many replicas restore it.
+                let saved = resume_from
+                    .map(|dir| HostState::load(&checkpoint::optimizer_path(dir)))
+                    .transpose()?;
+                Steps::Eager(Replicas::new(
+                    model,
+                    &devices,
+                    &recipe.train,
+                    |replica, device| optimizer_for(replica, device, recipe, saved.as_ref()),
+                )?)
+            }
         };
         write_atomically(&run_dir.join(RECIPE_FILE), recipe_toml.as_bytes())?;
         let metrics_log = MetricsLog::open(run_dir, state.step)?;
@@ -441,17 +447,16 @@ fn load_model(
     Ok((config, model))
 }
 
-/// AdamW for `replica` on `device`, its moments those of checkpoint `resume_from` when
-/// resuming.
+/// AdamW for `replica` on `device`, its moments and update count `saved`'s when resuming.
 fn optimizer_for(
     replica: &Model,
     device: &Device,
     recipe: &Recipe,
-    resume_from: Option<&Path>,
+    saved: Option<&HostState>,
 ) -> Result<InPlaceAdamW, TrainError> {
     let mut optimizer = InPlaceAdamW::new(replica, &recipe.optimizer, device).copying_shared();
-    if let Some(dir) = resume_from {
-        optimizer.restore(replica, &HostState::load(&checkpoint::optimizer_path(dir))?)?;
+    if let Some(saved) = saved {
+        optimizer.restore(replica, saved)?;
     }
     Ok(optimizer)
 }

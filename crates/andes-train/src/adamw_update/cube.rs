@@ -84,15 +84,8 @@ impl AdamWUpdate for CubeBackend {
         eps: f64,
         weight_decay: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let hyper = Hyperparameters {
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-        };
+        let hyper = Hyperparameters::of(beta1, beta2, eps, weight_decay);
         let shape = param.meta.shape.clone();
-        let grad = into_contiguous(grad);
-        let views = [&param, &grad, &first, &second].map(|t| row_view(&t.meta));
         let kernel_reads = param.dtype == first.dtype
             && param.dtype == second.dtype
             && factors.dtype == DType::F32
@@ -100,18 +93,14 @@ impl AdamWUpdate for CubeBackend {
                 .iter()
                 .all(|other| other.meta.shape == shape)
             && [&param, &first, &second].iter().all(|t| t.can_mut());
-        let (
-            true,
-            [
-                Some(param_rows),
-                Some(grad_rows),
-                Some(first_rows),
-                Some(second_rows),
-            ],
-        ) = (kernel_reads, views)
+        let rows = [&param, &first, &second].map(|t| row_view(&t.meta));
+        let (true, [Some(param_rows), Some(first_rows), Some(second_rows)]) = (kernel_reads, rows)
         else {
             return composed_update::<Self>(param, grad, first, second, factors, hyper);
         };
+        // A gradient made contiguous is always row-addressable.
+        let grad = into_contiguous(grad);
+        let grad_rows = row_view(&grad.meta).expect("a contiguous rank-1 or rank-2 gradient");
         let with_meta = |mut tensor: CubeTensor, meta: Metadata| {
             tensor.meta = Box::new(meta);
             tensor
