@@ -11,7 +11,9 @@
 # step). Each run's stdout, stderr, metrics.jsonl and memory samples land in OUT (default
 # ./out) as results.tar.gz; a summary line of each andes run is printed: the first step's
 # seconds (kernel compilation and, replayed, the capture), the median tokens/s of the steps
-# after the second, the losses and the peak memory.
+# after the second, the losses and the peak memory. TRACE=1 also traces every andes run's
+# kernels (scripts/gpu/kernel_trace) and compares their median replays at the end
+# (scripts/bench/kernel_trace.py, into $OUT/trace.md).
 set -uo pipefail
 OUT=${OUT:-out}; mkdir -p "$OUT"
 R=${R:-/tmp/results}; mkdir -p $R
@@ -22,6 +24,8 @@ BATCH=4
 . "$(dirname "$0")/cublas_lib.sh"
 prepare_run "$R/gpu.txt"
 . "$(dirname "$0")/run_step.sh"
+traced() { :; }
+[ "${TRACE:-0}" = 1 ] && . "$(dirname "$0")/kernel_trace/env.sh"
 $A init --config $MODEL --tokenizer fixtures/tokenizer --out /tmp/q06 > /dev/null
 for mode in ${MODES:-default false}; do
   name=andes-train-replay-$(tr -c 'A-Za-z0-9.\n-' - <<< "$mode")
@@ -33,7 +37,7 @@ for mode in ${MODES:-default false}; do
   esac
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 > "$R/$name-memory.csv" &
   smi=$!
-  run "$name" env "${environment[@]}" $A train --config configs/recipes/gpu/pretrain-0.6b.toml --out "/tmp/$name" --quiet \
+  run "$name" env $(traced "$name") "${environment[@]}" $A train --config configs/recipes/gpu/pretrain-0.6b.toml --out "/tmp/$name" --quiet \
     --set model.checkpoint=/tmp/q06 --set "train.steps=$STEPS" --set train.eval_every=1000 "${flag[@]}"
   kill $smi
   cp "/tmp/$name/metrics.jsonl" "$R/$name-metrics.jsonl"
@@ -49,7 +53,12 @@ done
 # BENCH="NAME=VAR=VALUE ..." adds `andes bench train --replay` of the same shape, once a name,
 # under that environment variable (`default=` for none).
 for bench in ${BENCH:-}; do
-  run "bench-replay-${bench%%=*}" env ${bench#*=} $A bench train --config $MODEL --device cuda \
+  run "bench-replay-${bench%%=*}" env $(traced "bench-replay-${bench%%=*}") ${bench#*=} $A bench train --config $MODEL --device cuda \
     --precision bf16-mixed --seq-len 1024 --batch $BATCH --replay --warmup 3 --steps 10
 done
+if [ "${TRACE:-0}" = 1 ]; then
+  traces=(); for t in "$R"/*-trace.tsv; do n=$(basename "$t" -trace.tsv); traces+=("$n=$t"); done
+  python3 scripts/bench/kernel_trace.py "${traces[@]}" 2>&1 | tee "$OUT/trace.md"
+  gzip -f "$R"/*-trace.tsv; tar -czf "$OUT/results.tar.gz" -C "$R" .
+fi
 PEER_SPECS=${PEER_SPECS:-"bf16-mixed sdpa"} train_peers
