@@ -99,12 +99,18 @@ impl LoraLinear {
         self.alpha / self.rank() as f64
     }
 
-    /// The update `[..., out]` for an input `[..., in]`.
+    /// The update `[..., out]` for an input `[..., in]`; both products on autocast operands
+    /// under mixed precision, as the base projection's.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let product = |x, linear: &Linear| {
+            linear_rows(
+                x,
+                linear.weight.val(),
+                linear.bias.as_ref().map(|b| b.val()),
+            )
+        };
         let x = self.dropout.forward(x);
-        self.lora_b
-            .forward(self.lora_a.forward(x))
-            .mul_scalar(self.scaling())
+        product(product(x, &self.lora_a), &self.lora_b).mul_scalar(self.scaling())
     }
 
     /// The update as a weight, `scaling · A·B`, `[in, out]` like the base `Linear`'s weight;

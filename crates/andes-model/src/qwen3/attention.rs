@@ -83,12 +83,16 @@ impl Attention {
             t.reshape([batch, seq, heads, self.head_dim])
                 .swap_dims(1, 2)
         };
+        // As under torch's autocast: the projections read and return the autocast dtype; the
+        // query and key norms and RoPE run in the residual stream's dtype.
+        let dtype = x.dtype();
+        let x = operand(x);
         let q = self
             .q_norm
-            .forward(split_heads(self.q_proj.forward(x.clone()), self.heads));
+            .forward(split_heads(self.q_proj.forward(x.clone()), self.heads).cast(dtype));
         let k = self
             .k_norm
-            .forward(split_heads(self.k_proj.forward(x.clone()), self.kv_heads));
+            .forward(split_heads(self.k_proj.forward(x.clone()), self.kv_heads).cast(dtype));
         let v = split_heads(self.v_proj.forward(x), self.kv_heads);
         let q = rope.apply(q, position);
         let k = rope.apply(k, position);
@@ -101,22 +105,21 @@ impl Attention {
             seq,
             self.heads * self.head_dim,
         ]);
-        self.o_proj.forward(context)
+        self.o_proj.forward(context).cast(dtype)
     }
 }
 
 /// `softmax(q·kᵀ/√d)·v` as one differentiable operation ([`scaled_dot_product_attention`])
 /// that keeps only the probabilities for the backward pass: under autocast both products on
-/// autocast operands, the softmax always in f32, the context handed back in the caller's
-/// dtype. `q` `[b, h, s_q, d]`, `k`/`v` `[b, h, s_k, d]`; `mask` (`[b or 1, 1, s_q, s_k]`)
-/// marks the keys each query may not see.
+/// autocast operands and the context in the autocast dtype (the output projection reads it
+/// so), the softmax always in f32. `q` `[b, h, s_q, d]`, `k`/`v` `[b, h, s_k, d]`; `mask`
+/// (`[b or 1, 1, s_q, s_k]`) marks the keys each query may not see.
 fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: Tensor<4, Bool>) -> Tensor<4> {
-    let dtype = q.dtype();
     let [batch, heads, seq_q, head_dim] = q.dims();
     let seq_k = k.dims()[2];
     let mask = mask.expand([batch, heads, seq_q, seq_k]);
     let scale = 1.0 / (head_dim as f64).sqrt();
-    scaled_dot_product_attention(operand(q), operand(k), operand(v), mask, scale).cast(dtype)
+    scaled_dot_product_attention(operand(q), operand(k), operand(v), mask, scale)
 }
 
 /// Repeats each key/value head `group` times (`[b, kv, t, d]` → `[b, kv·group, t, d]`), query
