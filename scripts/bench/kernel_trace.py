@@ -32,7 +32,7 @@ def replays(path):
         if record[3]:
             by_graph[record[3]].append(record)
     if not by_graph:
-        raise SystemExit(f"{path}: no record comes from a CUDA graph (was the step replayed?)")
+        return []
     graph = max(by_graph.values(), key=len)
     graph.sort(key=lambda r: r[1])
     cut, seen = [[]], set()
@@ -57,6 +57,8 @@ def busy_ns(replay):
 
 def summary(path):
     runs = replays(path)
+    if not runs:
+        return None
     spans = [r[-1][2] - r[0][1] if r else 0 for r in runs]
     median = sorted(range(len(runs)), key=lambda i: spans[i])[len(runs) // 2]
     replay = runs[median]
@@ -87,7 +89,12 @@ def main():
     p.add_argument("traces", nargs="+", help="NAME=TRACE.tsv[.gz]")
     p.add_argument("--top", type=int, default=15)
     a = p.parse_args()
-    runs = {name: summary(path) for name, path in (t.split("=", 1) for t in a.traces)}
+    runs = {}
+    for name, path in (t.split("=", 1) for t in a.traces):
+        runs[name] = summary(path)
+        if runs[name] is None:
+            print(f"{name}: no record of {path} comes from a CUDA graph (an eager run); left out\n")
+            del runs[name]
     names = list(runs)
     ms = lambda ns: f"{ns / 1e6:.2f}"
     print("| | " + " | ".join(names) + " |")
