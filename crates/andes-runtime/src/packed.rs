@@ -109,6 +109,7 @@ impl Packed {
 }
 
 /// One row's groups: their length, scales and zero points.
+#[derive(Clone, Copy)]
 struct Groups<'a> {
     group: usize,
     scales: &'a [f32],
@@ -377,7 +378,23 @@ impl PackedMatrix {
         let row = &mut scratch.row;
         let cols = self.cols;
         let count = x.len() / cols;
-        for (i, out) in out.chunks_mut(count).enumerate() {
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if let (true, 1, Weights::Packed(packed)) = (FMA, count, &self.weights)
+            && !int8.is_empty()
+            && matches!(packed.codes.fused(), Some(kind) if kind != fused::Kind::Ternary)
+        {
+            // Decoding: four rows a pass, each block of the rounded input read once for the
+            // four.
+            for (i, out) in out.chunks_exact_mut(4).enumerate() {
+                let rows = std::array::from_fn(|k| packed.row(first + 4 * i + k));
+                // SAFETY: FMA is only set on the AVX2 path; `int8` is only filled where
+                // `int8_layout` found the integer kernels run here.
+                unsafe { fused::four_rows(rows, sums, &int8[0], out) };
+                done += 4;
+            }
+        }
+        for (i, out) in out.chunks_mut(count).enumerate().skip(done) {
             let r = first + i;
             match &self.weights {
                 Weights::Float(values) => {
@@ -691,6 +708,26 @@ mod fused {
         }
     }
 
+    /// Four rows' integer products with one vector rounded to int8 (`int8`, its group sums
+    /// `sums`), into `out`: decoding, where a row-at-a-time pass read each block of the input
+    /// once a row (see `wide::int8_four_rows`).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn four_rows(
+        rows: [(&[u8], Groups<'_>); 4],
+        sums: &[f32],
+        int8: &Int8Inputs,
+        out: &mut [f32],
+    ) {
+        // SAFETY: the caller found VNNI and whole blocks (`int8_layout`).
+        let products = unsafe { wide::int8_four_rows(&rows, int8) };
+        for ((y, product), (_, row)) in out.iter_mut().zip(products).zip(&rows) {
+            let zeros: f32 = (row.scales.iter().zip(row.zeros).zip(sums))
+                .map(|((scale, zero), sum)| scale * zero * sum)
+                .sum();
+            *y = product - zeros;
+        }
+    }
+
     /// Whether the CPU also runs AVX-512 VNNI (checked once): the integer kernels.
     pub(super) fn has_avx512_vnni() -> bool {
         static FEATURES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -998,79 +1035,94 @@ mod fused {
             row: &Groups<'_>,
             out: &mut [f32],
         ) {
+            let rows = [(codes, *row)];
             // SAFETY (both): the caller's promise.
             match inputs.len() {
-                4 => out.copy_from_slice(&unsafe { by_layout::<4>(codes, inputs, row) }),
-                _ => out.copy_from_slice(&unsafe { by_layout::<1>(codes, inputs, row) }),
+                4 => out.copy_from_slice(&unsafe { by_layout::<1, 4>(&rows, inputs) }[0]),
+                _ => out.copy_from_slice(&unsafe { by_layout::<1, 1>(&rows, inputs) }[0]),
             }
         }
 
-        /// [`int8_rows`] for the layout of `inputs`.
+        /// The integer products of four rows with one vector of `input` (decoding): each
+        /// block of the rounded input is loaded once for the four rows, and the calls and
+        /// bounds of a row are paid once for four.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+        pub(in super::super) unsafe fn int8_four_rows(
+            rows: &[(&[u8], Groups<'_>); 4],
+            input: &Int8Inputs,
+        ) -> [f32; 4] {
+            // SAFETY: the caller's promise.
+            unsafe { by_layout::<4, 1>(rows, std::slice::from_ref(input)) }.map(|[y]| y)
+        }
+
+        /// [`int8_tile`] for the layout of `inputs`.
         #[inline(always)]
-        unsafe fn by_layout<const M: usize>(
-            codes: &[u8],
+        unsafe fn by_layout<const R: usize, const M: usize>(
+            rows: &[(&[u8], Groups<'_>); R],
             inputs: &[Int8Inputs],
-            row: &Groups<'_>,
-        ) -> [f32; M] {
-            let (group, scales) = (row.group, row.scales);
+        ) -> [[f32; M]; R] {
             let layout = inputs[0].layout;
-            // SAFETY: only called from `int8_products`, which has the features; each kernel
-            // takes its own layout.
+            // SAFETY: only called from functions with the features; each kernel takes its
+            // own layout.
             unsafe {
                 match (8 / layout.codes_per_byte, layout.block) {
-                    (8, 128) => int8_rows::<8, 128, M>(codes, inputs, group, scales),
-                    (8, _) => int8_rows::<8, 64, M>(codes, inputs, group, scales),
-                    (4, 128) => int8_rows::<4, 128, M>(codes, inputs, group, scales),
-                    (4, _) => int8_rows::<4, 64, M>(codes, inputs, group, scales),
-                    (2, 128) => int8_rows::<2, 128, M>(codes, inputs, group, scales),
-                    (2, _) => int8_rows::<2, 64, M>(codes, inputs, group, scales),
-                    (1, 128) => int8_rows::<1, 128, M>(codes, inputs, group, scales),
-                    _ => int8_rows::<1, 64, M>(codes, inputs, group, scales),
+                    (8, 128) => int8_tile::<8, 128, R, M>(rows, inputs),
+                    (8, _) => int8_tile::<8, 64, R, M>(rows, inputs),
+                    (4, 128) => int8_tile::<4, 128, R, M>(rows, inputs),
+                    (4, _) => int8_tile::<4, 64, R, M>(rows, inputs),
+                    (2, 128) => int8_tile::<2, 128, R, M>(rows, inputs),
+                    (2, _) => int8_tile::<2, 64, R, M>(rows, inputs),
+                    (1, 128) => int8_tile::<1, 128, R, M>(rows, inputs),
+                    _ => int8_tile::<1, 64, R, M>(rows, inputs),
                 }
             }
         }
 
-        /// The integer products of a row of `BITS`-bit codes with `M` vectors of inputs
-        /// rounded in blocks of `B` (`Layout`): each 64 inputs of a block (one register) meet
-        /// their planes of codes, made from the block's bytes repeated across the register
-        /// (one copy for each plane the 64 inputs span), each copy shifted to its plane and
-        /// masked to one code a byte, in one `vpdpbusd` a vector (64 byte products summed
-        /// into sixteen 32-bit lanes); the planes are made once for the `M` vectors. A
-        /// block's integer sums are widened and scaled by the group's and the block's scales
-        /// into one of two alternating accumulators a vector, and each vector's product is
-        /// summed horizontally once. Plain inlined functions: a first version passing each
-        /// block as a closure to a shared loop ran 1.6× slower than the f32 kernel instead of
-        /// 2.2× faster (not investigated further).
+        /// The integer products of `R` rows of `BITS`-bit codes (one grid of groups) with `M`
+        /// vectors of inputs rounded in blocks of `B` (`Layout`): each 64 inputs of a block
+        /// (one register, loaded once for the `R` rows) meet their planes of codes, made
+        /// from the block's bytes repeated across the register (one copy for each plane the
+        /// 64 inputs span), each copy shifted to its plane and masked to one code a byte, in
+        /// one `vpdpbusd` a row and vector (64 byte products summed into sixteen 32-bit
+        /// lanes); a row's planes are made once for the `M` vectors. A block's integer sums
+        /// are widened and scaled by the group's and the block's scales into one of two
+        /// alternating accumulators a row and vector, and each product is summed
+        /// horizontally once. Plain inlined functions: a first version passing each block as
+        /// a closure to a shared loop ran 1.6× slower than the f32 kernel instead of 2.2×
+        /// faster (not investigated further).
         #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-        unsafe fn int8_rows<const BITS: usize, const B: usize, const M: usize>(
-            bytes: &[u8],
+        unsafe fn int8_tile<const BITS: usize, const B: usize, const R: usize, const M: usize>(
+            rows: &[(&[u8], Groups<'_>); R],
             inputs: &[Int8Inputs],
-            group: usize,
-            scales: &[f32],
-        ) -> [f32; M] {
+        ) -> [[f32; M]; R] {
             let inputs: &[Int8Inputs; M] = inputs.try_into().expect("M vectors");
-            let per_group = group / B;
+            let per_group = rows[0].1.group / B;
             let blocks = inputs[0].scales.len();
             let shifts = const { [plane_shifts(BITS, B, 0), plane_shifts(BITS, B, 1)] };
             // SAFETY: 32 lanes of 16 bits are one register.
             let shifts = shifts.map(|s| unsafe { _mm512_loadu_si512(s.as_ptr() as *const _) });
-            let (mut even, mut odd) = ([_mm512_setzero_ps(); M], [_mm512_setzero_ps(); M]);
+            let zero = [[_mm512_setzero_ps(); M]; R];
+            let (mut even, mut odd) = (zero, zero);
+            let scales = |b: usize| std::array::from_fn(|r| rows[r].1.scales[b / per_group]);
             let mut b = 0;
-            // SAFETY (all): block b's codes and rounded inputs lie inside the row and the
+            // SAFETY (all): block b's codes and rounded inputs lie inside the rows and the
             // inputs for every b < blocks (whole blocks); AVX-512 F, BW and VNNI are enabled.
             while b + 2 <= blocks {
-                let (scale, next_scale) = (scales[b / per_group], scales[(b + 1) / per_group]);
                 unsafe {
-                    scaled_block::<BITS, B, M>(bytes, inputs, b, scale, &shifts, &mut even);
-                    scaled_block::<BITS, B, M>(bytes, inputs, b + 1, next_scale, &shifts, &mut odd);
+                    scaled_block::<BITS, B, R, M>(rows, inputs, b, scales(b), &shifts, &mut even);
+                    let next = scales(b + 1);
+                    scaled_block::<BITS, B, R, M>(rows, inputs, b + 1, next, &shifts, &mut odd);
                 }
                 b += 2;
             }
             if b < blocks {
-                let scale = scales[b / per_group];
-                unsafe { scaled_block::<BITS, B, M>(bytes, inputs, b, scale, &shifts, &mut even) };
+                unsafe {
+                    scaled_block::<BITS, B, R, M>(rows, inputs, b, scales(b), &shifts, &mut even)
+                };
             }
-            std::array::from_fn(|m| _mm512_reduce_add_ps(_mm512_add_ps(even[m], odd[m])))
+            std::array::from_fn(|r| {
+                std::array::from_fn(|m| _mm512_reduce_add_ps(_mm512_add_ps(even[r][m], odd[r][m])))
+            })
         }
 
         /// The right shift of each 16-bit lane that brings its copy of a block's bytes to the
@@ -1088,42 +1140,54 @@ mod fused {
             shifts
         }
 
-        /// `acc[m] + scale·d_b·(block b's integer sums with vector m)` for each of the `M`
-        /// vectors, inlined into [`int8_rows`].
+        /// `acc[r][m] + scale_r·d_b·(block b's integer sums of row r with vector m)` for each
+        /// of the `R` rows and `M` vectors, inlined into [`int8_tile`].
         #[inline(always)]
-        unsafe fn scaled_block<const BITS: usize, const B: usize, const M: usize>(
-            bytes: &[u8],
+        unsafe fn scaled_block<
+            const BITS: usize,
+            const B: usize,
+            const R: usize,
+            const M: usize,
+        >(
+            rows: &[(&[u8], Groups<'_>); R],
             inputs: &[Int8Inputs; M],
             b: usize,
-            scale: f32,
+            scales: [f32; R],
             shifts: &[__m512i; 2],
-            acc: &mut [__m512; M],
+            acc: &mut [[__m512; M]; R],
         ) {
-            // SAFETY: only called from `int8_rows`, which has the features and the bounds.
+            // SAFETY: only called from `int8_tile`, which has the features and the bounds.
             unsafe {
-                let codes = bytes.as_ptr().add(b * B * BITS / 8);
-                let mut sums = [_mm512_setzero_si512(); M];
+                let mut sums = [[_mm512_setzero_si512(); M]; R];
                 for (half, &shift) in shifts.iter().enumerate().take(B / 64) {
-                    let planes = if BITS == 8 {
-                        _mm512_loadu_si512(codes.add(64 * half) as *const _)
-                    } else {
-                        let copies = match B * BITS / 8 {
-                            64 => _mm512_loadu_si512(codes as *const _),
-                            32 => _mm512_broadcast_i64x4(_mm256_loadu_si256(codes as *const _)),
-                            16 => _mm512_broadcast_i32x4(_mm_loadu_si128(codes as *const _)),
-                            _ => _mm512_set1_epi64((codes as *const i64).read_unaligned()),
+                    let q: [__m512i; M] = std::array::from_fn(|m| {
+                        let q = inputs[m].codes.as_ptr().add(b * B + 64 * half);
+                        _mm512_loadu_si512(q as *const _)
+                    });
+                    for ((bytes, _), sums) in rows.iter().zip(sums.iter_mut()) {
+                        let codes = bytes.as_ptr().add(b * B * BITS / 8);
+                        let planes = if BITS == 8 {
+                            _mm512_loadu_si512(codes.add(64 * half) as *const _)
+                        } else {
+                            let copies = match B * BITS / 8 {
+                                64 => _mm512_loadu_si512(codes as *const _),
+                                32 => _mm512_broadcast_i64x4(_mm256_loadu_si256(codes as *const _)),
+                                16 => _mm512_broadcast_i32x4(_mm_loadu_si128(codes as *const _)),
+                                _ => _mm512_set1_epi64((codes as *const i64).read_unaligned()),
+                            };
+                            let mask = _mm512_set1_epi8(((1u32 << BITS) - 1) as i8);
+                            _mm512_and_si512(_mm512_srlv_epi16(copies, shift), mask)
                         };
-                        let mask = _mm512_set1_epi8(((1u32 << BITS) - 1) as i8);
-                        _mm512_and_si512(_mm512_srlv_epi16(copies, shift), mask)
-                    };
-                    for (sum, inputs) in sums.iter_mut().zip(inputs) {
-                        let q = inputs.codes.as_ptr().add(b * B + 64 * half);
-                        *sum = _mm512_dpbusd_epi32(*sum, planes, _mm512_loadu_si512(q as *const _));
+                        for (sum, q) in sums.iter_mut().zip(q) {
+                            *sum = _mm512_dpbusd_epi32(*sum, planes, q);
+                        }
                     }
                 }
-                for ((acc, sum), inputs) in acc.iter_mut().zip(sums).zip(inputs) {
-                    let factor = _mm512_set1_ps(scale * inputs.scales[b]);
-                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), factor, *acc);
+                for ((acc, sums), scale) in acc.iter_mut().zip(sums).zip(scales) {
+                    for ((acc, sum), inputs) in acc.iter_mut().zip(sums).zip(inputs) {
+                        let factor = _mm512_set1_ps(scale * inputs.scales[b]);
+                        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), factor, *acc);
+                    }
                 }
             }
         }
@@ -1287,7 +1351,15 @@ mod tests {
             for m in 0..5 {
                 let input = &x[m * cols..(m + 1) * cols];
                 let inputs = Int8Inputs::new(input, layout);
+                // One vector alone, as decoding multiplies (rows four at a time, then the
+                // rest), gives what the batch gave.
+                let alone = packed.multiply(input);
                 for r in 0..rows {
+                    assert_eq!(
+                        alone[r],
+                        y[m * rows + r],
+                        "{format}: row {r} vector {m} alone"
+                    );
                     let (bytes, groups) = p.row(r);
                     let mut decoded = vec![0.0f32; cols + 8];
                     p.codes.decode(bytes, &mut decoded);
