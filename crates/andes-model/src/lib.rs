@@ -22,11 +22,14 @@ pub mod lora;
 pub mod loss;
 pub mod model;
 pub mod perplexity;
+#[cfg(any(feature = "wgpu", feature = "cuda-untuned"))]
+pub mod plane_rows;
 pub mod precision;
 pub mod projector;
 pub mod quantize;
 pub mod qwen3;
 pub mod replayed_decode;
+pub mod rms_norm;
 pub mod rope;
 pub mod row_product;
 pub mod sdpa;

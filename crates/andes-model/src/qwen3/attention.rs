@@ -8,6 +8,7 @@ use super::Qwen3Config;
 use crate::kv_cache::{LayerKvCache, Position};
 use crate::lora::AdaptedLinear;
 use crate::precision::operand;
+use crate::rms_norm::rms_norm;
 use crate::rope::RotaryEmbedding;
 use crate::sdpa::scaled_dot_product_attention;
 
@@ -87,12 +88,14 @@ impl Attention {
         // query and key norms and RoPE run in the residual stream's dtype.
         let dtype = x.dtype();
         let x = operand(x);
-        let q = self
-            .q_norm
-            .forward(split_heads(self.q_proj.forward(x.clone()), self.heads).cast(dtype));
-        let k = self
-            .k_norm
-            .forward(split_heads(self.k_proj.forward(x.clone()), self.kv_heads).cast(dtype));
+        let q = rms_norm(
+            &self.q_norm,
+            split_heads(self.q_proj.forward(x.clone()), self.heads).cast(dtype),
+        );
+        let k = rms_norm(
+            &self.k_norm,
+            split_heads(self.k_proj.forward(x.clone()), self.kv_heads).cast(dtype),
+        );
         let v = split_heads(self.v_proj.forward(x), self.kv_heads);
         let q = rope.apply(q, position);
         let k = rope.apply(k, position);

@@ -8,6 +8,7 @@ use super::Qwen3Config;
 use super::attention::Attention;
 use super::mlp::Mlp;
 use crate::kv_cache::{LayerKvCache, Position};
+use crate::rms_norm::rms_norm;
 use crate::rope::RotaryEmbedding;
 
 /// `x + attn(norm(x))`, then `x + mlp(norm(x))`.
@@ -49,8 +50,8 @@ impl DecoderLayer {
         mask: &Tensor<4, Bool>,
         cache: &mut LayerKvCache,
     ) -> Tensor<3> {
-        let normed = self.input_layernorm.forward(x.clone());
+        let normed = rms_norm(&self.input_layernorm, x.clone());
         let x = x + self.self_attn.forward(normed, rope, position, mask, cache);
-        x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
+        x.clone() + self.mlp.forward(rms_norm(&self.post_attention_layernorm, x))
     }
 }

@@ -19,6 +19,7 @@ use burn::tensor::{Device, Int, Tensor};
 use crate::error::ModelError;
 use crate::kv_cache::{KvCache, Position};
 use crate::precision::mixed_linear;
+use crate::rms_norm::rms_norm;
 use crate::rope::RotaryEmbedding;
 
 /// The transformer body: embedding, decoder blocks, final norm.
@@ -139,7 +140,7 @@ impl Qwen3ForCausalLM {
         for (layer, layer_cache) in self.model.layers.iter().zip(cache.layers.iter_mut()) {
             x = layer.forward(x, &self.model.rotary, position, &mask, layer_cache);
         }
-        self.model.norm.forward(x)
+        rms_norm(&self.model.norm, x)
     }
 
     /// Entries of the vocabulary (rows of the token embedding).

@@ -7,42 +7,18 @@
 //! step's 209.5 ms of kernels). Each kernel here reads its operands once, in their own dtype,
 //! computes in f32 and writes the result once.
 //!
-//! One plane (warp) owns a row of the scores: its units stride the row together, so reads are
-//! coalesced, and the row's maximum and sum are plane reductions, with no shared memory.
+//! One plane (warp) owns a row of the scores (`crate::plane_rows`): its units stride the row
+//! together, so reads are coalesced, and the row's maximum and sum are plane reductions, with
+//! no shared memory.
 
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::backend::tensor::{BoolTensor, FloatTensor};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::ops::numeric::empty_device_dtype;
-use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use super::{AttentionCore, composed_probabilities, composed_scores_grad};
-
-/// Rows (planes) a cube takes.
-const ROWS_PER_CUBE: u32 = 8;
-
-/// Where row `row` of `like` (rows counted over every dimension but the last) starts in
-/// `tensor`, which has `like`'s shape or broadcasts to it (a dimension of size 1 stays at 0).
-/// Every tensor is read through its own strides: CubeCL may pad a tensor's rows.
-#[cube]
-fn row_start<L: CubePrimitive, T: CubePrimitive>(
-    like: &Tensor<L>,
-    tensor: &Tensor<T>,
-    row: usize,
-) -> usize {
-    let rank = like.rank();
-    let mut rest = row;
-    let mut start = 0;
-    for step in 1..rank {
-        let dim = rank - 1 - step;
-        let coordinate = rest % like.shape(dim);
-        rest /= like.shape(dim);
-        start += (coordinate % tensor.shape(dim)) * tensor.stride(dim);
-    }
-    start
-}
+use crate::plane_rows::{address_type, empty_like, row_launch, row_start};
 
 /// `P = softmax(scores·scale, masked)` a row a plane. The mask is read through its own shape
 /// and strides, so any mask that broadcasts to the scores serves (a causal `[1, 1, q, k]`, a
@@ -134,43 +110,6 @@ fn scores_grad_kernel<E: Float>(
         grad_scores[out_row + col * out_step] = E::cast_from(p * (dp - dot) * scale);
         col += CUBE_DIM_X as usize;
     }
-}
-
-/// The launch geometry of a row kernel over `tensor`: a plane a row, [`ROWS_PER_CUBE`] rows a
-/// cube; `None` where the device's planes have no fixed width (the row would not be one plane)
-/// or planes are not supported.
-fn row_launch(tensor: &CubeTensor) -> Option<(CubeCount, CubeDim)> {
-    let hardware = &tensor.client.properties().hardware;
-    let plane = hardware.plane_size_max;
-    if plane != hardware.plane_size_min || plane < 2 {
-        return None;
-    }
-    let shape = &tensor.meta.shape;
-    let rows: usize = shape[..shape.len() - 1].iter().product();
-    let cubes = rows.div_ceil(ROWS_PER_CUBE as usize) as u32;
-    Some((
-        CubeCount::new_1d(cubes),
-        CubeDim::new_2d(plane, ROWS_PER_CUBE),
-    ))
-}
-
-/// The widest index type any of `tensors` needs (32-bit indices where every one fits).
-fn address_type(tensors: &[&CubeTensor]) -> AddressType {
-    tensors
-        .iter()
-        .map(|tensor| tensor.required_address_type())
-        .max()
-        .unwrap_or_default()
-}
-
-/// A new tensor of `tensor`'s shape, dtype and device (its own strides: CubeCL chooses them).
-fn empty_like(tensor: &CubeTensor) -> CubeTensor {
-    empty_device_dtype(
-        tensor.client.clone(),
-        tensor.device.clone(),
-        tensor.meta.shape.clone(),
-        tensor.dtype,
-    )
 }
 
 impl AttentionCore for CubeBackend {
