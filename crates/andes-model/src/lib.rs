@@ -31,6 +31,7 @@ pub mod qwen3;
 pub mod replayed_decode;
 pub mod rms_norm;
 pub mod rope;
+pub mod rotation;
 pub mod row_product;
 pub mod sdpa;
 pub mod sensitivity;

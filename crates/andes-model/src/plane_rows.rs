@@ -67,4 +67,3 @@ pub fn empty_like(tensor: &CubeTensor) -> CubeTensor {
         tensor.dtype,
     )
 }
-

@@ -125,10 +125,7 @@ fn composed_grad_input<B: Backend>(
     let r = inverse_rms::<B>(x.clone(), epsilon);
     let dot = B::float_sum_dim(B::float_mul(g.clone(), x.clone()), last);
     let r_cubed = B::float_mul(B::float_mul(r.clone(), r.clone()), r.clone());
-    let k = B::float_div_scalar(
-        B::float_mul(r_cubed, dot),
-        Scalar::new(width, &DType::F32),
-    );
+    let k = B::float_div_scalar(B::float_mul(r_cubed, dot), Scalar::new(width, &DType::F32));
     let grad_x = B::float_sub(B::float_mul(r, g), B::float_mul(k, x));
     B::float_cast(grad_x, dtype)
 }

@@ -7,6 +7,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::kv_cache::Position;
+use crate::rotation::rotate;
 
 /// The `rope_type`s andes computes, as transformers does.
 pub const ROPE_TYPES: [&str; 4] = ["default", "linear", "dynamic", "yarn"];
@@ -342,7 +343,7 @@ impl RotaryEmbedding {
                         .select(0, flat.clone())
                         .reshape([batch, 1, seq, head_dim])
                 };
-                return rotate_half_by(x, rows(&self.cos), rows(&self.sin));
+                return rotate(x, rows(&self.cos), rows(&self.sin));
             }
         };
         rotate_half(x, cos, sin)
@@ -353,20 +354,7 @@ impl RotaryEmbedding {
 /// `[seq, head_dim]`, where `rotate_half([x1, x2]) = [-x2, x1]` (the transformers convention,
 /// shared by the text model's 1D and the vision tower's 2D rotary embeddings).
 pub fn rotate_half(x: Tensor<4>, cos: Tensor<2>, sin: Tensor<2>) -> Tensor<4> {
-    rotate_half_by(x, cos.unsqueeze(), sin.unsqueeze())
-}
-
-/// [`rotate_half`] with tables that broadcast against `x` (`[batch or 1, 1, seq, head_dim]`):
-/// each row of a packed batch rotated at its own positions.
-fn rotate_half_by(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
-    let [_, _, _, head_dim] = x.dims();
-    let dtype = x.dtype();
-    let (cos, sin) = (cos.cast(dtype), sin.cast(dtype));
-    let half = head_dim / 2;
-    let x1 = x.clone().narrow(3, 0, half);
-    let x2 = x.clone().narrow(3, half, half);
-    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    x * cos + rotated * sin
+    rotate(x, cos.unsqueeze(), sin.unsqueeze())
 }
 
 #[cfg(test)]

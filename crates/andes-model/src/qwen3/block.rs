@@ -52,6 +52,9 @@ impl DecoderLayer {
     ) -> Tensor<3> {
         let normed = rms_norm(&self.input_layernorm, x.clone());
         let x = x + self.self_attn.forward(normed, rope, position, mask, cache);
-        x.clone() + self.mlp.forward(rms_norm(&self.post_attention_layernorm, x))
+        x.clone()
+            + self
+                .mlp
+                .forward(rms_norm(&self.post_attention_layernorm, x))
     }
 }

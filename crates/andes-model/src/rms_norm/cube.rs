@@ -142,7 +142,11 @@ impl RmsNormCore for CubeBackend {
         let Some((count, dim)) = row_launch(&x) else {
             return composed_grad_input::<Self>(x, gamma, grad, epsilon);
         };
-        let (x, gamma, grad) = (into_contiguous(x), into_contiguous(gamma), into_contiguous(grad));
+        let (x, gamma, grad) = (
+            into_contiguous(x),
+            into_contiguous(gamma),
+            into_contiguous(grad),
+        );
         let grad_x = empty_like(&x);
         let dtypes = [
             dtype_to_storage_type(x.dtype),
