@@ -50,10 +50,10 @@ print(sys.argv[3], "steps", len(rows), "first step s", round(rows[0]["tokens"] /
       "loss", [round(r["loss"], 4) for r in rows[:4]], "...", round(rows[-1]["loss"], 4),
       "peak MiB", max(memory, default=0))' "$R/$name-metrics.jsonl" "$R/$name-memory.csv" "$name" 2>&1 | tail -1
 done
-# BENCH="NAME=VAR=VALUE ..." adds `andes bench train --replay` of the same shape, once a name,
-# under that environment variable (`default=` for none).
+# BENCH="NAME=VAR=VALUE[,VAR=VALUE] ..." adds `andes bench train --replay` of the same shape,
+# once a name, under those environment variables (`default=` for none).
 for bench in ${BENCH:-}; do
-  run "bench-replay-${bench%%=*}" env $(traced "bench-replay-${bench%%=*}") ${bench#*=} $A bench train --config $MODEL --device cuda \
+  run "bench-replay-${bench%%=*}" env $(traced "bench-replay-${bench%%=*}") $(tr , ' ' <<< "${bench#*=}") $A bench train --config $MODEL --device cuda \
     --precision bf16-mixed --seq-len 1024 --batch $BATCH --replay --warmup 3 --steps 10
 done
 if [ "${TRACE:-0}" = 1 ]; then
