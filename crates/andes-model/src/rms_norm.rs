@@ -34,9 +34,14 @@ pub mod cube;
 /// `norm` applied to `x` (`[.., n]`, `n` the norm's width): one operation with its own
 /// backward pass, or Burn's composed `RmsNorm` where `ANDES_NORM=composed` asks.
 pub fn rms_norm<const D: usize>(norm: &RmsNorm, x: Tensor<D>) -> Tensor<D> {
-    if form("ANDES_NORM", Form::OneOperation) == Form::Composed {
-        return norm.forward(x);
+    match form("ANDES_NORM", Form::OneOperation) {
+        Form::OneOperation => one_operation(norm, x),
+        Form::Composed => norm.forward(x),
     }
+}
+
+/// [`rms_norm`] as the one operation of the module documentation.
+fn one_operation<const D: usize>(norm: &RmsNorm, x: Tensor<D>) -> Tensor<D> {
     let [width] = norm.gamma.shape().dims();
     assert_eq!(x.dims()[D - 1], width, "RMSNorm over {width} features");
     Tensor::from_dispatch(<Dispatch as RmsNormCore>::rms_norm(
@@ -230,10 +235,10 @@ mod tests {
         norm.gamma = norm.gamma.map(|_| {
             Tensor::from_data(TensorData::new(filled(3, width), [width]), device).require_grad()
         });
-        let run = |one_operation: bool| {
+        let run = |as_one_operation: bool| {
             let x = x.clone().require_grad();
-            let y = match one_operation {
-                true => rms_norm(&norm, x.clone()),
+            let y = match as_one_operation {
+                true => one_operation(&norm, x.clone()),
                 false => norm.forward(x.clone()),
             };
             let grads = (y.clone() * upstream.clone()).sum().backward();

@@ -32,14 +32,19 @@ pub mod cube;
 /// broadcast against it (`[batch or 1, 1, seq, head_dim]`), where `rotate_half([x1, x2]) =
 /// [-x2, x1]` (the transformers convention).
 pub fn rotate(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
-    if form("ANDES_ROTATION", Form::OneOperation) == Form::Composed {
-        return Tensor::from_dispatch(composed_rotation::<Dispatch>(
+    match form("ANDES_ROTATION", Form::OneOperation) {
+        Form::OneOperation => one_operation(x, cos, sin),
+        Form::Composed => Tensor::from_dispatch(composed_rotation::<Dispatch>(
             x.into_dispatch(),
             cos.into_dispatch(),
             sin.into_dispatch(),
             false,
-        ));
+        )),
     }
+}
+
+/// [`rotate`] as the one operation of the module documentation.
+fn one_operation(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as RotationCore>::rotation(
         x.into_dispatch(),
         cos.detach().into_dispatch(),
@@ -185,10 +190,10 @@ mod tests {
             for tables in [[1, 1, 5, 8], [2, 1, 5, 8]] {
                 let (cos, sin) = (filled(tables, 1, &device), filled(tables, 2, &device));
                 let upstream = filled(shape, 3, &device);
-                let run = |one_operation: bool| {
+                let run = |as_one_operation: bool| {
                     let x = filled(shape, 4, &device).require_grad();
-                    let y = match one_operation {
-                        true => rotate(x.clone(), cos.clone(), sin.clone()),
+                    let y = match as_one_operation {
+                        true => one_operation(x.clone(), cos.clone(), sin.clone()),
                         false => {
                             let x1 = x.clone().narrow(3, 0, 4);
                             let x2 = x.clone().narrow(3, 4, 4);
