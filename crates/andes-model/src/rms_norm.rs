@@ -14,8 +14,9 @@
 //!
 //! Everything is computed in f32 and returned in `x`'s dtype, as transformers' Qwen3RMSNorm
 //! computes in f32 (it rounds the normalised row to the input's dtype before scaling by γ;
-//! this rounds once, at the end). `ANDES_NORM=composed` runs Burn's `RmsNorm` instead, so a
-//! benchmark can time both in one build.
+//! this rounds once, at the end). It is opt-in (`ANDES_NORM=one-operation`) until its CubeCL
+//! kernels have run their GPU test and a GPU step has been timed with them; Burn's `RmsNorm`
+//! runs by default.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -31,10 +32,10 @@ use crate::composed::{Form, form};
 #[cfg(any(feature = "wgpu", feature = "cuda-untuned"))]
 pub mod cube;
 
-/// `norm` applied to `x` (`[.., n]`, `n` the norm's width): one operation with its own
-/// backward pass, or Burn's composed `RmsNorm` where `ANDES_NORM=composed` asks.
+/// `norm` applied to `x` (`[.., n]`, `n` the norm's width): Burn's composed `RmsNorm`, or
+/// one operation with its own backward pass where `ANDES_NORM=one-operation` asks.
 pub fn rms_norm<const D: usize>(norm: &RmsNorm, x: Tensor<D>) -> Tensor<D> {
-    match form("ANDES_NORM", Form::OneOperation) {
+    match form("ANDES_NORM", Form::Composed) {
         Form::OneOperation => one_operation(norm, x),
         Form::Composed => norm.forward(x),
     }
