@@ -37,6 +37,8 @@ pub mod sdpa;
 pub mod sensitivity;
 pub mod swiglu;
 pub mod task;
+#[cfg(test)]
+pub(crate) mod test_tensors;
 pub mod throughput;
 pub mod vision;
 

@@ -10,6 +10,13 @@ use cubecl::prelude::*;
 /// Rows (planes) a cube takes.
 pub const ROWS_PER_CUBE: u32 = 8;
 
+/// The row this unit's plane owns: planes are numbered across the cubes, [`ROWS_PER_CUBE`] a
+/// cube (`row_launch`'s geometry).
+#[cube]
+pub fn plane_row() -> usize {
+    CUBE_POS * CUBE_DIM_Y as usize + UNIT_POS_Y as usize
+}
+
 /// Where row `row` of `like` (rows counted over every dimension but the last) starts in
 /// `tensor`, which has `like`'s shape or broadcasts to it (a dimension of size 1 stays at 0).
 /// Every tensor is read through its own strides: CubeCL may pad a tensor's rows.
@@ -31,10 +38,10 @@ pub fn row_start<L: CubePrimitive, T: CubePrimitive>(
     start
 }
 
-/// The launch geometry of a row kernel over `tensor`: a plane a row, [`ROWS_PER_CUBE`] rows a
-/// cube; `None` where the device's planes have no fixed width (the row would not be one plane)
-/// or planes are not supported.
-pub fn row_launch(tensor: &CubeTensor) -> Option<(CubeCount, CubeDim)> {
+/// The launch geometry of a row kernel over `tensor` (a plane a row, [`ROWS_PER_CUBE`] rows a
+/// cube) and its number of rows (every dimension but the last); `None` where the device's
+/// planes have no fixed width (the row would not be one plane) or planes are not supported.
+pub fn row_launch(tensor: &CubeTensor) -> Option<(CubeCount, CubeDim, u32)> {
     let hardware = &tensor.client.properties().hardware;
     let plane = hardware.plane_size_max;
     if plane != hardware.plane_size_min || plane < 2 {
@@ -46,6 +53,7 @@ pub fn row_launch(tensor: &CubeTensor) -> Option<(CubeCount, CubeDim)> {
     Some((
         CubeCount::new_1d(cubes),
         CubeDim::new_2d(plane, ROWS_PER_CUBE),
+        rows as u32,
     ))
 }
 

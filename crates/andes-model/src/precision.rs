@@ -3,9 +3,11 @@
 
 use std::cell::Cell;
 
+use burn::backend::Backend;
+use burn::backend::tensor::FloatTensor;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::module::linear;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, FloatDType, Tensor};
 
 /// How a run computes: `f32` everywhere; `bf16-mixed` as torch autocast does it (f32 master
 /// weights and optimizer state, matrix products and attention in bf16, norms, softmax, losses
@@ -159,6 +161,12 @@ pub fn parse_dtype(spec: &str) -> Result<DType, crate::ModelError> {
     }
 }
 
+/// A backend tensor in f32 (itself when already f32): what the operations that compute in f32
+/// whatever their operands' dtype (attention's softmax, RMSNorm, the rotary rotation) read.
+pub fn f32_of<B: Backend>(tensor: FloatTensor<B>) -> FloatTensor<B> {
+    B::float_cast(tensor, FloatDType::F32)
+}
+
 #[cfg(test)]
 mod tests {
     use burn::tensor::module::linear;
@@ -166,10 +174,7 @@ mod tests {
 
     use super::*;
     use crate::row_product::linear_rows;
-
-    fn values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
-        tensor.into_data().convert::<f32>().try_to_vec().unwrap()
-    }
+    use crate::test_tensors::values;
 
     #[test]
     fn autocast_runs_products_on_bf16_operands_and_hands_back_f32() {

@@ -1,10 +1,10 @@
 //! RMSNorm as one differentiable operation.
 //!
-//! Burn's `RmsNorm` is composed of operations (cast, square, mean, add, square root, divide,
-//! multiply), each differentiated by itself: a norm of the Qwen3-0.6B training step is about
-//! four kernels forward and a dozen backward, each reading or writing the activations' size,
-//! and the step has 113 of them (two a layer over the hidden size, and the per-head query
-//! and key norms, over 16 and 8 heads of every token). This operation normalises a row in
+//! Burn's `RmsNorm` is eight operations (cast, square, mean, add, square root, cast, divide,
+//! multiply), each differentiated by itself and each reading or writing the activations' size
+//! where Burn's fusion does not join them (how many kernels they become on the GPU was not
+//! profiled), and the Qwen3-0.6B step has 113 norms (two a layer over the hidden size, the
+//! per-head query and key norms over 16 and 8 heads of every token, and the final one). This operation normalises a row in
 //! one pass (one kernel on CubeCL backends, `rms_norm/cube.rs`, in GPU builds) and
 //! differentiates with the closed form:
 //!
@@ -28,6 +28,7 @@ use burn::nn::RmsNorm;
 use burn::tensor::{DType, FloatDType, Shape, Tensor};
 
 use crate::composed::{Form, form};
+use crate::precision::f32_of;
 
 #[cfg(any(feature = "wgpu", feature = "cuda-untuned"))]
 pub mod cube;
@@ -82,10 +83,6 @@ pub trait RmsNormCore: Backend {
 }
 
 impl RmsNormCore for burn::backend::Flex {}
-
-fn f32_of<B: Backend>(tensor: FloatTensor<B>) -> FloatTensor<B> {
-    B::float_cast(tensor, FloatDType::F32)
-}
 
 /// `r = (mean(x²) + ε)^(-1/2)` of each row of the f32 `x`, its last dimension kept as 1.
 fn inverse_rms<B: Backend>(x: FloatTensor<B>, epsilon: f64) -> FloatTensor<B> {
@@ -196,13 +193,10 @@ impl<B: Backend + RmsNormCore, C: CheckpointStrategy> RmsNormCore for Autodiff<B
 #[cfg(test)]
 mod tests {
     use burn::nn::RmsNormConfig;
-    use burn::tensor::{Device, TensorData};
+    use burn::tensor::Device;
 
     use super::*;
-
-    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-    }
+    use crate::test_tensors::{filled, values};
 
     fn assert_close(a: &[f32], b: &[f32], what: &str) {
         let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
@@ -224,18 +218,11 @@ mod tests {
 
     fn matches_composed_norm<const D: usize>(shape: [usize; D], device: &Device) {
         let width = shape[D - 1];
-        let filled = |seed: usize, len: usize| -> Vec<f32> {
-            (0..len)
-                .map(|i| 2.0 * ((i * 7919 + seed * 104_729) as f32 * 0.618).sin())
-                .collect()
-        };
-        let len = shape.iter().product();
-        let x = Tensor::<D>::from_data(TensorData::new(filled(1, len), shape), device);
-        let upstream = Tensor::<D>::from_data(TensorData::new(filled(2, len), shape), device);
+        let (x, upstream) = (filled(shape, 1, device), filled(shape, 2, device));
         let mut norm = RmsNormConfig::new(width).with_epsilon(1e-6).init(device);
-        norm.gamma = norm.gamma.map(|_| {
-            Tensor::from_data(TensorData::new(filled(3, width), [width]), device).require_grad()
-        });
+        norm.gamma = norm
+            .gamma
+            .map(|_| filled([width], 3, device).require_grad());
         let run = |as_one_operation: bool| {
             let x = x.clone().require_grad();
             let y = match as_one_operation {

@@ -24,6 +24,7 @@ use burn::backend::{Autodiff, Backend, Dispatch, TensorMetadata, backend_extensi
 use burn::tensor::{FloatDType, Slice, Tensor};
 
 use crate::composed::{Form, form};
+use crate::precision::f32_of;
 
 #[cfg(any(feature = "wgpu", feature = "cuda-untuned"))]
 pub mod cube;
@@ -77,10 +78,6 @@ pub trait RotationCore: Backend {
 }
 
 impl RotationCore for burn::backend::Flex {}
-
-fn f32_of<B: Backend>(tensor: FloatTensor<B>) -> FloatTensor<B> {
-    B::float_cast(tensor, FloatDType::F32)
-}
 
 /// The halves `[..., 0..h]` and `[..., h..2h]` of the last dimension.
 fn halves<B: Backend>(x: FloatTensor<B>) -> [FloatTensor<B>; 2] {
@@ -160,20 +157,10 @@ impl<B: Backend + RotationCore, C: CheckpointStrategy> RotationCore for Autodiff
 
 #[cfg(test)]
 mod tests {
-    use burn::tensor::{Device, TensorData};
+    use burn::tensor::Device;
 
     use super::*;
-
-    fn values(t: Tensor<4>) -> Vec<f32> {
-        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-    }
-
-    fn filled(shape: [usize; 4], seed: usize, device: &Device) -> Tensor<4> {
-        let values: Vec<f32> = (0..shape.iter().product::<usize>())
-            .map(|i| 2.0 * ((i * 7919 + seed * 104_729) as f32 * 0.618).sin())
-            .collect();
-        Tensor::from_data(TensorData::new(values, shape), device)
-    }
+    use crate::test_tensors::{filled, values};
 
     fn assert_close(a: &[f32], b: &[f32], what: &str) {
         let gap = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));

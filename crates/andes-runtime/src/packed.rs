@@ -116,6 +116,16 @@ struct Groups<'a> {
     zeros: &'a [f32],
 }
 
+impl Groups<'_> {
+    /// `Σ_g scale_g·zero_g·Σ_{i∈g} xᵢ` from a vector's group sums: what the zero points take
+    /// off the row's product with it.
+    fn zero_points_term(&self, sums: &[f32]) -> f32 {
+        (self.scales.iter().zip(self.zeros).zip(sums))
+            .map(|((scale, zero), sum)| scale * zero * sum)
+            .sum()
+    }
+}
+
 impl PackedMatrix {
     /// The package's tensor, codes kept packed.
     pub fn from_quantized(tensor: &QuantizedTensor) -> Self {
@@ -638,13 +648,7 @@ mod fused {
     ) {
         let cols = x.len() / out.len();
         let groups = row.scales.len();
-        // `Σ_g scale_g·zero_g·Σ_{i∈g} xᵢ`, what the zero points take off vector m's product.
-        let zeros_x = |m: usize| -> f32 {
-            let sums = &sums[m * groups..(m + 1) * groups];
-            (row.scales.iter().zip(row.zeros).zip(sums))
-                .map(|((scale, zero), sum)| scale * zero * sum)
-                .sum()
-        };
+        let zeros_x = |m: usize| row.zero_points_term(&sums[m * groups..(m + 1) * groups]);
         if !int8.is_empty() {
             // Prompt vectors four at a time: each block's codes are split into planes once
             // for the four.
@@ -721,10 +725,7 @@ mod fused {
         // SAFETY: the caller found VNNI and whole blocks (`int8_layout`).
         let products = unsafe { wide::int8_four_rows(&rows, int8) };
         for ((y, product), (_, row)) in out.iter_mut().zip(products).zip(&rows) {
-            let zeros: f32 = (row.scales.iter().zip(row.zeros).zip(sums))
-                .map(|((scale, zero), sum)| scale * zero * sum)
-                .sum();
-            *y = product - zeros;
+            *y = product - row.zero_points_term(sums);
         }
     }
 

@@ -9,7 +9,7 @@ use burn_cubecl::kernel::into_contiguous;
 use cubecl::prelude::*;
 
 use super::{RmsNormCore, composed_grad_input, composed_rms_norm};
-use crate::plane_rows::{address_type, empty_like, row_launch, row_start};
+use crate::plane_rows::{address_type, empty_like, plane_row, row_launch, row_start};
 
 /// `r = (mean(x²) + ε)^(-1/2)` of the row of `x` starting at `start`, summed over the plane.
 #[cube]
@@ -37,7 +37,7 @@ fn rms_norm_kernel<E: Float, G: Float>(
     epsilon: f32,
     #[define(E, G)] _dtypes: [ElemType; 2],
 ) {
-    let row = CUBE_POS * CUBE_DIM_Y as usize + UNIT_POS_Y as usize;
+    let row = plane_row();
     if row >= rows as usize {
         terminate!();
     }
@@ -65,7 +65,7 @@ fn grad_input_kernel<E: Float, G: Float>(
     epsilon: f32,
     #[define(E, G)] _dtypes: [ElemType; 2],
 ) {
-    let row = CUBE_POS * CUBE_DIM_Y as usize + UNIT_POS_Y as usize;
+    let row = plane_row();
     if row >= rows as usize {
         terminate!();
     }
@@ -94,15 +94,9 @@ fn grad_input_kernel<E: Float, G: Float>(
     }
 }
 
-/// The rows of `tensor` (every dimension but the last).
-fn rows_of(tensor: &burn_cubecl::tensor::CubeTensor) -> u32 {
-    let shape = &tensor.meta.shape;
-    shape[..shape.len() - 1].iter().product::<usize>() as u32
-}
-
 impl RmsNormCore for CubeBackend {
     fn rms_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, epsilon: f64) -> FloatTensor<Self> {
-        let Some((count, dim)) = row_launch(&x) else {
+        let Some((count, dim, rows)) = row_launch(&x) else {
             return composed_rms_norm::<Self>(x, gamma, epsilon);
         };
         let (x, gamma) = (into_contiguous(x), into_contiguous(gamma));
@@ -111,7 +105,7 @@ impl RmsNormCore for CubeBackend {
             dtype_to_storage_type(x.dtype),
             dtype_to_storage_type(gamma.dtype),
         ];
-        let (client, rows) = (x.client.clone(), rows_of(&x));
+        let client = x.client.clone();
         let address = address_type(&[&x, &gamma, &y]);
         // SAFETY: every index the kernel forms lies in its tensor: rows past the last return
         // first, columns stay under the row's width (γ's length), and each tensor is indexed
@@ -139,7 +133,7 @@ impl RmsNormCore for CubeBackend {
         grad: FloatTensor<Self>,
         epsilon: f64,
     ) -> FloatTensor<Self> {
-        let Some((count, dim)) = row_launch(&x) else {
+        let Some((count, dim, rows)) = row_launch(&x) else {
             return composed_grad_input::<Self>(x, gamma, grad, epsilon);
         };
         let (x, gamma, grad) = (
@@ -152,7 +146,7 @@ impl RmsNormCore for CubeBackend {
             dtype_to_storage_type(x.dtype),
             dtype_to_storage_type(gamma.dtype),
         ];
-        let (client, rows) = (x.client.clone(), rows_of(&x));
+        let client = x.client.clone();
         let address = address_type(&[&x, &gamma, &grad, &grad_x]);
         // SAFETY: as for the norm: rows past the last return first, columns stay under the
         // row's width, each tensor indexed through its own shape and strides.
@@ -181,20 +175,10 @@ impl RmsNormCore for CubeBackend {
 #[cfg(all(test, feature = "cuda-untuned"))]
 mod tests {
     use burn::backend::Dispatch;
-    use burn::tensor::{DType, Device, Tensor, TensorData};
+    use burn::tensor::{DType, Tensor};
 
     use super::*;
-
-    fn filled<const D: usize>(shape: [usize; D], seed: usize, device: &Device) -> Tensor<D> {
-        let values: Vec<f32> = (0..shape.iter().product::<usize>())
-            .map(|i| 2.0 * ((i * 7919 + seed * 104_729) as f32 * 0.618).sin())
-            .collect();
-        Tensor::from_data(TensorData::new(values, shape), device)
-    }
-
-    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-    }
+    use crate::test_tensors::{filled, values};
 
     fn gap(a: &[f32], b: &[f32]) -> f32 {
         let scale = b.iter().fold(1f32, |m, x| m.max(x.abs()));

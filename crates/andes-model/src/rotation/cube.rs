@@ -9,7 +9,7 @@ use burn_cubecl::kernel::into_contiguous;
 use cubecl::prelude::*;
 
 use super::{RotationCore, composed_rotation};
-use crate::plane_rows::{address_type, empty_like, row_launch, row_start};
+use crate::plane_rows::{address_type, empty_like, plane_row, row_launch, row_start};
 
 /// `y_j = a·cos_j − b·s_lo`, `y_{j+h} = b·cos_{j+h} + a·s_hi` for `(a, b) = (x_j, x_{j+h})`:
 /// the rotation with `(s_lo, s_hi) = (sin_j, sin_{j+h})`, its transpose with `(−sin_{j+h},
@@ -24,7 +24,7 @@ fn rotation_kernel<E: Float, T: Float>(
     transposed: u32,
     #[define(E, T)] _dtypes: [ElemType; 2],
 ) {
-    let row = CUBE_POS * CUBE_DIM_Y as usize + UNIT_POS_Y as usize;
+    let row = plane_row();
     if row >= rows as usize {
         terminate!();
     }
@@ -63,7 +63,7 @@ impl RotationCore for CubeBackend {
         sin: FloatTensor<Self>,
         transposed: bool,
     ) -> FloatTensor<Self> {
-        let Some((count, dim)) = row_launch(&x) else {
+        let Some((count, dim, rows)) = row_launch(&x) else {
             return composed_rotation::<Self>(x, cos, sin, transposed);
         };
         if cos.dtype != sin.dtype {
@@ -75,8 +75,6 @@ impl RotationCore for CubeBackend {
             dtype_to_storage_type(x.dtype),
             dtype_to_storage_type(cos.dtype),
         ];
-        let shape = &x.meta.shape;
-        let rows = shape[..shape.len() - 1].iter().product::<usize>() as u32;
         let client = x.client.clone();
         let address = address_type(&[&x, &cos, &sin, &y]);
         // SAFETY: every index the kernel forms lies in its tensor: rows past the last return
@@ -107,20 +105,10 @@ impl RotationCore for CubeBackend {
 #[cfg(all(test, feature = "cuda-untuned"))]
 mod tests {
     use burn::backend::Dispatch;
-    use burn::tensor::{DType, Device, Tensor, TensorData};
+    use burn::tensor::{DType, Tensor};
 
     use super::*;
-
-    fn filled(shape: [usize; 4], seed: usize, device: &Device) -> Tensor<4> {
-        let values: Vec<f32> = (0..shape.iter().product::<usize>())
-            .map(|i| 2.0 * ((i * 7919 + seed * 104_729) as f32 * 0.618).sin())
-            .collect();
-        Tensor::from_data(TensorData::new(values, shape), device)
-    }
-
-    fn values(t: Tensor<4>) -> Vec<f32> {
-        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-    }
+    use crate::test_tensors::{filled, values};
 
     /// The kernel against the composed rotation, both directions: shared and per-row tables,
     /// a transposed (strided) input, bf16.

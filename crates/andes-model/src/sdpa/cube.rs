@@ -18,7 +18,7 @@ use burn_cubecl::kernel::into_contiguous;
 use cubecl::prelude::*;
 
 use super::{AttentionCore, composed_probabilities, composed_scores_grad};
-use crate::plane_rows::{address_type, empty_like, row_launch, row_start};
+use crate::plane_rows::{address_type, empty_like, plane_row, row_launch, row_start};
 
 /// `P = softmax(scores·scale, masked)` a row a plane. The mask is read through its own shape
 /// and strides, so any mask that broadcasts to the scores serves (a causal `[1, 1, q, k]`, a
@@ -34,7 +34,7 @@ fn probabilities_kernel<E: Float, M: Int>(
 ) {
     let last = scores.rank() - 1;
     let row_len = scores.shape(last);
-    let row = CUBE_POS * CUBE_DIM_Y as usize + UNIT_POS_Y as usize;
+    let row = plane_row();
     if row * row_len >= scores.len() {
         terminate!();
     }
@@ -92,7 +92,7 @@ fn scores_grad_kernel<E: Float>(
 ) {
     let last = probabilities.rank() - 1;
     let row_len = probabilities.shape(last);
-    let row = CUBE_POS * CUBE_DIM_Y as usize + UNIT_POS_Y as usize;
+    let row = plane_row();
     if row * row_len >= probabilities.len() {
         terminate!();
     }
@@ -118,7 +118,7 @@ impl AttentionCore for CubeBackend {
         mask: BoolTensor<Self>,
         scale: f64,
     ) -> FloatTensor<Self> {
-        let Some((count, dim)) = row_launch(&scores) else {
+        let Some((count, dim, _)) = row_launch(&scores) else {
             return composed_probabilities::<Self>(scores, mask, scale);
         };
         // Row-major operands (a product's output may come transposed) keep each plane's reads
@@ -157,7 +157,7 @@ impl AttentionCore for CubeBackend {
         row_dot: FloatTensor<Self>,
         scale: f64,
     ) -> FloatTensor<Self> {
-        let Some((count, dim)) = row_launch(&probabilities) else {
+        let Some((count, dim, _)) = row_launch(&probabilities) else {
             return composed_scores_grad::<Self>(probabilities, grad_probabilities, row_dot, scale);
         };
         let probabilities = into_contiguous(probabilities);
@@ -196,13 +196,12 @@ mod tests {
     use burn::tensor::{Bool, DType, Device, Tensor, TensorData};
 
     use super::*;
-    use crate::sdpa::tests::{causal, values};
+    use crate::sdpa::tests::causal;
+    use crate::test_tensors::values;
 
+    /// Scores spread over about [-3, 3].
     fn filled(shape: [usize; 4], seed: usize, device: &Device) -> Tensor<4> {
-        let values: Vec<f32> = (0..shape.iter().product::<usize>())
-            .map(|i| 3.0 * ((i * 7919 + seed * 104_729) as f32 * 0.618).sin())
-            .collect();
-        Tensor::from_data(TensorData::new(values, shape), device)
+        crate::test_tensors::filled(shape, seed, device).mul_scalar(1.5)
     }
 
     /// Largest difference, NaN matching NaN only.

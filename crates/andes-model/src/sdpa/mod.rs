@@ -37,6 +37,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, DType, FloatDType, Tensor};
 
 use crate::composed::{Form, form};
+use crate::precision::f32_of;
 
 #[cfg(any(feature = "wgpu", feature = "cuda-untuned"))]
 pub mod cube;
@@ -197,10 +198,6 @@ fn probabilities_of<B: AttentionCore>(
     B::attention_probabilities(scores, mask, scale)
 }
 
-fn f32_of<B: Backend>(tensor: FloatTensor<B>) -> FloatTensor<B> {
-    B::float_cast(tensor, FloatDType::F32)
-}
-
 /// The backward step; its state is `(q, k, v, P, O, scale)` of the inner backend.
 #[derive(Debug)]
 struct AttentionCoreBackward;
@@ -296,18 +293,15 @@ impl<B: Backend + AttentionCore, C: CheckpointStrategy> AttentionCore for Autodi
 
 #[cfg(test)]
 mod tests {
-    use burn::tensor::{Device, TensorData};
+    use burn::tensor::Device;
 
     use super::*;
     use crate::kv_cache::Position;
+    use crate::test_tensors::{filled, values};
 
     /// The mask of `seq` queries that follow `keys - seq` cached positions, `[1, 1, seq, keys]`.
     pub(super) fn causal(seq: usize, keys: usize, device: &Device) -> Tensor<4, Bool> {
         Position::Start(keys - seq).attention_mask(seq, device)
-    }
-
-    pub(super) fn values(t: Tensor<4>) -> Vec<f32> {
-        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
     }
 
     fn assert_close(a: &[f32], b: &[f32], what: &str) {
@@ -327,13 +321,7 @@ mod tests {
 
     fn matches_attention_differentiated_op_by_op(device: Device) {
         let (batch, heads, seq, dim) = (2, 3, 7, 8);
-        // Deterministic values spread over about [-2, 2].
-        let filled = |seed: usize| {
-            let values: Vec<f32> = (0..batch * heads * seq * dim)
-                .map(|i| 2.0 * ((i * 7919 + seed * 104_729) as f32 * 0.618).sin())
-                .collect();
-            Tensor::<4>::from_data(TensorData::new(values, [batch, heads, seq, dim]), &device)
-        };
+        let filled = |seed| filled([batch, heads, seq, dim], seed, &device);
         let (q, k, v) = (
             filled(1).require_grad(),
             filled(2).require_grad(),
