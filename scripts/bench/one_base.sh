@@ -22,7 +22,10 @@
 # usage: scripts/bench/one_base.sh [ANDES_BINARY] [OUT_DIR] [BUDGETS...]
 # env: RECIPES (configs/recipes/tiny), INIT_CONFIG, DEVICE (cpu; quantize and eval),
 #      WINDOW (eval and calibration window; the binary's default when unset), JOBS (1: budgets
-#      at once), LLAMACPP, LLAMACPP_TYPES (TYPE:[imatrix] ...), PYTHON (python3)
+#      at once), LLAMACPP, LLAMACPP_TYPES (TYPE:[imatrix] ...), PYTHON (python3), LORA_INIT
+#      (zero-update: how the adapters on the packages start, `[lora] init`; another value keeps
+#      its adapters' figures apart in OUT, so one OUT holds the table for each), QAT_VARIANTS
+#      (qat distill: which QAT columns run; the others say not run)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 A=$(realpath "${1:-target/release/andes}")
@@ -32,6 +35,8 @@ BUDGETS=${*:-4 3 2 1.8}
 RECIPES=${RECIPES:-configs/recipes/tiny}
 DEVICE=${DEVICE:-cpu}
 JOBS=${JOBS:-1}
+LORA_INIT=${LORA_INIT:-zero-update}
+QAT_VARIANTS=${QAT_VARIANTS-qat distill}
 PYTHON=${PYTHON:-python3}
 window=(); [ -n "${WINDOW:-}" ] && window=(--window "$WINDOW")
 mkdir -p "$OUT/nll"
@@ -54,9 +59,13 @@ trained() { # trained DIR ARGS...: `andes train --out DIR ARGS...` to its end, r
   touch "$dir.done"
 }
 adapter() { # adapter NAME CHECKPOINT [PACKAGE]: the task NLL of the lora adapter
-  local extra=(); [ -n "${3:-}" ] && extra=(--set "model.package=\"$3\"")
-  [ -s "$OUT/nll/task-$1" ] || rm -rf "$OUT/lora-$1" # a run cut short starts again
-  once "task-$1" train --config $RECIPES/lora.toml --out "$OUT/lora-$1" --set "model.checkpoint=\"$2\"" "${extra[@]}"
+  local extra=() name=$1
+  if [ -n "${3:-}" ]; then
+    extra=(--set "model.package=\"$3\"" --set "lora.init=\"$LORA_INIT\"")
+    [ "$LORA_INIT" = zero-update ] || name=$name-$LORA_INIT
+  fi
+  [ -s "$OUT/nll/task-$name" ] || rm -rf "$OUT/lora-$name" # a run cut short starts again
+  once "task-$name" train --config $RECIPES/lora.toml --out "$OUT/lora-$name" --set "model.checkpoint=\"$2\"" "${extra[@]}"
 }
 # The set's qat recipe as a float pretraining: stage pretrain, no [quant] table.
 awk '/^\[/ { skip = ($0 == "[quant]") } !skip' $RECIPES/qat.toml | sed 's/^stage = "qat"/stage = "pretrain"/' > "$OUT/control.toml"
@@ -84,6 +93,9 @@ budget_row() { # budget_row B: the table's row of budget B, into OUT/row-B.md
   awk -v plan="$G/bit_plan.json" '/^\[/ { quant = ($0 == "[quant]") }
     quant && /^format = / { $0 = "plan = \"" plan "\"" } 1' $RECIPES/qat.toml > "$OUT/qat-$B.toml"
   for variant in qat distill; do
+    if [[ " $QAT_VARIANTS " != *" $variant "* ]]; then
+      row="$row | not run"; tasks="$tasks | not run"; continue
+    fi
     distill=(); [ $variant = distill ] && distill=(--set distill.weight=0.5)
     trained "$OUT/$variant-$B" --config "$OUT/qat-$B.toml" --set "model.checkpoint=\"$P\"" "${distill[@]}"
     C=$(last "$OUT/$variant-$B")

@@ -5,11 +5,11 @@
 # the GPU machine from the test binary of CRATE (default andes-model) that
 # `TEST_CRATE=CRATE scripts/gpu/build-cuda.sh` makes here (.carry/CRATE-tests-cublas.xz; for
 # andes-train with TEST_FEATURES="cube andes-model/cublas"). FILTER picks the tests (default
-# cube); the exit code is the tests'.
+# cube; several words run the tests matching any); the exit code is the tests'.
 set -uo pipefail
 CRATE=${CRATE:-andes-model}
 T=/tmp/$CRATE-tests
 xz -dc ".carry/$CRATE-tests-cublas.xz" > "$T" && chmod +x "$T"
 . "$(dirname "$0")/cublas_lib.sh"
 printf '[compilation]\ncache = true\n' > cubecl.toml
-cd "crates/$CRATE" && "$T" "${FILTER:-cube}" --nocapture
+cd "crates/$CRATE" && "$T" ${FILTER:-cube} --nocapture

@@ -4,7 +4,8 @@
 # pretrained by configs/recipes/gpu/qalft-medium/pretrain.toml on GCIDE's prose), with
 # llama.cpp's types on the same base. The work folder W (default runs/one-base-medium) is
 # ignored by git, so a second call on the same warm machine goes on where the first stopped;
-# BUDGETS (default 1.8 2 3 4) and JOBS (budgets at once, default 2) are passed through.
+# BUDGETS (default 1.8 2 3 4) and JOBS (budgets at once, default 2) are passed through, as are
+# LORA_INIT and QAT_VARIANTS; LLAMACPP= (empty) leaves llama.cpp's rows out.
 #
 # Needs, in .carry/: andes-cublas.xz (scripts/gpu/build-cuda.sh), gcide-large.txt.xz
 # (scripts/datasets/make_gcide_sample.py --large-bytes 100000000, xz-compressed) and
@@ -19,7 +20,7 @@ R=$W . "$(dirname "$0")/cublas_lib.sh"
 prepare_run "$W/gpu.txt" $'\n[autotune]\nlevel = "minimal"\n'
 start=$SECONDS
 RECIPES=configs/recipes/gpu/qalft-medium INIT_CONFIG=configs/models/qwen3-gcide-medium.json \
-  DEVICE=cuda WINDOW=256 JOBS=${JOBS:-2} LLAMACPP=.carry/ggml_roundtrip \
+  DEVICE=cuda WINDOW=256 JOBS=${JOBS:-2} LLAMACPP=${LLAMACPP-.carry/ggml_roundtrip} \
   timeout "${LIMIT:-540}" bash scripts/bench/one_base.sh $A "$W" ${BUDGETS:-1.8 2 3 4} 2> "$W/stderr.txt" \
   | tee "$W/table.md"
 echo "one_base.sh rc=${PIPESTATUS[0]} after $((SECONDS - start)) s"

@@ -14,13 +14,15 @@ run() {
 
 # `train_peers`: PyTorch's training step (scripts/bench/train_peer.py) of $MODEL at seq 1024 and
 # $BATCH windows, once for each of PEER_SPECS (comma-separated "PRECISION ATTN [--compile]",
-# default TF32 and bf16 autocast with SDPA; COMPILE=1 adds bf16 autocast compiled), each
+# default TF32 and bf16 autocast with SDPA, `none` for no eager row; COMPILE=1 adds bf16
+# autocast compiled), each
 # through `run` as peer-PRECISION-ATTN[-compile]; a compiled row gets COMPILE_LIMIT seconds
 # (default 360), the others STEP_LIMIT.
 train_peers() {
   local specs spec limit
   local peer_specs=${PEER_SPECS:-"tf32 sdpa,bf16-mixed sdpa"}
   [ "${COMPILE:-0}" = 1 ] && peer_specs="$peer_specs,bf16-mixed sdpa --compile"
+  peer_specs=${peer_specs#none,}; [ "$peer_specs" = none ] && return
   IFS=, read -ra specs <<< "$peer_specs"
   for spec in "${specs[@]}"; do
     set -- $spec

@@ -3,7 +3,8 @@
 //! `andes train` of a LoRA adapter against a package (`[model] package`): the base it trains
 //! is the package's, bit for bit; the adapter scores with `andes eval --model PKG --adapter`
 //! as training scored it; and the refusals (a package of another model, a stage that is not
-//! `lora`); an AndesVL adapter trained against an AndesVL package.
+//! `lora`); an AndesVL adapter trained against an AndesVL package; an adapter that starts at
+//! the package's quantization residual.
 
 mod common;
 
@@ -55,6 +56,66 @@ fn a_lora_run_against_a_package_trains_the_packages_base() {
     assert!(
         (package_loss - run_eval_loss).abs() < 1e-9 * run_eval_loss,
         "andes eval on the package {package_loss} vs the run {run_eval_loss}"
+    );
+}
+
+/// `[lora] init = "quantization-residual"`: after one step at a negligible learning rate the
+/// package with its adapter computes nearer to the float model it was quantized from than the
+/// package alone; a float base refuses the key.
+#[test]
+fn an_adapter_started_at_the_quantization_residual_begins_nearer_the_float_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let package = package_of(
+        "qwen3-tiny-untied-mha-f32",
+        "1.8",
+        &dir.path().join("package"),
+    );
+    let run = dir.path().join("run");
+    let residual = ["--set", "lora.init=\"quantization-residual\""];
+    let output = train_lora(
+        &run,
+        &package,
+        1,
+        &[&residual[..], &["--set", "optimizer.lr=1e-12"]].concat(),
+    );
+    common::assert_success(&output);
+    let device = Device::flex();
+    let started = andes_train::adapters::load_adapter_run(&run, &device).unwrap();
+    let started = Model::from_parts(started.model, None);
+    let (_, shipped, _) = andes_package::load_model(&package, &device, DType::F32).unwrap();
+    let (_, float) =
+        Model::load(&fixture("qwen3-tiny-untied-mha-f32"), &device, DType::F32).unwrap();
+    let float = text_logits(&float, &device);
+    let distance = |model: &Model| {
+        let logits = text_logits(model, &device);
+        logits
+            .iter()
+            .zip(&float)
+            .map(|(a, b)| (a - b).powi(2))
+            .sum::<f32>()
+            .sqrt()
+    };
+    let (repaired, base) = (distance(&started), distance(&shipped));
+    assert!(
+        repaired < 0.9 * base,
+        "package + adapter {repaired}, package {base}"
+    );
+
+    let config = path(&repo("configs/recipes/tiny/lora.toml")).to_string();
+    let output = train_command(&[
+        "--config",
+        &config,
+        "--out",
+        path(&dir.path().join("float")),
+    ])
+    .args(residual)
+    .output()
+    .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("lora.init") && stderr.contains("base is float"),
+        "{stderr}"
     );
 }
 

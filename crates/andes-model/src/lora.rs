@@ -17,6 +17,7 @@
 mod adapted;
 mod config;
 pub mod peft;
+mod quantization_residual;
 
 pub use adapted::{AdaptedLinear, LoraLinear};
 pub use config::{LoraConfig, LoraTarget};

@@ -12,8 +12,8 @@
 //! `dx_j = dy_j·cos_j + dy_{j+h}·sin_{j+h}`, `dx_{j+h} = dy_{j+h}·cos_{j+h} − dy_j·sin_j`.
 //!
 //! The tables are constants: no gradient reaches them. Computed in f32, returned in `x`'s
-//! dtype. It is opt-in (`ANDES_ROTATION=one-operation`) until its CubeCL kernel has run its
-//! GPU test and a GPU step has been timed with it; the composed form runs by default.
+//! dtype. Timed with the norm as one operation (`rms_norm.rs`); `ANDES_ROTATION=composed` runs
+//! the composed form.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -31,10 +31,10 @@ pub mod cube;
 
 /// `x·cos + rotate_half(x)·sin` for `x` `[batch, heads, seq, head_dim]` and tables that
 /// broadcast against it (`[batch or 1, 1, seq, head_dim]`), where `rotate_half([x1, x2]) =
-/// [-x2, x1]` (the transformers convention): composed of Burn's operations, or one operation
-/// where `ANDES_ROTATION=one-operation` asks.
+/// [-x2, x1]` (the transformers convention): one operation, or composed of Burn's operations
+/// where `ANDES_ROTATION=composed` asks.
 pub fn rotate(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
-    match form("ANDES_ROTATION", Form::Composed) {
+    match form("ANDES_ROTATION", Form::OneOperation) {
         Form::OneOperation => one_operation(x, cos, sin),
         Form::Composed => Tensor::from_dispatch(composed_rotation::<Dispatch>(
             x.into_dispatch(),

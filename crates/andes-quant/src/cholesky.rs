@@ -31,7 +31,7 @@ const BLOCK: usize = 64;
 /// diagonal block, solve the panel below it against that block, subtract the panel's outer
 /// product from the trailing matrix in one matrix product (almost all of the `n³/6`
 /// multiply-adds), and go on with the trailing matrix.
-fn cholesky_lower(a: &[f64], n: usize) -> Result<Vec<f64>, usize> {
+pub(crate) fn cholesky_lower(a: &[f64], n: usize) -> Result<Vec<f64>, usize> {
     let mut l = a.to_vec();
     let mut panel = Vec::with_capacity(n * BLOCK);
     for k0 in (0..n).step_by(BLOCK) {

@@ -282,6 +282,17 @@ pub enum QuantError {
         damp_percent: f64,
     },
 
+    /// A low-rank factorization asked for a rank its matrix cannot have.
+    #[error(
+        "rank {rank} is invalid: a low-rank correction needs a rank from 1 to {most}, the smaller side of its matrix"
+    )]
+    InvalidRank {
+        /// The rank asked for.
+        rank: usize,
+        /// The smaller of the matrix's two sides.
+        most: usize,
+    },
+
     /// Two tensors that are compared element by element differ in length.
     #[error("cannot compare tensors of {left} and {right} elements")]
     LengthMismatch {

@@ -13,6 +13,8 @@
 //!   a [`QuantizedTensor`] (packed codes, f16 scales, packed zero points).
 //! * [`quantize_gptq`]: GPTQ, the same output from calibration data: errors are moved onto the
 //!   columns not yet quantized, weighted by the layer's [`Hessian`].
+//! * [`calibrated_low_rank`]: the rank-r correction of a quantization error weighted by the
+//!   same Hessian, where an adapter on a quantized base starts.
 //! * [`BitPlan`]: the format of every linear of a model, as `bit_plan.json`.
 //! * [`bits_per_weight`]: exact storage cost, scales, zero points and padding included.
 //! * [`reconstruction_error`]: relative Frobenius error, the yardstick of RTN and GPTQ.
@@ -34,6 +36,7 @@ mod format;
 mod gptq;
 mod grid;
 mod hessian;
+mod low_rank;
 mod pack;
 mod plan;
 mod product;
@@ -51,6 +54,7 @@ pub use format::{Bits, Granularity, GroupSize, QuantFormat};
 pub use gptq::{GptqOptions, quantize_gptq};
 pub use grid::{dequantize_code, quantize_code, scale_to_f16};
 pub use hessian::Hessian;
+pub use low_rank::{LowRankFactors, calibrated_low_rank};
 pub use pack::{pack, packed_len, unpack};
 pub use plan::{BitPlan, PLAN_VERSION, PlanEntry};
 pub use reconstruction::reconstruction_error;

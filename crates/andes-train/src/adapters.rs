@@ -7,19 +7,24 @@
 use std::path::{Path, PathBuf};
 
 use andes_model::andesvl::VISION_SIDE_PREFIXES;
+use andes_model::batch::calibration_batches;
 use andes_model::checkpoint::{file_sha256, write_atomically};
 use andes_model::lora::peft::{export_peft_adapter, import_peft_adapter};
 use andes_model::quantize::{
-    PtqMethod, QuantizationSummary, load_scales, quantize_base_with, save_scales,
+    PtqMethod, QuantizationSummary, calibrate, load_scales, quantize_base_with, save_scales,
+    token_inputs,
 };
 use andes_model::qwen3::Qwen3ForCausalLM;
 use andes_model::{Model, ModelConfig};
 use andes_package::{TRAINED_AGAINST_FILE, TrainedAgainst, package_sha256};
+use burn::module::Module;
 use burn::tensor::{DType, Device};
 
 use crate::error::TrainError;
 use crate::optim::freeze;
-use crate::recipe::{AdapterSections, LoraSection, QuantSection, Recipe};
+use crate::recipe::{
+    AdapterSections, CALIBRATION_WINDOWS, LoraInit, LoraSection, QuantSection, Recipe,
+};
 use crate::trainer::StageSetup;
 use andes_data::dataset::WindowSet;
 
@@ -41,13 +46,31 @@ pub(crate) fn setup(
     if let Model::VisionLanguage(_) = model {
         *model = freeze(model.clone(), &VISION_SIDE_PREFIXES.map(String::from)).0;
     }
+    let residual_start = sections.lora.init == LoraInit::QuantizationResidual;
+    if residual_start && run.resume_from.is_none() && run.calibration.is_none() {
+        return Err(TrainError::Recipe {
+            path: run.recipe.data.primary().path.clone(),
+            key: "lora.init".into(),
+            message: "quantization-residual weighs the base's error by the float model's inputs \
+                      on the training windows, and this data loads none (conversations with \
+                      images, or a source streamed through shuffle_buffer): use \
+                      init = \"zero-update\""
+                .into(),
+        });
+    }
     let batch_size = run.recipe.train.batch_size;
+    let package_source = run
+        .recipe
+        .model
+        .package
+        .is_some()
+        .then_some(run.recipe.model.checkpoint.as_path());
     let summary = prepare(
         model.language_model_mut(),
         sections,
-        batch_size,
-        run.calibration,
+        (batch_size, run.calibration),
         run.resume_from,
+        package_source,
     )?;
     match summary {
         Some(summary) => report_quantization(&summary, run),
@@ -109,15 +132,30 @@ pub fn load_base(
 /// Readies `model` for an adapter stage: quantized (`qalft`, GPTQ calibrated on
 /// `calibration`, the run's training windows, in batches of `batch_size`) and with the
 /// stage's adapter attached and active; on resume, the adapter and scales of `checkpoint`
-/// loaded into it.
+/// loaded into it. An adapter that starts at the quantization residual ([`LoraInit`]) measures
+/// it against the float model: `model` itself before `qalft` quantizes it, or the checkpoint
+/// `package_source` the package base was made from.
 pub fn prepare(
     model: &mut Qwen3ForCausalLM,
     sections: AdapterSections<'_>,
-    batch_size: usize,
-    calibration: Option<&WindowSet>,
+    (batch_size, calibration): (usize, Option<&WindowSet>),
     checkpoint: Option<&Path>,
+    package_source: Option<&Path>,
 ) -> Result<Option<QuantizationSummary>, TrainError> {
     let lora = sections.lora;
+    let residual_start = lora.init == LoraInit::QuantizationResidual && checkpoint.is_none();
+    let float = match (residual_start, package_source) {
+        (false, _) => None,
+        (true, Some(path)) => {
+            let device = model.devices()[0].clone();
+            Some(
+                Model::load(path, &device, DType::F32)?
+                    .1
+                    .into_language_model(),
+            )
+        }
+        (true, None) => Some(model.clone()),
+    };
     let summary = match sections.quant {
         Some(quant) => Some(quantize_base_with(
             model,
@@ -127,14 +165,31 @@ pub fn prepare(
         )?),
         None => None,
     };
-    match checkpoint {
-        Some(dir) => {
+    match (checkpoint, float) {
+        (Some(dir), _) => {
             import_peft_adapter(model, dir, &lora.name)?;
             if sections.learns_scales() {
                 load_scales(model, &dir.join(SCALES_FILE))?;
             }
         }
-        None => model.add_adapter(&lora.name, &lora.config())?,
+        (None, Some(float)) => {
+            // Without windows no linear has a Hessian, and the first one's error names it.
+            let windows = sections
+                .quant
+                .map_or(CALIBRATION_WINDOWS, |quant| quant.calibration_windows);
+            let device = float.devices()[0].clone();
+            let batches = calibration.map_or_else(Vec::new, |set| {
+                calibration_batches(set, windows, batch_size, &device)
+            });
+            let hessians = calibrate(&float, &token_inputs(&batches))?;
+            model.add_adapter_at_quantization_residual(
+                &lora.name,
+                &lora.config(),
+                &float,
+                &hessians,
+            )?;
+        }
+        (None, None) => model.add_adapter(&lora.name, &lora.config())?,
     }
     model.set_active_adapter(Some(&lora.name))?;
     Ok(summary)
@@ -236,9 +291,9 @@ pub fn load_adapter_run(run_dir: &Path, device: &Device) -> Result<AdapterRun, T
     let quantization = prepare(
         &mut model,
         sections,
-        batch_size,
-        calibration.as_ref(),
+        (batch_size, calibration.as_ref()),
         Some(&checkpoint),
+        None,
     )?;
     let (lora, quant) = (sections.lora.clone(), sections.quant.cloned());
     Ok(AdapterRun {

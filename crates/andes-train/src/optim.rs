@@ -85,7 +85,7 @@ pub fn squared_gradient_sums<M: Module>(module: &M, grads: &GradientsParams) -> 
     impl ModuleVisitor for SquaredNorm<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             if let Some(grad) = self.grads.get::<D>(param.id) {
-                self.sums.push(grad.cast(DType::F32).square().sum());
+                self.sums.push(sum_of_squares(grad));
             }
         }
     }
@@ -95,6 +95,23 @@ pub fn squared_gradient_sums<M: Module>(module: &M, grads: &GradientsParams) -> 
     };
     module.visit(&mut norm);
     (!norm.sums.is_empty()).then(|| Tensor::cat(norm.sums, 0))
+}
+
+/// `Σ g²` of one gradient, `[1]` in f32, summed along its rows (the last dimension) first and
+/// then over the rows. Burn's whole-tensor `sum` runs on CubeCL backends as one kernel of
+/// atomic adds: over the 0.6B shape's 310 gradients it took 20.6 ms of a 152-ms replayed step
+/// on an H100 (6.1 ms for the 156M-entry embedding alone), the whole gap between `andes
+/// train`'s step and the bench's; row sums run on the reduction kernels the loss uses.
+fn sum_of_squares<const D: usize>(grad: Tensor<D>) -> Tensor<1> {
+    let dims = grad.dims();
+    let row = dims[D - 1];
+    let rows = dims[..D - 1].iter().product::<usize>();
+    grad.cast(DType::F32)
+        .square()
+        .reshape([rows, row])
+        .sum_dim(1)
+        .sum_dim(0)
+        .reshape([1])
 }
 
 /// Global L2 norm of all gradients of `module`'s parameters: every parameter's sum of squares

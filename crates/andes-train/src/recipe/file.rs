@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use andes_data::dataset::{DataFormat, Packing};
 
 use super::{
-    DataSection, DataSource, DistillSection, LoraSection, ModelSection, OptimizerSection,
-    QuantSection, Recipe, Stage, StageName, TrainSection,
+    CALIBRATION_WINDOWS, DataSection, DataSource, DistillSection, LoraInit, LoraSection,
+    ModelSection, OptimizerSection, QuantSection, Recipe, Stage, StageName, TrainSection,
 };
 use crate::error::TrainError;
 use crate::objective::{GrpoSection, MpoSection};
@@ -57,7 +57,7 @@ fn default_initializer() -> PtqMethod {
     PtqMethod::Rtn
 }
 fn default_calibration_windows() -> usize {
-    32
+    CALIBRATION_WINDOWS
 }
 
 /// `[data]` as written: one source's `format`, `train` and `eval`, or `[[data.sources]]`.
@@ -260,6 +260,7 @@ impl RecipeFile {
         let stage = sections.into_stage(self.stage, self.data.seq_len, path)?;
         check_stage_fits(&stage, &self.data, &self.train, path)?;
         check_package_stage(&stage, &self.model, path)?;
+        check_lora_init(&stage, &self.model, path)?;
         if stage.distill().is_some() && device_count(&self.train) > 1 {
             return Err(refuse(
                 path,
@@ -691,6 +692,27 @@ fn check_package_stage(stage: &Stage, model: &ModelSection, path: &Path) -> Resu
         "model.package",
         format!("stage {}: {why}", stage.name()),
     ))
+}
+
+/// An adapter can start at the base's quantization error only where the base is quantized:
+/// `qalft`'s own grid, or the package a `lora` run trains against.
+fn check_lora_init(stage: &Stage, model: &ModelSection, path: &Path) -> Result<(), TrainError> {
+    match stage.adapter() {
+        Some(sections)
+            if sections.lora.init == LoraInit::QuantizationResidual
+                && sections.quant.is_none()
+                && model.package.is_none() =>
+        {
+            Err(refuse(
+                path,
+                "lora.init",
+                "quantization-residual starts the adapter at the quantized base's error, and \
+                 this base is float: name a package in [model] package, use stage = \"qalft\", \
+                 or init = \"zero-update\"",
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -361,6 +361,10 @@ impl DataSection {
     }
 }
 
+/// Training windows that calibrate a quantized base when the recipe does not say how many
+/// (`quant.calibration_windows`), and that weigh the residual an adapter starts at.
+pub const CALIBRATION_WINDOWS: usize = 32;
+
 /// `[lora]`: the adapter a `lora` or `qalft` run trains (PEFT's settings and defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -377,6 +381,24 @@ pub struct LoraSection {
     /// Projections to adapt (PEFT names); all seven when absent.
     #[serde(default = "all_targets")]
     pub targets: Vec<LoraTarget>,
+    /// How the factors start (`init`): PEFT's zero update unless the recipe says otherwise.
+    #[serde(default)]
+    pub init: LoraInit,
+}
+
+/// How a new adapter's factors start (`[lora] init`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoraInit {
+    /// `zero-update`: PEFT's start (`init_lora_weights = true`), A kaiming-uniform and B zero,
+    /// so the adapter changes nothing until it trains.
+    #[default]
+    ZeroUpdate,
+    /// `quantization-residual`: `B·A` starts as the rank-r correction of the quantized base's
+    /// error that the float model's inputs (the training windows) see least of (CLoQ,
+    /// arXiv:2501.18475), so training starts from a repaired base; for a quantized base only
+    /// (`qalft`, or `lora` against a `[model] package`).
+    QuantizationResidual,
 }
 
 fn all_targets() -> Vec<LoraTarget> {
