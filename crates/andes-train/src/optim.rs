@@ -168,6 +168,47 @@ mod tests {
     use andes_model::lora::LoraConfig;
     use burn::tensor::{DType, Device};
 
+    /// The global norm is `√Σ g²` over every gradient (torch's `clip_grad_norm_`), here
+    /// against the same sum taken on the host in f64 from each gradient's values: matrices,
+    /// vectors and the embedding, summed by rows on the device.
+    #[test]
+    fn the_global_norm_is_the_square_root_of_every_gradients_sum_of_squares() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/qwen3-tiny-untied-mha-f32");
+        let device = Device::flex().autodiff();
+        let (_, model) = load_qwen3(&dir, &device, DType::F32).unwrap();
+        let ids: Vec<i64> = (0..24).map(|i| (i * 37 + 5) % 500).collect();
+        let tokens = Tensor::<2, burn::tensor::Int>::from_data(
+            burn::tensor::TensorData::new(ids, [2, 12]),
+            &device,
+        );
+        let logits = model.forward(tokens, &mut model.new_cache()).unwrap();
+        let grads = GradientsParams::from_grads(logits.powi_scalar(2).mean().backward(), &model);
+        struct HostSum<'a>(&'a GradientsParams, f64, usize);
+        impl ModuleVisitor for HostSum<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                if let Some(grad) = self.0.get::<D>(param.id) {
+                    let values = grad
+                        .into_data()
+                        .convert::<f64>()
+                        .try_into_vec::<f64>()
+                        .unwrap();
+                    self.1 += values.iter().map(|v| v * v).sum::<f64>();
+                    self.2 += 1;
+                }
+            }
+        }
+        let mut host = HostSum(&grads, 0.0, 0);
+        model.visit(&mut host);
+        assert!(host.2 > 20, "{} gradients", host.2);
+        let (norm, reference) = (global_norm(&model, &grads), host.1.sqrt());
+        assert!(reference > 0.0);
+        assert!(
+            (norm - reference).abs() <= 1e-6 * reference,
+            "{norm} vs {reference}"
+        );
+    }
+
     #[test]
     fn freezing_a_layer_prefix_keeps_its_lora_adapters_trainable() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
