@@ -35,8 +35,9 @@ pub(crate) struct Hyperparameters {
 )]
 pub trait AdamWUpdate: Backend {
     /// torch's AdamW step of `param` with gradient `grad` (any float dtype) and moments
-    /// `first`, `second` (the parameter's dtype): `factors` is `[3]` f32 on the device, the
-    /// learning rate and the bias corrections `1 − β₁ᵗ` and `1 − β₂ᵗ`. Returns the new
+    /// `first`, `second` (the parameter's dtype): `factors` is `[4]` f32 on the device, the
+    /// learning rate, the bias corrections `1 − β₁ᵗ` and `1 − β₂ᵗ`, and the factor the
+    /// gradient is scaled by first (clipping's; 1 without). Returns the new
     /// parameter and moments, each in its input's own buffer where that buffer is held once.
     #[fusion(meta = |param, _grad, first, second, _factors, _beta1, _beta2, _eps, _decay| (
         param.clone(),
@@ -64,7 +65,7 @@ impl AdamWUpdate for burn::backend::Flex {}
 
 /// [`AdamWUpdate::adamw_update`] composed of Burn's operations, in the parameter's dtype:
 ///
-/// `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`,
+/// `g ← g·s` (`s` the gradient's scale), `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`,
 /// `p ← p·(1 − lr·λ) − lr·(m / (1−β₁ᵗ)) / (√(v / (1−β₂ᵗ)) + ε)`,
 ///
 /// each result then written into its input's buffer (`slice_assign`, in place where the
@@ -86,7 +87,7 @@ pub(crate) fn composed_update<B: Backend>(
         B::float_reshape(B::float_cast(one, dtype.into()), Shape::from(vec![1; rank]))
     };
     let (learning_rate, correction1, correction2) = (factor(0), factor(1), factor(2));
-    let grad = B::float_cast(grad, dtype.into());
+    let grad = B::float_mul(B::float_cast(grad, dtype.into()), factor(3));
     let new_first = B::float_add(
         B::float_mul_scalar(first.clone(), scalar(hyper.beta1)),
         B::float_mul_scalar(grad.clone(), scalar(1.0 - hyper.beta1)),

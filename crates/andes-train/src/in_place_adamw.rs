@@ -177,10 +177,20 @@ impl InPlaceAdamW {
     /// written into its own buffer. Fails, naming the tensor, where a parameter or moment is
     /// shared (a clone kept elsewhere), since its update would then land in a new buffer that
     /// a replayed graph never reads.
-    pub fn step<M: Module>(
+    pub fn step<M: Module>(&mut self, module: M, grads: GradientsParams) -> Result<M, TrainError> {
+        let unscaled = Tensor::ones([1], &self.learning_rate.device());
+        self.scaled_step(module, grads, unscaled)
+    }
+
+    /// [`InPlaceAdamW::step`] with every gradient first multiplied by `gradient_scale`
+    /// (`[1]` on the device: clipping's factor), inside the update's kernel, where scaling
+    /// the gradients beforehand read and wrote each once more (2.5 ms of the replayed 0.6B
+    /// step on an H100).
+    pub fn scaled_step<M: Module>(
         &mut self,
         module: M,
         mut grads: GradientsParams,
+        gradient_scale: Tensor<1>,
     ) -> Result<M, TrainError> {
         let next = self.step.clone().add_scalar(1.0);
         write_in_place(&mut self.step, next, "the step count")?;
@@ -200,6 +210,7 @@ impl InPlaceAdamW {
                     self.learning_rate.clone(),
                     correction(self.hyper.beta1),
                     correction(self.hyper.beta2),
+                    gradient_scale.cast(self.learning_rate.dtype()),
                 ],
                 0,
             )
@@ -222,8 +233,8 @@ impl InPlaceAdamW {
 /// The module mapper that updates each parameter with a gradient.
 struct Update<'a> {
     hyper: Hyperparameters,
-    /// `[3]`, f32, on the device: the learning rate and the bias corrections `1 − β₁ᵗ`,
-    /// `1 − β₂ᵗ` of this step.
+    /// `[4]`, f32, on the device: the learning rate, the bias corrections `1 − β₁ᵗ`,
+    /// `1 − β₂ᵗ` of this step, and the gradients' scale.
     factors: Tensor<1>,
     no_decay: &'a HashSet<ParamId>,
     moments: &'a mut HashMap<ParamId, [DispatchTensor; 2]>,
@@ -515,6 +526,45 @@ mod tests {
             beta2: 0.95,
             eps: 1e-8,
             grad_clip: None,
+        }
+    }
+
+    /// A step whose gradients are scaled inside the update (clipping's factor, here 0.25)
+    /// lands where Burn's AdamW puts the same gradients multiplied by 0.25 beforehand; with
+    /// ε as large as the gradients, since Adam's update is otherwise blind to their scale.
+    #[test]
+    fn a_scaled_step_is_burns_step_on_the_scaled_gradients() {
+        struct Scale<'a>(&'a mut GradientsParams);
+        impl ModuleVisitor for Scale<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                if let Some(grad) = self.0.remove::<D>(param.id) {
+                    self.0.register(param.id, grad.mul_scalar(0.25));
+                }
+            }
+        }
+        let device = Device::flex().autodiff();
+        let section = OptimizerSection {
+            eps: 1e-2,
+            ..section()
+        };
+        let (mut theirs, mut ours) = (model(&device), model(&device));
+        let mut reference = adamw(&theirs, &section);
+        let mut in_place = InPlaceAdamW::new(&ours, &section, &device);
+        for step in 0..2 {
+            let mut grads_theirs = grads(&theirs, &device);
+            theirs.visit(&mut Scale(&mut grads_theirs));
+            theirs = reference.step(1e-3, theirs, grads_theirs);
+            let grads_ours = grads(&ours, &device);
+            let quarter = Tensor::from_floats([0.25], &device);
+            ours = in_place.scaled_step(ours, grads_ours, quarter).unwrap();
+            for (i, (a, b)) in values(&theirs).iter().zip(values(&ours)).enumerate() {
+                for (x, y) in a.iter().zip(&b) {
+                    assert!(
+                        (x - y).abs() < 2e-6,
+                        "step {step}, parameter {i}: {x} vs {y}"
+                    );
+                }
+            }
         }
     }
 

@@ -137,30 +137,6 @@ pub fn clip_factor(norm: f64, max_norm: Option<f64>) -> Option<f64> {
         .map(|max_norm| max_norm / (norm + 1e-6))
 }
 
-/// Multiplies every gradient of `module`'s parameters by `factor` (`[1]`, on any device, in
-/// any float dtype): a number from the host, or one computed on the device, as a step
-/// replayed without reading back computes its clipping factor.
-pub fn scale_gradients<M: Module>(module: &M, grads: &mut GradientsParams, factor: &Tensor<1>) {
-    struct Scale<'a> {
-        grads: &'a mut GradientsParams,
-        factor: &'a Tensor<1>,
-    }
-    impl ModuleVisitor for Scale<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if let Some(grad) = self.grads.remove::<D>(param.id) {
-                let factor = self
-                    .factor
-                    .clone()
-                    .to_device(&grad.device())
-                    .cast(grad.dtype())
-                    .reshape([1; D]);
-                self.grads.register(param.id, grad * factor);
-            }
-        }
-    }
-    module.visit(&mut Scale { grads, factor });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,7 @@ use crate::checkpoint::TrainerState;
 use crate::error::TrainError;
 use crate::in_place_adamw::{HostState, InPlaceAdamW};
 use crate::objective::{Objective, Shard, StepFigures, StepOutput};
-use crate::optim::{clip_factor, global_norm, scale_gradients};
+use crate::optim::{clip_factor, global_norm};
 use crate::recipe::TrainSection;
 use andes_model::Model;
 use andes_model::precision::Autocast;
@@ -166,13 +166,15 @@ impl Replicas {
         self.models = on_replica_streams(
             &self.streams,
             updates,
-            |rank, ((model, optimizer), mut grads)| {
-                if let Some(factor) = clip {
-                    let factor = Tensor::from_floats([factor as f32], &devices[rank]);
-                    scale_gradients(&model, &mut grads, &factor);
-                }
+            |rank, ((model, optimizer), grads)| {
                 optimizer.set_learning_rate(lr);
-                optimizer.step(model, grads)
+                match clip {
+                    Some(factor) => {
+                        let factor = Tensor::from_floats([factor as f32], &devices[rank]);
+                        optimizer.scaled_step(model, grads, factor)
+                    }
+                    None => optimizer.step(model, grads),
+                }
             },
         )
         .into_iter()

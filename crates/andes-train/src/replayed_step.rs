@@ -30,7 +30,7 @@ use crate::checkpoint::TrainerState;
 use crate::error::TrainError;
 use crate::in_place_adamw::{HostState, InPlaceAdamW, write_in_place};
 use crate::objective::{Replayable, SourceShare, StepFigures};
-use crate::optim::{scale_gradients, squared_gradient_sums};
+use crate::optim::squared_gradient_sums;
 use crate::parallel::StepReport;
 use crate::recipe::OptimizerSection;
 
@@ -268,21 +268,23 @@ impl Shared {
             losses.push(loss.detach());
             row_nll.push(rows.detach());
         }
-        let mut grads = accumulator.grads();
+        let grads = accumulator.grads();
         let grad_norm = match squared_gradient_sums(&model, &grads) {
             Some(sums) => sums.sum().sqrt(),
             None => Tensor::zeros([1], &self.target_share.device()),
         };
-        if let Some(max_norm) = max_norm {
-            let factor = grad_norm
-                .clone()
-                .add_scalar(1e-6)
-                .recip()
-                .mul_scalar(max_norm)
-                .clamp_max(1.0);
-            scale_gradients(&model, &mut grads, &factor);
-        }
-        self.model = Some(self.optimizer.step(model, grads)?);
+        self.model = Some(match max_norm {
+            Some(max_norm) => {
+                let factor = grad_norm
+                    .clone()
+                    .add_scalar(1e-6)
+                    .recip()
+                    .mul_scalar(max_norm)
+                    .clamp_max(1.0);
+                self.optimizer.scaled_step(model, grads, factor)?
+            }
+            None => self.optimizer.step(model, grads)?,
+        });
         Ok(Figures {
             losses: Tensor::cat(losses, 0),
             row_nll: Tensor::cat(row_nll, 0),

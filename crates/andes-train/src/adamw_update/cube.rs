@@ -49,7 +49,7 @@ fn adamw_kernel<P: Float, G: Float>(
     let at_second = row * second.stride(0) + col;
 
     let learning_rate = factors[0];
-    let g = f32::cast_from(grad[at_grad]);
+    let g = f32::cast_from(grad[at_grad]) * factors[3];
     let m = f32::cast_from(first[at_first]) * beta1 + g * (1.0 - beta1);
     let v = f32::cast_from(second[at_second]) * beta2 + g * g * (1.0 - beta2);
     let step = (m / factors[1]) / ((v / factors[2]).sqrt() + eps) * learning_rate;
@@ -89,6 +89,7 @@ impl AdamWUpdate for CubeBackend {
         let kernel_reads = param.dtype == first.dtype
             && param.dtype == second.dtype
             && factors.dtype == DType::F32
+            && factors.meta.shape.num_elements() == 4
             && [&grad, &first, &second]
                 .iter()
                 .all(|other| other.meta.shape == shape)
@@ -127,7 +128,7 @@ impl AdamWUpdate for CubeBackend {
         // SAFETY: units past the last element return first; every other unit indexes row
         // `position / width`, column `position % width` of tensors of one `[rows, width]`
         // shape, each through its own row stride, with the last dimension contiguous
-        // (`row_view`); `factors` has three elements.
+        // (`row_view`); `factors` has four elements (checked above).
         unsafe {
             adamw_kernel::launch_unchecked(
                 &client,
@@ -182,7 +183,7 @@ mod tests {
 
     /// The kernel's parameter and moments against the composed update's, largest gap.
     fn gap<const D: usize>(shape: [usize; D], dtype: DType, decay: f64, device: &Device) -> f32 {
-        let factors = Tensor::<1>::from_floats([1e-3, 0.1, 0.001], device);
+        let factors = Tensor::<1>::from_floats([1e-3, 0.1, 0.001, 0.5], device);
         let run = |fused: bool| {
             let [param, grad, first, second] = [1, 2, 3, 4].map(|seed| {
                 let t = filled(shape, seed, device).cast(dtype);
