@@ -61,7 +61,7 @@ fn a_lora_run_against_a_package_trains_the_packages_base() {
 
 /// `[lora] init = "quantization-residual"`: after one step at a negligible learning rate the
 /// package with its adapter computes nearer to the float model it was quantized from than the
-/// package alone; a float base refuses the key.
+/// package alone, and so does a `qalft` base with its adapter; a float base refuses the key.
 #[test]
 fn an_adapter_started_at_the_quantization_residual_begins_nearer_the_float_model() {
     let dir = tempfile::tempdir().unwrap();
@@ -99,6 +99,26 @@ fn an_adapter_started_at_the_quantization_residual_begins_nearer_the_float_model
     assert!(
         repaired < 0.9 * base,
         "package + adapter {repaired}, package {base}"
+    );
+
+    // `qalft`: the base it quantizes itself (int2, learned scales), measured against the
+    // recipe's own float checkpoint.
+    let run = dir.path().join("qalft");
+    let overrides = [
+        "lora.init=\"quantization-residual\"",
+        "optimizer.lr=1e-12",
+        "train.steps=1",
+    ];
+    common::train_tiny("qalft", &run, &overrides);
+    let mut started = andes_train::adapters::load_adapter_run(&run, &device)
+        .unwrap()
+        .model;
+    let repaired = distance(&Model::from_parts(started.clone(), None));
+    started.set_active_adapter(None).unwrap();
+    let base = distance(&Model::from_parts(started, None));
+    assert!(
+        repaired < 0.9 * base,
+        "qalft base + adapter {repaired}, base {base}"
     );
 
     let config = path(&repo("configs/recipes/tiny/lora.toml")).to_string();
