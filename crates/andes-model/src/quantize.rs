@@ -415,6 +415,38 @@ pub fn quantize_base_with(
     calibration: Option<&WindowSet>,
     batch_size: usize,
 ) -> Result<QuantizationSummary, ModelError> {
+    let hessians = match (quantization.method, calibration) {
+        (PtqMethod::Gptq, Some(set)) => Some(calibrate_windows(
+            model,
+            set,
+            quantization.calibration_windows,
+            batch_size,
+        )?),
+        _ => None,
+    };
+    quantize_base_by(model, quantization, hessians.as_ref())
+}
+
+/// The Hessians of `model`'s linears ([`calibrate`]) over the first `windows` windows of `set`,
+/// in batches of `batch_size`.
+pub fn calibrate_windows(
+    model: &Qwen3ForCausalLM,
+    set: &WindowSet,
+    windows: usize,
+    batch_size: usize,
+) -> Result<BTreeMap<String, Hessian>, ModelError> {
+    let device: Device = model.devices()[0].clone();
+    let batches = calibration_batches(set, windows, batch_size, &device);
+    calibrate(model, &token_inputs(&batches))
+}
+
+/// [`quantize_base_with`] given GPTQ's Hessians (of the float model, [`calibrate_windows`]),
+/// so that a caller that needs them for something else too calibrates once.
+pub fn quantize_base_by(
+    model: &mut Qwen3ForCausalLM,
+    quantization: &BaseQuantization,
+    hessians: Option<&BTreeMap<String, Hessian>>,
+) -> Result<QuantizationSummary, ModelError> {
     let (plan, source) = match &quantization.formats {
         BaseFormats::Plan(path) => (
             BitPlan::read(path).map_err(ModelError::Plan)?,
@@ -425,21 +457,12 @@ pub fn quantize_base_with(
             format!("format {format}"),
         ),
     };
-    let hessians = match (quantization.method, calibration) {
-        (PtqMethod::Gptq, Some(set)) => {
-            let device: Device = model.devices()[0].clone();
-            let batches =
-                calibration_batches(set, quantization.calibration_windows, batch_size, &device);
-            Some(calibrate(model, &token_inputs(&batches))?)
-        }
-        _ => None,
-    };
     let layers = quantize_base(
         model,
         &plan,
         &source,
         quantization.method,
-        hessians.as_ref(),
+        hessians,
         quantization.learn_scales,
     )?;
     let total: BpwReport = layers.iter().map(|l| l.bpw).sum();

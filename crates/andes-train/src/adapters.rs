@@ -7,12 +7,10 @@
 use std::path::{Path, PathBuf};
 
 use andes_model::andesvl::VISION_SIDE_PREFIXES;
-use andes_model::batch::calibration_batches;
 use andes_model::checkpoint::{file_sha256, write_atomically};
 use andes_model::lora::peft::{export_peft_adapter, import_peft_adapter};
 use andes_model::quantize::{
-    PtqMethod, QuantizationSummary, calibrate, load_scales, quantize_base_with, save_scales,
-    token_inputs,
+    PtqMethod, QuantizationSummary, calibrate_windows, load_scales, quantize_base_by, save_scales,
 };
 use andes_model::qwen3::Qwen3ForCausalLM;
 use andes_model::{Model, ModelConfig};
@@ -156,12 +154,26 @@ pub fn prepare(
         }
         (true, None) => Some(model.clone()),
     };
+    // GPTQ and the residual start weigh by the same Hessians, of the float model over the
+    // same windows: one calibration serves both.
+    let gptq = sections
+        .quant
+        .is_some_and(|quant| quant.init == PtqMethod::Gptq);
+    let hessians = match calibration {
+        Some(set) if gptq || float.is_some() => {
+            let windows = sections
+                .quant
+                .map_or(CALIBRATION_WINDOWS, |quant| quant.calibration_windows);
+            let reference = float.as_ref().unwrap_or(model);
+            Some(calibrate_windows(reference, set, windows, batch_size)?)
+        }
+        _ => None,
+    };
     let summary = match sections.quant {
-        Some(quant) => Some(quantize_base_with(
+        Some(quant) => Some(quantize_base_by(
             model,
             &quant.base_quantization(),
-            calibration,
-            batch_size,
+            hessians.as_ref(),
         )?),
         None => None,
     };
@@ -172,23 +184,13 @@ pub fn prepare(
                 load_scales(model, &dir.join(SCALES_FILE))?;
             }
         }
-        (None, Some(float)) => {
-            // Without windows no linear has a Hessian, and the first one's error names it.
-            let windows = sections
-                .quant
-                .map_or(CALIBRATION_WINDOWS, |quant| quant.calibration_windows);
-            let device = float.devices()[0].clone();
-            let batches = calibration.map_or_else(Vec::new, |set| {
-                calibration_batches(set, windows, batch_size, &device)
-            });
-            let hessians = calibrate(&float, &token_inputs(&batches))?;
-            model.add_adapter_at_quantization_residual(
-                &lora.name,
-                &lora.config(),
-                &float,
-                &hessians,
-            )?;
-        }
+        // Without windows no linear has a Hessian, and the first one's error names it.
+        (None, Some(float)) => model.add_adapter_at_quantization_residual(
+            &lora.name,
+            &lora.config(),
+            &float,
+            &hessians.unwrap_or_default(),
+        )?,
         (None, None) => model.add_adapter(&lora.name, &lora.config())?,
     }
     model.set_active_adapter(Some(&lora.name))?;
