@@ -14,10 +14,11 @@
 //!
 //! Everything is computed in f32 and returned in `x`'s dtype, as transformers' Qwen3RMSNorm
 //! computes in f32 (it rounds the normalised row to the input's dtype before scaling by γ;
-//! this rounds once, at the end). With the rotation as one operation too it took the replayed
-//! 0.6B bf16-mixed step on an H100 from 26,993 to 27,420 tokens/s and its peak memory from
-//! 26.2 to 24.4 GB, the losses of 12 steps equal to four digits (BENCHMARKS.md, "The gradient
-//! norm's sums and the norm as one operation"). `ANDES_NORM=composed` runs Burn's `RmsNorm`.
+//! this rounds once, at the end). With the rotation as one operation too it took `andes
+//! train`'s replayed 0.6B bf16-mixed step on an H100 from 26,993 to 27,420 tokens/s and its
+//! peak memory from 26,225 to 24,435 MiB, the losses of 12 steps equal to four digits
+//! (BENCHMARKS.md, "The block's bf16 flow, the norm and rotation as one operation…").
+//! `ANDES_NORM=composed` runs Burn's `RmsNorm`.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
