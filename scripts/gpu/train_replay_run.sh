@@ -13,7 +13,8 @@
 # seconds (kernel compilation and, replayed, the capture), the median tokens/s of the steps
 # after the second, the losses and the peak memory. TRACE=1 also traces every andes run's
 # kernels (scripts/gpu/kernel_trace) and compares their median replays at the end
-# (scripts/bench/kernel_trace.py, into $OUT/trace.md).
+# (scripts/bench/kernel_trace.py, into $OUT/trace.md); traced runs are named with `-traced`, so
+# an untraced run of the same mode in the same call keeps its own files.
 set -uo pipefail
 OUT=${OUT:-out}; mkdir -p "$OUT"
 R=${R:-/tmp/results}; mkdir -p $R
@@ -25,10 +26,11 @@ BATCH=4
 prepare_run "$R/gpu.txt"
 . "$(dirname "$0")/run_step.sh"
 traced() { :; }
-[ "${TRACE:-0}" = 1 ] && . "$(dirname "$0")/kernel_trace/env.sh"
+traced_suffix=
+[ "${TRACE:-0}" = 1 ] && { . "$(dirname "$0")/kernel_trace/env.sh"; traced_suffix=-traced; }
 $A init --config $MODEL --tokenizer fixtures/tokenizer --out /tmp/q06 > /dev/null
 for mode in ${MODES:-default false}; do
-  name=andes-train-replay-$(tr -c 'A-Za-z0-9.\n-' - <<< "$mode")
+  name=andes-train-replay-$(tr -c 'A-Za-z0-9.\n-' - <<< "$mode")$traced_suffix
   flag=(); environment=()
   case $mode in
     default) ;;
@@ -53,7 +55,8 @@ done
 # BENCH="NAME=VAR=VALUE[,VAR=VALUE] ..." adds `andes bench train --replay` of the same shape,
 # once a name, under those environment variables (`default=` for none).
 for bench in ${BENCH:-}; do
-  run "bench-replay-${bench%%=*}" env $(traced "bench-replay-${bench%%=*}") $(tr , ' ' <<< "${bench#*=}") $A bench train --config $MODEL --device cuda \
+  name=bench-replay-${bench%%=*}$traced_suffix
+  run "$name" env $(traced "$name") $(tr , ' ' <<< "${bench#*=}") $A bench train --config $MODEL --device cuda \
     --precision bf16-mixed --seq-len 1024 --batch $BATCH --replay --warmup 3 --steps 10
 done
 if [ "${TRACE:-0}" = 1 ]; then
