@@ -20,8 +20,11 @@ llama-cpp-python ships no converter: Qwen3's hyperparameters, the tokenizer as a
 vocabulary padded to the model's vocab size, and every tensor under llama.cpp's names
 (gguf's tensor-name map for the qwen3 architecture); matrices f16, norms f32, as
 convert_hf_to_gguf.py writes `--outtype f16`. Each type decodes in a fresh process so that its
-peak memory (VmHWM) is its own. A type llama.cpp refuses to make (the IQ types need an
-importance matrix) is reported with its error, not measured.
+peak memory (VmHWM) is its own. The IQ types need an importance matrix: `--imatrix FILE` hands
+llama_model_quantize one (a safetensors file of per-input-column importances under the
+checkpoint's linear names, as `llamacpp_peer/qwen3_numpy.py imatrix` writes it), under the
+GGUF names; without one a type llama.cpp refuses to make is reported with its error, not
+measured.
 """
 import argparse
 import ctypes
@@ -87,13 +90,44 @@ def convert(model, out):
     writer.close()
 
 
-def quantize(source, out, kind, threads):
+def importances(path, layers):
+    """The importance matrix of `path` as llama_model_quantize takes it: an array of
+    (GGUF tensor name, f32 values, count) ending in a null name. The arrays are returned too,
+    since the structures only point at them."""
+    import gguf
+    import llama_cpp
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN3, layers)
+    vectors = []
+    for name, values in load_file(path).items():
+        target = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        if target is None:
+            raise SystemExit(f"{path}: no GGUF name for tensor {name}")
+        vectors.append((target.encode(), np.ascontiguousarray(values, np.float32)))
+    entries = (llama_cpp.llama_model_imatrix_data * (len(vectors) + 1))()
+    for entry, (name, values) in zip(entries, vectors):
+        entry.name = name
+        entry.data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        entry.size = values.size
+    return entries, vectors
+
+
+def quantize(source, out, kind, threads, imatrix):
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, FTYPES[kind])
     params.nthread = threads
-    code = llama_cpp.llama_model_quantize(source.encode(), out.encode(), ctypes.byref(params))
+    if imatrix is not None:
+        params.imatrix = ctypes.cast(imatrix[0], ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+    partial = out + ".partial"  # a refused or interrupted quantization leaves no file behind
+    code = llama_cpp.llama_model_quantize(source.encode(), partial.encode(), ctypes.byref(params))
+    if code == 0:
+        os.replace(partial, out)
+    elif os.path.exists(partial):
+        os.remove(partial)
     return code == 0
 
 
@@ -138,6 +172,7 @@ def main():
     parser.add_argument("--types", default="f16,Q4_K_M,Q2_K,IQ2_XXS,IQ1_M")
     parser.add_argument("--prompt", default="The meaning of the word is the meaning")
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--imatrix", help="safetensors of per-linear input-column importances")
     parser.add_argument("--decode-only", help=argparse.SUPPRESS)
     args = parser.parse_args()
     from tokenizers import Tokenizer
@@ -151,11 +186,16 @@ def main():
     f16 = os.path.join(args.work, "model-f16.gguf")
     if not os.path.exists(f16):
         convert(args.model, f16)
+    imatrix = None
+    if args.imatrix:
+        layers = json.load(open(os.path.join(args.model, "config.json")))["num_hidden_layers"]
+        imatrix = importances(args.imatrix, layers)
     for kind in args.types.split(","):
         path = f16 if kind == "f16" else os.path.join(args.work, f"model-{kind}.gguf")
-        row = {"engine": "llama.cpp", "type": kind, "threads": args.threads}
-        if kind != "f16" and not os.path.exists(path) and not quantize(f16, path, kind, args.threads):
-            row["error"] = "llama_model_quantize refused it (IQ types need an importance matrix)"
+        row = {"engine": "llama.cpp", "type": kind, "threads": args.threads,
+               "imatrix": bool(args.imatrix)}
+        if kind != "f16" and not os.path.exists(path) and not quantize(f16, path, kind, args.threads, imatrix):
+            row["error"] = "llama_model_quantize refused it" + ("" if imatrix else " (IQ types need an importance matrix)")
             print(json.dumps(row), flush=True)
             continue
         out = subprocess.run([sys.executable, __file__, "--model", args.model, "--work", args.work,

@@ -53,7 +53,8 @@ class Qwen3:
     def forward(self, ids, record=None):
         """Logits [seq, vocab] of one sequence; record(name, x) sees each linear's input."""
         c, w = self.cfg, self.w
-        eps, theta = c["rms_norm_eps"], c["rope_parameters"]["rope_theta"]
+        eps = c["rms_norm_eps"]
+        theta = (c.get("rope_parameters") or {}).get("rope_theta", c.get("rope_theta"))  # transformers 5 or 4
         nh, nkv, hd = c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
         seq = len(ids)
         mask = np.triu(np.full((seq, seq), -np.inf), 1)

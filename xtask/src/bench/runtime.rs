@@ -3,6 +3,7 @@
 //! (int4-g128 everywhere) and at the dimensity9500 plan of 1.8 bpw, against llama.cpp on the
 //! same checkpoint (GGUF f16, Q4_K_M, Q2_K, IQ2_XXS, IQ1_M; `scripts/bench/runtime_llamacpp.py`,
 //! run with `$PYTHON`, default python3, where llama-cpp-python is installed) with equal threads,
+//! the IQ types quantized with an importance matrix of the calibration text andes' plan reads,
 //! and against the bandwidth bound: bytes a step reads over the read bandwidth measured here.
 //! The int4 package also runs with prompt-lookup speculative decoding (its random weights
 //! repeat one token, so every draft is accepted: the speed-up when drafts are right). Each
@@ -85,6 +86,7 @@ pub(crate) fn runtime(threads: usize, new_tokens: usize, rounds: usize) -> anyho
         &d9500.join("bit_plan.json"),
         &d9500_int8_tables,
     )?;
+    let imatrix = importance_matrix(&model, &out)?;
     let bandwidth = read_bandwidth(threads);
     let andes_rows = [
         ("andes float (f32)", &model, &["--runtime"][..]),
@@ -143,7 +145,8 @@ pub(crate) fn runtime(threads: usize, new_tokens: usize, rounds: usize) -> anyho
                 .args(["--model", model.to_str().unwrap()])
                 .args(["--work", out.join("gguf").to_str().unwrap()])
                 .args(["--threads", &threads.to_string(), "--prompt", PROMPT])
-                .args(["--new-tokens", &new_tokens.to_string()]),
+                .args(["--new-tokens", &new_tokens.to_string()])
+                .args(["--imatrix", imatrix.to_str().unwrap()]),
         )?;
         for line in String::from_utf8(peer)?
             .lines()
@@ -168,6 +171,31 @@ pub(crate) fn runtime(threads: usize, new_tokens: usize, rounds: usize) -> anyho
     let raw: Vec<String> = rows.iter().chain(&peers).map(|r| r.to_string()).collect();
     std::fs::write(out.join("rows.jsonl"), raw.join("\n") + "\n")?;
     Ok(())
+}
+
+/// llama.cpp's importance matrix for its IQ types (what `llama-imatrix` collects: each linear's
+/// mean squared input column), from the first 8 KB of the calibration text the 1.8-bpw plan
+/// reads, in windows of 64 tokens: `llamacpp_peer/qwen3_numpy.py`'s float64 forward takes
+/// seconds a window at this size, and the matrix only shapes llama.cpp's codes, not its speed.
+fn importance_matrix(model: &Path, out: &Path) -> anyhow::Result<PathBuf> {
+    let text = std::fs::read_to_string(root().join("datasets/gcide/gcide-sample.txt"))?;
+    let mut end = 8192.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let slice = out.join("imatrix-text.txt");
+    std::fs::write(&slice, &text[..end])?;
+    let imatrix = out.join("imatrix.safetensors");
+    stdout_of(
+        python("scripts/bench/llamacpp_peer/qwen3_numpy.py")
+            .args(["imatrix", "--window", "64", "--model"])
+            .arg(model)
+            .arg("--text")
+            .arg(&slice)
+            .arg("--out")
+            .arg(&imatrix),
+    )?;
+    Ok(imatrix)
 }
 
 /// Built-in profile `name` as a file under `out`, its `tables` line replaced by one naming
