@@ -13,7 +13,8 @@ dies with SIGILL), build it with every other extension of the CPU instead:
       -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
       pip install --no-cache-dir llama-cpp-python==0.3.36
     python3 scripts/bench/runtime_llamacpp.py --model DIR --work DIR --threads 2 \
-        --types f16,Q4_K_M,Q2_K,IQ2_XXS,IQ1_M --prompt "..." --new-tokens 64
+        --types f16,Q4_K_M,Q2_K,IQ2_XXS,IQ1_M --prompt "..." --new-tokens 64 \
+        --imatrix imatrix.safetensors
 
 The GGUF is written here with the `gguf` package (llama.cpp's own writer library), since
 llama-cpp-python ships no converter: Qwen3's hyperparameters, the tokenizer as a GPT-2 BPE
