@@ -281,6 +281,12 @@ impl PackedMatrix {
     /// and the inputs' group sums and int8 rounding are made once for the matrices that
     /// share their group and rounding layout.
     pub fn multiply_each(matrices: &[&PackedMatrix], x: &[f32]) -> Vec<Vec<f32>> {
+        Self::products(matrices, x, four_rows_a_pass())
+    }
+
+    /// [`PackedMatrix::multiply_each`], decoding's integer products four rows a pass or one
+    /// as `four_rows` says.
+    fn products(matrices: &[&PackedMatrix], x: &[f32], four_rows: bool) -> Vec<Vec<f32>> {
         let cols = matrices[0].cols;
         let count = x.len() / cols;
         assert_eq!(count * cols, x.len(), "inputs of {cols} features");
@@ -326,7 +332,7 @@ impl PackedMatrix {
             .collect();
         tasks.into_par_iter().for_each(|(which, first, out)| {
             let matrix = matrices[which];
-            let PreparedInputs { sums, int8, .. } = &prepared[inputs_of[which]];
+            let inputs = &prepared[inputs_of[which]];
             let mut scratch = Scratch {
                 row: vec![0.0f32; cols.next_multiple_of(8) + 8],
                 codes: vec![0u8; cols + 8],
@@ -334,10 +340,10 @@ impl PackedMatrix {
             #[cfg(target_arch = "x86_64")]
             if has_avx2_fma() {
                 // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-                unsafe { matrix.rows_avx2(x, sums, int8, first, out, &mut scratch) };
+                unsafe { matrix.rows_avx2(x, inputs, first, out, &mut scratch, four_rows) };
                 return;
             }
-            matrix.rows_products::<false>(x, sums, int8, first, out, &mut scratch);
+            matrix.rows_products::<false>(x, inputs, first, out, &mut scratch, four_rows);
         });
         if count == 1 {
             return outputs;
@@ -363,28 +369,30 @@ impl PackedMatrix {
     unsafe fn rows_avx2(
         &self,
         x: &[f32],
-        sums: &[f32],
-        int8: &[Int8Inputs],
+        inputs: &PreparedInputs,
         first: usize,
         out: &mut [f32],
         scratch: &mut Scratch,
+        four_rows: bool,
     ) {
-        self.rows_products::<true>(x, sums, int8, first, out, scratch);
+        self.rows_products::<true>(x, inputs, first, out, scratch, four_rows);
     }
 
     /// The products of rows `first..` (as many as `out` holds, `count` outputs each) with
-    /// every vector of `x` (or of `int8`, its vectors rounded, where not empty), each row
-    /// decoded at most once into the scratch.
+    /// every vector of `x` (or of its int8 roundings in `inputs`, where made), each row
+    /// decoded at most once into the scratch; one vector's integer products four rows a pass
+    /// where `four_rows`.
     #[inline(always)]
     fn rows_products<const FMA: bool>(
         &self,
         x: &[f32],
-        sums: &[f32],
-        int8: &[Int8Inputs],
+        inputs: &PreparedInputs,
         first: usize,
         out: &mut [f32],
         scratch: &mut Scratch,
+        four_rows: bool,
     ) {
+        let (sums, int8) = (&inputs.sums[..], &inputs.int8[..]);
         let row = &mut scratch.row;
         let cols = self.cols;
         let count = x.len() / cols;
@@ -392,6 +400,7 @@ impl PackedMatrix {
         #[cfg(target_arch = "x86_64")]
         if let (true, 1, Weights::Packed(packed)) = (FMA, count, &self.weights)
             && !int8.is_empty()
+            && four_rows
             && matches!(packed.codes.fused(), Some(kind) if kind != fused::Kind::Ternary)
         {
             // Decoding: four rows a pass, each block of the rounded input read once for the
@@ -461,6 +470,36 @@ impl PackedMatrix {
             }
         }
     }
+}
+
+/// Whether decoding's integer products take four rows a pass (each block of the rounded input
+/// loaded once for the four) or one. Which is faster depends on the CPU: four rows were 1.3×
+/// faster than one on the Intel Xeon they were written on (single-threaded, one matrix), one
+/// row 1.26–1.45× faster than four on an AMD EPYC (whole decodes; BENCHMARKS.md, "Beside
+/// llama.cpp's IQ types"), so AMD's CPUs take one row and others four, and
+/// `ANDES_DECODE_ROWS=one|four` overrides. The products are the same bit for bit either way.
+fn four_rows_a_pass() -> bool {
+    static FOUR: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FOUR.get_or_init(|| match std::env::var("ANDES_DECODE_ROWS").as_deref() {
+        Ok("one") => false,
+        Ok("four") => true,
+        _ => !made_by_amd(),
+    })
+}
+
+/// Whether the CPU's vendor string (`cpuid` leaf 0) is AMD's.
+fn made_by_amd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let id = std::arch::x86_64::__cpuid(0);
+        let vendor: Vec<u8> = [id.ebx, id.edx, id.ecx]
+            .iter()
+            .flat_map(|word| word.to_le_bytes())
+            .collect();
+        vendor == b"AuthenticAMD"
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// What the products of packed rows read besides the inputs themselves, made once for every
@@ -1353,14 +1392,17 @@ mod tests {
                 let input = &x[m * cols..(m + 1) * cols];
                 let inputs = Int8Inputs::new(input, layout);
                 // One vector alone, as decoding multiplies (rows four at a time, then the
-                // rest), gives what the batch gave.
-                let alone = packed.multiply(input);
+                // rest, or one at a time), gives what the batch gave.
+                let four = PackedMatrix::products(&[&packed], input, true).remove(0);
+                let one = PackedMatrix::products(&[&packed], input, false).remove(0);
                 for r in 0..rows {
-                    assert_eq!(
-                        alone[r],
-                        y[m * rows + r],
-                        "{format}: row {r} vector {m} alone"
-                    );
+                    for (alone, pass) in [(&four, "four rows a pass"), (&one, "a row a pass")] {
+                        assert_eq!(
+                            alone[r],
+                            y[m * rows + r],
+                            "{format}: row {r} vector {m} alone, {pass}"
+                        );
+                    }
                     let (bytes, groups) = p.row(r);
                     let mut decoded = vec![0.0f32; cols + 8];
                     p.codes.decode(bytes, &mut decoded);
