@@ -193,6 +193,7 @@ impl Decoder {
         let tokens = inputs.len() / hidden;
         let positions: Vec<usize> = (cache.next_position..cache.next_position + tokens).collect();
         let frequencies = self.rope.frequencies(cache.next_position + tokens);
+        let rotations = Self::rotations(&positions, &frequencies);
         let adapter = self.active.as_ref().map(|name| &self.adapters[name]);
         let track = cache.budget.is_some();
         let mut x = inputs;
@@ -217,8 +218,8 @@ impl Decoder {
             let h = rms_norm(&x, &block.input_norm, self.shape.eps);
             let [mut q, mut k, v] =
                 <[Vec<f32>; 3]>::try_from(project(&[0, 1, 2], &h)).expect("three projections");
-            self.rotate(&mut q, &block.q_norm, &positions, &frequencies);
-            self.rotate(&mut k, &block.k_norm, &positions, &frequencies);
+            self.rotate(&mut q, &block.q_norm, &rotations);
+            self.rotate(&mut k, &block.k_norm, &rotations);
             let layer = &mut cache.layers[index];
             layer.keys.extend_from_slice(&k);
             layer.values.extend_from_slice(&v);
@@ -245,23 +246,38 @@ impl Decoder {
         self.head.as_ref().unwrap_or(&self.embed).multiply(&normed)
     }
 
-    /// Per-head RMSNorm then rotary embedding of `x` (`[tokens, heads · head_dim]`).
-    fn rotate(&self, x: &mut [f32], norm: &[f32], positions: &[usize], rope: &Frequencies) {
+    /// Per-head RMSNorm then rotary embedding of `x` (`[tokens, heads · head_dim]`), each
+    /// token's angles from `rotations` ([`Decoder::rotations`]).
+    fn rotate(&self, x: &mut [f32], norm: &[f32], rotations: &[(f32, f32)]) {
         let d = self.shape.head_dim;
         let half = d / 2;
-        let heads_per_token = x.len() / positions.len() / d;
+        let tokens = rotations.len() / half;
+        let heads_per_token = x.len() / tokens / d;
         for (i, head) in x.chunks_mut(d).enumerate() {
             let normed = rms_norm(head, norm, self.shape.eps);
-            let position = positions[i / heads_per_token] as f32;
-            for j in 0..half {
-                let angle = position * rope.inv_freq[j];
-                let (sin, cos) = angle.sin_cos();
-                let (sin, cos) = (sin * rope.attention_factor, cos * rope.attention_factor);
+            let token = &rotations[i / heads_per_token * half..][..half];
+            for (j, &(sin, cos)) in token.iter().enumerate() {
                 let (a, b) = (normed[j], normed[j + half]);
                 head[j] = a * cos - b * sin;
                 head[j + half] = b * cos + a * sin;
             }
         }
+    }
+
+    /// Each position's rotary `(sin, cos)` for every frequency, scaled by the attention
+    /// factor: made once a forward pass for every layer and head, where each head computed
+    /// its own (half a million `sin_cos` a decoded token on a Qwen3-0.6B shape).
+    fn rotations(positions: &[usize], rope: &Frequencies) -> Vec<(f32, f32)> {
+        let factor = rope.attention_factor;
+        positions
+            .iter()
+            .flat_map(|&position| {
+                rope.inv_freq.iter().map(move |&frequency| {
+                    let (sin, cos) = (position as f32 * frequency).sin_cos();
+                    (sin * factor, cos * factor)
+                })
+            })
+            .collect()
     }
 
     /// Causal attention of `q` (`[tokens, heads · head_dim]`, at `positions`) over the
@@ -284,31 +300,19 @@ impl Decoder {
             .into_par_iter()
             .map(|th| {
                 let (t, h) = (th / heads, th % heads);
-                let kv = h / group;
-                let query = &q[th * d..(th + 1) * d];
-                let visible = entry_positions.partition_point(|&p| p <= positions[t]);
-                let mut weights: Vec<f32> = (0..visible)
-                    .map(|e| {
-                        dot::<false>(query, &keys[e * width + kv * d..e * width + (kv + 1) * d])
-                            * scale
-                    })
-                    .collect();
-                let max = weights.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                let mut total = 0.0;
-                for w in weights.iter_mut() {
-                    *w = (*w - max).exp();
-                    total += *w;
+                let head = Head {
+                    query: &q[th * d..(th + 1) * d],
+                    visible: entry_positions.partition_point(|&p| p <= positions[t]),
+                    offset: h / group * d,
+                    width,
+                    scale,
+                };
+                #[cfg(target_arch = "x86_64")]
+                if crate::packed::has_avx2_fma() {
+                    // SAFETY: the CPU has AVX2 and FMA (checked at run time).
+                    return unsafe { head.attend_avx2(keys, values) };
                 }
-                let mut context = vec![0.0f32; d];
-                for (e, w) in weights.iter_mut().enumerate() {
-                    *w /= total;
-                    let value = &values[e * width + kv * d..e * width + (kv + 1) * d];
-                    context
-                        .iter_mut()
-                        .zip(value)
-                        .for_each(|(c, v)| *c += *w * v);
-                }
-                (context, weights)
+                head.attend::<false>(keys, values)
             })
             .collect();
         if track {
@@ -324,6 +328,54 @@ impl Decoder {
             .into_iter()
             .flat_map(|(context, _)| context)
             .collect()
+    }
+}
+
+/// One query head's view of a layer's cache: its query, how many entries it sees, and where
+/// its key-value head sits in an entry (`offset` within `width`).
+struct Head<'a> {
+    query: &'a [f32],
+    visible: usize,
+    offset: usize,
+    width: usize,
+    scale: f32,
+}
+
+impl Head<'_> {
+    /// The head's context vector over its visible entries, and the attention each received.
+    #[inline(always)]
+    fn attend<const FMA: bool>(&self, keys: &[f32], values: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        // Plain loops: a closure would not inherit `attend_avx2`'s target features, and its
+        // `mul_add` would become a call.
+        let d = self.query.len();
+        let mut weights = Vec::with_capacity(self.visible);
+        for e in 0..self.visible {
+            let start = e * self.width + self.offset;
+            weights.push(dot::<FMA>(self.query, &keys[start..start + d]) * self.scale);
+        }
+        let max = weights.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let mut total = 0.0;
+        for w in weights.iter_mut() {
+            *w = (*w - max).exp();
+            total += *w;
+        }
+        let mut context = vec![0.0f32; d];
+        for (e, w) in weights.iter_mut().enumerate() {
+            *w /= total;
+            let start = e * self.width + self.offset;
+            for (c, v) in context.iter_mut().zip(&values[start..start + d]) {
+                *c = if FMA { w.mul_add(*v, *c) } else { *c + *w * v };
+            }
+        }
+        (context, weights)
+    }
+
+    /// [`Head::attend`] compiled for AVX2 with fused multiply-adds: eight lanes a step where
+    /// the baseline build's four-lane form took a fifth of a long decode.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn attend_avx2(&self, keys: &[f32], values: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        self.attend::<true>(keys, values)
     }
 }
 

@@ -119,10 +119,21 @@ struct Groups<'a> {
 impl Groups<'_> {
     /// `Σ_g scale_g·zero_g·Σ_{i∈g} xᵢ` from a vector's group sums: what the zero points take
     /// off the row's product with it.
+    /// Summed in eight independent lanes (vectorized by the compiler), then the tail: a
+    /// row's term is on decoding's path once a row.
+    #[inline]
     fn zero_points_term(&self, sums: &[f32]) -> f32 {
-        (self.scales.iter().zip(self.zeros).zip(sums))
-            .map(|((scale, zero), sum)| scale * zero * sum)
-            .sum()
+        let (scales, zeros, sums) = (self.scales, self.zeros, &sums[..self.scales.len()]);
+        let whole = scales.len() / 8 * 8;
+        let mut lanes = [0.0f32; 8];
+        let chunks = scales[..whole].chunks_exact(8).zip(zeros.chunks_exact(8));
+        for ((scales, zeros), sums) in chunks.zip(sums.chunks_exact(8)) {
+            for (k, lane) in lanes.iter_mut().enumerate() {
+                *lane += scales[k] * zeros[k] * sums[k];
+            }
+        }
+        let tail = (whole..scales.len()).map(|g| scales[g] * zeros[g] * sums[g]);
+        lanes.iter().sum::<f32>() + tail.sum::<f32>()
     }
 }
 
@@ -333,17 +344,13 @@ impl PackedMatrix {
         tasks.into_par_iter().for_each(|(which, first, out)| {
             let matrix = matrices[which];
             let inputs = &prepared[inputs_of[which]];
-            let mut scratch = Scratch {
-                row: vec![0.0f32; cols.next_multiple_of(8) + 8],
-                codes: vec![0u8; cols + 8],
-            };
             #[cfg(target_arch = "x86_64")]
             if has_avx2_fma() {
                 // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-                unsafe { matrix.rows_avx2(x, inputs, first, out, &mut scratch, four_rows) };
+                unsafe { matrix.rows_avx2(x, inputs, first, out, four_rows) };
                 return;
             }
-            matrix.rows_products::<false>(x, inputs, first, out, &mut scratch, four_rows);
+            matrix.rows_products::<false>(x, inputs, first, out, four_rows);
         });
         if count == 1 {
             return outputs;
@@ -372,10 +379,9 @@ impl PackedMatrix {
         inputs: &PreparedInputs,
         first: usize,
         out: &mut [f32],
-        scratch: &mut Scratch,
         four_rows: bool,
     ) {
-        self.rows_products::<true>(x, inputs, first, out, scratch, four_rows);
+        self.rows_products::<true>(x, inputs, first, out, four_rows);
     }
 
     /// The products of rows `first..` (as many as `out` holds, `count` outputs each) with
@@ -389,31 +395,33 @@ impl PackedMatrix {
         inputs: &PreparedInputs,
         first: usize,
         out: &mut [f32],
-        scratch: &mut Scratch,
         four_rows: bool,
     ) {
         let (sums, int8) = (&inputs.sums[..], &inputs.int8[..]);
-        let row = &mut scratch.row;
         let cols = self.cols;
         let count = x.len() / cols;
-        let mut done = 0;
         #[cfg(target_arch = "x86_64")]
         if let (true, 1, Weights::Packed(packed)) = (FMA, count, &self.weights)
             && !int8.is_empty()
-            && four_rows
             && matches!(packed.codes.fused(), Some(kind) if kind != fused::Kind::Ternary)
         {
-            // Decoding: four rows a pass, each block of the rounded input read once for the
-            // four.
-            for (i, out) in out.chunks_exact_mut(4).enumerate() {
-                let rows = std::array::from_fn(|k| packed.row(first + 4 * i + k));
-                // SAFETY: FMA is only set on the AVX2 path; `int8` is only filled where
-                // `int8_layout` found the integer kernels run here.
-                unsafe { fused::four_rows(rows, sums, &int8[0], out) };
-                done += 4;
-            }
+            // Decoding: the task's rows in one call, four a pass where `four_rows`.
+            // SAFETY: FMA is only set on the AVX2 path; `int8` is only filled where
+            // `int8_layout` found the integer kernels run here.
+            let task = Decoding {
+                packed,
+                first,
+                input: &int8[0],
+                sums,
+                four_rows,
+            };
+            unsafe { fused::decode(&task, out) };
+            return;
         }
-        for (i, out) in out.chunks_mut(count).enumerate().skip(done) {
+        // A row decoded to f32, or to one code a byte (ternary), for the kernels below.
+        let mut row = vec![0.0f32; cols.next_multiple_of(8) + 8];
+        let mut codes = vec![0u8; cols + 8];
+        for (i, out) in out.chunks_mut(count).enumerate() {
             let r = first + i;
             match &self.weights {
                 Weights::Float(values) => {
@@ -442,8 +450,8 @@ impl PackedMatrix {
                     #[cfg(target_arch = "x86_64")]
                     if let (true, Some(kind)) = (FMA, packed.codes.fused()) {
                         let source = if kind == fused::Kind::Ternary {
-                            packed.codes.decode_bytes(bytes, &mut scratch.codes);
-                            &scratch.codes[..]
+                            packed.codes.decode_bytes(bytes, &mut codes);
+                            &codes[..]
                         } else {
                             bytes
                         };
@@ -452,7 +460,7 @@ impl PackedMatrix {
                         unsafe { fused::rows(kind, source, x, sums, int8, &groups, out) };
                         continue;
                     }
-                    packed.codes.decode(bytes, row);
+                    packed.codes.decode(bytes, &mut row);
                     let (group, count) = (groups.group, groups.scales.len());
                     for (m, y) in out.iter_mut().enumerate() {
                         let input = &x[m * cols..(m + 1) * cols];
@@ -470,6 +478,19 @@ impl PackedMatrix {
             }
         }
     }
+}
+
+/// One task of decoding's integer products: rows `first..` of `packed` (as many as the
+/// outputs hold) with one vector rounded to int8 (`input`; `sums`, its group sums, for the
+/// zero points' term), four rows a pass where `four_rows`.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Decoding<'a> {
+    packed: &'a Packed,
+    first: usize,
+    input: &'a Int8Inputs,
+    sums: &'a [f32],
+    four_rows: bool,
 }
 
 /// Whether decoding's integer products take four rows a pass (each block of the rounded input
@@ -534,12 +555,6 @@ impl PreparedInputs {
     }
 }
 
-/// Per-task scratch: a row decoded to f32, or to code bytes.
-struct Scratch {
-    row: Vec<f32>,
-    codes: Vec<u8>,
-}
-
 /// Whether the CPU converts f16 in hardware (checked once).
 #[cfg(target_arch = "x86_64")]
 fn has_f16c() -> bool {
@@ -558,7 +573,7 @@ pub fn has_int8_kernels() -> bool {
 
 /// Whether the CPU runs AVX2 and FMA (checked once).
 #[cfg(target_arch = "x86_64")]
-fn has_avx2_fma() -> bool {
+pub(crate) fn has_avx2_fma() -> bool {
     static FEATURES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *FEATURES.get_or_init(|| {
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
@@ -650,7 +665,7 @@ fn table<const K: usize>(code: impl Fn(u32, usize) -> u32) -> Vec<[f32; K]> {
 mod fused {
     use std::arch::x86_64::*;
 
-    use super::Groups;
+    use super::{Decoding, Groups};
     use crate::int8_inputs::Int8Inputs;
 
     /// Which kernel reads a row.
@@ -747,21 +762,11 @@ mod fused {
         }
     }
 
-    /// Four rows' integer products with one vector rounded to int8 (`int8`, its group sums
-    /// `sums`), into `out`: decoding, where a row-at-a-time pass read each block of the input
-    /// once a row (see `wide::int8_four_rows`).
+    /// Decoding's integer products of `task` into `out` (see `wide::int8_decode`).
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn four_rows(
-        rows: [(&[u8], Groups<'_>); 4],
-        sums: &[f32],
-        int8: &Int8Inputs,
-        out: &mut [f32],
-    ) {
+    pub(super) unsafe fn decode(task: &Decoding<'_>, out: &mut [f32]) {
         // SAFETY: the caller found VNNI and whole blocks (`int8_layout`).
-        let products = unsafe { wide::int8_four_rows(&rows, int8) };
-        for ((y, product), (_, row)) in out.iter_mut().zip(products).zip(&rows) {
-            *y = product - row.zero_points_term(sums);
-        }
+        unsafe { wide::int8_decode(task, out) };
     }
 
     /// Whether the CPU also runs AVX-512 VNNI (checked once): the integer kernels.
@@ -938,7 +943,7 @@ mod fused {
     pub(super) mod wide {
         use std::arch::x86_64::*;
 
-        use super::super::Groups;
+        use super::super::{Decoding, Groups};
         use crate::int8_inputs::Int8Inputs;
 
         /// `acc + codes·x` for sixteen codes (bytes) and sixteen inputs.
@@ -1079,16 +1084,58 @@ mod fused {
             }
         }
 
-        /// The integer products of four rows with one vector of `input` (decoding): each
-        /// block of the rounded input is loaded once for the four rows, and the calls and
-        /// bounds of a row are paid once for four.
+        /// Decoding's integer products of `task`'s rows into `out`, four rows a pass where
+        /// `task.four_rows` (each block of the rounded input loaded once for the four), else
+        /// one. A task's rows take one call and one choice of kernel, where a call a row
+        /// spent a third of decoding's time outside the products themselves.
         #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-        pub(in super::super) unsafe fn int8_four_rows(
-            rows: &[(&[u8], Groups<'_>); 4],
-            input: &Int8Inputs,
-        ) -> [f32; 4] {
-            // SAFETY: the caller's promise.
-            unsafe { by_layout::<4, 1>(rows, std::slice::from_ref(input)) }.map(|[y]| y)
+        pub(in super::super) unsafe fn int8_decode(task: &Decoding<'_>, out: &mut [f32]) {
+            let layout = task.input.layout;
+            // SAFETY (all): the caller's promise; each kernel takes its own layout.
+            unsafe {
+                match (8 / layout.codes_per_byte, layout.block) {
+                    (8, 128) => decode_rows::<8, 128>(task, out),
+                    (8, _) => decode_rows::<8, 64>(task, out),
+                    (4, 128) => decode_rows::<4, 128>(task, out),
+                    (4, _) => decode_rows::<4, 64>(task, out),
+                    (2, 128) => decode_rows::<2, 128>(task, out),
+                    (2, _) => decode_rows::<2, 64>(task, out),
+                    (1, 128) => decode_rows::<1, 128>(task, out),
+                    _ => decode_rows::<1, 64>(task, out),
+                }
+            }
+        }
+
+        /// [`int8_decode`] for one layout: four rows a pass, then the rest one a pass.
+        #[inline(always)]
+        unsafe fn decode_rows<const BITS: usize, const B: usize>(
+            task: &Decoding<'_>,
+            out: &mut [f32],
+        ) {
+            let Decoding {
+                packed,
+                first,
+                input,
+                sums,
+                four_rows,
+            } = *task;
+            let inputs = std::slice::from_ref(input);
+            let passes = if four_rows { out.len() / 4 } else { 0 };
+            let (fours, ones) = out.split_at_mut(4 * passes);
+            for (pass, out) in fours.chunks_exact_mut(4).enumerate() {
+                let rows = std::array::from_fn(|k| packed.row(first + 4 * pass + k));
+                // SAFETY: the caller's promise.
+                let products = unsafe { int8_tile::<BITS, B, 4, 1>(&rows, inputs) };
+                for ((y, [product]), (_, row)) in out.iter_mut().zip(products).zip(&rows) {
+                    *y = product - row.zero_points_term(sums);
+                }
+            }
+            for (i, y) in ones.iter_mut().enumerate() {
+                let rows = [packed.row(first + 4 * passes + i)];
+                // SAFETY: the caller's promise.
+                let [[product]] = unsafe { int8_tile::<BITS, B, 1, 1>(&rows, inputs) };
+                *y = product - rows[0].1.zero_points_term(sums);
+            }
         }
 
         /// [`int8_tile`] for the layout of `inputs`.
@@ -1126,39 +1173,41 @@ mod fused {
         /// horizontally once. Plain inlined functions: a first version passing each block as
         /// a closure to a shared loop ran 1.6× slower than the f32 kernel instead of 2.2×
         /// faster (not investigated further).
-        #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+        #[inline(always)]
         unsafe fn int8_tile<const BITS: usize, const B: usize, const R: usize, const M: usize>(
             rows: &[(&[u8], Groups<'_>); R],
             inputs: &[Int8Inputs],
         ) -> [[f32; M]; R] {
-            let inputs: &[Int8Inputs; M] = inputs.try_into().expect("M vectors");
-            let per_group = rows[0].1.group / B;
-            let blocks = inputs[0].scales.len();
-            let shifts = const { [plane_shifts(BITS, B, 0), plane_shifts(BITS, B, 1)] };
-            // SAFETY: 32 lanes of 16 bits are one register.
-            let shifts = shifts.map(|s| unsafe { _mm512_loadu_si512(s.as_ptr() as *const _) });
-            let zero = [[_mm512_setzero_ps(); M]; R];
-            let (mut even, mut odd) = (zero, zero);
-            let scales = |b: usize| std::array::from_fn(|r| rows[r].1.scales[b / per_group]);
-            let mut b = 0;
-            // SAFETY (all): block b's codes and rounded inputs lie inside the rows and the
-            // inputs for every b < blocks (whole blocks); AVX-512 F, BW and VNNI are enabled.
-            while b + 2 <= blocks {
-                unsafe {
+            // SAFETY: only called from functions with AVX-512 F, BW and VNNI enabled; block
+            // b's codes and rounded inputs lie inside the rows and the inputs for every
+            // b < blocks (whole blocks).
+            unsafe {
+                let inputs: &[Int8Inputs; M] = inputs.try_into().expect("M vectors");
+                // Blocks a group, a power of two (64 and 128 divide the group).
+                let per_group_log2 = (rows[0].1.group / B).trailing_zeros();
+                let blocks = inputs[0].scales.len();
+                let shifts = const { [plane_shifts(BITS, B, 0), plane_shifts(BITS, B, 1)] };
+                let shifts = shifts.map(|s| _mm512_loadu_si512(s.as_ptr() as *const _));
+                let zero = [[_mm512_setzero_ps(); M]; R];
+                let (mut even, mut odd) = (zero, zero);
+                let scales =
+                    |b: usize| std::array::from_fn(|r| rows[r].1.scales[b >> per_group_log2]);
+                let mut b = 0;
+                while b + 2 <= blocks {
                     scaled_block::<BITS, B, R, M>(rows, inputs, b, scales(b), &shifts, &mut even);
                     let next = scales(b + 1);
                     scaled_block::<BITS, B, R, M>(rows, inputs, b + 1, next, &shifts, &mut odd);
+                    b += 2;
                 }
-                b += 2;
+                if b < blocks {
+                    scaled_block::<BITS, B, R, M>(rows, inputs, b, scales(b), &shifts, &mut even);
+                }
+                std::array::from_fn(|r| {
+                    std::array::from_fn(|m| {
+                        _mm512_reduce_add_ps(_mm512_add_ps(even[r][m], odd[r][m]))
+                    })
+                })
             }
-            if b < blocks {
-                unsafe {
-                    scaled_block::<BITS, B, R, M>(rows, inputs, b, scales(b), &shifts, &mut even)
-                };
-            }
-            std::array::from_fn(|r| {
-                std::array::from_fn(|m| _mm512_reduce_add_ps(_mm512_add_ps(even[r][m], odd[r][m])))
-            })
         }
 
         /// The right shift of each 16-bit lane that brings its copy of a block's bytes to the
@@ -1202,6 +1251,11 @@ mod fused {
                     });
                     for ((bytes, _), sums) in rows.iter().zip(sums.iter_mut()) {
                         let codes = bytes.as_ptr().add(b * B * BITS / 8);
+                        // The codes `PREFETCH_BYTES` on, a line for each 64 bytes read.
+                        if half == 0 || BITS == 8 {
+                            let ahead = PREFETCH_BYTES + if BITS == 8 { 64 * half } else { 0 };
+                            _mm_prefetch::<_MM_HINT_T0>(codes.wrapping_add(ahead) as *const i8);
+                        }
                         let planes = if BITS == 8 {
                             _mm512_loadu_si512(codes.add(64 * half) as *const _)
                         } else {
@@ -1227,6 +1281,12 @@ mod fused {
                 }
             }
         }
+
+        /// How far ahead of the codes a product reads it asks the memory for them: the
+        /// hardware's prefetchers alone left decoding's int4 rows at 7.2–7.5 GB/s a thread
+        /// on an AMD EPYC, 2 KB ahead took them to 8.4–8.6 (1 and 4 KB: between), and the
+        /// int8 table's rows with two threads from 24–25 to 28–29 GB/s.
+        const PREFETCH_BYTES: usize = 2048;
 
         /// [`super::f16_dot`] 64 weights a step.
         #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]

@@ -1,0 +1,53 @@
+//! How fast the decoding products stream a packed format through this CPU: the rate (GB/s of
+//! codes, scales and zero points) at which `PackedMatrix::multiply` takes one vector through
+//! `MATRICES` distinct `ROWS × COLS` matrices, best of many passes. Many matrices put the
+//! weights past the caches, as decoding a model does; one keeps them in cache, which leaves
+//! the kernel's own cost. The threads are rayon's (`RAYON_NUM_THREADS`); the products take
+//! int8-rounded inputs unless `ANDES_F32_PRODUCTS=1`, and `ANDES_DECODE_ROWS=one|four` picks
+//! the rows a pass as in `andes generate`.
+//!
+//! `cargo run --release -p andes-runtime --example product_speed -- int4-g128-asym 3072 1024 64`
+
+use std::time::Instant;
+
+use andes_quant::{QuantFormat, WeightShape, quantize_rtn};
+use andes_runtime::packed::PackedMatrix;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = "usage: product_speed FORMAT ROWS COLS MATRICES (e.g. int4-g128-asym 3072 1024 64)";
+    let [format, rows, cols, matrices] = args.as_slice() else {
+        return Err(usage.into());
+    };
+    let format: QuantFormat = format.parse()?;
+    let (rows, cols, matrices): (usize, usize, usize) =
+        (rows.parse()?, cols.parse()?, matrices.parse()?);
+    let int8_activations = std::env::var("ANDES_F32_PRODUCTS").as_deref() != Ok("1");
+    let weights: Vec<f32> = (0..rows * cols)
+        .map(|i| (i * 7919 % 1013) as f32 / 1013.0 - 0.5)
+        .collect();
+    let quantized = quantize_rtn(&weights, WeightShape::new(rows, cols), format)?;
+    let packed: Vec<PackedMatrix> = (0..matrices)
+        .map(|_| {
+            let mut matrix = PackedMatrix::from_quantized(&quantized);
+            matrix.set_int8_activations(int8_activations);
+            matrix
+        })
+        .collect();
+    let bytes: usize = packed.iter().map(PackedMatrix::bytes).sum();
+    let x: Vec<f32> = (0..cols).map(|i| ((i % 17) as f32 - 8.0) / 9.0).collect();
+    let mut best = f64::MAX;
+    for _ in 0..15 + 1000 / matrices {
+        let start = Instant::now();
+        let checksum: f32 = packed.iter().map(|m| m.multiply(&x)[0]).sum();
+        best = best.min(start.elapsed().as_secs_f64());
+        std::hint::black_box(checksum);
+    }
+    println!(
+        "{format} {rows}x{cols} x{matrices}: {:.1} MB, best pass {:.3} ms, {:.2} GB/s",
+        bytes as f64 / 1e6,
+        best * 1e3,
+        bytes as f64 / best / 1e9
+    );
+    Ok(())
+}
