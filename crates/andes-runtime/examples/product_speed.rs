@@ -1,12 +1,13 @@
 //! How fast the decoding products stream a packed format through this CPU: the rate (GB/s of
-//! codes, scales and zero points) at which `PackedMatrix::multiply` takes one vector through
-//! `MATRICES` distinct `ROWS × COLS` matrices, best of many passes. Many matrices put the
+//! codes, scales and zero points) at which `PackedMatrix::multiply` takes one vector (or
+//! `VECTORS`, as a prompt or a speculative block does) through `MATRICES` distinct
+//! `ROWS × COLS` matrices, best of many passes. Many matrices put the
 //! weights past the caches, as decoding a model does; one keeps them in cache, which leaves
 //! the kernel's own cost. The threads are rayon's (`RAYON_NUM_THREADS`); the products take
 //! int8-rounded inputs unless `ANDES_F32_PRODUCTS=1`, and `ANDES_DECODE_ROWS=one|four` picks
 //! the rows a pass as in `andes generate`.
 //!
-//! `cargo run --release -p andes-runtime --example product_speed -- int4-g128-asym 3072 1024 64`
+//! `cargo run --release -p andes-runtime --example product_speed -- int4-g128-asym 3072 1024 64 [VECTORS]`
 
 use std::time::Instant;
 
@@ -15,10 +16,13 @@ use andes_runtime::packed::PackedMatrix;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: product_speed FORMAT ROWS COLS MATRICES (e.g. int4-g128-asym 3072 1024 64)";
-    let [format, rows, cols, matrices] = args.as_slice() else {
-        return Err(usage.into());
+    let usage = "usage: product_speed FORMAT ROWS COLS MATRICES [VECTORS] (e.g. int4-g128-asym 3072 1024 64)";
+    let (format, rows, cols, matrices, vectors) = match args.as_slice() {
+        [format, rows, cols, matrices] => (format, rows, cols, matrices, "1"),
+        [format, rows, cols, matrices, vectors] => (format, rows, cols, matrices, &vectors[..]),
+        _ => return Err(usage.into()),
     };
+    let vectors: usize = vectors.parse()?;
     let format: QuantFormat = format.parse()?;
     let (rows, cols, matrices): (usize, usize, usize) =
         (rows.parse()?, cols.parse()?, matrices.parse()?);
@@ -35,7 +39,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
     let bytes: usize = packed.iter().map(PackedMatrix::bytes).sum();
-    let x: Vec<f32> = (0..cols).map(|i| ((i % 17) as f32 - 8.0) / 9.0).collect();
+    let x: Vec<f32> = (0..vectors * cols)
+        .map(|i| ((i % 17) as f32 - 8.0) / 9.0)
+        .collect();
     let mut best = f64::MAX;
     for _ in 0..15 + 1000 / matrices {
         let start = Instant::now();
@@ -44,7 +50,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::hint::black_box(checksum);
     }
     println!(
-        "{format} {rows}x{cols} x{matrices}: {:.1} MB, best pass {:.3} ms, {:.2} GB/s",
+        "{format} {rows}x{cols} x{matrices}, {vectors} vectors: {:.1} MB, best pass {:.3} ms, {:.2} GB/s",
         bytes as f64 / 1e6,
         best * 1e3,
         bytes as f64 / best / 1e9

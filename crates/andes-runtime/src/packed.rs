@@ -401,21 +401,21 @@ impl PackedMatrix {
         let cols = self.cols;
         let count = x.len() / cols;
         #[cfg(target_arch = "x86_64")]
-        if let (true, 1, Weights::Packed(packed)) = (FMA, count, &self.weights)
+        if let (true, Weights::Packed(packed)) = (FMA, &self.weights)
             && !int8.is_empty()
             && matches!(packed.codes.fused(), Some(kind) if kind != fused::Kind::Ternary)
         {
-            // Decoding: the task's rows in one call, four a pass where `four_rows`.
-            // SAFETY: FMA is only set on the AVX2 path; `int8` is only filled where
-            // `int8_layout` found the integer kernels run here.
-            let task = Decoding {
+            // Integer products: the task's rows in one call.
+            let task = Int8Task {
                 packed,
                 first,
-                input: &int8[0],
+                inputs: int8,
                 sums,
                 four_rows,
             };
-            unsafe { fused::decode(&task, out) };
+            // SAFETY: FMA is only set on the AVX2 path; `int8` is only filled where
+            // `int8_layout` found the integer kernels run here.
+            unsafe { fused::int8_task(&task, out) };
             return;
         }
         // A row decoded to f32, or to one code a byte (ternary), for the kernels below.
@@ -457,7 +457,7 @@ impl PackedMatrix {
                         };
                         // SAFETY: FMA is only set on the AVX2 path (`rows_avx2`); `int8` is
                         // only filled where `int8_layout` found its kernel runs here.
-                        unsafe { fused::rows(kind, source, x, sums, int8, &groups, out) };
+                        unsafe { fused::rows(kind, source, x, sums, &groups, out) };
                         continue;
                     }
                     packed.codes.decode(bytes, &mut row);
@@ -480,15 +480,15 @@ impl PackedMatrix {
     }
 }
 
-/// One task of decoding's integer products: rows `first..` of `packed` (as many as the
-/// outputs hold) with one vector rounded to int8 (`input`; `sums`, its group sums, for the
-/// zero points' term), four rows a pass where `four_rows`.
+/// One task of the integer products: rows `first..` of `packed` (as many as the outputs
+/// hold) with each vector rounded to int8 in `inputs` (`sums`, their group sums, for the zero
+/// points' term), one vector's four rows a pass where `four_rows`.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
-struct Decoding<'a> {
+struct Int8Task<'a> {
     packed: &'a Packed,
     first: usize,
-    input: &'a Int8Inputs,
+    inputs: &'a [Int8Inputs],
     sums: &'a [f32],
     four_rows: bool,
 }
@@ -665,8 +665,7 @@ fn table<const K: usize>(code: impl Fn(u32, usize) -> u32) -> Vec<[f32; K]> {
 mod fused {
     use std::arch::x86_64::*;
 
-    use super::{Decoding, Groups};
-    use crate::int8_inputs::Int8Inputs;
+    use super::{Groups, Int8Task};
 
     /// Which kernel reads a row.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -692,29 +691,12 @@ mod fused {
         source: &[u8],
         x: &[f32],
         sums: &[f32],
-        int8: &[Int8Inputs],
         row: &Groups<'_>,
         out: &mut [f32],
     ) {
         let cols = x.len() / out.len();
         let groups = row.scales.len();
         let zeros_x = |m: usize| row.zero_points_term(&sums[m * groups..(m + 1) * groups]);
-        if !int8.is_empty() {
-            // Prompt vectors four at a time: each block's codes are split into planes once
-            // for the four.
-            let mut m = 0;
-            while m < out.len() {
-                let take = if out.len() - m >= 4 { 4 } else { 1 };
-                let ys = &mut out[m..m + take];
-                // SAFETY: the caller found VNNI and whole blocks (`int8_layout`).
-                unsafe { wide::int8_products(source, &int8[m..m + take], row, ys) };
-                for (k, y) in ys.iter_mut().enumerate() {
-                    *y -= zeros_x(m + k);
-                }
-                m += take;
-            }
-            return;
-        }
         let whole_units = row.group.is_multiple_of(32) && cols.is_multiple_of(32);
         if has_avx512() && whole_units && kind != Kind::Int2 {
             for (m, y) in out.iter_mut().enumerate() {
@@ -762,11 +744,11 @@ mod fused {
         }
     }
 
-    /// Decoding's integer products of `task` into `out` (see `wide::int8_decode`).
+    /// The integer products of `task` into `out` (see `wide::int8_task`).
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn decode(task: &Decoding<'_>, out: &mut [f32]) {
+    pub(super) unsafe fn int8_task(task: &Int8Task<'_>, out: &mut [f32]) {
         // SAFETY: the caller found VNNI and whole blocks (`int8_layout`).
-        unsafe { wide::int8_decode(task, out) };
+        unsafe { wide::int8_task(task, out) };
     }
 
     /// Whether the CPU also runs AVX-512 VNNI (checked once): the integer kernels.
@@ -943,7 +925,7 @@ mod fused {
     pub(super) mod wide {
         use std::arch::x86_64::*;
 
-        use super::super::{Decoding, Groups};
+        use super::super::{Groups, Int8Task};
         use crate::int8_inputs::Int8Inputs;
 
         /// `acc + codes·x` for sixteen codes (bytes) and sixteen inputs.
@@ -1066,97 +1048,82 @@ mod fused {
             }
         }
 
-        /// The integer products (`crate::int8_inputs`) of a row of codes with each of
-        /// `inputs` (one or four vectors of one layout) into `out`, by the kernel of their
-        /// layout.
+        /// The integer products (`crate::int8_inputs`) of `task`'s rows with its vectors
+        /// into `out` (`[rows, vectors]`), by the kernel of their layout: one vector four
+        /// rows a pass where `task.four_rows` (each block of the rounded input loaded once
+        /// for the four), else one; several vectors four a pass against one row (a row's
+        /// planes made once for the four), the rest one a pass. A task's rows take one
+        /// call and one choice of kernel, where a call a row spent a third of decoding's
+        /// time outside the products themselves.
         #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-        pub(in super::super) unsafe fn int8_products(
-            codes: &[u8],
-            inputs: &[Int8Inputs],
-            row: &Groups<'_>,
-            out: &mut [f32],
-        ) {
-            let rows = [(codes, *row)];
-            // SAFETY (both): the caller's promise.
-            match inputs.len() {
-                4 => out.copy_from_slice(&unsafe { by_layout::<1, 4>(&rows, inputs) }[0]),
-                _ => out.copy_from_slice(&unsafe { by_layout::<1, 1>(&rows, inputs) }[0]),
-            }
-        }
-
-        /// Decoding's integer products of `task`'s rows into `out`, four rows a pass where
-        /// `task.four_rows` (each block of the rounded input loaded once for the four), else
-        /// one. A task's rows take one call and one choice of kernel, where a call a row
-        /// spent a third of decoding's time outside the products themselves.
-        #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-        pub(in super::super) unsafe fn int8_decode(task: &Decoding<'_>, out: &mut [f32]) {
-            let layout = task.input.layout;
+        pub(in super::super) unsafe fn int8_task(task: &Int8Task<'_>, out: &mut [f32]) {
+            let layout = task.inputs[0].layout;
             // SAFETY (all): the caller's promise; each kernel takes its own layout.
             unsafe {
                 match (8 / layout.codes_per_byte, layout.block) {
-                    (8, 128) => decode_rows::<8, 128>(task, out),
-                    (8, _) => decode_rows::<8, 64>(task, out),
-                    (4, 128) => decode_rows::<4, 128>(task, out),
-                    (4, _) => decode_rows::<4, 64>(task, out),
-                    (2, 128) => decode_rows::<2, 128>(task, out),
-                    (2, _) => decode_rows::<2, 64>(task, out),
-                    (1, 128) => decode_rows::<1, 128>(task, out),
-                    _ => decode_rows::<1, 64>(task, out),
+                    (8, 128) => task_rows::<8, 128>(task, out),
+                    (8, _) => task_rows::<8, 64>(task, out),
+                    (4, 128) => task_rows::<4, 128>(task, out),
+                    (4, _) => task_rows::<4, 64>(task, out),
+                    (2, 128) => task_rows::<2, 128>(task, out),
+                    (2, _) => task_rows::<2, 64>(task, out),
+                    (1, 128) => task_rows::<1, 128>(task, out),
+                    _ => task_rows::<1, 64>(task, out),
                 }
             }
         }
 
-        /// [`int8_decode`] for one layout: four rows a pass, then the rest one a pass.
+        /// [`int8_task`] for one layout.
         #[inline(always)]
-        unsafe fn decode_rows<const BITS: usize, const B: usize>(
-            task: &Decoding<'_>,
+        unsafe fn task_rows<const BITS: usize, const B: usize>(
+            task: &Int8Task<'_>,
             out: &mut [f32],
         ) {
-            let Decoding {
+            let Int8Task {
                 packed,
                 first,
-                input,
+                inputs,
                 sums,
                 four_rows,
             } = *task;
-            let inputs = std::slice::from_ref(input);
-            let passes = if four_rows { out.len() / 4 } else { 0 };
+            let count = inputs.len();
+            let zeros = |row: &Groups<'_>, m: usize| {
+                row.zero_points_term(&sums[m * packed.groups..(m + 1) * packed.groups])
+            };
+            let passes = if four_rows && count == 1 {
+                out.len() / 4
+            } else {
+                0
+            };
             let (fours, ones) = out.split_at_mut(4 * passes);
             for (pass, out) in fours.chunks_exact_mut(4).enumerate() {
                 let rows = std::array::from_fn(|k| packed.row(first + 4 * pass + k));
                 // SAFETY: the caller's promise.
                 let products = unsafe { int8_tile::<BITS, B, 4, 1>(&rows, inputs) };
                 for ((y, [product]), (_, row)) in out.iter_mut().zip(products).zip(&rows) {
-                    *y = product - row.zero_points_term(sums);
+                    *y = product - zeros(row, 0);
                 }
             }
-            for (i, y) in ones.iter_mut().enumerate() {
+            for (i, out) in ones.chunks_exact_mut(count).enumerate() {
                 let rows = [packed.row(first + 4 * passes + i)];
-                // SAFETY: the caller's promise.
-                let [[product]] = unsafe { int8_tile::<BITS, B, 1, 1>(&rows, inputs) };
-                *y = product - rows[0].1.zero_points_term(sums);
-            }
-        }
-
-        /// [`int8_tile`] for the layout of `inputs`.
-        #[inline(always)]
-        unsafe fn by_layout<const R: usize, const M: usize>(
-            rows: &[(&[u8], Groups<'_>); R],
-            inputs: &[Int8Inputs],
-        ) -> [[f32; M]; R] {
-            let layout = inputs[0].layout;
-            // SAFETY: only called from functions with the features; each kernel takes its
-            // own layout.
-            unsafe {
-                match (8 / layout.codes_per_byte, layout.block) {
-                    (8, 128) => int8_tile::<8, 128, R, M>(rows, inputs),
-                    (8, _) => int8_tile::<8, 64, R, M>(rows, inputs),
-                    (4, 128) => int8_tile::<4, 128, R, M>(rows, inputs),
-                    (4, _) => int8_tile::<4, 64, R, M>(rows, inputs),
-                    (2, 128) => int8_tile::<2, 128, R, M>(rows, inputs),
-                    (2, _) => int8_tile::<2, 64, R, M>(rows, inputs),
-                    (1, 128) => int8_tile::<1, 128, R, M>(rows, inputs),
-                    _ => int8_tile::<1, 64, R, M>(rows, inputs),
+                let mut m = 0;
+                while m < count {
+                    let row = &rows[0].1;
+                    // SAFETY (both): the caller's promise.
+                    let take = if count - m >= 4 {
+                        let [products] =
+                            unsafe { int8_tile::<BITS, B, 1, 4>(&rows, &inputs[m..m + 4]) };
+                        for (k, product) in products.into_iter().enumerate() {
+                            out[m + k] = product - zeros(row, m + k);
+                        }
+                        4
+                    } else {
+                        let [[product]] =
+                            unsafe { int8_tile::<BITS, B, 1, 1>(&rows, &inputs[m..m + 1]) };
+                        out[m] = product - zeros(row, m);
+                        1
+                    };
+                    m += take;
                 }
             }
         }

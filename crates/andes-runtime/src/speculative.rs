@@ -4,7 +4,8 @@
 //!
 //! Two drafters. **Prompt lookup** (self-speculative, the default): the last `n` tokens are
 //! searched for earlier in the context, prompt and output alike, and the tokens that followed
-//! their latest earlier occurrence are proposed. On a phone it costs no memory and no training,
+//! their latest earlier occurrence are proposed (repeated with the occurrence's period where
+//! they run into the present). On a phone it costs no memory and no training,
 //! and the tasks AndesVL serves on device repeat their context a great deal (reading text out
 //! of an image, rewriting a message, answering about a screen): there the block is often
 //! accepted whole; where the context does not repeat nothing is proposed and a step costs
@@ -32,8 +33,12 @@ impl Default for Speculation {
     }
 }
 
-/// Up to `min(draft, limit)` tokens that followed the latest earlier occurrence of the
-/// longest matching suffix of `history`.
+/// `min(draft, limit)` tokens continuing `history` as it went on after the latest earlier
+/// occurrence of its longest matching suffix. That occurrence lies `p` tokens back, so the
+/// continuation repeats with period `p`: token `k` of the draft is the `k mod p`-th that
+/// followed the occurrence. Where the history repeats a short run (a model caught in a loop, a
+/// list, a table's rows), the draft is then the whole block and not only the tokens between
+/// the occurrence and the end.
 pub fn propose(history: &[u32], speculation: &Speculation, limit: usize) -> Vec<u32> {
     let len = history.len();
     let most = speculation.draft.min(limit);
@@ -41,10 +46,8 @@ pub fn propose(history: &[u32], speculation: &Speculation, limit: usize) -> Vec<
         let tail = &history[len - n..];
         // latest start i < len - n with history[i..i+n] == tail
         if let Some(i) = (0..len - n).rev().find(|&i| &history[i..i + n] == tail) {
-            let follow = &history[i + n..(i + n + most).min(len)];
-            if !follow.is_empty() {
-                return follow.to_vec();
-            }
+            let period = len - n - i;
+            return (0..most).map(|k| history[i + n + k % period]).collect();
         }
     }
     Vec::new()
@@ -231,8 +234,19 @@ mod tests {
         let history = [6, 7, 8, 9, 7, 8, 5, 7, 8];
         assert_eq!(propose(&history, &speculation, 10), vec![5, 7, 8]);
         assert_eq!(propose(&history, &speculation, 2), vec![5, 7]);
-        // no bigram match: fall back to the last unigram
-        assert_eq!(propose(&[1, 2, 3, 2], &speculation, 10), vec![3, 2]);
+        // no bigram match: fall back to the last unigram, two back, so "3 2" repeats
+        assert_eq!(propose(&[1, 2, 3, 2], &speculation, 10), vec![3, 2, 3]);
         assert!(propose(&[1, 2, 3], &speculation, 10).is_empty());
+    }
+
+    /// A repeating run is continued for the whole block, its period kept.
+    #[test]
+    fn continues_a_repeating_run_with_its_period() {
+        let speculation = Speculation { draft: 5, ngram: 3 };
+        assert_eq!(propose(&[9, 4, 4, 4], &speculation, 10), vec![4; 5]);
+        assert_eq!(
+            propose(&[1, 5, 6, 5, 6, 5], &speculation, 10),
+            vec![6, 5, 6, 5, 6]
+        );
     }
 }
