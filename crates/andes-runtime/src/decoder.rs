@@ -3,12 +3,13 @@
 //! [`PackedMatrix`] product, LoRA adapters applied beside it unmerged.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use andes_model::rope::{Frequencies, Rope};
-use rayon::prelude::*;
 
 use crate::kv::{KvCache, LayerCache};
 use crate::packed::{PackedMatrix, dot};
+use crate::team;
 
 /// The sizes the decoder is built from (a Qwen3 `config.json`'s).
 #[derive(Debug, Clone, PartialEq)]
@@ -296,24 +297,32 @@ impl Decoder {
         let scale = 1.0 / (d as f32).sqrt();
         let (keys, values, entry_positions) = (&layer.keys, &layer.values, &layer.positions);
         // per (token, head): the context vector and the attention over visible entries
-        let results: Vec<(Vec<f32>, Vec<f32>)> = (0..positions.len() * heads)
-            .into_par_iter()
-            .map(|th| {
-                let (t, h) = (th / heads, th % heads);
-                let head = Head {
-                    query: &q[th * d..(th + 1) * d],
-                    visible: entry_positions.partition_point(|&p| p <= positions[t]),
-                    offset: h / group * d,
-                    width,
-                    scale,
-                };
-                #[cfg(target_arch = "x86_64")]
-                if crate::packed::has_avx2_fma() {
-                    // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-                    return unsafe { head.attend_avx2(keys, values) };
-                }
+        let results: Vec<OnceLock<(Vec<f32>, Vec<f32>)>> = (0..positions.len() * heads)
+            .map(|_| OnceLock::new())
+            .collect();
+        team::for_each(results.len(), &|th| {
+            let (t, h) = (th / heads, th % heads);
+            let head = Head {
+                query: &q[th * d..(th + 1) * d],
+                visible: entry_positions.partition_point(|&p| p <= positions[t]),
+                offset: h / group * d,
+                width,
+                scale,
+            };
+            #[cfg(target_arch = "x86_64")]
+            let attended = if crate::packed::has_avx2_fma() {
+                // SAFETY: the CPU has AVX2 and FMA (checked at run time).
+                unsafe { head.attend_avx2(keys, values) }
+            } else {
                 head.attend::<false>(keys, values)
-            })
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let attended = head.attend::<false>(keys, values);
+            results[th].set(attended).expect("a head attended once");
+        });
+        let results: Vec<(Vec<f32>, Vec<f32>)> = results
+            .into_iter()
+            .map(|result| result.into_inner().expect("every head attended"))
             .collect();
         if track {
             for (_, weights) in &results {

@@ -15,6 +15,7 @@ pub mod kv;
 pub mod load;
 pub mod packed;
 pub mod speculative;
+mod team;
 
 pub use error::RuntimeError;
 pub use generate::{

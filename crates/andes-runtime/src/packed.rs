@@ -18,9 +18,10 @@
 use andes_quant::{Bits, QuantizedTensor};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use rayon::prelude::*;
+use std::sync::Mutex;
 
 use crate::int8_inputs::{Int8Inputs, Layout};
+use crate::team;
 
 /// Rows given to one task: enough work to amortize scheduling, small enough to balance.
 const ROWS_PER_TASK: usize = 32;
@@ -332,16 +333,19 @@ impl PackedMatrix {
             .iter()
             .map(|m| vec![0.0f32; m.rows * count])
             .collect();
-        let tasks: Vec<(usize, usize, &mut [f32])> = outputs
+        // Each task's matrix, first row and outputs (a lock taken once, by its task).
+        let tasks: Vec<Mutex<(usize, usize, &mut [f32])>> = outputs
             .iter_mut()
             .enumerate()
             .flat_map(|(which, out)| {
                 out.chunks_mut(ROWS_PER_TASK * count)
                     .enumerate()
-                    .map(move |(task, out)| (which, task * ROWS_PER_TASK, out))
+                    .map(move |(task, out)| Mutex::new((which, task * ROWS_PER_TASK, out)))
             })
             .collect();
-        tasks.into_par_iter().for_each(|(which, first, out)| {
+        team::for_each(tasks.len(), &|task| {
+            let mut task = tasks[task].lock().expect("a task runs once");
+            let (which, first, ref mut out) = *task;
             let matrix = matrices[which];
             let inputs = &prepared[inputs_of[which]];
             #[cfg(target_arch = "x86_64")]
