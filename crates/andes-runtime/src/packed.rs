@@ -15,10 +15,11 @@
 //! across threads; a product of several vectors (prefill, a speculative block) decodes each
 //! row once for all of them.
 
+use std::sync::Mutex;
+
 use andes_quant::{Bits, QuantizedTensor};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use std::sync::Mutex;
 
 use crate::int8_inputs::{Int8Inputs, Layout};
 use crate::team;
@@ -119,9 +120,8 @@ struct Groups<'a> {
 
 impl Groups<'_> {
     /// `Σ_g scale_g·zero_g·Σ_{i∈g} xᵢ` from a vector's group sums: what the zero points take
-    /// off the row's product with it.
-    /// Summed in eight independent lanes (vectorized by the compiler), then the tail: a
-    /// row's term is on decoding's path once a row.
+    /// off the row's product with it. Summed in eight independent lanes (vectorized by the
+    /// compiler), then the tail: a row's term is on decoding's path once a row.
     #[inline]
     fn zero_points_term(&self, sums: &[f32]) -> f32 {
         let (scales, zeros, sums) = (self.scales, self.zeros, &sums[..self.scales.len()]);
