@@ -1091,9 +1091,6 @@ mod fused {
                 four_rows,
             } = *task;
             let count = inputs.len();
-            let zeros = |row: &Groups<'_>, m: usize| {
-                row.zero_points_term(&sums[m * packed.groups..(m + 1) * packed.groups])
-            };
             let passes = if four_rows && count == 1 {
                 out.len() / 4
             } else {
@@ -1103,33 +1100,44 @@ mod fused {
             for (pass, out) in fours.chunks_exact_mut(4).enumerate() {
                 let rows = std::array::from_fn(|k| packed.row(first + 4 * pass + k));
                 // SAFETY: the caller's promise.
-                let products = unsafe { int8_tile::<BITS, B, 4, 1>(&rows, inputs) };
-                for ((y, [product]), (_, row)) in out.iter_mut().zip(products).zip(&rows) {
-                    *y = product - zeros(row, 0);
-                }
+                unsafe { tile_into::<BITS, B, 4, 1>(&rows, inputs, 0, sums, out) };
             }
             for (i, out) in ones.chunks_exact_mut(count).enumerate() {
                 let rows = [packed.row(first + 4 * passes + i)];
                 let mut m = 0;
                 while m < count {
-                    let row = &rows[0].1;
                     // SAFETY (both): the caller's promise.
-                    let take = if count - m >= 4 {
-                        let [products] =
-                            unsafe { int8_tile::<BITS, B, 1, 4>(&rows, &inputs[m..m + 4]) };
-                        for (k, product) in products.into_iter().enumerate() {
-                            out[m + k] = product - zeros(row, m + k);
-                        }
-                        4
+                    m += if count - m >= 4 {
+                        unsafe { tile_into::<BITS, B, 1, 4>(&rows, inputs, m, sums, out) }
                     } else {
-                        let [[product]] =
-                            unsafe { int8_tile::<BITS, B, 1, 1>(&rows, &inputs[m..m + 1]) };
-                        out[m] = product - zeros(row, m);
-                        1
+                        unsafe { tile_into::<BITS, B, 1, 1>(&rows, inputs, m, sums, out) }
                     };
-                    m += take;
                 }
             }
+        }
+
+        /// [`int8_tile`] of `R` rows with vectors `m..m + M` of `inputs`, less each row's
+        /// zero points' term, into `out` (`[R, inputs.len()]`); returns `M`.
+        #[inline(always)]
+        unsafe fn tile_into<const BITS: usize, const B: usize, const R: usize, const M: usize>(
+            rows: &[(&[u8], Groups<'_>); R],
+            inputs: &[Int8Inputs],
+            m: usize,
+            sums: &[f32],
+            out: &mut [f32],
+        ) -> usize {
+            let count = inputs.len();
+            // SAFETY: the caller's promise.
+            let products = unsafe { int8_tile::<BITS, B, R, M>(rows, &inputs[m..m + M]) };
+            for ((products, (_, row)), out) in products.iter().zip(rows).zip(out.chunks_mut(count))
+            {
+                let groups = row.scales.len();
+                for (k, product) in products.iter().enumerate() {
+                    let sums = &sums[(m + k) * groups..(m + k + 1) * groups];
+                    out[m + k] = product - row.zero_points_term(sums);
+                }
+            }
+            M
         }
 
         /// The integer products of `R` rows of `BITS`-bit codes (one grid of groups) with `M`
