@@ -119,6 +119,11 @@ fn cuda_device(index: Option<usize>) -> Result<Device, ModelError> {
                      libcublasLt.so); matrix products run on CubeCL's kernels"
                 );
             }
+            if !crate::sdpa::flash::install() {
+                eprintln!(
+                    "warning: libnvrtc not found; causal attention runs without flash kernels"
+                );
+            }
         });
     }
     Ok(Device::cuda(index.unwrap_or(0)))

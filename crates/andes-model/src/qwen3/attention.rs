@@ -10,7 +10,7 @@ use crate::lora::AdaptedLinear;
 use crate::precision::operand;
 use crate::rms_norm::rms_norm;
 use crate::rope::RotaryEmbedding;
-use crate::sdpa::scaled_dot_product_attention;
+use crate::sdpa::{causal_attention, causal_attention_serves, scaled_dot_product_attention};
 
 /// `softmax(q·kᵀ/√d)·v` over `num_attention_heads` query heads sharing
 /// `num_key_value_heads` key/value heads; q and k are RMS-normalised per head before RoPE.
@@ -102,27 +102,39 @@ impl Attention {
         let (k, v) = cache.append(k, v, position);
 
         let group = self.heads / self.kv_heads;
-        let (k, v) = (repeat_kv(k, group), repeat_kv(v, group));
-        let context = attend(q, k, v, mask.clone()).swap_dims(1, 2).reshape([
-            batch,
-            seq,
-            self.heads * self.head_dim,
-        ]);
+        let context = attend(q, k, v, group, position, mask)
+            .swap_dims(1, 2)
+            .reshape([batch, seq, self.heads * self.head_dim]);
         self.o_proj.forward(context).cast(dtype)
     }
 }
 
-/// `softmax(q·kᵀ/√d)·v` as one differentiable operation ([`scaled_dot_product_attention`])
-/// that keeps only the probabilities for the backward pass: under autocast both products on
-/// autocast operands and the context in the autocast dtype (the output projection reads it
-/// so), the softmax always in f32. `q` `[b, h, s_q, d]`, `k`/`v` `[b, h, s_k, d]`; `mask`
-/// (`[b or 1, 1, s_q, s_k]`) marks the keys each query may not see.
-fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: Tensor<4, Bool>) -> Tensor<4> {
+/// `softmax(q·kᵀ/√d)·v` on autocast operands, the context in the autocast dtype (the output
+/// projection reads it so), the softmax always in f32. `q` `[b, h, s_q, d]`, `k`/`v` `[b, h /
+/// group, s_k, d]`; `mask` (`[b or 1, 1, s_q, s_k]`) marks the keys each query may not see.
+/// Causal attention after a host-known position runs as flash attention where that serves
+/// ([`causal_attention`]: keys not repeated, no scores kept); otherwise as one differentiable
+/// operation over the mask that keeps only the probabilities ([`scaled_dot_product_attention`]).
+fn attend(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    group: usize,
+    position: &Position,
+    mask: &Tensor<4, Bool>,
+) -> Tensor<4> {
     let [batch, heads, seq_q, head_dim] = q.dims();
     let seq_k = k.dims()[2];
-    let mask = mask.expand([batch, heads, seq_q, seq_k]);
     let scale = 1.0 / (head_dim as f64).sqrt();
-    scaled_dot_product_attention(operand(q), operand(k), operand(v), mask, scale)
+    let (q, k, v) = (operand(q), operand(k), operand(v));
+    if let Position::Start(start) = position
+        && causal_attention_serves(&q)
+    {
+        return causal_attention(q, k, v, *start, scale);
+    }
+    let (k, v) = (repeat_kv(k, group), repeat_kv(v, group));
+    let mask = mask.clone().expand([batch, heads, seq_q, seq_k]);
+    scaled_dot_product_attention(q, k, v, mask, scale)
 }
 
 /// Repeats each key/value head `group` times (`[b, kv, t, d]` → `[b, kv·group, t, d]`), query

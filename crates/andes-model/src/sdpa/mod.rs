@@ -32,15 +32,19 @@ use burn::backend::autodiff::checkpoint::strategy::{CheckpointStrategy, NoCheckp
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::{BoolTensor, FloatTensor};
-use burn::backend::{Autodiff, Backend, Dispatch, Scalar, TensorMetadata, backend_extension};
+use burn::backend::{
+    Autodiff, AutodiffBackend, Backend, Dispatch, Scalar, TensorMetadata, backend_extension,
+};
 use burn::tensor::activation::softmax;
-use burn::tensor::{Bool, DType, FloatDType, Tensor};
+use burn::tensor::{Bool, DType, FloatDType, Tensor, TensorData};
 
 use crate::composed::{Form, form};
 use crate::precision::f32_of;
 
 #[cfg(any(feature = "wgpu", feature = "cuda-untuned"))]
 pub mod cube;
+#[cfg(feature = "cublas")]
+pub mod flash;
 
 /// `softmax(q·kᵀ·scale, masked where mask)·v`. `q` `[b, h, s_q, d]`, `k` and `v`
 /// `[b, h, s_k, d]` in one dtype (bf16 under autocast), `mask` `[b, h, s_q, s_k]` true where a
@@ -82,6 +86,45 @@ pub fn composed_attention(
         .mul_scalar(scale)
         .mask_fill(mask, f32::NEG_INFINITY);
     softmax(scores, 3).cast(dtype).matmul(v)
+}
+
+/// `softmax(q·kᵀ·scale)·v` where query `i` sees the keys up to `start + i`: a prompt or a
+/// training window after `start` cached positions. `q` `[b, h, n, d]`; `k` and `v` `[b, hk,
+/// start + n, d]` with `hk` dividing `h` (grouped-query heads are not repeated), all in one
+/// dtype. On CUDA in bf16 this is flash attention (`sdpa/flash.cu`): neither the scores nor the
+/// probabilities reach memory, forward or backward ([`causal_attention_serves`]); elsewhere
+/// the same operation runs composed of Burn's operations.
+pub fn causal_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    start: usize,
+    scale: f64,
+) -> Tensor<4> {
+    let (output, _) = <Dispatch as AttentionCore>::causal_attention_forward(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        start,
+        scale,
+    );
+    Tensor::from_dispatch(output)
+}
+
+/// Whether [`causal_attention`] runs flash kernels for operands like `q` in this process: a
+/// GPU build with cuBLASLt, a CUDA device opened, bf16 operands, heads of 64 or 128, and
+/// `ANDES_ATTENTION` not `composed` or `materialized`. Where it does not, attention keeps the
+/// one-operation form over a mask, which is faster than the composed causal form.
+pub fn causal_attention_serves(q: &Tensor<4>) -> bool {
+    #[cfg(feature = "cublas")]
+    {
+        flash::serves(q.dtype(), q.dims()[3])
+    }
+    #[cfg(not(feature = "cublas"))]
+    {
+        let _ = q;
+        false
+    }
 }
 
 /// The operation on each backend: the composed forward pass where nothing is differentiated,
@@ -130,6 +173,59 @@ pub trait AttentionCore: Backend {
     ) -> FloatTensor<Self> {
         composed_scores_grad::<Self>(probabilities, grad_probabilities, row_dot, scale)
     }
+
+    /// [`causal_attention`]'s output and each row's `lse` `[b, h, n]` in f32, the log₂ of
+    /// `Σⱼ 2^(q·kⱼ·scale·log₂e)` over the keys the row sees (what the backward pass reads
+    /// instead of the probabilities).
+    #[fusion(meta = |q, k, _v, _start, _scale| causal_forward_meta(q, k))]
+    fn causal_attention_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        start: usize,
+        scale: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        causal_forward_composed::<Self>(q, k, v, start, scale)
+    }
+
+    /// `(dq, dk, dv)` of [`causal_attention`] from its output, `lse` and the output's gradient;
+    /// `dk` and `dv` summed over the query heads each key/value head serves.
+    #[allow(clippy::too_many_arguments)]
+    #[fusion(meta = |q, k, v, _o, _lse, _d_o, _start, _scale| causal_backward_meta(q, k, v))]
+    fn causal_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        output: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        grad_output: FloatTensor<Self>,
+        start: usize,
+        scale: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        causal_backward_composed::<Self>(q, k, v, output, lse, grad_output, start, scale)
+    }
+}
+
+#[cfg(any(feature = "wgpu", feature = "cuda-untuned"))]
+use burn::backend::fusion::custom::TensorSpec;
+
+/// The output and `lse` of [`AttentionCore::causal_attention_forward`], for Fusion.
+#[cfg(any(feature = "wgpu", feature = "cuda-untuned"))]
+fn causal_forward_meta(q: &TensorSpec, k: &TensorSpec) -> (TensorSpec, TensorSpec) {
+    let _ = k;
+    let dims = q.shape.as_slice();
+    let lse = burn::tensor::Shape::new([dims[0], dims[1], dims[2]]);
+    (q.clone(), TensorSpec::new(lse, DType::F32))
+}
+
+/// The gradients of [`AttentionCore::causal_attention_backward`]: the operands' shapes.
+#[cfg(any(feature = "wgpu", feature = "cuda-untuned"))]
+fn causal_backward_meta(
+    q: &TensorSpec,
+    k: &TensorSpec,
+    v: &TensorSpec,
+) -> (TensorSpec, TensorSpec, TensorSpec) {
+    (q.clone(), k.clone(), v.clone())
 }
 
 /// [`AttentionCore::attention_probabilities`] composed of Burn's operations.
@@ -159,6 +255,122 @@ fn composed_scores_grad<B: Backend>(
     B::float_cast(
         B::float_mul_scalar(grad_scores, Scalar::new(scale, &DType::F32)),
         dtype,
+    )
+}
+
+/// [`AttentionCore::causal_attention_forward`] composed of Burn's operations: the scores
+/// materialised, each key/value head repeated for its query heads.
+fn causal_forward_composed<B: AttentionCore>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    start: usize,
+    scale: f64,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let [batch, heads, seq, _] = q.shape().dims();
+    let group = heads / k.shape().dims::<4>()[1];
+    let (k, v) = (repeat_heads::<B>(k, group), repeat_heads::<B>(v, group));
+    let mask = causal_mask::<B>(&q, start);
+    let scores = B::float_matmul(q, B::float_transpose(k));
+    let logits = masked_logits::<B>(scores.clone(), mask.clone(), scale);
+    let max = B::float_max_dim(logits.clone(), 3);
+    let sum = B::float_sum_dim(B::float_exp(B::float_sub(logits, max.clone())), 3);
+    let lse = B::float_mul_scalar(
+        B::float_add(max, B::float_log(sum)),
+        Scalar::new(std::f64::consts::LOG2_E, &DType::F32),
+    );
+    let probabilities = B::attention_probabilities(scores, mask, scale);
+    let output = B::float_matmul(probabilities, v);
+    (output, B::float_reshape(lse, [batch, heads, seq].into()))
+}
+
+/// [`AttentionCore::causal_attention_backward`] composed of Burn's operations: the
+/// probabilities recomputed from `lse`, then [`attention_gradients`].
+#[allow(clippy::too_many_arguments)]
+fn causal_backward_composed<B: AttentionCore>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    output: FloatTensor<B>,
+    lse: FloatTensor<B>,
+    grad_output: FloatTensor<B>,
+    start: usize,
+    scale: f64,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let [batch, heads, seq, _] = q.shape().dims();
+    let group = heads / k.shape().dims::<4>()[1];
+    let dtype = FloatDType::from(q.dtype());
+    let (k, v) = (repeat_heads::<B>(k, group), repeat_heads::<B>(v, group));
+    let mask = causal_mask::<B>(&q, start);
+    let logits = masked_logits::<B>(
+        B::float_matmul(q.clone(), B::float_transpose(k.clone())),
+        mask,
+        scale,
+    );
+    let lse = B::float_mul_scalar(
+        B::float_reshape(lse, [batch, heads, seq, 1].into()),
+        Scalar::new(std::f64::consts::LN_2, &DType::F32),
+    );
+    let probabilities = B::float_cast(B::float_exp(B::float_sub(logits, lse)), dtype);
+    let [dq, dk, dv] = attention_gradients::<B>(
+        q,
+        k,
+        v,
+        probabilities,
+        output,
+        grad_output,
+        scale,
+        [true; 3],
+    )
+    .map(|grad| grad.expect("every gradient asked"));
+    (dq, sum_heads::<B>(dk, group), sum_heads::<B>(dv, group))
+}
+
+/// `scores·scale` in f32 with −∞ where `mask` is true.
+fn masked_logits<B: Backend>(
+    scores: FloatTensor<B>,
+    mask: BoolTensor<B>,
+    scale: f64,
+) -> FloatTensor<B> {
+    let logits = B::float_mul_scalar(f32_of::<B>(scores), Scalar::new(scale, &DType::F32));
+    B::float_mask_fill(logits, mask, Scalar::new(f32::NEG_INFINITY, &DType::F32))
+}
+
+/// True where key `j` is after `start + i` for query `i`, `q`'s `[b, h, n, start + n]` (a
+/// `[1, 1, n, start + n]` mask built on the host, expanded).
+fn causal_mask<B: Backend>(q: &FloatTensor<B>, start: usize) -> BoolTensor<B> {
+    let [batch, heads, seq, _] = q.shape().dims();
+    let keys = start + seq;
+    let blocked = (0..seq)
+        .flat_map(|i| (0..keys).map(move |j| j > start + i))
+        .collect::<Vec<_>>();
+    let mask = B::bool_from_data(TensorData::new(blocked, [1, 1, seq, keys]), &q.device());
+    B::bool_expand(mask, [batch, heads, seq, keys].into())
+}
+
+/// Each key/value head repeated for the `group` query heads it serves, `[b, hk, n, d]` →
+/// `[b, hk·group, n, d]`, as transformers' `repeat_kv` does.
+fn repeat_heads<B: Backend>(x: FloatTensor<B>, group: usize) -> FloatTensor<B> {
+    if group == 1 {
+        return x;
+    }
+    let [batch, kv_heads, seq, dim] = x.shape().dims();
+    let x = B::float_reshape(x, [batch, kv_heads, 1, seq, dim].into());
+    let x = B::float_expand(x, [batch, kv_heads, group, seq, dim].into());
+    B::float_reshape(x, [batch, kv_heads * group, seq, dim].into())
+}
+
+/// The gradient of [`repeat_heads`]: each group's heads summed, `[b, hk·group, n, d]` →
+/// `[b, hk, n, d]`.
+fn sum_heads<B: Backend>(grad: FloatTensor<B>, group: usize) -> FloatTensor<B> {
+    if group == 1 {
+        return grad;
+    }
+    let [batch, heads, seq, dim] = grad.shape().dims();
+    let grad = B::float_reshape(grad, [batch, heads / group, group, seq, dim].into());
+    B::float_reshape(
+        B::float_sum_dim(grad, 2),
+        [batch, heads / group, seq, dim].into(),
     )
 }
 
@@ -244,29 +456,81 @@ impl<B: AttentionCore> Backward<B, 3> for AttentionCoreBackward {
         };
         let dtype = FloatDType::from(output.dtype());
         let grad_output = B::float_cast(grads.consume::<B>(&ops.node), dtype);
-        if let Some(node) = v_node {
-            let grad_v = B::float_matmul(
-                B::float_transpose(probabilities.clone()),
-                grad_output.clone(),
-            );
-            grads.register::<B>(node.id, grad_v);
+        let nodes = [q_node, k_node, v_node];
+        let wanted = nodes.each_ref().map(Option::is_some);
+        let gradients =
+            attention_gradients::<B>(q, k, v, probabilities, output, grad_output, scale, wanted);
+        for (node, grad) in nodes.into_iter().zip(gradients) {
+            if let (Some(node), Some(grad)) = (node, grad) {
+                grads.register::<B>(node.id, grad);
+            }
         }
-        if q_node.is_none() && k_node.is_none() {
-            return;
-        }
-        let grad_probabilities = B::float_matmul(grad_output.clone(), B::float_transpose(v));
-        let row_dot = B::float_sum_dim(
-            B::float_mul(f32_of::<B>(grad_output), f32_of::<B>(output)),
-            3,
-        );
-        let grad_scores =
-            B::attention_scores_grad(probabilities, grad_probabilities, row_dot, scale);
-        if let Some(node) = q_node {
-            grads.register::<B>(node.id, B::float_matmul(grad_scores.clone(), k));
-        }
-        if let Some(node) = k_node {
-            let grad_k = B::float_matmul(B::float_transpose(grad_scores), q);
-            grads.register::<B>(node.id, grad_k);
+    }
+}
+
+/// `[dq, dk, dv]` of `O = P·v` with `P = softmax(q·kᵀ·scale, masked)` from `P` (in the
+/// operands' dtype), `O` and `dO`, each where `wanted`: the backward of the module
+/// documentation.
+#[allow(clippy::too_many_arguments)]
+fn attention_gradients<B: AttentionCore>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    probabilities: FloatTensor<B>,
+    output: FloatTensor<B>,
+    grad_output: FloatTensor<B>,
+    scale: f64,
+    wanted: [bool; 3],
+) -> [Option<FloatTensor<B>>; 3] {
+    let [want_q, want_k, want_v] = wanted;
+    let grad_v = want_v.then(|| {
+        B::float_matmul(
+            B::float_transpose(probabilities.clone()),
+            grad_output.clone(),
+        )
+    });
+    if !want_q && !want_k {
+        return [None, None, grad_v];
+    }
+    let grad_probabilities = B::float_matmul(grad_output.clone(), B::float_transpose(v));
+    let row_dot = B::float_sum_dim(
+        B::float_mul(f32_of::<B>(grad_output), f32_of::<B>(output)),
+        3,
+    );
+    let grad_scores = B::attention_scores_grad(probabilities, grad_probabilities, row_dot, scale);
+    let grad_q = want_q.then(|| B::float_matmul(grad_scores.clone(), k));
+    let grad_k = want_k.then(|| B::float_matmul(B::float_transpose(grad_scores), q));
+    [grad_q, grad_k, grad_v]
+}
+
+/// The backward step of [`causal_attention`]; its state is `(q, k, v, O, lse, start, scale)`
+/// of the inner backend.
+#[derive(Debug)]
+struct CausalAttentionBackward;
+
+type CausalState<B> = (
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    usize,
+    f64,
+);
+
+impl<B: AttentionCore> Backward<B, 3> for CausalAttentionBackward {
+    type State = CausalState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (q, k, v, output, lse, start, scale) = ops.state;
+        let dtype = FloatDType::from(output.dtype());
+        let grad_output = B::float_cast(grads.consume::<B>(&ops.node), dtype);
+        let (dq, dk, dv) =
+            B::causal_attention_backward(q, k, v, output, lse, grad_output, start, scale);
+        for (node, grad) in ops.parents.into_iter().zip([dq, dk, dv]) {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
         }
     }
 }
@@ -300,6 +564,33 @@ impl<B: Backend + AttentionCore, C: CheckpointStrategy> AttentionCore for Autodi
             OpsKind::UnTracked(prep) => prep.finish(B::attention_core(q, k, v, mask, scale)),
         }
     }
+
+    fn causal_attention_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        start: usize,
+        scale: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (q, q_node) = q.into_parts();
+        let (k, k_node) = k.into_parts();
+        let (v, v_node) = v.into_parts();
+        let (output, lse) =
+            B::causal_attention_forward(q.clone(), k.clone(), v.clone(), start, scale);
+        let kept_lse = lse.clone();
+        let output = match CausalAttentionBackward
+            .prepare::<C>([q_node, k_node, v_node])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let state = (q, k, v, output.clone(), lse, start, scale);
+                prep.finish(state, output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(output),
+        };
+        (output, <Self as AutodiffBackend>::from_inner(kept_lse))
+    }
 }
 
 #[cfg(test)]
@@ -319,6 +610,80 @@ mod tests {
         let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
         let gap = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
         assert!(gap <= 1e-5 * scale, "{what}: gap {gap} at scale {scale}");
+    }
+
+    /// Query `i` seeing keys up to `start + i`, grouped heads not repeated: the output, the
+    /// log-sum-exps and the three gradients (`dk`, `dv` summed over each group) against
+    /// attention over the explicit mask, differentiated op by op.
+    #[test]
+    fn causal_attention_matches_masked_attention_differentiated_op_by_op() {
+        let device = Device::flex().autodiff();
+        let (batch, heads, kv_heads, seq, dim) = (2, 4, 2, 5, 8);
+        for start in [0, 3] {
+            let keys = start + seq;
+            let (q, k, v) = (
+                filled([batch, heads, seq, dim], 1, &device).require_grad(),
+                filled([batch, kv_heads, keys, dim], 2, &device).require_grad(),
+                filled([batch, kv_heads, keys, dim], 3, &device).require_grad(),
+            );
+            let upstream = filled([batch, heads, seq, dim], 4, &device);
+            let scale = 1.0 / (dim as f64).sqrt();
+            let out = causal_attention(q.clone(), k.clone(), v.clone(), start, scale);
+            let grads = (out.clone() * upstream.clone()).sum().backward();
+            let grad = |t: &Tensor<4>| values(t.grad(&grads).unwrap());
+            let flash = (values(out), grad(&q), grad(&k), grad(&v));
+
+            let repeat = |t: &Tensor<4>| {
+                t.clone()
+                    .unsqueeze_dim::<5>(2)
+                    .expand([batch, kv_heads, heads / kv_heads, keys, dim])
+                    .reshape([batch, heads, keys, dim])
+            };
+            let mask = causal(seq, keys, &device).expand([batch, heads, seq, keys]);
+            let out = composed_attention(q.clone(), repeat(&k), repeat(&v), mask, scale);
+            let grads = (out.clone() * upstream).sum().backward();
+            let grad = |t: &Tensor<4>| values(t.grad(&grads).unwrap());
+            let reference = (values(out), grad(&q), grad(&k), grad(&v));
+            assert_close(&flash.0, &reference.0, "output");
+            assert_close(&flash.1, &reference.1, "dq");
+            assert_close(&flash.2, &reference.2, "dk");
+            assert_close(&flash.3, &reference.3, "dv");
+        }
+    }
+
+    /// The log-sum-exp the backward pass reads is log₂ Σⱼ 2^(q·kⱼ·scale·log₂e) over the keys
+    /// each query sees, computed here by hand.
+    #[test]
+    fn causal_attention_leaves_each_rows_log2_sum_exp2() {
+        let device = Device::flex();
+        let (seq, dim, start) = (3, 4, 2);
+        let q = filled([1, 1, seq, dim], 5, &device);
+        let k = filled([1, 1, start + seq, dim], 6, &device);
+        let v = filled([1, 1, start + seq, dim], 7, &device);
+        let scale = 0.5;
+        let (_, lse) = <Dispatch as AttentionCore>::causal_attention_forward(
+            q.clone().into_dispatch(),
+            k.clone().into_dispatch(),
+            v.into_dispatch(),
+            start,
+            scale,
+        );
+        let lse = values(Tensor::<3>::from_dispatch(lse));
+        let (q, k) = (values(q), values(k));
+        for i in 0..seq {
+            let sum: f64 = (0..=start + i)
+                .map(|j| {
+                    let dot: f32 = (0..dim).map(|c| q[i * dim + c] * k[j * dim + c]).sum();
+                    (dot as f64 * scale).exp()
+                })
+                .sum();
+            let expected = sum.log2() as f32;
+            assert!(
+                (lse[i] - expected).abs() < 1e-5,
+                "row {i}: {} against {expected}",
+                lse[i]
+            );
+        }
     }
 
     /// With the probabilities kept, and recomputed under activation checkpointing.

@@ -1,0 +1,506 @@
+// Causal attention without the scores in memory (FlashAttention-2, Dao 2023): the forward
+// pass, which leaves each row's log-sum-exp, and its backward pass in three kernels (each
+// row's dO·O; dK and dV a block of keys at a time; dQ a block of queries at a time), for
+// bf16 operands on tensor cores (sm_80 and later).
+//
+// Compiled at run time by NVRTC with -DHEAD_DIM=64 or 128 (sdpa/flash.rs). No headers: the
+// tensor-core products, ldmatrix, cp.async, shuffles and exp2 are PTX.
+//
+// A block of four warps owns 64 rows (queries, or keys in the dK/dV kernel), a warp 16 of
+// them; the other operand streams through shared memory 64 rows at a time. Scores live in
+// registers as mma.sync m16n8k16 accumulators, whose layout is also the A operand's of the
+// next product, so probabilities go from one product to the next without shared memory.
+// Shared tiles are padded to HEAD_DIM + 8 elements a row: ldmatrix's eight row addresses then
+// fall in eight different groups of banks.
+//
+// Scores are kept in log2 units: s = q·k·scale·log2(e), softmax = 2^(s − lse), with lse the
+// row's log2-sum-exp2, written by the forward pass and read by the backward one.
+
+typedef unsigned short bf16;
+typedef unsigned int u32;
+
+#define TILE 64
+#define THREADS 128
+#define PITCH (HEAD_DIM + 8)
+#define KSTEPS (HEAD_DIM / 16)
+#define NEG_INF (__uint_as_float(0xff800000u))
+#define POS_INF (__uint_as_float(0x7f800000u))
+
+struct Layout {
+    long long batch, head, row;  // strides in elements; the head dimension is contiguous
+};
+
+// Everything a kernel reads; one struct passed by value to each kernel (sdpa/flash.rs mirrors
+// it with #[repr(C)]).
+struct Problem {
+    const bf16* q;
+    const bf16* k;
+    const bf16* v;
+    const bf16* o;
+    const bf16* d_o;
+    bf16* out;
+    float* lse;    // [batch, heads, seq_q], contiguous
+    float* delta;  // [batch, heads, seq_q], contiguous: rowsum(dO ⊙ O)
+    bf16* dq;
+    bf16* dk;
+    bf16* dv;
+    Layout q_l, k_l, v_l, o_l, do_l, out_l, dq_l, dk_l, dv_l;
+    int batch, seq_q, seq_k;
+    int start;   // key j is visible to query i when j <= i + start
+    int group;   // query heads a key/value head serves
+    int heads;   // query heads
+    float scale_log2;  // softmax scale · log2(e)
+    float scale;
+};
+
+__device__ __forceinline__ u32 smem_address(const void* p) {
+    u32 a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_address(dst)),
+                 "l"(src), "r"(valid ? 16 : 0));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+
+__device__ __forceinline__ void cp_async_wait_all() {
+    asm volatile("cp.async.wait_all;" ::: "memory");
+}
+
+// Four 8×8 matrices: lanes 8m..8m+7 give the rows of matrix m, each lane gets row lane/4,
+// columns 2(lane%4) and 2(lane%4)+1 of every matrix (transposed with .trans).
+__device__ __forceinline__ void ldsm_x4(u32* r, const bf16* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_address(p)));
+}
+
+__device__ __forceinline__ void ldsm_x4_trans(u32* r, const bf16* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_address(p)));
+}
+
+// c += a·b, a 16×16 (row-major fragments), b 16×8 (column-major), c 16×8 in f32.
+__device__ __forceinline__ void mma(float* c, const u32* a, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two floats as two bf16 (round to nearest even), `lo` in the low half.
+__device__ __forceinline__ u32 pack(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+__device__ __forceinline__ float exp2_approx(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+__device__ __forceinline__ float log2_approx(float x) {
+    float y;
+    asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+__device__ __forceinline__ float shfl_xor(float x, int lanes) {
+    float y;
+    asm volatile("shfl.sync.bfly.b32 %0, %1, %2, 0x1f, 0xffffffff;" : "=f"(y) : "f"(x), "r"(lanes));
+    return y;
+}
+
+__device__ __forceinline__ float bf16_to_float(bf16 x) { return __uint_as_float(((u32)x) << 16); }
+
+// Rows [row0, row0 + 64) of a [rows, HEAD_DIM] matrix into a padded shared tile, zeros past
+// `rows`; asynchronous (cp.async), the caller commits and waits.
+__device__ __forceinline__ void load_tile(bf16* tile, const bf16* src, long long row_stride,
+                                          int row0, int rows) {
+    const int chunks = HEAD_DIM / 8;  // 16 bytes each
+    for (int c = threadIdx.x; c < TILE * chunks; c += THREADS) {
+        const int r = c / chunks, col = (c % chunks) * 8;
+        const bool valid = row0 + r < rows;
+        const bf16* from = valid ? src + (long long)(row0 + r) * row_stride + col : src;
+        cp_async16(tile + r * PITCH + col, from, valid);
+    }
+}
+
+// The A fragments of rows [row, row + 16), columns [16·ks, 16·ks + 16) of a tile.
+__device__ __forceinline__ void load_a(u32* a, const bf16* tile, int row, int ks, int lane) {
+    ldsm_x4(a, tile + (row + (lane & 15)) * PITCH + ks * 16 + (lane >> 4) * 8);
+}
+
+// The B fragments of two 8-wide column tiles of `tile`ᵀ: rows (keys) [n0, n0 + 16), the
+// reduction columns [16·ks, 16·ks + 16). r[0..2] serve keys n0..n0+7, r[2..4] n0+8..n0+15.
+__device__ __forceinline__ void load_b_rows(u32* r, const bf16* tile, int n0, int ks, int lane) {
+    ldsm_x4(r, tile + (n0 + (lane & 7) + ((lane >> 4) << 3)) * PITCH + ks * 16 +
+                   ((lane >> 3) & 1) * 8);
+}
+
+// The B fragments of two 8-wide column tiles of `tile` itself: reduction rows [k0, k0 + 16),
+// columns [n0, n0 + 16). r[0..2] serve columns n0..n0+7, r[2..4] n0+8..n0+15.
+__device__ __forceinline__ void load_b_cols(u32* r, const bf16* tile, int k0, int n0, int lane) {
+    ldsm_x4_trans(r, tile + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * PITCH + n0 +
+                         (lane >> 4) * 8);
+}
+
+// acc (16 × 64, f32, 8 tiles of 8 columns) as the A fragments of four 16 × 16 steps, in bf16.
+__device__ __forceinline__ void as_a(u32 (*a)[4], const float (*acc)[4]) {
+#pragma unroll
+    for (int kk = 0; kk < TILE / 16; ++kk) {
+        a[kk][0] = pack(acc[2 * kk][0], acc[2 * kk][1]);
+        a[kk][1] = pack(acc[2 * kk][2], acc[2 * kk][3]);
+        a[kk][2] = pack(acc[2 * kk + 1][0], acc[2 * kk + 1][1]);
+        a[kk][3] = pack(acc[2 * kk + 1][2], acc[2 * kk + 1][3]);
+    }
+}
+
+// acc (16 × 64) += A (16 × HEAD_DIM, fragments in registers or a tile) · Bᵀ where B is 64
+// rows of `tile` (keys), reduction over the head dimension.
+__device__ __forceinline__ void product_rows(float (*acc)[4], const bf16* a_tile, int a_row,
+                                             const bf16* b_tile, int lane) {
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks) {
+        u32 a[4];
+        load_a(a, a_tile, a_row, ks, lane);
+#pragma unroll
+        for (int np = 0; np < TILE / 16; ++np) {
+            u32 b[4];
+            load_b_rows(b, b_tile, np * 16, ks, lane);
+            mma(acc[2 * np], a, b[0], b[1]);
+            mma(acc[2 * np + 1], a, b[2], b[3]);
+        }
+    }
+}
+
+// acc (16 × HEAD_DIM) += A (16 × 64, fragments) · B (64 rows of `tile`, HEAD_DIM columns).
+__device__ __forceinline__ void product_cols(float (*acc)[4], const u32 (*a)[4],
+                                             const bf16* b_tile, int lane) {
+#pragma unroll
+    for (int kk = 0; kk < TILE / 16; ++kk) {
+#pragma unroll
+        for (int dp = 0; dp < HEAD_DIM / 16; ++dp) {
+            u32 b[4];
+            load_b_cols(b, b_tile, kk * 16, dp * 16, lane);
+            mma(acc[2 * dp], a[kk], b[0], b[1]);
+            mma(acc[2 * dp + 1], a[kk], b[2], b[3]);
+        }
+    }
+}
+
+// Writes a warp's 16 × HEAD_DIM accumulator times `factor` as bf16 rows [row0, row0 + 16)
+// (those under `rows`) of a matrix with `row_stride`.
+__device__ __forceinline__ void store_rows(bf16* dst, long long row_stride, int row0, int rows,
+                                           const float (*acc)[4], const float* factor, int lane) {
+    const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const int row = row0 + g + half * 8;
+        if (row < rows) {
+            u32* out = (u32*)(dst + (long long)row * row_stride);
+#pragma unroll
+            for (int dt = 0; dt < HEAD_DIM / 8; ++dt) {
+                out[dt * 4 + t] = pack(acc[dt][2 * half] * factor[half],
+                                       acc[dt][2 * half + 1] * factor[half]);
+            }
+        }
+    }
+}
+
+// Keys [0, keys_seen) are visible to some query of the rows [q0, q0 + TILE).
+__device__ __forceinline__ int key_blocks(const Problem& p, int q0) {
+    const int keys_seen = min(p.seq_k, q0 + TILE + p.start);
+    return (keys_seen + TILE - 1) / TILE;
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS) flash_forward(const Problem p) {
+    extern __shared__ __align__(16) unsigned char shared[];
+    bf16* sq = (bf16*)shared;
+    bf16* sk = sq + TILE * PITCH;
+    bf16* sv = sk + TILE * PITCH;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    // The longest rows (most key blocks) first.
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * TILE;
+    const int h = blockIdx.y, b = blockIdx.z, hk = h / p.group;
+    const bf16* k = p.k + b * p.k_l.batch + hk * p.k_l.head;
+    const bf16* v = p.v + b * p.v_l.batch + hk * p.v_l.head;
+    load_tile(sq, p.q + b * p.q_l.batch + h * p.q_l.head, p.q_l.row, q0, p.seq_q);
+    load_tile(sk, k, p.k_l.row, 0, p.seq_k);
+    cp_async_commit();
+    cp_async_wait_all();
+    __syncthreads();
+
+    u32 qa[KSTEPS][4];
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks) load_a(qa[ks], sq, warp * 16, ks, lane);
+
+    float o[HEAD_DIM / 8][4];
+#pragma unroll
+    for (int dt = 0; dt < HEAD_DIM / 8; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
+    const int row0 = q0 + warp * 16 + g;
+    const int blocks = key_blocks(p, q0);
+    for (int kb = 0; kb < blocks; ++kb) {
+        const int k0 = kb * TILE;
+        load_tile(sv, v, p.v_l.row, k0, p.seq_k);
+        cp_async_commit();
+
+        float s[TILE / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < TILE / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+        for (int ks = 0; ks < KSTEPS; ++ks) {
+#pragma unroll
+            for (int np = 0; np < TILE / 16; ++np) {
+                u32 bk[4];
+                load_b_rows(bk, sk, np * 16, ks, lane);
+                mma(s[2 * np], qa[ks], bk[0], bk[1]);
+                mma(s[2 * np + 1], qa[ks], bk[2], bk[3]);
+            }
+        }
+        // Online softmax, two rows a thread (g and g + 8), each spread over a quad of lanes.
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int row = row0 + half * 8;
+            float row_max = NEG_INF;
+#pragma unroll
+            for (int nt = 0; nt < TILE / 8; ++nt) {
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int col = k0 + nt * 8 + 2 * t + e;
+                    float x = s[nt][2 * half + e] * p.scale_log2;
+                    if (col > row + p.start || col >= p.seq_k) x = NEG_INF;
+                    s[nt][2 * half + e] = x;
+                    row_max = fmaxf(row_max, x);
+                }
+            }
+            row_max = fmaxf(row_max, shfl_xor(row_max, 1));
+            row_max = fmaxf(row_max, shfl_xor(row_max, 2));
+            const float m_new = fmaxf(m[half], row_max);
+            const float shift = m_new == NEG_INF ? 0.f : m_new;
+            const float alpha = exp2_approx(m[half] - shift);
+            m[half] = m_new;
+            float sum = 0.f;
+#pragma unroll
+            for (int nt = 0; nt < TILE / 8; ++nt) {
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const float pr = exp2_approx(s[nt][2 * half + e] - shift);
+                    s[nt][2 * half + e] = pr;
+                    sum += pr;
+                }
+            }
+            l[half] = l[half] * alpha + sum;
+#pragma unroll
+            for (int dt = 0; dt < HEAD_DIM / 8; ++dt) {
+                o[dt][2 * half] *= alpha;
+                o[dt][2 * half + 1] *= alpha;
+            }
+        }
+        cp_async_wait_all();
+        __syncthreads();  // V is in; every warp is done with K
+        if (kb + 1 < blocks) {
+            load_tile(sk, k, p.k_l.row, k0 + TILE, p.seq_k);
+            cp_async_commit();
+        }
+        u32 pa[TILE / 16][4];
+        as_a(pa, s);
+        product_cols(o, pa, sv, lane);
+        cp_async_wait_all();
+        __syncthreads();  // the next K is in; every warp is done with V
+    }
+
+    float inverse[2];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        l[half] += shfl_xor(l[half], 1);
+        l[half] += shfl_xor(l[half], 2);
+        inverse[half] = 1.f / l[half];
+        const int row = row0 + half * 8;
+        if (t == 0 && row < p.seq_q) {
+            p.lse[((long long)b * p.heads + h) * p.seq_q + row] = m[half] + log2_approx(l[half]);
+        }
+    }
+    store_rows(p.out + b * p.out_l.batch + h * p.out_l.head, p.out_l.row, q0 + warp * 16,
+               p.seq_q, o, inverse, lane);
+}
+
+// delta = rowsum(dO ⊙ O) in f32, a warp a row.
+extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_delta(const Problem p) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const long long row = (long long)blockIdx.x * (THREADS / 32) + warp;
+    const long long rows = (long long)p.batch * p.heads * p.seq_q;
+    if (row >= rows) return;
+    const int i = row % p.seq_q;
+    const int h = (row / p.seq_q) % p.heads;
+    const int b = row / ((long long)p.seq_q * p.heads);
+    const bf16* o = p.o + b * p.o_l.batch + h * p.o_l.head + i * p.o_l.row;
+    const bf16* d_o = p.d_o + b * p.do_l.batch + h * p.do_l.head + i * p.do_l.row;
+    float sum = 0.f;
+    for (int c = lane; c < HEAD_DIM; c += 32) sum += bf16_to_float(o[c]) * bf16_to_float(d_o[c]);
+#pragma unroll
+    for (int lanes = 16; lanes > 0; lanes >>= 1) sum += shfl_xor(sum, lanes);
+    if (lane == 0) p.delta[row] = sum;
+}
+
+// dK and dV of 64 keys of one key/value head, summed over the query heads it serves and the
+// query blocks that see them: Pᵀ and dPᵀ recomputed a query block at a time.
+extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_dkdv(const Problem p) {
+    extern __shared__ __align__(16) unsigned char shared[];
+    bf16* sk = (bf16*)shared;
+    bf16* sv = sk + TILE * PITCH;
+    bf16* sq = sv + TILE * PITCH;
+    bf16* sdo = sq + TILE * PITCH;
+    float* s_lse = (float*)(sdo + TILE * PITCH);
+    float* s_delta = s_lse + TILE;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int k0 = blockIdx.x * TILE;
+    const int hk = blockIdx.y, b = blockIdx.z;
+    load_tile(sk, p.k + b * p.k_l.batch + hk * p.k_l.head, p.k_l.row, k0, p.seq_k);
+    load_tile(sv, p.v + b * p.v_l.batch + hk * p.v_l.head, p.v_l.row, k0, p.seq_k);
+    cp_async_commit();
+
+    float dk[HEAD_DIM / 8][4], dv[HEAD_DIM / 8][4];
+#pragma unroll
+    for (int dt = 0; dt < HEAD_DIM / 8; ++dt) {
+        dk[dt][0] = dk[dt][1] = dk[dt][2] = dk[dt][3] = 0.f;
+        dv[dt][0] = dv[dt][1] = dv[dt][2] = dv[dt][3] = 0.f;
+    }
+    const int key0 = k0 + warp * 16 + g;
+    const int first_block = max(0, k0 - p.start) / TILE;
+    const int q_blocks = (p.seq_q + TILE - 1) / TILE;
+    for (int gi = 0; gi < p.group; ++gi) {
+        const int h = hk * p.group + gi;
+        const bf16* q = p.q + b * p.q_l.batch + h * p.q_l.head;
+        const bf16* d_o = p.d_o + b * p.do_l.batch + h * p.do_l.head;
+        const long long stats = ((long long)b * p.heads + h) * p.seq_q;
+        for (int qb = first_block; qb < q_blocks; ++qb) {
+            const int q0 = qb * TILE;
+            load_tile(sq, q, p.q_l.row, q0, p.seq_q);
+            load_tile(sdo, d_o, p.do_l.row, q0, p.seq_q);
+            cp_async_commit();
+            if (threadIdx.x < TILE) {
+                const int i = q0 + threadIdx.x;
+                s_lse[threadIdx.x] = i < p.seq_q ? p.lse[stats + i] : POS_INF;
+                s_delta[threadIdx.x] = i < p.seq_q ? p.delta[stats + i] : 0.f;
+            }
+            cp_async_wait_all();
+            __syncthreads();
+
+            // Pᵀ (16 keys × 64 queries) = 2^(K·Qᵀ·scale·log2e − lse).
+            float pt[TILE / 8][4];
+#pragma unroll
+            for (int nt = 0; nt < TILE / 8; ++nt) pt[nt][0] = pt[nt][1] = pt[nt][2] = pt[nt][3] = 0.f;
+            product_rows(pt, sk, warp * 16, sq, lane);
+#pragma unroll
+            for (int nt = 0; nt < TILE / 8; ++nt) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int c = nt * 8 + 2 * t + (e & 1);
+                    const int query = q0 + c, key = key0 + (e >> 1) * 8;
+                    const bool seen = key <= query + p.start && query < p.seq_q;
+                    pt[nt][e] = seen ? exp2_approx(pt[nt][e] * p.scale_log2 - s_lse[c]) : 0.f;
+                }
+            }
+            u32 a[TILE / 16][4];
+            as_a(a, pt);
+            product_cols(dv, a, sdo, lane);  // dV += Pᵀ·dO
+
+            // dPᵀ = V·dOᵀ, then dSᵀ = Pᵀ ⊙ (dPᵀ − delta).
+            float ds[TILE / 8][4];
+#pragma unroll
+            for (int nt = 0; nt < TILE / 8; ++nt) ds[nt][0] = ds[nt][1] = ds[nt][2] = ds[nt][3] = 0.f;
+            product_rows(ds, sv, warp * 16, sdo, lane);
+#pragma unroll
+            for (int nt = 0; nt < TILE / 8; ++nt) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    ds[nt][e] = pt[nt][e] * (ds[nt][e] - s_delta[nt * 8 + 2 * t + (e & 1)]);
+                }
+            }
+            as_a(a, ds);
+            product_cols(dk, a, sq, lane);  // dK += dSᵀ·Q
+            __syncthreads();  // every warp is done with this block's Q and dO
+        }
+    }
+    cp_async_wait_all();  // K and V, when no query block sees these keys
+    const float unit[2] = {1.f, 1.f}, scale[2] = {p.scale, p.scale};
+    store_rows(p.dk + b * p.dk_l.batch + hk * p.dk_l.head, p.dk_l.row, k0 + warp * 16, p.seq_k,
+               dk, scale, lane);
+    store_rows(p.dv + b * p.dv_l.batch + hk * p.dv_l.head, p.dv_l.row, k0 + warp * 16, p.seq_k,
+               dv, unit, lane);
+}
+
+// dQ of 64 queries of one head: P and dP recomputed a key block at a time.
+extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_dq(const Problem p) {
+    extern __shared__ __align__(16) unsigned char shared[];
+    bf16* sq = (bf16*)shared;
+    bf16* sdo = sq + TILE * PITCH;
+    bf16* sk = sdo + TILE * PITCH;
+    bf16* sv = sk + TILE * PITCH;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * TILE;
+    const int h = blockIdx.y, b = blockIdx.z, hk = h / p.group;
+    const bf16* k = p.k + b * p.k_l.batch + hk * p.k_l.head;
+    const bf16* v = p.v + b * p.v_l.batch + hk * p.v_l.head;
+    load_tile(sq, p.q + b * p.q_l.batch + h * p.q_l.head, p.q_l.row, q0, p.seq_q);
+    load_tile(sdo, p.d_o + b * p.do_l.batch + h * p.do_l.head, p.do_l.row, q0, p.seq_q);
+    cp_async_commit();
+    const int row0 = q0 + warp * 16 + g;
+    const long long stats = ((long long)b * p.heads + h) * p.seq_q;
+    float lse[2], delta[2];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const int row = row0 + half * 8;
+        lse[half] = row < p.seq_q ? p.lse[stats + row] : POS_INF;
+        delta[half] = row < p.seq_q ? p.delta[stats + row] : 0.f;
+    }
+
+    float dq[HEAD_DIM / 8][4];
+#pragma unroll
+    for (int dt = 0; dt < HEAD_DIM / 8; ++dt) dq[dt][0] = dq[dt][1] = dq[dt][2] = dq[dt][3] = 0.f;
+    const int blocks = key_blocks(p, q0);
+    for (int kb = 0; kb < blocks; ++kb) {
+        const int k0 = kb * TILE;
+        load_tile(sk, k, p.k_l.row, k0, p.seq_k);
+        load_tile(sv, v, p.v_l.row, k0, p.seq_k);
+        cp_async_commit();
+        cp_async_wait_all();
+        __syncthreads();
+
+        float s[TILE / 8][4], dp[TILE / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < TILE / 8; ++nt) {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+            dp[nt][0] = dp[nt][1] = dp[nt][2] = dp[nt][3] = 0.f;
+        }
+        product_rows(s, sq, warp * 16, sk, lane);   // S = Q·Kᵀ
+        product_rows(dp, sdo, warp * 16, sv, lane); // dP = dO·Vᵀ
+#pragma unroll
+        for (int nt = 0; nt < TILE / 8; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int half = e >> 1;
+                const int col = k0 + nt * 8 + 2 * t + (e & 1), row = row0 + half * 8;
+                const bool seen = col <= row + p.start && col < p.seq_k;
+                const float pr = seen ? exp2_approx(s[nt][e] * p.scale_log2 - lse[half]) : 0.f;
+                dp[nt][e] = pr * (dp[nt][e] - delta[half]);
+            }
+        }
+        u32 a[TILE / 16][4];
+        as_a(a, dp);
+        product_cols(dq, a, sk, lane);  // dQ += dS·K
+        __syncthreads();  // every warp is done with this block's K and V
+    }
+    const float scale[2] = {p.scale, p.scale};
+    store_rows(p.dq + b * p.dq_l.batch + h * p.dq_l.head, p.dq_l.row, q0 + warp * 16, p.seq_q,
+               dq, scale, lane);
+}
