@@ -1,5 +1,7 @@
 """Holds the flash attention kernels (crates/andes-model/src/sdpa/flash.cu) to PyTorch's
-scaled_dot_product_attention, forward and backward, and times both, on the GPU machine.
+scaled_dot_product_attention, forward and backward, and times both, on the GPU machine; each
+configuration of the kernels (`--variants`, their compile-time options) is checked and timed
+in the same process, so one call chooses among them.
 
 The kernels are compiled with NVRTC and launched through the driver API on PyTorch's stream,
 so this runs without the andes binary: the peer check of the kernels themselves. The
@@ -8,6 +10,8 @@ PyTorch's bf16 SDPA (its flash kernel) beside it: our error against float64 is r
 PyTorch's own. Timing: forward, and forward + backward, CUDA events, median of 20.
 
 usage: python3 scripts/gpu/flash_check.py [--out FILE.json]
+       [--variants "NAME=-DM_TILES=2 -DKEYS=32 -DPIPELINE=1;NAME=..."]
+(default: the configuration sdpa/flash.rs compiles, FLASH_OPTIONS below)
 """
 
 import argparse
@@ -24,6 +28,8 @@ import torch.nn.functional as F
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.join(HERE, "../../crates/andes-model/src/sdpa/flash.cu")
 TILE, THREADS = 64, 128
+# The options sdpa/flash.rs passes to NVRTC (its `Config::SHIPPED`).
+FLASH_OPTIONS = "-DM_TILES=1 -DKEYS=64 -DPIPELINE=1"
 
 
 def nvrtc():
@@ -45,12 +51,23 @@ def check(rc, what):
         raise RuntimeError(f"{what} failed: {rc}")
 
 
-def compile_module(head_dim):
+class Config:
+    """A configuration's compile-time options and the launch sizes they imply."""
+
+    def __init__(self, options):
+        values = dict(o[2:].split("=") for o in options.split())
+        self.options = options
+        self.q_rows = 64 * int(values.get("M_TILES", 1))
+        self.keys = int(values.get("KEYS", 64))
+        self.stages = 2 if int(values.get("PIPELINE", 0)) else 1
+
+
+def compile_module(head_dim, config):
     major, minor = torch.cuda.get_device_capability()
     arch = f"sm_{major}{minor}" + ("a" if major >= 9 else "")
     prog = ctypes.c_void_p()
     check(NVRTC.nvrtcCreateProgram(ctypes.byref(prog), open(SOURCE, "rb").read(), b"flash.cu", 0, None, None), "nvrtcCreateProgram")
-    opts = [f"--gpu-architecture={arch}".encode(), f"-DHEAD_DIM={head_dim}".encode()]
+    opts = [f"--gpu-architecture={arch}".encode(), f"-DHEAD_DIM={head_dim}".encode()] + [o.encode() for o in config.options.split()]
     rc = NVRTC.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
     size = ctypes.c_size_t()
     NVRTC.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
@@ -69,15 +86,17 @@ def compile_module(head_dim):
         f = ctypes.c_void_p()
         check(CUDA.cuModuleGetFunction(ctypes.byref(f), module, name.encode()), name)
         # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
-        check(CUDA.cuFuncSetAttribute(f, 8, shared_bytes(name, head_dim)), "cuFuncSetAttribute")
+        check(CUDA.cuFuncSetAttribute(f, 8, shared_bytes(name, head_dim, config)), "cuFuncSetAttribute")
         functions[name] = f
+    functions["config"] = config
     return functions
 
 
-def shared_bytes(name, head_dim):
-    tile = TILE * (head_dim + 8) * 2
-    return {"flash_forward": 3 * tile, "flash_backward_delta": 0,
-            "flash_backward_dkdv": 4 * tile + 2 * TILE * 4, "flash_backward_dq": 4 * tile}[name]
+def shared_bytes(name, head_dim, config):
+    row = (head_dim + 8) * 2
+    return {"flash_forward": (config.q_rows + 2 * config.keys) * row, "flash_backward_delta": 0,
+            "flash_backward_dkdv": (2 + 2 * config.stages) * TILE * row + 2 * config.stages * TILE * 4,
+            "flash_backward_dq": (2 + 2 * config.stages) * TILE * row}[name]
 
 
 class Layout(ctypes.Structure):
@@ -107,7 +126,7 @@ def launch(functions, name, grid, problem, head_dim):
     arg = ctypes.pointer(problem)
     args = (ctypes.c_void_p * 1)(ctypes.cast(arg, ctypes.c_void_p))
     check(CUDA.cuLaunchKernel(functions[name], grid[0], grid[1], grid[2], THREADS, 1, 1,
-                              shared_bytes(name, head_dim), stream, args, None), name)
+                              shared_bytes(name, head_dim, functions["config"]), stream, args, None), name)
 
 
 def flash(functions, q, k, v, d_o, start):
@@ -121,8 +140,8 @@ def flash(functions, q, k, v, d_o, start):
                       q_l=layout(q), k_l=layout(k), v_l=layout(v), out_l=layout(out),
                       batch=b, seq_q=n, seq_k=nk, start=start, group=h // hk, heads=h,
                       scale_log2=scale * math.log2(math.e), scale=scale)
-    blocks = (n + TILE - 1) // TILE
-    launch(functions, "flash_forward", (blocks, h, b), problem, d)
+    q_rows = functions["config"].q_rows
+    launch(functions, "flash_forward", ((n + q_rows - 1) // q_rows, h, b), problem, d)
     if d_o is None:
         return out, lse, None, None, None
     delta = torch.empty_like(lse)
@@ -135,7 +154,7 @@ def flash(functions, q, k, v, d_o, start):
     problem.dv, problem.dv_l = ptr(dv), layout(dv)
     launch(functions, "flash_backward_delta", ((b * h * n + 3) // 4, 1, 1), problem, d)
     launch(functions, "flash_backward_dkdv", ((nk + TILE - 1) // TILE, hk, b), problem, d)
-    launch(functions, "flash_backward_dq", (blocks, h, b), problem, d)
+    launch(functions, "flash_backward_dq", ((n + TILE - 1) // TILE, h, b), problem, d)
     return out, lse, dq, dk, dv
 
 
@@ -175,51 +194,63 @@ def time_ms(fn, repeats=20):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out")
+    parser.add_argument("--variants", default=f"shipped={FLASH_OPTIONS}")
     args = parser.parse_args()
-    torch.manual_seed(0)
-    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cases": [], "timings": []}
+    variants = [v.split("=", 1) for v in args.variants.split(";")]
+    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "variants": {}, "torch_timings": []}
     failures = []
-    for head_dim in (64, 128):
-        functions = compile_module(head_dim)
-        cases = [(1, 2, 1, 64, 0), (2, 4, 2, 100, 0), (1, 16, 8, 1024, 0), (1, 4, 4, 37, 27), (2, 8, 2, 130, 0), (1, 2, 1, 1, 70)]
-        for b, h, hk, n, start in cases:
-            nk = n + start
-            q = torch.randn(b, n, h, head_dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)  # strided, as the model's
-            k = torch.randn(b, hk, nk, head_dim, device="cuda", dtype=torch.bfloat16)
-            v = torch.randn(b, hk, nk, head_dim, device="cuda", dtype=torch.bfloat16)
-            d_o = torch.randn(b, h, n, head_dim, device="cuda", dtype=torch.bfloat16)
-            ours = flash(functions, q, k, v, d_o, start)
-            exact = reference(q, k, v, d_o, start, torch.float64)
-            torch_bf16 = reference(q, k, v, d_o, start, torch.bfloat16)
-            row = {"head_dim": head_dim, "shape": [b, h, hk, n, start]}
-            for name, i, j in (("out", 0, 0), ("dq", 2, 1), ("dk", 3, 2), ("dv", 4, 3)):
-                row[name] = rel(ours[i], exact[j])
-                row[name + "_torch_bf16"] = rel(torch_bf16[j], exact[j])
-                # Within 4x PyTorch's own bf16 error, or 2e-2 relative to the largest entry.
-                if not row[name] <= max(4 * row[name + "_torch_bf16"], 2e-2):
-                    failures.append(f"{name} {row['shape']} d={head_dim}: {row[name]:.2e}")
-            print(json.dumps(row))
-            report["cases"].append(row)
-        if head_dim == 128:
-            for b, h, hk, n in ((4, 16, 8, 1024), (1, 16, 8, 8192)):
-                q = torch.randn(b, n, h, head_dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
-                k = torch.randn(b, hk, n, head_dim, device="cuda", dtype=torch.bfloat16)
-                v = torch.randn(b, hk, n, head_dim, device="cuda", dtype=torch.bfloat16)
+    timing_shapes = ((4, 16, 8, 1024), (1, 16, 8, 8192))
+    for name, options in variants:
+        torch.manual_seed(0)
+        entry = report["variants"][name] = {"options": options, "cases": [], "timings": []}
+        for head_dim in (64, 128):
+            functions = compile_module(head_dim, Config(options))
+            cases = [(1, 2, 1, 64, 0), (2, 4, 2, 100, 0), (1, 16, 8, 1024, 0), (1, 4, 4, 37, 27), (2, 8, 2, 130, 0), (1, 2, 1, 1, 70)]
+            for b, h, hk, n, start in cases:
+                nk = n + start
+                q = torch.randn(b, n, h, head_dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)  # strided, as the model's
+                k = torch.randn(b, hk, nk, head_dim, device="cuda", dtype=torch.bfloat16)
+                v = torch.randn(b, hk, nk, head_dim, device="cuda", dtype=torch.bfloat16)
                 d_o = torch.randn(b, h, n, head_dim, device="cuda", dtype=torch.bfloat16)
-                ours_fwd = time_ms(lambda: flash(functions, q, k, v, None, 0))
-                ours_all = time_ms(lambda: flash(functions, q, k, v, d_o, 0))
-                qr, kr, vr = (t.detach().requires_grad_() for t in (q, k, v))
+                ours = flash(functions, q, k, v, d_o, start)
+                exact = reference(q, k, v, d_o, start, torch.float64)
+                torch_bf16 = reference(q, k, v, d_o, start, torch.bfloat16)
+                row = {"head_dim": head_dim, "shape": [b, h, hk, n, start]}
+                for out_name, i, j in (("out", 0, 0), ("dq", 2, 1), ("dk", 3, 2), ("dv", 4, 3)):
+                    row[out_name] = rel(ours[i], exact[j])
+                    row[out_name + "_torch_bf16"] = rel(torch_bf16[j], exact[j])
+                    # Within 4x PyTorch's own bf16 error, or 2e-2 relative to the largest entry.
+                    if not row[out_name] <= max(4 * row[out_name + "_torch_bf16"], 2e-2):
+                        failures.append(f"{name}: {out_name} {row['shape']} d={head_dim}: {row[out_name]:.2e}")
+                entry["cases"].append(row)
+            worst = max(r[o] / r[o + "_torch_bf16"] for r in entry["cases"] for o in ("out", "dq", "dk", "dv"))
+            if head_dim == 128:
+                for b, h, hk, n in timing_shapes:
+                    q = torch.randn(b, n, h, head_dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+                    k = torch.randn(b, hk, n, head_dim, device="cuda", dtype=torch.bfloat16)
+                    v = torch.randn(b, hk, n, head_dim, device="cuda", dtype=torch.bfloat16)
+                    d_o = torch.randn(b, h, n, head_dim, device="cuda", dtype=torch.bfloat16)
+                    timing = {"shape": [b, h, hk, n, head_dim],
+                              "forward_ms": time_ms(lambda: flash(functions, q, k, v, None, 0)),
+                              "forward_backward_ms": time_ms(lambda: flash(functions, q, k, v, d_o, 0))}
+                    entry["timings"].append(timing)
+        print(json.dumps({"variant": name, "options": options, "worst_error_vs_torch_bf16": round(worst, 3), "timings": entry["timings"]}))
+    for b, h, hk, n in timing_shapes:
+        head_dim = 128
+        q = torch.randn(b, n, h, head_dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+        k = torch.randn(b, hk, n, head_dim, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn(b, hk, n, head_dim, device="cuda", dtype=torch.bfloat16)
+        d_o = torch.randn(b, h, n, head_dim, device="cuda", dtype=torch.bfloat16)
+        qr, kr, vr = (t.detach().requires_grad_() for t in (q, k, v))
 
-                def torch_step(backward):
-                    out = F.scaled_dot_product_attention(qr, kr, vr, is_causal=True, enable_gqa=True)
-                    if backward:
-                        out.backward(d_o)
-                torch_fwd = time_ms(lambda: torch_step(False))
-                torch_all = time_ms(lambda: torch_step(True))
-                timing = {"shape": [b, h, hk, n, head_dim], "ours_forward_ms": ours_fwd, "torch_forward_ms": torch_fwd,
-                          "ours_forward_backward_ms": ours_all, "torch_forward_backward_ms": torch_all}
-                print(json.dumps(timing))
-                report["timings"].append(timing)
+        def torch_step(backward):
+            out = F.scaled_dot_product_attention(qr, kr, vr, is_causal=True, enable_gqa=True)
+            if backward:
+                out.backward(d_o)
+        timing = {"shape": [b, h, hk, n, head_dim], "forward_ms": time_ms(lambda: torch_step(False)),
+                  "forward_backward_ms": time_ms(lambda: torch_step(True))}
+        print(json.dumps({"torch": timing}))
+        report["torch_timings"].append(timing)
     report["failures"] = failures
     if args.out:
         json.dump(report, open(args.out, "w"), indent=1)

@@ -21,6 +21,17 @@ typedef unsigned int u32;
 
 #define TILE 64
 #define THREADS 128
+#ifndef M_TILES
+#define M_TILES 1  // the forward pass's m16 row tiles a warp (1 or 2)
+#endif
+#define Q_ROWS (64 * M_TILES)  // the forward pass's query rows a block
+#ifndef KEYS
+#define KEYS 64  // the forward pass's keys a step (64 or 32)
+#endif
+#ifndef PIPELINE
+#define PIPELINE 1  // the backward kernels fetch the next block's tiles while computing
+#endif
+#define STAGES (PIPELINE ? 2 : 1)
 #define PITCH (HEAD_DIM + 8)
 #define KSTEPS (HEAD_DIM / 16)
 #define NEG_INF (__uint_as_float(0xff800000u))
@@ -120,17 +131,23 @@ __device__ __forceinline__ float shfl_xor(float x, int lanes) {
 
 __device__ __forceinline__ float bf16_to_float(bf16 x) { return __uint_as_float(((u32)x) << 16); }
 
-// Rows [row0, row0 + 64) of a [rows, HEAD_DIM] matrix into a padded shared tile, zeros past
-// `rows`; asynchronous (cp.async), the caller commits and waits.
-__device__ __forceinline__ void load_tile(bf16* tile, const bf16* src, long long row_stride,
-                                          int row0, int rows) {
+// Rows [row0, row0 + count) of a [rows, HEAD_DIM] matrix into a padded shared tile, zeros
+// past `rows`; asynchronous (cp.async), the caller commits and waits.
+__device__ __forceinline__ void load_rows(bf16* tile, const bf16* src, long long row_stride,
+                                          int row0, int rows, int count) {
     const int chunks = HEAD_DIM / 8;  // 16 bytes each
-    for (int c = threadIdx.x; c < TILE * chunks; c += THREADS) {
+    for (int c = threadIdx.x; c < count * chunks; c += THREADS) {
         const int r = c / chunks, col = (c % chunks) * 8;
         const bool valid = row0 + r < rows;
         const bf16* from = valid ? src + (long long)(row0 + r) * row_stride + col : src;
         cp_async16(tile + r * PITCH + col, from, valid);
     }
+}
+
+// Rows [row0, row0 + TILE) into a tile.
+__device__ __forceinline__ void load_tile(bf16* tile, const bf16* src, long long row_stride,
+                                          int row0, int rows) {
+    load_rows(tile, src, row_stride, row0, rows, TILE);
 }
 
 // The A fragments of rows [row, row + 16), columns [16·ks, 16·ks + 16) of a tile.
@@ -221,116 +238,156 @@ __device__ __forceinline__ int key_blocks(const Problem& p, int q0) {
     return (keys_seen + TILE - 1) / TILE;
 }
 
+// The forward pass: a block owns 64·M_TILES query rows, a warp 16·M_TILES of them (M_TILES
+// m16 tiles), so each key and value fragment read from shared memory feeds M_TILES products.
+// The forward pass: a block owns 64·M_TILES query rows, a warp 16·M_TILES of them (M_TILES
+// m16 tiles), so each key and value fragment read from shared memory feeds M_TILES products;
+// keys and values stream KEYS rows at a time.
 extern "C" __global__ void __launch_bounds__(THREADS) flash_forward(const Problem p) {
     extern __shared__ __align__(16) unsigned char shared[];
     bf16* sq = (bf16*)shared;
-    bf16* sk = sq + TILE * PITCH;
-    bf16* sv = sk + TILE * PITCH;
+    bf16* sk = sq + Q_ROWS * PITCH;
+    bf16* sv = sk + KEYS * PITCH;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     // The longest rows (most key blocks) first.
-    const int q0 = (gridDim.x - 1 - blockIdx.x) * TILE;
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * Q_ROWS;
     const int h = blockIdx.y, b = blockIdx.z, hk = h / p.group;
     const bf16* k = p.k + b * p.k_l.batch + hk * p.k_l.head;
     const bf16* v = p.v + b * p.v_l.batch + hk * p.v_l.head;
-    load_tile(sq, p.q + b * p.q_l.batch + h * p.q_l.head, p.q_l.row, q0, p.seq_q);
-    load_tile(sk, k, p.k_l.row, 0, p.seq_k);
+    load_rows(sq, p.q + b * p.q_l.batch + h * p.q_l.head, p.q_l.row, q0, p.seq_q, Q_ROWS);
+    load_rows(sk, k, p.k_l.row, 0, p.seq_k, KEYS);
     cp_async_commit();
     cp_async_wait_all();
     __syncthreads();
 
-    u32 qa[KSTEPS][4];
+    float o[M_TILES][HEAD_DIM / 8][4];
 #pragma unroll
-    for (int ks = 0; ks < KSTEPS; ++ks) load_a(qa[ks], sq, warp * 16, ks, lane);
-
-    float o[HEAD_DIM / 8][4];
+    for (int mt = 0; mt < M_TILES; ++mt)
 #pragma unroll
-    for (int dt = 0; dt < HEAD_DIM / 8; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
-    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
-    const int row0 = q0 + warp * 16 + g;
-    const int blocks = key_blocks(p, q0);
+        for (int dt = 0; dt < HEAD_DIM / 8; ++dt) o[mt][dt][0] = o[mt][dt][1] = o[mt][dt][2] = o[mt][dt][3] = 0.f;
+    float m[M_TILES][2], l[M_TILES][2];
+#pragma unroll
+    for (int mt = 0; mt < M_TILES; ++mt) m[mt][0] = m[mt][1] = NEG_INF, l[mt][0] = l[mt][1] = 0.f;
+    const int warp_row = warp * 16 * M_TILES;
+    const int keys_seen = min(p.seq_k, q0 + Q_ROWS + p.start);
+    const int blocks = (keys_seen + KEYS - 1) / KEYS;
     for (int kb = 0; kb < blocks; ++kb) {
-        const int k0 = kb * TILE;
-        load_tile(sv, v, p.v_l.row, k0, p.seq_k);
+        const int k0 = kb * KEYS;
+        load_rows(sv, v, p.v_l.row, k0, p.seq_k, KEYS);
         cp_async_commit();
 
-        float s[TILE / 8][4];
+        float s[M_TILES][KEYS / 8][4];
 #pragma unroll
-        for (int nt = 0; nt < TILE / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+        for (int mt = 0; mt < M_TILES; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < KEYS / 8; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.f;
 #pragma unroll
         for (int ks = 0; ks < KSTEPS; ++ks) {
+            u32 qa[M_TILES][4];
 #pragma unroll
-            for (int np = 0; np < TILE / 16; ++np) {
+            for (int mt = 0; mt < M_TILES; ++mt) load_a(qa[mt], sq, warp_row + mt * 16, ks, lane);
+#pragma unroll
+            for (int np = 0; np < KEYS / 16; ++np) {
                 u32 bk[4];
                 load_b_rows(bk, sk, np * 16, ks, lane);
-                mma(s[2 * np], qa[ks], bk[0], bk[1]);
-                mma(s[2 * np + 1], qa[ks], bk[2], bk[3]);
+#pragma unroll
+                for (int mt = 0; mt < M_TILES; ++mt) {
+                    mma(s[mt][2 * np], qa[mt], bk[0], bk[1]);
+                    mma(s[mt][2 * np + 1], qa[mt], bk[2], bk[3]);
+                }
             }
         }
-        // Online softmax, two rows a thread (g and g + 8), each spread over a quad of lanes.
+        // Online softmax, two rows a thread and m tile (g and g + 8), each row spread over a
+        // quad of lanes.
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const int row = row0 + half * 8;
-            float row_max = NEG_INF;
+        for (int mt = 0; mt < M_TILES; ++mt) {
 #pragma unroll
-            for (int nt = 0; nt < TILE / 8; ++nt) {
+            for (int half = 0; half < 2; ++half) {
+                const int row = q0 + warp_row + mt * 16 + g + half * 8;
+                float row_max = NEG_INF;
 #pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    const int col = k0 + nt * 8 + 2 * t + e;
-                    float x = s[nt][2 * half + e] * p.scale_log2;
-                    if (col > row + p.start || col >= p.seq_k) x = NEG_INF;
-                    s[nt][2 * half + e] = x;
-                    row_max = fmaxf(row_max, x);
+                for (int nt = 0; nt < KEYS / 8; ++nt) {
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const int col = k0 + nt * 8 + 2 * t + e;
+                        float x = s[mt][nt][2 * half + e] * p.scale_log2;
+                        if (col > row + p.start || col >= p.seq_k) x = NEG_INF;
+                        s[mt][nt][2 * half + e] = x;
+                        row_max = fmaxf(row_max, x);
+                    }
                 }
-            }
-            row_max = fmaxf(row_max, shfl_xor(row_max, 1));
-            row_max = fmaxf(row_max, shfl_xor(row_max, 2));
-            const float m_new = fmaxf(m[half], row_max);
-            const float shift = m_new == NEG_INF ? 0.f : m_new;
-            const float alpha = exp2_approx(m[half] - shift);
-            m[half] = m_new;
-            float sum = 0.f;
+                row_max = fmaxf(row_max, shfl_xor(row_max, 1));
+                row_max = fmaxf(row_max, shfl_xor(row_max, 2));
+                const float m_new = fmaxf(m[mt][half], row_max);
+                const float shift = m_new == NEG_INF ? 0.f : m_new;
+                const float alpha = exp2_approx(m[mt][half] - shift);
+                m[mt][half] = m_new;
+                float sum = 0.f;
 #pragma unroll
-            for (int nt = 0; nt < TILE / 8; ++nt) {
+                for (int nt = 0; nt < KEYS / 8; ++nt) {
 #pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    const float pr = exp2_approx(s[nt][2 * half + e] - shift);
-                    s[nt][2 * half + e] = pr;
-                    sum += pr;
+                    for (int e = 0; e < 2; ++e) {
+                        const float pr = exp2_approx(s[mt][nt][2 * half + e] - shift);
+                        s[mt][nt][2 * half + e] = pr;
+                        sum += pr;
+                    }
                 }
-            }
-            l[half] = l[half] * alpha + sum;
+                l[mt][half] = l[mt][half] * alpha + sum;
 #pragma unroll
-            for (int dt = 0; dt < HEAD_DIM / 8; ++dt) {
-                o[dt][2 * half] *= alpha;
-                o[dt][2 * half + 1] *= alpha;
+                for (int dt = 0; dt < HEAD_DIM / 8; ++dt) {
+                    o[mt][dt][2 * half] *= alpha;
+                    o[mt][dt][2 * half + 1] *= alpha;
+                }
             }
         }
         cp_async_wait_all();
         __syncthreads();  // V is in; every warp is done with K
         if (kb + 1 < blocks) {
-            load_tile(sk, k, p.k_l.row, k0 + TILE, p.seq_k);
+            load_rows(sk, k, p.k_l.row, k0 + KEYS, p.seq_k, KEYS);
             cp_async_commit();
         }
-        u32 pa[TILE / 16][4];
-        as_a(pa, s);
-        product_cols(o, pa, sv, lane);
+        // O += P·V, each value fragment feeding the warp's M_TILES row tiles.
+#pragma unroll
+        for (int kk = 0; kk < KEYS / 16; ++kk) {
+            u32 pa[M_TILES][4];
+#pragma unroll
+            for (int mt = 0; mt < M_TILES; ++mt) {
+                pa[mt][0] = pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+                pa[mt][1] = pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+                pa[mt][2] = pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+                pa[mt][3] = pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+            }
+#pragma unroll
+            for (int dp = 0; dp < HEAD_DIM / 16; ++dp) {
+                u32 bv[4];
+                load_b_cols(bv, sv, kk * 16, dp * 16, lane);
+#pragma unroll
+                for (int mt = 0; mt < M_TILES; ++mt) {
+                    mma(o[mt][2 * dp], pa[mt], bv[0], bv[1]);
+                    mma(o[mt][2 * dp + 1], pa[mt], bv[2], bv[3]);
+                }
+            }
+        }
         cp_async_wait_all();
         __syncthreads();  // the next K is in; every warp is done with V
     }
 
-    float inverse[2];
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-        l[half] += shfl_xor(l[half], 1);
-        l[half] += shfl_xor(l[half], 2);
-        inverse[half] = 1.f / l[half];
-        const int row = row0 + half * 8;
-        if (t == 0 && row < p.seq_q) {
-            p.lse[((long long)b * p.heads + h) * p.seq_q + row] = m[half] + log2_approx(l[half]);
+    for (int mt = 0; mt < M_TILES; ++mt) {
+        float inverse[2];
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            l[mt][half] += shfl_xor(l[mt][half], 1);
+            l[mt][half] += shfl_xor(l[mt][half], 2);
+            inverse[half] = 1.f / l[mt][half];
+            const int row = q0 + warp_row + mt * 16 + g + half * 8;
+            if (t == 0 && row < p.seq_q) {
+                p.lse[((long long)b * p.heads + h) * p.seq_q + row] = m[mt][half] + log2_approx(l[mt][half]);
+            }
         }
+        store_rows(p.out + b * p.out_l.batch + h * p.out_l.head, p.out_l.row,
+                   q0 + warp_row + mt * 16, p.seq_q, o[mt], inverse, lane);
     }
-    store_rows(p.out + b * p.out_l.batch + h * p.out_l.head, p.out_l.row, q0 + warp * 16,
-               p.seq_q, o, inverse, lane);
 }
 
 // delta = rowsum(dO ⊙ O) in f32, a warp a row.
@@ -352,21 +409,19 @@ extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_delta(const
 }
 
 // dK and dV of 64 keys of one key/value head, summed over the query heads it serves and the
-// query blocks that see them: Pᵀ and dPᵀ recomputed a query block at a time.
+// query blocks that see them: Pᵀ and dPᵀ recomputed a query block at a time. With PIPELINE
+// the next query block's Q and dO arrive while this one's are used.
 extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_dkdv(const Problem p) {
     extern __shared__ __align__(16) unsigned char shared[];
     bf16* sk = (bf16*)shared;
     bf16* sv = sk + TILE * PITCH;
-    bf16* sq = sv + TILE * PITCH;
-    bf16* sdo = sq + TILE * PITCH;
-    float* s_lse = (float*)(sdo + TILE * PITCH);
-    float* s_delta = s_lse + TILE;
+    bf16* staged = sv + TILE * PITCH;  // STAGES × (Q, dO)
+    float* stats = (float*)(staged + STAGES * 2 * TILE * PITCH);  // STAGES × (lse, delta)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int k0 = blockIdx.x * TILE;
     const int hk = blockIdx.y, b = blockIdx.z;
     load_tile(sk, p.k + b * p.k_l.batch + hk * p.k_l.head, p.k_l.row, k0, p.seq_k);
     load_tile(sv, p.v + b * p.v_l.batch + hk * p.v_l.head, p.v_l.row, k0, p.seq_k);
-    cp_async_commit();
 
     float dk[HEAD_DIM / 8][4], dv[HEAD_DIM / 8][4];
 #pragma unroll
@@ -376,60 +431,70 @@ extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_dkdv(const 
     }
     const int key0 = k0 + warp * 16 + g;
     const int first_block = max(0, k0 - p.start) / TILE;
-    const int q_blocks = (p.seq_q + TILE - 1) / TILE;
-    for (int gi = 0; gi < p.group; ++gi) {
-        const int h = hk * p.group + gi;
-        const bf16* q = p.q + b * p.q_l.batch + h * p.q_l.head;
-        const bf16* d_o = p.d_o + b * p.do_l.batch + h * p.do_l.head;
-        const long long stats = ((long long)b * p.heads + h) * p.seq_q;
-        for (int qb = first_block; qb < q_blocks; ++qb) {
-            const int q0 = qb * TILE;
-            load_tile(sq, q, p.q_l.row, q0, p.seq_q);
-            load_tile(sdo, d_o, p.do_l.row, q0, p.seq_q);
-            cp_async_commit();
-            if (threadIdx.x < TILE) {
-                const int i = q0 + threadIdx.x;
-                s_lse[threadIdx.x] = i < p.seq_q ? p.lse[stats + i] : POS_INF;
-                s_delta[threadIdx.x] = i < p.seq_q ? p.delta[stats + i] : 0.f;
-            }
-            cp_async_wait_all();
-            __syncthreads();
-
-            // Pᵀ (16 keys × 64 queries) = 2^(K·Qᵀ·scale·log2e − lse).
-            float pt[TILE / 8][4];
-#pragma unroll
-            for (int nt = 0; nt < TILE / 8; ++nt) pt[nt][0] = pt[nt][1] = pt[nt][2] = pt[nt][3] = 0.f;
-            product_rows(pt, sk, warp * 16, sq, lane);
-#pragma unroll
-            for (int nt = 0; nt < TILE / 8; ++nt) {
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int c = nt * 8 + 2 * t + (e & 1);
-                    const int query = q0 + c, key = key0 + (e >> 1) * 8;
-                    const bool seen = key <= query + p.start && query < p.seq_q;
-                    pt[nt][e] = seen ? exp2_approx(pt[nt][e] * p.scale_log2 - s_lse[c]) : 0.f;
-                }
-            }
-            u32 a[TILE / 16][4];
-            as_a(a, pt);
-            product_cols(dv, a, sdo, lane);  // dV += Pᵀ·dO
-
-            // dPᵀ = V·dOᵀ, then dSᵀ = Pᵀ ⊙ (dPᵀ − delta).
-            float ds[TILE / 8][4];
-#pragma unroll
-            for (int nt = 0; nt < TILE / 8; ++nt) ds[nt][0] = ds[nt][1] = ds[nt][2] = ds[nt][3] = 0.f;
-            product_rows(ds, sv, warp * 16, sdo, lane);
-#pragma unroll
-            for (int nt = 0; nt < TILE / 8; ++nt) {
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    ds[nt][e] = pt[nt][e] * (ds[nt][e] - s_delta[nt * 8 + 2 * t + (e & 1)]);
-                }
-            }
-            as_a(a, ds);
-            product_cols(dk, a, sq, lane);  // dK += dSᵀ·Q
-            __syncthreads();  // every warp is done with this block's Q and dO
+    const int q_blocks = (p.seq_q + TILE - 1) / TILE - first_block;
+    // Step `it` reads query block first_block + it % q_blocks of the group's head it / q_blocks.
+    auto fetch = [&](int it, int stage) {
+        const int h = hk * p.group + it / q_blocks, q0 = (first_block + it % q_blocks) * TILE;
+        bf16* sq = staged + stage * 2 * TILE * PITCH;
+        load_tile(sq, p.q + b * p.q_l.batch + h * p.q_l.head, p.q_l.row, q0, p.seq_q);
+        load_tile(sq + TILE * PITCH, p.d_o + b * p.do_l.batch + h * p.do_l.head, p.do_l.row, q0,
+                  p.seq_q);
+        cp_async_commit();
+        if (threadIdx.x < TILE) {
+            const long long row0 = ((long long)b * p.heads + h) * p.seq_q;
+            const int i = q0 + threadIdx.x;
+            stats[stage * 2 * TILE + threadIdx.x] = i < p.seq_q ? p.lse[row0 + i] : POS_INF;
+            stats[stage * 2 * TILE + TILE + threadIdx.x] = i < p.seq_q ? p.delta[row0 + i] : 0.f;
         }
+    };
+    const int steps = p.group * q_blocks;
+    if (steps > 0) fetch(0, 0);
+    for (int it = 0; it < steps; ++it) {
+        const int stage = it % STAGES;
+        if (STAGES == 1 && it > 0) fetch(it, 0);
+        cp_async_wait_all();
+        __syncthreads();  // this step's tiles are in; every warp is done with the other stage
+        if (STAGES == 2 && it + 1 < steps) fetch(it + 1, stage ^ 1);
+        const int q0 = (first_block + it % q_blocks) * TILE;
+        const bf16* sq = staged + stage * 2 * TILE * PITCH;
+        const bf16* sdo = sq + TILE * PITCH;
+        const float* s_lse = stats + stage * 2 * TILE;
+        const float* s_delta = s_lse + TILE;
+
+        // Pᵀ (16 keys × 64 queries) = 2^(K·Qᵀ·scale·log2e − lse).
+        float pt[TILE / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < TILE / 8; ++nt) pt[nt][0] = pt[nt][1] = pt[nt][2] = pt[nt][3] = 0.f;
+        product_rows(pt, sk, warp * 16, sq, lane);
+#pragma unroll
+        for (int nt = 0; nt < TILE / 8; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int c = nt * 8 + 2 * t + (e & 1);
+                const int query = q0 + c, key = key0 + (e >> 1) * 8;
+                const bool seen = key <= query + p.start && query < p.seq_q;
+                pt[nt][e] = seen ? exp2_approx(pt[nt][e] * p.scale_log2 - s_lse[c]) : 0.f;
+            }
+        }
+        u32 a[TILE / 16][4];
+        as_a(a, pt);
+        product_cols(dv, a, sdo, lane);  // dV += Pᵀ·dO
+
+        // dPᵀ = V·dOᵀ, then dSᵀ = Pᵀ ⊙ (dPᵀ − delta).
+        float ds[TILE / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < TILE / 8; ++nt) ds[nt][0] = ds[nt][1] = ds[nt][2] = ds[nt][3] = 0.f;
+        product_rows(ds, sv, warp * 16, sdo, lane);
+#pragma unroll
+        for (int nt = 0; nt < TILE / 8; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                ds[nt][e] = pt[nt][e] * (ds[nt][e] - s_delta[nt * 8 + 2 * t + (e & 1)]);
+            }
+        }
+        as_a(a, ds);
+        product_cols(dk, a, sq, lane);  // dK += dSᵀ·Q
+        if (STAGES == 1) __syncthreads();  // every warp is done with this step's Q and dO
     }
     cp_async_wait_all();  // K and V, when no query block sees these keys
     const float unit[2] = {1.f, 1.f}, scale[2] = {p.scale, p.scale};
@@ -439,13 +504,13 @@ extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_dkdv(const 
                dv, unit, lane);
 }
 
-// dQ of 64 queries of one head: P and dP recomputed a key block at a time.
+// dQ of 64 queries of one head: P and dP recomputed a key block at a time. With PIPELINE the
+// next key block's K and V arrive while this one's are used.
 extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_dq(const Problem p) {
     extern __shared__ __align__(16) unsigned char shared[];
     bf16* sq = (bf16*)shared;
     bf16* sdo = sq + TILE * PITCH;
-    bf16* sk = sdo + TILE * PITCH;
-    bf16* sv = sk + TILE * PITCH;
+    bf16* staged = sdo + TILE * PITCH;  // STAGES × (K, V)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int q0 = (gridDim.x - 1 - blockIdx.x) * TILE;
     const int h = blockIdx.y, b = blockIdx.z, hk = h / p.group;
@@ -453,7 +518,6 @@ extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_dq(const Pr
     const bf16* v = p.v + b * p.v_l.batch + hk * p.v_l.head;
     load_tile(sq, p.q + b * p.q_l.batch + h * p.q_l.head, p.q_l.row, q0, p.seq_q);
     load_tile(sdo, p.d_o + b * p.do_l.batch + h * p.do_l.head, p.do_l.row, q0, p.seq_q);
-    cp_async_commit();
     const int row0 = q0 + warp * 16 + g;
     const long long stats = ((long long)b * p.heads + h) * p.seq_q;
     float lse[2], delta[2];
@@ -463,18 +527,27 @@ extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_dq(const Pr
         lse[half] = row < p.seq_q ? p.lse[stats + row] : POS_INF;
         delta[half] = row < p.seq_q ? p.delta[stats + row] : 0.f;
     }
+    auto fetch = [&](int kb, int stage) {
+        bf16* sk = staged + stage * 2 * TILE * PITCH;
+        load_tile(sk, k, p.k_l.row, kb * TILE, p.seq_k);
+        load_tile(sk + TILE * PITCH, v, p.v_l.row, kb * TILE, p.seq_k);
+        cp_async_commit();
+    };
 
     float dq[HEAD_DIM / 8][4];
 #pragma unroll
     for (int dt = 0; dt < HEAD_DIM / 8; ++dt) dq[dt][0] = dq[dt][1] = dq[dt][2] = dq[dt][3] = 0.f;
     const int blocks = key_blocks(p, q0);
+    fetch(0, 0);
     for (int kb = 0; kb < blocks; ++kb) {
-        const int k0 = kb * TILE;
-        load_tile(sk, k, p.k_l.row, k0, p.seq_k);
-        load_tile(sv, v, p.v_l.row, k0, p.seq_k);
-        cp_async_commit();
+        const int stage = kb % STAGES;
+        if (STAGES == 1 && kb > 0) fetch(kb, 0);
         cp_async_wait_all();
-        __syncthreads();
+        __syncthreads();  // this block's tiles are in; every warp is done with the other stage
+        if (STAGES == 2 && kb + 1 < blocks) fetch(kb + 1, stage ^ 1);
+        const int k0 = kb * TILE;
+        const bf16* sk = staged + stage * 2 * TILE * PITCH;
+        const bf16* sv = sk + TILE * PITCH;
 
         float s[TILE / 8][4], dp[TILE / 8][4];
 #pragma unroll
@@ -498,7 +571,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_dq(const Pr
         u32 a[TILE / 16][4];
         as_a(a, dp);
         product_cols(dq, a, sk, lane);  // dQ += dS·K
-        __syncthreads();  // every warp is done with this block's K and V
+        if (STAGES == 1) __syncthreads();  // every warp is done with this block's K and V
     }
     const float scale[2] = {p.scale, p.scale};
     store_rows(p.dq + b * p.dq_l.batch + h * p.dq_l.head, p.dq_l.row, q0 + warp * 16, p.seq_q,

@@ -25,6 +25,63 @@ const SOURCE: &str = include_str!("flash.cu");
 const TILE: usize = 64;
 /// Threads of a block: four warps; `flash.cu`'s `THREADS`.
 const THREADS: u32 = 128;
+/// The kernels' compile-time choices (`flash.cu`'s `M_TILES`, `KEYS` and `PIPELINE`).
+#[derive(Clone, Copy, Debug)]
+struct Config {
+    /// The forward pass's m16 row tiles a warp: its block has 64 times as many query rows.
+    m_tiles: usize,
+    /// The forward pass's keys a step.
+    keys: usize,
+    /// Whether the backward kernels fetch the next block's tiles while computing.
+    pipeline: bool,
+}
+
+impl Config {
+    /// What ships: of the four configurations timed on an H100 (BENCHMARKS.md, "Flash
+    /// attention…"), the one `andes train` ran fastest with; their spread was 7% in the
+    /// kernels alone and 1% in the training step.
+    const SHIPPED: Config = Config {
+        m_tiles: 1,
+        keys: 64,
+        pipeline: true,
+    };
+
+    /// The shipped choices, or `ANDES_FLASH=M_TILES-KEYS-PIPELINE` (`2-32-1`), so one build
+    /// times another configuration of the kernels (`scripts/gpu/flash_check.py --variants`
+    /// times them alone).
+    fn current() -> Config {
+        static CURRENT: std::sync::OnceLock<Config> = std::sync::OnceLock::new();
+        *CURRENT.get_or_init(|| {
+            let Ok(spec) = std::env::var("ANDES_FLASH") else {
+                return Config::SHIPPED;
+            };
+            let fields: Vec<usize> = spec
+                .split('-')
+                .filter_map(|f| f.trim().parse().ok())
+                .collect();
+            match fields[..] {
+                [m_tiles @ (1 | 2), keys @ (32 | 64), pipeline @ (0 | 1)] => Config {
+                    m_tiles,
+                    keys,
+                    pipeline: pipeline == 1,
+                },
+                _ => {
+                    eprintln!("warning: ANDES_FLASH={spec} is not 1|2-32|64-0|1; shipped kernels");
+                    Config::SHIPPED
+                }
+            }
+        })
+    }
+
+    /// The forward pass's query rows a block.
+    fn query_rows(self) -> usize {
+        64 * self.m_tiles
+    }
+
+    fn stages(self) -> usize {
+        if self.pipeline { 2 } else { 1 }
+    }
+}
 
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
@@ -117,15 +174,17 @@ impl Kernel {
         }
     }
 
-    /// Dynamic shared memory: padded bf16 tiles of 64 rows (three forward, four backward),
-    /// and the dK/dV kernel's block of log-sum-exps and deltas.
+    /// Dynamic shared memory: padded bf16 rows (the forward pass's queries, keys and values;
+    /// the backward kernels' two resident tiles and one or two stages of two streamed ones),
+    /// and the dK/dV kernel's log-sum-exps and deltas a stage.
     fn shared_bytes(self, head_dim: usize) -> usize {
-        let tile = TILE * (head_dim + 8) * 2;
+        let config = Config::current();
+        let (row, stages) = ((head_dim + 8) * 2, config.stages());
         match self {
-            Kernel::Forward => 3 * tile,
+            Kernel::Forward => (config.query_rows() + 2 * config.keys) * row,
             Kernel::Delta => 0,
-            Kernel::KeysValues => 4 * tile + 2 * TILE * 4,
-            Kernel::Queries => 4 * tile,
+            Kernel::KeysValues => (2 + 2 * stages) * TILE * row + 2 * stages * TILE * 4,
+            Kernel::Queries => (2 + 2 * stages) * TILE * row,
         }
     }
 }
@@ -172,9 +231,13 @@ impl Module {
             return Err(format!("sm_{major}{minor} has no bf16 tensor cores"));
         }
         let suffix = if major >= 9 { "a" } else { "" };
+        let config = Config::current();
         let options = [
             format!("--gpu-architecture=sm_{major}{minor}{suffix}"),
             format!("-DHEAD_DIM={head_dim}"),
+            format!("-DM_TILES={}", config.m_tiles),
+            format!("-DKEYS={}", config.keys),
+            format!("-DPIPELINE={}", u8::from(config.pipeline)),
         ];
         let source = CString::new(SOURCE).map_err(|e| e.to_string())?;
         let program = nvrtc::create_program(&source, None).map_err(|e| e.to_string())?;
@@ -338,10 +401,6 @@ fn sizes(q: &CubeTensor, k: &CubeTensor, start: usize, scale: f64) -> Option<Pro
     })
 }
 
-fn blocks(rows: i32) -> usize {
-    (rows as usize).div_ceil(TILE)
-}
-
 /// `(softmax(q·kᵀ·scale, causal)·v, lse)` with `lse` `[b, h, n]` in f32, each row's
 /// log₂-sum-exp₂ of `q·kᵀ·scale·log₂e` (what [`backward`] reads); `None` where the kernels do
 /// not serve the operands.
@@ -372,7 +431,7 @@ pub fn forward(
         unsafe {
             module.launch(
                 Kernel::Forward,
-                [blocks(problem.seq_q), h, b],
+                [n.div_ceil(Config::current().query_rows()), h, b],
                 d,
                 &problem,
                 stream,
@@ -437,7 +496,7 @@ pub fn backward(
             )?;
             module.launch(
                 Kernel::Queries,
-                [blocks(problem.seq_q), h, b],
+                [n.div_ceil(TILE), h, b],
                 d,
                 &problem,
                 stream,
