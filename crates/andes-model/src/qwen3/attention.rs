@@ -10,7 +10,9 @@ use crate::lora::AdaptedLinear;
 use crate::precision::operand;
 use crate::rms_norm::rms_norm;
 use crate::rope::RotaryEmbedding;
-use crate::sdpa::{causal_attention, causal_attention_serves, scaled_dot_product_attention};
+use crate::sdpa::{
+    causal_attention, causal_attention_serves, repeat_kv, scaled_dot_product_attention,
+};
 
 /// `softmax(q·kᵀ/√d)·v` over `num_attention_heads` query heads sharing
 /// `num_key_value_heads` key/value heads; q and k are RMS-normalised per head before RoPE.
@@ -135,18 +137,6 @@ fn attend(
     let (k, v) = (repeat_kv(k, group), repeat_kv(v, group));
     let mask = mask.clone().expand([batch, heads, seq_q, seq_k]);
     scaled_dot_product_attention(q, k, v, mask, scale)
-}
-
-/// Repeats each key/value head `group` times (`[b, kv, t, d]` → `[b, kv·group, t, d]`), query
-/// head `h` reading key/value head `h / group`, as transformers' `repeat_kv` does.
-fn repeat_kv(x: Tensor<4>, group: usize) -> Tensor<4> {
-    if group == 1 {
-        return x;
-    }
-    let [batch, kv_heads, seq, head_dim] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([batch, kv_heads, group, seq, head_dim])
-        .reshape([batch, kv_heads * group, seq, head_dim])
 }
 
 #[cfg(test)]

@@ -311,7 +311,9 @@ mod tests {
     #[cfg(feature = "cublas")]
     #[test]
     fn flash_attention_matches_masked_attention_in_f32() {
-        use crate::sdpa::{causal_attention, causal_attention_serves, composed_attention};
+        use crate::sdpa::{
+            causal_attention, causal_attention_serves, composed_attention, repeat_kv,
+        };
         let device = crate::device::parse_device("cuda").unwrap().autodiff();
         let mut failures = Vec::new();
         for (b, h, hk, n, start, d) in [
@@ -339,14 +341,9 @@ mod tests {
                     assert!(causal_attention_serves(&cast(&q)));
                     causal_attention(cast(&q), cast(&k), cast(&v), start, scale).cast(DType::F32)
                 } else {
-                    let repeat = |t: &Tensor<4>| {
-                        t.clone()
-                            .unsqueeze_dim::<5>(2)
-                            .expand([b, hk, h / hk, keys, d])
-                            .reshape([b, h, keys, d])
-                    };
                     let mask = causal(n, keys, &device).expand([b, h, n, keys]);
-                    composed_attention(q.clone(), repeat(&k), repeat(&v), mask, scale)
+                    let (k, v) = (repeat_kv(k.clone(), h / hk), repeat_kv(v.clone(), h / hk));
+                    composed_attention(q.clone(), k, v, mask, scale)
                 };
                 let grads = (out.clone() * upstream.clone()).sum().backward();
                 let grad = |t: &Tensor<4>| values(t.grad(&grads).unwrap());

@@ -13,18 +13,18 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::tensor::{DType, Shape};
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::cuda::{CudaServer, GpuResource};
 use cudarc::driver::sys as driver;
 use cudarc::nvrtc::result as nvrtc;
-
-use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 
 const SOURCE: &str = include_str!("flash.cu");
 /// Rows of a block's tile (queries or keys); `flash.cu`'s `TILE`.
 const TILE: usize = 64;
 /// Threads of a block: four warps; `flash.cu`'s `THREADS`.
 const THREADS: u32 = 128;
+
 /// The kernels' compile-time choices (`flash.cu`'s `M_TILES`, `KEYS` and `PIPELINE`).
 #[derive(Clone, Copy, Debug)]
 struct Config {

@@ -111,6 +111,13 @@ pub fn causal_attention(
     Tensor::from_dispatch(output)
 }
 
+/// Each key/value head repeated for the `group` query heads it serves (`[b, kv, t, d]` →
+/// `[b, kv·group, t, d]`), query head `h` reading key/value head `h / group`, as transformers'
+/// `repeat_kv` does: what attention over a mask reads.
+pub fn repeat_kv(x: Tensor<4>, group: usize) -> Tensor<4> {
+    Tensor::from_dispatch(repeat_heads::<Dispatch>(x.into_dispatch(), group))
+}
+
 /// Whether [`causal_attention`] runs flash kernels for operands like `q` in this process: a
 /// GPU build with cuBLASLt, a CUDA device opened, bf16 operands, heads of 64 or 128, and
 /// `ANDES_ATTENTION` not `composed` or `materialized`. Where it does not, attention keeps the
@@ -633,14 +640,11 @@ mod tests {
             let grad = |t: &Tensor<4>| values(t.grad(&grads).unwrap());
             let flash = (values(out), grad(&q), grad(&k), grad(&v));
 
-            let repeat = |t: &Tensor<4>| {
-                t.clone()
-                    .unsqueeze_dim::<5>(2)
-                    .expand([batch, kv_heads, heads / kv_heads, keys, dim])
-                    .reshape([batch, heads, keys, dim])
-            };
+            let group = heads / kv_heads;
             let mask = causal(seq, keys, &device).expand([batch, heads, seq, keys]);
-            let out = composed_attention(q.clone(), repeat(&k), repeat(&v), mask, scale);
+            let (k_repeated, v_repeated) =
+                (repeat_kv(k.clone(), group), repeat_kv(v.clone(), group));
+            let out = composed_attention(q.clone(), k_repeated, v_repeated, mask, scale);
             let grads = (out.clone() * upstream).sum().backward();
             let grad = |t: &Tensor<4>| values(t.grad(&grads).unwrap());
             let reference = (values(out), grad(&q), grad(&k), grad(&v));
