@@ -169,6 +169,13 @@ __device__ __forceinline__ void load_b_cols(u32* r, const bf16* tile, int k0, in
                          (lane >> 4) * 8);
 }
 
+// Sets N accumulator tiles to zero.
+template <int N>
+__device__ __forceinline__ void zero(float (*acc)[4]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+}
+
 // acc (16 × 64, f32, 8 tiles of 8 columns) as the A fragments of four 16 × 16 steps, in bf16.
 __device__ __forceinline__ void as_a(u32 (*a)[4], const float (*acc)[4]) {
 #pragma unroll
@@ -262,9 +269,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) flash_forward(const Proble
 
     float o[M_TILES][HEAD_DIM / 8][4];
 #pragma unroll
-    for (int mt = 0; mt < M_TILES; ++mt)
-#pragma unroll
-        for (int dt = 0; dt < HEAD_DIM / 8; ++dt) o[mt][dt][0] = o[mt][dt][1] = o[mt][dt][2] = o[mt][dt][3] = 0.f;
+    for (int mt = 0; mt < M_TILES; ++mt) zero<HEAD_DIM / 8>(o[mt]);
     float m[M_TILES][2], l[M_TILES][2];
 #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt) m[mt][0] = m[mt][1] = NEG_INF, l[mt][0] = l[mt][1] = 0.f;
@@ -278,9 +283,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) flash_forward(const Proble
 
         float s[M_TILES][KEYS / 8][4];
 #pragma unroll
-        for (int mt = 0; mt < M_TILES; ++mt)
-#pragma unroll
-            for (int nt = 0; nt < KEYS / 8; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.f;
+        for (int mt = 0; mt < M_TILES; ++mt) zero<KEYS / 8>(s[mt]);
 #pragma unroll
         for (int ks = 0; ks < KSTEPS; ++ks) {
             u32 qa[M_TILES][4];
@@ -424,11 +427,8 @@ extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_dkdv(const 
     load_tile(sv, p.v + b * p.v_l.batch + hk * p.v_l.head, p.v_l.row, k0, p.seq_k);
 
     float dk[HEAD_DIM / 8][4], dv[HEAD_DIM / 8][4];
-#pragma unroll
-    for (int dt = 0; dt < HEAD_DIM / 8; ++dt) {
-        dk[dt][0] = dk[dt][1] = dk[dt][2] = dk[dt][3] = 0.f;
-        dv[dt][0] = dv[dt][1] = dv[dt][2] = dv[dt][3] = 0.f;
-    }
+    zero<HEAD_DIM / 8>(dk);
+    zero<HEAD_DIM / 8>(dv);
     const int key0 = k0 + warp * 16 + g;
     const int first_block = max(0, k0 - p.start) / TILE;
     const int q_blocks = (p.seq_q + TILE - 1) / TILE - first_block;
@@ -463,8 +463,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_dkdv(const 
 
         // Pᵀ (16 keys × 64 queries) = 2^(K·Qᵀ·scale·log2e − lse).
         float pt[TILE / 8][4];
-#pragma unroll
-        for (int nt = 0; nt < TILE / 8; ++nt) pt[nt][0] = pt[nt][1] = pt[nt][2] = pt[nt][3] = 0.f;
+        zero<TILE / 8>(pt);
         product_rows(pt, sk, warp * 16, sq, lane);
 #pragma unroll
         for (int nt = 0; nt < TILE / 8; ++nt) {
@@ -482,8 +481,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_dkdv(const 
 
         // dPᵀ = V·dOᵀ, then dSᵀ = Pᵀ ⊙ (dPᵀ − delta).
         float ds[TILE / 8][4];
-#pragma unroll
-        for (int nt = 0; nt < TILE / 8; ++nt) ds[nt][0] = ds[nt][1] = ds[nt][2] = ds[nt][3] = 0.f;
+        zero<TILE / 8>(ds);
         product_rows(ds, sv, warp * 16, sdo, lane);
 #pragma unroll
         for (int nt = 0; nt < TILE / 8; ++nt) {
@@ -535,8 +533,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_dq(const Pr
     };
 
     float dq[HEAD_DIM / 8][4];
-#pragma unroll
-    for (int dt = 0; dt < HEAD_DIM / 8; ++dt) dq[dt][0] = dq[dt][1] = dq[dt][2] = dq[dt][3] = 0.f;
+    zero<HEAD_DIM / 8>(dq);
     const int blocks = key_blocks(p, q0);
     fetch(0, 0);
     for (int kb = 0; kb < blocks; ++kb) {
@@ -550,11 +547,8 @@ extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_dq(const Pr
         const bf16* sv = sk + TILE * PITCH;
 
         float s[TILE / 8][4], dp[TILE / 8][4];
-#pragma unroll
-        for (int nt = 0; nt < TILE / 8; ++nt) {
-            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-            dp[nt][0] = dp[nt][1] = dp[nt][2] = dp[nt][3] = 0.f;
-        }
+        zero<TILE / 8>(s);
+        zero<TILE / 8>(dp);
         product_rows(s, sq, warp * 16, sk, lane);   // S = Q·Kᵀ
         product_rows(dp, sdo, warp * 16, sv, lane); // dP = dO·Vᵀ
 #pragma unroll
