@@ -10,7 +10,7 @@ PyTorch's bf16 SDPA (its flash kernel) beside it: our error against float64 is r
 PyTorch's own. Timing: forward, and forward + backward, CUDA events, median of 20.
 
 usage: python3 scripts/gpu/flash_check.py [--out FILE.json]
-       [--variants "NAME=-DM_TILES=2 -DKEYS=32 -DPIPELINE=1;NAME=..."]
+       [--variants "NAME=-DM_TILES=2 -DKEYS=32 -DPIPELINE=1;NAME=..."] [--profile]
 (default: the configuration sdpa/flash.rs compiles, FLASH_OPTIONS below)
 """
 
@@ -191,11 +191,30 @@ def time_ms(fn, repeats=20):
     return statistics.median(times)
 
 
+def profile(config):
+    functions = compile_module(128, config)
+    b, h, hk, n, d = 1, 16, 8, 8192, 128
+    q = torch.randn(b, n, h, d, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+    k, v = (torch.randn(b, hk, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    d_o = torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16)
+    qr, kr, vr = (t.detach().requires_grad_() for t in (q, k, v))
+    for _ in range(2):  # the first round warms up, the second is profiled
+        flash(functions, q, k, v, d_o, 0)
+        F.scaled_dot_product_attention(qr, kr, vr, is_causal=True, enable_gqa=True).backward(d_o)
+        torch.cuda.synchronize()
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out")
     parser.add_argument("--variants", default=f"shipped={FLASH_OPTIONS}")
+    parser.add_argument("--profile", action="store_true",
+                        help="one forward + backward of the first variant at [1, 16, 8, 8192, 128], then "
+                             "PyTorch's, after a warm-up of each (what scripts/gpu/flash_ncu.sh profiles)")
     args = parser.parse_args()
+    if args.profile:
+        profile(Config(args.variants.split(";")[0].split("=", 1)[1]))
+        return
     variants = [v.split("=", 1) for v in args.variants.split(";")]
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "variants": {}, "torch_timings": []}
     failures = []
