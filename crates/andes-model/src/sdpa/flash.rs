@@ -38,8 +38,8 @@ struct Config {
 
 impl Config {
     /// What ships: of the four configurations timed on an H100 (BENCHMARKS.md, "Flash
-    /// attention…"), the one `andes train` ran fastest with; their spread was 7% in the
-    /// kernels alone and 1% in the training step.
+    /// attention…"), the one `andes train` ran fastest with; they were at most 12% apart in
+    /// the kernels alone and 1% in the training step.
     const SHIPPED: Config = Config {
         m_tiles: 1,
         keys: 64,
