@@ -1,0 +1,94 @@
+"""Compiles the flash attention kernels (crates/andes-model/src/sdpa/flash.cu) as andes does,
+with NVRTC, and assembles them with ptxas, on any x86-64 machine without a GPU: whether they
+compile, each kernel's registers and spills, and the mix of its PTX instructions (tensor-core
+products, shared-memory matrix loads, compares and selects, arithmetic, bit and conversion
+work), for heads of 64 and 128.
+
+Needs NVIDIA's NVRTC and ptxas from PyPI: `pip install nvidia-cuda-nvrtc nvidia-cuda-nvcc`
+(or NVRTC=/path/libnvrtc.so.13 PTXAS=/path/ptxas).
+
+usage: python3 scripts/gpu/flash_ptxas.py [--arch sm_90a] [--options "-DM_TILES=1 -DKEYS=64 -DPIPELINE=1"]
+"""
+
+import argparse
+import ctypes
+import glob
+import os
+import re
+import site
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE = os.path.join(HERE, "../../crates/andes-model/src/sdpa/flash.cu")
+sys.path.insert(0, HERE)
+
+
+def find(variable, pattern):
+    if os.environ.get(variable):
+        return os.environ[variable]
+    for root in site.getsitepackages() + [site.getusersitepackages()]:
+        found = sorted(f for f in glob.glob(os.path.join(root, pattern)) if "builtins" not in f)
+        if found:
+            return found[0]
+    raise SystemExit(f"{pattern} not found: pip install nvidia-cuda-nvrtc nvidia-cuda-nvcc, or set {variable}")
+
+
+def shipped_options():
+    text = open(os.path.join(HERE, "flash_check.py")).read()
+    return re.search(r'FLASH_OPTIONS = "([^"]*)"', text).group(1)
+
+
+KINDS = {
+    "mma.sync": r"^\s+mma\.sync",
+    "ldmatrix": r"^\s+ldmatrix",
+    "setp/selp": r"^\s+(setp|selp)",
+    "arithmetic": r"^\s+(add|sub|mul|mad|fma|max|min|neg|abs)\b",
+    "bits/cvt": r"^\s+(shl|shr|cvt|and|or|xor|not|cvta)\b",
+    "ex2": r"^\s+ex2",
+}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--arch", default="sm_90a")
+    parser.add_argument("--options", default=shipped_options())
+    args = parser.parse_args()
+    nvrtc = ctypes.CDLL(find("NVRTC", "nvidia/cu13/lib/libnvrtc.so.13"))
+    ptxas = find("PTXAS", "nvidia/cu13/bin/ptxas")
+    for head_dim in (64, 128):
+        prog = ctypes.c_void_p()
+        assert nvrtc.nvrtcCreateProgram(ctypes.byref(prog), open(SOURCE, "rb").read(), b"flash.cu", 0, None, None) == 0
+        opts = [f"--gpu-architecture={args.arch}", f"-DHEAD_DIM={head_dim}"] + args.options.split()
+        rc = nvrtc.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts]))
+        size = ctypes.c_size_t()
+        nvrtc.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+        log = ctypes.create_string_buffer(size.value)
+        nvrtc.nvrtcGetProgramLog(prog, log)
+        if rc != 0:
+            raise SystemExit(f"NVRTC refused flash.cu (HEAD_DIM={head_dim} {args.options}):\n{log.value.decode()}")
+        nvrtc.nvrtcGetPTXSize(prog, ctypes.byref(size))
+        ptx = ctypes.create_string_buffer(size.value)
+        nvrtc.nvrtcGetPTX(prog, ptx)
+        ptx = ptx.value.decode()
+        with tempfile.TemporaryDirectory() as work:
+            path = os.path.join(work, "flash.ptx")
+            open(path, "w").write(ptx)
+            report = subprocess.run([ptxas, "-v", f"--gpu-name={args.arch}", path, "-o", os.path.join(work, "flash.cubin")],
+                                    capture_output=True, text=True, check=True).stderr
+        resources = {}
+        for name, body in re.findall(r"Compiling entry function '(\w+)'.*?\n(.*?)(?=Compiling entry|\Z)", report, re.S):
+            registers = re.search(r"Used (\d+) registers", body).group(1)
+            spills = re.search(r"(\d+) bytes spill stores", body).group(1)
+            resources[name] = (registers, spills)
+        print(f"HEAD_DIM={head_dim} {args.options}")
+        for name, body in re.findall(r"\.entry (\w+)\((.*?)\n}", ptx, re.S):
+            counts = {kind: len(re.findall(pattern, body, re.M)) for kind, pattern in KINDS.items()}
+            registers, spills = resources.get(name, ("?", "?"))
+            print(f"  {name}: {registers} registers, {spills} bytes spilled; "
+                  + ", ".join(f"{kind} {count}" for kind, count in counts.items()))
+
+
+if __name__ == "__main__":
+    main()
