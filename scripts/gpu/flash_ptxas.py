@@ -17,12 +17,10 @@ import os
 import re
 import site
 import subprocess
-import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.join(HERE, "../../crates/andes-model/src/sdpa/flash.cu")
-sys.path.insert(0, HERE)
 
 
 def find(variable, pattern):

@@ -239,10 +239,10 @@ __device__ __forceinline__ void store_rows(bf16* dst, long long row_stride, int 
     }
 }
 
-// Keys [0, keys_seen) are visible to some query of the rows [q0, q0 + TILE).
-__device__ __forceinline__ int key_blocks(const Problem& p, int q0) {
-    const int keys_seen = min(p.seq_k, q0 + TILE + p.start);
-    return (keys_seen + TILE - 1) / TILE;
+// Blocks of `keys` keys that some query of the rows [q0, q0 + rows) sees.
+__device__ __forceinline__ int key_blocks(const Problem& p, int q0, int rows, int keys) {
+    const int keys_seen = min(p.seq_k, q0 + rows + p.start);
+    return (keys_seen + keys - 1) / keys;
 }
 
 // The forward pass: a block owns 64·M_TILES query rows, a warp 16·M_TILES of them (M_TILES
@@ -274,8 +274,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) flash_forward(const Proble
 #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt) m[mt][0] = m[mt][1] = NEG_INF, l[mt][0] = l[mt][1] = 0.f;
     const int warp_row = warp * 16 * M_TILES;
-    const int keys_seen = min(p.seq_k, q0 + Q_ROWS + p.start);
-    const int blocks = (keys_seen + KEYS - 1) / KEYS;
+    const int blocks = key_blocks(p, q0, Q_ROWS, KEYS);
     for (int kb = 0; kb < blocks; ++kb) {
         const int k0 = kb * KEYS;
         load_rows(sv, v, p.v_l.row, k0, p.seq_k, KEYS);
@@ -534,7 +533,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_dq(const Pr
 
     float dq[HEAD_DIM / 8][4];
     zero<HEAD_DIM / 8>(dq);
-    const int blocks = key_blocks(p, q0);
+    const int blocks = key_blocks(p, q0, TILE, TILE);
     fetch(0, 0);
     for (int kb = 0; kb < blocks; ++kb) {
         const int stage = kb % STAGES;

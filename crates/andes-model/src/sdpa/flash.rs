@@ -148,13 +148,20 @@ struct Problem {
     scale: f32,
 }
 
-/// The kernels of `flash.cu`.
+impl Problem {
+    /// `[batch, query heads, query rows]`.
+    fn queries(&self) -> [usize; 3] {
+        [self.batch, self.heads, self.seq_q].map(|x| x as usize)
+    }
+}
+
+/// The kernels of `flash.cu`, in the order of [`Kernel::ALL`] (their index in a [`Module`]).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Kernel {
-    Forward,
-    Delta,
-    KeysValues,
-    Queries,
+    Forward = 0,
+    Delta = 1,
+    KeysValues = 2,
+    Queries = 3,
 }
 
 impl Kernel {
@@ -286,15 +293,11 @@ impl Module {
         problem: &Problem,
         stream: driver::CUstream,
     ) -> Result<(), String> {
-        let index = Kernel::ALL
-            .iter()
-            .position(|k| *k == kernel)
-            .expect("listed");
         let mut argument = (problem as *const Problem).cast_mut().cast::<c_void>();
         // SAFETY: the caller's contract; the one argument is the struct by value.
         unsafe {
             driver::cuLaunchKernel(
-                self.functions[index],
+                self.functions[kernel as usize],
                 grid[0] as u32,
                 grid[1] as u32,
                 grid[2] as u32,
@@ -379,16 +382,25 @@ fn empty(like: &CubeTensor, shape: Shape, dtype: DType) -> CubeTensor {
     empty_device_contiguous_dtype(like.client.clone(), like.device.clone(), shape, dtype)
 }
 
-/// The problem's sizes, if the kernels serve them: `q` `[b, h, n, d]`, `k` and `v` `[b, hk,
-/// start + n, d]` with `hk` dividing `h`.
-fn sizes(q: &CubeTensor, k: &CubeTensor, start: usize, scale: f64) -> Option<Problem> {
+/// The problem's sizes and the head dimension, if the kernels serve them: `q` `[b, h, n, d]`,
+/// `k` and `v` `[b, hk, start + n, d]` with `hk` dividing `h`.
+fn sizes(
+    q: &CubeTensor,
+    k: &CubeTensor,
+    v: &CubeTensor,
+    start: usize,
+    scale: f64,
+) -> Option<(Problem, usize)> {
     let [b, h, n, d] = <[usize; 4]>::try_from(q.meta.shape().as_slice()).ok()?;
     let [kb, hk, nk, kd] = <[usize; 4]>::try_from(k.meta.shape().as_slice()).ok()?;
     if !matches!(d, 64 | 128) || kb != b || kd != d || hk == 0 || h % hk != 0 || nk != start + n {
         return None;
     }
+    if v.meta.shape() != k.meta.shape() {
+        return None;
+    }
     let int = |x: usize| i32::try_from(x).ok();
-    Some(Problem {
+    let problem = Problem {
         batch: int(b)?,
         seq_q: int(n)?,
         seq_k: int(nk)?,
@@ -398,7 +410,8 @@ fn sizes(q: &CubeTensor, k: &CubeTensor, start: usize, scale: f64) -> Option<Pro
         scale_log2: (scale * std::f64::consts::LOG2_E) as f32,
         scale: scale as f32,
         ..Problem::default()
-    })
+    };
+    Some((problem, d))
 }
 
 /// `(softmax(q·kᵀ·scale, causal)·v, lse)` with `lse` `[b, h, n]` in f32, each row's
@@ -411,14 +424,12 @@ pub fn forward(
     start: usize,
     scale: f64,
 ) -> Option<(CubeTensor, CubeTensor)> {
-    let mut problem = sizes(q, k, start, scale)?;
-    if v.meta.shape() != k.meta.shape() {
-        return None;
-    }
-    let [b, h, n, d] = <[usize; 4]>::try_from(q.meta.shape().as_slice()).ok()?;
+    let (mut problem, d) = sizes(q, k, v, start, scale)?;
+    let [b, h, n] = problem.queries();
+    let (qo, ko, vo) = (operand(q)?, operand(k)?, operand(v)?);
     let out = empty(q, q.meta.shape().clone(), DType::BF16);
     let lse = empty(q, Shape::new([b, h, n]), DType::F32);
-    let (qo, ko, vo, outo) = (operand(q)?, operand(k)?, operand(v)?, operand(&out)?);
+    let outo = operand(&out)?;
     (problem.q, problem.q_l) = (qo.ptr, qo.layout);
     (problem.k, problem.k_l) = (ko.ptr, ko.layout);
     (problem.v, problem.v_l) = (vo.ptr, vo.layout);
@@ -454,21 +465,21 @@ pub fn backward(
     start: usize,
     scale: f64,
 ) -> Option<(CubeTensor, CubeTensor, CubeTensor)> {
-    let mut problem = sizes(q, k, start, scale)?;
-    let [b, h, n, d] = <[usize; 4]>::try_from(q.meta.shape().as_slice()).ok()?;
-    let [_, hk, nk, _] = <[usize; 4]>::try_from(k.meta.shape().as_slice()).ok()?;
-    if v.meta.shape() != k.meta.shape() || o.meta.shape() != q.meta.shape() {
+    let (mut problem, d) = sizes(q, k, v, start, scale)?;
+    let [b, h, n] = problem.queries();
+    let (hk, nk) = (h / problem.group as usize, problem.seq_k as usize);
+    if o.meta.shape() != q.meta.shape() || d_o.meta.shape() != q.meta.shape() {
         return None;
     }
-    if d_o.meta.shape() != q.meta.shape() || lse.dtype != DType::F32 || !lse.is_contiguous() {
+    if lse.dtype != DType::F32 || !lse.is_contiguous() {
         return None;
     }
+    let (qo, ko, vo) = (operand(q)?, operand(k)?, operand(v)?);
+    let (oo, doo) = (operand(o)?, operand(d_o)?);
     let delta = empty(q, Shape::new([b, h, n]), DType::F32);
     let dq = empty(q, q.meta.shape().clone(), DType::BF16);
     let dk = empty(k, k.meta.shape().clone(), DType::BF16);
     let dv = empty(k, k.meta.shape().clone(), DType::BF16);
-    let (qo, ko, vo) = (operand(q)?, operand(k)?, operand(v)?);
-    let (oo, doo) = (operand(o)?, operand(d_o)?);
     let (dqo, dko, dvo) = (operand(&dq)?, operand(&dk)?, operand(&dv)?);
     (problem.q, problem.q_l) = (qo.ptr, qo.layout);
     (problem.k, problem.k_l) = (ko.ptr, ko.layout);
@@ -486,7 +497,14 @@ pub fn backward(
         // SAFETY: as in `forward`: live allocations of the shapes and strides given, ordered
         // by their stream; the delta kernel runs before the two that read it.
         unsafe {
-            module.launch(Kernel::Delta, [rows.div_ceil(4), 1, 1], d, &problem, stream)?;
+            let warps = THREADS as usize / 32; // a row each
+            module.launch(
+                Kernel::Delta,
+                [rows.div_ceil(warps), 1, 1],
+                d,
+                &problem,
+                stream,
+            )?;
             module.launch(
                 Kernel::KeysValues,
                 [nk.div_ceil(TILE), hk, b],

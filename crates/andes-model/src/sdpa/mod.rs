@@ -184,7 +184,7 @@ pub trait AttentionCore: Backend {
     /// [`causal_attention`]'s output and each row's `lse` `[b, h, n]` in f32, the log₂ of
     /// `Σⱼ 2^(q·kⱼ·scale·log₂e)` over the keys the row sees (what the backward pass reads
     /// instead of the probabilities).
-    #[fusion(meta = |q, k, _v, _start, _scale| causal_forward_meta(q, k))]
+    #[fusion(meta = |q, _k, _v, _start, _scale| causal_forward_meta(q))]
     fn causal_attention_forward(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
@@ -198,7 +198,7 @@ pub trait AttentionCore: Backend {
     /// `(dq, dk, dv)` of [`causal_attention`] from its output, `lse` and the output's gradient;
     /// `dk` and `dv` summed over the query heads each key/value head serves.
     #[allow(clippy::too_many_arguments)]
-    #[fusion(meta = |q, k, v, _o, _lse, _d_o, _start, _scale| causal_backward_meta(q, k, v))]
+    #[fusion(meta = |q, k, v, _o, _lse, _d_o, _start, _scale| (q.clone(), k.clone(), v.clone()))]
     fn causal_attention_backward(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
@@ -218,21 +218,10 @@ use burn::backend::fusion::custom::TensorSpec;
 
 /// The output and `lse` of [`AttentionCore::causal_attention_forward`], for Fusion.
 #[cfg(any(feature = "wgpu", feature = "cuda-untuned"))]
-fn causal_forward_meta(q: &TensorSpec, k: &TensorSpec) -> (TensorSpec, TensorSpec) {
-    let _ = k;
+fn causal_forward_meta(q: &TensorSpec) -> (TensorSpec, TensorSpec) {
     let dims = q.shape.as_slice();
     let lse = burn::tensor::Shape::new([dims[0], dims[1], dims[2]]);
     (q.clone(), TensorSpec::new(lse, DType::F32))
-}
-
-/// The gradients of [`AttentionCore::causal_attention_backward`]: the operands' shapes.
-#[cfg(any(feature = "wgpu", feature = "cuda-untuned"))]
-fn causal_backward_meta(
-    q: &TensorSpec,
-    k: &TensorSpec,
-    v: &TensorSpec,
-) -> (TensorSpec, TensorSpec, TensorSpec) {
-    (q.clone(), k.clone(), v.clone())
 }
 
 /// [`AttentionCore::attention_probabilities`] composed of Burn's operations.
@@ -276,18 +265,14 @@ fn causal_forward_composed<B: AttentionCore>(
 ) -> (FloatTensor<B>, FloatTensor<B>) {
     let [batch, heads, seq, _] = q.shape().dims();
     let group = heads / k.shape().dims::<4>()[1];
-    let (k, v) = (repeat_heads::<B>(k, group), repeat_heads::<B>(v, group));
-    let mask = causal_mask::<B>(&q, start);
-    let scores = B::float_matmul(q, B::float_transpose(k));
-    let logits = masked_logits::<B>(scores.clone(), mask.clone(), scale);
+    let dtype = FloatDType::from(q.dtype());
+    let logits = causal_logits::<B>(q, repeat_heads::<B>(k, group), start, scale);
     let max = B::float_max_dim(logits.clone(), 3);
-    let sum = B::float_sum_dim(B::float_exp(B::float_sub(logits, max.clone())), 3);
-    let lse = B::float_mul_scalar(
-        B::float_add(max, B::float_log(sum)),
-        Scalar::new(std::f64::consts::LOG2_E, &DType::F32),
-    );
-    let probabilities = B::attention_probabilities(scores, mask, scale);
-    let output = B::float_matmul(probabilities, v);
+    let sum = B::float_sum_dim(B::float_exp(B::float_sub(logits.clone(), max.clone())), 3);
+    let lse = B::float_add(max, B::float_log(sum));
+    let probabilities = softmax_from_lse::<B>(logits, lse.clone(), dtype);
+    let output = B::float_matmul(probabilities, repeat_heads::<B>(v, group));
+    let lse = B::float_mul_scalar(lse, Scalar::new(std::f64::consts::LOG2_E, &DType::F32));
     (output, B::float_reshape(lse, [batch, heads, seq].into()))
 }
 
@@ -308,17 +293,12 @@ fn causal_backward_composed<B: AttentionCore>(
     let group = heads / k.shape().dims::<4>()[1];
     let dtype = FloatDType::from(q.dtype());
     let (k, v) = (repeat_heads::<B>(k, group), repeat_heads::<B>(v, group));
-    let mask = causal_mask::<B>(&q, start);
-    let logits = masked_logits::<B>(
-        B::float_matmul(q.clone(), B::float_transpose(k.clone())),
-        mask,
-        scale,
-    );
+    let logits = causal_logits::<B>(q.clone(), k.clone(), start, scale);
     let lse = B::float_mul_scalar(
         B::float_reshape(lse, [batch, heads, seq, 1].into()),
         Scalar::new(std::f64::consts::LN_2, &DType::F32),
     );
-    let probabilities = B::float_cast(B::float_exp(B::float_sub(logits, lse)), dtype);
+    let probabilities = softmax_from_lse::<B>(logits, lse, dtype);
     let [dq, dk, dv] = attention_gradients::<B>(
         q,
         k,
@@ -333,14 +313,26 @@ fn causal_backward_composed<B: AttentionCore>(
     (dq, sum_heads::<B>(dk, group), sum_heads::<B>(dv, group))
 }
 
-/// `scores·scale` in f32 with −∞ where `mask` is true.
-fn masked_logits<B: Backend>(
-    scores: FloatTensor<B>,
-    mask: BoolTensor<B>,
+/// `q·kᵀ·scale` in f32 with −∞ where key `j` is after `start + i` for query `i`.
+fn causal_logits<B: Backend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    start: usize,
     scale: f64,
 ) -> FloatTensor<B> {
-    let logits = B::float_mul_scalar(f32_of::<B>(scores), Scalar::new(scale, &DType::F32));
+    let mask = causal_mask::<B>(&q, start);
+    let scores = f32_of::<B>(B::float_matmul(q, B::float_transpose(k)));
+    let logits = B::float_mul_scalar(scores, Scalar::new(scale, &DType::F32));
     B::float_mask_fill(logits, mask, Scalar::new(f32::NEG_INFINITY, &DType::F32))
+}
+
+/// `exp(logits − lse)` (the softmax, `lse` each row's natural log-sum-exp) in `dtype`.
+fn softmax_from_lse<B: Backend>(
+    logits: FloatTensor<B>,
+    lse: FloatTensor<B>,
+    dtype: FloatDType,
+) -> FloatTensor<B> {
+    B::float_cast(B::float_exp(B::float_sub(logits, lse)), dtype)
 }
 
 /// True where key `j` is after `start + i` for query `i`, `q`'s `[b, h, n, start + n]` (a
