@@ -10,8 +10,9 @@ PyTorch's bf16 SDPA (its flash kernel) beside it: our error against float64 is r
 PyTorch's own. Timing: forward, and forward + backward, CUDA events, median of 20.
 
 usage: python3 scripts/gpu/flash_check.py [--out FILE.json]
-       [--variants "NAME=-DM_TILES=2 -DKEYS=32 -DPIPELINE=1;NAME=..."] [--profile]
-(default: the configuration sdpa/flash.rs compiles, FLASH_OPTIONS below)
+       [--variants "NAME=-DM_TILES=2 -DKEYS=32 -DPIPELINE=1;NAME=--source=OLD.cu -D...;..."] [--profile]
+(default: the configuration sdpa/flash.rs compiles, FLASH_OPTIONS below; `--source=FILE` in a
+variant compiles another version of the kernels, e.g. the last commit's, beside this one)
 """
 
 import argparse
@@ -55,8 +56,10 @@ class Config:
     """A configuration's compile-time options and the launch sizes they imply."""
 
     def __init__(self, options):
-        values = dict(o[2:].split("=") for o in options.split())
-        self.options = options
+        tokens = options.split()
+        self.source = next((t.split("=", 1)[1] for t in tokens if t.startswith("--source=")), SOURCE)
+        self.options = " ".join(t for t in tokens if not t.startswith("--source="))
+        values = dict(o[2:].split("=") for o in self.options.split())
         self.q_rows = 64 * int(values.get("M_TILES", 1))
         self.keys = int(values.get("KEYS", 64))
         self.stages = 2 if int(values.get("PIPELINE", 0)) else 1
@@ -66,7 +69,7 @@ def compile_module(head_dim, config):
     major, minor = torch.cuda.get_device_capability()
     arch = f"sm_{major}{minor}" + ("a" if major >= 9 else "")
     prog = ctypes.c_void_p()
-    check(NVRTC.nvrtcCreateProgram(ctypes.byref(prog), open(SOURCE, "rb").read(), b"flash.cu", 0, None, None), "nvrtcCreateProgram")
+    check(NVRTC.nvrtcCreateProgram(ctypes.byref(prog), open(config.source, "rb").read(), b"flash.cu", 0, None, None), "nvrtcCreateProgram")
     opts = [f"--gpu-architecture={arch}".encode(), f"-DHEAD_DIM={head_dim}".encode()] + [o.encode() for o in config.options.split()]
     rc = NVRTC.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
     size = ctypes.c_size_t()

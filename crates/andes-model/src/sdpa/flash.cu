@@ -11,7 +11,12 @@
 // registers as mma.sync m16n8k16 accumulators, whose layout is also the A operand's of the
 // next product, so probabilities go from one product to the next without shared memory.
 // Shared tiles are padded to HEAD_DIM + 8 elements a row: ldmatrix's eight row addresses then
-// fall in eight different groups of banks.
+// fall in eight different groups of banks. A tile is named by its shared-memory address (a
+// 32-bit byte offset), so each lane's address of a fragment is a constant away from one
+// register and the tensor-core products are not buried in address arithmetic.
+//
+// The causal mask costs compares and selects on every score, so only the blocks it touches
+// (those crossing the diagonal, or past the last key or query) apply it.
 //
 // Scores are kept in log2 units: s = q·k·scale·log2(e), softmax = 2^(s − lse), with lse the
 // row's log2-sum-exp2, written by the forward pass and read by the backward one.
@@ -33,6 +38,7 @@ typedef unsigned int u32;
 #endif
 #define STAGES (PIPELINE ? 2 : 1)
 #define PITCH (HEAD_DIM + 8)
+#define TILE_BYTES (TILE * PITCH * 2)
 #define KSTEPS (HEAD_DIM / 16)
 #define NEG_INF (__uint_as_float(0xff800000u))
 #define POS_INF (__uint_as_float(0x7f800000u))
@@ -70,9 +76,22 @@ __device__ __forceinline__ u32 smem_address(const void* p) {
     return a;
 }
 
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_address(dst)),
-                 "l"(src), "r"(valid ? 16 : 0));
+// Runs `body(true)` or `body(false)`: inlined with a constant, each call is its own copy of a
+// block's score loop, the mask's compares only in the copy that needs them. The choice is made
+// from block-wide values, so the compiler knows the warp takes one branch as a whole (no
+// divergence around the shuffles).
+template <typename Body>
+__device__ __forceinline__ void masked_or_not(bool masked, Body body) {
+    if (masked) {
+        body(true);
+    } else {
+        body(false);
+    }
+}
+
+__device__ __forceinline__ void cp_async16(u32 dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src),
+                 "r"(valid ? 16 : 0));
 }
 
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
@@ -83,16 +102,21 @@ __device__ __forceinline__ void cp_async_wait_all() {
 
 // Four 8×8 matrices: lanes 8m..8m+7 give the rows of matrix m, each lane gets row lane/4,
 // columns 2(lane%4) and 2(lane%4)+1 of every matrix (transposed with .trans).
-__device__ __forceinline__ void ldsm_x4(u32* r, const bf16* p) {
+__device__ __forceinline__ void ldsm_x4(u32* r, u32 address) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_address(p)));
+                 : "r"(address));
 }
 
-__device__ __forceinline__ void ldsm_x4_trans(u32* r, const bf16* p) {
+__device__ __forceinline__ void ldsm_x4_trans(u32* r, u32 address) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_address(p)));
+                 : "r"(address));
+}
+
+// The shared address of element (row, col) of a padded tile.
+__device__ __forceinline__ u32 at(u32 tile, int row, int col) {
+    return tile + (row * PITCH + col) * 2;
 }
 
 // c += a·b, a 16×16 (row-major fragments), b 16×8 (column-major), c 16×8 in f32.
@@ -131,42 +155,39 @@ __device__ __forceinline__ float shfl_xor(float x, int lanes) {
 
 __device__ __forceinline__ float bf16_to_float(bf16 x) { return __uint_as_float(((u32)x) << 16); }
 
-// Rows [row0, row0 + count) of a [rows, HEAD_DIM] matrix into a padded shared tile, zeros
-// past `rows`; asynchronous (cp.async), the caller commits and waits.
-__device__ __forceinline__ void load_rows(bf16* tile, const bf16* src, long long row_stride,
-                                          int row0, int rows, int count) {
-    const int chunks = HEAD_DIM / 8;  // 16 bytes each
-    for (int c = threadIdx.x; c < count * chunks; c += THREADS) {
-        const int r = c / chunks, col = (c % chunks) * 8;
-        const bool valid = row0 + r < rows;
-        const bf16* from = valid ? src + (long long)(row0 + r) * row_stride + col : src;
-        cp_async16(tile + r * PITCH + col, from, valid);
+// Rows [row0, row0 + COUNT) of a [rows, HEAD_DIM] matrix into a padded shared tile, zeros
+// past `rows`; asynchronous (cp.async), the caller commits and waits. Each thread copies the
+// same 16 bytes of every (THREADS / chunks)-th row, so its addresses step by a constant; a
+// row past the end reads nothing (cp.async's source size 0), so its address is never used.
+template <int COUNT>
+__device__ __forceinline__ void load_rows(u32 tile, const bf16* src, long long row_stride,
+                                          int row0, int rows) {
+    constexpr int chunks = HEAD_DIM / 8;  // 16 bytes each
+    constexpr int rows_a_pass = THREADS / chunks;
+    const int r = threadIdx.x / chunks, col = (threadIdx.x % chunks) * 8;
+    const bf16* from = src + (long long)(row0 + r) * row_stride + col;
+#pragma unroll
+    for (int pass = 0; pass < COUNT / rows_a_pass; ++pass) {
+        const int row = r + pass * rows_a_pass;
+        cp_async16(at(tile, row, col), from + pass * rows_a_pass * row_stride, row0 + row < rows);
     }
 }
 
-// Rows [row0, row0 + TILE) into a tile.
-__device__ __forceinline__ void load_tile(bf16* tile, const bf16* src, long long row_stride,
-                                          int row0, int rows) {
-    load_rows(tile, src, row_stride, row0, rows, TILE);
-}
-
 // The A fragments of rows [row, row + 16), columns [16·ks, 16·ks + 16) of a tile.
-__device__ __forceinline__ void load_a(u32* a, const bf16* tile, int row, int ks, int lane) {
-    ldsm_x4(a, tile + (row + (lane & 15)) * PITCH + ks * 16 + (lane >> 4) * 8);
+__device__ __forceinline__ void load_a(u32* a, u32 tile, int row, int ks, int lane) {
+    ldsm_x4(a, at(tile, row + (lane & 15), ks * 16 + (lane >> 4) * 8));
 }
 
 // The B fragments of two 8-wide column tiles of `tile`ᵀ: rows (keys) [n0, n0 + 16), the
 // reduction columns [16·ks, 16·ks + 16). r[0..2] serve keys n0..n0+7, r[2..4] n0+8..n0+15.
-__device__ __forceinline__ void load_b_rows(u32* r, const bf16* tile, int n0, int ks, int lane) {
-    ldsm_x4(r, tile + (n0 + (lane & 7) + ((lane >> 4) << 3)) * PITCH + ks * 16 +
-                   ((lane >> 3) & 1) * 8);
+__device__ __forceinline__ void load_b_rows(u32* r, u32 tile, int n0, int ks, int lane) {
+    ldsm_x4(r, at(tile, n0 + (lane & 7) + ((lane >> 4) << 3), ks * 16 + ((lane >> 3) & 1) * 8));
 }
 
 // The B fragments of two 8-wide column tiles of `tile` itself: reduction rows [k0, k0 + 16),
 // columns [n0, n0 + 16). r[0..2] serve columns n0..n0+7, r[2..4] n0+8..n0+15.
-__device__ __forceinline__ void load_b_cols(u32* r, const bf16* tile, int k0, int n0, int lane) {
-    ldsm_x4_trans(r, tile + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * PITCH + n0 +
-                         (lane >> 4) * 8);
+__device__ __forceinline__ void load_b_cols(u32* r, u32 tile, int k0, int n0, int lane) {
+    ldsm_x4_trans(r, at(tile, k0 + (lane & 7) + ((lane >> 3) & 1) * 8, n0 + (lane >> 4) * 8));
 }
 
 // Sets N accumulator tiles to zero.
@@ -189,8 +210,8 @@ __device__ __forceinline__ void as_a(u32 (*a)[4], const float (*acc)[4]) {
 
 // acc (16 × 64) += A (16 × HEAD_DIM, fragments in registers or a tile) · Bᵀ where B is 64
 // rows of `tile` (keys), reduction over the head dimension.
-__device__ __forceinline__ void product_rows(float (*acc)[4], const bf16* a_tile, int a_row,
-                                             const bf16* b_tile, int lane) {
+__device__ __forceinline__ void product_rows(float (*acc)[4], u32 a_tile, int a_row, u32 b_tile,
+                                             int lane) {
 #pragma unroll
     for (int ks = 0; ks < KSTEPS; ++ks) {
         u32 a[4];
@@ -206,8 +227,8 @@ __device__ __forceinline__ void product_rows(float (*acc)[4], const bf16* a_tile
 }
 
 // acc (16 × HEAD_DIM) += A (16 × 64, fragments) · B (64 rows of `tile`, HEAD_DIM columns).
-__device__ __forceinline__ void product_cols(float (*acc)[4], const u32 (*a)[4],
-                                             const bf16* b_tile, int lane) {
+__device__ __forceinline__ void product_cols(float (*acc)[4], const u32 (*a)[4], u32 b_tile,
+                                             int lane) {
 #pragma unroll
     for (int kk = 0; kk < TILE / 16; ++kk) {
 #pragma unroll
@@ -246,23 +267,21 @@ __device__ __forceinline__ int key_blocks(const Problem& p, int q0, int rows, in
 }
 
 // The forward pass: a block owns 64·M_TILES query rows, a warp 16·M_TILES of them (M_TILES
-// m16 tiles), so each key and value fragment read from shared memory feeds M_TILES products.
-// The forward pass: a block owns 64·M_TILES query rows, a warp 16·M_TILES of them (M_TILES
 // m16 tiles), so each key and value fragment read from shared memory feeds M_TILES products;
 // keys and values stream KEYS rows at a time.
 extern "C" __global__ void __launch_bounds__(THREADS) flash_forward(const Problem p) {
     extern __shared__ __align__(16) unsigned char shared[];
-    bf16* sq = (bf16*)shared;
-    bf16* sk = sq + Q_ROWS * PITCH;
-    bf16* sv = sk + KEYS * PITCH;
+    const u32 sq = smem_address(shared);
+    const u32 sk = sq + Q_ROWS * PITCH * 2;
+    const u32 sv = sk + KEYS * PITCH * 2;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     // The longest rows (most key blocks) first.
     const int q0 = (gridDim.x - 1 - blockIdx.x) * Q_ROWS;
     const int h = blockIdx.y, b = blockIdx.z, hk = h / p.group;
     const bf16* k = p.k + b * p.k_l.batch + hk * p.k_l.head;
     const bf16* v = p.v + b * p.v_l.batch + hk * p.v_l.head;
-    load_rows(sq, p.q + b * p.q_l.batch + h * p.q_l.head, p.q_l.row, q0, p.seq_q, Q_ROWS);
-    load_rows(sk, k, p.k_l.row, 0, p.seq_k, KEYS);
+    load_rows<Q_ROWS>(sq, p.q + b * p.q_l.batch + h * p.q_l.head, p.q_l.row, q0, p.seq_q);
+    load_rows<KEYS>(sk, k, p.k_l.row, 0, p.seq_k);
     cp_async_commit();
     cp_async_wait_all();
     __syncthreads();
@@ -270,14 +289,15 @@ extern "C" __global__ void __launch_bounds__(THREADS) flash_forward(const Proble
     float o[M_TILES][HEAD_DIM / 8][4];
 #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt) zero<HEAD_DIM / 8>(o[mt]);
-    float m[M_TILES][2], l[M_TILES][2];
+    float m[M_TILES][2], l[M_TILES][2];  // each row's running maximum (log2 units) and sum
 #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt) m[mt][0] = m[mt][1] = NEG_INF, l[mt][0] = l[mt][1] = 0.f;
     const int warp_row = warp * 16 * M_TILES;
+    const int first_row = q0 + warp_row;  // the warp's first query
     const int blocks = key_blocks(p, q0, Q_ROWS, KEYS);
     for (int kb = 0; kb < blocks; ++kb) {
         const int k0 = kb * KEYS;
-        load_rows(sv, v, p.v_l.row, k0, p.seq_k, KEYS);
+        load_rows<KEYS>(sv, v, p.v_l.row, k0, p.seq_k);
         cp_async_commit();
 
         float s[M_TILES][KEYS / 8][4];
@@ -300,52 +320,55 @@ extern "C" __global__ void __launch_bounds__(THREADS) flash_forward(const Proble
             }
         }
         // Online softmax, two rows a thread and m tile (g and g + 8), each row spread over a
-        // quad of lanes.
+        // quad of lanes. The scale is applied inside the exponent's multiply-add.
+        masked_or_not(k0 + KEYS - 1 > q0 + p.start || k0 + KEYS > p.seq_k, [&](bool mask) {
 #pragma unroll
-        for (int mt = 0; mt < M_TILES; ++mt) {
+            for (int mt = 0; mt < M_TILES; ++mt) {
 #pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                const int row = q0 + warp_row + mt * 16 + g + half * 8;
-                float row_max = NEG_INF;
+                for (int half = 0; half < 2; ++half) {
+                    const int row = first_row + mt * 16 + g + half * 8;
+                    float row_max = NEG_INF;
 #pragma unroll
-                for (int nt = 0; nt < KEYS / 8; ++nt) {
+                    for (int nt = 0; nt < KEYS / 8; ++nt) {
 #pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        const int col = k0 + nt * 8 + 2 * t + e;
-                        float x = s[mt][nt][2 * half + e] * p.scale_log2;
-                        if (col > row + p.start || col >= p.seq_k) x = NEG_INF;
-                        s[mt][nt][2 * half + e] = x;
-                        row_max = fmaxf(row_max, x);
+                        for (int e = 0; e < 2; ++e) {
+                            float& x = s[mt][nt][2 * half + e];
+                            const int col = k0 + nt * 8 + 2 * t + e;
+                            if (mask && (col > row + p.start || col >= p.seq_k)) {
+                                x = NEG_INF;
+                            }
+                            row_max = fmaxf(row_max, x);
+                        }
                     }
-                }
-                row_max = fmaxf(row_max, shfl_xor(row_max, 1));
-                row_max = fmaxf(row_max, shfl_xor(row_max, 2));
-                const float m_new = fmaxf(m[mt][half], row_max);
-                const float shift = m_new == NEG_INF ? 0.f : m_new;
-                const float alpha = exp2_approx(m[mt][half] - shift);
-                m[mt][half] = m_new;
-                float sum = 0.f;
+                    row_max = fmaxf(row_max, shfl_xor(row_max, 1));
+                    row_max = fmaxf(row_max, shfl_xor(row_max, 2));
+                    const float m_new = fmaxf(m[mt][half], row_max * p.scale_log2);
+                    const float shift = m_new == NEG_INF ? 0.f : m_new;
+                    const float alpha = exp2_approx(m[mt][half] - shift);
+                    m[mt][half] = m_new;
+                    float sum = 0.f;
 #pragma unroll
-                for (int nt = 0; nt < KEYS / 8; ++nt) {
+                    for (int nt = 0; nt < KEYS / 8; ++nt) {
 #pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        const float pr = exp2_approx(s[mt][nt][2 * half + e] - shift);
-                        s[mt][nt][2 * half + e] = pr;
-                        sum += pr;
+                        for (int e = 0; e < 2; ++e) {
+                            float& x = s[mt][nt][2 * half + e];
+                            x = exp2_approx(x * p.scale_log2 - shift);
+                            sum += x;
+                        }
                     }
-                }
-                l[mt][half] = l[mt][half] * alpha + sum;
+                    l[mt][half] = l[mt][half] * alpha + sum;
 #pragma unroll
-                for (int dt = 0; dt < HEAD_DIM / 8; ++dt) {
-                    o[mt][dt][2 * half] *= alpha;
-                    o[mt][dt][2 * half + 1] *= alpha;
+                    for (int dt = 0; dt < HEAD_DIM / 8; ++dt) {
+                        o[mt][dt][2 * half] *= alpha;
+                        o[mt][dt][2 * half + 1] *= alpha;
+                    }
                 }
             }
-        }
+        });
         cp_async_wait_all();
         __syncthreads();  // V is in; every warp is done with K
         if (kb + 1 < blocks) {
-            load_rows(sk, k, p.k_l.row, k0 + KEYS, p.seq_k, KEYS);
+            load_rows<KEYS>(sk, k, p.k_l.row, k0 + KEYS, p.seq_k);
             cp_async_commit();
         }
         // O += P·V, each value fragment feeding the warp's M_TILES row tiles.
@@ -382,13 +405,13 @@ extern "C" __global__ void __launch_bounds__(THREADS) flash_forward(const Proble
             l[mt][half] += shfl_xor(l[mt][half], 1);
             l[mt][half] += shfl_xor(l[mt][half], 2);
             inverse[half] = 1.f / l[mt][half];
-            const int row = q0 + warp_row + mt * 16 + g + half * 8;
+            const int row = first_row + mt * 16 + g + half * 8;
             if (t == 0 && row < p.seq_q) {
                 p.lse[((long long)b * p.heads + h) * p.seq_q + row] = m[mt][half] + log2_approx(l[mt][half]);
             }
         }
         store_rows(p.out + b * p.out_l.batch + h * p.out_l.head, p.out_l.row,
-                   q0 + warp_row + mt * 16, p.seq_q, o[mt], inverse, lane);
+                   first_row + mt * 16, p.seq_q, o[mt], inverse, lane);
     }
 }
 
@@ -415,28 +438,28 @@ extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_delta(const
 // the next query block's Q and dO arrive while this one's are used.
 extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_dkdv(const Problem p) {
     extern __shared__ __align__(16) unsigned char shared[];
-    bf16* sk = (bf16*)shared;
-    bf16* sv = sk + TILE * PITCH;
-    bf16* staged = sv + TILE * PITCH;  // STAGES × (Q, dO)
-    float* stats = (float*)(staged + STAGES * 2 * TILE * PITCH);  // STAGES × (lse, delta)
+    const u32 sk = smem_address(shared);
+    const u32 sv = sk + TILE_BYTES;
+    const u32 staged = sv + TILE_BYTES;  // STAGES × (Q, dO)
+    float* stats = (float*)(shared + (2 + STAGES * 2) * TILE_BYTES);  // STAGES × (lse, delta)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int k0 = blockIdx.x * TILE;
     const int hk = blockIdx.y, b = blockIdx.z;
-    load_tile(sk, p.k + b * p.k_l.batch + hk * p.k_l.head, p.k_l.row, k0, p.seq_k);
-    load_tile(sv, p.v + b * p.v_l.batch + hk * p.v_l.head, p.v_l.row, k0, p.seq_k);
+    load_rows<TILE>(sk, p.k + b * p.k_l.batch + hk * p.k_l.head, p.k_l.row, k0, p.seq_k);
+    load_rows<TILE>(sv, p.v + b * p.v_l.batch + hk * p.v_l.head, p.v_l.row, k0, p.seq_k);
 
     float dk[HEAD_DIM / 8][4], dv[HEAD_DIM / 8][4];
     zero<HEAD_DIM / 8>(dk);
     zero<HEAD_DIM / 8>(dv);
-    const int key0 = k0 + warp * 16 + g;
+    const int first_key = k0 + warp * 16;  // the warp's first key
     const int first_block = max(0, k0 - p.start) / TILE;
     const int q_blocks = (p.seq_q + TILE - 1) / TILE - first_block;
     // Step `it` reads query block first_block + it % q_blocks of the group's head it / q_blocks.
     auto fetch = [&](int it, int stage) {
         const int h = hk * p.group + it / q_blocks, q0 = (first_block + it % q_blocks) * TILE;
-        bf16* sq = staged + stage * 2 * TILE * PITCH;
-        load_tile(sq, p.q + b * p.q_l.batch + h * p.q_l.head, p.q_l.row, q0, p.seq_q);
-        load_tile(sq + TILE * PITCH, p.d_o + b * p.do_l.batch + h * p.do_l.head, p.do_l.row, q0,
+        const u32 sq = staged + stage * 2 * TILE_BYTES;
+        load_rows<TILE>(sq, p.q + b * p.q_l.batch + h * p.q_l.head, p.q_l.row, q0, p.seq_q);
+        load_rows<TILE>(sq + TILE_BYTES, p.d_o + b * p.do_l.batch + h * p.do_l.head, p.do_l.row, q0,
                   p.seq_q);
         cp_async_commit();
         if (threadIdx.x < TILE) {
@@ -455,8 +478,8 @@ extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_dkdv(const 
         __syncthreads();  // this step's tiles are in; every warp is done with the other stage
         if (STAGES == 2 && it + 1 < steps) fetch(it + 1, stage ^ 1);
         const int q0 = (first_block + it % q_blocks) * TILE;
-        const bf16* sq = staged + stage * 2 * TILE * PITCH;
-        const bf16* sdo = sq + TILE * PITCH;
+        const u32 sq = staged + stage * 2 * TILE_BYTES;
+        const u32 sdo = sq + TILE_BYTES;
         const float* s_lse = stats + stage * 2 * TILE;
         const float* s_delta = s_lse + TILE;
 
@@ -464,16 +487,20 @@ extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_dkdv(const 
         float pt[TILE / 8][4];
         zero<TILE / 8>(pt);
         product_rows(pt, sk, warp * 16, sq, lane);
+        masked_or_not(k0 + TILE - 1 > q0 + p.start || q0 + TILE > p.seq_q, [&](bool mask) {
 #pragma unroll
-        for (int nt = 0; nt < TILE / 8; ++nt) {
+            for (int nt = 0; nt < TILE / 8; ++nt) {
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int c = nt * 8 + 2 * t + (e & 1);
-                const int query = q0 + c, key = key0 + (e >> 1) * 8;
-                const bool seen = key <= query + p.start && query < p.seq_q;
-                pt[nt][e] = seen ? exp2_approx(pt[nt][e] * p.scale_log2 - s_lse[c]) : 0.f;
+                for (int e = 0; e < 4; ++e) {
+                    const int c = nt * 8 + 2 * t + (e & 1);
+                    const int query = q0 + c, key = first_key + g + (e >> 1) * 8;
+                    const bool hidden = key > query + p.start || query >= p.seq_q;
+                    pt[nt][e] = mask && hidden
+                                    ? 0.f
+                                    : exp2_approx(pt[nt][e] * p.scale_log2 - s_lse[c]);
+                }
             }
-        }
+        });
         u32 a[TILE / 16][4];
         as_a(a, pt);
         product_cols(dv, a, sdo, lane);  // dV += Pᵀ·dO
@@ -505,17 +532,18 @@ extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_dkdv(const 
 // next key block's K and V arrive while this one's are used.
 extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_dq(const Problem p) {
     extern __shared__ __align__(16) unsigned char shared[];
-    bf16* sq = (bf16*)shared;
-    bf16* sdo = sq + TILE * PITCH;
-    bf16* staged = sdo + TILE * PITCH;  // STAGES × (K, V)
+    const u32 sq = smem_address(shared);
+    const u32 sdo = sq + TILE_BYTES;
+    const u32 staged = sdo + TILE_BYTES;  // STAGES × (K, V)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int q0 = (gridDim.x - 1 - blockIdx.x) * TILE;
     const int h = blockIdx.y, b = blockIdx.z, hk = h / p.group;
     const bf16* k = p.k + b * p.k_l.batch + hk * p.k_l.head;
     const bf16* v = p.v + b * p.v_l.batch + hk * p.v_l.head;
-    load_tile(sq, p.q + b * p.q_l.batch + h * p.q_l.head, p.q_l.row, q0, p.seq_q);
-    load_tile(sdo, p.d_o + b * p.do_l.batch + h * p.do_l.head, p.do_l.row, q0, p.seq_q);
-    const int row0 = q0 + warp * 16 + g;
+    load_rows<TILE>(sq, p.q + b * p.q_l.batch + h * p.q_l.head, p.q_l.row, q0, p.seq_q);
+    load_rows<TILE>(sdo, p.d_o + b * p.do_l.batch + h * p.do_l.head, p.do_l.row, q0, p.seq_q);
+    const int first_row = q0 + warp * 16;  // the warp's first query
+    const int row0 = first_row + g;
     const long long stats = ((long long)b * p.heads + h) * p.seq_q;
     float lse[2], delta[2];
 #pragma unroll
@@ -525,9 +553,9 @@ extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_dq(const Pr
         delta[half] = row < p.seq_q ? p.delta[stats + row] : 0.f;
     }
     auto fetch = [&](int kb, int stage) {
-        bf16* sk = staged + stage * 2 * TILE * PITCH;
-        load_tile(sk, k, p.k_l.row, kb * TILE, p.seq_k);
-        load_tile(sk + TILE * PITCH, v, p.v_l.row, kb * TILE, p.seq_k);
+        const u32 sk = staged + stage * 2 * TILE_BYTES;
+        load_rows<TILE>(sk, k, p.k_l.row, kb * TILE, p.seq_k);
+        load_rows<TILE>(sk + TILE_BYTES, v, p.v_l.row, kb * TILE, p.seq_k);
         cp_async_commit();
     };
 
@@ -542,25 +570,29 @@ extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_dq(const Pr
         __syncthreads();  // this block's tiles are in; every warp is done with the other stage
         if (STAGES == 2 && kb + 1 < blocks) fetch(kb + 1, stage ^ 1);
         const int k0 = kb * TILE;
-        const bf16* sk = staged + stage * 2 * TILE * PITCH;
-        const bf16* sv = sk + TILE * PITCH;
+        const u32 sk = staged + stage * 2 * TILE_BYTES;
+        const u32 sv = sk + TILE_BYTES;
 
         float s[TILE / 8][4], dp[TILE / 8][4];
         zero<TILE / 8>(s);
         zero<TILE / 8>(dp);
         product_rows(s, sq, warp * 16, sk, lane);   // S = Q·Kᵀ
         product_rows(dp, sdo, warp * 16, sv, lane); // dP = dO·Vᵀ
+        masked_or_not(k0 + TILE - 1 > q0 + p.start || k0 + TILE > p.seq_k, [&](bool mask) {
 #pragma unroll
-        for (int nt = 0; nt < TILE / 8; ++nt) {
+            for (int nt = 0; nt < TILE / 8; ++nt) {
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int half = e >> 1;
-                const int col = k0 + nt * 8 + 2 * t + (e & 1), row = row0 + half * 8;
-                const bool seen = col <= row + p.start && col < p.seq_k;
-                const float pr = seen ? exp2_approx(s[nt][e] * p.scale_log2 - lse[half]) : 0.f;
-                dp[nt][e] = pr * (dp[nt][e] - delta[half]);
+                for (int e = 0; e < 4; ++e) {
+                    const int half = e >> 1;
+                    const int col = k0 + nt * 8 + 2 * t + (e & 1), row = row0 + half * 8;
+                    const bool hidden = col > row + p.start || col >= p.seq_k;
+                    const float pr = mask && hidden
+                                         ? 0.f
+                                         : exp2_approx(s[nt][e] * p.scale_log2 - lse[half]);
+                    dp[nt][e] = pr * (dp[nt][e] - delta[half]);
+                }
             }
-        }
+        });
         u32 a[TILE / 16][4];
         as_a(a, dp);
         product_cols(dq, a, sk, lane);  // dQ += dS·K
