@@ -21,6 +21,7 @@ pub mod kv_cache;
 pub mod lora;
 pub mod loss;
 pub mod model;
+pub mod norm_rotation;
 pub mod perplexity;
 #[cfg(any(feature = "wgpu", feature = "cuda-untuned"))]
 pub mod plane_rows;

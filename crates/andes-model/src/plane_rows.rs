@@ -4,6 +4,7 @@
 //! reads are coalesced, and a row's reductions are plane reductions, with no shared memory.
 
 use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::ops::permute;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
@@ -19,7 +20,9 @@ pub fn plane_row() -> usize {
 
 /// Where row `row` of `like` (rows counted over every dimension but the last) starts in
 /// `tensor`, which has `like`'s shape or broadcasts to it (a dimension of size 1 stays at 0).
-/// Every tensor is read through its own strides: CubeCL may pad a tensor's rows.
+/// Every tensor is read through its own strides: CubeCL may pad a tensor's rows. The
+/// coordinates are `like`'s, the same for every tensor a kernel indexes, so the compiler
+/// divides once a row; a broadcast dimension is a select, not another division.
 #[cube]
 pub fn row_start<L: CubePrimitive, T: CubePrimitive>(
     like: &Tensor<L>,
@@ -33,7 +36,7 @@ pub fn row_start<L: CubePrimitive, T: CubePrimitive>(
         let dim = rank - 1 - step;
         let coordinate = rest % like.shape(dim);
         rest /= like.shape(dim);
-        start += (coordinate % tensor.shape(dim)) * tensor.stride(dim);
+        start += select(tensor.shape(dim) == 1, 0usize, coordinate) * tensor.stride(dim);
     }
     start
 }
@@ -74,4 +77,28 @@ pub fn empty_like(tensor: &CubeTensor) -> CubeTensor {
         tensor.meta.shape.clone(),
         tensor.dtype,
     )
+}
+
+/// A new tensor of `tensor`'s shape, dtype and device whose memory runs in `tensor`'s order of
+/// dimensions (its strides, largest first), without gaps: written by a row kernel over a view
+/// (the heads of a projection, `[b, s, h, d]` seen as `[b, h, s, d]`), it is a view of the same
+/// kind, so the producer's reshape of a gradient back to its own layout is free.
+pub fn empty_in_order_of(tensor: &CubeTensor) -> CubeTensor {
+    let shape = &tensor.meta.shape;
+    let strides = tensor.meta.strides();
+    let rank = shape.num_dims();
+    let mut order: Vec<usize> = (0..rank).collect();
+    order.sort_by_key(|&dim| std::cmp::Reverse(strides[dim]));
+    let laid_out: Vec<usize> = order.iter().map(|&dim| shape[dim]).collect();
+    let memory = empty_device_dtype(
+        tensor.client.clone(),
+        tensor.device.clone(),
+        laid_out.into(),
+        tensor.dtype,
+    );
+    let mut axes = vec![0; rank];
+    for (position, &dim) in order.iter().enumerate() {
+        axes[dim] = position;
+    }
+    permute(memory, &axes)
 }

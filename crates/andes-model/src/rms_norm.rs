@@ -103,7 +103,7 @@ fn gamma_row<B: Backend>(gamma: FloatTensor<B>, like: &FloatTensor<B>) -> FloatT
 }
 
 /// [`RmsNormCore::rms_norm`] composed of Burn's operations.
-fn composed_rms_norm<B: Backend>(
+pub(crate) fn composed_rms_norm<B: Backend>(
     x: FloatTensor<B>,
     gamma: FloatTensor<B>,
     epsilon: f64,
@@ -116,7 +116,7 @@ fn composed_rms_norm<B: Backend>(
 }
 
 /// [`RmsNormCore::rms_norm_grad_input`] composed of Burn's operations.
-fn composed_grad_input<B: Backend>(
+pub(crate) fn composed_grad_input<B: Backend>(
     x: FloatTensor<B>,
     gamma: FloatTensor<B>,
     grad: FloatTensor<B>,
@@ -136,7 +136,7 @@ fn composed_grad_input<B: Backend>(
 }
 
 /// `dγ = Σ_rows dy ⊙ x·r` in `γ`'s dtype (`[n]`).
-fn grad_gamma<B: Backend>(
+pub(crate) fn grad_gamma<B: Backend>(
     x: FloatTensor<B>,
     grad: FloatTensor<B>,
     epsilon: f64,

@@ -3,10 +3,12 @@
 //! transformers computes them.
 
 use burn::module::Module;
+use burn::nn::RmsNorm;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::kv_cache::Position;
+use crate::norm_rotation::norm_rotation;
 use crate::rotation::rotate;
 
 /// The `rope_type`s andes computes, as transformers does.
@@ -313,8 +315,15 @@ impl RotaryEmbedding {
         self.rope.context()
     }
 
-    /// Rotates `x` (`[batch, heads, seq, head_dim]`) whose tokens sit at `position`.
-    pub fn apply(&self, x: Tensor<4>, position: &Position) -> Tensor<4> {
+    /// `norm` (Qwen3's per-head query or key RMSNorm) then the rotation of `x` (`[batch, heads,
+    /// seq, head_dim]`) whose tokens sit at `position`, as one operation ([`norm_rotation`]),
+    /// returned in `x`'s dtype.
+    pub fn normalise_and_rotate(
+        &self,
+        norm: &RmsNorm,
+        x: Tensor<4>,
+        position: &Position,
+    ) -> Tensor<4> {
         let [_, _, seq, head_dim] = x.dims();
         let (cos, sin) = match position {
             Position::Start(start) if start + seq > self.max_positions() => {
@@ -343,10 +352,10 @@ impl RotaryEmbedding {
                         .select(0, flat.clone())
                         .reshape([batch, 1, seq, head_dim])
                 };
-                return rotate(x, rows(&self.cos), rows(&self.sin));
+                return norm_rotation(norm, x, rows(&self.cos), rows(&self.sin));
             }
         };
-        rotate_half(x, cos, sin)
+        norm_rotation(norm, x, cos.unsqueeze(), sin.unsqueeze())
     }
 }
 

@@ -93,7 +93,7 @@ fn halves<B: Backend>(x: FloatTensor<B>) -> [FloatTensor<B>; 2] {
 
 /// [`RotationCore::rotation`] composed of Burn's operations: `x·cos + [−b, a]·sin`, or
 /// transposed `x·cos + [b', −a']` with `(a', b')` the halves of `x·sin`.
-fn composed_rotation<B: Backend>(
+pub(crate) fn composed_rotation<B: Backend>(
     x: FloatTensor<B>,
     cos: FloatTensor<B>,
     sin: FloatTensor<B>,

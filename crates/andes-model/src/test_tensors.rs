@@ -20,3 +20,11 @@ pub fn values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
         .try_to_vec::<f32>()
         .unwrap()
 }
+
+/// The largest difference between `a` and `b` over the largest magnitude in `b` (at least 1):
+/// how far a kernel lands from its reference, on the reference's scale.
+#[cfg(feature = "cuda-untuned")]
+pub fn relative_gap(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(1f32, |m, x| m.max(x.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}

@@ -8,7 +8,6 @@ use super::Qwen3Config;
 use crate::kv_cache::{LayerKvCache, Position};
 use crate::lora::AdaptedLinear;
 use crate::precision::operand;
-use crate::rms_norm::rms_norm;
 use crate::rope::RotaryEmbedding;
 use crate::sdpa::{
     causal_attention, causal_attention_serves, repeat_kv, scaled_dot_product_attention,
@@ -86,21 +85,16 @@ impl Attention {
             t.reshape([batch, seq, heads, self.head_dim])
                 .swap_dims(1, 2)
         };
-        // As under torch's autocast: the projections read and return the autocast dtype; the
-        // query and key norms and RoPE run in the residual stream's dtype.
+        // As under torch's autocast: the projections read and return the autocast dtype. The
+        // query and key norms and RoPE compute in f32 and round once, to the projections'
+        // dtype, which attention reads.
         let dtype = x.dtype();
         let x = operand(x);
-        let q = rms_norm(
-            &self.q_norm,
-            split_heads(self.q_proj.forward(x.clone()), self.heads).cast(dtype),
-        );
-        let k = rms_norm(
-            &self.k_norm,
-            split_heads(self.k_proj.forward(x.clone()), self.kv_heads).cast(dtype),
-        );
+        let q = split_heads(self.q_proj.forward(x.clone()), self.heads);
+        let k = split_heads(self.k_proj.forward(x.clone()), self.kv_heads);
         let v = split_heads(self.v_proj.forward(x), self.kv_heads);
-        let q = rope.apply(q, position);
-        let k = rope.apply(k, position);
+        let q = rope.normalise_and_rotate(&self.q_norm, q, position);
+        let k = rope.normalise_and_rotate(&self.k_norm, k, position);
         let (k, v) = cache.append(k, v, position);
 
         let group = self.heads / self.kv_heads;

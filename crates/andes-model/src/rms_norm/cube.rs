@@ -13,7 +13,7 @@ use crate::plane_rows::{address_type, empty_like, plane_row, row_launch, row_sta
 
 /// `r = (mean(x²) + ε)^(-1/2)` of the row of `x` starting at `start`, summed over the plane.
 #[cube]
-fn inverse_rms<E: Float>(x: &Tensor<E>, start: usize, epsilon: f32) -> f32 {
+pub(crate) fn inverse_rms<E: Float>(x: &Tensor<E>, start: usize, epsilon: f32) -> f32 {
     let last = x.rank() - 1;
     let (width, step) = (x.shape(last), x.stride(last));
     let mut squares = 0.0f32;
@@ -178,12 +178,7 @@ mod tests {
     use burn::tensor::{DType, Tensor};
 
     use super::*;
-    use crate::test_tensors::{filled, values};
-
-    fn gap(a: &[f32], b: &[f32]) -> f32 {
-        let scale = b.iter().fold(1f32, |m, x| m.max(x.abs()));
-        a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-    }
+    use crate::test_tensors::{filled, relative_gap, values};
 
     /// Both kernels against their composed forms: the hidden norm's rows, the per-head norm's,
     /// widths that are not a multiple of the plane, a transposed (strided) input, bf16.
@@ -218,7 +213,7 @@ mod tests {
                     gamma.clone().into_dispatch(),
                     eps,
                 );
-                let norm = gap(
+                let norm = relative_gap(
                     &values(Tensor::<4>::from_dispatch(kernel)),
                     &values(Tensor::<4>::from_dispatch(reference)),
                 );
@@ -234,7 +229,7 @@ mod tests {
                     dy.into_dispatch(),
                     eps,
                 );
-                let grad = gap(
+                let grad = relative_gap(
                     &values(Tensor::<4>::from_dispatch(kernel)),
                     &values(Tensor::<4>::from_dispatch(reference)),
                 );
