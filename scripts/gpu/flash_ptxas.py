@@ -2,15 +2,21 @@
 with NVRTC, and assembles them with ptxas, on any x86-64 machine without a GPU: whether they
 compile, each kernel's registers and spills, and the mix of its PTX instructions (tensor-core
 products, shared-memory matrix loads, compares and selects, arithmetic, bit and conversion
-work), for heads of 64 and 128.
+work), for heads of 64 and 128. With --sass, the machine code ptxas made (nvdisasm): each
+kernel's instructions, and those from its first tensor-core product (HMMA) to its last, the
+main loop, by opcode: what the schedulers issue, where the PTX counts include what ptxas
+removes.
 
 Needs NVIDIA's NVRTC and ptxas from PyPI: `pip install nvidia-cuda-nvrtc nvidia-cuda-nvcc`
-(or NVRTC=/path/libnvrtc.so.13 PTXAS=/path/ptxas).
+(or NVRTC=/path/libnvrtc.so.13 PTXAS=/path/ptxas); --sass also `pip install
+nvidia-cuda-nvdisasm` (or NVDISASM=/path/nvdisasm). SOURCE=/path/flash.cu reads another
+version of the kernels.
 
-usage: python3 scripts/gpu/flash_ptxas.py [--arch sm_90a] [--options "-DM_TILES=1 -DKEYS=64 -DPIPELINE=1"]
+usage: python3 scripts/gpu/flash_ptxas.py [--arch sm_90a] [--options "-DM_TILES=1 -DKEYS=64 -DPIPELINE=1"] [--sass]
 """
 
 import argparse
+import collections
 import ctypes
 import glob
 import os
@@ -20,7 +26,7 @@ import subprocess
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCE = os.path.join(HERE, "../../crates/andes-model/src/sdpa/flash.cu")
+SOURCE = os.environ.get("SOURCE") or os.path.join(HERE, "../../crates/andes-model/src/sdpa/flash.cu")
 
 
 def find(variable, pattern):
@@ -52,7 +58,9 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--arch", default="sm_90a")
     parser.add_argument("--options", default=shipped_options())
+    parser.add_argument("--sass", action="store_true", help="count the machine code's instructions (nvdisasm)")
     args = parser.parse_args()
+    nvdisasm = find("NVDISASM", "nvidia/cu13/bin/nvdisasm") if args.sass else None
     nvrtc = ctypes.CDLL(find("NVRTC", "nvidia/cu13/lib/libnvrtc.so.13"))
     ptxas = find("PTXAS", "nvidia/cu13/bin/ptxas")
     for head_dim in (64, 128):
@@ -73,8 +81,10 @@ def main():
         with tempfile.TemporaryDirectory() as work:
             path = os.path.join(work, "flash.ptx")
             open(path, "w").write(ptx)
-            report = subprocess.run([ptxas, "-v", f"--gpu-name={args.arch}", path, "-o", os.path.join(work, "flash.cubin")],
+            cubin = os.path.join(work, "flash.cubin")
+            report = subprocess.run([ptxas, "-v", f"--gpu-name={args.arch}", path, "-o", cubin],
                                     capture_output=True, text=True, check=True).stderr
+            sass = subprocess.run([nvdisasm, "-c", cubin], capture_output=True, text=True, check=True).stdout if nvdisasm else ""
         resources = {}
         for name, body in re.findall(r"Compiling entry function '(\w+)'.*?\n(.*?)(?=Compiling entry|\Z)", report, re.S):
             registers = re.search(r"Used (\d+) registers", body).group(1)
@@ -86,6 +96,13 @@ def main():
             registers, spills = resources.get(name, ("?", "?"))
             print(f"  {name}: {registers} registers, {spills} bytes spilled; "
                   + ", ".join(f"{kind} {count}" for kind, count in counts.items()))
+        for name, body in re.findall(r"\.text\.(\w+):\n(.*?)(?=\n\s*//-----|\Z)", sass, re.S):
+            opcodes = re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]+)", body)
+            products = [i for i, op in enumerate(opcodes) if op == "HMMA"]
+            if products:
+                loop = collections.Counter(opcodes[products[0]:products[-1] + 1])
+                print(f"  {name} machine code: {len(opcodes)} instructions; first to last HMMA {sum(loop.values())}: "
+                      + ", ".join(f"{op} {count}" for op, count in loop.most_common(12)))
 
 
 if __name__ == "__main__":
