@@ -4,7 +4,10 @@
 //! operation (no logits kept for the backward pass) unless `ANDES_HEAD=composed` or the head
 //! has a bias; AdamW's update is one kernel on CubeCL backends unless `ANDES_ADAMW=composed`
 //! (`andes-train`'s `adamw_update`); RMSNorm and RoPE's rotation are one operation each
-//! unless `ANDES_NORM=composed` and `ANDES_ROTATION=composed`. On a step replayed as one graph, where kernels alone set the pace, the
+//! unless `ANDES_NORM=composed` and `ANDES_ROTATION=composed`, and Qwen3's query and key norms
+//! with their rotation one operation together unless `ANDES_NORM_ROTATION=composed` (then the
+//! two, each in the form its own variable asks). On a step replayed as one graph, where
+//! kernels alone set the pace, the
 //! one-operation head took the 0.6B bf16-mixed step from 168.5 to 145.2 ms and 36.8 to 30.0 GB
 //! on an H100 (BENCHMARKS.md, "A step replayed as one graph").
 

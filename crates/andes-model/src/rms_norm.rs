@@ -4,7 +4,8 @@
 //! multiply), each differentiated by itself and each reading or writing the activations' size
 //! where Burn's fusion does not join them (how many kernels they become on the GPU was not
 //! profiled), and the Qwen3-0.6B step has 113 norms (two a layer over the hidden size, the
-//! per-head query and key norms over 16 and 8 heads of every token, and the final one). This operation normalises a row in
+//! per-head query and key norms over 16 and 8 heads of every token, and the final one; the
+//! per-head ones now run inside `norm_rotation.rs`, with the rotation). This operation normalises a row in
 //! one pass (one kernel on CubeCL backends, `rms_norm/cube.rs`, in GPU builds) and
 //! differentiates with the closed form:
 //!
