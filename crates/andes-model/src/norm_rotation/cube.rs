@@ -157,8 +157,8 @@ fn norm_rotation_grad_kernel<E: Float, G: Float, T: Float>(
     }
 }
 
-/// Whether the kernels take these operands: an even head, tables of one dtype, and (for the
-/// backward pass) a gradient in `x`'s dtype.
+/// Whether the kernels take these operands: an even head and tables of one dtype (the
+/// backward pass also asks for a gradient in `x`'s dtype).
 fn served(
     x: &FloatTensor<CubeBackend>,
     cos: &FloatTensor<CubeBackend>,
