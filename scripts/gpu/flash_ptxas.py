@@ -10,7 +10,9 @@ removes.
 Needs NVIDIA's NVRTC and ptxas from PyPI: `pip install nvidia-cuda-nvrtc nvidia-cuda-nvcc`
 (or NVRTC=/path/libnvrtc.so.13 PTXAS=/path/ptxas); --sass also `pip install
 nvidia-cuda-nvdisasm` (or NVDISASM=/path/nvdisasm). SOURCE=/path/flash.cu reads another
-version of the kernels.
+version of the kernels. Check a change with the NVRTC the GPU machine has, too (its PyTorch's,
+13.0: `pip download "nvidia-cuda-nvrtc==13.0.*"`, NVRTC=... with its lib folder on
+LD_LIBRARY_PATH): it refuses some C++ that 13.5 takes, e.g. a generic lambda inside a kernel.
 
 usage: python3 scripts/gpu/flash_ptxas.py [--arch sm_90a] [--options "-DM_TILES=1 -DKEYS=64 -DPIPELINE=1"] [--sass]
 """
