@@ -149,7 +149,17 @@ pub(crate) fn grad_gamma<B: Backend>(
     let rows = shape.num_elements() / width;
     let normalised = B::float_mul(x.clone(), inverse_rms::<B>(x, epsilon));
     let terms = B::float_mul(f32_of::<B>(grad), normalised);
-    let summed = B::float_sum_dim(B::float_reshape(terms, Shape::from(vec![rows, width])), 0);
+    sum_rows::<B>(
+        B::float_reshape(terms, Shape::from(vec![rows, width])),
+        dtype,
+    )
+}
+
+/// The sum over the rows of `[rows, width]` terms, `[width]` in `dtype`: `dγ` from one row of
+/// terms a token (here) or a plane (`norm_rotation/cube.rs`).
+pub(crate) fn sum_rows<B: Backend>(terms: FloatTensor<B>, dtype: FloatDType) -> FloatTensor<B> {
+    let width = terms.shape()[1];
+    let summed = B::float_sum_dim(terms, 0);
     B::float_cast(B::float_reshape(summed, Shape::from(vec![width])), dtype)
 }
 

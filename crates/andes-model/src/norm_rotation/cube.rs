@@ -4,7 +4,6 @@
 //! once, in `x`'s layout. The backward kernel's planes each walk many rows and keep their sums
 //! of `du ⊙ n` in registers, so `dγ` is a reduction of a row a plane, not of a row a token.
 
-use burn::backend::Backend;
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::backend::tensor::FloatTensor;
 use burn::tensor::{DType, FloatDType, Shape};
@@ -17,6 +16,7 @@ use crate::plane_rows::{
     ROWS_PER_CUBE, address_type, empty_in_order_of, plane_row, row_launch, row_start,
 };
 use crate::rms_norm::cube::inverse_rms;
+use crate::rms_norm::sum_rows;
 
 /// Planes of the backward kernel at most (each walks `rows / planes` rows): enough to fill an
 /// H100 four times over at eight planes a cube, few enough that `dγ`'s last sum (4 MB at a
@@ -168,16 +168,6 @@ fn served(
     shape[shape.num_dims() - 1] % 2 == 0 && cos.dtype == sin.dtype
 }
 
-/// `dγ` (`[width]`, in `dtype`) from the planes' partial sums.
-fn sum_planes<B: Backend>(
-    partials: FloatTensor<B>,
-    width: usize,
-    dtype: FloatDType,
-) -> FloatTensor<B> {
-    let summed = B::float_reshape(B::float_sum_dim(partials, 0), Shape::from(vec![width]));
-    B::float_cast(summed, dtype)
-}
-
 impl NormRotationCore for CubeBackend {
     fn norm_rotation(
         x: FloatTensor<Self>,
@@ -269,7 +259,7 @@ impl NormRotationCore for CubeBackend {
                 dtypes,
             );
         }
-        (grad_x, sum_planes::<Self>(partials, width, gamma_dtype))
+        (grad_x, sum_rows::<Self>(partials, gamma_dtype))
     }
 }
 

@@ -70,6 +70,12 @@ struct Problem {
     float scale;
 };
 
+// The rows of head `head` of batch `b` of a tensor laid out by `l`.
+template <typename T>
+__device__ __forceinline__ T* head_rows(T* base, const Layout& l, int b, int head) {
+    return base + b * l.batch + head * l.head;
+}
+
 __device__ __forceinline__ u32 smem_address(const void* p) {
     u32 a;
     asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
@@ -278,9 +284,9 @@ extern "C" __global__ void __launch_bounds__(THREADS) flash_forward(const Proble
     // The longest rows (most key blocks) first.
     const int q0 = (gridDim.x - 1 - blockIdx.x) * Q_ROWS;
     const int h = blockIdx.y, b = blockIdx.z, hk = h / p.group;
-    const bf16* k = p.k + b * p.k_l.batch + hk * p.k_l.head;
-    const bf16* v = p.v + b * p.v_l.batch + hk * p.v_l.head;
-    load_rows<Q_ROWS>(sq, p.q + b * p.q_l.batch + h * p.q_l.head, p.q_l.row, q0, p.seq_q);
+    const bf16* k = head_rows(p.k, p.k_l, b, hk);
+    const bf16* v = head_rows(p.v, p.v_l, b, hk);
+    load_rows<Q_ROWS>(sq, head_rows(p.q, p.q_l, b, h), p.q_l.row, q0, p.seq_q);
     load_rows<KEYS>(sk, k, p.k_l.row, 0, p.seq_k);
     cp_async_commit();
     cp_async_wait_all();
@@ -410,7 +416,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) flash_forward(const Proble
                 p.lse[((long long)b * p.heads + h) * p.seq_q + row] = m[mt][half] + log2_approx(l[mt][half]);
             }
         }
-        store_rows(p.out + b * p.out_l.batch + h * p.out_l.head, p.out_l.row,
+        store_rows(head_rows(p.out, p.out_l, b, h), p.out_l.row,
                    first_row + mt * 16, p.seq_q, o[mt], inverse, lane);
     }
 }
@@ -424,8 +430,8 @@ extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_delta(const
     const int i = row % p.seq_q;
     const int h = (row / p.seq_q) % p.heads;
     const int b = row / ((long long)p.seq_q * p.heads);
-    const bf16* o = p.o + b * p.o_l.batch + h * p.o_l.head + i * p.o_l.row;
-    const bf16* d_o = p.d_o + b * p.do_l.batch + h * p.do_l.head + i * p.do_l.row;
+    const bf16* o = head_rows(p.o, p.o_l, b, h) + i * p.o_l.row;
+    const bf16* d_o = head_rows(p.d_o, p.do_l, b, h) + i * p.do_l.row;
     float sum = 0.f;
     for (int c = lane; c < HEAD_DIM; c += 32) sum += bf16_to_float(o[c]) * bf16_to_float(d_o[c]);
 #pragma unroll
@@ -445,8 +451,8 @@ extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_dkdv(const 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int k0 = blockIdx.x * TILE;
     const int hk = blockIdx.y, b = blockIdx.z;
-    load_rows<TILE>(sk, p.k + b * p.k_l.batch + hk * p.k_l.head, p.k_l.row, k0, p.seq_k);
-    load_rows<TILE>(sv, p.v + b * p.v_l.batch + hk * p.v_l.head, p.v_l.row, k0, p.seq_k);
+    load_rows<TILE>(sk, head_rows(p.k, p.k_l, b, hk), p.k_l.row, k0, p.seq_k);
+    load_rows<TILE>(sv, head_rows(p.v, p.v_l, b, hk), p.v_l.row, k0, p.seq_k);
 
     float dk[HEAD_DIM / 8][4], dv[HEAD_DIM / 8][4];
     zero<HEAD_DIM / 8>(dk);
@@ -458,8 +464,8 @@ extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_dkdv(const 
     auto fetch = [&](int it, int stage) {
         const int h = hk * p.group + it / q_blocks, q0 = (first_block + it % q_blocks) * TILE;
         const u32 sq = staged + stage * 2 * TILE_BYTES;
-        load_rows<TILE>(sq, p.q + b * p.q_l.batch + h * p.q_l.head, p.q_l.row, q0, p.seq_q);
-        load_rows<TILE>(sq + TILE_BYTES, p.d_o + b * p.do_l.batch + h * p.do_l.head, p.do_l.row, q0,
+        load_rows<TILE>(sq, head_rows(p.q, p.q_l, b, h), p.q_l.row, q0, p.seq_q);
+        load_rows<TILE>(sq + TILE_BYTES, head_rows(p.d_o, p.do_l, b, h), p.do_l.row, q0,
                   p.seq_q);
         cp_async_commit();
         if (threadIdx.x < TILE) {
@@ -522,9 +528,9 @@ extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_dkdv(const 
     }
     cp_async_wait_all();  // K and V, when no query block sees these keys
     const float unit[2] = {1.f, 1.f}, scale[2] = {p.scale, p.scale};
-    store_rows(p.dk + b * p.dk_l.batch + hk * p.dk_l.head, p.dk_l.row, k0 + warp * 16, p.seq_k,
+    store_rows(head_rows(p.dk, p.dk_l, b, hk), p.dk_l.row, k0 + warp * 16, p.seq_k,
                dk, scale, lane);
-    store_rows(p.dv + b * p.dv_l.batch + hk * p.dv_l.head, p.dv_l.row, k0 + warp * 16, p.seq_k,
+    store_rows(head_rows(p.dv, p.dv_l, b, hk), p.dv_l.row, k0 + warp * 16, p.seq_k,
                dv, unit, lane);
 }
 
@@ -538,10 +544,10 @@ extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_dq(const Pr
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int q0 = (gridDim.x - 1 - blockIdx.x) * TILE;
     const int h = blockIdx.y, b = blockIdx.z, hk = h / p.group;
-    const bf16* k = p.k + b * p.k_l.batch + hk * p.k_l.head;
-    const bf16* v = p.v + b * p.v_l.batch + hk * p.v_l.head;
-    load_rows<TILE>(sq, p.q + b * p.q_l.batch + h * p.q_l.head, p.q_l.row, q0, p.seq_q);
-    load_rows<TILE>(sdo, p.d_o + b * p.do_l.batch + h * p.do_l.head, p.do_l.row, q0, p.seq_q);
+    const bf16* k = head_rows(p.k, p.k_l, b, hk);
+    const bf16* v = head_rows(p.v, p.v_l, b, hk);
+    load_rows<TILE>(sq, head_rows(p.q, p.q_l, b, h), p.q_l.row, q0, p.seq_q);
+    load_rows<TILE>(sdo, head_rows(p.d_o, p.do_l, b, h), p.do_l.row, q0, p.seq_q);
     const int first_row = q0 + warp * 16;  // the warp's first query
     const int row0 = first_row + g;
     const long long stats = ((long long)b * p.heads + h) * p.seq_q;
@@ -599,6 +605,6 @@ extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_dq(const Pr
         if (STAGES == 1) __syncthreads();  // every warp is done with this block's K and V
     }
     const float scale[2] = {p.scale, p.scale};
-    store_rows(p.dq + b * p.dq_l.batch + h * p.dq_l.head, p.dq_l.row, q0 + warp * 16, p.seq_q,
+    store_rows(head_rows(p.dq, p.dq_l, b, h), p.dq_l.row, q0 + warp * 16, p.seq_q,
                dq, scale, lane);
 }
