@@ -24,6 +24,9 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Autodiff, Backend, Dispatch, TensorMetadata, backend_extension};
 use burn::tensor::{FloatDType, IndexingUpdateOp, Int, Shape, Slice, Tensor};
 
+#[cfg(any(feature = "wgpu", feature = "cuda-untuned"))]
+pub mod cube;
+
 /// `log softmax(hidden·weightᵀ)[targets]`: `hidden` `[positions, width]` and `weight` `[vocab,
 /// width]` (a row per token) in one dtype (bf16 under autocast), `targets` `[positions]`;
 /// returns `[positions]` in f32, computing `positions_per_chunk` positions' logits at a time.
@@ -42,14 +45,18 @@ pub fn head_target_log_probs(
 }
 
 /// The operation on each backend: the chunked forward pass where nothing is differentiated,
-/// and under autodiff the backward of the module documentation.
+/// and under autodiff the backward of the module documentation. A chunk's two passes over its
+/// logits are one kernel each on CubeCL backends (`head_log_probs/cube.rs`, in GPU builds);
+/// their default bodies compose Burn's operations.
 #[backend_extension(
     Flex,
     Cube: cfg(any(feature = "wgpu", feature = "cuda-untuned")),
+    Fusion: cfg(any(feature = "wgpu", feature = "cuda-untuned")),
     Autodiff
 )]
 pub trait HeadLogProbs: Backend {
     /// See [`head_target_log_probs`].
+    #[fusion(default)]
     fn head_log_probs(
         hidden: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -58,12 +65,81 @@ pub trait HeadLogProbs: Backend {
     ) -> FloatTensor<Self> {
         forward::<Self>(&hidden, &weight, &targets, positions_per_chunk).log_probs
     }
+
+    /// Each row's `z[target] − log Σ exp(z)` (`[rows]`) and `log Σ exp(z)` (`[rows, 1]`), in
+    /// f32, of a chunk's logits `[rows, vocab]` in the product's dtype; `targets` `[rows, 1]`.
+    #[fusion(meta = |logits, _targets| chunk_meta(logits))]
+    fn chunk_log_probs(
+        logits: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        composed_chunk_log_probs::<Self>(logits, targets)
+    }
+
+    /// The logits' gradient `upstream · (onehot(target) − exp(z − log Σ exp(z)))` in their
+    /// dtype, from the forward pass's `log_sum_exp` and the log-probabilities' gradient
+    /// `upstream` (both `[rows, 1]`, f32).
+    #[fusion(dtype = logits, shape = logits)]
+    fn logits_grad(
+        logits: FloatTensor<Self>,
+        log_sum_exp: FloatTensor<Self>,
+        upstream: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+    ) -> FloatTensor<Self> {
+        composed_logits_grad::<Self>(logits, log_sum_exp, upstream, targets)
+    }
 }
 
 impl HeadLogProbs for burn::backend::Flex {}
 
 #[cfg(any(feature = "wgpu", feature = "cuda-untuned"))]
-impl HeadLogProbs for burn::backend::Cube {}
+use burn::{backend::fusion::custom::TensorSpec, tensor::DType};
+
+/// The outputs of [`HeadLogProbs::chunk_log_probs`], for Fusion.
+#[cfg(any(feature = "wgpu", feature = "cuda-untuned"))]
+fn chunk_meta(logits: &TensorSpec) -> (TensorSpec, TensorSpec) {
+    let rows = logits.shape.as_slice()[0];
+    (
+        TensorSpec::new(Shape::new([rows]), DType::F32),
+        TensorSpec::new(Shape::new([rows, 1]), DType::F32),
+    )
+}
+
+/// [`HeadLogProbs::chunk_log_probs`] composed of Burn's operations, in f32.
+fn composed_chunk_log_probs<B: Backend>(
+    logits: FloatTensor<B>,
+    targets: IntTensor<B>,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let rows = logits.shape()[0];
+    let logits = B::float_cast(logits, FloatDType::F32);
+    let max = B::float_max_dim(logits.clone(), 1);
+    let shifted = B::float_exp(B::float_sub(logits.clone(), max.clone()));
+    let log_sum_exp = B::float_add(max, B::float_log(B::float_sum_dim(shifted, 1)));
+    let target = B::float_gather(1, logits, targets);
+    let log_probs = B::float_sub(target, log_sum_exp.clone());
+    (B::float_reshape(log_probs, Shape::new([rows])), log_sum_exp)
+}
+
+/// [`HeadLogProbs::logits_grad`] composed of Burn's operations, in f32.
+fn composed_logits_grad<B: Backend>(
+    logits: FloatTensor<B>,
+    log_sum_exp: FloatTensor<B>,
+    upstream: FloatTensor<B>,
+    targets: IntTensor<B>,
+) -> FloatTensor<B> {
+    let dtype = FloatDType::from(logits.dtype());
+    let logits = B::float_cast(logits, FloatDType::F32);
+    let probabilities = B::float_exp(B::float_sub(logits, log_sum_exp));
+    // (onehot(t) − softmax) · upstream, row by row.
+    let grad = B::float_scatter(
+        1,
+        B::float_neg(B::float_mul(probabilities, upstream.clone())),
+        targets,
+        upstream,
+        IndexingUpdateOp::Add,
+    );
+    B::float_cast(grad, dtype)
+}
 
 /// The ranges of `per_chunk` rows (the last one shorter) that cover `0..rows`.
 pub(crate) fn row_chunks(rows: usize, per_chunk: usize) -> impl Iterator<Item = Range<usize>> {
@@ -86,14 +162,13 @@ fn target_column<B: Backend>(targets: &IntTensor<B>, range: Range<usize>) -> Int
     )
 }
 
-/// f32 logits `[rows, vocab]` of hidden rows `range`.
+/// Logits `[rows, vocab]` of hidden rows `range`, in the operands' dtype.
 fn chunk_logits<B: Backend>(
     hidden: &FloatTensor<B>,
     weight: &FloatTensor<B>,
     range: Range<usize>,
 ) -> FloatTensor<B> {
-    let logits = B::float_matmul(rows::<B>(hidden, range), B::float_transpose(weight.clone()));
-    B::float_cast(logits, FloatDType::F32)
+    B::float_matmul(rows::<B>(hidden, range), B::float_transpose(weight.clone()))
 }
 
 /// What the forward pass leaves for the backward one.
@@ -104,7 +179,7 @@ struct Forward<B: Backend> {
     log_sum_exp: FloatTensor<B>,
 }
 
-fn forward<B: Backend>(
+fn forward<B: HeadLogProbs>(
     hidden: &FloatTensor<B>,
     weight: &FloatTensor<B>,
     targets: &IntTensor<B>,
@@ -114,15 +189,13 @@ fn forward<B: Backend>(
     let (mut picked, mut sums) = (Vec::new(), Vec::new());
     for range in row_chunks(positions, per_chunk) {
         let logits = chunk_logits::<B>(hidden, weight, range.clone());
-        let max = B::float_max_dim(logits.clone(), 1);
-        let shifted = B::float_exp(B::float_sub(logits.clone(), max.clone()));
-        let log_sum_exp = B::float_add(max, B::float_log(B::float_sum_dim(shifted, 1)));
-        let target = B::float_gather(1, logits, target_column::<B>(targets, range));
-        picked.push(B::float_sub(target, log_sum_exp.clone()));
+        let (log_probs, log_sum_exp) =
+            B::chunk_log_probs(logits, target_column::<B>(targets, range));
+        picked.push(log_probs);
         sums.push(log_sum_exp);
     }
     Forward {
-        log_probs: B::float_reshape(B::float_cat(picked, 0), Shape::new([positions])),
+        log_probs: B::float_cat(picked, 0),
         log_sum_exp: B::float_cat(sums, 0),
     }
 }
@@ -140,7 +213,7 @@ type State<B> = (
     usize,
 );
 
-impl<B: Backend> Backward<B, 2> for HeadLogProbsBackward {
+impl<B: HeadLogProbs> Backward<B, 2> for HeadLogProbsBackward {
     type State = State<B>;
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
@@ -151,22 +224,14 @@ impl<B: Backend> Backward<B, 2> for HeadLogProbsBackward {
             B::float_cast(grads.consume::<B>(&ops.node), FloatDType::F32),
             Shape::new([positions, 1]),
         );
-        let dtype = FloatDType::from(hidden.dtype());
         let (mut grad_hidden, mut grad_weight) = (Vec::new(), None);
         for range in row_chunks(positions, per_chunk) {
-            let logits = chunk_logits::<B>(&hidden, &weight, range.clone());
-            let probabilities =
-                B::float_exp(B::float_sub(logits, rows::<B>(&log_sum_exp, range.clone())));
-            // (onehot(t) − softmax) · upstream, row by row.
-            let upstream = rows::<B>(&upstream, range.clone());
-            let grad_logits = B::float_scatter(
-                1,
-                B::float_neg(B::float_mul(probabilities, upstream.clone())),
+            let grad_logits = B::logits_grad(
+                chunk_logits::<B>(&hidden, &weight, range.clone()),
+                rows::<B>(&log_sum_exp, range.clone()),
+                rows::<B>(&upstream, range.clone()),
                 target_column::<B>(&targets, range.clone()),
-                upstream,
-                IndexingUpdateOp::Add,
             );
-            let grad_logits = B::float_cast(grad_logits, dtype);
             if hidden_node.is_some() {
                 grad_hidden.push(B::float_matmul(grad_logits.clone(), weight.clone()));
             }

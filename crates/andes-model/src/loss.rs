@@ -7,7 +7,7 @@
 
 use crate::composed::{Form, form};
 use crate::head_log_probs::{head_target_log_probs, row_chunks};
-use crate::precision::operand;
+use crate::precision::{autocast_dtype, operand};
 use crate::qwen3::Qwen3ForCausalLM;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Bool, Int, Tensor};
@@ -31,7 +31,7 @@ pub fn head_log_probs(
     hidden: Tensor<3>,
     targets: Tensor<2, Int>,
 ) -> Tensor<2> {
-    chunked_log_probs(model, hidden, targets, positions_per_chunk(model))
+    chunked_log_probs(model, hidden, targets)
 }
 
 /// Positions whose f32 logits stay within [`MAX_LOGIT_BYTES`].
@@ -39,14 +39,22 @@ fn positions_per_chunk(model: &Qwen3ForCausalLM) -> usize {
     (MAX_LOGIT_BYTES / (4 * model.vocab_size())).max(1)
 }
 
-/// The head and the log-softmax over chunks of `positions_per_chunk` positions: one operation
-/// ([`head_target_log_probs`]) where the head has no bias (Qwen3's has none), else, or where
-/// `ANDES_HEAD=composed` asks, composed of Burn's operations.
+/// Positions whose logits in the products' dtype (bf16 under autocast) stay within
+/// [`MAX_LOGIT_BYTES`]: what [`head_target_log_probs`] keeps of a chunk on a GPU, where its
+/// kernels read the product as it comes.
+fn head_positions_per_chunk(model: &Qwen3ForCausalLM) -> usize {
+    let bytes = autocast_dtype().map_or(4, |dtype| dtype.size());
+    (MAX_LOGIT_BYTES / (bytes * model.vocab_size())).max(1)
+}
+
+/// The head and the log-softmax over chunks of positions: one operation
+/// ([`head_target_log_probs`], chunks of [`head_positions_per_chunk`]) where the head has no
+/// bias (Qwen3's has none), else, or where `ANDES_HEAD=composed` asks, composed of Burn's
+/// operations (chunks of [`positions_per_chunk`]).
 fn chunked_log_probs(
     model: &Qwen3ForCausalLM,
     hidden: Tensor<3>,
     targets: Tensor<2, Int>,
-    positions_per_chunk: usize,
 ) -> Tensor<2> {
     let [batch, seq, width] = hidden.dims();
     let positions = batch * seq;
@@ -58,10 +66,10 @@ fn chunked_log_probs(
                 operand(hidden),
                 operand(model.head_rows()),
                 targets,
-                positions_per_chunk,
+                head_positions_per_chunk(model),
             )
         }
-        _ => composed_log_probs(model, hidden, targets, positions_per_chunk),
+        _ => composed_log_probs(model, hidden, targets, positions_per_chunk(model)),
     };
     picked.reshape([batch, seq])
 }

@@ -69,6 +69,25 @@ pub fn address_type(tensors: &[&CubeTensor]) -> AddressType {
         .unwrap_or_default()
 }
 
+/// The widest vector (8, 4, 2 or 1 elements) every one of `tensors` can be read in along its
+/// last dimension, and that divides `run`, the elements a kernel takes in whole vectors from
+/// where it starts (half a head; a row): contiguous along the last dimension, every other
+/// stride and the last dimension multiples of it. (A view's offset is a multiple of the memory
+/// alignment, or CubeCL copies the slice.)
+pub fn widest_vector(tensors: &[&CubeTensor], run: usize) -> usize {
+    let fits = |tensor: &CubeTensor, vector: usize| {
+        let (shape, strides) = (tensor.meta.shape(), tensor.meta.strides());
+        let last = strides.len() - 1;
+        strides[last] == 1
+            && shape[last] % vector == 0
+            && strides[..last].iter().all(|s| s % vector == 0)
+    };
+    [8, 4, 2]
+        .into_iter()
+        .find(|&vector| run % vector == 0 && tensors.iter().all(|t| fits(t, vector)))
+        .unwrap_or(1)
+}
+
 /// A new tensor of `tensor`'s shape, dtype and device (its own strides: CubeCL chooses them).
 pub fn empty_like(tensor: &CubeTensor) -> CubeTensor {
     empty_device_dtype(

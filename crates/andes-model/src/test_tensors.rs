@@ -22,9 +22,13 @@ pub fn values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
 }
 
 /// The largest difference between `a` and `b` over the largest magnitude in `b` (at least 1):
-/// how far a kernel lands from its reference, on the reference's scale.
+/// how far a kernel lands from its reference, on the reference's scale. Infinite where the
+/// lengths differ or a value is not finite (a maximum would pass over a NaN).
 #[cfg(feature = "cuda-untuned")]
 pub fn relative_gap(a: &[f32], b: &[f32]) -> f32 {
+    if a.len() != b.len() || a.iter().chain(b).any(|x| !x.is_finite()) {
+        return f32::INFINITY;
+    }
     let scale = b.iter().fold(1f32, |m, x| m.max(x.abs()));
     a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }

@@ -13,7 +13,7 @@ use crate::plane_rows::{address_type, empty_like, plane_row, row_launch, row_sta
 
 /// `r = (mean(x²) + ε)^(-1/2)` of the row of `x` starting at `start`, summed over the plane.
 #[cube]
-pub(crate) fn inverse_rms<E: Float>(x: &Tensor<E>, start: usize, epsilon: f32) -> f32 {
+fn inverse_rms<E: Float>(x: &Tensor<E>, start: usize, epsilon: f32) -> f32 {
     let last = x.rank() - 1;
     let (width, step) = (x.shape(last), x.stride(last));
     let mut squares = 0.0f32;
