@@ -2,6 +2,7 @@
 //! geometry and the indexing of a row through a tensor's own strides (attention's softmax,
 //! `sdpa/cube.rs`; RMSNorm, `rms_norm/cube.rs`). A plane's units stride the row together, so
 //! reads are coalesced, and a row's reductions are plane reductions, with no shared memory.
+//! Also [`widest_vector`]: the vectors the norm-rotation kernels and the LM head's read rows in.
 
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::ops::permute;
