@@ -12,7 +12,8 @@ use crate::qwen3::Qwen3ForCausalLM;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Bool, Int, Tensor};
 
-/// The most bytes of f32 logits one chunk of positions produces.
+/// The most bytes of logits one chunk of positions produces: in f32, or in the products'
+/// dtype where the LM head's operation reads them as they come (`head_positions_per_chunk`).
 pub const MAX_LOGIT_BYTES: usize = 512 << 20;
 
 /// Log-probability of each target under `logits`: `logits` `[batch, seq, vocab]`, `targets`
