@@ -13,7 +13,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Bool, Int, Tensor};
 
 /// The most bytes of logits one chunk of positions produces: in f32, or in the products'
-/// dtype where the LM head's operation reads them as they come (`head_positions_per_chunk`).
+/// dtype where the LM head's operation reads them as they come (`positions_per_chunk`).
 pub const MAX_LOGIT_BYTES: usize = 512 << 20;
 
 /// Log-probability of each target under `logits`: `logits` `[batch, seq, vocab]`, `targets`
@@ -35,23 +35,17 @@ pub fn head_log_probs(
     chunked_log_probs(model, hidden, targets)
 }
 
-/// Positions whose f32 logits stay within [`MAX_LOGIT_BYTES`].
-fn positions_per_chunk(model: &Qwen3ForCausalLM) -> usize {
-    (MAX_LOGIT_BYTES / (4 * model.vocab_size())).max(1)
-}
-
-/// Positions whose logits in the products' dtype (bf16 under autocast) stay within
-/// [`MAX_LOGIT_BYTES`]: what [`head_target_log_probs`] keeps of a chunk on a GPU, where its
-/// kernels read the product as it comes.
-fn head_positions_per_chunk(model: &Qwen3ForCausalLM) -> usize {
-    let bytes = autocast_dtype().map_or(4, |dtype| dtype.size());
+/// Positions whose logits of `bytes` an element stay within [`MAX_LOGIT_BYTES`]: 4 where a
+/// chunk's logits are f32 (the composed forms, distillation), the products' dtype's (bf16
+/// under autocast) where [`head_target_log_probs`] reads the product as it comes.
+fn positions_per_chunk(model: &Qwen3ForCausalLM, bytes: usize) -> usize {
     (MAX_LOGIT_BYTES / (bytes * model.vocab_size())).max(1)
 }
 
 /// The head and the log-softmax over chunks of positions: one operation
-/// ([`head_target_log_probs`], chunks of [`head_positions_per_chunk`]) where the head has no
+/// ([`head_target_log_probs`], chunks sized by the products' dtype) where the head has no
 /// bias (Qwen3's has none), else, or where `ANDES_HEAD=composed` asks, composed of Burn's
-/// operations (chunks of [`positions_per_chunk`]).
+/// operations (chunks of f32 logits); see [`positions_per_chunk`].
 fn chunked_log_probs(
     model: &Qwen3ForCausalLM,
     hidden: Tensor<3>,
@@ -67,10 +61,10 @@ fn chunked_log_probs(
                 operand(hidden),
                 operand(model.head_rows()),
                 targets,
-                head_positions_per_chunk(model),
+                positions_per_chunk(model, autocast_dtype().map_or(4, |dtype| dtype.size())),
             )
         }
-        _ => composed_log_probs(model, hidden, targets, positions_per_chunk(model)),
+        _ => composed_log_probs(model, hidden, targets, positions_per_chunk(model, 4)),
     };
     picked.reshape([batch, seq])
 }
@@ -110,7 +104,7 @@ pub fn masked_distillation_kl(
     let positions = batch * seq;
     let hidden: Tensor<2> = hidden.reshape([positions, width]);
     let teacher_hidden: Tensor<2> = teacher_hidden.detach().reshape([positions, width]);
-    let chunks: Vec<Tensor<1>> = row_chunks(positions, positions_per_chunk(model))
+    let chunks: Vec<Tensor<1>> = row_chunks(positions, positions_per_chunk(model, 4))
         .map(|chunk| {
             let rows = chunk.len();
             let student = model.logits(hidden.clone().slice(chunk.clone()).unsqueeze());
