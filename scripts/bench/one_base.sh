@@ -25,7 +25,8 @@
 #      at once), LLAMACPP, LLAMACPP_TYPES (TYPE:[imatrix] ...), PYTHON (python3), LORA_INIT
 #      (zero-update: how the adapters on the packages start, `[lora] init`; another value keeps
 #      its adapters' figures apart in OUT, so one OUT holds the table for each), QAT_VARIANTS
-#      (qat distill: which QAT columns run; the others say not run)
+#      (qat distill: which QAT columns run; the others say not run), SENSITIVITY (loss: the
+#      planner's `andes quantize --sensitivity`; another measure keeps its plans' files apart)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 A=$(realpath "${1:-target/release/andes}")
@@ -37,6 +38,7 @@ DEVICE=${DEVICE:-cpu}
 JOBS=${JOBS:-1}
 LORA_INIT=${LORA_INIT:-zero-update}
 QAT_VARIANTS=${QAT_VARIANTS-qat distill}
+SENSITIVITY=${SENSITIVITY:-loss}
 PYTHON=${PYTHON:-python3}
 window=(); [ -n "${WINDOW:-}" ] && window=(--window "$WINDOW")
 mkdir -p "$OUT/nll"
@@ -82,29 +84,32 @@ float_task=$(adapter float "$P")
 trained "$OUT/float-more" --config "$OUT/control.toml" --set "model.checkpoint=\"$P\""
 F=$(last "$OUT/float-more")
 
-budget_row() { # budget_row B: the table's row of budget B, into OUT/row-B.md
-  local B=$1 G=$OUT/gptq-$1 row tasks variant distill C
+# key B: the name of budget B's files; plans made by another sensitivity measure keep theirs apart.
+key() { if [ "$SENSITIVITY" = loss ]; then echo "$1"; else echo "$1-$SENSITIVITY"; fi; }
+budget_row() { # budget_row B: the table's row of budget B, into OUT/row-$(key B).md
+  local B=$1 K G row tasks variant distill C
+  K=$(key "$B") G=$OUT/gptq-$K
   [ -f "$G/manifest.json" ] || "$A" quantize --model "$P" --target dimensity9500 --bpw "$B" \
-    --calib datasets/gcide/gcide-sample.txt ${WINDOW:+--seq-len $WINDOW} --device "$DEVICE" \
+    --sensitivity "$SENSITIVITY" --calib datasets/gcide/gcide-sample.txt ${WINDOW:+--seq-len $WINDOW} --device "$DEVICE" \
     --cache "$OUT/cache-$B" --out "$G" > /dev/null
-  row="| $B ($(grep -m1 -o '"bpw_linears": *[0-9.]*' "$G/manifest.json" | sed -E 's/.*: *//' | xargs printf '%.2f')) | $(ratio "$(once "prose-gptq-$B" prose "$G")" "$float_prose")"
-  tasks="$(ratio "$(adapter "gptq-$B" "$P" "$G")" "$float_task")"
+  row="| ${K/-/, } ($(grep -m1 -o '"bpw_linears": *[0-9.]*' "$G/manifest.json" | sed -E 's/.*: *//' | xargs printf '%.2f')) | $(ratio "$(once "prose-gptq-$K" prose "$G")" "$float_prose")"
+  tasks="$(ratio "$(adapter "gptq-$K" "$P" "$G")" "$float_task")"
   # The qat recipe with G's plan in place of its uniform format (paths stay repo-relative).
   awk -v plan="$G/bit_plan.json" '/^\[/ { quant = ($0 == "[quant]") }
-    quant && /^format = / { $0 = "plan = \"" plan "\"" } 1' $RECIPES/qat.toml > "$OUT/qat-$B.toml"
+    quant && /^format = / { $0 = "plan = \"" plan "\"" } 1' $RECIPES/qat.toml > "$OUT/qat-$K.toml"
   for variant in qat distill; do
     if [[ " $QAT_VARIANTS " != *" $variant "* ]]; then
       row="$row | not run"; tasks="$tasks | not run"; continue
     fi
     distill=(); [ $variant = distill ] && distill=(--set distill.weight=0.5)
-    trained "$OUT/$variant-$B" --config "$OUT/qat-$B.toml" --set "model.checkpoint=\"$P\"" "${distill[@]}"
-    C=$(last "$OUT/$variant-$B")
-    [ -f "$OUT/pkg-$variant-$B/manifest.json" ] || "$A" quantize --model "$C" --target dimensity9500 \
-      --plan "$C/bit_plan.json" --device "$DEVICE" --out "$OUT/pkg-$variant-$B" > /dev/null
-    row="$row | $(ratio "$(once "prose-$variant-$B" prose "$OUT/pkg-$variant-$B")" "$float_prose")"
-    tasks="$tasks | $(ratio "$(adapter "$variant-$B" "$C" "$OUT/pkg-$variant-$B")" "$float_task")"
+    trained "$OUT/$variant-$K" --config "$OUT/qat-$K.toml" --set "model.checkpoint=\"$P\"" "${distill[@]}"
+    C=$(last "$OUT/$variant-$K")
+    [ -f "$OUT/pkg-$variant-$K/manifest.json" ] || "$A" quantize --model "$C" --target dimensity9500 \
+      --plan "$C/bit_plan.json" --device "$DEVICE" --out "$OUT/pkg-$variant-$K" > /dev/null
+    row="$row | $(ratio "$(once "prose-$variant-$K" prose "$OUT/pkg-$variant-$K")" "$float_prose")"
+    tasks="$tasks | $(ratio "$(adapter "$variant-$K" "$C" "$OUT/pkg-$variant-$K")" "$float_task")"
   done
-  echo "$row | $tasks |" > "$OUT/row-$B.md"
+  echo "$row | $tasks |" > "$OUT/row-$K.md"
 }
 running=0
 for B in $BUDGETS; do
@@ -118,7 +123,7 @@ echo "| bpw (plan) | prose ppl: GPTQ | QAT | QAT + distill | task ppl, adapter o
 echo "|---|---|---|---|---|---|---|"
 echo "| float P | $(ratio "$float_prose" "$float_prose") | | | $(ratio "$float_task" "$float_task") | | |"
 echo "| float P trained as the QAT runs are (the control of the QAT columns) | | $(ratio "$(once prose-control prose "$F")" "$float_prose") | | | $(ratio "$(adapter control "$F")" "$float_task") | |"
-for B in $BUDGETS; do cat "$OUT/row-$B.md"; done
+for B in $BUDGETS; do cat "$OUT/row-$(key "$B").md"; done
 
 [ -n "${LLAMACPP:-}" ] || exit 0
 peer=scripts/bench/llamacpp_peer

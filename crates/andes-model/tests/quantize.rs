@@ -256,7 +256,7 @@ fn a_plan_that_names_a_missing_layer_is_refused_by_name() {
 /// layer's binary codes may even lower it, so the ranking is checked in sum).
 #[test]
 fn loss_sensitivities_rank_formats() {
-    use andes_model::sensitivity::loss_sensitivities;
+    use andes_model::sensitivity::{SensitivityMeasure, forward_sensitivities};
 
     let device = Device::default();
     let (_, model) = load(&device);
@@ -265,7 +265,8 @@ fn loss_sensitivities_rank_formats() {
         .iter()
         .map(|f| f.parse().unwrap())
         .collect();
-    let layers = loss_sensitivities(&model, &batches, &formats).unwrap();
+    let layers =
+        forward_sensitivities(&model, &batches, &formats, SensitivityMeasure::Loss).unwrap();
     assert_eq!(layers.len(), 14);
     let (mut int8_total, mut int1_total) = (0.0, 0.0);
     for layer in &layers {

@@ -17,7 +17,7 @@ use andes_model::quantize::{
 };
 use andes_model::qwen3::Qwen3ForCausalLM;
 use andes_model::sensitivity::{
-    LayerSensitivity, SensitivityMeasure, loss_sensitivities, sensitivities,
+    LayerSensitivity, SensitivityMeasure, forward_sensitivities, sensitivities,
 };
 use andes_model::{Model, ModelConfig};
 use andes_quant::{
@@ -399,8 +399,10 @@ fn cached_sensitivities(
     windows: &[Tensor<2, Int>],
 ) -> Result<Vec<LayerSensitivity>, PackageError> {
     let formats = target.formats();
+    // The measure names the file: the key is what every measure's values depend on.
     let path = params.cache.join(format!(
-        "sensitivity-{}.json",
+        "sensitivity-{}-{}.json",
+        params.sensitivity,
         &cache_key(params, &formats)?[..16]
     ));
     if let Ok(text) = std::fs::read_to_string(&path)
@@ -412,7 +414,7 @@ fn cached_sensitivities(
     let start = Instant::now();
     let layers = match params.sensitivity {
         SensitivityMeasure::Hessian => sensitivities(model, hessians, &formats)?,
-        SensitivityMeasure::Loss => loss_sensitivities(model, windows, &formats)?,
+        measure => forward_sensitivities(model, windows, &formats, measure)?,
     };
     std::fs::create_dir_all(&params.cache).map_err(|e| PackageError::io(&params.cache, e))?;
     let json = serde_json::to_vec(&layers).expect("sensitivities serialize");

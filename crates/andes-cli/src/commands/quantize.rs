@@ -47,8 +47,9 @@ pub struct QuantizeArgs {
     #[arg(long, default_value_t = 128)]
     seq_len: usize,
     /// Sensitivity measure: `loss` (increase of the calibration loss, one forward pass per
-    /// linear and format) or `hessian` (importance-weighted weight error, no forward passes:
-    /// for large models).
+    /// linear and format), `divergence` (mean KL divergence from the float model's next-token
+    /// distributions, the same passes) or `hessian` (importance-weighted weight error, no
+    /// forward passes: for large models).
     #[arg(long, default_value = "loss")]
     sensitivity: SensitivityMeasure,
     /// Quantizer applying the plan: rtn or gptq.
