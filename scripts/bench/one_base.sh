@@ -25,8 +25,9 @@
 #      at once), LLAMACPP, LLAMACPP_TYPES (TYPE:[imatrix] ...), PYTHON (python3), LORA_INIT
 #      (zero-update: how the adapters on the packages start, `[lora] init`; another value keeps
 #      its adapters' figures apart in OUT, so one OUT holds the table for each), QAT_VARIANTS
-#      (qat distill: which QAT columns run; the others say not run), SENSITIVITY (loss: the
-#      planner's `andes quantize --sensitivity`; another measure keeps its plans' files apart)
+#      (qat distill: which QAT columns run; the others say not run), SENSITIVITY (divergence:
+#      the planner's `andes quantize --sensitivity`; another measure keeps its plans' files
+#      apart)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 A=$(realpath "${1:-target/release/andes}")
@@ -38,7 +39,7 @@ DEVICE=${DEVICE:-cpu}
 JOBS=${JOBS:-1}
 LORA_INIT=${LORA_INIT:-zero-update}
 QAT_VARIANTS=${QAT_VARIANTS-qat distill}
-SENSITIVITY=${SENSITIVITY:-loss}
+SENSITIVITY=${SENSITIVITY:-divergence}
 PYTHON=${PYTHON:-python3}
 window=(); [ -n "${WINDOW:-}" ] && window=(--window "$WINDOW")
 mkdir -p "$OUT/nll"
@@ -84,8 +85,9 @@ float_task=$(adapter float "$P")
 trained "$OUT/float-more" --config "$OUT/control.toml" --set "model.checkpoint=\"$P\""
 F=$(last "$OUT/float-more")
 
-# key B: the name of budget B's files; plans made by another sensitivity measure keep theirs apart.
-key() { if [ "$SENSITIVITY" = loss ]; then echo "$1"; else echo "$1-$SENSITIVITY"; fi; }
+# key B: the name of budget B's files; plans made by another sensitivity measure than the
+# planner's default keep theirs apart.
+key() { if [ "$SENSITIVITY" = divergence ]; then echo "$1"; else echo "$1-$SENSITIVITY"; fi; }
 budget_row() { # budget_row B: the table's row of budget B, into OUT/row-$(key B).md
   local B=$1 K G row tasks variant distill C
   K=$(key "$B") G=$OUT/gptq-$K

@@ -344,7 +344,11 @@ mod tests {
         let logits = model
             .forward(tokens.clone(), &mut model.new_cache())
             .unwrap();
-        let values = logits.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+        let values = logits
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap();
         values.into_iter().map(f64::from).collect()
     }
 

@@ -37,7 +37,7 @@ pub struct QuantizeArgs {
     calib_windows: usize,
     /// AndesVL only: image-text records (JSONL of `{"image", "caption"}` or of conversations
     /// with `"images"`) added to the calibration, so the language model's Hessians (GPTQ, the
-    /// `hessian` sensitivity) see visual tokens too; the `loss` sensitivity stays on text.
+    /// `hessian` sensitivity) see visual tokens too; the forward sensitivities stay on text.
     #[arg(long, requires = "calib")]
     calib_images: Option<PathBuf>,
     /// Image-text records of --calib-images used.
@@ -46,11 +46,12 @@ pub struct QuantizeArgs {
     /// Tokens per calibration window.
     #[arg(long, default_value_t = 128)]
     seq_len: usize,
-    /// Sensitivity measure: `loss` (increase of the calibration loss, one forward pass per
-    /// linear and format), `divergence` (mean KL divergence from the float model's next-token
-    /// distributions, the same passes) or `hessian` (importance-weighted weight error, no
-    /// forward passes: for large models).
-    #[arg(long, default_value = "loss")]
+    /// Sensitivity measure: `divergence` (mean KL divergence from the float model's next-token
+    /// distributions, one forward pass per linear and format, the float model's
+    /// log-probabilities of the calibration set kept meanwhile), `loss` (increase of the
+    /// calibration loss, the same passes; noise can make it negative) or `hessian`
+    /// (importance-weighted weight error, no forward passes: for large models).
+    #[arg(long, default_value = "divergence")]
     sensitivity: SensitivityMeasure,
     /// Quantizer applying the plan: rtn or gptq.
     #[arg(long, default_value = "gptq")]
