@@ -269,6 +269,54 @@ fn quantize_at_3_bpw(model: &Path, out: &Path, cache: &Path, extra: &[&str]) -> 
     andes(&args)
 }
 
+/// Each sensitivity measure plans from its own cache file: a second plan with another measure
+/// and the same cache measures afresh (the cache once handed it the first measure's values),
+/// the manifest names the measure, and the divergence is never negative.
+#[test]
+fn each_sensitivity_measure_plans_from_its_own_cache_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, cache) = (
+        fixture("qwen3-tiny-untied-mha-f32"),
+        dir.path().join("cache"),
+    );
+    let mut plans = Vec::new();
+    for measure in ["loss", "divergence"] {
+        let out = dir.path().join(measure);
+        json_stdout(quantize_at_3_bpw(
+            &model,
+            &out,
+            &cache,
+            &["--sensitivity", measure],
+        ));
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(manifest["quantization"]["sensitivity"], measure);
+        let plan: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("bit_plan.json")).unwrap()).unwrap();
+        let sensitivities: Vec<f64> = plan["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|layer| layer["sensitivity"].as_f64().unwrap())
+            .collect();
+        plans.push(sensitivities);
+    }
+    assert_ne!(
+        plans[0], plans[1],
+        "the second measure read the first's cache"
+    );
+    assert!(plans[1].iter().all(|&s| s >= -1e-6), "{:?}", plans[1]);
+    let mut files: Vec<String> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with("sensitivity-"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(files[0].starts_with("sensitivity-divergence-"), "{files:?}");
+    assert!(files[1].starts_with("sensitivity-loss-"), "{files:?}");
+}
+
 /// An AndesVL model quantizes as its language model does (the tiny AndesVL's language model
 /// is the tiny Qwen3 fixture: same plan, the same packed-linear and float files byte for byte),
 /// its vision tower and projector ship in f16, and the package verifies and generates from an
