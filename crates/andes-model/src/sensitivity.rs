@@ -6,7 +6,7 @@
 //!   mean next-token loss on the calibration windows (HAWQ-style, summed across layers by the
 //!   planner); one forward pass over the calibration set per linear and format. A change that
 //!   is noise on a few thousand tokens can come out negative, and the planner then hands its
-//!   fewest bits to a linear it did not measure at all.
+//!   fewest bits to the linears whose measured change was that noise.
 //! * the same with [`SensitivityMeasure::Divergence`]: the mean KL divergence of the
 //!   quantized model's next-token distributions from the float model's, at every calibration
 //!   position. Never negative, and it sees every change of the distribution, not only the
