@@ -86,7 +86,8 @@ pub enum SensitivityMeasure {
     /// The mean KL divergence of the next-token distributions from the float model's with
     /// that linear alone quantized: one forward pass per linear and format, and the float
     /// model's log-probabilities of the calibration set kept (windows · tokens · vocabulary
-    /// floats: 16 MB for 32 windows of 256 tokens over 512, 5 GB over Qwen3's 151,936).
+    /// floats: 16 MB for 32 windows of 256 tokens over 512, 2.5 GB for 32 of 128 over
+    /// Qwen3's 151,936) up to [`MAX_REFERENCE_BYTES`], recomputed beyond.
     Divergence,
     /// The importance-weighted weight error (diagonal input Hessians): no forward passes,
     /// for large models.
@@ -182,8 +183,23 @@ pub fn forward_sensitivities(
     formats: &[QuantFormat],
     measure: SensitivityMeasure,
 ) -> Result<Vec<LayerSensitivity>, ModelError> {
+    let reference = Reference::of(model, windows, measure, MAX_REFERENCE_BYTES)?;
+    measure_each_linear(model, windows, formats, &reference)
+}
+
+/// The most bytes the divergence keeps the float model's log-probabilities in; beyond, it
+/// computes them again a window at a time for every linear and format (a second forward pass
+/// each) rather than run out of memory.
+pub const MAX_REFERENCE_BYTES: usize = 4 << 30;
+
+/// [`forward_sensitivities`] against `reference`.
+fn measure_each_linear(
+    model: &Qwen3ForCausalLM,
+    windows: &[Tensor<2, Int>],
+    formats: &[QuantFormat],
+    reference: &Reference,
+) -> Result<Vec<LayerSensitivity>, ModelError> {
     let mut probe = model.clone();
-    let reference = Reference::of(&probe, windows, measure)?;
     let layers: Vec<(usize, LoraTarget)> = model
         .adapted_linears()
         .map(|(layer, target, _)| (layer, target))
@@ -228,24 +244,53 @@ pub fn forward_sensitivities(
 enum Reference {
     /// Its mean next-token loss.
     Loss(f64),
-    /// Its next-token log-probabilities, `[batch, seq, vocab]` a window.
-    LogProbs(Vec<Tensor<3>>),
+    /// Its next-token log-probabilities.
+    LogProbs(FloatLogProbs),
+}
+
+/// The float model's next-token log-probabilities on the calibration windows.
+enum FloatLogProbs {
+    /// Kept, `[batch, seq, vocab]` a window.
+    Kept(Vec<Tensor<3>>),
+    /// Computed again a window at a time, where keeping them would take more than the bytes
+    /// allowed.
+    Recomputed(Box<Qwen3ForCausalLM>),
+}
+
+impl FloatLogProbs {
+    /// Those of window `index`, `tokens`.
+    fn of_window(&self, index: usize, tokens: &Tensor<2, Int>) -> Result<Tensor<3>, ModelError> {
+        match self {
+            Self::Kept(windows) => Ok(windows[index].clone()),
+            Self::Recomputed(model) => log_probs(model, tokens),
+        }
+    }
 }
 
 impl Reference {
+    /// The reference `measure` compares with, log-probabilities kept up to `max_bytes`.
     fn of(
         model: &Qwen3ForCausalLM,
         windows: &[Tensor<2, Int>],
         measure: SensitivityMeasure,
+        max_bytes: usize,
     ) -> Result<Self, ModelError> {
+        let [vocab, _] = model.model.embed_tokens.weight.dims();
+        let positions: usize = windows
+            .iter()
+            .map(|w| w.dims().iter().product::<usize>())
+            .sum();
         match measure {
             SensitivityMeasure::Loss => Ok(Self::Loss(mean_next_token_loss(model, windows)?)),
-            SensitivityMeasure::Divergence => Ok(Self::LogProbs(
+            SensitivityMeasure::Divergence if positions * vocab * 4 > max_bytes => Ok(
+                Self::LogProbs(FloatLogProbs::Recomputed(Box::new(model.clone()))),
+            ),
+            SensitivityMeasure::Divergence => Ok(Self::LogProbs(FloatLogProbs::Kept(
                 windows
                     .iter()
                     .map(|tokens| log_probs(model, tokens))
                     .collect::<Result<_, _>>()?,
-            )),
+            ))),
             SensitivityMeasure::Hessian => Err(ModelError::InvalidInput(
                 "the hessian sensitivity needs no forward passes: use `sensitivities`".into(),
             )),
@@ -260,12 +305,13 @@ impl Reference {
     ) -> Result<f64, ModelError> {
         match self {
             Self::Loss(baseline) => Ok(mean_next_token_loss(probe, windows)? - baseline),
-            Self::LogProbs(reference) => {
+            Self::LogProbs(float) => {
                 let (mut total, mut count) = (0.0f64, 0usize);
-                for (tokens, reference) in windows.iter().zip(reference) {
+                for (index, tokens) in windows.iter().enumerate() {
                     let [batch, seq] = tokens.dims();
+                    let reference = float.of_window(index, tokens)?;
                     let quantized = log_probs(probe, tokens)?;
-                    let divergence = reference.clone().exp() * (reference.clone() - quantized);
+                    let divergence = reference.clone().exp() * (reference - quantized);
                     total += divergence
                         .cast(burn::tensor::DType::F64)
                         .sum()
@@ -400,6 +446,18 @@ mod tests {
         let layers =
             forward_sensitivities(&model, &windows, &formats, SensitivityMeasure::Divergence)
                 .unwrap();
+        // Past the bytes allowed, the float model's log-probabilities are computed again for
+        // every probe: the same values.
+        let recomputed =
+            Reference::of(&model, &windows, SensitivityMeasure::Divergence, 0).unwrap();
+        assert!(matches!(
+            recomputed,
+            Reference::LogProbs(FloatLogProbs::Recomputed(_))
+        ));
+        assert_eq!(
+            measure_each_linear(&model, &windows, &formats, &recomputed).unwrap(),
+            layers
+        );
         for layer in &layers {
             let (int8, int1) = (layer.formats[0].sensitivity, layer.formats[1].sensitivity);
             // f32 log-probabilities: a divergence of nothing rounds to within 1e-6 of zero.
