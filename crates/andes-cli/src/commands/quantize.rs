@@ -48,9 +48,9 @@ pub struct QuantizeArgs {
     seq_len: usize,
     /// Sensitivity measure: `divergence` (mean KL divergence from the float model's next-token
     /// distributions, one forward pass per linear and format, the float model's
-    /// log-probabilities of the calibration set kept meanwhile, up to 4 GiB), `loss` (increase of the
-    /// calibration loss, the same passes; noise can make it negative) or `hessian`
-    /// (importance-weighted weight error, no forward passes: for large models).
+    /// log-probabilities of the calibration set kept meanwhile, up to 4 GiB), `loss`
+    /// (increase of the calibration loss, the same passes; noise can make it negative) or
+    /// `hessian` (importance-weighted weight error, no forward passes: for large models).
     #[arg(long, default_value = "divergence")]
     sensitivity: SensitivityMeasure,
     /// Quantizer applying the plan: rtn or gptq.
