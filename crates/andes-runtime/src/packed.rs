@@ -1278,6 +1278,7 @@ mod fused {
             assert!(codes.len() >= (first_tile + rows / 16) * blocks * 1024);
             assert!(tiles.scales.len() >= (first_tile + rows / 16) * groups * 16);
             let q: [&Int8Inputs; M] = std::array::from_fn(|k| &inputs[m + k]);
+            assert!(q.iter().all(|x| x.codes.len() >= blocks * 128));
             // SAFETY (all): AVX-512 F, BW and VNNI where this is inlined; the reads are
             // inside the tiles and the inputs (asserted), the prefetch may point past them.
             unsafe {
