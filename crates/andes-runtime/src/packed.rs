@@ -72,16 +72,16 @@ struct Packed {
     groups: usize,
     scales: Vec<f32>,
     zeros: Vec<f32>,
-    /// The scales of int4 rows laid out sixteen rows at a time, where their codes are.
+    /// The scales of rows laid out sixteen rows at a time, where their codes are.
     tiles: Option<Tiles>,
 }
 
-/// Int4 rows interleaved sixteen at a time for the integer kernel, so that one `vpdpbusd`
-/// takes four codes of each of sixteen rows against four inputs broadcast: a tile's sixteen
-/// outputs come out in one register, with no sum across lanes a row (a row a pass spent
-/// about 13 cycles a block of 128 codes on this kernel's planes, scales and sums, and the
-/// tiles take 1.25–1.8× less time in cache). Tile `t` holds rows `16t..16t + 16`: for each
-/// block of 128 codes and each of its sixteen chunks of 4 bytes (8 codes), the chunk of
+/// Rows of int4, int2 or int1 codes interleaved sixteen at a time for the integer kernel,
+/// so that one `vpdpbusd` takes four codes of each of sixteen rows (one plane of four bytes)
+/// against four inputs broadcast: a tile's sixteen outputs come out in one register, with no
+/// sum across lanes a row (a row a pass spent about 13 cycles a block of 128 int4 codes on
+/// its planes, scales and sums; the tiles run the products 1.2–2.5× faster on one thread).
+/// Tile `t` holds rows `16t..16t + 16`: for each chunk of 4 bytes of a row, the chunk of
 /// every row in turn, 64 bytes. The codes are reordered in place; the scales are kept in
 /// both orders, here the tiles' scales and `scale·zero` terms, `[tile][group][16]` (two
 /// floats a group: 16 bytes a row of 1024 int4 codes in groups of 128, against its 512).
@@ -92,11 +92,9 @@ struct Tiles {
 }
 
 impl Tiles {
-    /// Where byte `j` of row `r` lies among tiles of rows of `cols` codes.
-    fn index(r: usize, j: usize, cols: usize) -> usize {
-        let (tile, lane, chunk) = (r / 16, r % 16, j / 4);
-        let (block, c) = (chunk / 16, chunk % 16);
-        ((tile * (cols / 128) + block) * 16 + c) * 64 + lane * 4 + j % 4
+    /// Where byte `j` of row `r` lies among tiles of rows of `row_bytes` bytes.
+    fn index(r: usize, j: usize, row_bytes: usize) -> usize {
+        (r / 16) * 16 * row_bytes + (j / 4) * 64 + (r % 16) * 4 + j % 4
     }
 }
 
@@ -147,37 +145,38 @@ impl Packed {
     }
 
     /// Row `r`'s packed bytes, gathered from the tiles where the codes are in them.
-    fn row_codes(&self, r: usize, cols: usize) -> Cow<'_, [u8]> {
+    fn row_codes(&self, r: usize) -> Cow<'_, [u8]> {
         match self.tiles {
             None => Cow::Borrowed(self.row(r).0),
             Some(_) => Cow::Owned(
                 (0..self.row_bytes)
-                    .map(|j| self.bytes[Tiles::index(r, j, cols)])
+                    .map(|j| self.bytes[Tiles::index(r, j, self.row_bytes)])
                     .collect(),
             ),
         }
     }
 
-    /// Reorders `rows` int4 rows of `cols` codes (whole blocks of 128, whole tiles) into
+    /// Reorders `rows` rows of `cols` codes (whole blocks of 128, whole tiles) into
     /// [`Tiles`], or back to row by row.
     fn set_tiles(&mut self, on: bool, rows: usize, cols: usize) {
         if on == self.tiles.is_some() {
             return;
         }
-        assert_eq!(self.row_bytes, cols / 2, "int4 rows without padding");
+        assert_eq!(
+            self.row_bytes * self.codes.per_byte().expect("codes of whole bits"),
+            cols,
+            "rows without padding"
+        );
         // A tile's sixteen rows span the same bytes in both orders: each is reordered
         // through a copy of its own, not of the matrix.
         let span = 16 * self.row_bytes;
         let mut copy = vec![0u8; span];
-        for (tile, bytes) in self.bytes[..rows * self.row_bytes]
-            .chunks_exact_mut(span)
-            .enumerate()
-        {
+        for bytes in self.bytes[..rows * self.row_bytes].chunks_exact_mut(span) {
             copy.copy_from_slice(bytes);
             for lane in 0..16 {
                 for j in 0..self.row_bytes {
                     let row_wise = lane * self.row_bytes + j;
-                    let tiled = Tiles::index(16 * tile + lane, j, cols) - tile * span;
+                    let tiled = Tiles::index(lane, j, self.row_bytes);
                     if on {
                         bytes[tiled] = copy[row_wise];
                     } else {
@@ -300,7 +299,7 @@ impl PackedMatrix {
             Weights::Float(values) => values[span].to_vec(),
             Weights::Half(values) => values[span].to_f32_vec(),
             Weights::Packed(packed) => {
-                let (bytes, groups) = (packed.row_codes(r, self.cols), packed.groups_of(r));
+                let (bytes, groups) = (packed.row_codes(r), packed.groups_of(r));
                 let mut row = vec![0.0f32; self.cols.next_multiple_of(8) + 8];
                 packed.codes.decode(&bytes, &mut row);
                 row.truncate(self.cols);
@@ -332,7 +331,7 @@ impl PackedMatrix {
             *packed = packed.at_two_bits(self.rows, self.cols);
         }
         if let Weights::Packed(packed) = &mut self.weights
-            && matches!(packed.codes, Codes::Two(_))
+            && packed.codes.per_byte().is_some_and(|codes| codes > 1)
             && packed.group.is_multiple_of(128)
             && self.cols.is_multiple_of(128)
             && self.rows.is_multiple_of(16)
@@ -348,14 +347,7 @@ impl PackedMatrix {
         let Weights::Packed(packed) = &self.weights else {
             return None;
         };
-        let codes_per_byte = match packed.codes {
-            Codes::One(_) => 1,
-            Codes::Two(_) => 2,
-            Codes::Four(_) => 4,
-            Codes::Eight(_) => 8,
-            Codes::Five(..) | Codes::Int3 => return None,
-        };
-        let layout = Layout::for_rows(codes_per_byte, packed.group, self.cols)?;
+        let layout = Layout::for_rows(packed.codes.per_byte()?, packed.group, self.cols)?;
         (self.int8_activations && has_int8_kernels()).then_some(layout)
     }
 
@@ -685,6 +677,17 @@ pub(crate) fn has_avx2_fma() -> bool {
 }
 
 impl Codes {
+    /// Codes a byte where each takes whole bits of it (not ternary's five, nor int3).
+    fn per_byte(&self) -> Option<usize> {
+        match self {
+            Codes::One(_) => Some(1),
+            Codes::Two(_) => Some(2),
+            Codes::Four(_) => Some(4),
+            Codes::Eight(_) => Some(8),
+            Codes::Five(..) | Codes::Int3 => None,
+        }
+    }
+
     /// int2's codes: four a byte, lowest bits first.
     fn two_bits() -> Codes {
         Codes::Four(table(|byte, i| (byte >> (2 * i)) & 3))
@@ -1153,8 +1156,8 @@ mod fused {
         }
 
         /// The integer products (`crate::int8_inputs`) of `task`'s rows with its vectors
-        /// into `out` (`[rows, vectors]`), by the kernel of their layout: int4 rows in
-        /// [`Tiles`] sixteen rows and up to four vectors a pass; others one vector four
+        /// into `out` (`[rows, vectors]`), by the kernel of their layout: rows in [`Tiles`]
+        /// sixteen rows and up to four vectors a pass; others one vector four
         /// rows a pass where `task.four_rows` (each block of the rounded input loaded once
         /// for the four), else one; several vectors four a pass against one row (a row's
         /// planes made once for the four), the rest one a pass. A task's rows take one
@@ -1192,14 +1195,14 @@ mod fused {
                 four_rows,
             } = *task;
             let count = inputs.len();
-            if let (4, 128, Some(tiles)) = (BITS, B, &packed.tiles) {
+            if let (128, Some(tiles)) = (B, &packed.tiles) {
                 let mut m = 0;
                 while m < count {
                     // SAFETY (both): the caller's promise.
                     m += if count - m >= 4 {
-                        unsafe { int4_tiles::<4>(task, tiles, m, out) }
+                        unsafe { tiles_into::<BITS, 4>(task, tiles, m, out) }
                     } else {
-                        unsafe { int4_tiles::<1>(task, tiles, m, out) }
+                        unsafe { tiles_into::<BITS, 1>(task, tiles, m, out) }
                     };
                 }
                 return;
@@ -1225,6 +1228,31 @@ mod fused {
                     } else {
                         unsafe { tile_into::<BITS, B, 1, 1>(&rows, inputs, m, sums, out) }
                     };
+                }
+            }
+        }
+
+        /// One plane of a chunk of codes `v` (shifted right by `SHIFT`, masked to one code a
+        /// byte) against the four inputs at `slot` of each of the `M` vectors, into integer
+        /// sums `PARITY` (planes alternate between two, by a constant index so the sums stay
+        /// in registers: an index known only at run time put them on the stack, 1.5× slower).
+        #[inline(always)]
+        unsafe fn plane_step<const M: usize, const SHIFT: u32, const PARITY: usize>(
+            v: __m512i,
+            mask: __m512i,
+            q: &[&Int8Inputs; M],
+            slot: usize,
+            sums: &mut [[__m512i; 2]; M],
+        ) {
+            // SAFETY: AVX-512 F, BW and VNNI where this is inlined; `tiles_into` asserted
+            // the inputs hold `slot + 4`.
+            unsafe {
+                let codes = _mm512_and_si512(_mm512_srli_epi16::<SHIFT>(v), mask);
+                for (x, sums) in q.iter().zip(sums.iter_mut()) {
+                    let x = _mm512_set1_epi32(
+                        (x.codes.as_ptr().add(slot) as *const i32).read_unaligned(),
+                    );
+                    sums[PARITY] = _mm512_dpbusd_epi32(sums[PARITY], codes, x);
                 }
             }
         }
@@ -1256,7 +1284,7 @@ mod fused {
         /// The products of `task`'s rows (whole tiles, its codes in `tiles`' order) with its
         /// vectors `m..m + M` into `out` (`[rows, vectors]`); returns `M`.
         #[inline(always)]
-        unsafe fn int4_tiles<const M: usize>(
+        unsafe fn tiles_into<const BITS: usize, const M: usize>(
             task: &Int8Task<'_>,
             tiles: &Tiles,
             m: usize,
@@ -1275,36 +1303,56 @@ mod fused {
             let rows = out.len() / count;
             assert!(first.is_multiple_of(16) && rows.is_multiple_of(16));
             let first_tile = first / 16;
-            assert!(codes.len() >= (first_tile + rows / 16) * blocks * 1024);
+            // A tile's bytes; a block's chunks of four bytes a row, and its planes.
+            let (tile_bytes, chunks, planes) = (blocks * 256 * BITS, 4 * BITS, 8 / BITS);
+            assert!(codes.len() >= (first_tile + rows / 16) * tile_bytes);
             assert!(tiles.scales.len() >= (first_tile + rows / 16) * groups * 16);
             let q: [&Int8Inputs; M] = std::array::from_fn(|k| &inputs[m + k]);
             assert!(q.iter().all(|x| x.codes.len() >= blocks * 128));
             // SAFETY (all): AVX-512 F, BW and VNNI where this is inlined; the reads are
             // inside the tiles and the inputs (asserted), the prefetch may point past them.
             unsafe {
-                let mask = _mm512_set1_epi8(0x0F);
+                let mask = _mm512_set1_epi8(((1u32 << BITS) - 1) as i8);
                 for tile in 0..rows / 16 {
                     let t = first_tile + tile;
-                    let codes = codes.as_ptr().add(t * blocks * 1024);
+                    let codes = codes.as_ptr().add(t * tile_bytes);
                     let mut acc = [_mm512_setzero_ps(); M];
                     for b in 0..blocks {
                         let mut sums_b = [[_mm512_setzero_si512(); 2]; M];
-                        for c in 0..16 {
-                            let at = codes.add((b * 16 + c) * 64);
+                        for c in 0..chunks {
+                            let at = codes.add((b * chunks + c) * 64);
                             _mm_prefetch::<_MM_HINT_T0>(
                                 at.wrapping_add(PREFETCH_BYTES) as *const i8
                             );
                             let v = _mm512_loadu_si512(at as *const _);
-                            let low = _mm512_and_si512(v, mask);
-                            let high = _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask);
-                            for k in 0..M {
-                                let x = q[k].codes.as_ptr().add(b * 128 + 4 * c);
-                                let even = _mm512_set1_epi32((x as *const i32).read_unaligned());
-                                let odd =
-                                    _mm512_set1_epi32((x.add(64) as *const i32).read_unaligned());
-                                let s = &mut sums_b[k][c & 1];
-                                *s = _mm512_dpbusd_epi32(*s, low, even);
-                                *s = _mm512_dpbusd_epi32(*s, high, odd);
+                            // Each plane's code of every byte; its four inputs lie side by
+                            // side in the plane-by-plane layout. Shifts by immediates, the
+                            // planes written out.
+                            let at = b * 128 + 4 * c;
+                            let step = 128 / planes;
+                            let sums = &mut sums_b;
+                            match BITS {
+                                4 => {
+                                    plane_step::<M, 0, 0>(v, mask, &q, at, sums);
+                                    plane_step::<M, 4, 1>(v, mask, &q, at + step, sums);
+                                }
+                                2 => {
+                                    plane_step::<M, 0, 0>(v, mask, &q, at, sums);
+                                    plane_step::<M, 2, 1>(v, mask, &q, at + step, sums);
+                                    plane_step::<M, 4, 0>(v, mask, &q, at + 2 * step, sums);
+                                    plane_step::<M, 6, 1>(v, mask, &q, at + 3 * step, sums);
+                                }
+                                1 => {
+                                    plane_step::<M, 0, 0>(v, mask, &q, at, sums);
+                                    plane_step::<M, 1, 1>(v, mask, &q, at + step, sums);
+                                    plane_step::<M, 2, 0>(v, mask, &q, at + 2 * step, sums);
+                                    plane_step::<M, 3, 1>(v, mask, &q, at + 3 * step, sums);
+                                    plane_step::<M, 4, 0>(v, mask, &q, at + 4 * step, sums);
+                                    plane_step::<M, 5, 1>(v, mask, &q, at + 5 * step, sums);
+                                    plane_step::<M, 6, 0>(v, mask, &q, at + 6 * step, sums);
+                                    plane_step::<M, 7, 1>(v, mask, &q, at + 7 * step, sums);
+                                }
+                                _ => unreachable!("int8 rows are not tiled"),
                             }
                         }
                         let scales = _mm512_loadu_ps(
@@ -1667,7 +1715,7 @@ mod tests {
                             "{format}: row {r} vector {m} alone, {pass}"
                         );
                     }
-                    let (bytes, groups) = (p.row_codes(r, cols), p.groups_of(r));
+                    let (bytes, groups) = (p.row_codes(r), p.groups_of(r));
                     let mut decoded = vec![0.0f32; cols + 8];
                     p.codes.decode(&bytes, &mut decoded);
                     let codes: Vec<u8> = decoded[..cols].iter().map(|&c| c as u8).collect();
