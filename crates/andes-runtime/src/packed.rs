@@ -1236,7 +1236,8 @@ mod fused {
         /// One plane of a chunk of codes `v` (shifted right by `SHIFT`, masked to one code a
         /// byte) against the four inputs at `slot` of each of the `M` vectors, into integer
         /// sums `PARITY` (planes alternate between two, by a constant index so the sums stay
-        /// in registers: an index known only at run time put them on the stack, 1.5× slower).
+        /// in registers: an index known only at run time put them on the stack, and int4 in
+        /// cache ran at about half the speed, 20 against 40 GB/s).
         #[inline(always)]
         unsafe fn plane_step<const M: usize, const SHIFT: u32, const PARITY: usize>(
             v: __m512i,
