@@ -27,7 +27,9 @@
 #      its adapters' figures apart in OUT, so one OUT holds the table for each), QAT_VARIANTS
 #      (qat distill: which QAT columns run; the others say not run), SENSITIVITY (divergence:
 #      the planner's `andes quantize --sensitivity`; another measure keeps its plans' files
-#      apart)
+#      apart), ADAPTER_DISTILL (unset; a weight such as 0.5 has the adapters on the packages
+#      distil from float P with its adapter, `[distill]` of their lora runs, their figures
+#      kept apart)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 A=$(realpath "${1:-target/release/andes}")
@@ -40,6 +42,7 @@ JOBS=${JOBS:-1}
 LORA_INIT=${LORA_INIT:-zero-update}
 QAT_VARIANTS=${QAT_VARIANTS-qat distill}
 SENSITIVITY=${SENSITIVITY:-divergence}
+ADAPTER_DISTILL=${ADAPTER_DISTILL:-}
 PYTHON=${PYTHON:-python3}
 window=(); [ -n "${WINDOW:-}" ] && window=(--window "$WINDOW")
 mkdir -p "$OUT/nll"
@@ -66,6 +69,11 @@ adapter() { # adapter NAME CHECKPOINT [PACKAGE]: the task NLL of the lora adapte
   if [ -n "${3:-}" ]; then
     extra=(--set "model.package=\"$3\"" --set "lora.init=\"$LORA_INIT\"")
     [ "$LORA_INIT" = zero-update ] || name=$name-$LORA_INIT
+    if [ -n "$ADAPTER_DISTILL" ]; then
+      extra+=(--set "distill.weight=$ADAPTER_DISTILL" --set "distill.teacher=\"$P\""
+        --set "distill.teacher_adapter=\"$(last "$OUT/lora-float")\"")
+      name=$name-taught$ADAPTER_DISTILL
+    fi
   fi
   [ -s "$OUT/nll/task-$name" ] || rm -rf "$OUT/lora-$name" # a run cut short starts again
   once "task-$name" train --config $RECIPES/lora.toml --out "$OUT/lora-$name" --set "model.checkpoint=\"$2\"" "${extra[@]}"

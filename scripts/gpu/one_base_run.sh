@@ -5,7 +5,8 @@
 # llama.cpp's types on the same base. The work folder W (default runs/one-base-medium) is
 # ignored by git, so a second call on the same warm machine goes on where the first stopped;
 # BUDGETS (default 1.8 2 3 4) and JOBS (budgets at once, default 2) are passed through, as are
-# LORA_INIT, QAT_VARIANTS and SENSITIVITY; LLAMACPP= (empty) leaves llama.cpp's rows out.
+# LORA_INIT, QAT_VARIANTS, SENSITIVITY and ADAPTER_DISTILL; LLAMACPP= (empty) leaves llama.cpp's
+# rows out.
 #
 # Needs, in .carry/: andes-cublas.xz (scripts/gpu/build-cuda.sh), gcide-large.txt.xz
 # (scripts/datasets/make_gcide_sample.py --large-bytes 100000000, xz-compressed) and

@@ -4,7 +4,7 @@
 //! is the package's, bit for bit; the adapter scores with `andes eval --model PKG --adapter`
 //! as training scored it; and the refusals (a package of another model, a stage that is not
 //! `lora`); an AndesVL adapter trained against an AndesVL package; an adapter that starts at
-//! the package's quantization residual.
+//! the package's quantization residual; an adapter distilled from the float model.
 
 mod common;
 
@@ -56,6 +56,55 @@ fn a_lora_run_against_a_package_trains_the_packages_base() {
     assert!(
         (package_loss - run_eval_loss).abs() < 1e-9 * run_eval_loss,
         "andes eval on the package {package_loss} vs the run {run_eval_loss}"
+    );
+}
+
+/// `[distill]` against a package: at step 1 the zero-update adapter leaves the package's base
+/// as it is, so the loss is `0.5·NLL + 0.5·KL(float ‖ package)` with the KL positive; with the
+/// float-trained adapter on the teacher, the KL is taken against the float pair instead.
+#[test]
+fn an_adapter_on_a_package_distilled_from_the_float_model_adds_the_kl_term() {
+    let dir = tempfile::tempdir().unwrap();
+    let package = package_of(
+        "qwen3-tiny-untied-mha-f32",
+        "1.8",
+        &dir.path().join("package"),
+    );
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        common::assert_success(&train_lora(&out, &package, 4, extra));
+        common::losses(&out)[0].1
+    };
+    let nll = run("plain", &[]);
+    let mixed = run("distilled", &["--set", "distill.weight=0.5"]);
+    assert!(
+        mixed.is_finite() && mixed < nll && mixed > 0.5 * nll,
+        "{nll} vs {mixed}"
+    );
+
+    let float = dir.path().join("float");
+    let config = path(&repo("configs/recipes/tiny/lora.toml")).to_string();
+    let output = train_command(&["--config", &config, "--out", path(&float), "--quiet"])
+        .args([
+            "--set",
+            "train.steps=4",
+            "--set",
+            "train.checkpoint_every=4",
+        ])
+        .output()
+        .unwrap();
+    common::assert_success(&output);
+    let teacher_adapter = format!(
+        "distill.teacher_adapter=\"{}\"",
+        path(&float.join("checkpoints/step-000004"))
+    );
+    let taught = run(
+        "taught",
+        &["--set", "distill.weight=0.5", "--set", &teacher_adapter],
+    );
+    assert!(
+        taught.is_finite() && taught > 0.5 * nll && (taught - mixed).abs() > 1e-6,
+        "{taught} against {mixed} without the teacher's adapter"
     );
 }
 

@@ -221,15 +221,23 @@ impl Recipe {
             paths.extend(source.eval.as_mut());
         }
         paths.extend(self.model.package.as_mut());
-        if let Stage::Qalft { quant, distill, .. } | Stage::Qat { quant, distill } = &mut self.stage
+        let (quant, distill) = match &mut self.stage {
+            Stage::Qalft { quant, distill, .. } | Stage::Qat { quant, distill } => {
+                (Some(quant), distill.as_mut())
+            }
+            Stage::Lora { distill, .. } => (None, distill.as_mut()),
+            _ => (None, None),
+        };
+        if let Some(QuantSection {
+            formats: BaseFormats::Plan(plan),
+            ..
+        }) = quant
         {
-            if let BaseFormats::Plan(plan) = &mut quant.formats {
-                paths.push(plan);
-            }
-            if let Some(distill) = distill {
-                paths.extend(distill.teacher.as_mut());
-                paths.extend(distill.teacher_adapter.as_mut());
-            }
+            paths.push(plan);
+        }
+        if let Some(distill) = distill {
+            paths.extend(distill.teacher.as_mut());
+            paths.extend(distill.teacher_adapter.as_mut());
         }
         for path in paths {
             *path = std::path::absolute(&*path)?;
@@ -261,6 +269,7 @@ impl RecipeFile {
         check_stage_fits(&stage, &self.data, &self.train, path)?;
         check_package_stage(&stage, &self.model, path)?;
         check_lora_init(&stage, &self.model, path)?;
+        check_distill_student(&stage, &self.model, path)?;
         if stage.distill().is_some() && device_count(&self.train) > 1 {
             return Err(refuse(
                 path,
@@ -375,6 +384,7 @@ impl StageSections {
             StageName::Sft => Stage::Sft,
             StageName::Lora => Stage::Lora {
                 lora: self.take_lora(name, path)?,
+                distill: self.take_distill(path)?,
             },
             StageName::Qalft => Stage::Qalft {
                 lora: self.take_lora(name, path)?,
@@ -434,7 +444,11 @@ impl StageSections {
         let given = [
             ("lora", self.lora.is_some(), "stages lora and qalft"),
             ("quant", self.quant.is_some(), "stages qalft and qat"),
-            ("distill", self.distill.is_some(), "stages qalft and qat"),
+            (
+                "distill",
+                self.distill.is_some(),
+                "stages lora, qalft and qat",
+            ),
             ("mpo", self.mpo.is_some(), "stage mpo"),
             ("grpo", self.grpo.is_some(), "stage grpo"),
         ];
@@ -453,8 +467,9 @@ impl From<Stage> for StageSections {
     fn from(stage: Stage) -> Self {
         match stage {
             Stage::Pretrain | Stage::Sft => Self::default(),
-            Stage::Lora { lora } => Self {
+            Stage::Lora { lora, distill } => Self {
                 lora: Some(lora),
+                distill,
                 ..Self::default()
             },
             Stage::Qalft {
@@ -715,6 +730,26 @@ fn check_lora_init(stage: &Stage, model: &ModelSection, path: &Path) -> Result<(
     }
 }
 
+/// A `lora` run distils only against a package: on the float base its student would be the
+/// teacher itself, with nothing quantized to make up for.
+fn check_distill_student(
+    stage: &Stage,
+    model: &ModelSection,
+    path: &Path,
+) -> Result<(), TrainError> {
+    match stage {
+        Stage::Lora {
+            distill: Some(_), ..
+        } if model.package.is_none() => Err(refuse(
+            path,
+            "distill",
+            "distillation shows a quantized student its float teacher's outputs, and this \
+             lora base is float: name a package in [model] package, or use stage = \"qalft\"",
+        )),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -912,8 +947,9 @@ mod tests {
         );
     }
 
-    /// `[distill]` is read by `qat` (and `qalft`), its values checked, and round-trips; any
-    /// other stage refuses it by key.
+    /// `[distill]` is read by `qat` (and `qalft`, and `lora` against a package), its values
+    /// checked, and round-trips; a `lora` run on the float base and any other stage refuse it
+    /// by key.
     #[test]
     fn distill_is_read_by_qat_checked_and_refused_elsewhere() {
         let distill: toml::Table =
@@ -939,8 +975,15 @@ mod tests {
         settings.insert("weight".into(), 1.5.into());
         assert!(error_of(table).contains("key `distill.weight`"));
         let mut lora = recipe("lora.toml");
-        lora.insert("distill".into(), distill.into());
-        assert!(error_of(lora).contains("[distill] is read only by stages qalft and qat"));
+        lora.insert("distill".into(), distill.clone().into());
+        assert!(error_of(lora.clone()).contains("this lora base is float"));
+        let model = lora["model"].as_table_mut().unwrap();
+        model.insert("package".into(), "runs/package".into());
+        let against_package = Recipe::from_table(lora, Path::new("lora.toml")).unwrap();
+        assert_eq!(against_package.stage.distill().unwrap().weight, 0.25);
+        let mut sft = recipe("sft.toml");
+        sft.insert("distill".into(), distill.into());
+        assert!(error_of(sft).contains("[distill] is read only by stages lora, qalft and qat"));
     }
 
     #[test]

@@ -30,10 +30,15 @@ pub enum Stage {
     /// Next-token loss on the assistant turns of conversations.
     Sft,
     /// A LoRA adapter on the frozen float base, trained on the masked next-token loss of its
-    /// data: the float reference QALFT is measured against.
+    /// data: the float reference QALFT is measured against; or on the frozen base of a
+    /// package (`[model] package`), the adapters of 1+N.
     Lora {
         /// The adapter (`[lora]`).
         lora: LoraSection,
+        /// Distillation from a float teacher (`[distill]`), against a package only: the
+        /// float model, with the float-trained adapter of the task, shows the adapter on the
+        /// quantized base what the float pair computes.
+        distill: Option<DistillSection>,
     },
     /// Quantization-aware LoRA fine-tuning: the base quantized per `[quant]` and frozen on its
     /// fake-quant grid, the adapter (and optionally the grid's scales) trained against it.
@@ -134,7 +139,7 @@ impl Stage {
     /// weights (its checkpoints are whole models, not adapters).
     pub fn adapter(&self) -> Option<AdapterSections<'_>> {
         match self {
-            Stage::Lora { lora } => Some(AdapterSections { lora, quant: None }),
+            Stage::Lora { lora, .. } => Some(AdapterSections { lora, quant: None }),
             Stage::Qalft { lora, quant, .. } => Some(AdapterSections {
                 lora,
                 quant: Some(quant),
@@ -159,15 +164,14 @@ impl Stage {
         }
     }
 
-    /// Distillation from a float teacher (`[distill]` of `qat` and `qalft`), when given.
+    /// Distillation from a float teacher (`[distill]` of `qat`, `qalft`, and `lora` against a
+    /// package), when given.
     pub fn distill(&self) -> Option<&DistillSection> {
         match self {
-            Stage::Qalft { distill, .. } | Stage::Qat { distill, .. } => distill.as_ref(),
-            Stage::Pretrain
-            | Stage::Sft
-            | Stage::Lora { .. }
-            | Stage::Mpo { .. }
-            | Stage::Grpo { .. } => None,
+            Stage::Lora { distill, .. }
+            | Stage::Qalft { distill, .. }
+            | Stage::Qat { distill, .. } => distill.as_ref(),
+            Stage::Pretrain | Stage::Sft | Stage::Mpo { .. } | Stage::Grpo { .. } => None,
         }
     }
 
@@ -242,8 +246,8 @@ impl Recipe {
     }
 }
 
-/// `[distill]`: knowledge distillation from a float teacher for the stages that train through a
-/// quantization grid (`qat`, `qalft`): the step's loss becomes `(1 − weight)·NLL +
+/// `[distill]`: knowledge distillation from a float teacher for the stages that train against
+/// a quantized base (`qat`, `qalft`, `lora` against a package): the step's loss becomes `(1 − weight)·NLL +
 /// weight·T²·KL(teacher ‖ student)` at temperature `T`, over the positions the NLL counts
 /// (Hinton et al. 2015), the logits of both computed in the same chunks of positions as the
 /// loss so they never take memory whole.
@@ -253,7 +257,8 @@ pub struct DistillSection {
     /// The teacher's model directory; the recipe's checkpoint (the float model) when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teacher: Option<PathBuf>,
-    /// A PEFT adapter on the teacher, e.g. the float-trained adapter of the same task (`qalft`).
+    /// A PEFT adapter on the teacher, e.g. the float-trained adapter of the same task (`qalft`,
+    /// `lora` against a package).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teacher_adapter: Option<PathBuf>,
     /// Softmax temperature of both distributions.
