@@ -29,7 +29,8 @@
 #      the planner's `andes quantize --sensitivity`; another measure keeps its plans' files
 #      apart), ADAPTER_DISTILL (unset; a weight such as 0.5 has the adapters on the packages
 #      distil from float P with its adapter, `[distill]` of their lora runs, their figures
-#      kept apart)
+#      kept apart, and adds the row of the same distillation on float P, their like-for-like
+#      reference)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 A=$(realpath "${1:-target/release/andes}")
@@ -64,16 +65,16 @@ trained() { # trained DIR ARGS...: `andes train --out DIR ARGS...` to its end, r
   else rm -rf "$dir"; train --out "$dir" "$@" > /dev/null; fi
   touch "$dir.done"
 }
-adapter() { # adapter NAME CHECKPOINT [PACKAGE]: the task NLL of the lora adapter
+adapter() { # adapter NAME CHECKPOINT [PACKAGE] [taught]: the task NLL of the lora adapter
   local extra=() name=$1
   if [ -n "${3:-}" ]; then
     extra=(--set "model.package=\"$3\"" --set "lora.init=\"$LORA_INIT\"")
     [ "$LORA_INIT" = zero-update ] || name=$name-$LORA_INIT
-    if [ -n "$ADAPTER_DISTILL" ]; then
-      extra+=(--set "distill.weight=$ADAPTER_DISTILL" --set "distill.teacher=\"$P\""
-        --set "distill.teacher_adapter=\"$(last "$OUT/lora-float")\"")
-      name=$name-taught$ADAPTER_DISTILL
-    fi
+  fi
+  if [ -n "${4:-}" ]; then # distilled from float P with its adapter
+    extra+=(--set "distill.weight=$ADAPTER_DISTILL" --set "distill.teacher=\"$P\""
+      --set "distill.teacher_adapter=\"$(last "$OUT/lora-float")\"")
+    name=$name-taught$ADAPTER_DISTILL
   fi
   [ -s "$OUT/nll/task-$name" ] || rm -rf "$OUT/lora-$name" # a run cut short starts again
   once "task-$name" train --config $RECIPES/lora.toml --out "$OUT/lora-$name" --set "model.checkpoint=\"$2\"" "${extra[@]}"
@@ -90,6 +91,7 @@ trained "$OUT/pretrain" --config $RECIPES/pretrain.toml "${init[@]}"
 P=$(last "$OUT/pretrain")
 float_prose=$(once prose-float prose "$P")
 float_task=$(adapter float "$P")
+taught=${ADAPTER_DISTILL:+taught}
 trained "$OUT/float-more" --config "$OUT/control.toml" --set "model.checkpoint=\"$P\""
 F=$(last "$OUT/float-more")
 
@@ -103,7 +105,7 @@ budget_row() { # budget_row B: the table's row of budget B, into OUT/row-$(key B
     --sensitivity "$SENSITIVITY" --calib datasets/gcide/gcide-sample.txt ${WINDOW:+--seq-len $WINDOW} --device "$DEVICE" \
     --cache "$OUT/cache-$B" --out "$G" > /dev/null
   row="| ${K/-/, } ($(grep -m1 -o '"bpw_linears": *[0-9.]*' "$G/manifest.json" | sed -E 's/.*: *//' | xargs printf '%.2f')) | $(ratio "$(once "prose-gptq-$K" prose "$G")" "$float_prose")"
-  tasks="$(ratio "$(adapter "gptq-$K" "$P" "$G")" "$float_task")"
+  tasks="$(ratio "$(adapter "gptq-$K" "$P" "$G" $taught)" "$float_task")"
   # The qat recipe with G's plan in place of its uniform format (paths stay repo-relative).
   awk -v plan="$G/bit_plan.json" '/^\[/ { quant = ($0 == "[quant]") }
     quant && /^format = / { $0 = "plan = \"" plan "\"" } 1' $RECIPES/qat.toml > "$OUT/qat-$K.toml"
@@ -117,7 +119,7 @@ budget_row() { # budget_row B: the table's row of budget B, into OUT/row-$(key B
     [ -f "$OUT/pkg-$variant-$K/manifest.json" ] || "$A" quantize --model "$C" --target dimensity9500 \
       --plan "$C/bit_plan.json" --device "$DEVICE" --out "$OUT/pkg-$variant-$K" > /dev/null
     row="$row | $(ratio "$(once "prose-$variant-$K" prose "$OUT/pkg-$variant-$K")" "$float_prose")"
-    tasks="$tasks | $(ratio "$(adapter "$variant-$K" "$C" "$OUT/pkg-$variant-$K")" "$float_task")"
+    tasks="$tasks | $(ratio "$(adapter "$variant-$K" "$C" "$OUT/pkg-$variant-$K" $taught)" "$float_task")"
   done
   echo "$row | $tasks |" > "$OUT/row-$K.md"
 }
@@ -133,6 +135,7 @@ echo "| bpw (plan) | prose ppl: GPTQ | QAT | QAT + distill | task ppl, adapter o
 echo "|---|---|---|---|---|---|---|"
 echo "| float P | $(ratio "$float_prose" "$float_prose") | | | $(ratio "$float_task" "$float_task") | | |"
 echo "| float P trained as the QAT runs are (the control of the QAT columns) | | $(ratio "$(once prose-control prose "$F")" "$float_prose") | | | $(ratio "$(adapter control "$F")" "$float_task") | |"
+[ -z "$taught" ] || echo "| float P, the adapter distilled as the package adapters are (weight $ADAPTER_DISTILL) | | | | $(ratio "$(adapter float "$P" "" taught)" "$float_task") | | |"
 for B in $BUDGETS; do cat "$OUT/row-$(key "$B").md"; done
 
 [ -n "${LLAMACPP:-}" ] || exit 0

@@ -61,7 +61,8 @@ fn a_lora_run_against_a_package_trains_the_packages_base() {
 
 /// `[distill]` against a package: at step 1 the zero-update adapter leaves the package's base
 /// as it is, so the loss is `0.5·NLL + 0.5·KL(float ‖ package)` with the KL positive; with the
-/// float-trained adapter on the teacher, the KL is taken against the float pair instead.
+/// float-trained adapter on the teacher, the KL is taken against the float pair instead; and
+/// an adapter on the float base distils from that pair too.
 #[test]
 fn an_adapter_on_a_package_distilled_from_the_float_model_adds_the_kl_term() {
     let dir = tempfile::tempdir().unwrap();
@@ -105,6 +106,22 @@ fn an_adapter_on_a_package_distilled_from_the_float_model_adds_the_kl_term() {
     assert!(
         taught.is_finite() && taught > 0.5 * nll && (taught - mixed).abs() > 1e-6,
         "{taught} against {mixed} without the teacher's adapter"
+    );
+
+    // The like-for-like reference: the same distillation for an adapter on the float base,
+    // whose step 1 is 0.5·NLL + 0.5·KL(float + adapter ‖ float).
+    let float_nll = common::losses(&float)[0].1;
+    let reference = dir.path().join("reference");
+    let output = train_command(&["--config", &config, "--out", path(&reference), "--quiet"])
+        .args(["--set", "train.steps=1", "--set", "distill.weight=0.5"])
+        .args(["--set", &teacher_adapter])
+        .output()
+        .unwrap();
+    common::assert_success(&output);
+    let mixed = common::losses(&reference)[0].1;
+    assert!(
+        mixed < float_nll && mixed > 0.5 * float_nll,
+        "{float_nll} vs {mixed}"
     );
 }
 

@@ -730,8 +730,10 @@ fn check_lora_init(stage: &Stage, model: &ModelSection, path: &Path) -> Result<(
     }
 }
 
-/// A `lora` run distils only against a package: on the float base its student would be the
-/// teacher itself, with nothing quantized to make up for.
+/// A `lora` run on the float base distils only from a teacher that differs from its own base
+/// (another model, or an adapter on it, e.g. the float-trained adapter the package's adapters
+/// distil from, trained again the same way as their reference): the base alone as teacher
+/// would only pull the adapter towards changing nothing.
 fn check_distill_student(
     stage: &Stage,
     model: &ModelSection,
@@ -739,12 +741,19 @@ fn check_distill_student(
 ) -> Result<(), TrainError> {
     match stage {
         Stage::Lora {
-            distill: Some(_), ..
+            distill:
+                Some(DistillSection {
+                    teacher: None,
+                    teacher_adapter: None,
+                    ..
+                }),
+            ..
         } if model.package.is_none() => Err(refuse(
             path,
             "distill",
-            "distillation shows a quantized student its float teacher's outputs, and this \
-             lora base is float: name a package in [model] package, or use stage = \"qalft\"",
+            "this lora base is float and the teacher would be that base itself: name \
+             distill.teacher_adapter (the task's float-trained adapter) or distill.teacher, or \
+             train against a package ([model] package)",
         )),
         _ => Ok(()),
     }
@@ -947,9 +956,9 @@ mod tests {
         );
     }
 
-    /// `[distill]` is read by `qat` (and `qalft`, and `lora` against a package), its values
-    /// checked, and round-trips; a `lora` run on the float base and any other stage refuse it
-    /// by key.
+    /// `[distill]` is read by `qat` (and `qalft`, and `lora`), its values checked, and
+    /// round-trips; a `lora` run on the float base with that base as its teacher and any other
+    /// stage refuse it by key.
     #[test]
     fn distill_is_read_by_qat_checked_and_refused_elsewhere() {
         let distill: toml::Table =
@@ -976,7 +985,21 @@ mod tests {
         assert!(error_of(table).contains("key `distill.weight`"));
         let mut lora = recipe("lora.toml");
         lora.insert("distill".into(), distill.clone().into());
-        assert!(error_of(lora.clone()).contains("this lora base is float"));
+        let settings = lora["distill"].as_table_mut().unwrap();
+        settings.remove("teacher");
+        assert!(error_of(lora.clone()).contains("teacher would be that base itself"));
+        let mut taught = lora.clone();
+        let settings = taught["distill"].as_table_mut().unwrap();
+        settings.insert("teacher_adapter".into(), "runs/float-adapter".into());
+        let float_base = Recipe::from_table(taught, Path::new("lora.toml")).unwrap();
+        assert!(
+            float_base
+                .stage
+                .distill()
+                .unwrap()
+                .teacher_adapter
+                .is_some()
+        );
         let model = lora["model"].as_table_mut().unwrap();
         model.insert("package".into(), "runs/package".into());
         let against_package = Recipe::from_table(lora, Path::new("lora.toml")).unwrap();

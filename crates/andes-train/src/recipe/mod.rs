@@ -35,9 +35,10 @@ pub enum Stage {
     Lora {
         /// The adapter (`[lora]`).
         lora: LoraSection,
-        /// Distillation from a float teacher (`[distill]`), against a package only: the
-        /// float model, with the float-trained adapter of the task, shows the adapter on the
-        /// quantized base what the float pair computes.
+        /// Distillation from a float teacher (`[distill]`): against a package, the float
+        /// model with the float-trained adapter of the task shows the adapter on the quantized
+        /// base what the float pair computes; on the float base, the same teacher trains the
+        /// reference those adapters compare with.
         distill: Option<DistillSection>,
     },
     /// Quantization-aware LoRA fine-tuning: the base quantized per `[quant]` and frozen on its
@@ -164,8 +165,8 @@ impl Stage {
         }
     }
 
-    /// Distillation from a float teacher (`[distill]` of `qat`, `qalft`, and `lora` against a
-    /// package), when given.
+    /// Distillation from a float teacher (`[distill]` of `qat`, `qalft` and `lora`), when
+    /// given.
     pub fn distill(&self) -> Option<&DistillSection> {
         match self {
             Stage::Lora { distill, .. }
@@ -246,8 +247,8 @@ impl Recipe {
     }
 }
 
-/// `[distill]`: knowledge distillation from a float teacher for the stages that train against
-/// a quantized base (`qat`, `qalft`, `lora` against a package): the step's loss becomes `(1 − weight)·NLL +
+/// `[distill]`: knowledge distillation from a float teacher (`qat`, `qalft`, and `lora`, whose
+/// teacher carries the task's float-trained adapter): the step's loss becomes `(1 − weight)·NLL +
 /// weight·T²·KL(teacher ‖ student)` at temperature `T`, over the positions the NLL counts
 /// (Hinton et al. 2015), the logits of both computed in the same chunks of positions as the
 /// loss so they never take memory whole.
