@@ -259,7 +259,7 @@ pub struct DistillSection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teacher: Option<PathBuf>,
     /// A PEFT adapter on the teacher, e.g. the float-trained adapter of the same task (`qalft`,
-    /// `lora` against a package).
+    /// `lora`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teacher_adapter: Option<PathBuf>,
     /// Softmax temperature of both distributions.
