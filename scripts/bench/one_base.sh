@@ -29,8 +29,8 @@
 #      the planner's `andes quantize --sensitivity`; another measure keeps its plans' files
 #      apart), ADAPTER_DISTILL (unset; a weight such as 0.5 has the adapters on the packages
 #      distil from float P with its adapter, `[distill]` of their lora runs, their figures
-#      kept apart, and adds the row of the same distillation on float P, their like-for-like
-#      reference)
+#      kept apart, and adds the rows of the same distillation on float P and on the control,
+#      their like-for-like references)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 A=$(realpath "${1:-target/release/andes}")
@@ -135,7 +135,10 @@ echo "| bpw (plan) | prose ppl: GPTQ | QAT | QAT + distill | task ppl, adapter o
 echo "|---|---|---|---|---|---|---|"
 echo "| float P | $(ratio "$float_prose" "$float_prose") | | | $(ratio "$float_task" "$float_task") | | |"
 echo "| float P trained as the QAT runs are (the control of the QAT columns) | | $(ratio "$(once prose-control prose "$F")" "$float_prose") | | | $(ratio "$(adapter control "$F")" "$float_task") | |"
-[ -z "$taught" ] || echo "| float P, the adapter distilled as the package adapters are (weight $ADAPTER_DISTILL) | | | | $(ratio "$(adapter float "$P" "" taught)" "$float_task") | | |"
+if [ -n "$taught" ]; then
+  echo "| float P, the adapter distilled as the package adapters are (weight $ADAPTER_DISTILL) | | | | $(ratio "$(adapter float "$P" "" taught)" "$float_task") | | |"
+  echo "| the control, its adapter distilled so too | | | | | $(ratio "$(adapter control "$F" "" taught)" "$float_task") | |"
+fi
 for B in $BUDGETS; do cat "$OUT/row-$(key "$B").md"; done
 
 [ -n "${LLAMACPP:-}" ] || exit 0
