@@ -1370,8 +1370,9 @@ mod fused {
                         let mut even = [[_mm512_setzero_si512(); 2]; M];
                         let mut odd = [[_mm512_setzero_si512(); 2]; M];
                         // Chunks in pairs, each of a pair into sums of its own: four
-                        // `vpdpbusd` chains a vector, not two (int2 in cache ran 1.24×
-                        // faster on one thread of an AMD EPYC, int8 1.07×).
+                        // `vpdpbusd` chains a vector where a chunk has two planes or more,
+                        // two for int8's one (int2 in cache ran 1.22–1.24× faster on one
+                        // thread of an AMD EPYC than with one chain a plane parity).
                         for c in (0..chunks).step_by(2) {
                             let at = |c: usize| codes.add((b * chunks + c) * 64);
                             let slot = |c: usize| b * 128 + 4 * c;
