@@ -1160,8 +1160,10 @@ mod fused {
         /// into `out` (`[rows, vectors]`), by the kernel of their layout: rows in [`Tiles`]
         /// sixteen rows and up to four vectors a pass; others one vector four
         /// rows a pass where `task.four_rows` (each block of the rounded input loaded once
-        /// for the four), else one; several vectors four a pass against one row (a row's
-        /// planes made once for the four), the rest one a pass. A task's rows take one
+        /// for the four), else one; several vectors up to four a pass against one row (a
+        /// row's planes made once for them). Two or three vectors take one pass of their
+        /// own, not a pass each: a speculative block shorter than four is verified at
+        /// little more than one vector's cost. A task's rows take one
         /// call and one choice of kernel, where a call a row put 15–20% of a profile's
         /// samples around the kernel (37–46% in it).
         #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -1199,11 +1201,14 @@ mod fused {
             if let (128, Some(tiles)) = (B, &packed.tiles) {
                 let mut m = 0;
                 while m < count {
-                    // SAFETY (both): the caller's promise.
-                    m += if count - m >= 4 {
-                        unsafe { tiles_into::<BITS, 4>(task, tiles, m, out) }
-                    } else {
-                        unsafe { tiles_into::<BITS, 1>(task, tiles, m, out) }
+                    // SAFETY (all): the caller's promise.
+                    m += unsafe {
+                        match count - m {
+                            1 => tiles_into::<BITS, 1>(task, tiles, m, out),
+                            2 => tiles_into::<BITS, 2>(task, tiles, m, out),
+                            3 => tiles_into::<BITS, 3>(task, tiles, m, out),
+                            _ => tiles_into::<BITS, 4>(task, tiles, m, out),
+                        }
                     };
                 }
                 return;
@@ -1223,11 +1228,14 @@ mod fused {
                 let rows = [packed.row(first + 4 * passes + i)];
                 let mut m = 0;
                 while m < count {
-                    // SAFETY (both): the caller's promise.
-                    m += if count - m >= 4 {
-                        unsafe { tile_into::<BITS, B, 1, 4>(&rows, inputs, m, sums, out) }
-                    } else {
-                        unsafe { tile_into::<BITS, B, 1, 1>(&rows, inputs, m, sums, out) }
+                    // SAFETY (all): the caller's promise.
+                    m += unsafe {
+                        match count - m {
+                            1 => tile_into::<BITS, B, 1, 1>(&rows, inputs, m, sums, out),
+                            2 => tile_into::<BITS, B, 1, 2>(&rows, inputs, m, sums, out),
+                            3 => tile_into::<BITS, B, 1, 3>(&rows, inputs, m, sums, out),
+                            _ => tile_into::<BITS, B, 1, 4>(&rows, inputs, m, sums, out),
+                        }
                     };
                 }
             }
@@ -1251,12 +1259,32 @@ mod fused {
             unsafe {
                 let codes = _mm512_and_si512(_mm512_srli_epi16::<SHIFT>(v), mask);
                 for (x, sums) in q.iter().zip(sums.iter_mut()) {
-                    let x = _mm512_set1_epi32(
-                        (x.codes.as_ptr().add(slot) as *const i32).read_unaligned(),
-                    );
-                    sums[PARITY] = _mm512_dpbusd_epi32(sums[PARITY], codes, x);
+                    let x = x.codes.as_ptr().add(slot).cast();
+                    sums[PARITY] = dot_broadcast(sums[PARITY], codes, x);
                 }
             }
+        }
+
+        /// `sums` plus, in each 32-bit lane, the products of its four bytes of `codes`
+        /// (unsigned) with the four signed bytes at `x`, broadcast to every lane: one
+        /// `vpdpbusd` with the broadcast as its memory operand. Assembly, because LLVM, given
+        /// the broadcast as a value, loaded a block's broadcasts ahead of their products and
+        /// spilled them to the stack (a store and a reload each).
+        #[target_feature(enable = "avx512f,avx512vnni")]
+        #[inline]
+        unsafe fn dot_broadcast(sums: __m512i, codes: __m512i, x: *const u8) -> __m512i {
+            let mut sums = sums;
+            // SAFETY: the caller's promise that `x` holds four readable bytes.
+            unsafe {
+                std::arch::asm!(
+                    "vpdpbusd {sums}, {codes}, dword ptr [{x}]{{1to16}}",
+                    sums = inout(zmm_reg) sums,
+                    codes = in(zmm_reg) codes,
+                    x = in(reg) x,
+                    options(pure, readonly, nostack, preserves_flags),
+                );
+            }
+            sums
         }
 
         /// Chunk of codes at `at` (64 bytes: four of each of sixteen rows) against the `M`
@@ -1734,12 +1762,24 @@ mod tests {
                 // rest, or one at a time), gives what the batch gave.
                 let four = PackedMatrix::products(&[&packed], input, true).remove(0);
                 let one = PackedMatrix::products(&[&packed], input, false).remove(0);
+                // Batches of two and three (one pass of their own) give it too.
+                let batches: Vec<Vec<f32>> = [2, 3]
+                    .iter()
+                    .map(|&count| packed.multiply(&x[..count * cols]))
+                    .collect();
                 for r in 0..rows {
                     for (alone, pass) in [(&four, "four rows a pass"), (&one, "a row a pass")] {
                         assert_eq!(
                             alone[r],
                             y[m * rows + r],
                             "{format}: row {r} vector {m} alone, {pass}"
+                        );
+                    }
+                    for (count, batch) in (2..).zip(&batches).filter(|(count, _)| m < *count) {
+                        assert_eq!(
+                            batch[m * rows + r],
+                            y[m * rows + r],
+                            "{format}: row {r} vector {m} of a batch of {count}"
                         );
                     }
                     let (bytes, groups) = (p.row_codes(r), p.groups_of(r));
