@@ -89,7 +89,17 @@ struct Packed {
 #[derive(Debug, Clone)]
 struct Tiles {
     scales: Vec<f32>,
-    offsets: Vec<f32>,
+    offsets: Offsets,
+}
+
+/// The `scale·zero` terms of [`Tiles`]: one zero point for every group (symmetric formats
+/// store none and take their grid's middle) needs no array of its own, the tile's scales
+/// times it, which spares a decoding step 32 of the 576 bytes it reads a row of 1024 int4
+/// codes in groups of 128.
+#[derive(Debug, Clone)]
+enum Offsets {
+    OneZero(f32),
+    PerGroup(Vec<f32>),
 }
 
 impl Tiles {
@@ -196,6 +206,11 @@ impl Packed {
                     (scales[at], offsets[at]) = (scale, scale * zero);
                 }
             }
+            let zeros = &self.zeros[..rows * groups];
+            let offsets = match zeros.first() {
+                Some(&zero) if zeros.iter().all(|&z| z == zero) => Offsets::OneZero(zero),
+                _ => Offsets::PerGroup(offsets),
+            };
             Tiles { scales, offsets }
         });
     }
@@ -362,11 +377,19 @@ impl PackedMatrix {
         self.cols
     }
 
-    /// Bytes a product reads: the packed codes, scales and zero points as stored here.
+    /// Bytes a product reads: the packed codes, scales and zero points as stored here (tiles
+    /// with one zero point read no zero points).
     pub fn bytes(&self) -> usize {
         match &self.weights {
             Weights::Packed(packed) => {
-                packed.bytes.len() + 4 * (packed.scales.len() + packed.zeros.len())
+                let zeros = match &packed.tiles {
+                    Some(Tiles {
+                        offsets: Offsets::OneZero(_),
+                        ..
+                    }) => 0,
+                    _ => packed.zeros.len(),
+                };
+                packed.bytes.len() + 4 * (packed.scales.len() + zeros)
             }
             Weights::Float(values) => 4 * values.len(),
             Weights::Half(values) => 2 * values.len(),
@@ -1048,7 +1071,7 @@ mod fused {
     pub(super) mod wide {
         use std::arch::x86_64::*;
 
-        use super::super::{Groups, Int8Task, Tiles};
+        use super::super::{Groups, Int8Task, Offsets, Tiles};
         use crate::int8_inputs::Int8Inputs;
 
         /// `acc + codes·x` for sixteen codes (bytes) and sixteen inputs.
@@ -1438,8 +1461,14 @@ mod fused {
                         }
                     }
                     for g in 0..groups {
-                        let offsets =
-                            _mm512_loadu_ps(tiles.offsets.as_ptr().add((t * groups + g) * 16));
+                        let at = (t * groups + g) * 16;
+                        let offsets = match &tiles.offsets {
+                            Offsets::OneZero(zero) => _mm512_mul_ps(
+                                _mm512_loadu_ps(tiles.scales.as_ptr().add(at)),
+                                _mm512_set1_ps(*zero),
+                            ),
+                            Offsets::PerGroup(offsets) => _mm512_loadu_ps(offsets.as_ptr().add(at)),
+                        };
                         for k in 0..M {
                             let sum = _mm512_set1_ps(sums[(m + k) * groups + g]);
                             acc[k] = _mm512_fnmadd_ps(offsets, sum, acc[k]);
