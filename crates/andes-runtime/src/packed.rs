@@ -1799,6 +1799,12 @@ mod tests {
             let Weights::Packed(p) = &packed.weights else {
                 unreachable!("int8 products are for packed codes")
             };
+            // Batches of two and three (one pass of their own) give what the batch of five
+            // (four and one) gave.
+            let batches: Vec<Vec<f32>> = [2, 3]
+                .iter()
+                .map(|&count| packed.multiply(&x[..count * cols]))
+                .collect();
             for m in 0..5 {
                 let input = &x[m * cols..(m + 1) * cols];
                 let inputs = Int8Inputs::new(input, layout);
@@ -1806,11 +1812,6 @@ mod tests {
                 // rest, or one at a time), gives what the batch gave.
                 let four = PackedMatrix::products(&[&packed], input, true).remove(0);
                 let one = PackedMatrix::products(&[&packed], input, false).remove(0);
-                // Batches of two and three (one pass of their own) give it too.
-                let batches: Vec<Vec<f32>> = [2, 3]
-                    .iter()
-                    .map(|&count| packed.multiply(&x[..count * cols]))
-                    .collect();
                 for r in 0..rows {
                     for (alone, pass) in [(&four, "four rows a pass"), (&one, "a row a pass")] {
                         assert_eq!(

@@ -12,7 +12,7 @@
 //! runs out takes the others' last tasks. Tasks handed out one at a time from a shared counter
 //! left each thread's rows in runs of 32 with the other's between them, which broke the
 //! hardware prefetchers' streams: on an AMD EPYC (two threads) the int4 products out of
-//! cache ran at 18–20 GB/s that way and 29–36 GB/s in shares, the int8 head 26–30 and 41–46.
+//! cache ran at 16–20 GB/s that way and 27–32 GB/s in shares, the int8 head 29–30 and 36–46.
 
 use std::cell::UnsafeCell;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
