@@ -198,20 +198,29 @@ impl Packed {
         }
         self.tiles = on.then(|| {
             let groups = self.groups;
-            let (mut scales, mut offsets) = (vec![0f32; rows * groups], vec![0f32; rows * groups]);
-            for r in 0..rows {
-                for g in 0..groups {
-                    let (scale, zero) = (self.scales[r * groups + g], self.zeros[r * groups + g]);
-                    let at = ((r / 16) * groups + g) * 16 + r % 16;
-                    (scales[at], offsets[at]) = (scale, scale * zero);
+            // A row-major `[rows, groups]` array in the tiles' order.
+            let tiled = |value: &dyn Fn(usize) -> f32| {
+                let mut out = vec![0f32; rows * groups];
+                for r in 0..rows {
+                    for g in 0..groups {
+                        out[((r / 16) * groups + g) * 16 + r % 16] = value(r * groups + g);
+                    }
                 }
-            }
-            let zeros = &self.zeros[..rows * groups];
-            let offsets = match zeros.first() {
-                Some(&zero) if zeros.iter().all(|&z| z == zero) => Offsets::OneZero(zero),
-                _ => Offsets::PerGroup(offsets),
+                out
             };
-            Tiles { scales, offsets }
+            let zeros = &self.zeros[..rows * groups];
+            let one_zero = zeros
+                .first()
+                .copied()
+                .filter(|&zero| zeros.iter().all(|&z| z == zero));
+            let offsets = match one_zero {
+                Some(zero) => Offsets::OneZero(zero),
+                None => Offsets::PerGroup(tiled(&|i| self.scales[i] * self.zeros[i])),
+            };
+            Tiles {
+                scales: tiled(&|i| self.scales[i]),
+                offsets,
+            }
         });
     }
 }
