@@ -14,21 +14,9 @@
 set -uo pipefail
 A=$1 OUT=$2
 mkdir -p "$OUT"
-RECIPE=${RECIPE:-configs/recipes/tiny/pretrain.toml}
-SEQ_LEN=${SEQ_LEN:-512} STEPS=${STEPS:-600} TEXT=${TEXT:-datasets/gcide/gcide-large.txt}
-set_args=(--set data.seq_len=$SEQ_LEN --set train.steps=$STEPS --set "data.train=\"$TEXT\""
-  --set train.eval_every=1000000 --set train.device=\"${DEVICE:-cpu}\")
-[ -n "${BATCH:-}" ] && set_args+=(--set train.batch_size=$BATCH)
-[ -n "${INIT:-}" ] && set_args+=(--set "model.checkpoint=\"$INIT\"")
-if [ -f "$OUT/pretrain.done" ]; then :
-elif [ -f "$OUT/pretrain/checkpoints/latest" ]; then
-  "$A" train --resume "$OUT/pretrain" --quiet > /dev/null && touch "$OUT/pretrain.done"
-else
-  "$A" train --config "$RECIPE" --out "$OUT/pretrain" --quiet "${set_args[@]}" > /dev/null \
-    && touch "$OUT/pretrain.done"
-fi
-[ -f "$OUT/pretrain.done" ] || { echo "pretraining failed" >&2; exit 1; }
-P="$OUT/pretrain/checkpoints/$(cat "$OUT/pretrain/checkpoints/latest")"
+SEQ_LEN=${SEQ_LEN:-512}
+. "$(dirname "$0")/pretrain_lib.sh"
+pretrain "$A" "$OUT" || exit 1
 budgets="$((SEQ_LEN / 2)) $((SEQ_LEN / 4)) $((SEQ_LEN / 8)) $((SEQ_LEN / 16))"
 measure() { # measure NAME ARGS...: one `andes eval --runtime` row, into OUT/eval-NAME.json
   "$A" eval --runtime --max-tokens "$SEQ_LEN" --json --text datasets/gcide/gcide-eval.txt \
