@@ -7,8 +7,9 @@ use std::sync::OnceLock;
 
 use andes_model::rope::{Frequencies, Rope};
 
+use crate::attention::{Attended, Group};
 use crate::kv::{KvCache, LayerCache};
-use crate::packed::{PackedMatrix, dot};
+use crate::packed::PackedMatrix;
 use crate::team;
 
 /// The sizes the decoder is built from (a Qwen3 `config.json`'s).
@@ -174,7 +175,8 @@ impl Decoder {
     pub fn cache(&self, budget: Option<crate::kv::KvBudget>) -> KvCache {
         KvCache::new(
             self.blocks.len(),
-            self.shape.kv_heads * self.shape.head_dim,
+            self.shape.kv_heads,
+            self.shape.head_dim,
             budget,
         )
     }
@@ -222,10 +224,7 @@ impl Decoder {
             self.rotate(&mut q, &block.q_norm, &rotations);
             self.rotate(&mut k, &block.k_norm, &rotations);
             let layer = &mut cache.layers[index];
-            layer.keys.extend_from_slice(&k);
-            layer.values.extend_from_slice(&v);
-            layer.positions.extend_from_slice(&positions);
-            layer.scores.extend(std::iter::repeat_n(0.0, tokens));
+            layer.append(&k, &v, &positions);
             let context = self.attend(&q, layer, &positions, track);
             add(&mut x, &project(&[3], &context)[0]);
             let h = rms_norm(&x, &block.post_norm, self.shape.eps);
@@ -283,8 +282,9 @@ impl Decoder {
     }
 
     /// Causal attention of `q` (`[tokens, heads · head_dim]`, at `positions`) over the
-    /// layer's entries at or before each query's position; with `track`, each entry's
-    /// accumulated attention grows by what it received.
+    /// layer's entries at or before each query's position, a task for each key-value head and
+    /// run of [`TOKENS_A_TASK`] tokens ([`Group`]); with `track`, each entry's accumulated
+    /// attention grows by what it received.
     fn attend(
         &self,
         q: &[f32],
@@ -292,102 +292,66 @@ impl Decoder {
         positions: &[usize],
         track: bool,
     ) -> Vec<f32> {
-        let (heads, d) = (self.shape.heads, self.shape.head_dim);
-        let group = heads / self.shape.kv_heads;
-        let width = self.shape.kv_heads * d;
-        let scale = 1.0 / (d as f32).sqrt();
+        let (heads, kv_heads, d) = (self.shape.heads, self.shape.kv_heads, self.shape.head_dim);
+        let group = heads / kv_heads;
+        let runs = positions.len().div_ceil(TOKENS_A_TASK);
         let (keys, values, entry_positions) = (&layer.keys, &layer.values, &layer.positions);
-        // per (token, head): the context vector and the attention over visible entries
-        let results: Vec<OnceLock<(Vec<f32>, Vec<f32>)>> = (0..positions.len() * heads)
-            .map(|_| OnceLock::new())
-            .collect();
-        team::for_each(results.len(), &|th| {
-            let (t, h) = (th / heads, th % heads);
-            let head = Head {
-                query: &q[th * d..(th + 1) * d],
-                visible: entry_positions.partition_point(|&p| p <= positions[t]),
-                offset: h / group * d,
-                width,
-                scale,
-            };
-            #[cfg(target_arch = "x86_64")]
-            let attended = if crate::packed::has_avx2_fma() {
-                // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-                unsafe { head.attend_avx2(keys, values) }
-            } else {
-                head.attend::<false>(keys, values)
-            };
-            #[cfg(not(target_arch = "x86_64"))]
-            let attended = head.attend::<false>(keys, values);
-            results[th].set(attended).expect("a head attended once");
+        let results: Vec<OnceLock<Vec<Attended>>> =
+            (0..runs * kv_heads).map(|_| OnceLock::new()).collect();
+        team::for_each(results.len(), &|task| {
+            let (run, kv) = (task / kv_heads, task % kv_heads);
+            let tokens = run * TOKENS_A_TASK..((run + 1) * TOKENS_A_TASK).min(positions.len());
+            let (mut queries, mut visible) = (Vec::new(), Vec::new());
+            for t in tokens {
+                let seen = entry_positions.partition_point(|&p| p <= positions[t]);
+                for h in kv * group..(kv + 1) * group {
+                    queries.push(&q[(t * heads + h) * d..][..d]);
+                    visible.push(seen);
+                }
+            }
+            let attended = Group {
+                queries,
+                visible,
+                scale: 1.0 / (d as f32).sqrt(),
+            }
+            .attend(&keys[kv], &values[kv]);
+            if results[task].set(attended).is_err() {
+                unreachable!("a group attended twice");
+            }
         });
-        let results: Vec<(Vec<f32>, Vec<f32>)> = results
+        // each query's result, token by token and head by head
+        let mut by_query: Vec<Option<Attended>> =
+            (0..positions.len() * heads).map(|_| None).collect();
+        for (task, result) in results.into_iter().enumerate() {
+            let (run, kv) = (task / kv_heads, task % kv_heads);
+            let attended = result.into_inner().expect("every group attended");
+            for (i, one) in attended.into_iter().enumerate() {
+                let (t, h) = (run * TOKENS_A_TASK + i / group, kv * group + i % group);
+                by_query[t * heads + h] = Some(one);
+            }
+        }
+        let mut context = Vec::with_capacity(by_query.len() * d);
+        for one in by_query
             .into_iter()
-            .map(|result| result.into_inner().expect("every head attended"))
-            .collect();
-        if track {
-            for (_, weights) in &results {
+            .map(|one| one.expect("every query attended"))
+        {
+            if track {
                 layer
                     .scores
                     .iter_mut()
-                    .zip(weights)
+                    .zip(&one.weights)
                     .for_each(|(s, w)| *s += w);
             }
+            context.extend(one.context);
         }
-        results
-            .into_iter()
-            .flat_map(|(context, _)| context)
-            .collect()
+        context
     }
 }
 
-/// One query head's view of a layer's cache: its query, how many entries it sees, and where
-/// its key-value head sits in an entry (`offset` within `width`).
-struct Head<'a> {
-    query: &'a [f32],
-    visible: usize,
-    offset: usize,
-    width: usize,
-    scale: f32,
-}
-
-impl Head<'_> {
-    /// The head's context vector over its visible entries, and the attention each received.
-    #[inline(always)]
-    fn attend<const FMA: bool>(&self, keys: &[f32], values: &[f32]) -> (Vec<f32>, Vec<f32>) {
-        // Plain loops: a closure would not inherit `attend_avx2`'s target features, and its
-        // `mul_add` would become a call.
-        let d = self.query.len();
-        let mut weights = Vec::with_capacity(self.visible);
-        for e in 0..self.visible {
-            let start = e * self.width + self.offset;
-            weights.push(dot::<FMA>(self.query, &keys[start..start + d]) * self.scale);
-        }
-        let max = weights.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let mut total = 0.0;
-        for w in weights.iter_mut() {
-            *w = (*w - max).exp();
-            total += *w;
-        }
-        let mut context = vec![0.0f32; d];
-        for (e, w) in weights.iter_mut().enumerate() {
-            *w /= total;
-            let start = e * self.width + self.offset;
-            for (c, v) in context.iter_mut().zip(&values[start..start + d]) {
-                *c = if FMA { w.mul_add(*v, *c) } else { *c + *w * v };
-            }
-        }
-        (context, weights)
-    }
-
-    /// [`Head::attend`] compiled for AVX2 with fused multiply-adds: eight lanes a step where
-    /// the baseline build's four-lane form took a fifth of a long decode.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn attend_avx2(&self, keys: &[f32], values: &[f32]) -> (Vec<f32>, Vec<f32>) {
-        self.attend::<true>(keys, values)
-    }
-}
+/// Tokens whose queries share a pass over the cache: a speculative block's, or a prompt's
+/// eight at a time (enough tasks for the team, each reading a key or value eight times while
+/// it is in the first-level cache).
+const TOKENS_A_TASK: usize = 8;
 
 /// RMSNorm of each `weight.len()`-wide row of `x`.
 fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {

@@ -49,21 +49,35 @@ impl KvBudget {
     }
 }
 
-/// One layer's entries: keys (after RoPE) and values `[entries, kv_heads · head_dim]`, each
-/// entry's position and accumulated attention.
-#[derive(Debug, Clone, Default)]
+/// One layer's entries: each key-value head's keys (after RoPE) and values, `[entries,
+/// head_dim]` a head (a head's entries side by side: attention streams them, where entries
+/// `kv_heads · head_dim` wide put each of a head's rows on a page of its own, which no
+/// prefetcher follows), each entry's position and accumulated attention.
+#[derive(Debug, Clone)]
 pub struct LayerCache {
-    /// Rotated keys.
-    pub keys: Vec<f32>,
-    /// Values.
-    pub values: Vec<f32>,
+    /// Rotated keys, a vector a key-value head.
+    pub keys: Vec<Vec<f32>>,
+    /// Values, a vector a key-value head.
+    pub values: Vec<Vec<f32>>,
     /// Sequence position of each entry.
     pub positions: Vec<usize>,
     /// Attention each entry has received so far.
     pub scores: Vec<f32>,
+    head_dim: usize,
 }
 
 impl LayerCache {
+    /// An empty layer of `kv_heads` heads `head_dim` wide.
+    pub fn new(kv_heads: usize, head_dim: usize) -> Self {
+        Self {
+            keys: vec![Vec::new(); kv_heads],
+            values: vec![Vec::new(); kv_heads],
+            positions: Vec::new(),
+            scores: Vec::new(),
+            head_dim,
+        }
+    }
+
     /// Number of entries.
     pub fn len(&self) -> usize {
         self.positions.len()
@@ -74,26 +88,48 @@ impl LayerCache {
         self.positions.is_empty()
     }
 
+    /// Appends the entries of tokens at `positions`, whose keys and values come as the
+    /// projections give them: `[tokens, kv_heads · head_dim]`.
+    pub fn append(&mut self, keys: &[f32], values: &[f32], positions: &[usize]) {
+        let (d, heads) = (self.head_dim, self.keys.len());
+        for (h, (head_keys, head_values)) in self.keys.iter_mut().zip(&mut self.values).enumerate()
+        {
+            for t in 0..positions.len() {
+                head_keys.extend_from_slice(&keys[(t * heads + h) * d..][..d]);
+                head_values.extend_from_slice(&values[(t * heads + h) * d..][..d]);
+            }
+        }
+        self.positions.extend_from_slice(positions);
+        self.scores
+            .extend(std::iter::repeat_n(0.0, positions.len()));
+    }
+
     /// Keeps the entries whose flag is true.
-    fn retain(&mut self, keep: &[bool], width: usize) {
+    fn retain(&mut self, keep: &[bool]) {
+        let d = self.head_dim;
         let mut next = 0;
         for (i, &kept) in keep.iter().enumerate() {
             if kept {
                 if next != i {
-                    self.keys
-                        .copy_within(i * width..(i + 1) * width, next * width);
-                    self.values
-                        .copy_within(i * width..(i + 1) * width, next * width);
+                    for head in self.keys.iter_mut().chain(&mut self.values) {
+                        head.copy_within(i * d..(i + 1) * d, next * d);
+                    }
                     self.positions[next] = self.positions[i];
                     self.scores[next] = self.scores[i];
                 }
                 next += 1;
             }
         }
-        self.keys.truncate(next * width);
-        self.values.truncate(next * width);
-        self.positions.truncate(next);
-        self.scores.truncate(next);
+        self.truncate(next);
+    }
+
+    /// Keeps the first `entries` entries.
+    fn truncate(&mut self, entries: usize) {
+        for head in self.keys.iter_mut().chain(&mut self.values) {
+            head.truncate(entries * self.head_dim);
+        }
+        self.positions.truncate(entries);
+        self.scores.truncate(entries);
     }
 }
 
@@ -111,11 +147,11 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// An empty cache for `layers` layers of entries `width` wide.
-    pub fn new(layers: usize, width: usize, budget: Option<KvBudget>) -> Self {
+    /// An empty cache for `layers` layers of `kv_heads` heads `head_dim` wide.
+    pub fn new(layers: usize, kv_heads: usize, head_dim: usize, budget: Option<KvBudget>) -> Self {
         Self {
-            layers: vec![LayerCache::default(); layers],
-            width,
+            layers: vec![LayerCache::new(kv_heads, head_dim); layers],
+            width: kv_heads * head_dim,
             next_position: 0,
             budget,
         }
@@ -141,10 +177,7 @@ impl KvCache {
     pub fn rewind(&mut self, position: usize) {
         for layer in &mut self.layers {
             let keep = layer.positions.partition_point(|&p| p < position);
-            layer.keys.truncate(keep * self.width);
-            layer.values.truncate(keep * self.width);
-            layer.positions.truncate(keep);
-            layer.scores.truncate(keep);
+            layer.truncate(keep);
         }
         self.next_position = position;
     }
@@ -169,7 +202,7 @@ impl KvCache {
             for &i in candidates.iter().take(n - budget.entries) {
                 keep[i] = false;
             }
-            layer.retain(&keep, self.width);
+            layer.retain(&keep);
         }
     }
 }
@@ -185,24 +218,28 @@ mod tests {
             sink: 1,
             recent: 2,
         };
-        let mut cache = KvCache::new(1, 1, Some(budget));
+        // two key-value heads one wide: an entry's keys are its position and its negation
+        let mut cache = KvCache::new(1, 2, 1, Some(budget));
         let layer = &mut cache.layers[0];
-        for (p, score) in [9.0, 0.1, 5.0, 0.2, 3.0, 0.0, 0.0, 0.0]
-            .into_iter()
-            .enumerate()
-        {
-            layer.keys.push(p as f32);
-            layer.values.push(p as f32);
-            layer.positions.push(p);
-            layer.scores.push(score);
-        }
+        let positions: Vec<usize> = (0..8).collect();
+        let keys: Vec<f32> = positions
+            .iter()
+            .flat_map(|&p| [p as f32, -(p as f32)])
+            .collect();
+        layer.append(&keys, &keys, &positions);
+        layer.scores = vec![9.0, 0.1, 5.0, 0.2, 3.0, 0.0, 0.0, 0.0];
         cache.evict();
         // position 0 is a sink, 6 and 7 the recent window; of 1..=5 the three least attended
         // (5: 0.0, 1: 0.1, 3: 0.2) go.
         assert_eq!(cache.layers[0].positions, vec![0, 2, 4, 6, 7]);
-        assert_eq!(cache.layers[0].keys, vec![0.0, 2.0, 4.0, 6.0, 7.0]);
+        assert_eq!(cache.layers[0].keys[0], vec![0.0, 2.0, 4.0, 6.0, 7.0]);
+        assert_eq!(
+            cache.layers[0].values[1],
+            vec![-0.0, -2.0, -4.0, -6.0, -7.0]
+        );
         cache.rewind(5);
         assert_eq!(cache.layers[0].positions, vec![0, 2, 4]);
+        assert_eq!(cache.layers[0].keys[1], vec![-0.0, -2.0, -4.0]);
         assert_eq!(cache.next_position, 5);
     }
 }

@@ -4,9 +4,10 @@
 //! ([`kv`]) and speculative decoding ([`speculative`]).
 //!
 //! Layout: [`packed`] holds the products over packed codes (the SIMD layout is described
-//! there), [`decoder`] Qwen3's blocks over them with LoRA updates beside, [`load`] what reads
+//! there), [`decoder`] Qwen3's blocks over them with LoRA updates beside (attention in `attention`), [`load`] what reads
 //! packages, bundles and checkpoints, [`generate`] the decoding loop and its measurements.
 
+mod attention;
 pub mod decoder;
 pub mod error;
 pub mod generate;
