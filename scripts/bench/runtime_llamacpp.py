@@ -132,14 +132,16 @@ def quantize(source, out, kind, threads, imatrix):
     return code == 0
 
 
-def decode(path, ids, new_tokens, threads):
-    """Runs in its own process: prefill, then greedy steps; prints one JSON object."""
+def decode(path, ids, new_tokens, threads, flash_attn):
+    """Runs in its own process: prefill, then greedy steps; prints one JSON object. The
+    context holds the prompt and every generated token (512 at least)."""
     import llama_cpp
     import numpy as np
     from llama_cpp import Llama
 
-    llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=512,
-                n_batch=512, verbose=False)
+    llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads,
+                n_ctx=max(512, len(ids) + new_tokens), n_batch=512, flash_attn=flash_attn,
+                verbose=False)
     vocab = llm.n_vocab()
 
     def next_token():
@@ -174,6 +176,8 @@ def main():
     parser.add_argument("--prompt", default="The meaning of the word is the meaning")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--imatrix", help="safetensors of per-linear input-column importances")
+    parser.add_argument("--flash-attn", action="store_true",
+                        help="llama.cpp's fused attention (llama-cpp-python leaves it off)")
     parser.add_argument("--decode-only", help=argparse.SUPPRESS)
     args = parser.parse_args()
     from tokenizers import Tokenizer
@@ -181,7 +185,7 @@ def main():
     ids = Tokenizer.from_file(os.path.join(args.model, "tokenizer.json")).encode(
         args.prompt, add_special_tokens=False).ids
     if args.decode_only:
-        decode(args.decode_only, ids, args.new_tokens, args.threads)
+        decode(args.decode_only, ids, args.new_tokens, args.threads, args.flash_attn)
         return
     os.makedirs(args.work, exist_ok=True)
     f16 = os.path.join(args.work, "model-f16.gguf")
@@ -194,14 +198,15 @@ def main():
     for kind in args.types.split(","):
         path = f16 if kind == "f16" else os.path.join(args.work, f"model-{kind}.gguf")
         row = {"engine": "llama.cpp", "type": kind, "threads": args.threads,
-               "imatrix": bool(args.imatrix)}
+               "imatrix": bool(args.imatrix), "flash_attn": args.flash_attn}
         if kind != "f16" and not os.path.exists(path) and not quantize(f16, path, kind, args.threads, imatrix):
             row["error"] = "llama_model_quantize refused it" + ("" if imatrix else " (IQ types need an importance matrix)")
             print(json.dumps(row), flush=True)
             continue
         out = subprocess.run([sys.executable, __file__, "--model", args.model, "--work", args.work,
                               "--threads", str(args.threads), "--prompt", args.prompt,
-                              "--new-tokens", str(args.new_tokens), "--decode-only", path],
+                              "--new-tokens", str(args.new_tokens), "--decode-only", path]
+                             + (["--flash-attn"] if args.flash_attn else []),
                              capture_output=True, text=True)
         if out.returncode != 0:
             row["error"] = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"
