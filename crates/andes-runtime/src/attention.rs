@@ -8,6 +8,7 @@
 //! weights (a Qwen3-0.6B shape at 569 entries: 130 MB of f32 keys and values a step against
 //! 234 MB of int4 weights), so this read is the one that counts.
 
+use crate::kv::Element;
 use crate::packed::dot;
 
 /// The queries of one key-value head over a run of tokens.
@@ -28,34 +29,37 @@ pub(crate) struct Attended {
 
 impl Group<'_> {
     /// Every query's [`Attended`] over the head's `keys` and `values` (`[entries,
-    /// head_dim]`), in the order of `queries`.
-    pub fn attend(&self, keys: &[f32], values: &[f32]) -> Vec<Attended> {
+    /// head_dim]`, in the cache's format), in the order of `queries`.
+    pub fn attend<T: Element>(&self, keys: &[T], values: &[T]) -> Vec<Attended> {
         #[cfg(target_arch = "x86_64")]
-        if crate::packed::has_avx2_fma() {
-            // SAFETY: the CPU has AVX2 and FMA (checked at run time).
+        if crate::packed::has_avx2_fma() && std::arch::is_x86_feature_detected!("f16c") {
+            // SAFETY: the CPU has AVX2, FMA and F16C (checked at run time).
             return unsafe { self.attend_avx2(keys, values) };
         }
-        self.attend_with::<false>(keys, values)
+        self.attend_with::<false, T>(keys, values)
     }
 
-    /// [`Group::attend`] compiled for AVX2 with fused multiply-adds.
+    /// [`Group::attend`] compiled for AVX2 with fused multiply-adds, an f16 cache widened by
+    /// F16C's instructions.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn attend_avx2(&self, keys: &[f32], values: &[f32]) -> Vec<Attended> {
-        self.attend_with::<true>(keys, values)
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn attend_avx2<T: Element>(&self, keys: &[T], values: &[T]) -> Vec<Attended> {
+        self.attend_with::<true, T>(keys, values)
     }
 
+    /// With `SIMD`, the CPU has FMA and F16C.
     #[inline(always)]
-    fn attend_with<const FMA: bool>(&self, keys: &[f32], values: &[f32]) -> Vec<Attended> {
+    fn attend_with<const SIMD: bool, T: Element>(&self, keys: &[T], values: &[T]) -> Vec<Attended> {
         // Plain loops: a closure would not inherit `attend_avx2`'s target features.
         let d = self.queries.first().map_or(0, |q| q.len());
+        let mut scratch = vec![0.0f32; d];
         let entries = self.visible.iter().copied().max().unwrap_or(0);
         let mut weights: Vec<Vec<f32>> = self.visible.iter().map(|&v| vec![0.0; v]).collect();
         for e in 0..entries {
-            let key = &keys[e * d..][..d];
+            let key = T::widen::<SIMD>(&keys[e * d..][..d], &mut scratch);
             for (q, query) in self.queries.iter().enumerate() {
                 if e < self.visible[q] {
-                    weights[q][e] = dot::<FMA>(query, key) * self.scale;
+                    weights[q][e] = dot::<SIMD>(query, key) * self.scale;
                 }
             }
         }
@@ -64,12 +68,12 @@ impl Group<'_> {
         }
         let mut contexts = vec![vec![0.0f32; d]; self.queries.len()];
         for e in 0..entries {
-            let value = &values[e * d..][..d];
+            let value = T::widen::<SIMD>(&values[e * d..][..d], &mut scratch);
             for (q, context) in contexts.iter_mut().enumerate() {
                 if e < self.visible[q] {
                     let w = weights[q][e];
                     for (c, v) in context.iter_mut().zip(value) {
-                        *c = if FMA { w.mul_add(*v, *c) } else { *c + w * v };
+                        *c = if SIMD { w.mul_add(*v, *c) } else { *c + w * v };
                     }
                 }
             }

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use andes_model::rope::{Frequencies, Rope};
 
 use crate::attention::{Attended, Group};
-use crate::kv::{KvCache, LayerCache};
+use crate::kv::{KvCache, KvFormat, LayerCache, per_format};
 use crate::packed::PackedMatrix;
 use crate::team;
 
@@ -100,6 +100,7 @@ pub struct Decoder {
     pub rope: Rope,
     adapters: BTreeMap<String, Adapter>,
     active: Option<String>,
+    kv_format: KvFormat,
 }
 
 impl Decoder {
@@ -121,6 +122,7 @@ impl Decoder {
             rope,
             adapters: BTreeMap::new(),
             active: None,
+            kv_format: KvFormat::default(),
         }
     }
 
@@ -161,6 +163,11 @@ impl Decoder {
         }
     }
 
+    /// Keeps the caches it makes ([`Decoder::cache`]) in `format`.
+    pub fn set_kv_format(&mut self, format: KvFormat) {
+        self.kv_format = format;
+    }
+
     /// Bytes a decoding step reads: every projection, the head, the final norm.
     pub fn weight_bytes(&self) -> usize {
         let blocks: usize = self
@@ -171,13 +178,14 @@ impl Decoder {
         blocks + self.head.as_ref().unwrap_or(&self.embed).bytes()
     }
 
-    /// An empty cache for this model.
+    /// An empty cache for this model, in its KV format.
     pub fn cache(&self, budget: Option<crate::kv::KvBudget>) -> KvCache {
         KvCache::new(
             self.blocks.len(),
             self.shape.kv_heads,
             self.shape.head_dim,
             budget,
+            self.kv_format,
         )
     }
 
@@ -295,7 +303,7 @@ impl Decoder {
         let (heads, kv_heads, d) = (self.shape.heads, self.shape.kv_heads, self.shape.head_dim);
         let group = heads / kv_heads;
         let runs = positions.len().div_ceil(TOKENS_A_TASK);
-        let (keys, values, entry_positions) = (&layer.keys, &layer.values, &layer.positions);
+        let (rows, entry_positions) = (&layer.rows, &layer.positions);
         let results: Vec<OnceLock<Vec<Attended>>> =
             (0..runs * kv_heads).map(|_| OnceLock::new()).collect();
         team::for_each(results.len(), &|task| {
@@ -309,12 +317,13 @@ impl Decoder {
                     visible.push(seen);
                 }
             }
-            let attended = Group {
+            let group = Group {
                 queries,
                 visible,
                 scale: 1.0 / (d as f32).sqrt(),
-            }
-            .attend(&keys[kv], &values[kv]);
+            };
+            let attended =
+                per_format!(rows, heads => group.attend(&heads.keys[kv], &heads.values[kv]));
             if results[task].set(attended).is_err() {
                 unreachable!("a group attended twice");
             }

@@ -237,6 +237,10 @@ fn decode(
         return Err(RuntimeError::Request("the prompt has no tokens".into()));
     }
     let mut cache = decoder.cache(request.kv_budget);
+    if request.kv_budget.is_none() {
+        // the prompt and every generated token but the last, which is never fed
+        cache.reserve((ids.len() + request.max_new_tokens).min(context));
+    }
     let mut sampler = TokenSampler::new(&request.decoding);
     let start = Instant::now();
     let logits = prefill(decoder, inputs, &mut cache);

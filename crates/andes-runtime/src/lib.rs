@@ -22,6 +22,6 @@ pub use error::RuntimeError;
 pub use generate::{
     RunReport, RunRequest, complete, generate, generate_with_draft, prompt_inputs, streaming_nll,
 };
-pub use kv::KvBudget;
+pub use kv::{KvBudget, KvFormat};
 pub use load::{Runtime, Source};
 pub use speculative::Speculation;

@@ -2,7 +2,7 @@
 //! KV-cache eviction under a budget.
 
 use andes_data::TextTokenizer;
-use andes_runtime::{KvBudget, Runtime, streaming_nll};
+use andes_runtime::{KvBudget, KvFormat, Runtime, streaming_nll};
 use anyhow::Context;
 use clap::Args;
 
@@ -30,6 +30,10 @@ pub struct StreamingArgs {
     /// perplexity.
     #[arg(long, requires = "runtime")]
     int8_activations: bool,
+    /// With --runtime: keep the KV cache in `f16` or `f32`, as `andes generate --kv-format`
+    /// does: what half precision costs in perplexity.
+    #[arg(long, requires = "runtime", default_value_t = KvFormat::F32)]
+    kv_format: KvFormat,
 }
 
 /// Which KV entries `--kv-budget` evicts.
@@ -50,6 +54,7 @@ pub(super) fn run_streaming(args: &EvalArgs) -> anyhow::Result<()> {
     runtime
         .decoder
         .set_int8_activations(streaming.int8_activations);
+    runtime.decoder.set_kv_format(streaming.kv_format);
     let tokenizer = TextTokenizer::from_model_dir(&runtime.files_dir)?;
     let path = args
         .text
@@ -73,6 +78,7 @@ pub(super) fn run_streaming(args: &EvalArgs) -> anyhow::Result<()> {
             "kv_bytes_peak": report.kv_bytes_peak,
             "kv_bytes_without_eviction": report.kv_bytes_without_eviction,
             "int8_activations": streaming.int8_activations,
+            "kv_format": streaming.kv_format.to_string(),
         });
         println!("{out}");
     } else {

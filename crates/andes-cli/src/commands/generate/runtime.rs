@@ -6,7 +6,8 @@ use std::path::Path;
 use andes_data::TextTokenizer;
 use andes_model::completion::Prompt;
 use andes_package::{is_package, is_package_bundle};
-use andes_runtime::{KvBudget, RunRequest, Runtime, Speculation, complete};
+use andes_runtime::decoder::Decoder;
+use andes_runtime::{KvBudget, KvFormat, RunRequest, Runtime, Speculation, complete};
 use anyhow::Context;
 use clap::Args;
 
@@ -46,6 +47,11 @@ pub struct EngineArgs {
     /// tokens nearly tie.
     #[arg(long)]
     int8_activations: bool,
+    /// Runtime: keep the KV cache in `f16` (half its memory and of what attention reads a
+    /// step, llama.cpp's default; a greedy decode may differ from f32's where two tokens
+    /// nearly tie) or `f32` (the reference's tokens).
+    #[arg(long, default_value_t = KvFormat::F32)]
+    kv_format: KvFormat,
 }
 
 impl EngineArgs {
@@ -57,11 +63,12 @@ impl EngineArgs {
         let levers = self.kv_budget.is_some()
             || self.speculate.is_some()
             || self.draft.is_some()
-            || self.int8_activations;
+            || self.int8_activations
+            || self.kv_format != KvFormat::F32;
         if !chosen && levers {
             anyhow::bail!(
-                "--kv-budget, --speculate, --draft and --int8-activations are levers of the \
-                 runtime (not with --reference)"
+                "--kv-budget, --speculate, --draft, --int8-activations and --kv-format are \
+                 levers of the runtime (not with --reference)"
             );
         }
         Ok(chosen)
@@ -76,11 +83,14 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
             .num_threads(threads)
             .build_global()?;
     }
+    // the model's and the draft's products and caches alike
+    let levers = |decoder: &mut Decoder| {
+        decoder.set_int8_activations(args.engine.int8_activations);
+        decoder.set_kv_format(args.engine.kv_format);
+    };
     let mut runtime = Runtime::load(&args.model.model)?;
     runtime.use_adapter(args.adapter.adapter.as_deref())?;
-    runtime
-        .decoder
-        .set_int8_activations(args.engine.int8_activations);
+    levers(&mut runtime.decoder);
     let dir = runtime.files_dir.clone();
     let tokenizer = TextTokenizer::from_model_dir(&dir)?;
     let request = RunRequest {
@@ -104,9 +114,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
         Some(path) => {
             let mut draft = Runtime::load(path)
                 .with_context(|| format!("loading the draft model {}", path.display()))?;
-            draft
-                .decoder
-                .set_int8_activations(args.engine.int8_activations);
+            levers(&mut draft.decoder);
             Some(draft)
         }
         None => None,
