@@ -4,7 +4,9 @@
 //! same checkpoint (GGUF f16, Q4_K_M, Q2_K, IQ2_XXS, IQ1_M; `scripts/bench/runtime_llamacpp.py`,
 //! run with `$PYTHON`, default python3, where llama-cpp-python is installed) with equal threads,
 //! the IQ types quantized with an importance matrix of the calibration text andes' plan reads,
-//! and against the bandwidth bound: bytes a step reads over the read bandwidth measured here.
+//! and against the bandwidth bound: bytes a step reads over the read bandwidth measured here
+//! before each round (this VM's moves from one minute to the next: 31 to 52 GB/s in one
+//! session), each run against its own round's.
 //! The int4 package also runs with prompt-lookup speculative decoding, 3 tokens drafted so
 //! that a verifying pass takes four vectors (the integer kernels' widest tile): its random
 //! weights soon repeat one token, which prompt lookup then drafts right every time. Each
@@ -88,7 +90,6 @@ pub(crate) fn runtime(threads: usize, new_tokens: usize, rounds: usize) -> anyho
         &d9500_int8_tables,
     )?;
     let imatrix = importance_matrix(&model, &out)?;
-    let bandwidth = read_bandwidth(threads);
     let andes_rows = [
         ("andes float (f32)", &model, &["--runtime"][..]),
         ("andes int4-g128 (4.1 bpw), int8 tables", &int4, &[][..]),
@@ -125,6 +126,7 @@ pub(crate) fn runtime(threads: usize, new_tokens: usize, rounds: usize) -> anyho
     ];
     let (mut rows, mut peers) = (Vec::new(), Vec::new());
     for round in 0..rounds {
+        let bandwidth = read_bandwidth(threads);
         for (label, path, extra) in andes_rows {
             let stdout = stdout_of(
                 andes
@@ -138,6 +140,7 @@ pub(crate) fn runtime(threads: usize, new_tokens: usize, rounds: usize) -> anyho
             let mut row: serde_json::Value = serde_json::from_slice(&stdout)?;
             row["label"] = label.into();
             row["round"] = round.into();
+            row["read_bandwidth"] = bandwidth.into();
             rows.push(row);
         }
         // the first round converts and quantizes the GGUFs, later ones reuse them
@@ -162,7 +165,6 @@ pub(crate) fn runtime(threads: usize, new_tokens: usize, rounds: usize) -> anyho
     let table = table(
         &median_runs(&rows),
         &median_runs(&peers),
-        bandwidth,
         threads,
         new_tokens,
         rounds,
@@ -239,39 +241,39 @@ fn median_runs(runs: &[serde_json::Value]) -> Vec<serde_json::Value> {
 }
 
 /// The Markdown table: every andes row and every llama.cpp type, with the bandwidth bound of
-/// the andes rows and each andes row's ratio to the llama.cpp type nearest in bits.
+/// each andes row (at its run's round's read bandwidth).
 fn table(
     rows: &[serde_json::Value],
     peers: &[serde_json::Value],
-    bandwidth: f64,
     threads: usize,
     new_tokens: usize,
     rounds: usize,
 ) -> String {
+    let bandwidth = |row: &serde_json::Value| row["read_bandwidth"].as_f64().unwrap_or(0.0);
     let mut out = String::new();
     let _ = writeln!(
         out,
         "Decode of a Qwen3-0.6B-shape model (random weights), {threads} threads, greedy, \
          {new_tokens} tokens; each row the median-speed run of {rounds}, rounds interleaved; \
-         read bandwidth measured here: {:.1} GB/s.\n",
-        bandwidth / 1e9
+         read bandwidth measured before each round, each row's bound at its run's.\n"
     );
     let _ = writeln!(
         out,
-        "| engine, weights | decode tok/s | prefill tok/s | peak memory MiB | bytes a step reads (MB) | bandwidth bound tok/s | share of the bound |"
+        "| engine, weights | decode tok/s | prefill tok/s | peak memory MiB | bytes a step reads (MB) | read bandwidth GB/s | bandwidth bound tok/s | share of the bound |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
     for row in rows {
         let bytes = row["weight_bytes"].as_f64().unwrap_or(0.0);
         let decode = row["decode_tokens_per_s"].as_f64().unwrap_or(0.0);
-        let bound = bandwidth / bytes;
+        let bound = bandwidth(row) / bytes;
         let _ = writeln!(
             out,
-            "| {} | {decode:.2} | {:.2} | {:.0} | {:.0} | {bound:.1} | {:.0}% |",
+            "| {} | {decode:.2} | {:.2} | {:.0} | {:.0} | {:.1} | {bound:.1} | {:.0}% |",
             row["label"].as_str().unwrap_or("?"),
             row["prefill_tokens_per_s"].as_f64().unwrap_or(0.0),
             row["peak_memory_mib"].as_f64().unwrap_or(0.0),
             bytes / 1e6,
+            bandwidth(row) / 1e9,
             100.0 * decode / bound
         );
     }
@@ -281,13 +283,13 @@ fn table(
             Some(error) => {
                 let _ = writeln!(
                     out,
-                    "| llama.cpp {kind} | not measured: {error} | | | | | |"
+                    "| llama.cpp {kind} | not measured: {error} | | | | | | |"
                 );
             }
             None => {
                 let _ = writeln!(
                     out,
-                    "| llama.cpp {kind} | {:.2} | {:.2} | {:.0} | {:.0} (file) | | |",
+                    "| llama.cpp {kind} | {:.2} | {:.2} | {:.0} | {:.0} (file) | | | |",
                     peer["decode_tokens_per_s"].as_f64().unwrap_or(0.0),
                     peer["prefill_tokens_per_s"].as_f64().unwrap_or(0.0),
                     peer["peak_memory_mib"].as_f64().unwrap_or(0.0),
