@@ -317,13 +317,13 @@ impl Decoder {
                     visible.push(seen);
                 }
             }
-            let group = Group {
+            let attending = Group {
                 queries,
                 visible,
                 scale: 1.0 / (d as f32).sqrt(),
             };
-            let attended =
-                per_format!(rows, heads => group.attend(&heads.keys[kv], &heads.values[kv]));
+            let attended = per_format!(rows, cached => attending
+                .attend(&cached.keys[kv], &cached.values[kv]));
             if results[task].set(attended).is_err() {
                 unreachable!("a group attended twice");
             }
