@@ -18,3 +18,12 @@ prepare_run() {
   { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     lscpu | grep "Model name"; } | tee "$1"
 }
+
+# `gcide_model CONFIG`: the GCIDE corpus of the GPU runs (datasets/gcide/gcide-large.txt)
+# unpacked from .carry/gcide-large.txt.xz once a machine, and a model of CONFIG's shape with
+# the GCIDE tokenizer drawn by `andes init` (seed 0) into $W/init once a work folder.
+gcide_model() {
+  local L=datasets/gcide/gcide-large.txt
+  [ -f $L ] || xz -dc .carry/gcide-large.txt.xz > $L
+  [ -d "$W/init" ] || $A init --config "$1" --tokenizer fixtures/tokenizer --out "$W/init" > /dev/null
+}

@@ -12,12 +12,9 @@
 set -uo pipefail
 OUT=${OUT:-out}; mkdir -p "$OUT"
 W=${W:-runs/okv-long}; mkdir -p "$W"
-L=datasets/gcide/gcide-large.txt
-[ -f $L ] || xz -dc .carry/gcide-large.txt.xz > $L
 R=$W . "$(dirname "$0")/cublas_lib.sh"
 prepare_run "$W/gpu.txt"
-[ -d "$W/init" ] || $A init --config configs/models/qwen3-gcide-medium.json \
-  --tokenizer fixtures/tokenizer --out "$W/init" > /dev/null
+gcide_model configs/models/qwen3-gcide-medium.json
 start=$SECONDS
 RECIPE=configs/recipes/gpu/qalft-medium/pretrain.toml INIT="$W/init" SEQ_LEN=1024 BATCH=8 \
   STEPS=${STEPS:-800} DEVICE=cuda bash scripts/bench/okv_long.sh $A "$W" 2> "$W/stderr.txt"

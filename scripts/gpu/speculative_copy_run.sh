@@ -14,12 +14,9 @@
 set -uo pipefail
 OUT=${OUT:-out}; mkdir -p "$OUT"
 W=${W:-runs/speculative-copy}; mkdir -p "$W"
-L=datasets/gcide/gcide-large.txt
-[ -f $L ] || xz -dc .carry/gcide-large.txt.xz > $L
 R=$W . "$(dirname "$0")/cublas_lib.sh"
 prepare_run "$W/gpu.txt"
-[ -d "$W/init" ] || $A init --config configs/models/qwen3-0.6b-gcide.json \
-  --tokenizer fixtures/tokenizer --out "$W/init" > /dev/null
+gcide_model configs/models/qwen3-0.6b-gcide.json
 start=$SECONDS
 RECIPE=configs/recipes/gpu/pretrain-0.6b.toml INIT="$W/init" SEQ_LEN=1024 BATCH=4 \
   STEPS=${STEPS:-1000} DEVICE=cuda timeout "${LIMIT:-500}" \
