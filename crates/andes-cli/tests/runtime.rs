@@ -148,22 +148,7 @@ fn int8_activations_cost_little_perplexity_and_belong_to_the_runtime() {
     let target = every_format_target(dir.path(), Some("int8-channel-sym"));
     // Groups of 64: every linear of the tiny model (rows of 64 or more) has a kernel.
     let package = package_in("int2-g64-asym", dir.path(), &target);
-    let text = repo("datasets/gcide/gcide-eval.txt");
-    let nll = |extra: &[&str]| {
-        let mut args = vec![
-            "eval",
-            "--model",
-            path(&package),
-            "--runtime",
-            "--text",
-            path(&text),
-            "--max-tokens",
-            "300",
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        json_stdout(andes(&args))["mean_nll"].as_f64().unwrap()
-    };
+    let nll = |extra: &[&str]| eval_runtime(&package, extra)["mean_nll"].as_f64().unwrap();
     let (plain, integer) = (nll(&[]), nll(&["--int8-activations"]));
     if andes_runtime::packed::has_int8_kernels() {
         // Rounded inputs move the products a little, the model's predictions barely (6.2631
@@ -178,6 +163,25 @@ fn int8_activations_cost_little_perplexity_and_belong_to_the_runtime() {
         assert_eq!(plain, integer, "no integer kernels: the f32 products");
     }
     assert_refused_with_reference(&package, &["--int8-activations"]);
+}
+
+/// `andes eval --runtime --json` of `package` on the first 300 tokens of the held-out GCIDE
+/// text, with `extra` arguments.
+fn eval_runtime(package: &Path, extra: &[&str]) -> serde_json::Value {
+    let text = repo("datasets/gcide/gcide-eval.txt");
+    let mut args = vec![
+        "eval",
+        "--model",
+        path(package),
+        "--runtime",
+        "--text",
+        path(&text),
+        "--max-tokens",
+        "300",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    json_stdout(andes(&args))
 }
 
 /// `andes generate --reference` with the runtime's lever `lever` (its flag first) fails,
@@ -205,22 +209,7 @@ fn a_half_precision_cache_takes_half_the_bytes_for_little_perplexity() {
     let dir = tempfile::tempdir().unwrap();
     let target = every_format_target(dir.path(), None);
     let package = package_in("int4-g32-asym", dir.path(), &target);
-    let text = repo("datasets/gcide/gcide-eval.txt");
-    let eval = |format: &str| {
-        json_stdout(andes(&[
-            "eval",
-            "--model",
-            path(&package),
-            "--runtime",
-            "--text",
-            path(&text),
-            "--max-tokens",
-            "300",
-            "--json",
-            "--kv-format",
-            format,
-        ]))
-    };
+    let eval = |format: &str| eval_runtime(&package, &["--kv-format", format]);
     let (full, half) = (eval("f32"), eval("f16"));
     assert_eq!(half["kv_format"], "f16");
     assert_eq!(

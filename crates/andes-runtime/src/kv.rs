@@ -66,26 +66,30 @@ pub enum KvFormat {
 impl std::str::FromStr for KvFormat {
     type Err = String;
 
-    /// `f32` or `f16`.
+    /// A format by its [`KvFormat::name`].
     fn from_str(name: &str) -> Result<Self, String> {
-        match name {
-            "f32" => Ok(KvFormat::F32),
-            "f16" => Ok(KvFormat::F16),
-            other => Err(format!("no KV format `{other}`: f32 or f16")),
-        }
+        [KvFormat::F32, KvFormat::F16]
+            .into_iter()
+            .find(|format| format.name() == name)
+            .ok_or_else(|| format!("no KV format `{name}`: f32 or f16"))
     }
 }
 
 impl std::fmt::Display for KvFormat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            KvFormat::F32 => "f32",
-            KvFormat::F16 => "f16",
-        })
+        f.write_str(self.name())
     }
 }
 
 impl KvFormat {
+    /// `f32` or `f16`: what the command line and the JSON reports call it.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvFormat::F32 => "f32",
+            KvFormat::F16 => "f16",
+        }
+    }
+
     /// Bytes of one cached number.
     pub fn bytes(self) -> usize {
         match self {
