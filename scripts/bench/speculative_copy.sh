@@ -3,10 +3,12 @@
 # "Prompt lookup on a model that repeats its input"). `cargo xtask bench runtime` drafts for a
 # random-weight model, whose output has little to look up, and `cargo xtask bench speculative`
 # for the tiny model, whose products are too small to be worth batching. This pretrains
-# RECIPE's model (scripts/bench/pretrain_lib.sh: RECIPE, INIT, SEQ_LEN, STEPS, BATCH, DEVICE) on
-# GCIDE senses joined into passages of at least PASSAGE characters (default 300), each line a
-# passage, " => " and the passage again: the shape of the on-device tasks that repeat their
-# context (rewriting a message, reading text out of an image). It packages the model at FORMAT
+# RECIPE's model (scripts/bench/pretrain_lib.sh: RECIPE, INIT, SEQ_LEN, STEPS, BATCH, DEVICE)
+# or, with TRAINER=transformers, a model of MODEL_CONFIG's shape in Hugging Face transformers on
+# a GPU (scripts/gpu/train_copy_transformers.py: STEPS, default 3000, BATCH, SEQ_LEN, and
+# TRAIN_SECONDS, a time limit) on GCIDE senses joined into passages of at least PASSAGE
+# characters (default 300), each line a passage, " => " and the passage again: the shape of
+# the on-device tasks that repeat their context (rewriting a message, reading text out of an image). It packages the model at FORMAT
 # (default int4-g128-sym, `andes quantize --init rtn --target generic-cpu`, int8 tables), then
 # continues PROMPTS (default 8) held-out passages ("passage =>") for NEW_TOKENS greedy tokens
 # (default 96) on THREADS threads (default 2) with the integer products, without drafting and
@@ -24,8 +26,16 @@ passages() { # consecutive lines of $1 joined by spaces into passages of at leas
 [ -f "$OUT/copy-train.txt" ] || passages datasets/gcide/gcide-large.txt \
   | awk '{ print $0 " => " $0 }' > "$OUT/copy-train.txt"
 TEXT="$OUT/copy-train.txt"
-. "$(dirname "$0")/pretrain_lib.sh"
-pretrain "$A" "$OUT" || exit 1
+if [ "${TRAINER:-andes}" = transformers ]; then
+  P="$OUT/transformers"
+  [ -f "$P/train.json" ] || python3 "$(dirname "$0")/../gpu/train_copy_transformers.py" \
+    --config "$MODEL_CONFIG" --tokenizer fixtures/tokenizer --text "$TEXT" --out "$P" \
+    --steps "${STEPS:-3000}" --batch "${BATCH:-4}" --seq-len "${SEQ_LEN:-1024}" \
+    ${TRAIN_SECONDS:+--time-limit "$TRAIN_SECONDS"} > /dev/null || exit 1
+else
+  . "$(dirname "$0")/pretrain_lib.sh"
+  pretrain "$A" "$OUT" || exit 1
+fi
 PKG="$OUT/package-$FORMAT"
 if [ ! -d "$PKG" ]; then
   layers=$(grep -o '"num_hidden_layers": *[0-9]*' "$P/config.json" | grep -o '[0-9]*$')

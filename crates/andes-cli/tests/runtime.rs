@@ -225,6 +225,71 @@ fn a_half_precision_cache_takes_half_the_bytes_for_little_perplexity() {
     assert_refused_with_reference(&package, &["--kv-format", "f16"]);
 }
 
+/// `andes bench cpu` measures this CPU into a profile on which `andes inspect --target`
+/// estimates a package: the profile holds the measured bandwidth and a kernel figure for every
+/// kind the package multiplies, and the estimate is the lower of its bandwidth and kernel
+/// bounds. A kind that is none is refused by name.
+#[test]
+fn a_measured_cpu_profile_estimates_a_package_from_its_bandwidth_and_kernels() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = every_format_target(dir.path(), None);
+    let package = package_in("int2-g64-asym", dir.path(), &target);
+    let profile = dir.path().join("this-cpu.toml");
+    let bench = |formats: &str| {
+        andes(&[
+            "bench",
+            "cpu",
+            "--formats",
+            formats,
+            "--seconds",
+            "0.01",
+            "--threads",
+            "1",
+            "--profile-out",
+            path(&profile),
+        ])
+    };
+    let measured = json_stdout(bench("f32"));
+    let kernels = measured["kernel_gweights_s"].as_object().unwrap();
+    assert!(
+        kernels.contains_key("int2-g64-asym") && kernels.contains_key("f32"),
+        "{measured}"
+    );
+    let written = andes_quant::TargetProfile::read(&profile).unwrap();
+    assert_eq!(written.name, "generic-cpu-measured");
+    assert_eq!(
+        written.bandwidth_gb_s.value,
+        measured["read_bandwidth_gb_s"].as_f64().unwrap()
+    );
+    let report = json_stdout(andes(&[
+        "inspect",
+        "--json",
+        "--target",
+        path(&profile),
+        path(&package),
+    ]));
+    let cost = &report["cost_estimate"];
+    assert_eq!(report["estimated_on"], "generic-cpu-measured", "{report}");
+    assert!(cost.get("kernel_unmeasured").is_none(), "{cost}");
+    let bounds = [
+        cost["decode_bandwidth_tokens_per_s"].as_f64().unwrap(),
+        cost["decode_kernel_tokens_per_s"].as_f64().unwrap(),
+    ];
+    assert_eq!(
+        cost["decode_tokens_per_s"].as_f64().unwrap(),
+        bounds[0].min(bounds[1])
+    );
+    // the package's own target gives no kernel figures: bandwidth alone
+    let own = json_stdout(andes(&["inspect", "--json", path(&package)]));
+    assert!(
+        own["cost_estimate"]["decode_kernel_tokens_per_s"].is_null(),
+        "{own}"
+    );
+    let refused = bench("int5-g64");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("int5-g64"));
+}
+
 #[test]
 fn a_float_checkpoint_runs_on_the_runtime_like_burn() {
     let model = fixture(MODEL);

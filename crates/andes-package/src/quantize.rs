@@ -21,7 +21,7 @@ use andes_model::sensitivity::{
 };
 use andes_model::{Model, ModelConfig};
 use andes_quant::{
-    BitPlan, Hessian, LayerChoices, TargetProfile, WeightBytes, WeightShape, bits_per_weight,
+    BitPlan, Hessian, LayerChoices, PackedWeights, TargetProfile, WeightShape, bits_per_weight,
     estimate,
 };
 use burn::module::Module;
@@ -196,6 +196,7 @@ pub fn quantize_model(params: &QuantizeParams) -> Result<PackageReport, PackageE
         config.text_config(),
         &shapes,
         params.context,
+        None,
         started,
     ))
 }
@@ -317,10 +318,11 @@ fn check_fits(
     let float_bytes = float_params * target.unquantized.precision.bytes();
     let cost = estimate(
         target,
-        WeightBytes::new(
+        PackedWeights::new(
             target,
             (planned_bits + table_bits) / 8 + float_bytes,
             layers(),
+            target.head_kind(),
         ),
         config.text_config().cost_shape(),
         params.context,

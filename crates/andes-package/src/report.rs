@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use andes_model::qwen3::Qwen3Config;
 use andes_quant::{
-    BitPlan, COST_FORMULAS, CostEstimate, WeightBytes, WeightShape, bits_per_weight, estimate,
+    BitPlan, COST_FORMULAS, CostEstimate, PackedWeights, TargetProfile, WeightShape,
+    bits_per_weight, estimate,
 };
 use burn::tensor::{DType, Device};
 use serde::Serialize;
@@ -57,7 +58,9 @@ pub struct PackageReport {
     pub linears: Vec<PlannedLinear>,
     /// The plan by format.
     pub formats: Vec<FormatShare>,
-    /// The target's cost estimate at the report's context length.
+    /// The profile the cost is estimated on: the package's target unless another was asked.
+    pub estimated_on: String,
+    /// The cost estimate at the report's context length.
     pub cost: CostEstimate,
     /// Seconds from the request to the report.
     pub seconds: f64,
@@ -65,7 +68,9 @@ pub struct PackageReport {
 
 impl PackageReport {
     /// The report of the package at `dir` with `manifest`, `plan` over linears of `shapes`
-    /// (model order), and the cost at `context` tokens.
+    /// (model order), and the cost at `context` tokens on `device` (the package's own target
+    /// when `None`).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         dir: &Path,
         manifest: PackageManifest,
@@ -73,6 +78,7 @@ impl PackageReport {
         config: &Qwen3Config,
         shapes: &[(String, WeightShape)],
         context: u64,
+        device: Option<&TargetProfile>,
         started: Instant,
     ) -> Self {
         let w = &manifest.weights;
@@ -82,8 +88,11 @@ impl PackageReport {
             .iter()
             .zip(shapes)
             .map(|(e, (_, s))| (e.format, *s));
-        let weights = WeightBytes::new(&manifest.target, bytes, layers);
-        let cost = estimate(&manifest.target, weights, config.cost_shape(), context);
+        let device = device.unwrap_or(&manifest.target);
+        let head = manifest.target.head_kind();
+        let weights = PackedWeights::new(device, bytes, layers, head);
+        let cost = estimate(device, weights, config.cost_shape(), context);
+        let estimated_on = device.name.clone();
         let mut by_format: BTreeMap<String, (usize, u64, u64)> = BTreeMap::new();
         let mut linears = Vec::with_capacity(plan.layers.len());
         for (entry, (_, shape)) in plan.layers.iter().zip(shapes) {
@@ -116,6 +125,7 @@ impl PackageReport {
             budget_bpw: plan.budget_bpw,
             linears,
             formats,
+            estimated_on,
             cost,
             seconds: started.elapsed().as_secs_f64(),
         }
@@ -130,6 +140,7 @@ impl PackageReport {
             "bpw_package": self.manifest.weights.bpw_package,
             "weights": self.manifest.weights,
             "cost_estimate": self.cost,
+            "estimated_on": self.estimated_on,
             "cost_formulas": COST_FORMULAS,
             "budget_bpw": self.budget_bpw,
             "plan": self.formats,
@@ -156,8 +167,13 @@ impl PackageReport {
 }
 
 /// Reads and verifies the package at `dir` and reports on it with KV figures at `context`
-/// tokens: what `andes inspect` prints.
-pub fn inspect_package(dir: &Path, context: u64) -> Result<PackageReport, PackageError> {
+/// tokens, the cost estimated on `device` (the package's target when `None`): what `andes
+/// inspect` prints.
+pub fn inspect_package(
+    dir: &Path,
+    context: u64,
+    device: Option<&TargetProfile>,
+) -> Result<PackageReport, PackageError> {
     let started = Instant::now();
     let package = load_package(dir, &Device::flex(), DType::F32)?;
     let shapes = andes_model::quantize::linear_shapes(&package.model);
@@ -168,6 +184,7 @@ pub fn inspect_package(dir: &Path, context: u64) -> Result<PackageReport, Packag
         &package.config,
         &shapes,
         context,
+        device,
         started,
     ))
 }
@@ -221,7 +238,7 @@ impl fmt::Display for PackageReport {
             f,
             "  estimate on {}: weights {:.1} MiB ({:.1} MiB in memory) + KV cache at {} tokens \
              {:.1} MiB of {:.0} MiB ({}); decode ≤ {:.1} tok/s; prefill ≤ {:.0} tok/s",
-            self.manifest.target.name,
+            self.estimated_on,
             mib(cost.weight_bytes),
             mib(cost.resident_weight_bytes),
             cost.context,
@@ -231,6 +248,25 @@ impl fmt::Display for PackageReport {
             cost.decode_tokens_per_s,
             cost.prefill_tokens_per_s
         )?;
+        if let (Some(kernels), Some(serial)) = (
+            cost.decode_kernel_tokens_per_s,
+            cost.decode_serial_tokens_per_s,
+        ) {
+            write!(
+                f,
+                "  decode bounds: bandwidth ≤ {:.1} tok/s, kernels ≤ {kernels:.1} tok/s; read \
+                 and unpacked one after the other {serial:.1} tok/s",
+                cost.decode_bandwidth_tokens_per_s
+            )?;
+            if !cost.kernel_unmeasured.is_empty() {
+                write!(
+                    f,
+                    " (the profile gives no kernel figure for {}: not counted)",
+                    cost.kernel_unmeasured.join(", ")
+                )?;
+            }
+            writeln!(f)?;
+        }
         writeln!(f, "  ({COST_FORMULAS})")?;
         match self.budget_bpw {
             Some(budget) => writeln!(f, "  plan (budget {budget} bpw):")?,

@@ -47,7 +47,7 @@ mod tensor;
 
 pub use allocate::{Allocation, Choice, LayerChoices, allocate};
 pub use bpw::{BpwReport, bits_per_weight};
-pub use cost::{COST_FORMULAS, CostEstimate, ModelShape, WeightBytes, estimate};
+pub use cost::{COST_FORMULAS, CostEstimate, ModelShape, PackedWeights, estimate};
 pub use error::QuantError;
 pub use fake_quant::FakeQuantizer;
 pub use format::{Bits, Granularity, GroupSize, QuantFormat};
@@ -60,6 +60,7 @@ pub use plan::{BitPlan, PLAN_VERSION, PlanEntry};
 pub use reconstruction::reconstruction_error;
 pub use rtn::{quantize_on_grid, quantize_rtn};
 pub use target::{
-    AllowedFormat, Execution, FloatPrecision, Sourced, TableFormat, TargetProfile, Unquantized,
+    AllowedFormat, Execution, FloatPrecision, KernelThroughput, Sourced, TableFormat,
+    TargetProfile, Unquantized,
 };
 pub use tensor::{QuantizedTensor, WeightShape, dequantize};

@@ -3,6 +3,7 @@
 //! speed). Every number carries its source, or says it is an estimate; unknown keys and
 //! impossible values are errors naming the file and key.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -49,6 +50,20 @@ pub struct Sourced {
     pub source: String,
 }
 
+/// How fast the device's kernels multiply a vector by a matrix of each weight format held in
+/// cache: the compute side of a decoded token, which bounds decoding where unpacking a
+/// format costs more time than reading its bytes (int1, ternary and int2 codes on a CPU, as
+/// llama.cpp's IQ1 and IQ2 types).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelThroughput {
+    /// Billions of weights a second by format: an andes format string, or `f16` / `f32` for
+    /// float tables.
+    pub gweights_s: BTreeMap<String, f64>,
+    /// Where the figures come from (`andes bench cpu` measures them), or "estimate: ...".
+    pub source: String,
+}
+
 /// Precision of the parts the planner does not quantize.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -60,6 +75,14 @@ pub enum FloatPrecision {
 }
 
 impl FloatPrecision {
+    /// Its name in profiles (`f16`, `f32`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F16 => "f16",
+            Self::F32 => "f32",
+        }
+    }
+
     /// Bytes per value.
     pub fn bytes(self) -> u64 {
         match self {
@@ -121,6 +144,9 @@ pub struct TargetProfile {
     /// Peak accelerator throughput, TOPS (10¹² operations per second) at the activation
     /// width.
     pub compute_tops: Sourced,
+    /// The kernels' throughput by format; absent, decoding is estimated from bandwidth alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernels: Option<KernelThroughput>,
 }
 
 /// Profiles shipped in the binary, by name (`configs/targets/NAME.toml`).
@@ -158,6 +184,11 @@ impl TargetProfile {
             });
         }
         Self::read(Path::new(target))
+    }
+
+    /// The profile as the TOML text [`TargetProfile::parse`] reads back.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a profile is plain data, always TOML")
     }
 
     /// Reads and validates a profile file.
@@ -259,6 +290,30 @@ impl TargetProfile {
                 "every value needs a source (or \"estimate: why\")".into(),
             ));
         }
+        if let Some(kernels) = &profile.kernels {
+            if kernels.source.trim().is_empty() {
+                return Err(fail(
+                    "kernels.source",
+                    "every value needs a source (or \"estimate: why\")".into(),
+                ));
+            }
+            for (key, &rate) in &kernels.gweights_s {
+                let named =
+                    ["f16", "f32"].contains(&key.as_str()) || key.parse::<QuantFormat>().is_ok();
+                if !named {
+                    return Err(fail(
+                        &format!("kernels.gweights_s.{key}"),
+                        "expected an andes format string, f16 or f32".into(),
+                    ));
+                }
+                if !(rate.is_finite() && rate > 0.0) {
+                    return Err(fail(
+                        &format!("kernels.gweights_s.{key}"),
+                        format!("{rate} is impossible: it must be a positive number"),
+                    ));
+                }
+            }
+        }
         let alignment = profile.alignment_bytes.value;
         if alignment.fract() != 0.0 || !(alignment as u64).is_power_of_two() {
             return Err(fail(
@@ -282,6 +337,22 @@ impl TargetProfile {
             .find(|f| f.format == format)
             .and_then(|f| f.unpacks_to)
             .unwrap_or(format)
+    }
+
+    /// The kind a package for this target stores its LM head in: the tables' format, else
+    /// the unquantized precision (`f16`, `f32`).
+    pub fn head_kind(&self) -> String {
+        match &self.tables {
+            Some(tables) => tables.format.to_string(),
+            None => self.unquantized.precision.name().into(),
+        }
+    }
+
+    /// Seconds the kernels take over `weights` weights of `kind` (a format string, `f16` or
+    /// `f32`) a decoded token, where the profile gives that kind's throughput.
+    pub fn kernel_seconds(&self, kind: &str, weights: u64) -> Option<f64> {
+        let rate = self.kernels.as_ref()?.gweights_s.get(kind)?;
+        Some(weights as f64 / (rate * 1e9))
     }
 
     /// Tensor alignment in bytes.
@@ -308,6 +379,26 @@ memory_gib = { value = 4, source = "estimate" }
 bandwidth_gb_s = { value = 85.3, source = "LPDDR5X" }
 compute_tops = { value = 50, source = "estimate" }
 "#;
+
+    const KERNELS: &str = r#"
+[kernels]
+gweights_s = { "int4-channel-sym" = 10.0, "ternary-g128" = 2.5, f16 = 5.0 }
+source = "measured"
+"#;
+
+    #[test]
+    fn kernel_figures_give_the_seconds_a_token_spends_in_each_kind() {
+        let profile = read(&format!("{VALID}{KERNELS}")).unwrap();
+        let seconds = profile
+            .kernel_seconds("ternary-g128", 5_000_000_000)
+            .unwrap();
+        assert!((seconds - 2.0).abs() < 1e-12);
+        assert_eq!(profile.kernel_seconds("int8-channel-sym", 1), None);
+        assert_eq!(read(VALID).unwrap().kernel_seconds("f16", 1), None);
+        // written and read back unchanged, as `andes bench cpu --profile-out` writes it
+        let again = TargetProfile::parse(&profile.to_toml(), "written").unwrap();
+        assert_eq!(again, profile);
+    }
 
     fn read(text: &str) -> Result<TargetProfile, QuantError> {
         let dir = tempfile::tempdir().unwrap();
@@ -392,6 +483,18 @@ compute_tops = { value = 50, source = "estimate" }
                     "execution = \"native\", unpacks_to = \"int4-channel-sym\",",
                 ),
                 "linear_formats[0].unpacks_to",
+            ),
+            (
+                format!("{VALID}{KERNELS}").replace("ternary-g128\" = 2.5", "int5-g64\" = 2.5"),
+                "kernels.gweights_s.int5-g64",
+            ),
+            (
+                format!("{VALID}{KERNELS}").replace("= 2.5", "= 0"),
+                "kernels.gweights_s.ternary-g128",
+            ),
+            (
+                format!("{VALID}{KERNELS}").replace("measured", ""),
+                "kernels.source",
             ),
         ];
         for (text, key) in cases {

@@ -9,10 +9,8 @@
 //!
 //! `cargo run --release -p andes-runtime --example product_speed -- int4-g128-asym 3072 1024 64 [VECTORS]`
 
-use std::time::Instant;
-
-use andes_quant::{QuantFormat, WeightShape, quantize_rtn};
 use andes_runtime::packed::PackedMatrix;
+use andes_runtime::throughput::{best_pass_seconds, test_matrix};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -23,32 +21,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => return Err(usage.into()),
     };
     let vectors: usize = vectors.parse()?;
-    let format: QuantFormat = format.parse()?;
     let (rows, cols, matrices): (usize, usize, usize) =
         (rows.parse()?, cols.parse()?, matrices.parse()?);
     let int8_activations = std::env::var("ANDES_F32_PRODUCTS").as_deref() != Ok("1");
-    let weights: Vec<f32> = (0..rows * cols)
-        .map(|i| (i * 7919 % 1013) as f32 / 1013.0 - 0.5)
-        .collect();
-    let quantized = quantize_rtn(&weights, WeightShape::new(rows, cols), format)?;
-    let packed: Vec<PackedMatrix> = (0..matrices)
-        .map(|_| {
-            let mut matrix = PackedMatrix::from_quantized(&quantized);
-            matrix.set_int8_activations(int8_activations);
-            matrix
-        })
-        .collect();
+    let packed = (0..matrices)
+        .map(|_| test_matrix(format, rows, cols, int8_activations))
+        .collect::<Result<Vec<_>, _>>()?;
     let bytes: usize = packed.iter().map(PackedMatrix::bytes).sum();
-    let x: Vec<f32> = (0..vectors * cols)
-        .map(|i| ((i % 17) as f32 - 8.0) / 9.0)
-        .collect();
-    let mut best = f64::MAX;
-    for _ in 0..15 + 1000 / matrices {
-        let start = Instant::now();
-        let checksum: f32 = packed.iter().map(|m| m.multiply(&x)[0]).sum();
-        best = best.min(start.elapsed().as_secs_f64());
-        std::hint::black_box(checksum);
-    }
+    let best = best_pass_seconds(&packed, vectors, 15 + 1000 / matrices);
     println!(
         "{format} {rows}x{cols} x{matrices}, {vectors} vectors: {:.1} MB, best pass {:.3} ms, {:.2} GB/s",
         bytes as f64 / 1e6,

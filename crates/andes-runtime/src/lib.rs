@@ -4,8 +4,10 @@
 //! ([`kv`]) and speculative decoding ([`speculative`]).
 //!
 //! Layout: [`packed`] holds the products over packed codes (the SIMD layout is described
-//! there), [`decoder`] Qwen3's blocks over them with LoRA updates beside (attention in `attention`), [`load`] what reads
-//! packages, bundles and checkpoints, [`generate`] the decoding loop and its measurements.
+//! there), [`decoder`] Qwen3's blocks over them with LoRA updates beside (attention in
+//! `attention`), [`load`] what reads packages, bundles and checkpoints, [`generate`] the
+//! decoding loop and its measurements, [`throughput`] this CPU's bandwidth and kernel
+//! throughput for the cost model.
 
 mod attention;
 pub mod decoder;
@@ -17,6 +19,7 @@ pub mod load;
 pub mod packed;
 pub mod speculative;
 mod team;
+pub mod throughput;
 
 pub use error::RuntimeError;
 pub use generate::{

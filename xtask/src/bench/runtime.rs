@@ -6,7 +6,10 @@
 //! the IQ types quantized with an importance matrix of the calibration text andes' plan reads,
 //! and against the bandwidth bound: bytes a step reads over the read bandwidth measured here
 //! before each round (this VM's moves from one minute to the next: 31 to 52 GB/s in one
-//! session), each run against its own round's.
+//! session), each run against its own round's. Each package row also stands beside the cost
+//! model's estimate for this CPU: `andes bench cpu` measures the round's bandwidth and the
+//! kernels of every format the packages hold into a profile, and `andes inspect --target`
+//! estimates the package's decoding on it.
 //! The int4 package also runs with prompt-lookup speculative decoding, 3 tokens drafted so
 //! that a verifying pass takes four vectors (the integer kernels' widest tile): its random
 //! weights soon repeat one token, which prompt lookup then drafts right every time. Each
@@ -17,7 +20,6 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use super::{fresh_bench, uniform_plan};
 use crate::andes_runner::stdout_of;
@@ -90,6 +92,8 @@ pub(crate) fn runtime(threads: usize, new_tokens: usize, rounds: usize) -> anyho
         &d9500_int8_tables,
     )?;
     let imatrix = importance_matrix(&model, &out)?;
+    // the f16 tables of the dimensity9500 package and the int4 variant
+    let kinds = [plan_formats(&andes, &d9500)?, vec!["f16".into()]].concat();
     let andes_rows = [
         ("andes float (f32)", &model, &["--runtime"][..]),
         ("andes int4-g128 (4.1 bpw), int8 tables", &int4, &[][..]),
@@ -126,7 +130,27 @@ pub(crate) fn runtime(threads: usize, new_tokens: usize, rounds: usize) -> anyho
     ];
     let (mut rows, mut peers) = (Vec::new(), Vec::new());
     for round in 0..rounds {
-        let bandwidth = read_bandwidth(threads);
+        let profiles = [false, true].map(|int8| {
+            let path = out.join(format!(
+                "cpu-round-{round}{}.toml",
+                if int8 { "-int8" } else { "" }
+            ));
+            let mut command = andes.command();
+            command
+                .args(["bench", "cpu", "--threads", &threads.to_string()])
+                .args(["--formats", &kinds.join(",")])
+                .arg("--profile-out")
+                .arg(&path);
+            if int8 {
+                command.arg("--int8-activations");
+            }
+            let measured: serde_json::Value = serde_json::from_slice(&stdout_of(&mut command)?)?;
+            anyhow::Ok((path, measured))
+        });
+        let [f32_profile, int8_profile] = profiles;
+        let (f32_profile, measured) = f32_profile?;
+        let (int8_profile, _) = int8_profile?;
+        let bandwidth = measured["read_bandwidth_gb_s"].as_f64().unwrap_or(0.0) * 1e9;
         for (label, path, extra) in andes_rows {
             let stdout = stdout_of(
                 andes
@@ -141,6 +165,25 @@ pub(crate) fn runtime(threads: usize, new_tokens: usize, rounds: usize) -> anyho
             row["label"] = label.into();
             row["round"] = round.into();
             row["read_bandwidth"] = bandwidth.into();
+            // a package decoded a token a step (drafting is past what the model estimates)
+            if path.join("manifest.json").exists() && !extra.contains(&"--speculate") {
+                let profile = if extra.contains(&"--int8-activations") {
+                    &int8_profile
+                } else {
+                    &f32_profile
+                };
+                let context = row["prompt_tokens"].as_u64().unwrap_or(0) + new_tokens as u64;
+                let report = stdout_of(
+                    andes
+                        .command()
+                        .args(["inspect", "--json", "--context", &context.to_string()])
+                        .arg("--target")
+                        .arg(profile)
+                        .arg(path),
+                )?;
+                let report: serde_json::Value = serde_json::from_slice(&report)?;
+                row["estimate"] = report["cost_estimate"].clone();
+            }
             rows.push(row);
         }
         // the first round converts and quantizes the GGUFs, later ones reuse them
@@ -174,6 +217,18 @@ pub(crate) fn runtime(threads: usize, new_tokens: usize, rounds: usize) -> anyho
     let raw: Vec<String> = rows.iter().chain(&peers).map(|r| r.to_string()).collect();
     std::fs::write(out.join("rows.jsonl"), raw.join("\n") + "\n")?;
     Ok(())
+}
+
+/// The formats of `package`'s plan (`andes inspect`), for `andes bench cpu` to measure.
+fn plan_formats(andes: &crate::andes_runner::Andes, package: &Path) -> anyhow::Result<Vec<String>> {
+    let report = stdout_of(andes.command().args(["inspect", "--json"]).arg(package))?;
+    let report: serde_json::Value = serde_json::from_slice(&report)?;
+    Ok(report["plan"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|share| share["format"].as_str().map(String::from))
+        .collect())
 }
 
 /// llama.cpp's importance matrix for its IQ types (what `llama-imatrix` collects: each linear's
@@ -255,20 +310,35 @@ fn table(
         out,
         "Decode of a Qwen3-0.6B-shape model (random weights), {threads} threads, greedy, \
          {new_tokens} tokens; each row the median-speed run of {rounds}, rounds interleaved; \
-         read bandwidth measured before each round, each row's bound at its run's.\n"
+         read bandwidth measured before each round, each row's bound at its run's; the \
+         estimate is `andes inspect --target` on the profile `andes bench cpu` measured in the \
+         run's round: from reading and unpacking one after the other (serial) to overlapped \
+         (the lower of the bandwidth and kernel bounds).\n"
     );
     let _ = writeln!(
         out,
-        "| engine, weights | decode tok/s | prefill tok/s | peak memory MiB | bytes a step reads (MB) | read bandwidth GB/s | bandwidth bound tok/s | share of the bound |"
+        "| engine, weights | decode tok/s | prefill tok/s | peak memory MiB | bytes a step reads (MB) | read bandwidth GB/s | bandwidth bound tok/s | share of the bound | estimate tok/s: serial – overlapped | measured ÷ serial |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
     for row in rows {
         let bytes = row["weight_bytes"].as_f64().unwrap_or(0.0);
         let decode = row["decode_tokens_per_s"].as_f64().unwrap_or(0.0);
         let bound = bandwidth(row) / bytes;
+        let estimate = &row["estimate"];
+        let bounds = (
+            estimate["decode_serial_tokens_per_s"].as_f64(),
+            estimate["decode_tokens_per_s"].as_f64(),
+        );
+        let (estimated, against) = match bounds {
+            (Some(serial), Some(overlapped)) => (
+                format!("{serial:.1} – {overlapped:.1}"),
+                format!("{:.2}", decode / serial),
+            ),
+            _ => ("—".into(), "—".into()),
+        };
         let _ = writeln!(
             out,
-            "| {} | {decode:.2} | {:.2} | {:.0} | {:.0} | {:.1} | {bound:.1} | {:.0}% |",
+            "| {} | {decode:.2} | {:.2} | {:.0} | {:.0} | {:.1} | {bound:.1} | {:.0}% | {estimated} | {against} |",
             row["label"].as_str().unwrap_or("?"),
             row["prefill_tokens_per_s"].as_f64().unwrap_or(0.0),
             row["peak_memory_mib"].as_f64().unwrap_or(0.0),
@@ -283,13 +353,13 @@ fn table(
             Some(error) => {
                 let _ = writeln!(
                     out,
-                    "| llama.cpp {kind} | not measured: {error} | | | | | | |"
+                    "| llama.cpp {kind} | not measured: {error} | | | | | | | | |"
                 );
             }
             None => {
                 let _ = writeln!(
                     out,
-                    "| llama.cpp {kind} | {:.2} | {:.2} | {:.0} | {:.0} (file) | | | |",
+                    "| llama.cpp {kind} | {:.2} | {:.2} | {:.0} | {:.0} (file) | | | | | |",
                     peer["decode_tokens_per_s"].as_f64().unwrap_or(0.0),
                     peer["prefill_tokens_per_s"].as_f64().unwrap_or(0.0),
                     peer["peak_memory_mib"].as_f64().unwrap_or(0.0),
@@ -299,29 +369,4 @@ fn table(
         }
     }
     out
-}
-
-/// Bytes per second `threads` threads read from a 1 GiB buffer (best of three passes): the
-/// memory bandwidth a decoding step can use here.
-fn read_bandwidth(threads: usize) -> f64 {
-    let words = (1usize << 30) / 8;
-    let buffer: Vec<u64> = (0..words as u64).collect();
-    let mut best = 0.0f64;
-    for _ in 0..3 {
-        let start = Instant::now();
-        let total: u64 = std::thread::scope(|scope| {
-            buffer
-                .chunks(words.div_ceil(threads))
-                .map(|chunk| {
-                    scope.spawn(move || chunk.iter().fold(0u64, |a, &b| a.wrapping_add(b)))
-                })
-                .collect::<Vec<_>>()
-                .into_iter()
-                .map(|h| h.join().unwrap())
-                .fold(0u64, u64::wrapping_add)
-        });
-        std::hint::black_box(total);
-        best = best.max((words * 8) as f64 / start.elapsed().as_secs_f64());
-    }
-    best
 }

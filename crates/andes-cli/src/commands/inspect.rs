@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use andes_package::inspect_package;
+use andes_quant::TargetProfile;
 use clap::Args;
 
 /// Arguments of `andes inspect`.
@@ -14,6 +15,10 @@ pub struct InspectArgs {
     /// Context length of the KV-cache figures.
     #[arg(long, default_value_t = 4096)]
     context: u64,
+    /// Estimate the cost on this profile (a built-in name or a file, such as the one `andes
+    /// bench cpu --profile-out` measures) instead of the package's target.
+    #[arg(long)]
+    target: Option<String>,
     /// One JSON object (its `bpw` is the average over the quantized linears).
     #[arg(long)]
     json: bool,
@@ -21,7 +26,12 @@ pub struct InspectArgs {
 
 /// Runs `andes inspect` (which verifies the package first).
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
-    let report = inspect_package(&args.package, args.context)?;
+    let device = args
+        .target
+        .as_deref()
+        .map(TargetProfile::resolve)
+        .transpose()?;
+    let report = inspect_package(&args.package, args.context, device.as_ref())?;
     if args.json {
         println!("{}", report.to_json());
     } else {

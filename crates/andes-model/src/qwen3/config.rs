@@ -106,6 +106,7 @@ impl Qwen3Config {
         let head = self.vocab_size as u64 * h;
         andes_quant::ModelShape {
             active_params: layers * (attention + mlp) + head,
+            head_weights: head,
             layers,
             kv_heads: self.num_key_value_heads as u64,
             head_dim: self.head_dim as u64,

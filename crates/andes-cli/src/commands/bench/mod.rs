@@ -1,7 +1,8 @@
 //! `andes bench`: throughput of a model shape with random weights, one file per benchmark
-//! (forward, matmul, train, vision tower), each one library call; the report is printed as
+//! (forward, matmul, train, vision tower, the CPU runtime's kernels), each one library call; the report is printed as
 //! one JSON object with the device and dtype it ran on.
 
+mod cpu;
 mod forward;
 mod matmul;
 mod train;
@@ -29,6 +30,9 @@ enum BenchKind {
     Train(train::TrainBenchArgs),
     /// Vision-tower images/s at one native resolution (random weights and pixels).
     Vision(vision::VisionBenchArgs),
+    /// This CPU's read bandwidth and the runtime's kernel throughput by weight format, as a
+    /// target profile for `andes inspect --target`.
+    Cpu(cpu::CpuBenchArgs),
 }
 
 /// A benchmark's report and where it ran: the device, and the dtype (none for training, whose
@@ -77,6 +81,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchKind::Matmul(args) => matmul::run(args)?,
         BenchKind::Train(args) => train::run(args)?,
         BenchKind::Vision(args) => vision::run(args)?,
+        BenchKind::Cpu(args) => cpu::run(args)?,
     };
     let mut report = ran.report;
     report["peer"] = "andes".into();
