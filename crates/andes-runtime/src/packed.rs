@@ -781,11 +781,13 @@ impl Codes {
             Codes::Two(table) => decode_with(table, bytes, out),
             Codes::One(table) => decode_with(table, bytes, out),
             Codes::Int3 => {
+                #[cfg(target_arch = "x86_64")]
+                if has_avx2_fma() {
+                    // SAFETY: AVX2 checked.
+                    return unsafe { fused::decode_int3(bytes, out) };
+                }
                 for (chunk, triple) in out.chunks_exact_mut(8).zip(bytes.chunks(3)) {
-                    let mut word = 0u32;
-                    for (i, &b) in triple.iter().enumerate() {
-                        word |= u32::from(b) << (8 * i);
-                    }
+                    let word = int3_word(triple);
                     for (i, code) in chunk.iter_mut().enumerate() {
                         *code = ((word >> (3 * i)) & 7) as f32;
                     }
@@ -793,6 +795,16 @@ impl Codes {
             }
         }
     }
+}
+
+/// The eight 3-bit codes of `triple` (fewer bytes at a row's end) as one word, the first code
+/// in the low bits.
+#[inline(always)]
+fn int3_word(triple: &[u8]) -> u32 {
+    triple
+        .iter()
+        .enumerate()
+        .fold(0u32, |word, (i, &b)| word | u32::from(b) << (8 * i))
 }
 
 /// One fixed-size copy per byte; the last byte's codes may run past the row's codes into
@@ -820,7 +832,30 @@ fn table<const K: usize>(code: impl Fn(u32, usize) -> u32) -> Vec<[f32; K]> {
 mod fused {
     use std::arch::x86_64::*;
 
-    use super::{Groups, Int8Task};
+    use super::{Groups, Int8Task, int3_word};
+
+    /// Int3 codes decoded to f32, eight a three-byte word: the word broadcast to eight lanes,
+    /// each shifted right by its code's place, masked and converted (a code at a time, the
+    /// products of an int3 row took four times an int2 row's).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn decode_int3(bytes: &[u8], out: &mut [f32]) {
+        let places = _mm256_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21);
+        let seven = _mm256_set1_epi32(7);
+        let triples = bytes.chunks_exact(3);
+        let tail = triples.remainder();
+        let words = triples
+            .map(|t| u32::from(t[0]) | u32::from(t[1]) << 8 | u32::from(t[2]) << 16)
+            .chain((!tail.is_empty()).then(|| int3_word(tail)));
+        for (chunk, word) in out.chunks_exact_mut(8).zip(words) {
+            let word = _mm256_set1_epi32(word as i32);
+            let codes = _mm256_and_si256(_mm256_srlv_epi32(word, places), seven);
+            // SAFETY: `chunk` holds eight f32.
+            unsafe { _mm256_storeu_ps(chunk.as_mut_ptr(), _mm256_cvtepi32_ps(codes)) };
+        }
+    }
 
     /// Which kernel reads a row.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
