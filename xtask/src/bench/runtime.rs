@@ -92,7 +92,8 @@ pub(crate) fn runtime(threads: usize, new_tokens: usize, rounds: usize) -> anyho
         &d9500_int8_tables,
     )?;
     let imatrix = importance_matrix(&model, &out)?;
-    // the f16 tables of the dimensity9500 package and the int4 variant
+    // f16: the head of the packages whose tables stay float (dimensity9500's, and the int4
+    // variant's)
     let kinds = [plan_formats(&andes, &d9500)?, vec!["f16".into()]].concat();
     let andes_rows = [
         ("andes float (f32)", &model, &["--runtime"][..]),
