@@ -43,7 +43,8 @@ pub struct PackedWeights {
     /// Seconds the profile's kernels take over the linears a decoded token (those of a
     /// format it gives a figure for).
     pub linear_kernel_seconds: f64,
-    /// Resident formats of linears the profile's kernels give no figure for.
+    /// Resident formats of linears the profile's kernels give no figure for (none where it
+    /// gives no kernel figures at all).
     pub unmeasured_formats: BTreeSet<String>,
     /// The kind the LM head is stored in (a format string, `f16` or `f32`).
     pub head_kind: String,
@@ -67,7 +68,10 @@ impl PackedWeights {
             unpacked_bits += bits_per_weight(resident, shape).total_bits();
             match target.kernel_seconds(&resident.to_string(), shape.numel() as u64) {
                 Some(s) => seconds += s,
-                None => _ = unmeasured_formats.insert(resident.to_string()),
+                None if target.kernels.is_some() => {
+                    unmeasured_formats.insert(resident.to_string());
+                }
+                None => {}
             }
         }
         Self {
@@ -159,10 +163,7 @@ pub fn estimate(
         decode_bandwidth_tokens_per_s: bandwidth_bound,
         decode_kernel_tokens_per_s: kernel_bound,
         decode_serial_tokens_per_s: kernel_bound.map(|k| 1.0 / (1.0 / bandwidth_bound + 1.0 / k)),
-        kernel_unmeasured: match target.kernels {
-            Some(_) => unmeasured.into_iter().collect(),
-            None => Vec::new(),
-        },
+        kernel_unmeasured: unmeasured.into_iter().collect(),
         prefill_tokens_per_s: target.compute_tops.value * 1e12
             / (2.0 * shape.active_params.max(1) as f64),
     }

@@ -131,7 +131,8 @@ pub(crate) fn runtime(threads: usize, new_tokens: usize, rounds: usize) -> anyho
     ];
     let (mut rows, mut peers) = (Vec::new(), Vec::new());
     for round in 0..rounds {
-        let profiles = [false, true].map(|int8| {
+        // this round's bandwidth and kernels, with f32 and with int8 inputs
+        let measure = |int8: bool| -> anyhow::Result<(PathBuf, serde_json::Value)> {
             let path = out.join(format!(
                 "cpu-round-{round}{}.toml",
                 if int8 { "-int8" } else { "" }
@@ -145,12 +146,10 @@ pub(crate) fn runtime(threads: usize, new_tokens: usize, rounds: usize) -> anyho
             if int8 {
                 command.arg("--int8-activations");
             }
-            let measured: serde_json::Value = serde_json::from_slice(&stdout_of(&mut command)?)?;
-            anyhow::Ok((path, measured))
-        });
-        let [f32_profile, int8_profile] = profiles;
-        let (f32_profile, measured) = f32_profile?;
-        let (int8_profile, _) = int8_profile?;
+            Ok((path, serde_json::from_slice(&stdout_of(&mut command)?)?))
+        };
+        let (f32_profile, measured) = measure(false)?;
+        let (int8_profile, _) = measure(true)?;
         let bandwidth = measured["read_bandwidth_gb_s"].as_f64().unwrap_or(0.0) * 1e9;
         for (label, path, extra) in andes_rows {
             let stdout = stdout_of(
